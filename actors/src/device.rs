@@ -1,0 +1,125 @@
+//! The device actor: one per device, started on first message, stopped when idle.
+//!
+//! It holds what makes per-device decisions fast (recent ids, the seq tracker) and the command
+//! inbox. Its state is rebuilt from Postgres in `pre_start`, so a restart or a passivation
+//! loses nothing: what is in memory is always a cache of what is committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tillsync_schemas::DeviceAddr;
+
+use crate::decide::{decide_batch, DeviceVerdicts, Incoming};
+use crate::inbox::{self, InboxMsg, InboxState};
+use crate::recent::{short, RecentIds};
+use crate::seqs::SeqTracker;
+use crate::system::Shared;
+
+/// An event whose transaction committed (applied, stale or duplicate by the ledger).
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    pub event_id: String,
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+#[derive(Debug)]
+pub enum DeviceMsg {
+    /// Decide a batch of this device's events, in stream order.
+    Decide(Vec<Incoming>, RpcReplyPort<DeviceVerdicts>),
+    /// These events are committed: remember them; replies with the new watermark if it moved.
+    Committed(Vec<CommittedEvent>, RpcReplyPort<Option<u64>>),
+    /// The current watermark (tests, status).
+    Watermark(RpcReplyPort<u64>),
+    /// Fail on purpose (fault-injection tests): the store actor restarts the device actor.
+    Fail(String),
+    Inbox(InboxMsg),
+}
+
+pub struct DeviceActor;
+
+pub struct DeviceArgs {
+    pub addr: DeviceAddr,
+    pub shared: Arc<Shared>,
+    /// Wait before loading state: the backoff after a failure.
+    pub delay: Duration,
+}
+
+pub struct DeviceState {
+    pub addr: DeviceAddr,
+    pub shared: Arc<Shared>,
+    pub recent: RecentIds,
+    pub seqs: SeqTracker,
+    pub inbox: InboxState,
+    /// `Some(backoff)` until the state has been loaded from Postgres.
+    pending_load: Option<Duration>,
+}
+
+impl DeviceState {
+    async fn ensure_loaded(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(delay) = self.pending_load else { return Ok(()) };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let cap = self.shared.config.recent_ids;
+        let snap = self.shared.ports.load_device(self.addr.clone(), cap).await?;
+        for (id, hash) in &snap.recent {
+            self.recent.insert(id, short(hash));
+        }
+        self.seqs = SeqTracker::restore(snap.watermark, snap.above);
+        self.pending_load = None;
+        Ok(())
+    }
+}
+
+impl Actor for DeviceActor {
+    type Msg = DeviceMsg;
+    type State = DeviceState;
+    type Arguments = DeviceArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<DeviceMsg>,
+        args: DeviceArgs,
+    ) -> Result<DeviceState, ActorProcessingErr> {
+        // Loading is deferred to the first message so that spawning stays cheap and the store
+        // actor (which spawns) never waits on Postgres.
+        Ok(DeviceState {
+            recent: RecentIds::new(args.shared.config.recent_ids),
+            seqs: SeqTracker::default(),
+            addr: args.addr,
+            shared: args.shared,
+            inbox: InboxState::default(),
+            pending_load: Some(args.delay),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        msg: DeviceMsg,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ensure_loaded().await?;
+        match msg {
+            DeviceMsg::Decide(batch, reply) => {
+                let _ = reply.send(decide_batch(&state.recent, &state.seqs, &batch));
+            }
+            DeviceMsg::Committed(events, reply) => {
+                let before = state.seqs.watermark;
+                for ev in &events {
+                    state.recent.insert(&ev.event_id, short(&ev.hash));
+                    state.seqs.commit(ev.seq);
+                }
+                let _ = reply.send((state.seqs.watermark > before).then_some(state.seqs.watermark));
+            }
+            DeviceMsg::Watermark(reply) => {
+                let _ = reply.send(state.seqs.watermark);
+            }
+            DeviceMsg::Fail(why) => return Err(format!("injected failure: {why}").into()),
+            DeviceMsg::Inbox(m) => inbox::handle(&myself, m, &mut state.inbox, &state.shared).await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Broker configuration: environment first, flags override, one `validate()` before start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tillsync-broker")]
+pub struct Config {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file (JWT + nkey), when the server requires it.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// Postgres URL of the read-model database.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
+    pub database_url: String,
+    /// Postgres pool size.
+    #[arg(long, env = "TILLSYNC_DB_POOL", default_value_t = 8)]
+    pub db_pool: u32,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "TILLSYNC_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: SocketAddr,
+    /// Name of this broker instance (shown by `tillsync status`).
+    #[arg(long, env = "TILLSYNC_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// JetStream replicas for every stream (1 on a single server, 3 on a cluster).
+    #[arg(long, env = "TILLSYNC_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// JetStream duplicate window for `Nats-Msg-Id`, seconds.
+    #[arg(long, env = "TILLSYNC_DUPLICATE_WINDOW_S", default_value_t = 600)]
+    pub duplicate_window_s: u64,
+    /// How long the events stream keeps messages, days (replays reach back this far).
+    #[arg(long, env = "TILLSYNC_EVENTS_MAX_AGE_DAYS", default_value_t = 30)]
+    pub events_max_age_days: u64,
+    /// Size limit of the events stream, bytes.
+    #[arg(long, env = "TILLSYNC_EVENTS_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub events_max_bytes: i64,
+    /// Largest group-commit batch, events.
+    #[arg(long, env = "TILLSYNC_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// How long a batch waits for more events before committing, milliseconds.
+    #[arg(long, env = "TILLSYNC_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
+    /// JetStream ack wait for the broker's consumers, seconds.
+    #[arg(long, env = "TILLSYNC_ACK_WAIT_S", default_value_t = 30)]
+    pub ack_wait_s: u64,
+    /// Deliveries of one message before JetStream gives up (the broker quarantines first).
+    #[arg(long, env = "TILLSYNC_MAX_DELIVER", default_value_t = 20)]
+    pub max_deliver: i64,
+    /// A device actor idle this long is stopped (state reloads from Postgres), seconds.
+    #[arg(long, env = "TILLSYNC_IDLE_PASSIVATE_S", default_value_t = 300)]
+    pub idle_passivate_s: u64,
+    /// Recent event ids each device actor remembers for the fast duplicate path.
+    #[arg(long, env = "TILLSYNC_RECENT_IDS", default_value_t = 256)]
+    pub recent_ids: usize,
+    /// Longest command time-to-live accepted at intake, seconds.
+    #[arg(long, env = "TILLSYNC_COMMAND_MAX_TTL_S", default_value_t = 86_400)]
+    pub command_max_ttl_s: u64,
+    /// Deliveries of one command before it ends `failed` with code `max_attempts`.
+    #[arg(long, env = "TILLSYNC_COMMAND_MAX_ATTEMPTS", default_value_t = 5)]
+    pub command_max_attempts: u32,
+    /// First redelivery delay of an unacked command, milliseconds (doubles each attempt).
+    #[arg(long, env = "TILLSYNC_COMMAND_RETRY_MS", default_value_t = 5_000)]
+    pub command_retry_ms: u64,
+    /// A device silent this long is marked offline, seconds.
+    #[arg(long, env = "TILLSYNC_OFFLINE_AFTER_S", default_value_t = 90)]
+    pub offline_after_s: u64,
+    /// Accept events and commands for tenants not yet in the tenants table (demo only).
+    #[arg(long, env = "TILLSYNC_AUTO_TENANTS", default_value_t = false)]
+    pub auto_tenants: bool,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
+            (self.db_pool < 2, "db_pool must be at least 2"),
+            (self.stream_replicas == 0 || self.stream_replicas > 5, "stream_replicas must be in 1..=5"),
+            (self.max_deliver < 2, "max_deliver must be at least 2"),
+            (self.recent_ids == 0, "recent_ids must be positive"),
+            (self.command_max_attempts == 0, "command_max_attempts must be positive"),
+            (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
+        ];
+        match checks.iter().find(|(bad, _)| *bad) {
+            Some((_, why)) => Err((*why).to_string()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "localhost".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+
+    /// Defaults with test-friendly timings and an ephemeral HTTP port.
+    pub fn for_tests(nats_url: &str, database_url: &str) -> Config {
+        let mut c = Config::parse_from(["tillsync-broker"]);
+        c.nats_url = nats_url.into();
+        c.database_url = database_url.into();
+        c.http_addr = "127.0.0.1:0".parse().unwrap();
+        c.ack_wait_s = 5;
+        c.command_retry_ms = 500;
+        c.offline_after_s = 5;
+        c
+    }
+
+    /// The same configuration as environment variables, for starting the binary.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("NATS_URL", self.nats_url.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("TILLSYNC_DB_POOL", self.db_pool.to_string()),
+            ("TILLSYNC_HTTP_ADDR", self.http_addr.to_string()),
+            ("TILLSYNC_STREAM_REPLICAS", self.stream_replicas.to_string()),
+            ("TILLSYNC_DUPLICATE_WINDOW_S", self.duplicate_window_s.to_string()),
+            ("TILLSYNC_EVENTS_MAX_AGE_DAYS", self.events_max_age_days.to_string()),
+            ("TILLSYNC_EVENTS_MAX_BYTES", self.events_max_bytes.to_string()),
+            ("TILLSYNC_BATCH_SIZE", self.batch_size.to_string()),
+            ("TILLSYNC_LINGER_MS", self.linger_ms.to_string()),
+            ("TILLSYNC_ACK_WAIT_S", self.ack_wait_s.to_string()),
+            ("TILLSYNC_MAX_DELIVER", self.max_deliver.to_string()),
+            ("TILLSYNC_IDLE_PASSIVATE_S", self.idle_passivate_s.to_string()),
+            ("TILLSYNC_RECENT_IDS", self.recent_ids.to_string()),
+            ("TILLSYNC_COMMAND_MAX_TTL_S", self.command_max_ttl_s.to_string()),
+            ("TILLSYNC_COMMAND_MAX_ATTEMPTS", self.command_max_attempts.to_string()),
+            ("TILLSYNC_COMMAND_RETRY_MS", self.command_retry_ms.to_string()),
+            ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
+            ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
+        ];
+        if let Some(id) = &self.instance_id {
+            env.push(("TILLSYNC_INSTANCE_ID", id.clone()));
+        }
+        if let Some(c) = &self.nats_creds {
+            env.push(("NATS_CREDS", c.display().to_string()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_env() {
+        let c = Config::for_tests("nats://x:1", "postgres://y/z");
+        c.validate().unwrap();
+        let env = c.to_env();
+        assert!(env.iter().any(|(k, v)| k == "NATS_URL" && v == "nats://x:1"));
+    }
+
+    #[test]
+    fn rejects_zero_batch() {
+        let mut c = Config::for_tests("a", "b");
+        c.batch_size = 0;
+        assert!(c.validate().unwrap_err().contains("batch_size"));
+    }
+}

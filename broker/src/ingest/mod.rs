@@ -1,0 +1,374 @@
+//! Event ingest: from the events stream through the device actors into Postgres.
+//!
+//! A batch is taken off the durable consumer (up to `batch_size`, waiting at most `linger`
+//! for more), decoded, routed per device to the actors (fast dedupe, gaps), committed in one
+//! transaction by the writer, and only then acked. [`process`] is the part without JetStream,
+//! shared with `tillsync replay`.
+
+pub mod plan;
+mod rows;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tillsync_actors::{ActorError, ActorSystem, CommittedEvent, Decision, DupLayer, Incoming};
+use tillsync_schemas::{codec, streams as names, subject, DeviceAddr, EventEnvelope, Reason, Watermark, WireError};
+
+use crate::tenants::Tenants;
+use crate::{metrics, Ctx};
+use writer::{BadRow, Candidate, DeviceUpdate};
+
+/// A message as read from the events stream.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate(DupLayer),
+    Conflict,
+    Stale,
+    Quarantined(Reason),
+}
+
+/// The result of one committed batch.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+    /// Devices whose ack watermark advanced, with the new value.
+    pub watermarks: Vec<(DeviceAddr, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+}
+
+impl IngestError {
+    fn is_transient(&self) -> bool {
+        match self {
+            IngestError::Db(e) => crate::db::is_transient(e),
+            IngestError::Actor(_) => true,
+        }
+    }
+}
+
+/// What processing needs: the database, the actors and the tenant list.
+pub struct Engine<'a> {
+    pub pool: &'a PgPool,
+    pub actors: &'a ActorSystem,
+    pub tenants: &'a Tenants,
+}
+
+pub fn content_hash(ev: &EventEnvelope) -> [u8; 32] {
+    // The canonical re-encoding, not the raw bytes: a client that re-encodes the same event
+    // with other map ordering or integer widths still produces a duplicate, not a conflict.
+    Sha256::digest(codec::encode(ev)).into()
+}
+
+enum Classified {
+    Event(Box<EventEnvelope>, [u8; 32]),
+    Bad(WireError),
+}
+
+async fn classify(engine: &Engine<'_>, raw: &Raw) -> Result<Classified, sqlx::Error> {
+    match codec::decode_event(&raw.subject, &raw.payload) {
+        Err(e) => Ok(Classified::Bad(e)),
+        Ok(ev) if !engine.tenants.exists(engine.pool, &ev.tenant_id).await? => Ok(Classified::Bad(WireError::new(
+            Reason::UnknownTenant,
+            format!("tenant {:?} is not provisioned", ev.tenant_id),
+        ))),
+        Ok(ev) => {
+            let h = content_hash(&ev);
+            Ok(Classified::Event(Box::new(ev), h))
+        }
+    }
+}
+
+fn bad_row(raw: &Raw, e: &WireError) -> BadRow {
+    let parsed = subject::parse(&raw.subject).ok();
+    BadRow {
+        stream: names::EVENTS.into(),
+        stream_seq: raw.stream_seq,
+        subject: raw.subject.clone(),
+        reason: e.reason.as_str(),
+        detail: e.detail.clone(),
+        payload: raw.payload.to_vec(),
+        tenant_id: parsed.as_ref().map(|p| p.tenant_id.clone()),
+        store_id: parsed.as_ref().map(|p| p.store_id.clone()),
+        device_id: parsed.map(|p| p.last),
+    }
+}
+
+/// Decides and commits one batch. Nothing is acked here; the caller acks after this returns.
+pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, IngestError> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; raws.len()];
+    let mut bad = Vec::new();
+    let mut events: Vec<(usize, Box<EventEnvelope>, [u8; 32])> = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        match classify(engine, raw).await? {
+            Classified::Bad(e) => {
+                outcomes[i] = Some(Outcome::Quarantined(e.reason));
+                bad.push(bad_row(raw, &e));
+            }
+            Classified::Event(ev, h) => events.push((i, ev, h)),
+        }
+    }
+
+    // Per device, in stream order: the actor's fast path and gap detection.
+    let mut by_device: HashMap<DeviceAddr, Vec<usize>> = HashMap::new();
+    for (k, (_, ev, _)) in events.iter().enumerate() {
+        by_device.entry(ev.addr()).or_default().push(k);
+    }
+    let asks = by_device.iter().map(|(addr, ks)| {
+        let batch = ks
+            .iter()
+            .map(|k| Incoming { event_id: events[*k].1.event_id.clone(), seq: events[*k].1.seq, hash: events[*k].2 })
+            .collect();
+        async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
+    });
+    let verdicts = futures::future::try_join_all(asks).await?;
+
+    let mut cands: Vec<(usize, Candidate)> = Vec::new();
+    let mut devices = Vec::new();
+    for (addr, v) in &verdicts {
+        let ks = &by_device[addr];
+        for (k, fast) in ks.iter().zip(&v.fast) {
+            let (i, ev, h) = &events[*k];
+            match fast {
+                Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
+                _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
+            }
+        }
+        let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
+        devices.push(DeviceUpdate {
+            addr: addr.clone(),
+            max_seq,
+            projected_watermark: v.projected_watermark,
+            gaps: v.gaps.clone(),
+        });
+    }
+    cands.sort_by_key(|(i, _)| *i);
+    let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
+
+    let decisions = writer::commit(engine.pool, &bad, &cands, &devices).await?;
+
+    let mut committed: HashMap<DeviceAddr, Vec<CommittedEvent>> = HashMap::new();
+    for ((i, c), d) in positions.iter().zip(&cands).zip(&decisions) {
+        outcomes[*i] = Some(match d {
+            Decision::New => Outcome::Applied,
+            Decision::Duplicate(l) => Outcome::Duplicate(*l),
+            Decision::Conflict => Outcome::Conflict,
+            Decision::Stale => Outcome::Stale,
+            Decision::Invalid(r) => Outcome::Quarantined(*r),
+        });
+        if *d != Decision::Conflict {
+            committed.entry(c.ev.addr()).or_default().push(CommittedEvent {
+                event_id: c.ev.event_id.clone(),
+                seq: c.ev.seq,
+                hash: c.hash,
+            });
+        }
+    }
+    let mut watermarks = Vec::new();
+    for (addr, evs) in committed {
+        // The commit is durable; if the actor is gone its successor reloads from Postgres.
+        if let Ok(Some(w)) = engine.actors.committed(&addr, evs).await {
+            watermarks.push((addr, w));
+        }
+    }
+    for (k, (_, ev, _)) in events.iter().enumerate() {
+        if outcomes[events[k].0] == Some(Outcome::Applied) {
+            metrics::event_lag((crate::now_ms() - ev.occurred_at_ms).max(0) as f64 / 1000.0);
+        }
+    }
+    let outcomes = outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect();
+    Ok(Report { outcomes, watermarks })
+}
+
+fn record(outcome: Outcome, kind: Option<&'static str>) {
+    match outcome {
+        Outcome::Applied => metrics::event_applied(kind.unwrap_or("unknown")),
+        Outcome::Duplicate(l) => metrics::event_duplicate(l.as_str()),
+        Outcome::Conflict => metrics::event_conflict("content_mismatch"),
+        Outcome::Stale => metrics::event_conflict("stale"),
+        Outcome::Quarantined(r) => metrics::event_quarantined(r.as_str()),
+    }
+}
+
+/// Exports the actor system's counters as metrics.
+pub fn export_actor_stats(ctx: &Ctx) {
+    metrics::actor_stats(ctx.actors.stats());
+}
+
+/// The live loop: runs until the broker's cancellation token fires.
+pub async fn run(ctx: Arc<Ctx>) {
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return;
+        }
+        match consume(&ctx).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "Events consumer stopped; restarting in 1 s.");
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
+    let consumer = crate::streams::consumer(&ctx.js, names::EVENTS, names::BROKER_EVENTS_CONSUMER)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(ctx.config.batch_size * 2)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let mut batch = Vec::with_capacity(ctx.config.batch_size);
+        // Wait for the first message, then linger briefly for the rest of the batch.
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => { tracing::debug!(error = %e, "Events stream hiccup."); continue; }
+                None => return Err("message stream ended".into()),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + ctx.config.linger();
+        while batch.len() < ctx.config.batch_size {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => tracing::debug!(error = %e, "Events stream hiccup."),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        handle_batch(ctx, batch).await;
+    }
+}
+
+async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
+    let started = Instant::now();
+    let raws: Vec<Raw> = batch
+        .iter()
+        .map(|m| Raw {
+            stream_seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
+            subject: m.subject.to_string(),
+            payload: m.payload.clone(),
+        })
+        .collect();
+    metrics::events_received(raws.len() as u64);
+    metrics::batch_size(raws.len());
+    let engine = Engine { pool: &ctx.pool, actors: &ctx.actors, tenants: &ctx.tenants };
+    let mut attempt = 0u32;
+    let report = loop {
+        match process(&engine, &raws).await {
+            Ok(r) => break Some(r),
+            Err(e) if e.is_transient() && attempt < 4 => {
+                metrics::db_retry("ingest");
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "Transient failure committing a batch; retrying.");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::error!(error = %e, "Batch still failing; handing it back to JetStream for redelivery.");
+                break None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Batch failed; applying its messages one by one to isolate the cause.");
+                isolate(ctx, &engine, &batch, &raws).await;
+                return;
+            }
+        }
+    };
+    let Some(report) = report else {
+        for m in &batch {
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+        }
+        return;
+    };
+    settle(ctx, &batch, &raws, &report, started).await;
+}
+
+/// Acks (or terminates, for quarantined messages) a committed batch and publishes watermarks.
+async fn settle(ctx: &Ctx, batch: &[jetstream::Message], raws: &[Raw], report: &Report, started: Instant) {
+    for ((m, raw), o) in batch.iter().zip(raws).zip(&report.outcomes) {
+        let kind = codec::decode_event(&raw.subject, &raw.payload).ok().map(|e| e.body.kind());
+        record(*o, kind);
+        let ack = match o {
+            Outcome::Quarantined(_) => m.ack_with(AckKind::Term).await,
+            _ => m.ack().await,
+        };
+        if let Err(error) = ack {
+            // Not fatal: JetStream redelivers and the ledger answers "duplicate".
+            tracing::warn!(%error, "Ack failed after commit.");
+        }
+        metrics::apply_latency(started.elapsed().as_secs_f64());
+    }
+    publish_watermarks(ctx, &report.watermarks).await;
+}
+
+pub async fn publish_watermarks(ctx: &Ctx, watermarks: &[(DeviceAddr, u64)]) {
+    for (addr, seq) in watermarks {
+        let wm = Watermark {
+            tenant_id: addr.tenant_id.clone(),
+            store_id: addr.store_id.clone(),
+            device_id: addr.device_id.clone(),
+            seq: *seq,
+            at_ms: crate::now_ms(),
+        };
+        if let Err(error) = ctx.nats.publish(subject::watermarks(addr), codec::encode(&wm).into()).await {
+            tracing::warn!(%error, "Watermark publish failed; the next batch publishes a newer one.");
+        }
+    }
+}
+
+/// A batch failed for a reason retries cannot fix: process each message alone, quarantining
+/// (reason `apply_failed`) exactly the ones that fail, so one poison message never blocks others.
+async fn isolate(ctx: &Ctx, engine: &Engine<'_>, batch: &[jetstream::Message], raws: &[Raw]) {
+    for (m, raw) in batch.iter().zip(raws) {
+        let started = Instant::now();
+        match process(engine, std::slice::from_ref(raw)).await {
+            Ok(report) => settle(ctx, std::slice::from_ref(m), std::slice::from_ref(raw), &report, started).await,
+            Err(e) if e.is_transient() => {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+            }
+            Err(e) => {
+                let row = bad_row(raw, &WireError::new(Reason::ApplyFailed, e.to_string()));
+                match writer::commit(engine.pool, &[row], &[], &[]).await {
+                    Ok(_) => {
+                        metrics::event_quarantined(Reason::ApplyFailed.as_str());
+                        let _ = m.ack_with(AckKind::Term).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "Cannot quarantine; leaving the message for redelivery.");
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                    }
+                }
+            }
+        }
+    }
+}

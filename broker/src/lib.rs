@@ -1,0 +1,130 @@
+//! The tillsync cloud broker.
+//!
+//! It ensures the JetStream streams, consumes events, heartbeats, command intake and command
+//! acks, routes each to its device actor ([`tillsync_actors`]), commits the decided effects to
+//! Postgres in group-commit batches and only then acks JetStream. `Broker::start` returns once
+//! everything is ready; `Broker::shutdown` stops pulling, finishes in-flight work, drains NATS
+//! and closes the pool.
+
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod heartbeats;
+pub mod http;
+pub mod ingest;
+mod instance;
+pub mod metrics;
+pub mod nats;
+pub mod ports;
+pub mod streams;
+pub mod tenants;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tillsync_actors::{ActorConfig, ActorSystem};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+pub use crate::error::BrokerError;
+
+/// What every broker task shares.
+pub struct Ctx {
+    pub config: Config,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub actors: ActorSystem,
+    pub tenants: tenants::Tenants,
+    pub cancel: CancellationToken,
+}
+
+pub struct Broker {
+    pub ctx: Arc<Ctx>,
+    pub http_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Broker {
+    /// Connects, migrates, ensures streams, starts the actors and every consumer task.
+    pub async fn start(config: Config) -> Result<Broker, BrokerError> {
+        config.validate().map_err(BrokerError::Config)?;
+        let prometheus = metrics::install();
+        let pool = db::connect(&config.database_url, config.db_pool).await?;
+        db::migrate(&pool).await?;
+        let instance_id = config.instance_id();
+        let nats = nats::connect(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
+        let js = jetstream::new(nats.clone());
+        streams::ensure(&js, &config).await?;
+        let actor_config = ActorConfig {
+            recent_ids: config.recent_ids,
+            idle_after: Duration::from_secs(config.idle_passivate_s),
+            ..ActorConfig::default()
+        };
+        let actors = ActorSystem::start(actor_config, Arc::new(ports::PgPorts::new(pool.clone())))
+            .await
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
+        let ctx = Arc::new(Ctx {
+            tenants: tenants::Tenants::new(config.auto_tenants),
+            config,
+            pool,
+            nats,
+            js,
+            actors,
+            cancel: CancellationToken::new(),
+        });
+        let listener = tokio::net::TcpListener::bind(ctx.config.http_addr)
+            .await
+            .map_err(|source| BrokerError::Http { addr: ctx.config.http_addr, source })?;
+        let http_addr =
+            listener.local_addr().map_err(|source| BrokerError::Http { addr: ctx.config.http_addr, source })?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(http::serve(listener, ctx.clone(), prometheus));
+        tasks.spawn(ingest::run(ctx.clone()));
+        tasks.spawn(heartbeats::run(ctx.clone()));
+        tasks.spawn(commands::run(ctx.clone()));
+        tasks.spawn(instance::run(ctx.clone(), instance_id));
+        metrics::broker_up(true);
+        tracing::info!(%http_addr, "Broker started.");
+        Ok(Broker { ctx, http_addr, tasks })
+    }
+
+    /// Stops pulling, lets in-flight batches commit and ack, then drains NATS and closes the pool.
+    pub async fn shutdown(mut self) {
+        self.ctx.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        metrics::broker_up(false);
+        let _ = self.ctx.nats.flush().await;
+        let _ = self.ctx.nats.drain().await;
+        if let Ok(ctx) = Arc::try_unwrap(self.ctx) {
+            ctx.actors.shutdown().await;
+            ctx.pool.close().await;
+        }
+        tracing::info!("Broker stopped.");
+    }
+
+    /// Runs until `shutdown` resolves (Ctrl-C, SIGTERM, or a test's signal).
+    pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), BrokerError> {
+        let broker = Broker::start(config).await?;
+        shutdown.await;
+        tracing::info!("Shutting down.");
+        broker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Unix milliseconds to a Postgres-friendly timestamp.
+pub fn ts(ms: i64) -> sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc> {
+    sqlx::types::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,189 @@
+//! Every broker metric, defined once: names, help text, units and label sets. Other modules
+//! record through the functions here, never through raw macros with literal names, so
+//! `docs/metrics.md` can be checked against this file. Labels come from small fixed sets
+//! (kind, reason, layer, code, tenant); never a device id.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_RECEIVED: &str = "tillsync_events_received_total";
+pub const EVENTS_APPLIED: &str = "tillsync_events_applied_total";
+pub const EVENTS_DUPLICATE: &str = "tillsync_events_duplicate_total";
+pub const EVENTS_CONFLICT: &str = "tillsync_events_conflict_total";
+pub const EVENTS_QUARANTINED: &str = "tillsync_events_quarantined_total";
+pub const EVENT_GAPS: &str = "tillsync_event_gaps_total";
+pub const APPLY_LATENCY: &str = "tillsync_apply_latency_seconds";
+pub const EVENT_LAG: &str = "tillsync_event_lag_seconds";
+pub const BATCH_SIZE: &str = "tillsync_batch_events";
+pub const DB_RETRIES: &str = "tillsync_db_retries_total";
+pub const ACTORS_RESIDENT: &str = "tillsync_actors_resident";
+pub const ACTOR_ACTIVATIONS: &str = "tillsync_actor_activations_total";
+pub const ACTOR_RESTARTS: &str = "tillsync_actor_restarts_total";
+pub const ACTOR_PASSIVATIONS: &str = "tillsync_actor_passivations_total";
+pub const CONSUMER_PENDING: &str = "tillsync_consumer_pending_messages";
+pub const CONSUMER_ACK_PENDING: &str = "tillsync_consumer_ack_pending_messages";
+pub const CONSUMER_REDELIVERED: &str = "tillsync_consumer_redelivered_messages";
+pub const HEARTBEATS: &str = "tillsync_heartbeats_total";
+pub const DEVICES_ONLINE: &str = "tillsync_devices_online";
+pub const DEVICES_OFFLINE: &str = "tillsync_devices_offline";
+pub const COMMANDS_RECEIVED: &str = "tillsync_commands_received_total";
+pub const COMMANDS_REJECTED: &str = "tillsync_commands_rejected_total";
+pub const COMMAND_DELIVERIES: &str = "tillsync_command_deliveries_total";
+pub const COMMAND_REDELIVERIES: &str = "tillsync_command_redeliveries_total";
+pub const COMMANDS_ACKED: &str = "tillsync_commands_acked_total";
+pub const COMMANDS_FAILED: &str = "tillsync_commands_failed_total";
+pub const COMMANDS_EXPIRED: &str = "tillsync_commands_expired_total";
+pub const COMMAND_ACKS_UNMATCHED: &str = "tillsync_command_acks_unmatched_total";
+pub const COMMAND_INBOX_DEPTH: &str = "tillsync_command_inbox_depth";
+pub const COMMAND_OLDEST_PENDING: &str = "tillsync_command_oldest_pending_seconds";
+pub const COMMAND_ROUND_TRIP: &str = "tillsync_command_round_trip_seconds";
+pub const BROKER_UP: &str = "tillsync_broker_up";
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Installs the global recorder (once per process) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(EVENTS_RECEIVED, "Event messages taken from the events stream.");
+    describe_counter!(EVENTS_APPLIED, "Events applied to the read models, by kind.");
+    describe_counter!(EVENTS_DUPLICATE, "Duplicate events acked without effect, by dedupe layer (memory, ledger).");
+    describe_counter!(EVENTS_CONFLICT, "Events not applied because they conflict, by kind (content_mismatch, stale).");
+    describe_counter!(EVENTS_QUARANTINED, "Messages quarantined and terminated, by reason code.");
+    describe_counter!(EVENT_GAPS, "Gaps detected in device sequence numbers.");
+    describe_histogram!(APPLY_LATENCY, Unit::Seconds, "From taking a message off the stream to its commit.");
+    describe_histogram!(EVENT_LAG, Unit::Seconds, "From occurred_at on the device to commit in Postgres.");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Events per group-commit transaction.");
+    describe_counter!(DB_RETRIES, "Transient Postgres errors retried, by operation.");
+    describe_gauge!(ACTORS_RESIDENT, "Device actors resident in memory.");
+    describe_counter!(ACTOR_ACTIVATIONS, "Device actors started (first message or after passivation).");
+    describe_counter!(ACTOR_RESTARTS, "Device actors restarted after a failure.");
+    describe_counter!(ACTOR_PASSIVATIONS, "Device actors stopped after being idle.");
+    describe_gauge!(CONSUMER_PENDING, "Messages not yet delivered to a broker consumer, by consumer.");
+    describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not yet acked, by consumer.");
+    describe_gauge!(CONSUMER_REDELIVERED, "Messages being redelivered, by consumer.");
+    describe_counter!(HEARTBEATS, "Heartbeats received.");
+    describe_gauge!(DEVICES_ONLINE, "Devices currently online, by tenant.");
+    describe_gauge!(DEVICES_OFFLINE, "Known devices currently offline, by tenant.");
+    describe_counter!(COMMANDS_RECEIVED, "Commands taken from the intake stream.");
+    describe_counter!(COMMANDS_REJECTED, "Commands rejected at intake, by reason.");
+    describe_counter!(COMMAND_DELIVERIES, "Command deliveries to devices (first attempts).");
+    describe_counter!(COMMAND_REDELIVERIES, "Command redeliveries after no ack.");
+    describe_counter!(COMMANDS_ACKED, "Commands acked by their device (outcome applied).");
+    describe_counter!(COMMANDS_FAILED, "Commands ended failed, by code.");
+    describe_counter!(COMMANDS_EXPIRED, "Commands expired before an ack.");
+    describe_counter!(COMMAND_ACKS_UNMATCHED, "Acks for unknown or already final commands.");
+    describe_gauge!(COMMAND_INBOX_DEPTH, "Commands queued or delivered and not yet acked, by tenant.");
+    describe_gauge!(COMMAND_OLDEST_PENDING, Unit::Seconds, "Age of the oldest pending command, by tenant.");
+    describe_histogram!(COMMAND_ROUND_TRIP, Unit::Seconds, "From intake to the device's ack.");
+    describe_gauge!(BROKER_UP, "1 while the broker runs.");
+}
+
+pub fn events_received(n: u64) {
+    counter!(EVENTS_RECEIVED).increment(n);
+}
+pub fn event_applied(kind: &'static str) {
+    counter!(EVENTS_APPLIED, "kind" => kind).increment(1);
+}
+pub fn event_duplicate(layer: &'static str) {
+    counter!(EVENTS_DUPLICATE, "layer" => layer).increment(1);
+}
+pub fn event_conflict(kind: &'static str) {
+    counter!(EVENTS_CONFLICT, "kind" => kind).increment(1);
+}
+pub fn event_quarantined(reason: &'static str) {
+    counter!(EVENTS_QUARANTINED, "reason" => reason).increment(1);
+}
+pub fn event_gap() {
+    counter!(EVENT_GAPS).increment(1);
+}
+pub fn apply_latency(secs: f64) {
+    histogram!(APPLY_LATENCY).record(secs);
+}
+pub fn event_lag(secs: f64) {
+    histogram!(EVENT_LAG).record(secs);
+}
+pub fn batch_size(n: usize) {
+    histogram!(BATCH_SIZE).record(n as f64);
+}
+pub fn db_retry(op: &'static str) {
+    counter!(DB_RETRIES, "op" => op).increment(1);
+}
+pub fn consumer_info(consumer: &str, pending: u64, ack_pending: usize, redelivered: usize) {
+    gauge!(CONSUMER_PENDING, "consumer" => consumer.to_string()).set(pending as f64);
+    gauge!(CONSUMER_ACK_PENDING, "consumer" => consumer.to_string()).set(ack_pending as f64);
+    gauge!(CONSUMER_REDELIVERED, "consumer" => consumer.to_string()).set(redelivered as f64);
+}
+pub fn actor_stats(s: tillsync_actors::stats::StatsSnapshot) {
+    gauge!(ACTORS_RESIDENT).set(s.resident as f64);
+    counter!(ACTOR_ACTIVATIONS).absolute(s.activations);
+    counter!(ACTOR_RESTARTS).absolute(s.restarts);
+    counter!(ACTOR_PASSIVATIONS).absolute(s.passivations);
+}
+pub fn heartbeat() {
+    counter!(HEARTBEATS).increment(1);
+}
+pub fn devices_by_state(tenant: &str, online: i64, offline: i64) {
+    gauge!(DEVICES_ONLINE, "tenant" => tenant.to_string()).set(online as f64);
+    gauge!(DEVICES_OFFLINE, "tenant" => tenant.to_string()).set(offline as f64);
+}
+pub fn command_received() {
+    counter!(COMMANDS_RECEIVED).increment(1);
+}
+pub fn command_rejected(reason: &'static str) {
+    counter!(COMMANDS_REJECTED, "reason" => reason).increment(1);
+}
+pub fn command_delivery(redelivery: bool) {
+    if redelivery {
+        counter!(COMMAND_REDELIVERIES).increment(1);
+    } else {
+        counter!(COMMAND_DELIVERIES).increment(1);
+    }
+}
+pub fn command_acked(round_trip_secs: f64) {
+    counter!(COMMANDS_ACKED).increment(1);
+    histogram!(COMMAND_ROUND_TRIP).record(round_trip_secs);
+}
+pub fn command_failed(code: String) {
+    counter!(COMMANDS_FAILED, "code" => code).increment(1);
+}
+pub fn command_expired() {
+    counter!(COMMANDS_EXPIRED).increment(1);
+}
+pub fn command_ack_unmatched() {
+    counter!(COMMAND_ACKS_UNMATCHED).increment(1);
+}
+pub fn command_inbox(tenant: &str, depth: i64, oldest_secs: f64) {
+    gauge!(COMMAND_INBOX_DEPTH, "tenant" => tenant.to_string()).set(depth as f64);
+    gauge!(COMMAND_OLDEST_PENDING, "tenant" => tenant.to_string()).set(oldest_secs);
+}
+pub fn broker_up(up: bool) {
+    gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Where /metrics is served: the handle renders the text format.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.render()
+}
+
+/// The address the HTTP endpoints bound to (useful when configured with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAddr(pub SocketAddr);

@@ -1,0 +1,34 @@
+//! The tillsync wire contract, as a pure codec: no I/O, no async, no NATS client.
+//!
+//! Everything that crosses NATS is defined here: the subject hierarchy (built only by the
+//! functions in [`subject`]), the envelopes for events, heartbeats, commands, command acks,
+//! ack watermarks and command status, their MessagePack encoding ([`codec`]) and their
+//! validation with stable, coded reasons ([`error::Reason`]). `docs/protocol.md` is the prose
+//! version of this crate for people writing a bridge in another language.
+
+pub mod ack;
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod heartbeat;
+pub mod ids;
+pub mod status;
+pub mod streams;
+pub mod subject;
+
+pub use ack::{CommandAck, Outcome, Watermark};
+pub use codec::{decode_command, decode_command_ack, decode_event, decode_heartbeat, encode};
+pub use command::{Approval, CommandBody, CommandEnvelope};
+pub use error::{Reason, WireError};
+pub use event::{EventBody, EventEnvelope};
+pub use heartbeat::Heartbeat;
+pub use status::{CommandState, CommandStatus};
+pub use subject::DeviceAddr;
+
+/// The schema version this build writes. Readers accept every version in [`SUPPORTED_SCHEMA_VERSIONS`].
+pub const SCHEMA_VERSION: u16 = 1;
+/// Schema versions this build can read.
+pub const SUPPORTED_SCHEMA_VERSIONS: &[u16] = &[1];
+/// Largest encoded message accepted on any tillsync subject, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

@@ -1,0 +1,62 @@
+//! Command status feedback to the portal: one message per transition.
+
+use serde::{Deserialize, Serialize};
+
+/// A command's state. `queued -> delivered -> acked | failed`; any unfinished state ->
+/// `expired`; `rejected` at intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    Queued,
+    Delivered,
+    Acked,
+    Failed,
+    Expired,
+    Rejected,
+}
+
+impl CommandState {
+    pub const ALL: &'static [CommandState] = &[
+        CommandState::Queued,
+        CommandState::Delivered,
+        CommandState::Acked,
+        CommandState::Failed,
+        CommandState::Expired,
+        CommandState::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Delivered => "delivered",
+            CommandState::Acked => "acked",
+            CommandState::Failed => "failed",
+            CommandState::Expired => "expired",
+            CommandState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CommandState> {
+        CommandState::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    /// Final states never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, CommandState::Acked | CommandState::Failed | CommandState::Expired | CommandState::Rejected)
+    }
+}
+
+/// `tillsync.status.<tenant>.<store>.<command_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStatus {
+    pub command_id: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub device_id: Option<String>,
+    pub state: CommandState,
+    pub attempt: u32,
+    pub code: Option<String>,
+    #[serde(default)]
+    pub detail: String,
+    pub at_ms: i64,
+}

@@ -1,0 +1,32 @@
+//! JetStream stream names. The broker creates them; bridges and the operator CLI address them.
+
+pub const EVENTS: &str = "TILLSYNC_EVENTS";
+pub const HEARTBEATS: &str = "TILLSYNC_HEARTBEATS";
+pub const COMMANDS: &str = "TILLSYNC_COMMANDS";
+pub const COMMAND_ACKS: &str = "TILLSYNC_COMMAND_ACKS";
+pub const INTAKE: &str = "TILLSYNC_INTAKE";
+pub const STATUS: &str = "TILLSYNC_STATUS";
+pub const WATERMARKS: &str = "TILLSYNC_WATERMARKS";
+
+/// Durable consumer names used by the broker.
+pub const BROKER_EVENTS_CONSUMER: &str = "broker-events";
+pub const BROKER_HEARTBEATS_CONSUMER: &str = "broker-heartbeats";
+pub const BROKER_INTAKE_CONSUMER: &str = "broker-intake";
+pub const BROKER_ACKS_CONSUMER: &str = "broker-acks";
+
+/// Durable consumer name of one device's command consumer.
+pub fn device_commands_consumer(addr: &crate::DeviceAddr) -> String {
+    format!("edge_{}_{}_{}", addr.tenant_id, addr.store_id, addr.device_id)
+}
+
+/// Header names.
+pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
+pub const HEADER_SCHEMA_VERSION: &str = "Tillsync-Schema-Version";
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+pub const HEADER_ATTEMPT: &str = "Tillsync-Attempt";
+pub const CONTENT_TYPE: &str = "application/vnd.tillsync+msgpack";
+
+/// `Nats-Msg-Id` of an event: `<device_id>:<event_id>`.
+pub fn event_msg_id(device_id: &str, event_id: &str) -> String {
+    format!("{device_id}:{event_id}")
+}

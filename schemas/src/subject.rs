@@ -1,0 +1,207 @@
+//! The subject hierarchy. Every subject is `tillsync.<family>.<tenant>.<store>.<device>`, so a
+//! NATS account can confine a device to `tillsync.*.<tenant>.<store>.<device>` with plain
+//! permissions. No other crate formats a subject by hand.
+
+use crate::error::{Reason, WireError};
+use crate::ids::check_id;
+
+/// Root token of every tillsync subject.
+pub const ROOT: &str = "tillsync";
+/// Device token of a store-wide command on the intake subject.
+pub const STORE_WIDE: &str = "_store";
+
+/// What travels on a subject family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Events up, device to broker (JetStream).
+    Events,
+    /// Heartbeats up, device to broker.
+    Heartbeats,
+    /// Commands down, broker to device (JetStream).
+    Commands,
+    /// Command acks up, device to broker.
+    CommandAcks,
+    /// Ack watermark down: highest contiguous event seq committed for the device.
+    Watermarks,
+    /// Command intake from the portal; the device token may be [`STORE_WIDE`].
+    Intake,
+    /// Command status feedback to the portal; the last token is the command id.
+    Status,
+}
+
+impl Family {
+    pub const ALL: &'static [Family] = &[
+        Family::Events,
+        Family::Heartbeats,
+        Family::Commands,
+        Family::CommandAcks,
+        Family::Watermarks,
+        Family::Intake,
+        Family::Status,
+    ];
+
+    pub fn token(self) -> &'static str {
+        match self {
+            Family::Events => "ev",
+            Family::Heartbeats => "hb",
+            Family::Commands => "cmd",
+            Family::CommandAcks => "cack",
+            Family::Watermarks => "wm",
+            Family::Intake => "intake",
+            Family::Status => "status",
+        }
+    }
+
+    /// Wildcard covering the whole family, for stream configs and broker subscriptions.
+    pub fn all_subjects(self) -> String {
+        format!("{ROOT}.{}.>", self.token())
+    }
+
+    /// Wildcard covering one tenant's part of the family.
+    pub fn tenant_subjects(self, tenant: &str) -> String {
+        format!("{ROOT}.{}.{tenant}.>", self.token())
+    }
+
+    /// Wildcard covering one store's part of the family.
+    pub fn store_subjects(self, tenant: &str, store: &str) -> String {
+        format!("{ROOT}.{}.{tenant}.{store}.>", self.token())
+    }
+}
+
+/// Tenant, store and device: the three tokens that address a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceAddr {
+    pub tenant_id: String,
+    pub store_id: String,
+    pub device_id: String,
+}
+
+impl DeviceAddr {
+    pub fn new(tenant: impl Into<String>, store: impl Into<String>, device: impl Into<String>) -> Self {
+        DeviceAddr { tenant_id: tenant.into(), store_id: store.into(), device_id: device.into() }
+    }
+
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_id("tenant_id", &self.tenant_id)?;
+        check_id("store_id", &self.store_id)?;
+        check_id("device_id", &self.device_id)
+    }
+
+    /// The subject of `family` for this device.
+    pub fn subject(&self, family: Family) -> String {
+        format!("{ROOT}.{}.{}.{}.{}", family.token(), self.tenant_id, self.store_id, self.device_id)
+    }
+}
+
+pub fn events(addr: &DeviceAddr) -> String {
+    addr.subject(Family::Events)
+}
+pub fn heartbeats(addr: &DeviceAddr) -> String {
+    addr.subject(Family::Heartbeats)
+}
+pub fn commands(addr: &DeviceAddr) -> String {
+    addr.subject(Family::Commands)
+}
+pub fn command_acks(addr: &DeviceAddr) -> String {
+    addr.subject(Family::CommandAcks)
+}
+pub fn watermarks(addr: &DeviceAddr) -> String {
+    addr.subject(Family::Watermarks)
+}
+
+/// Intake subject for a command; `device` `None` is store-wide.
+pub fn intake(tenant: &str, store: &str, device: Option<&str>) -> String {
+    format!("{ROOT}.{}.{tenant}.{store}.{}", Family::Intake.token(), device.unwrap_or(STORE_WIDE))
+}
+
+/// Status subject of one command, for the portal: `tillsync.status.<tenant>.<store>.<command_id>`.
+pub fn status(tenant: &str, store: &str, command_id: &str) -> String {
+    format!("{ROOT}.{}.{tenant}.{store}.{command_id}", Family::Status.token())
+}
+
+/// A parsed subject: its family and its three address tokens (the last may be [`STORE_WIDE`]
+/// on intake, or a command id on status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub family: Family,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub last: String,
+}
+
+impl Parsed {
+    pub fn device_addr(&self) -> DeviceAddr {
+        DeviceAddr::new(&self.tenant_id, &self.store_id, &self.last)
+    }
+}
+
+/// Parses any tillsync subject, checking every token.
+pub fn parse(subject: &str) -> Result<Parsed, WireError> {
+    let bad = |why: &str| WireError::new(Reason::BadSubject, format!("subject {subject:?}: {why}"));
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let [root, fam, tenant, store, last] = tokens[..] else {
+        return Err(bad("expected 5 tokens"));
+    };
+    if root != ROOT {
+        return Err(bad("must start with tillsync."));
+    }
+    let family = Family::ALL.iter().copied().find(|f| f.token() == fam).ok_or_else(|| bad("unknown family"))?;
+    check_id("tenant token", tenant).map_err(|e| bad(&e.detail))?;
+    check_id("store token", store).map_err(|e| bad(&e.detail))?;
+    if !(family == Family::Intake && last == STORE_WIDE) {
+        check_id("last token", last).map_err(|e| bad(&e.detail))?;
+    }
+    Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into() })
+}
+
+/// Checks that a subject of `family` names exactly the envelope's tenant, store and device.
+pub fn check_matches(subject: &str, family: Family, addr: &DeviceAddr) -> Result<(), WireError> {
+    let parsed = parse(subject)?;
+    if parsed.family != family {
+        return Err(WireError::new(Reason::BadSubject, format!("{subject:?} is not a {family:?} subject")));
+    }
+    if parsed.device_addr() != *addr {
+        return Err(WireError::new(
+            Reason::SubjectMismatch,
+            format!(
+                "subject names {}/{}/{} but envelope names {}/{}/{}",
+                parsed.tenant_id, parsed.store_id, parsed.last, addr.tenant_id, addr.store_id, addr.device_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses() {
+        let a = DeviceAddr::new("acme", "s1", "till-1");
+        assert_eq!(events(&a), "tillsync.ev.acme.s1.till-1");
+        assert_eq!(intake("acme", "s1", None), "tillsync.intake.acme.s1._store");
+        let p = parse(&commands(&a)).unwrap();
+        assert_eq!(p.family, Family::Commands);
+        assert_eq!(p.device_addr(), a);
+        assert_eq!(Family::Events.all_subjects(), "tillsync.ev.>");
+    }
+
+    #[test]
+    fn rejects_bad_subjects() {
+        for s in
+            ["x.ev.a.b.c", "tillsync.ev.a.b", "tillsync.nope.a.b.c", "tillsync.ev._x.b.c", "tillsync.ev.a.b._store"]
+        {
+            assert_eq!(parse(s).unwrap_err().reason, Reason::BadSubject, "{s}");
+        }
+        assert!(parse("tillsync.intake.a.b._store").is_ok());
+    }
+
+    #[test]
+    fn mismatch_is_coded() {
+        let a = DeviceAddr::new("acme", "s1", "d1");
+        let err = check_matches("tillsync.ev.other.s1.d1", Family::Events, &a).unwrap_err();
+        assert_eq!(err.reason, Reason::SubjectMismatch);
+        assert!(check_matches(&events(&a), Family::Events, &a).is_ok());
+    }
+}

@@ -1,0 +1,44 @@
+//! The integration-test harness: real servers, owned by each test.
+//!
+//! - [`NatsServer`] starts its own `nats-server` with JetStream on a random port and a temp
+//!   store dir, kills it on drop, and can be stopped and restarted inside a test.
+//! - [`TestDb`] creates a fresh Postgres database with the migrations applied, dropped after.
+//! - [`eventually`] polls with a timeout instead of sleeping.
+//! - [`BrokerProc`] and [`InProcBroker`] run the broker as a child process (for kill -9) or a task.
+
+mod broker;
+mod db;
+mod nats;
+mod poll;
+
+pub use broker::{bin_path, BrokerProc, InProcBroker};
+pub use db::TestDb;
+pub use nats::NatsServer;
+pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};
+
+/// Logs for a failing test: `RUST_LOG=debug cargo test ...`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A test's world: its own nats-server and its own database.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub db: TestDb,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        init_tracing();
+        let (nats, db) = tokio::join!(NatsServer::start(), TestDb::new());
+        Stack { nats, db }
+    }
+
+    /// A broker config pointing at this stack's servers, with test-friendly timings.
+    pub fn broker_config(&self) -> tillsync_broker::config::Config {
+        tillsync_broker::config::Config::for_tests(&self.nats.url(), &self.db.url)
+    }
+}

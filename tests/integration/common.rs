@@ -1,0 +1,68 @@
+//! Builders shared by the integration tests.
+
+use async_nats::HeaderMap;
+use tillsync_schemas::event::*;
+use tillsync_schemas::{codec, streams, subject, DeviceAddr, EventBody, EventEnvelope};
+
+pub fn event(addr: &DeviceAddr, seq: u64, body: EventBody) -> EventEnvelope {
+    EventEnvelope {
+        schema_version: tillsync_schemas::SCHEMA_VERSION,
+        tenant_id: addr.tenant_id.clone(),
+        store_id: addr.store_id.clone(),
+        device_id: addr.device_id.clone(),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        seq,
+        occurred_at_ms: tillsync_broker::now_ms(),
+        body,
+    }
+}
+
+pub fn opened(order: &str) -> EventBody {
+    EventBody::OrderOpened(OrderOpened { order_id: order.into(), currency: "EUR".into(), table: None })
+}
+
+pub fn status(order: &str, s: &str) -> EventBody {
+    EventBody::OrderStatusChanged(OrderStatusChanged { order_id: order.into(), status: s.into() })
+}
+
+pub fn item(order: &str, line: &str, qty: i32) -> EventBody {
+    EventBody::OrderItemAdded(OrderItemAdded {
+        order_id: order.into(),
+        line_id: line.into(),
+        sku: "latte".into(),
+        name: "Latte".into(),
+        quantity: qty,
+        unit_price_minor: 350,
+    })
+}
+
+pub fn payment(order: &str, payment: &str, amount: i64) -> EventBody {
+    EventBody::PaymentCaptured(PaymentCaptured {
+        order_id: order.into(),
+        payment_id: payment.into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+        method: "card".into(),
+    })
+}
+
+/// Publishes an event the way a bridge does (JetStream, `Nats-Msg-Id`), awaiting the ack.
+pub async fn publish(js: &async_nats::jetstream::Context, ev: &EventEnvelope) {
+    let mut h = HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
+    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+    js.publish_with_headers(subject::events(&ev.addr()), h, codec::encode(ev).into()).await.unwrap().await.unwrap();
+}
+
+/// Publishes raw bytes on a subject without a message id (bad-input tests).
+pub async fn publish_raw(js: &async_nats::jetstream::Context, subject: String, bytes: Vec<u8>) {
+    js.publish(subject, bytes.into()).await.unwrap().await.unwrap();
+}
+
+pub async fn add_tenant(pool: &sqlx::PgPool, tenant: &str) {
+    sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(tenant)
+        .execute(pool)
+        .await
+        .unwrap();
+}

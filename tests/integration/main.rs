@@ -1,0 +1,5 @@
+//! tillsync's integration tests: one binary, a module per area, real nats-server and Postgres
+//! started per test by the harness in `tests/harness`.
+
+mod common;
+mod ingest;
