@@ -1,1 +1,5 @@
-fn main() {}
+//! `tillsync`: the operator CLI.
+
+fn main() {
+    println!("tillsync: operator CLI (subcommands are being built)");
+}

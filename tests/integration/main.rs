@@ -3,3 +3,7 @@
 
 mod common;
 mod ingest;
+mod commands;
+mod edge;
+mod example;
+mod ops;
