@@ -1,5 +1,51 @@
-//! `tillsync`: the operator CLI.
+//! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
+//!
+//! Exit codes: 0 success; 1 failure (the error is printed); 2 usage error (clap); 3 a check
+//! found differences or problems (e.g. `replay --verify` mismatches). See docs/operations.md.
 
-fn main() {
-    println!("tillsync: operator CLI (subcommands are being built)");
+mod bench;
+mod commands;
+mod global;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::global::Global;
+
+#[derive(Parser)]
+#[command(name = "tillsync", version, about = "tillsync operator CLI")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Command inbox: list, show one command's history, or send one (acts as the portal).
+    Commands(commands::CommandsArgs),
+    /// Benchmarks against real NATS and Postgres; prints a table or one JSON object.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Commands(args) => commands::run(args, &cli.global).await,
+        Command::Bench(args) => bench::run(args, &cli.global).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
 }

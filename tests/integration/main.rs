@@ -1,9 +1,9 @@
 //! tillsync's integration tests: one binary, a module per area, real nats-server and Postgres
 //! started per test by the harness in `tests/harness`.
 
-mod common;
-mod ingest;
 mod commands;
+mod common;
 mod edge;
 mod example;
+mod ingest;
 mod ops;

@@ -1,0 +1,31 @@
+//! Options every subcommand shares.
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// NATS server URL.
+    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// Postgres URL of the read-model database.
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
+    pub database_url: String,
+    /// Print one JSON document instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        tillsync_broker::db::connect(&self.database_url, 4)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", self.database_url))
+    }
+
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), "tillsync-cli").await?)
+    }
+}
