@@ -97,7 +97,7 @@ impl Actor for DeviceActor {
 
     async fn handle(
         &self,
-        myself: ActorRef<DeviceMsg>,
+        _myself: ActorRef<DeviceMsg>,
         msg: DeviceMsg,
         state: &mut DeviceState,
     ) -> Result<(), ActorProcessingErr> {
@@ -118,7 +118,7 @@ impl Actor for DeviceActor {
                 let _ = reply.send(state.seqs.watermark);
             }
             DeviceMsg::Fail(why) => return Err(format!("injected failure: {why}").into()),
-            DeviceMsg::Inbox(m) => inbox::handle(&myself, m, &mut state.inbox, &state.shared).await?,
+            DeviceMsg::Inbox(m) => inbox::handle(&state.addr, m, &mut state.inbox, &state.shared).await?,
         }
         Ok(())
     }

@@ -1,23 +1,131 @@
-//! The device's command inbox, held by the device actor (see the commands-down work).
+//! The device's command inbox, held by the device actor.
+//!
+//! Postgres (`command_inbox`) is the source of truth; the actor keeps the unfinished entries,
+//! refreshed on every tick (one indexed query), so intake by another broker instance is seen and
+//! a passivated or restarted actor picks up where the last one stopped, attempt counts included.
+//! The actor's job is to serialise a device's transitions (deliveries, acks, expiry) and to run
+//! the pure [`policy`](crate::policy) on them; the port does the I/O, persisting each transition
+//! before publishing it.
 
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::{ActorProcessingErr, RpcReplyPort};
+use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
 
-use crate::device::DeviceMsg;
+use crate::policy::{self, AckEffect, Action, InboxParams, PendingEntry};
+use crate::ports::{Delivery, Finish};
 use crate::system::Shared;
 
 /// Messages about commands for one device.
 #[derive(Debug)]
-pub enum InboxMsg {}
+pub enum InboxMsg {
+    /// Refresh from Postgres and do whatever is due (deliver, redeliver, fail, expire).
+    Tick(InboxParams, RpcReplyPort<Result<TickReport, String>>),
+    /// An ack from the device.
+    Ack(CommandAck, RpcReplyPort<Result<AckEffect, String>>),
+    /// The unfinished entries as last loaded (tests, status).
+    Pending(RpcReplyPort<Vec<PendingEntry>>),
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub delivered: usize,
+    pub failed: usize,
+    pub expired: usize,
+    /// Still unfinished after the tick.
+    pub pending: usize,
+}
 
 /// The inbox part of a device actor's state.
 #[derive(Debug, Default)]
-pub struct InboxState {}
+pub struct InboxState {
+    pub pending: Vec<PendingEntry>,
+    pub online: bool,
+}
+
+/// Wall-clock Unix milliseconds: expiry is a wall-clock deadline set by the portal.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 pub async fn handle(
-    _myself: &ActorRef<DeviceMsg>,
+    addr: &DeviceAddr,
     msg: InboxMsg,
-    _state: &mut InboxState,
-    _shared: &Shared,
+    state: &mut InboxState,
+    shared: &Shared,
 ) -> Result<(), ActorProcessingErr> {
-    match msg {}
+    // A port failure is answered to the caller, never turned into an actor failure: the next
+    // tick retries from Postgres.
+    match msg {
+        InboxMsg::Tick(params, reply) => {
+            let _ = reply.send(tick(addr, state, shared, params).await);
+        }
+        InboxMsg::Ack(ack, reply) => {
+            let command_id = ack.command_id.clone();
+            let result = shared.ports.apply_ack(ack).await;
+            if let Ok(AckEffect::AppliedTransition) = result {
+                state.pending.retain(|e| e.command_id != command_id);
+            }
+            let _ = reply.send(result);
+        }
+        InboxMsg::Pending(reply) => {
+            let _ = reply.send(state.pending.clone());
+        }
+    }
+    Ok(())
+}
+
+async fn tick(
+    addr: &DeviceAddr,
+    state: &mut InboxState,
+    shared: &Shared,
+    params: InboxParams,
+) -> Result<TickReport, String> {
+    let snap = shared.ports.load_inbox(addr.clone()).await?;
+    state.pending = snap.pending;
+    state.online = snap.online;
+    let now = now_ms();
+    let mut report = TickReport::default();
+    for action in policy::plan(&state.pending, now, state.online, params) {
+        match action {
+            Action::Deliver { command_id, attempt, next_attempt_at_ms } => {
+                let d = Delivery { command_id: command_id.clone(), attempt, next_attempt_at_ms, now_ms: now };
+                if shared.ports.deliver(addr.clone(), d).await? {
+                    report.delivered += 1;
+                    if let Some(e) = state.pending.iter_mut().find(|e| e.command_id == command_id) {
+                        e.state = CommandState::Delivered;
+                        e.attempts = attempt;
+                        e.next_attempt_at_ms = next_attempt_at_ms;
+                    }
+                }
+            }
+            Action::Fail { command_id, attempts } => {
+                let f = Finish {
+                    command_id: command_id.clone(),
+                    state: CommandState::Failed,
+                    attempts,
+                    code: policy::MAX_ATTEMPTS_CODE.into(),
+                    detail: format!("no ack after {attempts} deliveries"),
+                };
+                if shared.ports.finish(addr.clone(), f).await? {
+                    report.failed += 1;
+                }
+                state.pending.retain(|e| e.command_id != command_id);
+            }
+            Action::Expire { command_id, attempts } => {
+                let f = Finish {
+                    command_id: command_id.clone(),
+                    state: CommandState::Expired,
+                    attempts,
+                    code: policy::EXPIRED_CODE.into(),
+                    detail: String::new(),
+                };
+                if shared.ports.finish(addr.clone(), f).await? {
+                    report.expired += 1;
+                }
+                state.pending.retain(|e| e.command_id != command_id);
+            }
+        }
+    }
+    report.pending = state.pending.len();
+    Ok(report)
 }

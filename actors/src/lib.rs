@@ -8,6 +8,7 @@
 pub mod decide;
 pub mod device;
 pub mod inbox;
+pub mod policy;
 pub mod ports;
 pub mod recent;
 pub mod root;

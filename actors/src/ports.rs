@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tillsync_schemas::DeviceAddr;
+use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
+
+use crate::policy::{AckEffect, PendingEntry};
 
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -21,4 +23,55 @@ pub struct DeviceSnapshot {
 pub trait Ports: Send + Sync + 'static {
     /// Loads a device's state when its actor starts or restarts.
     fn load_device(&self, addr: DeviceAddr, recent: usize) -> BoxFut<Result<DeviceSnapshot, String>>;
+
+    /// The device's unfinished commands and whether it is online. The command methods have
+    /// defaults so that a port without commands (replay) need not implement them.
+    fn load_inbox(&self, _addr: DeviceAddr) -> BoxFut<Result<InboxSnapshot, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+
+    /// Records delivery `attempt` (only if the command is still unfinished, unexpired and at
+    /// `attempt - 1`), then publishes it and its status. `Ok(false)`: the row had moved on.
+    fn deliver(&self, _addr: DeviceAddr, _d: Delivery) -> BoxFut<Result<bool, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+
+    /// Ends an unfinished command as `failed` or `expired` with `code`, then publishes the status.
+    fn finish(&self, _addr: DeviceAddr, _f: Finish) -> BoxFut<Result<bool, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+
+    /// Records an ack, applies its transition if any, publishes the status.
+    fn apply_ack(&self, _ack: CommandAck) -> BoxFut<Result<AckEffect, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+}
+
+const NO_COMMANDS: &str = "this port does not handle commands";
+
+/// A device's inbox as stored.
+#[derive(Debug, Clone, Default)]
+pub struct InboxSnapshot {
+    /// Unfinished commands, in issue order.
+    pub pending: Vec<PendingEntry>,
+    pub online: bool,
+}
+
+/// One delivery to record and publish.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub command_id: String,
+    pub attempt: u32,
+    pub next_attempt_at_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A broker-side final transition.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub command_id: String,
+    pub state: CommandState,
+    pub attempts: u32,
+    pub code: String,
+    pub detail: String,
 }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
-use tillsync_schemas::DeviceAddr;
+use tillsync_schemas::{CommandAck, DeviceAddr};
 
 use crate::decide::{DeviceVerdicts, Incoming};
 use crate::device::{CommittedEvent, DeviceMsg};
+use crate::inbox::{InboxMsg, TickReport};
+use crate::policy::{AckEffect, InboxParams, PendingEntry};
 use crate::ports::Ports;
 use crate::root::{RootActor, RootMsg};
 use crate::stats::{ActorStats, StatsSnapshot};
@@ -138,6 +140,27 @@ impl ActorSystem {
 
     pub async fn watermark(&self, addr: &DeviceAddr) -> Result<u64, ActorError> {
         self.call(addr, DeviceMsg::Watermark).await
+    }
+
+    /// Runs a device's command inbox: refresh from Postgres, then deliver, fail or expire
+    /// whatever is due.
+    pub async fn inbox_tick(
+        &self,
+        addr: &DeviceAddr,
+        params: InboxParams,
+    ) -> Result<Result<TickReport, String>, ActorError> {
+        self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Tick(params, r))).await
+    }
+
+    /// Hands a command ack to its device's actor.
+    pub async fn inbox_ack(&self, ack: CommandAck) -> Result<Result<AckEffect, String>, ActorError> {
+        let addr = ack.addr();
+        self.call(&addr, |r| DeviceMsg::Inbox(InboxMsg::Ack(ack.clone(), r))).await
+    }
+
+    /// A device's unfinished commands as its actor last loaded them.
+    pub async fn inbox_pending(&self, addr: &DeviceAddr) -> Result<Vec<PendingEntry>, ActorError> {
+        self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Pending(r))).await
     }
 
     /// Injects a failure into a device actor (fault tests).
