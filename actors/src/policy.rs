@@ -317,7 +317,10 @@ mod tests {
             vec![Action::Deliver { command_id: "a".into(), attempt: 3, next_attempt_at_ms: 1_400 }]
         );
         let spent = entry("a", 1, CommandState::Delivered, 3, 1_400);
-        assert_eq!(plan(&[spent.clone()], 1_400, false, P), vec![Action::Fail { command_id: "a".into(), attempts: 3 }]);
+        assert_eq!(
+            plan(std::slice::from_ref(&spent), 1_400, false, P),
+            vec![Action::Fail { command_id: "a".into(), attempts: 3 }]
+        );
         assert_eq!(next_due_ms(&[spent]), Some(1_400));
     }
 
