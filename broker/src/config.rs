@@ -71,6 +71,10 @@ pub struct Config {
     /// Accept events and commands for tenants not yet in the tenants table (demo only).
     #[arg(long, env = "TILLSYNC_AUTO_TENANTS", default_value_t = false)]
     pub auto_tenants: bool,
+    /// Fault injection for tests: abort the process right after the first batch commits,
+    /// before anything is acked.
+    #[arg(long, env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT", default_value_t = false, hide = true)]
+    pub fault_crash_after_commit: bool,
 }
 
 impl Config {
@@ -135,6 +139,7 @@ impl Config {
             ("TILLSYNC_COMMAND_RETRY_MS", self.command_retry_ms.to_string()),
             ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
             ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
+            ("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

@@ -45,6 +45,17 @@ impl BrokerProc {
         BrokerProc { child: Some(child) }
     }
 
+    /// Waits for the process to exit by itself (fault-injection tests); panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        while child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "broker did not exit within {timeout:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        self.child = None;
+    }
+
     /// SIGKILL: no graceful shutdown, nothing flushed.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

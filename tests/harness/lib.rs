@@ -10,11 +10,13 @@ mod broker;
 mod db;
 mod nats;
 mod poll;
+mod scrape;
 
 pub use broker::{bin_path, BrokerProc, InProcBroker};
 pub use db::TestDb;
 pub use nats::NatsServer;
 pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};
+pub use scrape::{free_addr, http_get, metric};
 
 /// Logs for a failing test: `RUST_LOG=debug cargo test ...`.
 pub fn init_tracing() {

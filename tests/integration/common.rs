@@ -66,3 +66,22 @@ pub async fn add_tenant(pool: &sqlx::PgPool, tenant: &str) {
         .await
         .unwrap();
 }
+
+/// True once the broker's events consumer has nothing pending or unacked.
+pub async fn events_drained(js: &async_nats::jetstream::Context) -> bool {
+    let Ok(stream) = js.get_stream(streams::EVENTS).await else { return false };
+    let Ok(mut c) =
+        stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(streams::BROKER_EVENTS_CONSUMER).await
+    else {
+        return false;
+    };
+    matches!(c.info().await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 && i.delivered.stream_sequence > 0)
+}
+
+/// Waits until the broker has taken and acked everything in the events stream.
+pub async fn wait_drained(js: &async_nats::jetstream::Context) {
+    tillsync_tests::eventually(tillsync_tests::DEFAULT_TIMEOUT, "events consumer drained", || async {
+        events_drained(js).await.then_some(())
+    })
+    .await;
+}

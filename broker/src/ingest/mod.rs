@@ -304,6 +304,10 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
             }
         }
     };
+    if ctx.config.fault_crash_after_commit && report.is_some() {
+        tracing::error!("Fault injection: aborting after commit, before ack.");
+        std::process::abort();
+    }
     let Some(report) = report else {
         for m in &batch {
             let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
