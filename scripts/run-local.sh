@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Command 1: run tillsync locally. Ensures nats-server >= 2.10 and Postgres, builds, migrates,
+# starts the broker and a small simulated store fleet, and shows what flows until Ctrl-C.
+# After Ctrl-C nothing it started is left running.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+NATS_PORT="${TILLSYNC_DEMO_NATS_PORT:-14222}"
+HTTP_ADDR="${TILLSYNC_HTTP_ADDR:-127.0.0.1:9464}"
+TENANT="${TILLSYNC_DEMO_TENANT:-demo}"
+STORES="${TILLSYNC_DEMO_STORES:-3}"
+DEVICES="${TILLSYNC_DEMO_DEVICES_PER_STORE:-2}"
+RATE="${TILLSYNC_DEMO_RATE:-5}"
+
+pids=()
+started_pg=""
+cleanup() {
+  trap - INT TERM EXIT
+  log "stopping"
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  [ -n "$started_pg" ] && stop_private_postgres
+  log "stopped; logs are in $RUN_DIR"
+}
+trap cleanup INT TERM EXIT
+
+ensure_rust
+command -v curl >/dev/null || apt_install curl
+mkdir -p "$RUN_DIR"
+NATS_BIN="$(ensure_nats_server)"
+ADMIN_URL="$(ensure_postgres)"
+case "$ADMIN_URL" in *:55432/*) started_pg=1 ;; esac
+DB_URL="${ADMIN_URL%/*}/tillsync"
+if ! psql "$ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'tillsync'" | grep -q 1; then
+  log "creating database tillsync"
+  psql "$ADMIN_URL" -qc "CREATE DATABASE tillsync" >/dev/null
+fi
+
+log "building (cargo build --bins)"
+cargo build --quiet --bins
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+
+log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT (JetStream in $RUN_DIR/nats)"
+"$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
+pids+=($!)
+export NATS_URL="nats://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
+
+log "migrating $DB_URL"
+"$BIN/tillsync" migrate >/dev/null
+"$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
+
+log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
+RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fs "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
+  kill -0 "${pids[-1]}" 2>/dev/null || die "broker exited; see $RUN_DIR/broker.log"
+  sleep 0.2
+done
+curl -fs "http://$HTTP_ADDR/readyz" >/dev/null || die "broker not ready; see $RUN_DIR/broker.log"
+
+log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each"
+"$BIN/tillsync-edge" simulate --nats-url "$NATS_URL" --tenant "$TENANT" --stores "$STORES" \
+  --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" >"$RUN_DIR/fleet.log" 2>&1 &
+pids+=($!)
+
+# Now and then, act as the portal: a settings patch to a whole store.
+(
+  while sleep 10; do
+    "$BIN/tillsync" commands send --tenant "$TENANT" --store s1 --kind settings_patch \
+      --payload-json '{"revision": 1, "settings": {"tip_mode": "off"}}' \
+      --requested-by alice --approver bob --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 || true
+  done
+) &
+pids+=($!)
+
+log "flowing; Ctrl-C to stop"
+q() { psql "$DB_URL" -Atqc "$1" 2>/dev/null || echo "?"; }
+while true; do
+  sleep 2
+  applied=$(q "SELECT count(*) FROM processed_events WHERE outcome = 'applied'")
+  orders=$(q "SELECT count(*) FROM orders")
+  payments=$(q "SELECT count(*) FROM payments")
+  quarantined=$(q "SELECT count(*) FROM quarantine")
+  online=$(q "SELECT count(*) FROM devices WHERE online")
+  delivered=$(q "SELECT count(*) FROM command_log WHERE state = 'delivered'")
+  acked=$(q "SELECT count(*) FROM command_log WHERE state = 'acked'")
+  printf '%s  events applied %-7s orders %-6s payments %-6s quarantined %-4s devices online %-3s commands delivered %-4s acked %s\n' \
+    "$(date +%T)" "$applied" "$orders" "$payments" "$quarantined" "$online" "$delivered" "$acked"
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null || die "a component exited; see $RUN_DIR/*.log"
+  done
+done
