@@ -66,7 +66,8 @@ impl Broker {
             idle_after: Duration::from_secs(config.idle_passivate_s),
             ..ActorConfig::default()
         };
-        let actors = ActorSystem::start(actor_config, Arc::new(ports::PgPorts::new(pool.clone())))
+        let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone());
+        let actors = ActorSystem::start(actor_config, Arc::new(pg_ports))
             .await
             .map_err(|e| BrokerError::Config(e.to_string()))?;
         let ctx = Arc::new(Ctx {

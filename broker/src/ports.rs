@@ -1,16 +1,31 @@
 //! The actors' view of Postgres.
 
 use sqlx::PgPool;
-use tillsync_actors::ports::{BoxFut, DeviceSnapshot, Ports};
-use tillsync_schemas::DeviceAddr;
+use tillsync_actors::policy::AckEffect;
+use tillsync_actors::ports::{BoxFut, Delivery, DeviceSnapshot, Finish, InboxSnapshot, Ports};
+use tillsync_schemas::{CommandAck, DeviceAddr};
+
+use crate::commands::io::CommandIo;
 
 pub struct PgPorts {
     pool: PgPool,
+    /// Set by the live broker; without it (replay) the command ports answer an error.
+    commands: Option<CommandIo>,
 }
 
 impl PgPorts {
     pub fn new(pool: PgPool) -> Self {
-        PgPorts { pool }
+        PgPorts { pool, commands: None }
+    }
+
+    /// Enables the command inbox ports, which publish through `js`.
+    pub fn with_commands(mut self, js: async_nats::jetstream::Context) -> Self {
+        self.commands = Some(CommandIo { pool: self.pool.clone(), js });
+        self
+    }
+
+    fn io(&self) -> Result<CommandIo, String> {
+        self.commands.clone().ok_or_else(|| "command ports are not enabled".to_string())
     }
 }
 
@@ -18,6 +33,26 @@ impl Ports for PgPorts {
     fn load_device(&self, addr: DeviceAddr, recent: usize) -> BoxFut<Result<DeviceSnapshot, String>> {
         let pool = self.pool.clone();
         Box::pin(async move { load_device(&pool, &addr, recent).await.map_err(|e| e.to_string()) })
+    }
+
+    fn load_inbox(&self, addr: DeviceAddr) -> BoxFut<Result<InboxSnapshot, String>> {
+        let io = self.io();
+        Box::pin(async move { io?.load_inbox(&addr).await.map_err(|e| e.to_string()) })
+    }
+
+    fn deliver(&self, addr: DeviceAddr, d: Delivery) -> BoxFut<Result<bool, String>> {
+        let io = self.io();
+        Box::pin(async move { io?.deliver(&addr, &d).await.map_err(|e| e.to_string()) })
+    }
+
+    fn finish(&self, addr: DeviceAddr, f: Finish) -> BoxFut<Result<bool, String>> {
+        let io = self.io();
+        Box::pin(async move { io?.finish(&addr, &f).await.map_err(|e| e.to_string()) })
+    }
+
+    fn apply_ack(&self, ack: CommandAck) -> BoxFut<Result<AckEffect, String>> {
+        let io = self.io();
+        Box::pin(async move { io?.apply_ack(&ack).await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -1,10 +1,89 @@
 //! Commands down: intake, approval policy, per-device inbox, delivery, acks, expiry, feedback.
+//!
+//! - [`intake`] takes approved commands from the portal, validates them (subject, tenant,
+//!   approvals, expiry, TTL, known device), records them and fans store-wide ones out to one
+//!   inbox entry per device; refused ones are recorded as `rejected` and never delivered.
+//! - The device actor ([`tillsync_actors::inbox`]) delivers in issue order through the inbox
+//!   ports ([`io`]), which persist every transition before publishing it.
+//! - [`acks`] hands device acks to the device actor, which records each one and applies it.
+//! - [`sweep`] wakes device actors for due redeliveries and expiries (actors are passivated when
+//!   idle, so no timer lives in them), republishes status messages a crash left unpublished, and
+//!   exports the inbox gauges.
+//!
+//! Every transition is a `command_log` row and a status message on
+//! `tillsync.status.<tenant>.<store>.<command_id>`.
+
+pub mod acks;
+pub mod intake;
+pub mod io;
+pub mod publish;
+pub mod store;
+pub mod sweep;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt;
+use tillsync_actors::policy::InboxParams;
+use tillsync_schemas::{DeviceAddr, WireError};
+
+use crate::config::Config;
 use crate::Ctx;
 
-/// Consumes the intake and ack streams until shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("JetStream publish: {0}")]
+    Publish(String),
+    #[error("stored envelope unreadable: {0}")]
+    Stored(WireError),
+    #[error(transparent)]
+    Actor(#[from] tillsync_actors::ActorError),
+    #[error("inbox: {0}")]
+    Inbox(String),
+}
+
+/// The delivery knobs of the device inboxes.
+pub fn params(c: &Config) -> InboxParams {
+    InboxParams { max_attempts: c.command_max_attempts, first_retry_ms: c.command_retry_ms.max(1) }
+}
+
+/// Consumes the intake and ack streams and runs the sweeper until shutdown.
 pub async fn run(ctx: Arc<Ctx>) {
+    let tasks = [
+        tokio::spawn(intake::run(ctx.clone())),
+        tokio::spawn(acks::run(ctx.clone())),
+        tokio::spawn(sweep::run(ctx.clone())),
+    ];
     ctx.cancel.cancelled().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Runs the inboxes of these devices now (after intake), a few at a time.
+pub async fn tick(ctx: &Ctx, devices: Vec<DeviceAddr>) {
+    let p = params(&ctx.config);
+    futures::stream::iter(devices)
+        .for_each_concurrent(16, |addr| async move {
+            match ctx.actors.inbox_tick(&addr, p).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, device_id = %addr.device_id, "Inbox tick failed; the sweeper retries.")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, device_id = %addr.device_id, "Device actor unavailable; the sweeper retries.")
+                }
+            }
+        })
+        .await;
+}
+
+/// Waits `d` unless the broker stops first; `false` when it stopped.
+async fn pause(ctx: &Ctx, d: Duration) -> bool {
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
 }

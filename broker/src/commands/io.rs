@@ -1,0 +1,80 @@
+//! The I/O behind the device actor's inbox ports: persist a transition, then publish it (the
+//! delivery, then its status), then count it.
+
+use async_nats::jetstream::Context;
+use sqlx::PgPool;
+use tillsync_actors::policy::AckEffect;
+use tillsync_actors::ports::{Delivery, Finish, InboxSnapshot};
+use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
+
+use super::{publish, store, CommandError};
+use crate::metrics;
+
+/// What the inbox ports need: the database and JetStream.
+#[derive(Clone)]
+pub struct CommandIo {
+    pub pool: PgPool,
+    pub js: Context,
+}
+
+impl CommandIo {
+    pub async fn load_inbox(&self, a: &DeviceAddr) -> Result<InboxSnapshot, CommandError> {
+        let (pending, online) = store::load_inbox(&self.pool, a).await?;
+        Ok(InboxSnapshot { pending, online })
+    }
+
+    pub async fn deliver(&self, a: &DeviceAddr, d: &Delivery) -> Result<bool, CommandError> {
+        let Some((envelope, row)) =
+            store::deliver(&self.pool, a, &d.command_id, d.attempt, d.next_attempt_at_ms, d.now_ms).await?
+        else {
+            return Ok(false);
+        };
+        metrics::command_delivery(d.attempt > 1);
+        // A failed publish is not undone: the attempt counts, and the next one follows the backoff.
+        let sent = publish::command(&self.js, a, &envelope, d.attempt).await;
+        self.statuses(&[row]).await;
+        sent.map(|()| true)
+    }
+
+    pub async fn finish(&self, a: &DeviceAddr, f: &Finish) -> Result<bool, CommandError> {
+        let Some(row) = store::finish(&self.pool, a, &f.command_id, f.state, &f.code, &f.detail).await? else {
+            return Ok(false);
+        };
+        match f.state {
+            CommandState::Expired => metrics::command_expired(),
+            _ => metrics::command_failed(f.code.clone()),
+        }
+        if f.state == CommandState::Expired {
+            tracing::info!(command_id = %f.command_id, device_id = %a.device_id, attempts = f.attempts, "Command expired.");
+        } else {
+            tracing::warn!(command_id = %f.command_id, device_id = %a.device_id, code = %f.code, "Command failed.");
+        }
+        self.statuses(&[row]).await;
+        Ok(true)
+    }
+
+    pub async fn apply_ack(&self, ack: &CommandAck) -> Result<AckEffect, CommandError> {
+        let rec = store::record_ack(&self.pool, ack).await?;
+        match (&rec.transition, rec.effect) {
+            (Some(row), _) if row.state == CommandState::Acked => {
+                metrics::command_acked(rec.round_trip_ms.unwrap_or(0).max(0) as f64 / 1000.0)
+            }
+            (Some(_), _) => metrics::command_failed(ack.code.clone()),
+            (None, effect) => {
+                metrics::command_ack_unmatched();
+                tracing::info!(command_id = %ack.command_id, device_id = %ack.device_id, effect = effect.as_str(), "Ack recorded without effect.");
+            }
+        }
+        if let Some(row) = rec.transition {
+            self.statuses(&[row]).await;
+        }
+        Ok(rec.effect)
+    }
+
+    /// Status publishing never fails a transition: it is committed, and the outbox resends.
+    async fn statuses(&self, rows: &[store::LogRow]) {
+        if let Err(error) = publish::statuses(&self.js, &self.pool, rows).await {
+            tracing::warn!(%error, "Command status not published; the sweeper retries it.");
+        }
+    }
+}

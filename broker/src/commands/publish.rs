@@ -1,0 +1,78 @@
+//! What the broker publishes for commands: deliveries to devices and status to the portal,
+//! both through JetStream (awaiting the stream's ack) with a `Nats-Msg-Id` so a publish repeated
+//! after a crash is dropped by the stream's duplicate window.
+
+use async_nats::jetstream::Context;
+use async_nats::HeaderMap;
+use sqlx::PgPool;
+use tillsync_schemas::{codec, streams, subject, CommandEnvelope, CommandStatus, DeviceAddr, SCHEMA_VERSION};
+
+use super::store::{self, LogRow};
+use super::CommandError;
+
+/// `Nats-Msg-Id` of one delivery of a command to one device.
+pub fn delivery_msg_id(command_id: &str, device_id: &str, attempt: u32) -> String {
+    format!("{command_id}:{device_id}:{attempt}")
+}
+
+async fn publish(js: &Context, subject: String, headers: HeaderMap, payload: Vec<u8>) -> Result<(), CommandError> {
+    let ack = js
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+        .map_err(|e| CommandError::Publish(e.to_string()))?;
+    ack.await.map_err(|e| CommandError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+fn headers(msg_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, msg_id);
+    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+    h.insert(streams::HEADER_SCHEMA_VERSION, SCHEMA_VERSION.to_string().as_str());
+    h
+}
+
+/// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled in.
+pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<(), CommandError> {
+    let mut cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
+    cmd.device_id = Some(addr.device_id.clone());
+    let mut h = headers(&delivery_msg_id(&cmd.command_id, &addr.device_id, attempt));
+    h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
+    publish(js, subject::commands(addr), h, codec::encode(&cmd)).await
+}
+
+pub fn status_of(row: &LogRow) -> CommandStatus {
+    CommandStatus {
+        command_id: row.command_id.clone(),
+        tenant_id: row.tenant_id.clone(),
+        store_id: row.store_id.clone(),
+        device_id: row.device_id.clone(),
+        state: row.state,
+        attempt: row.attempt,
+        code: row.code.clone(),
+        detail: row.detail.clone(),
+        at_ms: row.at_ms,
+    }
+}
+
+/// Publishes one status message per committed transition, in order, then marks them published.
+/// A failure leaves the rows for the sweeper's outbox pass.
+pub async fn statuses(js: &Context, pool: &PgPool, rows: &[LogRow]) -> Result<(), CommandError> {
+    let mut done = Vec::with_capacity(rows.len());
+    let mut result = Ok(());
+    for row in rows {
+        let subject = subject::status(&row.tenant_id, &row.store_id, &row.command_id);
+        let msg_id = format!("{}:log:{}", row.command_id, row.id);
+        match publish(js, subject, headers(&msg_id), codec::encode(&status_of(row))).await {
+            Ok(()) => done.push(row.id),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if !done.is_empty() {
+        store::mark_published(pool, &done).await?;
+    }
+    result
+}

@@ -1,0 +1,500 @@
+//! The command tables in Postgres: intake rows, inbox transitions, the audit log and acks.
+//! Every transition updates `command_inbox` only from an unfinished state, and writes its
+//! `command_log` row in the same transaction, so a transition happens once whoever races it.
+
+use sqlx::types::chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use tillsync_actors::policy::{self, AckEffect, PendingEntry};
+use tillsync_schemas::{CommandAck, CommandEnvelope, CommandState, DeviceAddr};
+
+use crate::ts;
+
+/// Who made a transition, as recorded in `command_log.actor`.
+pub const BY_PORTAL: &str = "portal";
+pub const BY_BROKER: &str = "broker";
+pub const BY_DEVICE: &str = "device";
+
+/// One `command_log` row: a transition, and the status message the portal gets for it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub id: i64,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub command_id: String,
+    pub device_id: Option<String>,
+    pub state: CommandState,
+    pub attempt: u32,
+    pub code: Option<String>,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// A transition to log (the id and time are assigned on insert).
+pub struct NewLog<'a> {
+    pub tenant_id: &'a str,
+    pub store_id: &'a str,
+    pub command_id: &'a str,
+    pub device_id: Option<&'a str>,
+    pub state: CommandState,
+    pub attempt: u32,
+    pub code: Option<&'a str>,
+    pub detail: &'a str,
+    pub actor: &'a str,
+}
+
+pub async fn insert_log(tx: &mut PgConnection, l: NewLog<'_>) -> Result<LogRow, sqlx::Error> {
+    let at_ms = crate::now_ms();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(l.tenant_id)
+    .bind(l.store_id)
+    .bind(l.command_id)
+    .bind(l.device_id)
+    .bind(l.state.as_str())
+    .bind(l.attempt as i32)
+    .bind(l.code)
+    .bind(l.detail)
+    .bind(l.actor)
+    .bind(ts(at_ms))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(LogRow {
+        id,
+        tenant_id: l.tenant_id.into(),
+        store_id: l.store_id.into(),
+        command_id: l.command_id.into(),
+        device_id: l.device_id.map(Into::into),
+        state: l.state,
+        attempt: l.attempt,
+        code: l.code.map(Into::into),
+        detail: l.detail.into(),
+        at_ms,
+    })
+}
+
+/// The parts of a command row intake writes; `envelope` is what arrived.
+pub struct CommandRow<'a> {
+    pub tenant_id: &'a str,
+    pub store_id: &'a str,
+    pub command_id: &'a str,
+    pub device_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub envelope: &'a [u8],
+    pub requested_by: &'a str,
+    pub approvers: Vec<String>,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl<'a> CommandRow<'a> {
+    pub fn of(cmd: &'a CommandEnvelope, envelope: &'a [u8]) -> Self {
+        CommandRow {
+            tenant_id: &cmd.tenant_id,
+            store_id: &cmd.store_id,
+            command_id: &cmd.command_id,
+            device_id: cmd.device_id.as_deref(),
+            kind: cmd.body.kind(),
+            envelope,
+            requested_by: &cmd.requested_by,
+            approvers: cmd.approvals.iter().map(|a| a.approver.clone()).collect(),
+            issued_at_ms: cmd.issued_at_ms,
+            expires_at_ms: cmd.expires_at_ms,
+        }
+    }
+}
+
+/// Inserts the command row; `false` when the command id was seen before (idempotent intake).
+async fn insert_command(
+    tx: &mut PgConnection,
+    c: &CommandRow<'_>,
+    rejected_code: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by, approvers,
+                               issued_at, expires_at, received_at, rejected_code)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (tenant_id, command_id) DO NOTHING",
+    )
+    .bind(c.tenant_id)
+    .bind(c.store_id)
+    .bind(c.command_id)
+    .bind(c.device_id)
+    .bind(c.kind)
+    .bind(c.envelope)
+    .bind(c.requested_by)
+    .bind(&c.approvers)
+    .bind(ts(c.issued_at_ms))
+    .bind(ts(c.expires_at_ms))
+    .bind(ts(crate::now_ms()))
+    .bind(rejected_code)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Accepts a command: its row, one queued inbox entry per target device (in the order given)
+/// and their log rows, in one transaction. `None` for a duplicate.
+pub async fn accept(pool: &PgPool, c: &CommandRow<'_>, devices: &[String]) -> Result<Option<Vec<LogRow>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !insert_command(&mut tx, c, None).await? {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
+         SELECT $1, $2, d.id, $3, 'queued', 0, $4, $5 FROM UNNEST($6::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n",
+    )
+    .bind(c.tenant_id)
+    .bind(c.store_id)
+    .bind(c.command_id)
+    .bind(ts(crate::now_ms()))
+    .bind(ts(c.expires_at_ms))
+    .bind(devices)
+    .execute(&mut *tx)
+    .await?;
+    let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
+    let mut logs = Vec::with_capacity(devices.len());
+    for d in devices {
+        let log = NewLog {
+            tenant_id: c.tenant_id,
+            store_id: c.store_id,
+            command_id: c.command_id,
+            device_id: Some(d),
+            state: CommandState::Queued,
+            attempt: 0,
+            code: None,
+            detail: &detail,
+            actor: BY_PORTAL,
+        };
+        logs.push(insert_log(&mut tx, log).await?);
+    }
+    tx.commit().await?;
+    Ok(Some(logs))
+}
+
+/// Records a command refused at intake. `None` for a duplicate.
+pub async fn reject(
+    pool: &PgPool,
+    c: &CommandRow<'_>,
+    code: &str,
+    detail: &str,
+) -> Result<Option<LogRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !insert_command(&mut tx, c, Some(code)).await? {
+        return Ok(None);
+    }
+    let log = NewLog {
+        tenant_id: c.tenant_id,
+        store_id: c.store_id,
+        command_id: c.command_id,
+        device_id: c.device_id,
+        state: CommandState::Rejected,
+        attempt: 0,
+        code: Some(code),
+        detail,
+        actor: BY_BROKER,
+    };
+    let row = insert_log(&mut tx, log).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// The devices a command goes to: the named one if known, else every known device of the
+/// store (store-wide). Empty when none is known.
+pub async fn targets(
+    pool: &PgPool,
+    tenant: &str,
+    store: &str,
+    device: Option<&str>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT device_id FROM devices WHERE tenant_id = $1 AND store_id = $2 AND ($3::text IS NULL OR device_id = $3)
+         ORDER BY device_id",
+    )
+    .bind(tenant)
+    .bind(store)
+    .bind(device)
+    .fetch_all(pool)
+    .await
+}
+
+type PendingTuple = (String, i64, String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
+
+/// A device's unfinished commands in issue order, and whether the device is online.
+pub async fn load_inbox(pool: &PgPool, a: &DeviceAddr) -> Result<(Vec<PendingEntry>, bool), sqlx::Error> {
+    let rows: Vec<PendingTuple> = sqlx::query_as(
+        "SELECT command_id, inbox_seq, state, attempts, next_attempt_at, expires_at FROM command_inbox
+         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND state IN ('queued', 'delivered')
+         ORDER BY inbox_seq",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .fetch_all(pool)
+    .await?;
+    let online: Option<bool> =
+        sqlx::query_scalar("SELECT online FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3")
+            .bind(&a.tenant_id)
+            .bind(&a.store_id)
+            .bind(&a.device_id)
+            .fetch_optional(pool)
+            .await?;
+    let pending = rows
+        .into_iter()
+        .map(|(command_id, inbox_seq, state, attempts, next, expires)| PendingEntry {
+            command_id,
+            inbox_seq,
+            state: CommandState::parse(&state).unwrap_or(CommandState::Queued),
+            attempts: attempts.max(0) as u32,
+            next_attempt_at_ms: next.map_or(0, |t| t.timestamp_millis()),
+            expires_at_ms: expires.timestamp_millis(),
+        })
+        .collect();
+    Ok((pending, online.unwrap_or(false)))
+}
+
+/// Records delivery `attempt` if the entry is still unfinished, unexpired and at `attempt - 1`;
+/// returns the envelope to publish and the log row.
+pub async fn deliver(
+    pool: &PgPool,
+    a: &DeviceAddr,
+    command_id: &str,
+    attempt: u32,
+    next_attempt_at_ms: i64,
+    now_ms: i64,
+) -> Result<Option<(Vec<u8>, LogRow)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let envelope: Option<Vec<u8>> = sqlx::query_scalar(
+        "UPDATE command_inbox i SET state = 'delivered', attempts = $5, next_attempt_at = $6, updated_at = now()
+         FROM commands c
+         WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
+           AND i.state IN ('queued', 'delivered') AND i.attempts = $5 - 1 AND i.expires_at > $7
+           AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
+         RETURNING c.envelope",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .bind(command_id)
+    .bind(attempt as i32)
+    .bind(ts(next_attempt_at_ms))
+    .bind(ts(now_ms))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(envelope) = envelope else { return Ok(None) };
+    let log = NewLog {
+        tenant_id: &a.tenant_id,
+        store_id: &a.store_id,
+        command_id,
+        device_id: Some(&a.device_id),
+        state: CommandState::Delivered,
+        attempt,
+        code: None,
+        detail: "",
+        actor: BY_BROKER,
+    };
+    let row = insert_log(&mut tx, log).await?;
+    tx.commit().await?;
+    Ok(Some((envelope, row)))
+}
+
+/// Ends an unfinished entry as `failed` or `expired`; `None` if it had already finished.
+pub async fn finish(
+    pool: &PgPool,
+    a: &DeviceAddr,
+    command_id: &str,
+    state: CommandState,
+    code: &str,
+    detail: &str,
+) -> Result<Option<LogRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "UPDATE command_inbox SET state = $5, last_code = $6, next_attempt_at = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
+           AND state IN ('queued', 'delivered')
+         RETURNING attempts",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .bind(command_id)
+    .bind(state.as_str())
+    .bind(code)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(attempts) = attempts else { return Ok(None) };
+    let log = NewLog {
+        tenant_id: &a.tenant_id,
+        store_id: &a.store_id,
+        command_id,
+        device_id: Some(&a.device_id),
+        state,
+        attempt: attempts.max(0) as u32,
+        code: Some(code),
+        detail,
+        actor: BY_BROKER,
+    };
+    let row = insert_log(&mut tx, log).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// What recording an ack did.
+#[derive(Debug)]
+pub struct AckRecorded {
+    pub effect: AckEffect,
+    pub transition: Option<LogRow>,
+    /// From intake to this ack, for a transition.
+    pub round_trip_ms: Option<i64>,
+}
+
+/// Records an ack in `command_acks` and applies its transition, if any, in one transaction.
+pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let current: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT i.state, i.attempts, c.received_at FROM command_inbox i
+         JOIN commands c ON c.tenant_id = i.tenant_id AND c.command_id = i.command_id
+         WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
+         FOR UPDATE OF i",
+    )
+    .bind(&ack.tenant_id)
+    .bind(&ack.store_id)
+    .bind(&ack.device_id)
+    .bind(&ack.command_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let acked_before: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM command_acks WHERE tenant_id = $1 AND command_id = $2 AND device_id = $3
+                          AND effect = 'applied_transition')",
+    )
+    .bind(&ack.tenant_id)
+    .bind(&ack.command_id)
+    .bind(&ack.device_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let state = current.as_ref().and_then(|(s, _, _)| CommandState::parse(s));
+    let (effect, next) = policy::on_ack(state, acked_before, ack.outcome);
+    let mut transition = None;
+    let mut round_trip_ms = None;
+    if let (Some(next), Some((_, attempts, received_at))) = (next, &current) {
+        sqlx::query(
+            "UPDATE command_inbox SET state = $5, last_code = $6, next_attempt_at = NULL, updated_at = now()
+             WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4",
+        )
+        .bind(&ack.tenant_id)
+        .bind(&ack.store_id)
+        .bind(&ack.device_id)
+        .bind(&ack.command_id)
+        .bind(next.as_str())
+        .bind(&ack.code)
+        .execute(&mut *tx)
+        .await?;
+        // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
+        let detail = match ack.detail.as_str() {
+            "" => ack.outcome.as_str().to_string(),
+            d => format!("{}: {d}", ack.outcome.as_str()),
+        };
+        let log = NewLog {
+            tenant_id: &ack.tenant_id,
+            store_id: &ack.store_id,
+            command_id: &ack.command_id,
+            device_id: Some(&ack.device_id),
+            state: next,
+            attempt: (*attempts).max(0) as u32,
+            code: Some(&ack.code),
+            detail: &detail,
+            actor: BY_DEVICE,
+        };
+        transition = Some(insert_log(&mut tx, log).await?);
+        round_trip_ms = Some(crate::now_ms() - received_at.timestamp_millis());
+    }
+    sqlx::query(
+        "INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&ack.tenant_id)
+    .bind(&ack.store_id)
+    .bind(&ack.device_id)
+    .bind(&ack.command_id)
+    .bind(ack.outcome.as_str())
+    .bind(&ack.code)
+    .bind(&ack.detail)
+    .bind(ts(ack.at_ms))
+    .bind(effect.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(AckRecorded { effect, transition, round_trip_ms })
+}
+
+type LogTuple = (i64, String, String, String, Option<String>, String, i32, Option<String>, String, DateTime<Utc>);
+
+/// Log rows whose status never went out (the broker stopped in between), oldest first.
+pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Result<Vec<LogRow>, sqlx::Error> {
+    let rows: Vec<LogTuple> = sqlx::query_as(
+        "SELECT id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at FROM command_log
+         WHERE NOT published AND at < $1 ORDER BY id LIMIT $2",
+    )
+    .bind(ts(crate::now_ms() - older_than_ms))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at)| {
+            Some(LogRow {
+                id,
+                tenant_id,
+                store_id,
+                command_id,
+                device_id,
+                state: CommandState::parse(&state)?,
+                attempt: attempt.max(0) as u32,
+                code,
+                detail,
+                at_ms: at.timestamp_millis(),
+            })
+        })
+        .collect())
+}
+
+pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE command_log SET published = true WHERE id = ANY($1)").bind(ids).execute(pool).await?;
+    Ok(())
+}
+
+/// Devices with something due at `now`: an expiry, or a delivery the device can take (online)
+/// or a last attempt to give up on.
+pub async fn due_devices(
+    pool: &PgPool,
+    now_ms: i64,
+    max_attempts: u32,
+    limit: i64,
+) -> Result<Vec<DeviceAddr>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT i.tenant_id, i.store_id, i.device_id FROM command_inbox i
+         LEFT JOIN devices d ON d.tenant_id = i.tenant_id AND d.store_id = i.store_id AND d.device_id = i.device_id
+         WHERE i.state IN ('queued', 'delivered')
+           AND (i.expires_at <= $1
+                OR (i.next_attempt_at <= $1 AND (coalesce(d.online, false) OR i.attempts >= $2)))
+         LIMIT $3",
+    )
+    .bind(ts(now_ms))
+    .bind(max_attempts as i32)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t, s, d)| DeviceAddr::new(t, s, d)).collect())
+}
+
+/// Inbox depth (queued plus delivered-not-acked) and oldest pending age, seconds, by tenant.
+pub async fn depth_by_tenant(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, count(*), coalesce(EXTRACT(EPOCH FROM (now() - min(created_at)))::float8, 0)
+         FROM command_inbox WHERE state IN ('queued', 'delivered') GROUP BY tenant_id",
+    )
+    .fetch_all(pool)
+    .await
+}

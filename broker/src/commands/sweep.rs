@@ -1,0 +1,83 @@
+//! The command sweeper: the broker's only command timer. Device actors are passivated when
+//! idle and the broker may be killed at any moment, so redelivery and expiry deadlines live in
+//! Postgres (`next_attempt_at`, `expires_at`, indexed) and this task wakes the actors of devices
+//! with something due. It also resends status messages a crash left unpublished and exports the
+//! inbox gauges by tenant.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{pause, publish, store};
+use crate::{metrics, Ctx};
+
+/// Devices woken per sweep; the rest wait for the next one.
+const DUE_LIMIT: i64 = 2_000;
+/// A status is resent only when this old, so the normal path gets to publish it first.
+const OUTBOX_AGE_MS: i64 = 3_000;
+/// How often the outbox and gauges are refreshed.
+const SLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// A fifth of the first retry delay, between 50 ms and 1 s: redeliveries and expiries happen
+/// at most that late.
+pub fn interval(retry_ms: u64) -> Duration {
+    Duration::from_millis(retry_ms / 5).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let every = interval(ctx.config.command_retry_ms);
+    let mut last_slow = Instant::now() - SLOW_EVERY;
+    let mut tenants_seen: HashSet<String> = HashSet::new();
+    loop {
+        if !pause(&ctx, every).await {
+            return;
+        }
+        wake_due(&ctx).await;
+        if last_slow.elapsed() >= SLOW_EVERY {
+            last_slow = Instant::now();
+            resend_unpublished(&ctx).await;
+            export_gauges(&ctx, &mut tenants_seen).await;
+        }
+    }
+}
+
+async fn wake_due(ctx: &Ctx) {
+    let p = super::params(&ctx.config);
+    match store::due_devices(&ctx.pool, crate::now_ms(), p.max_attempts, DUE_LIMIT).await {
+        Ok(devices) if !devices.is_empty() => super::tick(ctx, devices).await,
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "Command sweep query failed."),
+    }
+}
+
+async fn resend_unpublished(ctx: &Ctx) {
+    match store::unpublished(&ctx.pool, OUTBOX_AGE_MS, 500).await {
+        Ok(rows) if !rows.is_empty() => {
+            tracing::info!(count = rows.len(), "Resending unpublished command statuses.");
+            if let Err(error) = publish::statuses(&ctx.js, &ctx.pool, &rows).await {
+                tracing::warn!(%error, "Command status resend failed; retrying next sweep.");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "Command outbox query failed."),
+    }
+}
+
+async fn export_gauges(ctx: &Ctx, seen: &mut HashSet<String>) {
+    let rows = match store::depth_by_tenant(&ctx.pool).await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(%error, "Inbox depth query failed.");
+            return;
+        }
+    };
+    let now: HashSet<String> = rows.iter().map(|(t, _, _)| t.clone()).collect();
+    // A tenant whose inbox emptied reports zero rather than its last value.
+    for gone in seen.difference(&now) {
+        metrics::command_inbox(gone, 0, 0.0);
+    }
+    for (tenant, depth, oldest) in &rows {
+        metrics::command_inbox(tenant, *depth, *oldest);
+    }
+    *seen = now;
+}
