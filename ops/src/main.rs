@@ -1,11 +1,20 @@
 //! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 failure (the error is printed); 2 usage error (clap); 3 a check
-//! found differences or problems (e.g. `replay --verify` mismatches). See docs/operations.md.
+//! found differences or problems (e.g. `replay --verify` mismatches); 130 interrupted by Ctrl-C
+//! (`replay` resumes with `--resume`). See docs/operations.md.
 
 mod bench;
 mod commands;
+mod db;
+mod devices;
 mod global;
+mod migrate;
+mod output;
+mod quarantine;
+mod replay;
+mod status;
+mod tenants;
 
 use std::process::ExitCode;
 
@@ -28,6 +37,18 @@ enum Command {
     Commands(commands::CommandsArgs),
     /// Benchmarks against real NATS and Postgres; prints a table or one JSON object.
     Bench(bench::BenchArgs),
+    /// Apply the schema migrations to DATABASE_URL (or to a shadow schema of it).
+    Migrate(migrate::MigrateArgs),
+    /// Rebuild read models from the events stream into a shadow schema, another database or live.
+    Replay(replay::ReplayArgs),
+    /// Streams, broker consumers, broker instances, resident actors, devices online.
+    Status,
+    /// Quarantined messages: list, show one, redrive one once its cause is fixed.
+    Quarantine(quarantine::QuarantineArgs),
+    /// Devices: list with online state and lag, or provision one.
+    Devices(devices::DevicesArgs),
+    /// Tenants: list, or provision one.
+    Tenants(tenants::TenantsArgs),
 }
 
 #[tokio::main]
@@ -40,6 +61,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Commands(args) => commands::run(args, &cli.global).await,
         Command::Bench(args) => bench::run(args, &cli.global).await,
+        Command::Migrate(args) => migrate::run(args, &cli.global).await,
+        Command::Replay(args) => replay::run(args, &cli.global).await,
+        Command::Status => status::run(&cli.global).await,
+        Command::Quarantine(args) => quarantine::run(args, &cli.global).await,
+        Command::Devices(args) => devices::run(args, &cli.global).await,
+        Command::Tenants(args) => tenants::run(args, &cli.global).await,
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,352 @@
+//! `tillsync quarantine list|show|redrive`. A quarantined message is kept whole (subject and
+//! payload); once its cause is fixed (a tenant provisioned, a bridge upgraded) `redrive`
+//! publishes it again on its original subject and records who did it, when and why.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use tillsync_schemas::subject::{self, Family};
+use tillsync_schemas::{codec, streams as names};
+
+use crate::global::Global;
+use crate::output::{emit, hex, table, ts};
+
+/// Header naming the quarantine row a redriven message came from.
+pub const HEADER_REDRIVE: &str = "Tillsync-Redrive-Of";
+
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    #[command(subcommand)]
+    cmd: QuarantineCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// Quarantined messages, newest first.
+    List {
+        /// Only this reason code (e.g. unknown_tenant, undecodable).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only messages never redriven.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One message: every column, the payload as hex, an attempt to decode it, its redrives.
+    Show { id: i64 },
+    /// Publish the message again on its original subject, once the cause is fixed.
+    Redrive {
+        id: i64,
+        /// Who redrives (recorded in the audit trail).
+        #[arg(long, env = "TILLSYNC_OPERATOR")]
+        operator: Option<String>,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Redrive even when the recorded cause (unknown_tenant) still holds.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Summary {
+    id: i64,
+    tenant_id: Option<String>,
+    store_id: Option<String>,
+    device_id: Option<String>,
+    stream: String,
+    stream_seq: i64,
+    subject: String,
+    reason: String,
+    detail: String,
+    received_at: DateTime<Utc>,
+    redrive_count: i32,
+    redriven_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Redrive {
+    id: i64,
+    operator: String,
+    note: String,
+    new_stream_seq: Option<i64>,
+    at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    row: Summary,
+    payload_len: usize,
+    payload_hex: String,
+    /// The payload decoded and checked as the broker would, or why that fails.
+    decoded: Option<serde_json::Value>,
+    decode_error: Option<String>,
+    /// The payload as plain MessagePack, when it is that at all.
+    raw_msgpack: Option<serde_json::Value>,
+    redrives: Vec<Redrive>,
+}
+
+#[derive(Serialize)]
+struct Redriven {
+    quarantine_id: i64,
+    redrive_id: i64,
+    subject: String,
+    stream: String,
+    new_stream_seq: u64,
+    msg_id: String,
+    operator: String,
+    /// JetStream had already stored a message with this id (a repeated redrive attempt).
+    duplicate: bool,
+}
+
+const SUMMARY_COLS: &str = "id, tenant_id, store_id, device_id, stream, stream_seq, subject, reason, detail, \
+                            received_at, redrive_count, redriven_at";
+
+pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let pool = global.pool().await?;
+    let code = match args.cmd {
+        QuarantineCmd::List { reason, tenant, pending, limit } => {
+            let rows: Vec<Summary> = sqlx::query_as(&format!(
+                "SELECT {SUMMARY_COLS} FROM quarantine
+                 WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
+                   AND (NOT $3 OR redrive_count = 0)
+                 ORDER BY id DESC LIMIT $4"
+            ))
+            .bind(reason)
+            .bind(tenant)
+            .bind(pending)
+            .bind(limit.max(0))
+            .fetch_all(&pool)
+            .await?;
+            emit(global.json, &rows, |rows| {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            ts(Some(r.received_at)),
+                            r.reason.clone(),
+                            r.subject.clone(),
+                            r.redrive_count.to_string(),
+                            r.detail.chars().take(60).collect(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "RECEIVED", "REASON", "SUBJECT", "REDRIVES", "DETAIL"], &cells)
+            })?;
+            ExitCode::SUCCESS
+        }
+        QuarantineCmd::Show { id } => {
+            let (row, payload) = load(&pool, id).await?;
+            let redrives: Vec<Redrive> = sqlx::query_as(
+                "SELECT id, operator, note, new_stream_seq, at FROM quarantine_redrives WHERE quarantine_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await?;
+            let (decoded, decode_error) = match decode(&row.subject, &payload) {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(e)),
+            };
+            let raw_msgpack = codec::decode::<serde_json::Value>(&payload).ok();
+            let shown = Shown {
+                row,
+                payload_len: payload.len(),
+                payload_hex: hex(&payload),
+                decoded,
+                decode_error,
+                raw_msgpack,
+                redrives,
+            };
+            emit(global.json, &shown, human_show)?;
+            ExitCode::SUCCESS
+        }
+        QuarantineCmd::Redrive { id, operator, note, force } => {
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|o| !o.is_empty())
+                .unwrap_or_else(|| "unknown".into());
+            let out = redrive(&pool, global, id, &operator, &note, force).await?;
+            emit(global.json, &out, |r| {
+                format!(
+                    "Quarantine #{} redriven on {} as {} seq {}{} (audit #{}, by {}).",
+                    r.quarantine_id,
+                    r.subject,
+                    r.stream,
+                    r.new_stream_seq,
+                    if r.duplicate { ", already published by an earlier attempt" } else { "" },
+                    r.redrive_id,
+                    r.operator
+                )
+            })?;
+            ExitCode::SUCCESS
+        }
+    };
+    pool.close().await;
+    Ok(code)
+}
+
+async fn load(pool: &sqlx::PgPool, id: i64) -> anyhow::Result<(Summary, Vec<u8>)> {
+    let row: Option<Summary> = sqlx::query_as(&format!("SELECT {SUMMARY_COLS} FROM quarantine WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    let row = row.with_context(|| format!("no quarantined message #{id}"))?;
+    let payload: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM quarantine WHERE id = $1").bind(id).fetch_one(pool).await?;
+    Ok((row, payload))
+}
+
+/// Decodes and checks the payload as the broker would for its subject's family.
+fn decode(subj: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
+    let family = subject::parse(subj).map_err(|e| e.to_string())?.family;
+    let value = match family {
+        Family::Events => codec::decode_event(subj, payload).map(|v| serde_json::to_value(v)),
+        Family::Heartbeats => codec::decode_heartbeat(subj, payload).map(|v| serde_json::to_value(v)),
+        Family::Intake | Family::Commands => codec::decode_command(subj, payload).map(|v| serde_json::to_value(v)),
+        Family::CommandAcks => codec::decode_command_ack(subj, payload).map(|v| serde_json::to_value(v)),
+        Family::Watermarks | Family::Status => return Err(format!("{family:?} messages are never quarantined")),
+    };
+    value.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+/// The `Nats-Msg-Id` of a redrive. It differs from the original's (which JetStream would
+/// drop as a duplicate inside its window) and from earlier redrives', but a retried attempt of
+/// the same redrive reuses it, so JetStream stores it once.
+fn redrive_msg_id(subj: &str, payload: &[u8], id: i64, attempt: i32) -> String {
+    match codec::decode_event(subj, payload) {
+        Ok(ev) => format!("{}:redrive-{id}-{attempt}", names::event_msg_id(&ev.device_id, &ev.event_id)),
+        Err(_) => format!("redrive:{id}:{attempt}"),
+    }
+}
+
+async fn redrive(
+    pool: &sqlx::PgPool,
+    global: &Global,
+    id: i64,
+    operator: &str,
+    note: &str,
+    force: bool,
+) -> anyhow::Result<Redriven> {
+    let (row, payload) = load(pool, id).await?;
+    if row.reason == tillsync_schemas::Reason::UnknownTenant.as_str() && !force {
+        let tenant = row.tenant_id.clone().unwrap_or_default();
+        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+            .bind(&tenant)
+            .fetch_one(pool)
+            .await?;
+        anyhow::ensure!(
+            known,
+            "tenant {tenant:?} is still unknown, so the message would be quarantined again: \
+             run `tillsync tenants add {tenant}` first (or pass --force)"
+        );
+    }
+    let msg_id = redrive_msg_id(&row.subject, &payload, id, row.redrive_count + 1);
+    let mut headers = HeaderMap::new();
+    headers.insert(names::HEADER_MSG_ID, msg_id.as_str());
+    headers.insert(names::HEADER_CONTENT_TYPE, names::CONTENT_TYPE);
+    headers.insert(HEADER_REDRIVE, id.to_string().as_str());
+    let js = async_nats::jetstream::new(global.nats().await?);
+    let ack = js
+        .publish_with_headers(row.subject.clone(), headers, payload.into())
+        .await
+        .context("publishing the redrive")?
+        .await
+        .context("JetStream did not store the redrive")?;
+    let mut tx = pool.begin().await?;
+    let redrive_id: i64 = sqlx::query_scalar(
+        "INSERT INTO quarantine_redrives (quarantine_id, operator, note, new_stream_seq) VALUES ($1, $2, $3, $4)
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(operator)
+    .bind(note)
+    .bind(ack.sequence as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE quarantine SET redrive_count = redrive_count + 1, redriven_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await.with_context(|| {
+        format!("redrive published as {} seq {} but not recorded; run it again to record it", ack.stream, ack.sequence)
+    })?;
+    Ok(Redriven {
+        quarantine_id: id,
+        redrive_id,
+        subject: row.subject,
+        stream: ack.stream,
+        new_stream_seq: ack.sequence,
+        msg_id,
+        operator: operator.to_string(),
+        duplicate: ack.duplicate,
+    })
+}
+
+fn human_show(s: &Shown) -> String {
+    let r = &s.row;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "id:            {}\nstream:        {} seq {}\nsubject:       {}\ntenant/store/device: {}/{}/{}\n\
+         reason:        {}\ndetail:        {}\nreceived_at:   {}\nredrives:      {} (last {})\npayload:       {} bytes\n",
+        r.id,
+        r.stream,
+        r.stream_seq,
+        r.subject,
+        opt(&r.tenant_id),
+        opt(&r.store_id),
+        opt(&r.device_id),
+        r.reason,
+        r.detail,
+        ts(Some(r.received_at)),
+        r.redrive_count,
+        ts(r.redriven_at),
+        s.payload_len
+    );
+    for chunk in s.payload_hex.as_bytes().chunks(64) {
+        out += &format!("  {}\n", String::from_utf8_lossy(chunk));
+    }
+    match (&s.decoded, &s.decode_error) {
+        (Some(v), _) => out += &format!("decoded:\n{}\n", serde_json::to_string_pretty(v).unwrap_or_default()),
+        (None, Some(e)) => {
+            out += &format!("decode fails: {e}\n");
+            if let Some(raw) = &s.raw_msgpack {
+                out += &format!("as plain MessagePack:\n{}\n", serde_json::to_string_pretty(raw).unwrap_or_default());
+            }
+        }
+        (None, None) => {}
+    }
+    for d in &s.redrives {
+        out += &format!(
+            "redrive #{} at {} by {}: new seq {} {}\n",
+            d.id,
+            ts(Some(d.at)),
+            d.operator,
+            d.new_stream_seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            d.note
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_ids_differ_per_attempt_and_from_undecodable() {
+        let a = redrive_msg_id("tillsync.ev.a.s.d", b"\xc1", 7, 1);
+        let b = redrive_msg_id("tillsync.ev.a.s.d", b"\xc1", 7, 2);
+        assert_eq!(a, "redrive:7:1");
+        assert_ne!(a, b);
+    }
+}

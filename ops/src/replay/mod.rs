@@ -1,0 +1,404 @@
+//! `tillsync replay`: reads the events stream through the live broker's own decision and apply
+//! code ([`tillsync_broker::ingest::process`], with a private actor system) into a target: a
+//! shadow schema of the live database, another database, or the live database itself (where
+//! every event is a duplicate and nothing changes). Progress is saved in the target after
+//! every committed batch, so `--resume` continues and Ctrl-C loses nothing.
+
+mod source;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use sqlx::PgPool;
+use tillsync_actors::{ActorConfig, ActorSystem};
+use tillsync_broker::ingest::{process, Engine, IngestError, Outcome, Raw};
+use tillsync_broker::ports::PgPorts;
+use tillsync_broker::tenants::Tenants;
+use tokio_util::sync::CancellationToken;
+
+use self::source::{Filter, Source, Start};
+use self::verify::Verification;
+use crate::global::Global;
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["target_database_url", "target_schema", "into_live"])))]
+pub struct ReplayArgs {
+    /// Replay into this database (migrated first).
+    #[arg(long)]
+    target_database_url: Option<String>,
+    /// Replay into this schema of the live database (created and migrated first).
+    #[arg(long)]
+    target_schema: Option<String>,
+    /// Replay into the live database itself: every event is a duplicate, nothing changes.
+    #[arg(long)]
+    into_live: bool,
+    /// Only this tenant's events.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this store's events (needs --tenant).
+    #[arg(long)]
+    store: Option<String>,
+    /// Only this device's events (needs --tenant and --store).
+    #[arg(long)]
+    device: Option<String>,
+    /// Start at this stream sequence.
+    #[arg(long, conflicts_with = "from_time")]
+    from_seq: Option<u64>,
+    /// Start at this time (RFC 3339, or Unix milliseconds).
+    #[arg(long)]
+    from_time: Option<String>,
+    /// Continue a replay of the same name where it stopped (its progress is kept in the target).
+    #[arg(long)]
+    resume: bool,
+    /// Name under which progress is saved (default: the filter subject).
+    #[arg(long)]
+    name: Option<String>,
+    /// Messages per committed batch.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    batch: u16,
+    /// Afterwards compare the target's read models with the live ones and print every difference.
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Tally {
+    messages: u64,
+    applied: u64,
+    duplicates: u64,
+    conflicts: u64,
+    stale: u64,
+    quarantined: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Outcome) {
+        self.messages += 1;
+        match o {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate(_) => self.duplicates += 1,
+            Outcome::Conflict => self.conflicts += 1,
+            Outcome::Stale => self.stale += 1,
+            Outcome::Quarantined(r) => *self.quarantined.entry(r.as_str().to_string()).or_default() += 1,
+        }
+    }
+
+    fn quarantined_total(&self) -> u64 {
+        self.quarantined.values().sum()
+    }
+}
+
+#[derive(Serialize)]
+struct Summary {
+    name: String,
+    target: String,
+    filter_subject: String,
+    /// First stream sequence asked for (after `--resume`, the one after the saved position).
+    start: String,
+    /// Matching messages when the replay started, from `start`.
+    total: u64,
+    /// This run.
+    #[serde(flatten)]
+    tally: Tally,
+    last_stream_seq: Option<u64>,
+    complete: bool,
+    interrupted: bool,
+    /// With `--into-live`: true when nothing was applied.
+    unchanged: Option<bool>,
+    elapsed_s: f64,
+    rate_per_s: f64,
+    verify: Option<Verification>,
+}
+
+/// Exit code when Ctrl-C stopped the replay (it resumes with `--resume`).
+const INTERRUPTED: u8 = 130;
+
+pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !(args.verify && args.into_live),
+        "--verify compares a rebuilt target with live; with --into-live the target is live"
+    );
+    let filter = Filter { tenant: args.tenant.clone(), store: args.store.clone(), device: args.device.clone() };
+    let filter_subject = filter.subject()?;
+    let name = args.name.clone().unwrap_or_else(|| filter_subject.clone());
+
+    let live = crate::db::pool(&global.database_url, None, 4).await?;
+    let (target, target_label) = open_target(&args, global).await?;
+    crate::db::migrate(&target).await.context("migrating the target")?;
+    if !args.into_live {
+        copy_provisioning(&live, &target).await?;
+    }
+
+    let mut start = match (args.from_seq, &args.from_time) {
+        (Some(n), _) => Start::Seq(n),
+        (None, Some(t)) => Start::Time(source::parse_time(t)?),
+        (None, None) => Start::All,
+    };
+    if args.resume {
+        if let Some((subject, last)) = saved_progress(&target, &name).await? {
+            anyhow::ensure!(
+                subject == filter_subject,
+                "replay {name:?} was for {subject}, not {filter_subject}: pass the same filters or another --name"
+            );
+            start = Start::Seq(last + 1);
+        }
+    }
+
+    let js = async_nats::jetstream::new(global.nats().await?);
+    let mut src = Source::open(&js, &filter_subject, start).await?;
+    let pb = progress_bar(src.total, global.json);
+
+    let cancel = CancellationToken::new();
+    let on_signal = tokio::spawn(interrupt(cancel.clone()));
+
+    let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(target.clone())))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenants = Tenants::new(false);
+    let engine = Engine { pool: &target, actors: &actors, tenants: &tenants };
+
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut last_seq = None;
+    let result: anyhow::Result<()> = async {
+        while !cancel.is_cancelled() {
+            let batch = src.next_batch(args.batch as usize).await?;
+            let Some(last) = batch.last().map(|r| r.stream_seq) else { break };
+            let report = process_with_retry(&engine, &batch).await?;
+            for o in &report.outcomes {
+                tally.add(o);
+            }
+            save_progress(&target, &name, &filter_subject, last, &report.outcomes).await?;
+            last_seq = Some(last);
+            pb.inc(batch.len() as u64);
+        }
+        Ok(())
+    }
+    .await;
+    on_signal.abort();
+    pb.finish_and_clear();
+    actors.shutdown().await;
+    result?;
+
+    let interrupted = cancel.is_cancelled();
+    let verify = if args.verify && !interrupted { Some(verify::verify(&live, &target, &filter).await?) } else { None };
+    let elapsed = started.elapsed().as_secs_f64();
+    let unchanged = args.into_live.then_some(tally.applied == 0 && tally.stale == 0);
+    let summary = Summary {
+        name,
+        target: target_label,
+        filter_subject,
+        start: match start {
+            Start::All => "all".into(),
+            Start::Seq(n) => format!("seq {n}"),
+            Start::Time(ms) => format!("time {ms}"),
+        },
+        total: src.total,
+        rate_per_s: if elapsed > 0.0 { tally.messages as f64 / elapsed } else { 0.0 },
+        tally,
+        last_stream_seq: last_seq,
+        complete: !interrupted,
+        interrupted,
+        unchanged,
+        elapsed_s: elapsed,
+        verify,
+    };
+    live.close().await;
+    target.close().await;
+    crate::output::emit(global.json, &summary, human)?;
+    Ok(if interrupted {
+        ExitCode::from(INTERRUPTED)
+    } else if summary.verify.as_ref().is_some_and(|v| !v.differences.is_empty()) || unchanged == Some(false) {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn open_target(args: &ReplayArgs, global: &Global) -> anyhow::Result<(PgPool, String)> {
+    if let Some(url) = &args.target_database_url {
+        anyhow::ensure!(url != &global.database_url, "the target database is the live one: use --into-live");
+        return Ok((crate::db::pool(url, None, 4).await?, format!("database {}", crate::db::redact(url))));
+    }
+    if let Some(schema) = &args.target_schema {
+        crate::db::create_schema(&global.database_url, schema).await?;
+        return Ok((crate::db::pool(&global.database_url, Some(schema), 4).await?, format!("schema {schema}")));
+    }
+    Ok((crate::db::pool(&global.database_url, None, 4).await?, "live".into()))
+}
+
+/// Tenants (and provisioned devices) come from live: without them every event would be
+/// quarantined as `unknown_tenant` in the target.
+async fn copy_provisioning(live: &PgPool, target: &PgPool) -> anyhow::Result<()> {
+    let tenants: Vec<(String, String)> = sqlx::query_as("SELECT tenant_id, name FROM tenants").fetch_all(live).await?;
+    let (ids, names): (Vec<String>, Vec<String>) = tenants.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id, name) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(names)
+    .execute(target)
+    .await?;
+    let devices: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT tenant_id, store_id, device_id FROM devices WHERE provisioned").fetch_all(live).await?;
+    let mut cols = (Vec::new(), Vec::new(), Vec::new());
+    for (t, s, d) in devices {
+        cols.0.push(t);
+        cols.1.push(s);
+        cols.2.push(d);
+    }
+    sqlx::query(
+        "INSERT INTO devices (tenant_id, store_id, device_id, provisioned)
+         SELECT t, s, d, true FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(t, s, d)
+         ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET provisioned = true",
+    )
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .execute(target)
+    .await?;
+    Ok(())
+}
+
+async fn saved_progress(target: &PgPool, name: &str) -> anyhow::Result<Option<(String, u64)>> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT filter_subject, last_stream_seq FROM replay_progress WHERE name = $1")
+            .bind(name)
+            .fetch_optional(target)
+            .await?;
+    Ok(row.map(|(s, n)| (s, n as u64)))
+}
+
+/// Saved after the batch committed: a crash in between replays that batch again, harmlessly
+/// (its events are duplicates by then).
+async fn save_progress(
+    target: &PgPool,
+    name: &str,
+    filter_subject: &str,
+    last: u64,
+    outcomes: &[Outcome],
+) -> anyhow::Result<()> {
+    let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count() as i64;
+    sqlx::query(
+        "INSERT INTO replay_progress (name, filter_subject, last_stream_seq, applied, messages, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (name) DO UPDATE SET filter_subject = $2, last_stream_seq = $3,
+           applied = replay_progress.applied + $4, messages = replay_progress.messages + $5, updated_at = now()",
+    )
+    .bind(name)
+    .bind(filter_subject)
+    .bind(last as i64)
+    .bind(applied)
+    .bind(outcomes.len() as i64)
+    .execute(target)
+    .await?;
+    Ok(())
+}
+
+async fn process_with_retry(engine: &Engine<'_>, batch: &[Raw]) -> anyhow::Result<tillsync_broker::ingest::Report> {
+    let mut attempt = 0u32;
+    loop {
+        match process(engine, batch).await {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt < 4 && transient(&e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "Transient failure replaying a batch; retrying.");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(e) => {
+                let (first, last) = (batch[0].stream_seq, batch[batch.len() - 1].stream_seq);
+                return Err(anyhow::anyhow!("{e}")
+                    .context(format!("replaying stream seqs {first}..={last}; nothing of this batch committed")));
+            }
+        }
+    }
+}
+
+fn transient(e: &IngestError) -> bool {
+    match e {
+        IngestError::Db(e) => tillsync_broker::db::is_transient(e),
+        IngestError::Actor(_) => true,
+    }
+}
+
+/// First Ctrl-C: stop after the batch in flight commits. Second: leave at once (safe too:
+/// an uncommitted batch leaves no trace).
+async fn interrupt(cancel: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("Interrupted: finishing the current batch (Ctrl-C again to quit now).");
+        cancel.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(INTERRUPTED as i32);
+        }
+    }
+}
+
+fn progress_bar(total: u64, json: bool) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    if json || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:32}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+    }
+    pb
+}
+
+fn human(s: &Summary) -> String {
+    let t = &s.tally;
+    let mut out = format!(
+        "Replayed {} of {} message(s) on {} ({}) into {} in {:.1} s ({:.0}/s): {} applied, {} duplicates, {} conflicts, {} stale, {} quarantined{}.\n",
+        t.messages,
+        s.total,
+        s.filter_subject,
+        s.start,
+        s.target,
+        s.elapsed_s,
+        s.rate_per_s,
+        t.applied,
+        t.duplicates,
+        t.conflicts,
+        t.stale,
+        t.quarantined_total(),
+        if t.quarantined.is_empty() { String::new() } else { format!(" {:?}", t.quarantined) },
+    );
+    match s.unchanged {
+        Some(true) => out += &format!("{} duplicates, nothing changed.\n", t.duplicates),
+        Some(false) => out += &format!("Live was missing {} event(s): they are applied now.\n", t.applied + t.stale),
+        None => {}
+    }
+    if s.interrupted {
+        out += &format!(
+            "Interrupted after stream seq {}: run again with --resume{} to continue.\n",
+            s.last_stream_seq.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            if s.name == s.filter_subject { String::new() } else { format!(" --name {}", s.name) }
+        );
+    }
+    if let Some(v) = &s.verify {
+        let rows: usize = v.rows.values().sum();
+        if v.differences.is_empty() {
+            out += &format!("Verified: {rows} live row(s) in {} tables, no differences.\n", v.rows.len());
+        } else {
+            out += &format!("{} difference(s) against live:\n", v.differences.len());
+            for d in &v.differences {
+                out += &format!("  {} {}: {}\n", d.table, d.key, d.kind);
+                for c in &d.columns {
+                    out += &format!("    {}: live {} / target {}\n", c.column, c.live, c.target);
+                }
+            }
+        }
+    }
+    out
+}
