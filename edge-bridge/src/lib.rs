@@ -1,1 +1,227 @@
-//! placeholder
+//! The tillsync edge bridge: what a store installs next to its POS.
+//!
+//! The POS submits events ([`Bridge::submit`] or `POST /v1/events` on loopback); each is
+//! validated, given the next device seq and committed to a SQLite outbox before it is
+//! answered. A publisher drains the outbox to JetStream in order, with `Nats-Msg-Id`, marking
+//! rows sent only after the publish ack; rows are pruned once the broker's watermark covers
+//! them. Commands are consumed durably, deduped by command_id in SQLite, applied through a
+//! handler with a timeout and acked with their outcome. Heartbeats report health. Only
+//! outbound connections; `docs/edge-bridge.md` is the operator's guide.
+
+pub mod api;
+pub mod backoff;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod draft;
+pub mod error;
+pub mod handler;
+pub mod heartbeat;
+pub mod http_client;
+pub mod ledger;
+pub mod metrics;
+pub mod nats;
+pub mod outbox;
+pub mod publisher;
+pub mod simulate;
+pub mod status;
+pub mod watermark;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+pub use crate::draft::EventDraft;
+pub use crate::error::{BridgeError, SubmitError};
+pub use crate::outbox::Accepted;
+pub use crate::status::Status;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the HTTP API and the library API share.
+pub struct Shared {
+    pub outbox: Arc<outbox::Outbox>,
+    pub source: Arc<status::StatusSource>,
+    pub metrics: Arc<metrics::Metrics>,
+    accepting: AtomicBool,
+}
+
+impl Shared {
+    pub async fn submit(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            self.metrics.refused(error::SHUTTING_DOWN).increment(1);
+            return Err(SubmitError::ShuttingDown);
+        }
+        self.outbox.submit(draft).await
+    }
+}
+
+/// A running bridge. Stop it with [`Bridge::shutdown`].
+pub struct Bridge {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    http_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("addr", self.shared.outbox.addr()).field("http_addr", &self.http_addr).finish()
+    }
+}
+
+impl Bridge {
+    /// Opens the outbox, starts the HTTP API and the background tasks. Returns at once even
+    /// when NATS is unreachable: events are accepted from the first moment.
+    pub async fn start(config: Config) -> Result<Bridge, BridgeError> {
+        config.validate().map_err(BridgeError::Config)?;
+        let addr = config.addr();
+        let handler = config.handler_spec().map_err(BridgeError::Config)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let pool = db::open(&config.db, config.sqlite_sync == "full").await?;
+        db::bind_identity(&pool, &addr).await?;
+        let limits = outbox::Limits {
+            max_rows: config.outbox_max_rows,
+            max_bytes: config.outbox_max_bytes,
+            retention_ms: (config.retention_s as i64).saturating_mul(1000),
+            event_id_retention_ms: (config.event_id_retention_s as i64).saturating_mul(1000),
+        };
+        let outbox = Arc::new(outbox::Outbox::open(pool.clone(), addr.clone(), limits, metrics.clone()).await?);
+        let (client, connected) = nats::connect(&config, metrics.clone()).await?;
+        let js = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout()).build(client.clone());
+        let cancel = CancellationToken::new();
+        let sent = Arc::new(publisher::SentMark::default());
+        let published = Arc::new(AtomicU64::new(0));
+        let source = Arc::new(status::StatusSource {
+            outbox: outbox.clone(),
+            connected: connected.clone(),
+            sent: sent.clone(),
+            published: published.clone(),
+            started: Instant::now(),
+        });
+        let shared = Arc::new(Shared {
+            outbox: outbox.clone(),
+            source: source.clone(),
+            metrics: metrics.clone(),
+            accepting: AtomicBool::new(true),
+        });
+        let backoff = backoff::Backoff::new(
+            Duration::from_millis(config.backoff_min_ms),
+            Duration::from_millis(config.backoff_max_ms),
+        );
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            publisher::Publisher::new(
+                &config,
+                js.clone(),
+                outbox.clone(),
+                metrics.clone(),
+                connected.clone(),
+                cancel.clone(),
+                sent,
+                published,
+            )
+            .run(),
+        );
+        tasks.spawn(
+            watermark::Follower {
+                client: client.clone(),
+                js: js.clone(),
+                outbox: outbox.clone(),
+                connected: connected.clone(),
+                cancel: cancel.clone(),
+            }
+            .run(),
+        );
+        tasks.spawn(
+            commands::Executor {
+                addr: addr.clone(),
+                js: js.clone(),
+                pool,
+                handler,
+                handler_timeout: config.handler_timeout(),
+                ack_timeout: config.ack_timeout(),
+                metrics: metrics.clone(),
+                connected: connected.clone(),
+                cancel: cancel.clone(),
+                backoff,
+            }
+            .run(),
+        );
+        tasks.spawn(
+            heartbeat::Beater {
+                js,
+                source,
+                metrics,
+                connected,
+                cancel: cancel.clone(),
+                every: config.heartbeat_every(),
+                ack_timeout: config.ack_timeout(),
+            }
+            .run(),
+        );
+        let http_addr = if config.no_http {
+            None
+        } else {
+            let (bound, task) = match api::serve(config.http_addr, shared.clone(), cancel.clone()).await {
+                Ok(x) => x,
+                Err(e) => {
+                    cancel.cancel();
+                    return Err(BridgeError::Http(e));
+                }
+            };
+            tasks.spawn(async move {
+                let _ = task.await;
+            });
+            tracing::info!(%bound, "Local API listening.");
+            Some(bound)
+        };
+        tracing::info!(tenant = %addr.tenant_id, store = %addr.store_id, device = %addr.device_id, "Edge bridge started.");
+        Ok(Bridge { shared, client, cancel, tasks, http_addr })
+    }
+
+    /// Validates, assigns the seq and commits the event; returns only once it is durable.
+    pub async fn submit(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
+        self.shared.submit(draft).await
+    }
+
+    pub async fn status(&self) -> Result<Status, sqlx::Error> {
+        self.shared.source.status().await
+    }
+
+    /// Where the local API listens (None with `no_http`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The Prometheus text of this bridge's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// A token cancelled when the bridge stops.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops taking events, lets in-flight publishes and commands finish, closes NATS and SQLite.
+    pub async fn shutdown(mut self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self.client.flush().await;
+        drop(self.client);
+        self.shared.outbox.pool().close().await;
+        tracing::info!("Edge bridge stopped.");
+    }
+}

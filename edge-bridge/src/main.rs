@@ -1,1 +1,93 @@
-fn main() {}
+//! `tillsync-edge`: `run` the bridge, show its `status`, or `simulate` a fleet of devices.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tillsync_edge::{http_client, simulate, Bridge, Config, Status};
+
+#[derive(Debug, Parser)]
+#[command(name = "tillsync-edge", version, about = "tillsync edge bridge: the store side of tillsync.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bridge until SIGINT/SIGTERM.
+    Run(Box<Config>),
+    /// Show outbox depth, last ack and connection state.
+    Status(StatusArgs),
+    /// Run N simulated devices, each a full bridge, generating realistic POS traffic.
+    Simulate(simulate::SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Local API of the running bridge.
+    #[arg(long, env = "TILLSYNC_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8787")]
+    http_addr: std::net::SocketAddr,
+    /// SQLite file, read when the bridge is not running.
+    #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
+    db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Two worker threads are plenty on a Pi and keep the footprint small.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(config) => run(*config).await,
+            Command::Status(args) => status(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
+        }
+    })
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let bridge = Bridge::start(config).await.context("starting the edge bridge")?;
+    shutdown_signal().await;
+    tracing::info!("Stopping.");
+    bridge.shutdown().await;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let url = http_client::Url {
+        host: args.http_addr.ip().to_string(),
+        port: args.http_addr.port(),
+        path: "/v1/status".into(),
+    };
+    let live = tokio::time::timeout(Duration::from_secs(3), http_client::request("GET", &url, b"")).await;
+    let status: Status = match live {
+        Ok(Ok((200, body))) => serde_json::from_slice(&body).context("decoding /v1/status")?,
+        _ => {
+            eprintln!("bridge not reachable at {}; reading {}", args.http_addr, args.db.display());
+            tillsync_edge::status::from_file(&args.db).await.context("reading the outbox file")?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("{}", status.render());
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The local HTTP API on loopback: the POS submits events here; `/v1/status` and `/metrics`
+//! serve operators. Every refusal is `{"code": "...", "detail": "..."}` with a 4xx/5xx status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::draft::EventDraft;
+use crate::error::SubmitError;
+use crate::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/events", post(submit))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+/// Binds before returning (so the caller knows the port), then serves until cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(shared);
+    let task = tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(%error, "HTTP API stopped.");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn refusal(e: &SubmitError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({ "code": e.code(), "detail": e.detail() }))).into_response()
+}
+
+async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let draft = match EventDraft::from_json(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            let e = SubmitError::Invalid(e);
+            shared.metrics.refused(e.code()).increment(1);
+            tracing::warn!(error = %e, code = e.code(), "Event refused.");
+            return refusal(&e);
+        }
+    };
+    match shared.submit(draft).await {
+        Ok(a) if a.duplicate => (StatusCode::OK, Json(a)).into_response(),
+        Ok(a) => (StatusCode::ACCEPTED, Json(a)).into_response(),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.source.status().await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "code": crate::error::STORAGE_UNAVAILABLE, "detail": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    // Refreshes the oldest-unsent gauge, which only moves with time.
+    let _ = shared.source.status().await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}

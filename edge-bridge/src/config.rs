@@ -1,0 +1,217 @@
+//! Bridge configuration: environment first, flags override, one `validate()` before start.
+//! Device identity comes from here, never from the POS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use tillsync_schemas::DeviceAddr;
+
+use crate::handler::HandlerSpec;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Tenant this device belongs to.
+    #[arg(long, env = "TILLSYNC_TENANT")]
+    pub tenant: String,
+    /// Store of this device.
+    #[arg(long, env = "TILLSYNC_STORE")]
+    pub store: String,
+    /// This device's id (one bridge per POS device).
+    #[arg(long, env = "TILLSYNC_DEVICE")]
+    pub device: String,
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file (JWT + nkey), when the server requires it.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// SQLite file of the outbox and command ledger (created if missing).
+    #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
+    pub db: PathBuf,
+    /// Loopback address of the POS API and /metrics.
+    #[arg(long, env = "TILLSYNC_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8787")]
+    pub http_addr: SocketAddr,
+    /// Do not serve the HTTP API (library use, simulations).
+    #[arg(long, env = "TILLSYNC_EDGE_NO_HTTP", default_value_t = false)]
+    pub no_http: bool,
+    /// Command handler: `none` (applies as a no-op) or `http://127.0.0.1:PORT/path` (POST JSON).
+    #[arg(long, env = "TILLSYNC_EDGE_HANDLER", default_value = "none")]
+    pub handler: String,
+    /// Program that applies a command (command JSON on stdin, exit 0 = applied); overrides --handler.
+    #[arg(long, env = "TILLSYNC_EDGE_HANDLER_EXEC")]
+    pub handler_exec: Option<PathBuf>,
+    /// Longest a handler may take before the command is acked failed/handler_timeout, ms.
+    #[arg(long, env = "TILLSYNC_EDGE_HANDLER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handler_timeout_ms: u64,
+    /// Most rows the outbox holds before refusing events with `outbox_full`.
+    #[arg(long, env = "TILLSYNC_EDGE_OUTBOX_MAX_ROWS", default_value_t = 1_000_000)]
+    pub outbox_max_rows: u64,
+    /// Most encoded event bytes the outbox holds before refusing events with `outbox_full`.
+    #[arg(long, env = "TILLSYNC_EDGE_OUTBOX_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub outbox_max_bytes: u64,
+    /// How long rows covered by the broker's watermark are kept before pruning, seconds.
+    #[arg(long, env = "TILLSYNC_EDGE_RETENTION_S", default_value_t = 0)]
+    pub retention_s: u64,
+    /// How long POS-chosen event ids are remembered for idempotent retries, seconds.
+    #[arg(long, env = "TILLSYNC_EDGE_EVENT_ID_RETENTION_S", default_value_t = 7 * 86_400)]
+    pub event_id_retention_s: u64,
+    /// Heartbeat interval, seconds.
+    #[arg(long, env = "TILLSYNC_EDGE_HEARTBEAT_S", default_value_t = 30)]
+    pub heartbeat_s: u64,
+    /// Publishes in flight before the first unacked one must be acked.
+    #[arg(long, env = "TILLSYNC_EDGE_PUBLISH_WINDOW", default_value_t = 64)]
+    pub publish_window: usize,
+    /// First retry delay after a failed publish, ms (doubles up to --backoff-max-ms, with jitter).
+    #[arg(long, env = "TILLSYNC_EDGE_BACKOFF_MIN_MS", default_value_t = 200)]
+    pub backoff_min_ms: u64,
+    /// Longest retry delay, ms.
+    #[arg(long, env = "TILLSYNC_EDGE_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// How long to wait for a JetStream publish ack, ms.
+    #[arg(long, env = "TILLSYNC_EDGE_ACK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub ack_timeout_ms: u64,
+    /// SQLite fsync on every commit (`full`, survives power loss) or only at WAL checkpoints
+    /// (`normal`, survives a process crash).
+    #[arg(long, env = "TILLSYNC_EDGE_SQLITE_SYNC", default_value = "full")]
+    pub sqlite_sync: String,
+}
+
+/// Parses a [`Config`] from arguments alone (tests, simulations).
+#[derive(Debug, Parser)]
+#[command(name = "tillsync-edge")]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Defaults for `addr`, with the given NATS URL and SQLite file; HTTP off.
+    pub fn new(addr: &DeviceAddr, nats_url: &str, db: impl Into<PathBuf>) -> Config {
+        let db: PathBuf = db.into();
+        let mut c = Standalone::parse_from([
+            "tillsync-edge",
+            "--tenant",
+            &addr.tenant_id,
+            "--store",
+            &addr.store_id,
+            "--device",
+            &addr.device_id,
+        ])
+        .config;
+        c.nats_url = nats_url.into();
+        c.db = db;
+        c.no_http = true;
+        c
+    }
+
+    /// Test-friendly timings: short backoff and heartbeat, HTTP on an ephemeral loopback port.
+    pub fn for_tests(addr: &DeviceAddr, nats_url: &str, db: impl Into<PathBuf>) -> Config {
+        let mut c = Config::new(addr, nats_url, db);
+        c.no_http = false;
+        c.http_addr = "127.0.0.1:0".parse().expect("static address");
+        c.backoff_min_ms = 50;
+        c.backoff_max_ms = 1_000;
+        c.heartbeat_s = 1;
+        c.ack_timeout_ms = 2_000;
+        c.handler_timeout_ms = 2_000;
+        c.sqlite_sync = "normal".into();
+        c
+    }
+
+    pub fn addr(&self) -> DeviceAddr {
+        DeviceAddr::new(&self.tenant, &self.store, &self.device)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.addr().validate().map_err(|e| e.to_string())?;
+        if !self.no_http && !self.http_addr.ip().is_loopback() {
+            return Err(format!("http_addr {} must be a loopback address", self.http_addr));
+        }
+        self.handler_spec()?;
+        let checks = [
+            (self.outbox_max_rows == 0, "outbox_max_rows must be positive"),
+            (self.outbox_max_bytes < 64 * 1024, "outbox_max_bytes must be at least 64 KiB"),
+            (self.publish_window == 0 || self.publish_window > 1024, "publish_window must be in 1..=1024"),
+            (self.heartbeat_s == 0, "heartbeat_s must be positive"),
+            (self.handler_timeout_ms == 0, "handler_timeout_ms must be positive"),
+            (self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms, "backoff range is empty"),
+            (self.ack_timeout_ms == 0, "ack_timeout_ms must be positive"),
+            (!matches!(self.sqlite_sync.as_str(), "full" | "normal"), "sqlite_sync must be full or normal"),
+        ];
+        match checks.iter().find(|(bad, _)| *bad) {
+            Some((_, why)) => Err((*why).to_string()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn handler_spec(&self) -> Result<HandlerSpec, String> {
+        HandlerSpec::parse(&self.handler, self.handler_exec.as_deref())
+    }
+
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_millis(self.handler_timeout_ms)
+    }
+
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s)
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The same configuration as environment variables, for starting the binary.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("TILLSYNC_TENANT", self.tenant.clone()),
+            ("TILLSYNC_STORE", self.store.clone()),
+            ("TILLSYNC_DEVICE", self.device.clone()),
+            ("NATS_URL", self.nats_url.clone()),
+            ("TILLSYNC_EDGE_DB", self.db.display().to_string()),
+            ("TILLSYNC_EDGE_HTTP_ADDR", self.http_addr.to_string()),
+            ("TILLSYNC_EDGE_NO_HTTP", self.no_http.to_string()),
+            ("TILLSYNC_EDGE_HANDLER", self.handler.clone()),
+            ("TILLSYNC_EDGE_HANDLER_TIMEOUT_MS", self.handler_timeout_ms.to_string()),
+            ("TILLSYNC_EDGE_OUTBOX_MAX_ROWS", self.outbox_max_rows.to_string()),
+            ("TILLSYNC_EDGE_OUTBOX_MAX_BYTES", self.outbox_max_bytes.to_string()),
+            ("TILLSYNC_EDGE_RETENTION_S", self.retention_s.to_string()),
+            ("TILLSYNC_EDGE_EVENT_ID_RETENTION_S", self.event_id_retention_s.to_string()),
+            ("TILLSYNC_EDGE_HEARTBEAT_S", self.heartbeat_s.to_string()),
+            ("TILLSYNC_EDGE_PUBLISH_WINDOW", self.publish_window.to_string()),
+            ("TILLSYNC_EDGE_BACKOFF_MIN_MS", self.backoff_min_ms.to_string()),
+            ("TILLSYNC_EDGE_BACKOFF_MAX_MS", self.backoff_max_ms.to_string()),
+            ("TILLSYNC_EDGE_ACK_TIMEOUT_MS", self.ack_timeout_ms.to_string()),
+            ("TILLSYNC_EDGE_SQLITE_SYNC", self.sqlite_sync.clone()),
+        ];
+        if let Some(p) = &self.nats_creds {
+            env.push(("NATS_CREDS", p.display().to_string()));
+        }
+        if let Some(p) = &self.handler_exec {
+            env.push(("TILLSYNC_EDGE_HANDLER_EXEC", p.display().to_string()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://x:1", "/tmp/x.db");
+        c.validate().unwrap();
+        assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_DEVICE" && v == "till-1"));
+    }
+
+    #[test]
+    fn refuses_non_loopback_http_and_bad_ids() {
+        let mut c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://x:1", "/tmp/x.db");
+        c.http_addr = "0.0.0.0:8787".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("loopback"));
+        let c = Config::for_tests(&DeviceAddr::new("acme", "s.1", "till-1"), "nats://x:1", "/tmp/x.db");
+        assert!(c.validate().is_err());
+    }
+}

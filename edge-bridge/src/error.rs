@@ -1,0 +1,77 @@
+//! Errors of the bridge. A [`SubmitError`] leaves the process (HTTP bodies, metric labels), so
+//! its codes are stable: validation failures reuse the wire contract's [`Reason`] codes.
+
+use tillsync_schemas::{Reason, WireError};
+
+/// Why the bridge refused an event. `code()` is the stable string the POS sees.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The event is malformed or fails the wire contract's checks.
+    #[error("{0}")]
+    Invalid(WireError),
+    /// The outbox reached its configured row or byte limit; nothing was written.
+    #[error("outbox full: {rows} rows, {bytes} bytes (limits {max_rows} rows, {max_bytes} bytes)")]
+    OutboxFull { rows: u64, bytes: u64, max_rows: u64, max_bytes: u64 },
+    /// SQLite failed; nothing was written and the POS should retry.
+    #[error("local storage failed: {0}")]
+    Storage(String),
+    /// The bridge is stopping and takes no more events.
+    #[error("the bridge is shutting down")]
+    ShuttingDown,
+}
+
+pub const OUTBOX_FULL: &str = "outbox_full";
+pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+pub const SHUTTING_DOWN: &str = "shutting_down";
+
+impl SubmitError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::Invalid(e) => e.reason.as_str(),
+            SubmitError::OutboxFull { .. } => OUTBOX_FULL,
+            SubmitError::Storage(_) => STORAGE_UNAVAILABLE,
+            SubmitError::ShuttingDown => SHUTTING_DOWN,
+        }
+    }
+
+    /// HTTP status for the local API: 4xx for the POS's mistakes, 507/503 for the bridge's state.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            SubmitError::Invalid(e) if e.reason == Reason::Oversize => 413,
+            SubmitError::Invalid(e) if e.reason == Reason::Undecodable => 400,
+            SubmitError::Invalid(_) => 422,
+            SubmitError::OutboxFull { .. } => 507,
+            SubmitError::Storage(_) | SubmitError::ShuttingDown => 503,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            SubmitError::Invalid(e) => e.detail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<WireError> for SubmitError {
+    fn from(e: WireError) -> Self {
+        SubmitError::Invalid(e)
+    }
+}
+
+/// Why the bridge could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("SQLite: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("SQLite migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("this outbox belongs to {found}, not {configured}: use another --db")]
+    WrongDevice { found: String, configured: String },
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("HTTP API: {0}")]
+    Http(#[from] std::io::Error),
+}

@@ -1,0 +1,121 @@
+//! Applies a command to the POS: an HTTP POST of the command JSON to the local POS API, a
+//! program run with the command JSON on stdin, or nothing (demos). Always under a timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tillsync_schemas::ack::codes;
+use tillsync_schemas::CommandEnvelope;
+use tokio::io::AsyncWriteExt;
+
+use crate::http_client::{self, Url};
+
+/// Which handler the bridge runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerSpec {
+    /// Applies as a no-op.
+    None,
+    /// POST the command JSON; 2xx = applied.
+    Http(Url),
+    /// Run the program with the command JSON on stdin; exit 0 = applied.
+    Exec(PathBuf),
+}
+
+impl HandlerSpec {
+    pub fn parse(handler: &str, exec: Option<&Path>) -> Result<HandlerSpec, String> {
+        if let Some(p) = exec {
+            return Ok(HandlerSpec::Exec(p.to_path_buf()));
+        }
+        match handler {
+            "none" => Ok(HandlerSpec::None),
+            url => Url::parse(url).map(HandlerSpec::Http).map_err(|e| format!("handler: {e}")),
+        }
+    }
+}
+
+/// What the handler did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerResult {
+    Applied,
+    /// Tried and failed, with a code (`handler_error`, `handler_timeout`, or the POS's own code).
+    Failed {
+        code: String,
+        detail: String,
+    },
+}
+
+impl HandlerResult {
+    fn failed(code: &str, detail: impl Into<String>) -> HandlerResult {
+        HandlerResult::Failed { code: code.to_string(), detail: truncate(detail.into()) }
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    const MAX: usize = 400;
+    if s.len() > MAX {
+        let mut cut = MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+pub async fn apply(spec: &HandlerSpec, cmd: &CommandEnvelope, timeout: Duration) -> HandlerResult {
+    let json = serde_json::to_vec(cmd).expect("commands always serialize");
+    let run = async {
+        match spec {
+            HandlerSpec::None => HandlerResult::Applied,
+            HandlerSpec::Http(url) => post(url, &json).await,
+            HandlerSpec::Exec(path) => exec(path, &json).await,
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        // Dropping the future closes the socket / kills the child (kill_on_drop).
+        Err(_) => HandlerResult::failed(codes::HANDLER_TIMEOUT, format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn post(url: &Url, json: &[u8]) -> HandlerResult {
+    match http_client::request("POST", url, json).await {
+        Ok((status, _)) if (200..300).contains(&status) => HandlerResult::Applied,
+        Ok((status, body)) => {
+            // A POS may explain its refusal as {"code": "..."}; a subject-safe code is passed on.
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_string))
+                .filter(|c| tillsync_schemas::ids::check_id("code", c).is_ok())
+                .unwrap_or_else(|| codes::HANDLER_ERROR.to_string());
+            HandlerResult::failed(&code, format!("POS answered HTTP {status}: {}", String::from_utf8_lossy(&body)))
+        }
+        Err(e) => HandlerResult::failed(codes::HANDLER_ERROR, format!("POS API unreachable: {e}")),
+    }
+}
+
+async fn exec(path: &Path, json: &[u8]) -> HandlerResult {
+    let child = tokio::process::Command::new(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return HandlerResult::failed(codes::HANDLER_ERROR, format!("cannot run {}: {e}", path.display())),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A handler that exits without reading stdin is its own business: only its status counts.
+        let _ = stdin.write_all(json).await;
+    }
+    match child.wait_with_output().await {
+        Ok(out) if out.status.success() => HandlerResult::Applied,
+        Ok(out) => HandlerResult::failed(
+            codes::HANDLER_ERROR,
+            format!("{} exited with {}: {}", path.display(), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        ),
+        Err(e) => HandlerResult::failed(codes::HANDLER_ERROR, format!("waiting for {}: {e}", path.display())),
+    }
+}

@@ -1,0 +1,83 @@
+//! Heartbeats: every `heartbeat_s` (and at each connect) the bridge publishes its health to
+//! JetStream. Skipped while offline: a stale heartbeat has no value, the outbox does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use tillsync_schemas::{codec, streams, subject, Heartbeat};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::status::StatusSource;
+
+pub const SOFTWARE_VERSION: &str = concat!("tillsync-edge/", env!("CARGO_PKG_VERSION"));
+
+pub struct Beater {
+    pub js: async_nats::jetstream::Context,
+    pub source: Arc<StatusSource>,
+    pub metrics: Arc<Metrics>,
+    pub connected: watch::Receiver<bool>,
+    pub cancel: CancellationToken,
+    pub every: Duration,
+    pub ack_timeout: Duration,
+}
+
+impl Beater {
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = self.connected.changed() => {
+                    if changed.is_err() { return; }
+                    if !*self.connected.borrow() { continue; }
+                }
+            }
+            if !*self.connected.borrow() {
+                continue;
+            }
+            match self.beat().await {
+                Ok(()) => self.metrics.heartbeats.increment(1),
+                Err(error) => {
+                    self.metrics.heartbeat_failures.increment(1);
+                    tracing::debug!(%error, "Heartbeat not published.");
+                }
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), String> {
+        let s = self.source.status().await.map_err(|e| e.to_string())?;
+        let addr = self.source.addr();
+        let hb = Heartbeat {
+            schema_version: tillsync_schemas::SCHEMA_VERSION,
+            tenant_id: addr.tenant_id.clone(),
+            store_id: addr.store_id.clone(),
+            device_id: addr.device_id.clone(),
+            at_ms: crate::now_ms(),
+            software_version: SOFTWARE_VERSION.to_string(),
+            outbox_depth: s.outbox.unacked,
+            oldest_unsent_age_s: s.outbox.oldest_unsent_age_s,
+            last_acked_seq: s.outbox.watermark,
+            config_revision: s.config_revision,
+            uptime_s: s.uptime_s,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+        headers.insert(streams::HEADER_SCHEMA_VERSION, tillsync_schemas::SCHEMA_VERSION.to_string().as_str());
+        let fut = self
+            .js
+            .publish_with_headers(subject::heartbeats(addr), headers, codec::encode(&hb).into())
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.ack_timeout, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no publish ack in time".into()),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Every edge metric, defined once. Each bridge owns its own Prometheus registry (no global
+//! recorder), so a process running many simulated bridges, or the broker in the same test
+//! process, never mixes values. Labels come from small fixed sets; never a device id.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+pub const EVENTS_ACCEPTED: &str = "tillsync_edge_events_accepted_total";
+pub const EVENTS_REFUSED: &str = "tillsync_edge_events_refused_total";
+pub const EVENTS_PUBLISHED: &str = "tillsync_edge_events_published_total";
+pub const PUBLISH_DUPLICATES: &str = "tillsync_edge_publish_duplicates_total";
+pub const PUBLISH_FAILURES: &str = "tillsync_edge_publish_failures_total";
+pub const OUTBOX_ROWS: &str = "tillsync_edge_outbox_rows";
+pub const OUTBOX_BYTES: &str = "tillsync_edge_outbox_bytes";
+pub const OUTBOX_UNACKED: &str = "tillsync_edge_outbox_unacked_rows";
+pub const OLDEST_UNSENT: &str = "tillsync_edge_oldest_unsent_age_seconds";
+pub const WATERMARK: &str = "tillsync_edge_watermark_seq";
+pub const LAST_SEQ: &str = "tillsync_edge_last_seq";
+pub const CONNECTED: &str = "tillsync_edge_nats_connected";
+pub const COMMANDS: &str = "tillsync_edge_commands_total";
+pub const COMMAND_DUPLICATES: &str = "tillsync_edge_command_duplicates_total";
+pub const COMMANDS_UNDECODABLE: &str = "tillsync_edge_commands_undecodable_total";
+pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
+pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
+pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
+
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const META: Metadata<'static> = Metadata::new("tillsync_edge", Level::INFO, Some(module_path!()));
+
+/// One bridge's metrics and the registry that renders them.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    pub accepted: Counter,
+    pub published: Counter,
+    pub publish_duplicates: Counter,
+    pub publish_failures: Counter,
+    pub outbox_rows: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_unacked: Gauge,
+    pub oldest_unsent: Gauge,
+    pub watermark: Gauge,
+    pub last_seq: Gauge,
+    pub connected: Gauge,
+    pub command_duplicates: Counter,
+    pub commands_undecodable: Counter,
+    pub handler_latency: Histogram,
+    pub heartbeats: Counter,
+    pub heartbeat_failures: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        describe(&recorder);
+        let c = |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &META);
+        let g = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &META);
+        let m = Metrics {
+            accepted: c(EVENTS_ACCEPTED),
+            published: c(EVENTS_PUBLISHED),
+            publish_duplicates: c(PUBLISH_DUPLICATES),
+            publish_failures: c(PUBLISH_FAILURES),
+            outbox_rows: g(OUTBOX_ROWS),
+            outbox_bytes: g(OUTBOX_BYTES),
+            outbox_unacked: g(OUTBOX_UNACKED),
+            oldest_unsent: g(OLDEST_UNSENT),
+            watermark: g(WATERMARK),
+            last_seq: g(LAST_SEQ),
+            connected: g(CONNECTED),
+            command_duplicates: c(COMMAND_DUPLICATES),
+            commands_undecodable: c(COMMANDS_UNDECODABLE),
+            handler_latency: recorder.register_histogram(&Key::from_static_name(HANDLER_LATENCY), &META),
+            heartbeats: c(HEARTBEATS),
+            heartbeat_failures: c(HEARTBEAT_FAILURES),
+            recorder,
+        };
+        // Pre-register the refusal code operators alert on, so it shows as 0 before the first one.
+        m.refused(crate::error::OUTBOX_FULL).increment(0);
+        m
+    }
+
+    /// Refused events by code (`outbox_full`, `storage_unavailable`, or a wire Reason code).
+    pub fn refused(&self, code: &'static str) -> Counter {
+        self.labelled_counter(EVENTS_REFUSED, "code", code)
+    }
+
+    /// Command outcomes by outcome (`applied`, `failed`, `rejected`).
+    pub fn command(&self, outcome: &'static str) -> Counter {
+        self.labelled_counter(COMMANDS, "outcome", outcome)
+    }
+
+    fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, vec![Label::new(label, value)]), &META)
+    }
+
+    /// The Prometheus text exposition of this bridge.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn describe(r: &PrometheusRecorder) {
+    let counter = |name: &'static str, help: &'static str| r.describe_counter(name.into(), None, help.into());
+    let gauge =
+        |name: &'static str, unit: Option<Unit>, help: &'static str| r.describe_gauge(name.into(), unit, help.into());
+    counter(EVENTS_ACCEPTED, "Events written to the outbox and answered 202.");
+    counter(EVENTS_REFUSED, "Events refused, by code (outbox_full, storage_unavailable, or a validation reason).");
+    counter(EVENTS_PUBLISHED, "Events whose JetStream publish was acked.");
+    counter(PUBLISH_DUPLICATES, "Publish acks flagged duplicate: JetStream deduped a retry by Nats-Msg-Id.");
+    counter(PUBLISH_FAILURES, "Publish attempts that failed (offline, no stream, timeout); retried with backoff.");
+    gauge(OUTBOX_ROWS, Some(Unit::Count), "Rows in the outbox, acked or not.");
+    gauge(OUTBOX_BYTES, Some(Unit::Bytes), "Encoded event bytes in the outbox.");
+    gauge(OUTBOX_UNACKED, Some(Unit::Count), "Events not yet covered by the broker's watermark.");
+    gauge(OLDEST_UNSENT, Some(Unit::Seconds), "Age of the oldest event not yet published.");
+    gauge(WATERMARK, None, "The broker's ack watermark for this device.");
+    gauge(LAST_SEQ, None, "Highest seq assigned.");
+    gauge(CONNECTED, None, "1 while connected to NATS.");
+    counter(COMMANDS, "Commands handled, by outcome (applied, failed, rejected).");
+    counter(COMMAND_DUPLICATES, "Redelivered commands answered with their stored outcome.");
+    counter(COMMANDS_UNDECODABLE, "Command messages refused as undecodable (kept in refused_commands).");
+    r.describe_histogram(HANDLER_LATENCY.into(), Some(Unit::Seconds), "Command handler run time.".into());
+    counter(HEARTBEATS, "Heartbeats published.");
+    counter(HEARTBEAT_FAILURES, "Heartbeats that could not be published.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_own_registry() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.refused(crate::error::OUTBOX_FULL).increment(2);
+        assert!(a.render().contains(r#"tillsync_edge_events_refused_total{code="outbox_full"} 2"#));
+        assert!(b.render().contains(r#"tillsync_edge_events_refused_total{code="outbox_full"} 0"#));
+    }
+}

@@ -1,0 +1,69 @@
+//! The NATS connection: outbound only, retried forever, its state mirrored in a watch channel
+//! so the publisher, command consumer and heartbeats wait for "connected" instead of piling
+//! messages into the client's buffer while the WAN is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::metrics::Metrics;
+
+/// Connects in the background (the bridge starts and takes events with the WAN down).
+pub async fn connect(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(async_nats::Client, watch::Receiver<bool>), BridgeError> {
+    let (tx, rx) = watch::channel(false);
+    let device = config.device.clone();
+    let max_ms = config.backoff_max_ms.min(4_000);
+    let mut options = ConnectOptions::new()
+        .name(format!("tillsync-edge/{}/{}/{}", config.tenant, config.store, config.device))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(move |attempts| {
+            let ceiling = 100u64.saturating_mul(1 << attempts.min(10)).min(max_ms);
+            Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+        })
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            let metrics = metrics.clone();
+            let device = device.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!(device_id = %device, "Connected to NATS.");
+                        metrics.connected.set(1.0);
+                        tx.send_replace(true);
+                    }
+                    Event::Disconnected | Event::Closed => {
+                        tracing::warn!(device_id = %device, "Disconnected from NATS; events keep being accepted.");
+                        metrics.connected.set(0.0);
+                        tx.send_replace(false);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event."),
+                }
+            }
+        });
+    if let Some(creds) = &config.nats_creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| BridgeError::Nats(format!("{}: {e}", creds.display())))?;
+    }
+    let client = options.connect(config.nats_url.as_str()).await.map_err(|e| BridgeError::Nats(e.to_string()))?;
+    Ok((client, rx))
+}
+
+/// Waits until connected; false if cancelled first.
+pub async fn wait_connected(state: &mut watch::Receiver<bool>, cancel: &tokio_util::sync::CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = state.wait_for(|c| *c) => r.is_ok(),
+    }
+}

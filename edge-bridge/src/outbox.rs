@@ -1,0 +1,394 @@
+//! The SQLite outbox: an event is answered 202 only after its row, with its seq, is committed.
+//! Seqs are assigned under one lock inside the insert's transaction, so they are contiguous
+//! and survive any crash. Rows leave only when the broker's watermark covers them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqlitePool;
+use tillsync_schemas::{codec, DeviceAddr};
+use tokio::sync::{Mutex, Notify};
+
+use crate::draft::EventDraft;
+use crate::error::{BridgeError, SubmitError};
+use crate::metrics::Metrics;
+use crate::now_ms;
+
+/// Where an accepted event went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub seq: u64,
+    pub event_id: String,
+    /// True when the POS resubmitted an event_id the bridge already holds: same seq, nothing new written.
+    pub duplicate: bool,
+}
+
+/// Size limits and retention of the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    /// Rows covered by the watermark stay this long (0: pruned at once).
+    pub retention_ms: i64,
+    /// POS-chosen event ids are remembered this long for idempotent retries.
+    pub event_id_retention_ms: i64,
+}
+
+/// One row waiting to be published.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: u64,
+    pub event_id: String,
+    pub envelope: Vec<u8>,
+}
+
+/// Counters of the outbox, for status and heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStats {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Events not yet covered by the watermark.
+    pub unacked: u64,
+    /// Events not yet acked by JetStream.
+    pub unsent: u64,
+    pub oldest_unsent_age_s: u64,
+    pub last_seq: u64,
+    pub watermark: u64,
+}
+
+#[derive(Debug)]
+struct Counts {
+    rows: u64,
+    bytes: u64,
+    last_seq: u64,
+}
+
+pub struct Outbox {
+    pool: SqlitePool,
+    addr: DeviceAddr,
+    limits: Limits,
+    counts: Mutex<Counts>,
+    watermark: AtomicU64,
+    /// Woken on every accepted event, so the publisher never polls.
+    pub new_rows: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("addr", &self.addr).finish()
+    }
+}
+
+impl Outbox {
+    pub async fn open(
+        pool: SqlitePool,
+        addr: DeviceAddr,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Outbox, BridgeError> {
+        let (rows, bytes): (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(sum(length(envelope)), 0) FROM outbox").fetch_one(&pool).await?;
+        let (last_seq, watermark): (i64, i64) =
+            sqlx::query_as("SELECT last_seq, watermark FROM bridge_state WHERE id = 1").fetch_one(&pool).await?;
+        let outbox = Outbox {
+            pool,
+            addr,
+            limits,
+            counts: Mutex::new(Counts { rows: rows as u64, bytes: bytes as u64, last_seq: last_seq as u64 }),
+            watermark: AtomicU64::new(watermark as u64),
+            new_rows: Notify::new(),
+            metrics,
+        };
+        outbox.metrics.last_seq.set(last_seq as f64);
+        outbox.metrics.watermark.set(watermark as f64);
+        outbox.publish_gauges(rows as u64, bytes as u64, last_seq as u64);
+        Ok(outbox)
+    }
+
+    pub fn addr(&self) -> &DeviceAddr {
+        &self.addr
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    /// Validates, assigns the seq, commits the row; only then returns.
+    pub async fn submit(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
+        let result = self.submit_inner(draft).await;
+        match &result {
+            Ok(a) if !a.duplicate => self.metrics.accepted.increment(1),
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.refused(e.code()).increment(1);
+                if let SubmitError::OutboxFull { rows, bytes, .. } = e {
+                    tracing::error!(rows, bytes, device_id = %self.addr.device_id, "Outbox full: refusing event.");
+                } else {
+                    tracing::warn!(error = %e, code = e.code(), "Event refused.");
+                }
+            }
+        }
+        result
+    }
+
+    async fn submit_inner(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
+        let storage = |e: sqlx::Error| SubmitError::Storage(e.to_string());
+        let mut counts = self.counts.lock().await;
+        if let Some(id) = &draft.event_id {
+            let known: Option<i64> = sqlx::query_scalar("SELECT seq FROM event_ids WHERE event_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage)?;
+            if let Some(seq) = known {
+                return Ok(Accepted { seq: seq as u64, event_id: id.clone(), duplicate: true });
+            }
+        }
+        let now = now_ms();
+        let seq = counts.last_seq + 1;
+        let pos_chose_id = draft.event_id.is_some();
+        let event_id = draft.event_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let ev = draft.into_envelope(&self.addr, seq, event_id.clone(), now)?;
+        let envelope = codec::encode(&ev);
+        let size = envelope.len() as u64;
+        if counts.rows + 1 > self.limits.max_rows || counts.bytes + size > self.limits.max_bytes {
+            // Rows kept only for retention are safe to drop early rather than refuse a sale.
+            self.prune_locked(&mut counts, self.watermark(), i64::MAX).await.map_err(storage)?;
+            if counts.rows + 1 > self.limits.max_rows || counts.bytes + size > self.limits.max_bytes {
+                return Err(SubmitError::OutboxFull {
+                    rows: counts.rows,
+                    bytes: counts.bytes,
+                    max_rows: self.limits.max_rows,
+                    max_bytes: self.limits.max_bytes,
+                });
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+        sqlx::query("UPDATE bridge_state SET last_seq = ? WHERE id = 1")
+            .bind(seq as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        sqlx::query("INSERT INTO outbox (seq, event_id, kind, envelope, accepted_at_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(seq as i64)
+            .bind(&event_id)
+            .bind(ev.body.kind())
+            .bind(&envelope)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        if pos_chose_id {
+            sqlx::query("INSERT INTO event_ids (event_id, seq, accepted_at_ms) VALUES (?, ?, ?)")
+                .bind(&event_id)
+                .bind(seq as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(storage)?;
+        }
+        tx.commit().await.map_err(storage)?;
+        counts.last_seq = seq;
+        counts.rows += 1;
+        counts.bytes += size;
+        self.publish_gauges(counts.rows, counts.bytes, seq);
+        drop(counts);
+        self.new_rows.notify_one();
+        Ok(Accepted { seq, event_id, duplicate: false })
+    }
+
+    /// The next rows to publish, in seq order, skipping what the watermark already covers.
+    pub async fn unsent(&self, limit: usize) -> Result<Vec<Pending>, sqlx::Error> {
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, event_id, envelope FROM outbox WHERE sent_at_ms IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(self.watermark() as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(seq, event_id, envelope)| Pending { seq: seq as u64, event_id, envelope }).collect())
+    }
+
+    /// Marks `from..=to` as acked by JetStream.
+    pub async fn mark_sent(&self, from: u64, to: u64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE outbox SET sent_at_ms = ? WHERE seq BETWEEN ? AND ? AND sent_at_ms IS NULL")
+            .bind(now_ms())
+            .bind(from as i64)
+            .bind(to as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a newer watermark from the broker: persists it and prunes what it covers.
+    pub async fn apply_watermark(&self, seq: u64) -> Result<(), sqlx::Error> {
+        let mut counts = self.counts.lock().await;
+        let current = self.watermark();
+        if seq > current {
+            if seq > counts.last_seq {
+                // The broker has seen seqs this file never assigned: the file was lost or
+                // replaced. Continuing above the watermark keeps new events from colliding.
+                tracing::error!(
+                    watermark = seq,
+                    last_seq = counts.last_seq,
+                    "Broker watermark is ahead of the local outbox; continuing seqs after it."
+                );
+                counts.last_seq = seq;
+                sqlx::query("UPDATE bridge_state SET last_seq = ? WHERE id = 1")
+                    .bind(seq as i64)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            sqlx::query("UPDATE bridge_state SET watermark = ? WHERE id = 1 AND watermark < ?")
+                .bind(seq as i64)
+                .bind(seq as i64)
+                .execute(&self.pool)
+                .await?;
+            self.watermark.store(seq, Ordering::Release);
+            self.metrics.watermark.set(seq as f64);
+        }
+        let cutoff = now_ms().saturating_sub(self.limits.retention_ms);
+        self.prune_locked(&mut counts, self.watermark(), cutoff).await?;
+        Ok(())
+    }
+
+    /// Deletes rows with seq <= `watermark` accepted before `cutoff_ms`, and old event ids.
+    async fn prune_locked(&self, counts: &mut Counts, watermark: u64, cutoff_ms: i64) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (n, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(length(envelope)), 0) FROM outbox WHERE seq <= ? AND accepted_at_ms <= ?",
+        )
+        .bind(watermark as i64)
+        .bind(cutoff_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        if n > 0 {
+            sqlx::query("DELETE FROM outbox WHERE seq <= ? AND accepted_at_ms <= ?")
+                .bind(watermark as i64)
+                .bind(cutoff_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM event_ids WHERE accepted_at_ms < ?")
+            .bind(now_ms().saturating_sub(self.limits.event_id_retention_ms))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        counts.rows = counts.rows.saturating_sub(n as u64);
+        counts.bytes = counts.bytes.saturating_sub(bytes as u64);
+        self.publish_gauges(counts.rows, counts.bytes, counts.last_seq);
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Result<OutboxStats, sqlx::Error> {
+        let (rows, bytes, last_seq) = {
+            let c = self.counts.lock().await;
+            (c.rows, c.bytes, c.last_seq)
+        };
+        let watermark = self.watermark();
+        let (unsent, oldest): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(accepted_at_ms) FROM outbox WHERE sent_at_ms IS NULL AND seq > ?")
+                .bind(watermark as i64)
+                .fetch_one(&self.pool)
+                .await?;
+        let oldest_unsent_age_s = oldest.map_or(0, |t| (now_ms() - t).max(0) as u64 / 1000);
+        self.metrics.oldest_unsent.set(oldest_unsent_age_s as f64);
+        Ok(OutboxStats {
+            rows,
+            bytes,
+            unacked: last_seq.saturating_sub(watermark),
+            unsent: unsent as u64,
+            oldest_unsent_age_s,
+            last_seq,
+            watermark,
+        })
+    }
+
+    fn publish_gauges(&self, rows: u64, bytes: u64, last_seq: u64) {
+        self.metrics.outbox_rows.set(rows as f64);
+        self.metrics.outbox_bytes.set(bytes as f64);
+        self.metrics.last_seq.set(last_seq as f64);
+        self.metrics.outbox_unacked.set(last_seq.saturating_sub(self.watermark()) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tillsync_schemas::event::OrderOpened;
+    use tillsync_schemas::EventBody;
+
+    fn opened(order: &str) -> EventDraft {
+        EventDraft::new(EventBody::OrderOpened(OrderOpened {
+            order_id: order.into(),
+            currency: "EUR".into(),
+            table: None,
+        }))
+    }
+
+    async fn outbox(dir: &std::path::Path, max_rows: u64) -> Outbox {
+        let pool = crate::db::open(&dir.join("edge.db"), false).await.unwrap();
+        let limits = Limits { max_rows, max_bytes: 1 << 30, retention_ms: 0, event_id_retention_ms: 86_400_000 };
+        Outbox::open(pool, DeviceAddr::new("acme", "s1", "till-1"), limits, Arc::new(Metrics::new())).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn seqs_are_contiguous_and_survive_reopen_and_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        for i in 1..=3 {
+            assert_eq!(ob.submit(opened(&format!("o-{i}"))).await.unwrap().seq, i);
+        }
+        let pending = ob.unsent(10).await.unwrap();
+        assert_eq!(pending.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        ob.mark_sent(1, 2).await.unwrap();
+        assert_eq!(ob.unsent(10).await.unwrap()[0].seq, 3);
+        ob.apply_watermark(2).await.unwrap();
+        let s = ob.stats().await.unwrap();
+        assert_eq!((s.rows, s.unacked, s.unsent, s.watermark), (1, 1, 1, 2));
+        ob.pool().close().await;
+        let ob = outbox(dir.path(), 100).await;
+        assert_eq!(ob.submit(opened("o-4")).await.unwrap().seq, 4);
+        assert_eq!(ob.watermark(), 2);
+    }
+
+    #[tokio::test]
+    async fn pos_retries_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut d = opened("o-1");
+        d.event_id = Some(id.clone());
+        let first = ob.submit(d.clone()).await.unwrap();
+        let again = ob.submit(d).await.unwrap();
+        assert_eq!((first.seq, again.seq, again.duplicate), (1, 1, true));
+        assert_eq!(ob.stats().await.unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn full_outbox_refuses_with_a_code_until_the_watermark_frees_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 2).await;
+        ob.submit(opened("o-1")).await.unwrap();
+        ob.submit(opened("o-2")).await.unwrap();
+        let err = ob.submit(opened("o-3")).await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("outbox_full", 507));
+        assert!(ob.metrics.render().contains(r#"tillsync_edge_events_refused_total{code="outbox_full"} 1"#));
+        ob.apply_watermark(1).await.unwrap();
+        assert_eq!(ob.submit(opened("o-3")).await.unwrap().seq, 3);
+    }
+
+    #[tokio::test]
+    async fn a_watermark_ahead_of_the_file_moves_seqs_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 10).await;
+        ob.apply_watermark(40).await.unwrap();
+        assert_eq!(ob.submit(opened("o-1")).await.unwrap().seq, 41);
+    }
+}
