@@ -1,14 +1,101 @@
-//! `tillsync bench ...`.
+//! `tillsync bench <scenario>`: benchmarks against real NATS and Postgres.
+//!
+//! Each scenario starts what it needs (a private nats-server unless `NATS_URL` is given, fresh
+//! databases on the configured Postgres), runs the broker in this process, measures, cleans up
+//! and prints a table, or one JSON object with `--json`. Progress goes to stderr. The figures
+//! and how to reproduce them are in docs/performance.md.
+
+mod actors;
+mod baseline;
+mod commands;
+mod data;
+mod env;
+mod ingest;
+mod latency;
+mod naive;
+mod replay;
+mod report;
 
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::global::Global;
+use env::Env;
+use report::Report;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
 
-pub async fn run(_args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Drain a preloaded stream: broker vs a minimal pipeline vs one transaction per event.
+    Ingest(ingest::IngestArgs),
+    /// Open-loop publishing at a fixed rate: publish-to-commit latency percentiles.
+    Latency(latency::LatencyArgs),
+    /// Command round trips (intake -> device applies -> acked) through simulated bridges.
+    Commands(commands::CommandsArgs),
+    /// Rebuild a fresh database from the stream through the ingest code path.
+    Replay(replay::ReplayArgs),
+    /// Memory and activation rate of resident device actors.
+    Actors(actors::ActorsArgs),
+}
+
+/// A timed drain.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub messages: usize,
+    pub seconds: f64,
+}
+
+impl Measured {
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.seconds.max(1e-9)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let mut env = Env::start(global).await?;
+    let outcome = tokio::select! {
+        r = scenario(args.scenario, &mut env) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    env.cleanup().await;
+    let report = outcome?;
+    report.print(global.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn scenario(s: Scenario, env: &mut Env) -> anyhow::Result<Report> {
+    match s {
+        Scenario::Ingest(a) => ingest::run(a, env).await,
+        Scenario::Latency(a) => latency::run(a, env).await,
+        Scenario::Commands(a) => commands::run(a, env).await,
+        Scenario::Replay(a) => replay::run(a, env).await,
+        Scenario::Actors(a) => actors::run(a, env).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
 }

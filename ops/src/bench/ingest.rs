@@ -1,0 +1,171 @@
+//! `bench ingest`: how fast the broker drains a preloaded stream into Postgres, next to a
+//! minimal pipeline and a naive one on the same data, in the same invocation.
+//!
+//! Each pipeline gets a fresh database and its own consumer from the first message of the
+//! stream, and starts after a `CHECKPOINT` so none inherits another's dirty pages. Timing
+//! starts before the pipeline connects and ends when every message is acked (the broker:
+//! its consumer has nothing pending or unacked; the others: the last ack is flushed).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use clap::Args;
+use sqlx::PgPool;
+use tillsync_broker::Broker;
+use tillsync_schemas::streams as names;
+
+use super::env::Env;
+use super::report::Report;
+use super::{baseline, data, median, naive, Measured};
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Messages preloaded into the events stream (duplicates included).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Devices the events come from.
+    #[arg(long, default_value_t = 1_000)]
+    pub devices: usize,
+    /// Share of the messages that are re-sent copies of earlier events.
+    #[arg(long, default_value_t = 0.1)]
+    pub dup_ratio: f64,
+    /// Events the naive pipeline processes (capped at --events).
+    #[arg(long, default_value_t = 5_000)]
+    pub naive_sample: usize,
+    /// Rounds of (pipeline, broker, naive); the medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
+    if args.events == 0 || args.devices == 0 || args.runs == 0 {
+        bail!("--events, --devices and --runs must be positive");
+    }
+    let client = env.nats().await?;
+    let js = data::js(client.clone());
+    env.ensure_empty_streams(&js).await?;
+    let msgs = data::generate(args.events, args.devices, args.dup_ratio, args.seed);
+    let unique = data::unique_count(&msgs);
+    let t = Instant::now();
+    data::preload(&js, &msgs).await?;
+    eprintln!("preloaded {} messages ({unique} unique) in {:.1} s", msgs.len(), t.elapsed().as_secs_f64());
+    drop(msgs);
+    let batch = env.broker_config("postgres://unused/unused").batch_size;
+    let sample = args.naive_sample.min(args.events);
+
+    let (mut broker, mut pipeline, mut naive_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.runs {
+        let url = fresh(env).await?;
+        let p = baseline::run(&client, &js, &url, args.events, batch).await.context("baseline pipeline")?;
+        verify(&url, unique).await.context("baseline pipeline")?;
+        eprintln!("round {round}: pipeline {:.0} events/s", p.rate());
+        pipeline.push(p.rate());
+
+        let b = broker_drain(env, &js, args.events, unique).await?;
+        eprintln!("round {round}: broker   {:.0} events/s", b.rate());
+        broker.push(b.rate());
+
+        let url = fresh(env).await?;
+        let n = naive::run(&client, &js, &url, sample).await.context("naive pipeline")?;
+        eprintln!("round {round}: naive    {:.0} events/s", n.rate());
+        naive_runs.push(n.rate());
+    }
+    let (b, p, n) = (median(&broker), median(&pipeline), median(&naive_runs));
+    let mut r = Report::new("ingest");
+    r.param("events", args.events)
+        .param("devices", args.devices)
+        .param("dup_ratio", args.dup_ratio)
+        .param("unique_events", unique)
+        .param("batch_size", batch)
+        .param("naive_sample", sample)
+        .param("runs", args.runs)
+        .number("events_per_s", b)
+        .number("baseline_pipeline_events_per_s", p)
+        .number("naive_events_per_s", n)
+        .number("ratio_vs_pipeline", b / p)
+        .number("ratio_vs_naive", b / n);
+    if sample < 5_000 {
+        r.note(format!("naive sample is {sample} events (all there are); use --events >= 5000 for a real figure"));
+    }
+    Ok(r)
+}
+
+/// A fresh database with the bench tenant, after a checkpoint.
+pub async fn fresh(env: &mut Env) -> anyhow::Result<String> {
+    let url = env.fresh_database().await?;
+    let pool = super::env::quiet_pool(&url, 1).await?;
+    data::add_tenant(&pool).await?;
+    checkpoint(&pool).await;
+    pool.close().await;
+    Ok(url)
+}
+
+/// Best effort (needs superuser): flushes dirty pages now rather than during a measurement.
+pub async fn checkpoint(pool: &PgPool) {
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(pool).await {
+        tracing::debug!(%error, "CHECKPOINT refused; measuring without it.");
+    }
+}
+
+/// Every unique event is in the ledger exactly once and nothing was quarantined.
+pub async fn verify(database_url: &str, unique: usize) -> anyhow::Result<()> {
+    let pool = super::env::quiet_pool(database_url, 1).await?;
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await?;
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine").fetch_one(&pool).await?;
+    pool.close().await;
+    if ledger != unique as i64 || quarantined != 0 {
+        bail!("after draining: {ledger} ledger rows (want {unique}), {quarantined} quarantined (want 0)");
+    }
+    Ok(())
+}
+
+/// Starts an in-process broker on a fresh database and times it draining the whole stream.
+pub async fn broker_drain(
+    env: &mut Env,
+    js: &jetstream::Context,
+    total: usize,
+    unique: usize,
+) -> anyhow::Result<Measured> {
+    let url = fresh(env).await?;
+    let config = env.broker_config(&url);
+    // A new broker consumer, so this broker starts from the first message like the others.
+    let stream = js.get_stream(names::EVENTS).await?;
+    let _ = stream.delete_consumer(names::BROKER_EVENTS_CONSUMER).await;
+    tillsync_broker::streams::ensure(js, &config).await?;
+    let consumer: PullConsumer = stream
+        .get_consumer(names::BROKER_EVENTS_CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("broker consumer: {e}"))?;
+    let started = Instant::now();
+    let broker = Broker::start(config).await.context("broker start")?;
+    let drained = wait_drained(&consumer, total).await;
+    let seconds = started.elapsed().as_secs_f64();
+    broker.shutdown().await;
+    drained?;
+    verify(&url, unique).await.context("broker")?;
+    Ok(Measured { messages: total, seconds })
+}
+
+/// Waits until the consumer has delivered and seen acked every one of `total` messages; fails
+/// when it stops making progress for a minute.
+pub async fn wait_drained(consumer: &PullConsumer, total: usize) -> anyhow::Result<()> {
+    let stall = Duration::from_secs(60);
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        let info = consumer.get_info().await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= total as u64 {
+            return Ok(());
+        }
+        let left = info.num_pending + info.num_ack_pending as u64;
+        if left != last.0 {
+            last = (left, Instant::now());
+        } else if last.1.elapsed() > stall {
+            bail!("no progress for {stall:?}: {left} messages still pending or unacked");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
