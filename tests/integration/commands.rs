@@ -1,1 +1,741 @@
-//! See the module docs inside.
+//! Commands down against real NATS JetStream and Postgres: intake, approval policy, delivery,
+//! redelivery, expiry, acks, fan-out, status feedback and a broker kill -9.
+//!
+//! The device is simulated by [`FakeEdge`]: it heartbeats (so the broker sees it online),
+//! consumes its command subject through a durable JetStream consumer, dedupes by command id
+//! (re-sending its stored ack when a command comes again, as the edge bridge does) and acks
+//! according to its [`Mode`]. Each test uses its own tenant so by-tenant gauges do not mix.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tillsync_broker::config::Config;
+use tillsync_schemas::subject::Family;
+use tillsync_schemas::{
+    codec, streams, subject, Approval, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus,
+    DeviceAddr, Heartbeat, Outcome, SCHEMA_VERSION,
+};
+use tillsync_tests::{eventually, eventually_eq, http_get, metric, BrokerProc, InProcBroker, Stack};
+
+use crate::common::add_tenant;
+
+const T: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// Builders
+
+fn command(
+    tenant: &str,
+    store: &str,
+    device: Option<&str>,
+    body: CommandBody,
+    approvers: &[&str],
+    ttl_ms: i64,
+) -> CommandEnvelope {
+    let now = tillsync_broker::now_ms();
+    CommandEnvelope {
+        schema_version: SCHEMA_VERSION,
+        command_id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant.into(),
+        store_id: store.into(),
+        device_id: device.map(Into::into),
+        body,
+        issued_at_ms: now,
+        expires_at_ms: now + ttl_ms,
+        requested_by: "requester".into(),
+        approvals: approvers
+            .iter()
+            .map(|a| Approval { approver: (*a).into(), role: "manager".into(), approved_at_ms: now })
+            .collect(),
+        if_match: None,
+    }
+}
+
+fn refund() -> CommandBody {
+    CommandBody::RefundOrder {
+        order_id: "o-1".into(),
+        payment_id: "p-1".into(),
+        amount_minor: 350,
+        currency: "EUR".into(),
+        reason: "cold coffee".into(),
+    }
+}
+
+fn void() -> CommandBody {
+    CommandBody::VoidOrder { order_id: "o-1".into(), reason: "mistake".into() }
+}
+
+fn menu() -> CommandBody {
+    CommandBody::ApplyMenuPublish { menu_id: "spring".into(), version: 3 }
+}
+
+/// Publishes a command on intake as the portal does, `Nats-Msg-Id` = `msg_id`.
+async fn send_with_id(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope, msg_id: &str) {
+    let mut h = HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, msg_id);
+    let subj = subject::intake(&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref());
+    js.publish_with_headers(subj, h, codec::encode(cmd).into()).await.unwrap().await.unwrap();
+}
+
+async fn send(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope) {
+    send_with_id(js, cmd, &cmd.command_id).await;
+}
+
+/// A device known to the broker, as `tillsync devices add` provisions it.
+async fn provision(pool: &PgPool, a: &DeviceAddr) {
+    sqlx::query(
+        "INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn inbox(pool: &PgPool, command_id: &str, device: &str) -> Option<(String, i32, Option<String>)> {
+    sqlx::query_as("SELECT state, attempts, last_code FROM command_inbox WHERE command_id = $1 AND device_id = $2")
+        .bind(command_id)
+        .bind(device)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+async fn inbox_state(pool: &PgPool, command_id: &str, device: &str) -> Option<String> {
+    inbox(pool, command_id, device).await.map(|r| r.0)
+}
+
+/// The command log of one command: (device, state, attempt, code), in order.
+async fn log(pool: &PgPool, command_id: &str) -> Vec<(Option<String>, String, i32, Option<String>)> {
+    sqlx::query_as("SELECT device_id, state, attempt, code FROM command_log WHERE command_id = $1 ORDER BY id")
+        .bind(command_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn ack_effects(pool: &PgPool, command_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT effect FROM command_acks WHERE command_id = $1 ORDER BY id")
+        .bind(command_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").await.expect("metrics endpoint").1
+}
+
+async fn metric_at_least(addr: std::net::SocketAddr, name: &str, labels: &str, min: f64) {
+    eventually(T, &format!("{name}{{{labels}}} >= {min}"), || async move {
+        let v = metric(&scrape(addr).await, name, labels)?;
+        (v >= min).then_some(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status messages to the portal
+
+/// Collects every status message of a tenant.
+#[derive(Clone)]
+struct Statuses(Arc<Mutex<Vec<CommandStatus>>>);
+
+impl Statuses {
+    async fn watch(client: &async_nats::Client, tenant: &str) -> Statuses {
+        let mut sub = client.subscribe(Family::Status.tenant_subjects(tenant)).await.unwrap();
+        client.flush().await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let out = seen.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Ok(s) = codec::decode::<CommandStatus>(&m.payload) {
+                    out.lock().unwrap().push(s);
+                }
+            }
+        });
+        Statuses(seen)
+    }
+
+    /// (device, state, attempt, code) of one command, in arrival order.
+    fn of(&self, command_id: &str) -> Vec<(Option<String>, CommandState, u32, Option<String>)> {
+        let all = self.0.lock().unwrap();
+        all.iter()
+            .filter(|s| s.command_id == command_id)
+            .map(|s| (s.device_id.clone(), s.state, s.attempt, s.code.clone()))
+            .collect()
+    }
+
+    async fn wait(&self, command_id: &str, state: CommandState) -> CommandStatus {
+        let what = format!("status {} for {command_id}", state.as_str());
+        eventually(T, &what, || async {
+            self.0.lock().unwrap().iter().find(|s| s.command_id == command_id && s.state == state).cloned()
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake edge
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Apply and ack.
+    Apply,
+    /// Apply but lose the ack (the broker redelivers).
+    LoseAcks,
+    /// Neither apply nor ack.
+    Ignore,
+}
+
+#[derive(Default)]
+struct EdgeState {
+    /// (command id, Tillsync-Attempt header) of every delivery received.
+    arrivals: Vec<(String, u32)>,
+    /// How many times each command was applied (must never exceed 1).
+    applied: HashMap<String, u32>,
+    /// The ack stored per applied command, re-sent when the command comes again.
+    acks: HashMap<String, CommandAck>,
+}
+
+struct FakeEdge {
+    addr: DeviceAddr,
+    mode: Arc<Mutex<Mode>>,
+    state: Arc<Mutex<EdgeState>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeEdge {
+    async fn start(stack: &Stack, addr: &DeviceAddr, mode: Mode) -> FakeEdge {
+        let client = stack.nats.client().await;
+        let js = async_nats::jetstream::new(client);
+        let mode = Arc::new(Mutex::new(mode));
+        let state = Arc::new(Mutex::new(EdgeState::default()));
+        let mut tasks = vec![tokio::spawn(heartbeat(js.clone(), addr.clone()))];
+        // The broker creates the streams; wait for the commands stream.
+        let stream = eventually(T, "commands stream", || {
+            let js = js.clone();
+            async move { js.get_stream(streams::COMMANDS).await.ok() }
+        })
+        .await;
+        let consumer = stream
+            .get_or_create_consumer(
+                &streams::device_commands_consumer(addr),
+                pull::Config {
+                    durable_name: Some(streams::device_commands_consumer(addr)),
+                    filter_subject: subject::commands(addr),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (m, s, a) = (mode.clone(), state.clone(), addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut messages = consumer.messages().await.unwrap();
+            while let Some(Ok(msg)) = messages.next().await {
+                let attempt = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(streams::HEADER_ATTEMPT))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                let cmd = codec::decode_command(&msg.subject, &msg.payload).expect("broker sends valid commands");
+                assert_eq!(cmd.device_id.as_deref(), Some(a.device_id.as_str()), "device id filled in");
+                let mode = *m.lock().unwrap();
+                let ack = {
+                    let mut st = s.lock().unwrap();
+                    st.arrivals.push((cmd.command_id.clone(), attempt));
+                    match st.acks.get(&cmd.command_id) {
+                        // Seen before: never apply twice, re-send the stored ack.
+                        Some(stored) => (mode != Mode::LoseAcks).then(|| stored.clone()),
+                        None if mode == Mode::Ignore => None,
+                        None => {
+                            *st.applied.entry(cmd.command_id.clone()).or_default() += 1;
+                            let ack = edge_ack(&a, &cmd.command_id, Outcome::Applied, "ok");
+                            st.acks.insert(cmd.command_id.clone(), ack.clone());
+                            (mode == Mode::Apply).then_some(ack)
+                        }
+                    }
+                };
+                if let Some(ack) = ack {
+                    publish_ack(&js, &ack).await;
+                }
+                let _ = msg.ack().await;
+            }
+        }));
+        FakeEdge { addr: addr.clone(), mode, state, tasks }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn arrivals(&self, command_id: &str) -> Vec<u32> {
+        let st = self.state.lock().unwrap();
+        st.arrivals.iter().filter(|(c, _)| c == command_id).map(|(_, a)| *a).collect()
+    }
+
+    fn arrival_count(&self) -> usize {
+        self.state.lock().unwrap().arrivals.len()
+    }
+
+    fn applied(&self, command_id: &str) -> u32 {
+        self.state.lock().unwrap().applied.get(command_id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeEdge {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn edge_ack(a: &DeviceAddr, command_id: &str, outcome: Outcome, code: &str) -> CommandAck {
+    CommandAck {
+        schema_version: SCHEMA_VERSION,
+        command_id: command_id.into(),
+        tenant_id: a.tenant_id.clone(),
+        store_id: a.store_id.clone(),
+        device_id: a.device_id.clone(),
+        outcome,
+        code: code.into(),
+        detail: String::new(),
+        at_ms: tillsync_broker::now_ms(),
+    }
+}
+
+async fn publish_ack(js: &async_nats::jetstream::Context, ack: &CommandAck) {
+    let published = js.publish(subject::command_acks(&ack.addr()), codec::encode(ack).into()).await;
+    if let Ok(confirm) = published {
+        let _ = confirm.await;
+    }
+}
+
+/// Heartbeats every 500 ms so the broker keeps the device online.
+async fn heartbeat(js: async_nats::jetstream::Context, a: DeviceAddr) {
+    let started = tillsync_broker::now_ms();
+    loop {
+        let hb = Heartbeat {
+            schema_version: SCHEMA_VERSION,
+            tenant_id: a.tenant_id.clone(),
+            store_id: a.store_id.clone(),
+            device_id: a.device_id.clone(),
+            at_ms: tillsync_broker::now_ms(),
+            software_version: "fake-edge".into(),
+            outbox_depth: 0,
+            oldest_unsent_age_s: 0,
+            last_acked_seq: 0,
+            config_revision: 0,
+            uptime_s: ((tillsync_broker::now_ms() - started) / 1000) as u64,
+        };
+        if let Ok(f) = js.publish(subject::heartbeats(&a), codec::encode(&hb).into()).await {
+            let _ = f.await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn online(pool: &PgPool, a: &DeviceAddr) {
+    eventually_eq(T, "device online", Some(true), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT online FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3",
+        )
+        .bind(&a.tenant_id)
+        .bind(&a.store_id)
+        .bind(&a.device_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
+/// A stack with one tenant and a broker with `tune` applied to its test config.
+async fn setup(tenant: &str, tune: impl FnOnce(&mut Config)) -> (Stack, InProcBroker) {
+    let stack = Stack::start().await;
+    add_tenant(&stack.db.pool, tenant).await;
+    let mut config = stack.broker_config();
+    tune(&mut config);
+    let broker = InProcBroker::start(config).await;
+    (stack, broker)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn happy_path_queued_delivered_acked() {
+    let (stack, broker) = setup("cmd-happy", |_| {}).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-happy", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-happy").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-happy", "s1", Some("till-1"), refund(), &["alice", "bob"], 60_000);
+    send(&js, &cmd).await;
+    let acked = statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    assert_eq!(acked.attempt, 1);
+    assert_eq!(acked.code.as_deref(), Some("ok"));
+    assert_eq!(acked.device_id.as_deref(), Some("till-1"));
+
+    let seen: Vec<CommandState> = statuses.of(&cmd.command_id).iter().map(|s| s.1).collect();
+    assert_eq!(seen, vec![CommandState::Queued, CommandState::Delivered, CommandState::Acked]);
+    assert_eq!(inbox(pool, &cmd.command_id, "till-1").await, Some(("acked".into(), 1, Some("ok".into()))));
+    let states: Vec<String> = log(pool, &cmd.command_id).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(states, vec!["queued", "delivered", "acked"]);
+    let actors: Vec<String> = sqlx::query_scalar("SELECT actor FROM command_log WHERE command_id = $1 ORDER BY id")
+        .bind(&cmd.command_id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(actors, vec!["portal", "broker", "device"]);
+    assert_eq!(ack_effects(pool, &cmd.command_id).await, vec!["applied_transition"]);
+    assert_eq!(edge.applied(&cmd.command_id), 1);
+    assert_eq!(edge.arrivals(&cmd.command_id), vec![1], "Tillsync-Attempt header of the first delivery");
+
+    let http = broker.broker.http_addr;
+    metric_at_least(http, "tillsync_commands_acked_total", "", 1.0).await;
+    metric_at_least(http, "tillsync_command_round_trip_seconds_count", "", 1.0).await;
+    eventually_eq(T, "inbox depth back to 0", Some(0.0), || async {
+        metric(&scrape(http).await, "tillsync_command_inbox_depth", "tenant=\"cmd-happy\"")
+    })
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_intake_is_queued_once() {
+    let (stack, broker) = setup("cmd-dup", |_| {}).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-dup", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-dup").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-dup", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &cmd).await;
+    // Other message ids, so JetStream's duplicate window does not hide them: the broker must.
+    send_with_id(&js, &cmd, "resend-1").await;
+    send_with_id(&js, &cmd, "resend-2").await;
+    statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    let marker = command("cmd-dup", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &marker).await;
+    statuses.wait(&marker.command_id, CommandState::Acked).await;
+
+    let n =
+        stack.db.count(&format!("SELECT count(*) FROM command_inbox WHERE command_id = '{}'", cmd.command_id)).await;
+    assert_eq!(n, 1);
+    let queued = log(pool, &cmd.command_id).await.iter().filter(|r| r.1 == "queued").count();
+    assert_eq!(queued, 1);
+    assert_eq!(edge.applied(&cmd.command_id), 1);
+    assert_eq!(statuses.of(&cmd.command_id).len(), 3, "queued, delivered, acked once each");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn policy_rejections_are_recorded_reported_and_never_delivered() {
+    let (stack, broker) = setup("cmd-policy", |c| c.command_max_ttl_s = 3_600).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-policy", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-policy").await;
+    let js = stack.nats.jetstream().await;
+
+    let mut cases = vec![
+        ("missing_approval", command("cmd-policy", "s1", Some("till-1"), refund(), &["alice"], 60_000)),
+        ("duplicate_approver", command("cmd-policy", "s1", Some("till-1"), void(), &["alice", "alice"], 60_000)),
+        ("self_approval", command("cmd-policy", "s1", Some("till-1"), void(), &["alice", "requester"], 60_000)),
+        ("self_approval", command("cmd-policy", "s1", Some("till-1"), menu(), &["requester"], 60_000)),
+        ("missing_approval", command("cmd-policy", "s1", Some("till-1"), menu(), &[], 60_000)),
+        ("unknown_device", command("cmd-policy", "s1", Some("till-9"), menu(), &["alice"], 60_000)),
+        ("unknown_device", command("cmd-policy", "s-empty", None, menu(), &["alice"], 60_000)),
+        ("ttl_too_long", command("cmd-policy", "s1", Some("till-1"), menu(), &["alice"], 7_200_000)),
+    ];
+    let mut expired = command("cmd-policy", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    expired.issued_at_ms -= 120_000;
+    expired.expires_at_ms -= 120_000;
+    cases.push(("expired", expired));
+    for (_, c) in &cases {
+        send(&js, c).await;
+    }
+    // An unknown kind does not decode, yet its id, tenant and store are readable: rejected too.
+    let unknown_kind_id = uuid::Uuid::new_v4().to_string();
+    let raw = serde_json::json!({
+        "schema_version": SCHEMA_VERSION, "command_id": unknown_kind_id, "tenant_id": "cmd-policy",
+        "store_id": "s1", "device_id": "till-1", "body": {"kind": "launch_rockets", "payload": {}},
+        "issued_at_ms": 1, "expires_at_ms": 2, "requested_by": "requester", "approvals": []
+    });
+    let bytes = rmp_named(&raw);
+    js.publish(subject::intake("cmd-policy", "s1", Some("till-1")), bytes.into()).await.unwrap().await.unwrap();
+
+    for (code, c) in &cases {
+        let s = statuses.wait(&c.command_id, CommandState::Rejected).await;
+        assert_eq!(s.code.as_deref(), Some(*code), "{:?}", c.body);
+        let rejected: Option<String> = sqlx::query_scalar("SELECT rejected_code FROM commands WHERE command_id = $1")
+            .bind(&c.command_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(rejected.as_deref(), Some(*code));
+        assert_eq!(log(pool, &c.command_id).await.len(), 1);
+    }
+    let s = statuses.wait(&unknown_kind_id, CommandState::Rejected).await;
+    assert_eq!(s.code.as_deref(), Some("unknown_kind"));
+
+    // Never delivered: nothing in any inbox, and a later valid command is the edge's first.
+    assert_eq!(stack.db.count("SELECT count(*) FROM command_inbox").await, 0);
+    let ok = command("cmd-policy", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &ok).await;
+    statuses.wait(&ok.command_id, CommandState::Acked).await;
+    assert_eq!(edge.arrival_count(), 1);
+
+    let http = broker.broker.http_addr;
+    for code in ["missing_approval", "duplicate_approver", "self_approval", "unknown_device", "ttl_too_long", "expired"]
+    {
+        metric_at_least(http, "tillsync_commands_rejected_total", &format!("reason=\"{code}\""), 1.0).await;
+    }
+    broker.stop().await;
+}
+
+/// MessagePack with named fields from JSON, for hand-made bad input.
+fn rmp_named(v: &serde_json::Value) -> Vec<u8> {
+    codec::encode(v)
+}
+
+#[tokio::test]
+async fn expires_while_device_offline_and_is_never_delivered() {
+    let (stack, broker) = setup("cmd-offline", |_| {}).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-offline", "s1", "till-1");
+    provision(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-offline").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-offline", "s1", Some("till-1"), menu(), &["alice"], 3_000);
+    send(&js, &cmd).await;
+    statuses.wait(&cmd.command_id, CommandState::Queued).await;
+    let http = broker.broker.http_addr;
+    eventually_eq(T, "inbox depth 1 while offline", Some(1.0), || async {
+        metric(&scrape(http).await, "tillsync_command_inbox_depth", "tenant=\"cmd-offline\"")
+    })
+    .await;
+    let s = statuses.wait(&cmd.command_id, CommandState::Expired).await;
+    assert_eq!(s.attempt, 0);
+    let states: Vec<String> = log(pool, &cmd.command_id).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(states, vec!["queued", "expired"], "never delivered");
+    assert_eq!(inbox(pool, &cmd.command_id, "till-1").await, Some(("expired".into(), 0, Some("expired".into()))));
+    eventually_eq(T, "inbox depth back to 0", Some(0.0), || async {
+        metric(&scrape(http).await, "tillsync_command_inbox_depth", "tenant=\"cmd-offline\"")
+    })
+    .await;
+    metric_at_least(http, "tillsync_commands_expired_total", "", 1.0).await;
+
+    // The device comes back: it gets later commands, never the expired one.
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(pool, &d).await;
+    let later = command("cmd-offline", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &later).await;
+    statuses.wait(&later.command_id, CommandState::Acked).await;
+    assert!(edge.arrivals(&cmd.command_id).is_empty());
+    assert_eq!(inbox_state(pool, &cmd.command_id, "till-1").await.as_deref(), Some("expired"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn expires_between_delivery_and_ack_and_a_late_ack_does_not_revive_it() {
+    let (stack, broker) = setup("cmd-late", |c| c.command_retry_ms = 5_000).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-late", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Ignore).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-late").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-late", "s1", Some("till-1"), menu(), &["alice"], 2_000);
+    send(&js, &cmd).await;
+    statuses.wait(&cmd.command_id, CommandState::Delivered).await;
+    eventually(T, "edge received it", || async { (!edge.arrivals(&cmd.command_id).is_empty()).then_some(()) }).await;
+    statuses.wait(&cmd.command_id, CommandState::Expired).await;
+
+    // The device acks after expiry: recorded, no transition.
+    publish_ack(&js, &edge_ack(&d, &cmd.command_id, Outcome::Applied, "ok")).await;
+    eventually_eq(T, "late ack recorded", vec!["after_final".to_string()], || ack_effects(pool, &cmd.command_id)).await;
+    assert_eq!(inbox_state(pool, &cmd.command_id, "till-1").await.as_deref(), Some("expired"));
+    let states: Vec<String> = log(pool, &cmd.command_id).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(states, vec!["queued", "delivered", "expired"]);
+    assert!(statuses.of(&cmd.command_id).iter().all(|s| s.1 != CommandState::Acked));
+    metric_at_least(broker.broker.http_addr, "tillsync_command_acks_unmatched_total", "", 1.0).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn redelivers_with_backoff_until_max_attempts_then_fails() {
+    let (stack, broker) = setup("cmd-retry", |c| {
+        c.command_retry_ms = 200;
+        c.command_max_attempts = 3;
+    })
+    .await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-retry", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Ignore).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-retry").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-retry", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &cmd).await;
+    let failed = statuses.wait(&cmd.command_id, CommandState::Failed).await;
+    assert_eq!(failed.code.as_deref(), Some("max_attempts"));
+    assert_eq!(failed.attempt, 3);
+    let delivered: Vec<i32> =
+        log(pool, &cmd.command_id).await.into_iter().filter(|r| r.1 == "delivered").map(|r| r.2).collect();
+    assert_eq!(delivered, vec![1, 2, 3]);
+    eventually_eq(T, "edge saw three attempts", vec![1, 2, 3], || async { edge.arrivals(&cmd.command_id) }).await;
+    assert_eq!(inbox(pool, &cmd.command_id, "till-1").await, Some(("failed".into(), 3, Some("max_attempts".into()))));
+    let http = broker.broker.http_addr;
+    metric_at_least(http, "tillsync_command_redeliveries_total", "", 2.0).await;
+    metric_at_least(http, "tillsync_commands_failed_total", "code=\"max_attempts\"", 1.0).await;
+
+    // A device that reports failure ends the command failed with the device's code.
+    edge.set_mode(Mode::Ignore);
+    let second = command("cmd-retry", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &second).await;
+    statuses.wait(&second.command_id, CommandState::Delivered).await;
+    publish_ack(&js, &edge_ack(&d, &second.command_id, Outcome::Rejected, "precondition_failed")).await;
+    let f = statuses.wait(&second.command_id, CommandState::Failed).await;
+    assert_eq!(f.code.as_deref(), Some("precondition_failed"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn broker_kill_9_mid_delivery_loses_nothing_and_the_device_applies_once() {
+    let stack = Stack::start().await;
+    add_tenant(&stack.db.pool, "cmd-kill").await;
+    let pool = &stack.db.pool;
+    let mut config = stack.broker_config();
+    config.command_retry_ms = 1_500;
+    let mut broker = BrokerProc::start(&config);
+    let d = DeviceAddr::new("cmd-kill", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::LoseAcks).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-kill").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-kill", "s1", Some("till-1"), refund(), &["alice", "bob"], 60_000);
+    send(&js, &cmd).await;
+    eventually(T, "device applied it (ack lost)", || async { (edge.applied(&cmd.command_id) == 1).then_some(()) })
+        .await;
+    broker.kill();
+    let before = inbox(pool, &cmd.command_id, "till-1").await.unwrap();
+    assert_eq!(before.0, "delivered");
+
+    // The device's acks get through again; a fresh broker redelivers, the device dedupes.
+    edge.set_mode(Mode::Apply);
+    let _broker = BrokerProc::start(&config);
+    eventually_eq(T, "acked after restart", Some("acked".to_string()), || inbox_state(pool, &cmd.command_id, "till-1"))
+        .await;
+    let after = inbox(pool, &cmd.command_id, "till-1").await.unwrap();
+    assert!(after.1 > before.1, "attempts continue from Postgres: {} then {}", before.1, after.1);
+    assert_eq!(edge.applied(&cmd.command_id), 1, "the device never applies twice");
+    let attempts: Vec<i32> =
+        log(pool, &cmd.command_id).await.into_iter().filter(|r| r.1 == "delivered").map(|r| r.2).collect();
+    assert_eq!(attempts, (1..=after.1).collect::<Vec<_>>(), "one log row per attempt, none repeated");
+    statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    assert_eq!(stack.db.count("SELECT count(*) FROM command_log WHERE NOT published").await, 0);
+}
+
+#[tokio::test]
+async fn store_wide_command_fans_out_to_every_device_of_the_store() {
+    let (stack, broker) = setup("cmd-fan", |_| {}).await;
+    let pool = &stack.db.pool;
+    let mut edges = Vec::new();
+    for dev in ["till-1", "till-2", "kds-1"] {
+        let a = DeviceAddr::new("cmd-fan", "s1", dev);
+        edges.push(FakeEdge::start(&stack, &a, Mode::Apply).await);
+        online(pool, &a).await;
+    }
+    let other = DeviceAddr::new("cmd-fan", "s2", "till-1");
+    let other_edge = FakeEdge::start(&stack, &other, Mode::Apply).await;
+    online(pool, &other).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-fan").await;
+    let js = stack.nats.jetstream().await;
+
+    let cmd = command("cmd-fan", "s1", None, menu(), &["alice"], 60_000);
+    send(&js, &cmd).await;
+    eventually_eq(T, "three acked entries", 3, || async {
+        let acked = statuses.of(&cmd.command_id).into_iter().filter(|s| s.1 == CommandState::Acked).count();
+        acked
+    })
+    .await;
+    for e in &edges {
+        assert_eq!(e.applied(&cmd.command_id), 1, "{}", e.addr.device_id);
+        assert_eq!(inbox_state(pool, &cmd.command_id, &e.addr.device_id).await.as_deref(), Some("acked"));
+    }
+    assert_eq!(other_edge.arrival_count(), 0, "another store's device gets nothing");
+    let mut devices: Vec<String> =
+        statuses.of(&cmd.command_id).into_iter().filter(|s| s.1 == CommandState::Queued).filter_map(|s| s.0).collect();
+    devices.sort();
+    assert_eq!(devices, vec!["kds-1", "till-1", "till-2"]);
+    let stored: Option<String> = sqlx::query_scalar("SELECT device_id FROM commands WHERE command_id = $1")
+        .bind(&cmd.command_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, None, "the command row stays store-wide");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_undecodable_acks_and_bad_intake_are_recorded_without_a_crash() {
+    let (stack, broker) = setup("cmd-odd", |_| {}).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-odd", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(pool, &d).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-odd").await;
+    let js = stack.nats.jetstream().await;
+
+    let ghost = uuid::Uuid::new_v4().to_string();
+    publish_ack(&js, &edge_ack(&d, &ghost, Outcome::Applied, "ok")).await;
+    eventually_eq(T, "unknown ack recorded", vec!["unknown_command".to_string()], || ack_effects(pool, &ghost)).await;
+    js.publish(subject::command_acks(&d), b"not msgpack".to_vec().into()).await.unwrap().await.unwrap();
+    js.publish(subject::intake("cmd-odd", "s1", Some("till-1")), b"\xc1garbage".to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually_eq(T, "bad ack and bad intake quarantined", 2, || {
+        stack.db.count("SELECT count(*) FROM quarantine WHERE stream IN ('TILLSYNC_COMMAND_ACKS', 'TILLSYNC_INTAKE')")
+    })
+    .await;
+
+    // Still working.
+    let cmd = command("cmd-odd", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    send(&js, &cmd).await;
+    statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    // A resent ack is a duplicate, with no second transition.
+    publish_ack(&js, &edge_ack(&d, &cmd.command_id, Outcome::Applied, "ok")).await;
+    eventually_eq(T, "duplicate ack recorded", vec!["applied_transition".to_string(), "duplicate".to_string()], || {
+        ack_effects(pool, &cmd.command_id)
+    })
+    .await;
+    assert_eq!(edge.applied(&cmd.command_id), 1);
+    assert_eq!(log(pool, &cmd.command_id).await.len(), 3);
+    broker.stop().await;
+}

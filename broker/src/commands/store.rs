@@ -489,11 +489,15 @@ pub async fn due_devices(
     Ok(rows.into_iter().map(|(t, s, d)| DeviceAddr::new(t, s, d)).collect())
 }
 
-/// Inbox depth (queued plus delivered-not-acked) and oldest pending age, seconds, by tenant.
+/// Inbox depth (queued plus delivered-not-acked) and oldest pending age, seconds, for every
+/// tenant (zero when its inbox is empty, so a gauge never keeps a stale value).
 pub async fn depth_by_tenant(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, count(*), coalesce(EXTRACT(EPOCH FROM (now() - min(created_at)))::float8, 0)
-         FROM command_inbox WHERE state IN ('queued', 'delivered') GROUP BY tenant_id",
+        "SELECT t.tenant_id, count(i.command_id),
+                coalesce(EXTRACT(EPOCH FROM (now() - min(i.created_at)))::float8, 0)
+         FROM tenants t
+         LEFT JOIN command_inbox i ON i.tenant_id = t.tenant_id AND i.state IN ('queued', 'delivered')
+         GROUP BY t.tenant_id",
     )
     .fetch_all(pool)
     .await

@@ -4,7 +4,6 @@
 //! with something due. It also resends status messages a crash left unpublished and exports the
 //! inbox gauges by tenant.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,6 @@ pub fn interval(retry_ms: u64) -> Duration {
 pub async fn run(ctx: Arc<Ctx>) {
     let every = interval(ctx.config.command_retry_ms);
     let mut last_slow = Instant::now() - SLOW_EVERY;
-    let mut tenants_seen: HashSet<String> = HashSet::new();
     loop {
         if !pause(&ctx, every).await {
             return;
@@ -36,7 +34,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         if last_slow.elapsed() >= SLOW_EVERY {
             last_slow = Instant::now();
             resend_unpublished(&ctx).await;
-            export_gauges(&ctx, &mut tenants_seen).await;
+            export_gauges(&ctx).await;
         }
     }
 }
@@ -63,21 +61,13 @@ async fn resend_unpublished(ctx: &Ctx) {
     }
 }
 
-async fn export_gauges(ctx: &Ctx, seen: &mut HashSet<String>) {
-    let rows = match store::depth_by_tenant(&ctx.pool).await {
-        Ok(r) => r,
-        Err(error) => {
-            tracing::warn!(%error, "Inbox depth query failed.");
-            return;
+async fn export_gauges(ctx: &Ctx) {
+    match store::depth_by_tenant(&ctx.pool).await {
+        Ok(rows) => {
+            for (tenant, depth, oldest) in &rows {
+                metrics::command_inbox(tenant, *depth, *oldest);
+            }
         }
-    };
-    let now: HashSet<String> = rows.iter().map(|(t, _, _)| t.clone()).collect();
-    // A tenant whose inbox emptied reports zero rather than its last value.
-    for gone in seen.difference(&now) {
-        metrics::command_inbox(gone, 0, 0.0);
+        Err(error) => tracing::warn!(%error, "Inbox depth query failed."),
     }
-    for (tenant, depth, oldest) in &rows {
-        metrics::command_inbox(tenant, *depth, *oldest);
-    }
-    *seen = now;
 }
