@@ -1,6 +1,7 @@
 //! tillsync's integration tests: one binary, a module per area, real nats-server and Postgres
 //! started per test by the harness in `tests/harness`.
 
+mod bench;
 mod commands;
 mod common;
 mod edge;
