@@ -1,0 +1,174 @@
+//! Helpers for the edge bridge tests: configs, command envelopes as the broker publishes them,
+//! reading command acks back from JetStream, handler scripts, and the bridge binary as a
+//! child process (for kill -9).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use tillsync_edge::{Bridge, Config, Status};
+use tillsync_schemas::{codec, streams, subject, CommandAck, CommandBody, CommandEnvelope, DeviceAddr, SCHEMA_VERSION};
+use tillsync_tests::{bin_path, eventually, Stack};
+
+pub const T: Duration = Duration::from_secs(20);
+
+pub fn config(stack: &Stack, addr: &DeviceAddr, dir: &Path) -> Config {
+    Config::for_tests(addr, &stack.nats.url(), dir.join("edge.db"))
+}
+
+pub async fn wait_connected(bridge: &Bridge) {
+    eventually(T, "bridge connected to NATS", || async {
+        bridge.status().await.ok().filter(|s| s.connection == "connected").map(|_| ())
+    })
+    .await;
+}
+
+pub async fn bridge_status(bridge: &Bridge) -> Status {
+    bridge.status().await.expect("status")
+}
+
+/// A settings patch to `addr`, valid for `ttl_ms` from `issued_at_ms`.
+pub fn settings_patch(addr: &DeviceAddr, revision: u64, issued_at_ms: i64, ttl_ms: i64) -> CommandEnvelope {
+    CommandEnvelope {
+        schema_version: SCHEMA_VERSION,
+        command_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: addr.tenant_id.clone(),
+        store_id: addr.store_id.clone(),
+        device_id: Some(addr.device_id.clone()),
+        body: CommandBody::SettingsPatch {
+            revision,
+            settings: [("receipt_footer".to_string(), "Thanks!".to_string())].into(),
+        },
+        issued_at_ms,
+        expires_at_ms: issued_at_ms + ttl_ms,
+        requested_by: "alice".into(),
+        approvals: vec![],
+        if_match: None,
+    }
+}
+
+/// Publishes delivery `attempt` of a command on the device's command subject, as the broker does.
+pub async fn publish_command(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope, attempt: u32) {
+    let addr = DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref().unwrap());
+    let mut h = HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, format!("{}:{}:{attempt}", cmd.command_id, addr.device_id).as_str());
+    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+    h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
+    js.publish_with_headers(subject::commands(&addr), h, codec::encode(cmd).into()).await.unwrap().await.unwrap();
+}
+
+/// Every command ack stored for `addr` in TILLSYNC_COMMAND_ACKS, oldest first.
+pub async fn acks(js: &async_nats::jetstream::Context, addr: &DeviceAddr) -> Vec<CommandAck> {
+    let stream = js.get_stream(streams::COMMAND_ACKS).await.unwrap();
+    let mut consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject::command_acks(addr),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = consumer.info().await.unwrap().num_pending as usize;
+    if pending == 0 {
+        return Vec::new();
+    }
+    let mut batch = consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push(codec::decode_command_ack(&m.subject, &m.payload).unwrap());
+        if out.len() == pending {
+            break;
+        }
+    }
+    out
+}
+
+/// Waits until exactly one ack for `command_id` is stored, and returns it.
+pub async fn the_ack(js: &async_nats::jetstream::Context, addr: &DeviceAddr, command_id: &str) -> CommandAck {
+    eventually(T, "a command ack", || async {
+        let found: Vec<_> = acks(js, addr).await.into_iter().filter(|a| a.command_id == command_id).collect();
+        assert!(found.len() <= 1, "more than one ack for {command_id}: {found:?}");
+        found.into_iter().next()
+    })
+    .await
+}
+
+/// A handler program that appends each command it gets to `<script>.log`, one line each.
+pub fn recording_handler(dir: &Path) -> PathBuf {
+    script(dir, "record.sh", "#!/bin/sh\ncat >> \"$0.log\"\necho >> \"$0.log\"\n")
+}
+
+/// Commands the recording handler received.
+pub fn handled(script: &Path) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(format!("{}.log", script.display())).unwrap_or_default();
+    log.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A handler program that never answers in time.
+pub fn slow_handler(dir: &Path) -> PathBuf {
+    script(dir, "slow.sh", "#!/bin/sh\nsleep 10\n")
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The `tillsync-edge run` binary as a child process.
+pub struct EdgeProc {
+    child: Option<Child>,
+    pub http: std::net::SocketAddr,
+}
+
+impl EdgeProc {
+    pub fn start(config: &Config) -> EdgeProc {
+        let child = Command::new(bin_path("tillsync-edge"))
+            .arg("run")
+            .envs(config.to_env())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tillsync-edge");
+        EdgeProc { child: Some(child), http: config.http_addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.url("/healthz");
+        eventually(T, "edge bridge HTTP API up", || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        reqwest::get(self.url("/v1/status")).await.ok()?.json().await.ok()
+    }
+
+    /// SIGKILL: nothing flushed, nothing shut down.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
