@@ -76,7 +76,7 @@ async fn same_id_other_content_is_a_conflict_not_applied() {
     assert_eq!(
         db.count(
             "SELECT count(*) FROM conflicts WHERE kind = 'content_mismatch'
-             AND existing_hash IS NOT NULL AND existing_hash <> incoming_hash"
+             AND existing_hash IS NOT NULL AND existing_hash <> incoming_hash AND payload IS NOT NULL"
         )
         .await,
         1

@@ -47,6 +47,10 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Report {
     pub outcomes: Vec<Outcome>,
+    /// The event kind of each message, where it decoded.
+    pub kinds: Vec<Option<&'static str>>,
+    /// Gaps in device sequences this batch detected.
+    pub gaps: usize,
     /// Devices whose ack watermark advanced, with the new value.
     pub watermarks: Vec<(DeviceAddr, u64)>,
 }
@@ -177,20 +181,22 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
             Decision::Stale => Outcome::Stale,
             Decision::Invalid(r) => Outcome::Quarantined(*r),
         });
-        if *d != Decision::Conflict {
-            committed.entry(c.ev.addr()).or_default().push(CommittedEvent {
-                event_id: c.ev.event_id.clone(),
-                seq: c.ev.seq,
-                hash: c.hash,
-            });
-        }
+        // Conflicts count too: their seq is durably accounted for (in `conflicts`, with the
+        // bytes), so the watermark must not stall behind them.
+        committed.entry(c.ev.addr()).or_default().push(CommittedEvent {
+            event_id: c.ev.event_id.clone(),
+            seq: c.ev.seq,
+            hash: c.hash,
+        });
     }
-    let mut watermarks = Vec::new();
-    for (addr, evs) in committed {
-        // The commit is durable; if the actor is gone its successor reloads from Postgres.
-        if let Ok(Some(w)) = engine.actors.committed(&addr, evs).await {
-            watermarks.push((addr, w));
-        }
+    // The commit is durable; if an actor is gone, its successor reloads from Postgres.
+    let tells = committed
+        .into_iter()
+        .map(|(addr, evs)| async move { engine.actors.committed(&addr, evs).await.ok().flatten().map(|w| (addr, w)) });
+    let watermarks = futures::future::join_all(tells).await.into_iter().flatten().collect();
+    let mut kinds = vec![None; raws.len()];
+    for (i, ev, _) in &events {
+        kinds[*i] = Some(ev.body.kind());
     }
     for (k, (_, ev, _)) in events.iter().enumerate() {
         if outcomes[events[k].0] == Some(Outcome::Applied) {
@@ -198,7 +204,8 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
         }
     }
     let outcomes = outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect();
-    Ok(Report { outcomes, watermarks })
+    let gaps = devices.iter().map(|d| d.gaps.len()).sum();
+    Ok(Report { outcomes, kinds, gaps, watermarks })
 }
 
 fn record(outcome: Outcome, kind: Option<&'static str>) {
@@ -314,14 +321,13 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
         }
         return;
     };
-    settle(ctx, &batch, &raws, &report, started).await;
+    settle(ctx, &batch, &report, started).await;
 }
 
 /// Acks (or terminates, for quarantined messages) a committed batch and publishes watermarks.
-async fn settle(ctx: &Ctx, batch: &[jetstream::Message], raws: &[Raw], report: &Report, started: Instant) {
-    for ((m, raw), o) in batch.iter().zip(raws).zip(&report.outcomes) {
-        let kind = codec::decode_event(&raw.subject, &raw.payload).ok().map(|e| e.body.kind());
-        record(*o, kind);
+async fn settle(ctx: &Ctx, batch: &[jetstream::Message], report: &Report, started: Instant) {
+    for ((m, o), kind) in batch.iter().zip(&report.outcomes).zip(&report.kinds) {
+        record(*o, *kind);
         let ack = match o {
             Outcome::Quarantined(_) => m.ack_with(AckKind::Term).await,
             _ => m.ack().await,
@@ -331,6 +337,9 @@ async fn settle(ctx: &Ctx, batch: &[jetstream::Message], raws: &[Raw], report: &
             tracing::warn!(%error, "Ack failed after commit.");
         }
         metrics::apply_latency(started.elapsed().as_secs_f64());
+    }
+    for _ in 0..report.gaps {
+        metrics::event_gap();
     }
     publish_watermarks(ctx, &report.watermarks).await;
 }
@@ -356,7 +365,7 @@ async fn isolate(ctx: &Ctx, engine: &Engine<'_>, batch: &[jetstream::Message], r
     for (m, raw) in batch.iter().zip(raws) {
         let started = Instant::now();
         match process(engine, std::slice::from_ref(raw)).await {
-            Ok(report) => settle(ctx, std::slice::from_ref(m), std::slice::from_ref(raw), &report, started).await,
+            Ok(report) => settle(ctx, std::slice::from_ref(m), &report, started).await,
             Err(e) if e.is_transient() => {
                 let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
             }

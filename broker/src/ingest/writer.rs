@@ -144,10 +144,10 @@ async fn insert_conflicts(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO conflicts (tenant_id, store_id, device_id, event_id, seq, kind, existing_hash, incoming_hash, stream_seq, detail)
-         SELECT u.t, u.s, u.d, u.e, u.q, $6, p.content_hash, u.h, u.ss, $9
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::bytea[], $8::int8[])
-           AS u(t, s, d, e, q, h, ss)
+        "INSERT INTO conflicts (tenant_id, store_id, device_id, event_id, seq, kind, existing_hash, incoming_hash, stream_seq, detail, payload)
+         SELECT u.t, u.s, u.d, u.e, u.q, $6, p.content_hash, u.h, u.ss, $9, u.b
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::bytea[], $8::int8[], $10::bytea[])
+           AS u(t, s, d, e, q, h, ss, b)
          LEFT JOIN processed_events p
            ON p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e",
     )
@@ -164,6 +164,7 @@ async fn insert_conflicts(
     } else {
         "event id reused with other content; not applied"
     })
+    .bind(rows.iter().map(|c| tillsync_schemas::codec::encode(c.ev)).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
