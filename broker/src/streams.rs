@@ -52,12 +52,18 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
 /// A durable pull consumer of the broker. Backoff spaces out redeliveries of a message whose
 /// processing keeps failing; MaxDeliver bounds them (the broker quarantines before that).
 pub fn broker_consumer(c: &Config, name: &str, family: Family) -> pull::Config {
+    // NATS uses the first backoff step as the ack wait, so the steps start at the ack wait:
+    // a slow batch is never redelivered while it is still being committed.
+    let ack_wait = Duration::from_secs(c.ack_wait_s);
+    let steps = (c.max_deliver - 1).clamp(1, 6) as u32;
+    let backoff = (0..steps).map(|i| (ack_wait * 2u32.pow(i)).min(Duration::from_secs(300))).collect();
     pull::Config {
+        backoff,
         durable_name: Some(name.to_string()),
         filter_subject: family.all_subjects(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
-        ack_wait: Duration::from_secs(c.ack_wait_s),
+        ack_wait,
         max_deliver: c.max_deliver,
         max_ack_pending: 20_000,
         num_replicas: c.stream_replicas,
