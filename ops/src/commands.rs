@@ -1,14 +1,524 @@
-//! `tillsync commands ...`.
+//! `tillsync commands list|show|send`: the command inbox as the broker recorded it, one
+//! command's whole history, and sending a command the way the portal does (built, approved,
+//! published on intake; `--wait` follows its status messages to a final state).
+//!
+//! Exit codes: 0 ok (with `--wait`: every device acked); 1 error or wait timed out; 3 with
+//! `--wait`, the command ended rejected, failed or expired; 4 `show` found no such command.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Args;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde::Serialize;
+use tillsync_schemas::{
+    codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION,
+};
 
 use crate::global::Global;
+use crate::output::{emit, table, ts};
 
 #[derive(Debug, Args)]
-pub struct CommandsArgs {}
+pub struct CommandsArgs {
+    #[command(subcommand)]
+    cmd: CommandsCmd,
+}
 
-pub async fn run(_args: CommandsArgs, _global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(Debug, Subcommand)]
+enum CommandsCmd {
+    /// Commands per device with their state, newest first (rejected ones too).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// queued, delivered, acked, failed, expired or rejected.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One command: what was sent, its per-device inbox entries, every transition and every ack.
+    Show {
+        command_id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Build, approve and publish a command on intake, as the portal does; prints its id.
+    Send(Box<SendArgs>),
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    store: String,
+    /// Target device; without it the command goes to every device of the store.
+    #[arg(long)]
+    device: Option<String>,
+    /// refund_order, void_order, set_order_status, apply_menu_publish, settings_patch, user_upsert.
+    #[arg(long)]
+    kind: String,
+    /// The whole payload as JSON, instead of the per-kind flags.
+    #[arg(long)]
+    payload_json: Option<String>,
+    #[arg(long)]
+    order_id: Option<String>,
+    #[arg(long)]
+    payment_id: Option<String>,
+    #[arg(long)]
+    amount_minor: Option<i64>,
+    #[arg(long)]
+    currency: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+    /// New order status (set_order_status).
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    menu_id: Option<String>,
+    /// Menu version (apply_menu_publish).
+    #[arg(long)]
+    version: Option<u64>,
+    /// Settings revision (settings_patch).
+    #[arg(long)]
+    revision: Option<u64>,
+    /// A setting to patch, `key=value` (repeatable; settings_patch).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+    #[arg(long)]
+    user_id: Option<String>,
+    #[arg(long)]
+    display_name: Option<String>,
+    /// The user's role (user_upsert).
+    #[arg(long)]
+    user_role: Option<String>,
+    #[arg(long)]
+    requested_by: String,
+    /// An approver (repeat for two; refunds, voids and status changes need two).
+    #[arg(long = "approver")]
+    approvers: Vec<String>,
+    /// Role recorded with each approval.
+    #[arg(long, default_value = "manager")]
+    approver_role: String,
+    /// Time to live, seconds.
+    #[arg(long, default_value_t = 3_600)]
+    ttl_s: i64,
+    /// Apply only if the device's current revision of the target equals this.
+    #[arg(long)]
+    if_match: Option<u64>,
+    /// Follow the status messages until every device's entry is final.
+    #[arg(long)]
+    wait: bool,
+    /// Longest wait with `--wait`, seconds.
+    #[arg(long, default_value_t = 60)]
+    wait_s: u64,
+}
+
+pub async fn run(args: CommandsArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    match args.cmd {
+        CommandsCmd::List { tenant, store, device, state, limit } => {
+            list(global, tenant, store, device, state, limit).await
+        }
+        CommandsCmd::Show { command_id, tenant } => show(global, &command_id, tenant).await,
+        CommandsCmd::Send(a) => send(global, *a).await,
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct ListRow {
+    tenant_id: String,
+    store_id: String,
+    command_id: String,
+    kind: String,
+    device_id: Option<String>,
+    state: String,
+    attempts: i32,
+    code: Option<String>,
+    received_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+async fn list(
+    global: &Global,
+    tenant: Option<String>,
+    store: Option<String>,
+    device: Option<String>,
+    state: Option<String>,
+    limit: i64,
+) -> anyhow::Result<ExitCode> {
+    if let Some(s) = &state {
+        anyhow::ensure!(
+            tillsync_schemas::CommandState::parse(s).is_some(),
+            "unknown state {s:?}: queued, delivered, acked, failed, expired or rejected"
+        );
+    }
+    let pool = global.pool().await?;
+    let rows: Vec<ListRow> = sqlx::query_as(
+        "SELECT * FROM (
+           SELECT c.tenant_id, c.store_id, c.command_id, c.kind, coalesce(i.device_id, c.device_id) AS device_id,
+                  coalesce(i.state, CASE WHEN c.rejected_code IS NOT NULL THEN 'rejected' ELSE 'queued' END) AS state,
+                  coalesce(i.attempts, 0) AS attempts, coalesce(i.last_code, c.rejected_code) AS code,
+                  c.received_at, c.expires_at, coalesce(i.inbox_seq, 0) AS seq
+           FROM commands c
+           LEFT JOIN command_inbox i ON i.tenant_id = c.tenant_id AND i.command_id = c.command_id
+         ) r
+         WHERE ($1::text IS NULL OR r.tenant_id = $1) AND ($2::text IS NULL OR r.store_id = $2)
+           AND ($3::text IS NULL OR r.device_id = $3) AND ($4::text IS NULL OR r.state = $4)
+         ORDER BY r.received_at DESC, r.seq DESC
+         LIMIT $5",
+    )
+    .bind(&tenant)
+    .bind(&store)
+    .bind(&device)
+    .bind(&state)
+    .bind(limit)
+    .fetch_all(&pool)
+    .await?;
+    emit(global.json, &rows, |rows| {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.command_id.clone(),
+                    format!("{}/{}", r.tenant_id, r.store_id),
+                    r.device_id.clone().unwrap_or_else(|| "(store)".into()),
+                    r.kind.clone(),
+                    r.state.clone(),
+                    r.attempts.to_string(),
+                    r.code.clone().unwrap_or_else(|| "-".into()),
+                    ts(Some(r.received_at)),
+                    ts(Some(r.expires_at)),
+                ]
+            })
+            .collect();
+        table(
+            &["COMMAND", "TENANT/STORE", "DEVICE", "KIND", "STATE", "ATTEMPTS", "CODE", "RECEIVED", "EXPIRES"],
+            &cells,
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct CommandRow {
+    tenant_id: String,
+    store_id: String,
+    command_id: String,
+    device_id: Option<String>,
+    kind: String,
+    requested_by: String,
+    approvers: Vec<String>,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    rejected_code: Option<String>,
+    #[serde(skip)]
+    envelope: Vec<u8>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct InboxRow {
+    device_id: String,
+    state: String,
+    attempts: i32,
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_code: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct LogRow {
+    at: DateTime<Utc>,
+    device_id: Option<String>,
+    state: String,
+    attempt: i32,
+    code: Option<String>,
+    actor: String,
+    detail: String,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct AckRow {
+    received_at: DateTime<Utc>,
+    device_id: String,
+    outcome: String,
+    code: String,
+    effect: String,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct Shown {
+    command: CommandRow,
+    /// The envelope as sent, when it decodes.
+    envelope: Option<CommandEnvelope>,
+    inbox: Vec<InboxRow>,
+    log: Vec<LogRow>,
+    acks: Vec<AckRow>,
+}
+
+async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyhow::Result<ExitCode> {
+    let pool = global.pool().await?;
+    let mut found: Vec<CommandRow> = sqlx::query_as(
+        "SELECT tenant_id, store_id, command_id, device_id, kind, requested_by, approvers, issued_at, expires_at,
+                received_at, rejected_code, envelope
+         FROM commands WHERE command_id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(command_id)
+    .bind(&tenant)
+    .fetch_all(&pool)
+    .await?;
+    if found.is_empty() {
+        eprintln!("no command {command_id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default());
+        return Ok(ExitCode::from(4));
+    }
+    anyhow::ensure!(found.len() == 1, "command {command_id} exists in {} tenants: pass --tenant", found.len());
+    let command = found.remove(0);
+    let t = command.tenant_id.clone();
+    let inbox: Vec<InboxRow> = sqlx::query_as(
+        "SELECT device_id, state, attempts, next_attempt_at, last_code, updated_at FROM command_inbox
+         WHERE tenant_id = $1 AND command_id = $2 ORDER BY device_id",
+    )
+    .bind(&t)
+    .bind(command_id)
+    .fetch_all(&pool)
+    .await?;
+    let log: Vec<LogRow> = sqlx::query_as(
+        "SELECT at, device_id, state, attempt, code, actor, detail FROM command_log
+         WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
+    )
+    .bind(&t)
+    .bind(command_id)
+    .fetch_all(&pool)
+    .await?;
+    let acks: Vec<AckRow> = sqlx::query_as(
+        "SELECT received_at, device_id, outcome, code, effect, detail FROM command_acks
+         WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
+    )
+    .bind(&t)
+    .bind(command_id)
+    .fetch_all(&pool)
+    .await?;
+    let envelope = codec::decode::<CommandEnvelope>(&command.envelope).ok();
+    let shown = Shown { command, envelope, inbox, log, acks };
+    emit(global.json, &shown, human_show)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_show(s: &Shown) -> String {
+    let c = &s.command;
+    let mut out = format!(
+        "command   {}\ntenant    {} / store {} / device {}\nkind      {}\nrequested {} approved by {}\nissued    {}\nexpires   {}\nreceived  {}\n",
+        c.command_id,
+        c.tenant_id,
+        c.store_id,
+        c.device_id.as_deref().unwrap_or("(every device of the store)"),
+        c.kind,
+        c.requested_by,
+        if c.approvers.is_empty() { "nobody".to_string() } else { c.approvers.join(", ") },
+        ts(Some(c.issued_at)),
+        ts(Some(c.expires_at)),
+        ts(Some(c.received_at)),
+    );
+    if let Some(code) = &c.rejected_code {
+        out.push_str(&format!("REJECTED  {code}\n"));
+    }
+    if let Some(body) = s.envelope.as_ref().and_then(|e| serde_json::to_string(&e.body).ok()) {
+        out.push_str(&format!("body      {body}\n"));
+    }
+    if !s.inbox.is_empty() {
+        out.push_str("\nInbox\n");
+        let rows: Vec<Vec<String>> = s
+            .inbox
+            .iter()
+            .map(|i| {
+                vec![
+                    i.device_id.clone(),
+                    i.state.clone(),
+                    i.attempts.to_string(),
+                    i.last_code.clone().unwrap_or_else(|| "-".into()),
+                    ts(i.next_attempt_at),
+                    ts(Some(i.updated_at)),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["DEVICE", "STATE", "ATTEMPTS", "CODE", "NEXT ATTEMPT", "UPDATED"], &rows));
+    }
+    out.push_str("\nHistory\n");
+    let rows: Vec<Vec<String>> = s
+        .log
+        .iter()
+        .map(|l| {
+            vec![
+                ts(Some(l.at)),
+                l.device_id.clone().unwrap_or_else(|| "-".into()),
+                l.state.clone(),
+                l.attempt.to_string(),
+                l.code.clone().unwrap_or_else(|| "-".into()),
+                l.actor.clone(),
+                l.detail.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["AT", "DEVICE", "STATE", "ATTEMPT", "CODE", "BY", "DETAIL"], &rows));
+    if !s.acks.is_empty() {
+        out.push_str("\nAcks\n");
+        let rows: Vec<Vec<String>> = s
+            .acks
+            .iter()
+            .map(|a| {
+                vec![
+                    ts(Some(a.received_at)),
+                    a.device_id.clone(),
+                    a.outcome.clone(),
+                    a.code.clone(),
+                    a.effect.clone(),
+                    a.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["RECEIVED", "DEVICE", "OUTCOME", "CODE", "EFFECT", "DETAIL"], &rows));
+    }
+    out
+}
+
+/// The command body from `--payload-json` or the per-kind flags.
+fn body(a: &SendArgs) -> anyhow::Result<CommandBody> {
+    let payload = match &a.payload_json {
+        Some(j) => serde_json::from_str(j).context("--payload-json is not JSON")?,
+        None => {
+            let mut p = serde_json::Map::new();
+            let mut put = |k: &str, v: Option<serde_json::Value>| {
+                if let Some(v) = v {
+                    p.insert(k.into(), v);
+                }
+            };
+            put("order_id", a.order_id.clone().map(Into::into));
+            put("payment_id", a.payment_id.clone().map(Into::into));
+            put("amount_minor", a.amount_minor.map(Into::into));
+            put("currency", a.currency.clone().map(Into::into));
+            put("reason", a.reason.clone().map(Into::into));
+            put("status", a.status.clone().map(Into::into));
+            put("menu_id", a.menu_id.clone().map(Into::into));
+            put("version", a.version.map(Into::into));
+            put("revision", a.revision.map(Into::into));
+            put("user_id", a.user_id.clone().map(Into::into));
+            put("display_name", a.display_name.clone().map(Into::into));
+            put("role", a.user_role.clone().map(Into::into));
+            if a.kind == "settings_patch" {
+                let mut settings = BTreeMap::new();
+                for kv in &a.settings {
+                    let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
+                    settings.insert(k.to_string(), v.to_string());
+                }
+                p.insert("settings".into(), serde_json::to_value(settings)?);
+            }
+            serde_json::Value::Object(p)
+        }
+    };
+    serde_json::from_value(serde_json::json!({ "kind": a.kind, "payload": payload }))
+        .with_context(|| format!("cannot build a {} command from the given flags", a.kind))
+}
+
+#[derive(Serialize)]
+struct Sent {
+    command_id: String,
+    subject: String,
+    /// With `--wait`: every status message received, in order.
+    statuses: Vec<CommandStatus>,
+    /// With `--wait`: the final state per device (or `rejected` for the whole command).
+    outcome: BTreeMap<String, String>,
+}
+
+async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let cmd = CommandEnvelope {
+        schema_version: SCHEMA_VERSION,
+        command_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: a.tenant.clone(),
+        store_id: a.store.clone(),
+        device_id: a.device.clone(),
+        body: body(&a)?,
+        issued_at_ms: now,
+        expires_at_ms: now + a.ttl_s.saturating_mul(1000),
+        requested_by: a.requested_by.clone(),
+        approvals: a
+            .approvers
+            .iter()
+            .map(|ap| Approval { approver: ap.clone(), role: a.approver_role.clone(), approved_at_ms: now })
+            .collect(),
+        if_match: a.if_match,
+    };
+    // Structure only: the approval policy is the broker's to enforce (and to report).
+    cmd.validate().map_err(|e| anyhow::anyhow!("invalid command: {e}"))?;
+    let client = global.nats().await?;
+    let mut statuses_sub = if a.wait {
+        let sub = client.subscribe(subject::status(&cmd.tenant_id, &cmd.store_id, &cmd.command_id)).await?;
+        client.flush().await?;
+        Some(sub)
+    } else {
+        None
+    };
+    let js = async_nats::jetstream::new(client);
+    let subj = subject::intake(&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref());
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, cmd.command_id.as_str());
+    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+    js.publish_with_headers(subj.clone(), h, codec::encode(&cmd).into())
+        .await
+        .context("publishing on intake")?
+        .await
+        .context("intake stream did not confirm (is the broker's TILLSYNC_INTAKE stream there?)")?;
+    let mut sent =
+        Sent { command_id: cmd.command_id.clone(), subject: subj, statuses: Vec::new(), outcome: BTreeMap::new() };
+    if !global.json {
+        println!("{}", cmd.command_id);
+    }
+    let Some(sub) = statuses_sub.as_mut() else {
+        if global.json {
+            emit(true, &sent, |_| String::new())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait_s);
+    let mut latest: BTreeMap<String, tillsync_schemas::CommandState> = BTreeMap::new();
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => anyhow::bail!("status subscription ended"),
+            Err(_) => anyhow::bail!("no final state within {} s (latest: {latest:?})", a.wait_s),
+        };
+        let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
+        if !global.json {
+            println!(
+                "{}  {:<9} attempt {}  {}{}",
+                st.device_id.as_deref().unwrap_or("(store)"),
+                st.state.as_str(),
+                st.attempt,
+                st.code.as_deref().unwrap_or("-"),
+                if st.detail.is_empty() { String::new() } else { format!("  {}", st.detail) },
+            );
+        }
+        latest.insert(st.device_id.clone().unwrap_or_else(|| "(store)".into()), st.state);
+        let rejected = st.state == tillsync_schemas::CommandState::Rejected;
+        sent.statuses.push(st);
+        // Queued statuses of every device are published before any delivery, so once all
+        // devices seen are final, the command is.
+        if rejected || latest.values().all(|s| s.is_final()) {
+            break;
+        }
+    }
+    sent.outcome = latest.iter().map(|(d, s)| (d.clone(), s.as_str().to_string())).collect();
+    if global.json {
+        emit(true, &sent, |_| String::new())?;
+    }
+    let all_acked = latest.values().all(|s| *s == tillsync_schemas::CommandState::Acked);
+    Ok(if all_acked { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
