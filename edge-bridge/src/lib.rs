@@ -121,16 +121,18 @@ impl Bridge {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(
-            publisher::Publisher::new(
-                &config,
-                js.clone(),
-                outbox.clone(),
-                metrics.clone(),
-                connected.clone(),
-                cancel.clone(),
+            publisher::Publisher {
+                js: js.clone(),
+                outbox: outbox.clone(),
+                metrics: metrics.clone(),
+                connected: connected.clone(),
+                cancel: cancel.clone(),
+                window: config.publish_window,
+                backoff: backoff.clone(),
+                ack_timeout: config.ack_timeout(),
                 sent,
                 published,
-            )
+            }
             .run(),
         );
         tasks.spawn(

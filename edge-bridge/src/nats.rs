@@ -41,7 +41,12 @@ pub async fn connect(
                         metrics.connected.set(1.0);
                         tx.send_replace(true);
                     }
-                    Event::Disconnected | Event::Closed => {
+                    Event::Closed => {
+                        tracing::info!(device_id = %device, "NATS connection closed.");
+                        metrics.connected.set(0.0);
+                        tx.send_replace(false);
+                    }
+                    Event::Disconnected => {
                         tracing::warn!(device_id = %device, "Disconnected from NATS; events keep being accepted.");
                         metrics.connected.set(0.0);
                         tx.send_replace(false);

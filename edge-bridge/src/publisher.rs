@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pending};
 
@@ -37,33 +36,6 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
-        config: &Config,
-        js: async_nats::jetstream::Context,
-        outbox: Arc<Outbox>,
-        metrics: Arc<Metrics>,
-        connected: watch::Receiver<bool>,
-        cancel: CancellationToken,
-        sent: Arc<SentMark>,
-        published: Arc<AtomicU64>,
-    ) -> Publisher {
-        Publisher {
-            js,
-            outbox,
-            metrics,
-            connected,
-            cancel,
-            window: config.publish_window,
-            backoff: Backoff::new(
-                Duration::from_millis(config.backoff_min_ms),
-                Duration::from_millis(config.backoff_max_ms),
-            ),
-            ack_timeout: config.ack_timeout(),
-            sent,
-            published,
-        }
-    }
-
     pub async fn run(mut self) {
         let subject = subject::events(self.outbox.addr());
         let outbox = self.outbox.clone();
