@@ -86,7 +86,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             .bind(offline)
             .fetch_all(&pool)
             .await?;
-            emit(global.json, &rows, human_list)?;
+            emit(global.json, &rows, |r| human_list(r))?;
             ExitCode::SUCCESS
         }
         DevicesCmd::Add { tenant, store, device } => {
@@ -120,7 +120,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
     Ok(code)
 }
 
-fn human_list(rows: &Vec<DeviceRow>) -> String {
+fn human_list(rows: &[DeviceRow]) -> String {
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     let cells: Vec<Vec<String>> = rows
         .iter()

@@ -210,10 +210,10 @@ async fn load(pool: &sqlx::PgPool, id: i64) -> anyhow::Result<(Summary, Vec<u8>)
 fn decode(subj: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
     let family = subject::parse(subj).map_err(|e| e.to_string())?.family;
     let value = match family {
-        Family::Events => codec::decode_event(subj, payload).map(|v| serde_json::to_value(v)),
-        Family::Heartbeats => codec::decode_heartbeat(subj, payload).map(|v| serde_json::to_value(v)),
-        Family::Intake | Family::Commands => codec::decode_command(subj, payload).map(|v| serde_json::to_value(v)),
-        Family::CommandAcks => codec::decode_command_ack(subj, payload).map(|v| serde_json::to_value(v)),
+        Family::Events => codec::decode_event(subj, payload).map(serde_json::to_value),
+        Family::Heartbeats => codec::decode_heartbeat(subj, payload).map(serde_json::to_value),
+        Family::Intake | Family::Commands => codec::decode_command(subj, payload).map(serde_json::to_value),
+        Family::CommandAcks => codec::decode_command_ack(subj, payload).map(serde_json::to_value),
         Family::Watermarks | Family::Status => return Err(format!("{family:?} messages are never quarantined")),
     };
     value.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
