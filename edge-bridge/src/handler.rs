@@ -119,3 +119,66 @@ async fn exec(path: &Path, json: &[u8]) -> HandlerResult {
         Err(e) => HandlerResult::failed(codes::HANDLER_ERROR, format!("waiting for {}: {e}", path.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot POS API answering `status` with `body`; returns its URL.
+    async fn pos(status: u16, body: &'static str, delay: Duration) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let _ = sock.read(&mut buf).await;
+            tokio::time::sleep(delay).await;
+            let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+        Url::parse(&format!("http://127.0.0.1:{port}/tillsync/commands")).unwrap()
+    }
+
+    fn cmd() -> CommandEnvelope {
+        CommandEnvelope {
+            schema_version: 1,
+            command_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
+            tenant_id: "acme".into(),
+            store_id: "s1".into(),
+            device_id: Some("till-1".into()),
+            body: tillsync_schemas::CommandBody::VoidOrder { order_id: "o-1".into(), reason: "test".into() },
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            requested_by: "alice".into(),
+            approvals: vec![],
+            if_match: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_handler_outcomes() {
+        let t = Duration::from_secs(2);
+        let ok = HandlerSpec::Http(pos(204, "", Duration::ZERO).await);
+        assert_eq!(apply(&ok, &cmd(), t).await, HandlerResult::Applied);
+        let refused = HandlerSpec::Http(pos(409, r#"{"code":"order_closed"}"#, Duration::ZERO).await);
+        assert!(
+            matches!(apply(&refused, &cmd(), t).await, HandlerResult::Failed { code, .. } if code == "order_closed")
+        );
+        let broken = HandlerSpec::Http(pos(500, "boom", Duration::ZERO).await);
+        assert!(
+            matches!(apply(&broken, &cmd(), t).await, HandlerResult::Failed { code, .. } if code == "handler_error")
+        );
+        let slow = HandlerSpec::Http(pos(200, "", Duration::from_secs(5)).await);
+        let r = apply(&slow, &cmd(), Duration::from_millis(100)).await;
+        assert!(matches!(r, HandlerResult::Failed { code, .. } if code == "handler_timeout"));
+    }
+
+    #[test]
+    fn specs() {
+        assert_eq!(HandlerSpec::parse("none", None).unwrap(), HandlerSpec::None);
+        assert!(matches!(HandlerSpec::parse("none", Some(Path::new("/bin/true"))).unwrap(), HandlerSpec::Exec(_)));
+        assert!(HandlerSpec::parse("ftp://x", None).is_err());
+    }
+}
