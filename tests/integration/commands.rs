@@ -739,3 +739,61 @@ async fn unknown_and_undecodable_acks_and_bad_intake_are_recorded_without_a_cras
     assert_eq!(log(pool, &cmd.command_id).await.len(), 3);
     broker.stop().await;
 }
+
+/// Runs the `tillsync` CLI against this stack; returns (exit code, stdout).
+async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(tillsync_tests::bin_path("tillsync"))
+        .args(args)
+        .env("NATS_URL", stack.nats.url())
+        .env("DATABASE_URL", &stack.db.url)
+        .output()
+        .await
+        .expect("run tillsync");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn cli_sends_waits_shows_and_lists() {
+    let (stack, broker) = setup("cmd-cli", |_| {}).await;
+    let d = DeviceAddr::new("cmd-cli", "s1", "till-1");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    online(&stack.db.pool, &d).await;
+
+    let base =
+        ["commands", "send", "--tenant", "cmd-cli", "--store", "s1", "--device", "till-1", "--requested-by", "rita"];
+    let menu = ["--kind", "apply_menu_publish", "--menu-id", "spring", "--version", "4", "--approver", "alice"];
+    let args: Vec<&str> = base.iter().chain(&menu).chain(&["--wait", "--wait-s", "15", "--json"]).copied().collect();
+    let (code, out) = cli(&stack, &args).await;
+    assert_eq!(code, 0, "{out}");
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["outcome"]["till-1"], "acked");
+    let id = sent["command_id"].as_str().unwrap().to_string();
+    assert_eq!(edge.applied(&id), 1);
+
+    let (code, out) = cli(&stack, &["commands", "show", &id, "--json"]).await;
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let states: Vec<&str> = shown["log"].as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap()).collect();
+    assert_eq!(states, vec!["queued", "delivered", "acked"]);
+    assert_eq!(shown["acks"][0]["effect"], "applied_transition");
+    let (code, out) = cli(&stack, &["commands", "show", &id]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("History") && out.contains("acked"), "{out}");
+
+    // A void needs two approvers: the broker rejects it and --wait exits 3.
+    let void = ["--kind", "void_order", "--order-id", "o-1", "--reason", "test", "--approver", "alice", "--wait"];
+    let args: Vec<&str> = base.iter().chain(&void).copied().collect();
+    let (code, out) = cli(&stack, &args).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("rejected") && out.contains("missing_approval"), "{out}");
+
+    let (code, out) = cli(&stack, &["commands", "list", "--tenant", "cmd-cli", "--state", "rejected", "--json"]).await;
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["code"], "missing_approval");
+
+    let (code, _) = cli(&stack, &["commands", "show", &uuid::Uuid::new_v4().to_string()]).await;
+    assert_eq!(code, 4, "not found");
+    broker.stop().await;
+}
