@@ -679,8 +679,7 @@ async fn store_wide_command_fans_out_to_every_device_of_the_store() {
     let cmd = command("cmd-fan", "s1", None, menu(), &["alice"], 60_000);
     send(&js, &cmd).await;
     eventually_eq(T, "three acked entries", 3, || async {
-        let acked = statuses.of(&cmd.command_id).into_iter().filter(|s| s.1 == CommandState::Acked).count();
-        acked
+        statuses.of(&cmd.command_id).into_iter().filter(|s| s.1 == CommandState::Acked).count()
     })
     .await;
     for e in &edges {
