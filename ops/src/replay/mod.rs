@@ -348,9 +348,12 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
     } else {
         pb.set_draw_target(ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:32}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
+            "{elapsed_precise} [{bar:32}] {human_pos}/{human_len} events  {rate}  ETA {eta}",
         ) {
-            pb.set_style(style.progress_chars("=> "));
+            let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", s.per_sec());
+            };
+            pb.set_style(style.with_key("rate", rate).progress_chars("=> "));
         }
     }
     pb
