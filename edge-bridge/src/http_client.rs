@@ -1,51 +1,45 @@
-//! A minimal HTTP/1.1 client for loopback use only (the POS handler, `tillsync-edge status`):
-//! plain TCP, `Connection: close`, body read to EOF. Keeps a TLS-capable client off the Pi.
+//! HTTP to loopback services (the POS handler, `tillsync-edge status`), through reqwest built
+//! without TLS: plain `http://` only, which keeps a TLS stack off the Pi.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::sync::OnceLock;
 
 /// An `http://host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
+pub struct Url(reqwest::Url);
 
 impl Url {
     pub fn parse(url: &str) -> Result<Url, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
-        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?),
-            None => (authority, 80),
-        };
-        if host.is_empty() {
+        let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+        if u.scheme() != "http" {
+            return Err(format!("{url:?}: only http:// URLs are supported"));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
             return Err(format!("{url:?}: missing host"));
         }
-        Ok(Url { host: host.to_string(), port, path })
+        Ok(Url(u))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
 }
 
-/// Sends one request; returns the status code and the body.
-pub async fn request(method: &str, url: &Url, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
-    let head = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        url.path,
-        url.host,
-        url.port,
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
-    let head = std::str::from_utf8(&response[..split]).map_err(|_| bad())?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(bad)?;
-    Ok((status, response[split + 4..].to_vec()))
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// Sends one request with a JSON body; returns the status code and the body.
+pub async fn request(method: &str, url: &Url, body: &[u8]) -> Result<(u16, Vec<u8>), reqwest::Error> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let resp = client()
+        .request(method, url.0.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.bytes().await?.to_vec()))
 }
 
 #[cfg(test)]
@@ -55,8 +49,9 @@ mod tests {
     #[test]
     fn parses_urls() {
         let u = Url::parse("http://127.0.0.1:9000/pos/commands").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 9000, "/pos/commands"));
-        assert_eq!(Url::parse("http://localhost").unwrap().path, "/");
+        assert_eq!(u.as_str(), "http://127.0.0.1:9000/pos/commands");
+        assert!(Url::parse("http://localhost").is_ok());
         assert!(Url::parse("https://x/").is_err());
+        assert!(Url::parse("not a url").is_err());
     }
 }

@@ -71,11 +71,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let url = http_client::Url {
-        host: args.http_addr.ip().to_string(),
-        port: args.http_addr.port(),
-        path: "/v1/status".into(),
-    };
+    let url = http_client::Url::parse(&format!("http://{}/v1/status", args.http_addr)).map_err(anyhow::Error::msg)?;
     let live = tokio::time::timeout(Duration::from_secs(3), http_client::request("GET", &url, b"")).await;
     let status: Status = match live {
         Ok(Ok((200, body))) => serde_json::from_slice(&body).context("decoding /v1/status")?,
