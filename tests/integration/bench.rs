@@ -82,3 +82,9 @@ async fn bench_actors_reports_memory_and_activation_rate() {
     let v = bench(&["actors", "--devices", "500"]).await;
     assert_positive(&v, &["rss_bytes_per_actor", "activations_per_s"]);
 }
+
+#[tokio::test]
+async fn bench_commands_reports_round_trips() {
+    let v = bench(&["commands", "--commands", "30", "--devices", "3", "--rate", "50"]).await;
+    assert_positive(&v, &["commands_per_s", "p50_ms", "p99_ms"]);
+}

@@ -21,8 +21,8 @@ use tillsync_broker::Broker;
 use tillsync_schemas::ack::codes;
 use tillsync_schemas::subject::{self, Family};
 use tillsync_schemas::{
-    codec, streams as names, Approval, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus, Outcome,
-    SCHEMA_VERSION,
+    codec, streams as names, Approval, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus,
+    Heartbeat, Outcome, SCHEMA_VERSION,
 };
 
 use super::env::Env;
@@ -64,7 +64,12 @@ pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
     let url = ingest::fresh(env).await?;
     add_devices(&url, args.devices).await?;
     let broker = Broker::start(env.broker_config(&url)).await.context("broker start")?;
-    let outcome = round_trips(&args, &client, &js).await;
+    let beats = tokio::spawn(heartbeats(js.clone(), args.devices));
+    let outcome = match wait_online(&url, args.devices).await {
+        Ok(()) => round_trips(&args, &client, &js).await,
+        Err(e) => Err(e),
+    };
+    beats.abort();
     broker.shutdown().await;
     let (hist, per_s) = outcome?;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
@@ -95,6 +100,49 @@ async fn add_devices(url: &str, devices: usize) -> anyhow::Result<()> {
     .await?;
     pool.close().await;
     Ok(())
+}
+
+/// The simulated bridges' heartbeats: the broker delivers commands only to online devices.
+async fn heartbeats(js: async_nats::jetstream::Context, devices: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tick.tick().await;
+        for i in 0..devices {
+            let addr = data::device(i);
+            let hb = Heartbeat {
+                schema_version: SCHEMA_VERSION,
+                tenant_id: addr.tenant_id.clone(),
+                store_id: addr.store_id.clone(),
+                device_id: addr.device_id.clone(),
+                at_ms: tillsync_broker::now_ms(),
+                software_version: "bench".into(),
+                outbox_depth: 0,
+                oldest_unsent_age_s: 0,
+                last_acked_seq: 0,
+                config_revision: 0,
+                uptime_s: started.elapsed().as_secs(),
+            };
+            js.publish(subject::heartbeats(&addr), codec::encode(&hb).into()).await?.await?;
+        }
+    }
+}
+
+async fn wait_online(url: &str, devices: usize) -> anyhow::Result<()> {
+    let pool = super::env::quiet_pool(url, 1).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let result = loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE online").fetch_one(&pool).await?;
+        if n as usize >= devices {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("only {n} of {devices} simulated devices online after 30 s of heartbeats"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    pool.close().await;
+    result
 }
 
 /// The simulated bridges: apply every delivered command at once and ack it `applied`.

@@ -142,6 +142,7 @@ pub async fn broker_drain(
         .map_err(|e| anyhow::anyhow!("broker consumer: {e}"))?;
     let started = Instant::now();
     let broker = Broker::start(config).await.context("broker start")?;
+    eprintln!("broker started in {:.0} ms (counted in its drain time)", started.elapsed().as_secs_f64() * 1e3);
     let drained = wait_drained(&consumer, total).await;
     let seconds = started.elapsed().as_secs_f64();
     broker.shutdown().await;
