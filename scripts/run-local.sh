@@ -70,7 +70,7 @@ pids+=($!)
 # Now and then, act as the portal: a settings patch to a whole store.
 (
   while sleep 10; do
-    "$BIN/tillsync" commands send --tenant "$TENANT" --store s1 --kind settings_patch \
+    "$BIN/tillsync" commands send --tenant "$TENANT" --store store-1 --kind settings_patch \
       --payload-json '{"revision": 1, "settings": {"tip_mode": "off"}}' \
       --requested-by alice --approver bob --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 || true
   done
