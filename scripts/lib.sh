@@ -66,7 +66,7 @@ ensure_postgres() {
 }
 
 start_private_postgres() {
-  local port=55432 data="$RUN_DIR/pg/data" url="postgres://postgres@127.0.0.1:55432/postgres"
+  local port=15432 data="$RUN_DIR/pg/data" url="postgres://postgres@127.0.0.1:15432/postgres"
   if pg_ok "$url"; then echo "$url"; return; fi
   local bin; bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
   if [ -z "$bin" ]; then apt_install postgresql; bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"; fi

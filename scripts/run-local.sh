@@ -32,7 +32,7 @@ command -v curl >/dev/null || apt_install curl
 mkdir -p "$RUN_DIR"
 NATS_BIN="$(ensure_nats_server)"
 ADMIN_URL="$(ensure_postgres)"
-case "$ADMIN_URL" in *:55432/*) started_pg=1 ;; esac
+case "$ADMIN_URL" in *:15432/*) started_pg=1 ;; esac
 DB_URL="${ADMIN_URL%/*}/tillsync"
 if ! psql "$ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'tillsync'" | grep -q 1; then
   log "creating database tillsync"
