@@ -149,7 +149,8 @@ async fn insert_conflicts(
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $7::bytea[], $8::int8[], $10::bytea[])
            AS u(t, s, d, e, q, h, ss, b)
          LEFT JOIN processed_events p
-           ON p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e",
+           ON p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e
+         ON CONFLICT (tenant_id, store_id, device_id, event_id, kind, stream_seq) DO NOTHING",
     )
     .bind(rows.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
