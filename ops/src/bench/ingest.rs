@@ -39,6 +39,16 @@ pub struct IngestArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Run only these pipelines (for profiling one at a time); ratios need both sides.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pipeline,broker,naive")]
+    pub only: Vec<Pipeline>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pipeline {
+    Pipeline,
+    Broker,
+    Naive,
 }
 
 pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
@@ -59,22 +69,25 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
 
     let (mut broker, mut pipeline, mut naive_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.runs {
-        let url = fresh(env).await?;
-        let p = baseline::run(&client, &js, &url, args.events, batch).await.context("baseline pipeline")?;
-        verify(&url, unique).await.context("baseline pipeline")?;
-        eprintln!("round {round}: pipeline {:.0} events/s", p.rate());
-        pipeline.push(p.rate());
-
-        let b = broker_drain(env, &js, args.events, unique).await?;
-        eprintln!("round {round}: broker   {:.0} events/s", b.rate());
-        broker.push(b.rate());
-
-        let url = fresh(env).await?;
-        let n = naive::run(&client, &js, &url, sample).await.context("naive pipeline")?;
-        eprintln!("round {round}: naive    {:.0} events/s", n.rate());
-        naive_runs.push(n.rate());
+        if args.only.contains(&Pipeline::Pipeline) {
+            let url = fresh(env).await?;
+            let p = baseline::run(&client, &js, &url, args.events, batch).await.context("baseline pipeline")?;
+            verify(&url, unique).await.context("baseline pipeline")?;
+            eprintln!("round {round}: pipeline {:.0} events/s", p.rate());
+            pipeline.push(p.rate());
+        }
+        if args.only.contains(&Pipeline::Broker) {
+            let b = broker_drain(env, &js, args.events, unique).await?;
+            eprintln!("round {round}: broker   {:.0} events/s", b.rate());
+            broker.push(b.rate());
+        }
+        if args.only.contains(&Pipeline::Naive) {
+            let url = fresh(env).await?;
+            let n = naive::run(&client, &js, &url, sample).await.context("naive pipeline")?;
+            eprintln!("round {round}: naive    {:.0} events/s", n.rate());
+            naive_runs.push(n.rate());
+        }
     }
-    let (b, p, n) = (median(&broker), median(&pipeline), median(&naive_runs));
     let mut r = Report::new("ingest");
     r.param("events", args.events)
         .param("devices", args.devices)
@@ -82,13 +95,35 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
         .param("unique_events", unique)
         .param("batch_size", batch)
         .param("naive_sample", sample)
-        .param("runs", args.runs)
-        .number("events_per_s", b)
-        .number("baseline_pipeline_events_per_s", p)
-        .number("naive_events_per_s", n)
-        .number("ratio_vs_pipeline", b / p)
-        .number("ratio_vs_naive", b / n);
-    if sample < 5_000 {
+        .param("runs", args.runs);
+    let (b, p, n) = (median(&broker), median(&pipeline), median(&naive_runs));
+    for (key, runs, value) in [
+        ("events_per_s", &broker, b),
+        ("baseline_pipeline_events_per_s", &pipeline, p),
+        ("naive_events_per_s", &naive_runs, n),
+    ] {
+        if !runs.is_empty() {
+            r.number(key, value);
+        }
+    }
+    if !broker.is_empty() && !pipeline.is_empty() {
+        r.number("ratio_vs_pipeline", b / p);
+    }
+    if !broker.is_empty() && !naive_runs.is_empty() {
+        r.number("ratio_vs_naive", b / n);
+    }
+    if args.runs > 1 {
+        for (key, runs) in [
+            ("broker_runs_events_per_s", &broker),
+            ("pipeline_runs_events_per_s", &pipeline),
+            ("naive_runs_events_per_s", &naive_runs),
+        ] {
+            if !runs.is_empty() {
+                r.result(key, runs.iter().map(|v| super::report::round3(*v)).collect::<Vec<_>>());
+            }
+        }
+    }
+    if sample < 5_000 && !naive_runs.is_empty() {
         r.note(format!("naive sample is {sample} events (all there are); use --events >= 5000 for a real figure"));
     }
     Ok(r)
