@@ -41,11 +41,11 @@ pub struct IngestArgs {
     pub seed: u64,
     /// Run only these pipelines (for profiling one at a time); ratios need both sides.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pipeline,broker,naive")]
-    pub only: Vec<Pipeline>,
+    pub only: Vec<Which>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Pipeline {
+pub enum Which {
     Pipeline,
     Broker,
     Naive,
@@ -69,19 +69,19 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
 
     let (mut broker, mut pipeline, mut naive_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.runs {
-        if args.only.contains(&Pipeline::Pipeline) {
+        if args.only.contains(&Which::Pipeline) {
             let url = fresh(env).await?;
             let p = baseline::run(&client, &js, &url, args.events, batch).await.context("baseline pipeline")?;
             verify(&url, unique).await.context("baseline pipeline")?;
             eprintln!("round {round}: pipeline {:.0} events/s", p.rate());
             pipeline.push(p.rate());
         }
-        if args.only.contains(&Pipeline::Broker) {
+        if args.only.contains(&Which::Broker) {
             let b = broker_drain(env, &js, args.events, unique).await?;
             eprintln!("round {round}: broker   {:.0} events/s", b.rate());
             broker.push(b.rate());
         }
-        if args.only.contains(&Pipeline::Naive) {
+        if args.only.contains(&Which::Naive) {
             let url = fresh(env).await?;
             let n = naive::run(&client, &js, &url, sample).await.context("naive pipeline")?;
             eprintln!("round {round}: naive    {:.0} events/s", n.rate());
