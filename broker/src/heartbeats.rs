@@ -5,42 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use futures::StreamExt;
 use tillsync_schemas::{codec, streams as names, Heartbeat, Reason, WireError};
 
-use crate::ingest::writer::BadRow;
 use crate::{metrics, ts, Ctx};
 
 pub async fn run(ctx: Arc<Ctx>) {
     let sweeper = tokio::spawn(sweep_offline(ctx.clone()));
-    while !ctx.cancel.is_cancelled() {
-        if let Err(error) = consume(&ctx).await {
-            tracing::warn!(%error, "Heartbeat consumer stopped; restarting in 1 s.");
-            tokio::select! {
-                _ = ctx.cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-    sweeper.abort();
-}
-
-async fn consume(ctx: &Ctx) -> Result<(), String> {
-    let consumer = crate::streams::consumer(&ctx.js, names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    loop {
-        let msg = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => { tracing::debug!(error = %e, "Heartbeat stream hiccup."); continue; }
-                None => return Err("heartbeat stream ended".into()),
-            }
-        };
-        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let result = match codec::decode_heartbeat(&msg.subject, &msg.payload) {
+    let ctx = &ctx;
+    crate::consumer::each_message(ctx, names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER, move |msg| async move {
+        let refused = match codec::decode_heartbeat(&msg.subject, &msg.payload) {
             Ok(hb) => match ctx.tenants.exists(&ctx.pool, &hb.tenant_id).await {
                 Ok(true) => apply(ctx, &hb).await.map(|_| None),
                 Ok(false) => Ok(Some(WireError::new(Reason::UnknownTenant, format!("tenant {:?}", hb.tenant_id)))),
@@ -48,39 +21,28 @@ async fn consume(ctx: &Ctx) -> Result<(), String> {
             },
             Err(e) => Ok(Some(e)),
         };
-        match result {
+        let ack = match refused {
             Ok(None) => {
                 metrics::heartbeat();
-                let _ = msg.ack().await;
+                msg.ack().await
             }
-            Ok(Some(e)) => {
-                let row = BadRow {
-                    stream: names::HEARTBEATS.into(),
-                    stream_seq,
-                    subject: msg.subject.to_string(),
-                    reason: e.reason.as_str(),
-                    detail: e.detail.clone(),
-                    payload: msg.payload.to_vec(),
-                    tenant_id: None,
-                    store_id: None,
-                    device_id: None,
-                };
-                match crate::ingest::writer::commit(&ctx.pool, &[row], &[], &[]).await {
-                    Ok(_) => {
-                        metrics::event_quarantined(e.reason.as_str());
-                        let _ = msg.ack_with(AckKind::Term).await;
-                    }
-                    Err(_) => {
-                        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Heartbeat not recorded; redelivering.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-            }
+            Ok(Some(e)) => match crate::consumer::quarantine(ctx, names::HEARTBEATS, &msg, &e).await {
+                Ok(()) => msg.ack_with(AckKind::Term).await,
+                Err(error) => nak(&msg, &error).await,
+            },
+            Err(error) => nak(&msg, &error).await,
+        };
+        if let Err(error) = ack {
+            tracing::debug!(%error, "Heartbeat ack failed; it is redelivered and applied again, harmlessly.");
         }
-    }
+    })
+    .await;
+    sweeper.abort();
+}
+
+async fn nak(msg: &async_nats::jetstream::Message, error: &sqlx::Error) -> Result<(), async_nats::Error> {
+    tracing::warn!(%error, "Heartbeat not recorded; redelivering.");
+    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
 }
 
 async fn apply(ctx: &Ctx, hb: &Heartbeat) -> Result<(), sqlx::Error> {

@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod heartbeats;

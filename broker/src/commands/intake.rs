@@ -10,42 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use futures::StreamExt;
 use serde::Deserialize;
 use tillsync_actors::policy;
 use tillsync_schemas::ids::check_uuid_or_ulid;
 use tillsync_schemas::{codec, streams as names, subject, CommandEnvelope, DeviceAddr, Reason, WireError};
 
 use super::store::{self, CommandRow};
-use super::{pause, publish, CommandError};
-use crate::ingest::writer::BadRow;
+use super::{publish, CommandError};
 use crate::{metrics, Ctx};
 
 pub async fn run(ctx: Arc<Ctx>) {
-    while !ctx.cancel.is_cancelled() {
-        if let Err(error) = consume(&ctx).await {
-            tracing::warn!(%error, "Command intake consumer stopped; restarting in 1 s.");
-            if !pause(&ctx, Duration::from_secs(1)).await {
-                return;
-            }
-        }
-    }
-}
-
-async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
-    let consumer = crate::streams::consumer(&ctx.js, names::INTAKE, names::BROKER_INTAKE_CONSUMER)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    loop {
-        let msg = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => { tracing::debug!(error = %e, "Intake stream hiccup."); continue; }
-                None => return Err("intake stream ended".into()),
-            }
-        };
+    let ctx = &ctx;
+    crate::consumer::each_message(ctx, names::INTAKE, names::BROKER_INTAKE_CONSUMER, move |msg| async move {
         metrics::command_received();
         match handle(ctx, &msg).await {
             Ok(Handled { term, wake }) => {
@@ -64,7 +40,8 @@ async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
             }
         }
-    }
+    })
+    .await;
 }
 
 /// What to do with the intake message once its effect is committed.
@@ -196,21 +173,7 @@ async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<Hand
 }
 
 async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<Handled, CommandError> {
-    let parsed = subject::parse(&msg.subject).ok();
-    let row = BadRow {
-        stream: names::INTAKE.into(),
-        stream_seq: msg.info().map(|i| i.stream_sequence).unwrap_or(0),
-        subject: msg.subject.to_string(),
-        reason: e.reason.as_str(),
-        detail: e.detail.clone(),
-        payload: msg.payload.to_vec(),
-        tenant_id: parsed.as_ref().map(|p| p.tenant_id.clone()),
-        store_id: parsed.as_ref().map(|p| p.store_id.clone()),
-        device_id: parsed.map(|p| p.last),
-    };
-    crate::ingest::writer::commit(&ctx.pool, &[row], &[], &[]).await?;
-    metrics::event_quarantined(e.reason.as_str());
+    crate::consumer::quarantine(ctx, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
-    tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Intake message quarantined.");
     Ok(Handled { term: true, wake: Vec::new() })
 }

@@ -105,18 +105,7 @@ async fn classify(engine: &Engine<'_>, raw: &Raw) -> Result<Classified, sqlx::Er
 }
 
 fn bad_row(raw: &Raw, e: &WireError) -> BadRow {
-    let parsed = subject::parse(&raw.subject).ok();
-    BadRow {
-        stream: names::EVENTS.into(),
-        stream_seq: raw.stream_seq,
-        subject: raw.subject.clone(),
-        reason: e.reason.as_str(),
-        detail: e.detail.clone(),
-        payload: raw.payload.to_vec(),
-        tenant_id: parsed.as_ref().map(|p| p.tenant_id.clone()),
-        store_id: parsed.as_ref().map(|p| p.store_id.clone()),
-        device_id: parsed.map(|p| p.last),
-    }
+    crate::consumer::bad_row(names::EVENTS, &raw.subject, raw.stream_seq, &raw.payload, e)
 }
 
 /// Decides and commits one batch. Nothing is acked here; the caller acks after this returns.

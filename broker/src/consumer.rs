@@ -1,0 +1,75 @@
+//! What the broker's one-message-at-a-time consumers (intake, command acks, heartbeats) share:
+//! the subscribe-handle-resubscribe loop, and quarantining a message that cannot be used.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::Message;
+use futures::StreamExt;
+use tillsync_schemas::{subject, WireError};
+
+use crate::ingest::writer::{self, BadRow};
+use crate::{metrics, Ctx};
+
+/// Hands every message of the durable `consumer` on `stream` to `handle`, in order, until
+/// shutdown; re-subscribes a second after the subscription fails (NATS restart, stream gone).
+pub async fn each_message<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, mut handle: F)
+where
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !ctx.cancel.is_cancelled() {
+        if let Err(error) = subscribe(ctx, stream, consumer, &mut handle).await {
+            tracing::warn!(%error, consumer, "Consumer stopped; restarting in 1 s.");
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+async fn subscribe<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, handle: &mut F) -> Result<(), String>
+where
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let c = crate::streams::consumer(&ctx.js, stream, consumer).await.map_err(|e| e.to_string())?;
+    let mut messages = c.messages().await.map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(Ok(m)) => handle(m).await,
+                Some(Err(error)) => tracing::debug!(%error, consumer, "Stream hiccup."),
+                None => return Err(format!("{consumer}: message stream ended")),
+            }
+        }
+    }
+}
+
+/// The quarantine row of a refused message, with whatever address its subject gives.
+pub fn bad_row(stream: &str, subject: &str, stream_seq: u64, payload: &[u8], e: &WireError) -> BadRow {
+    let parsed = subject::parse(subject).ok();
+    BadRow {
+        stream: stream.into(),
+        stream_seq,
+        subject: subject.into(),
+        reason: e.reason.as_str(),
+        detail: e.detail.clone(),
+        payload: payload.to_vec(),
+        tenant_id: parsed.as_ref().map(|p| p.tenant_id.clone()),
+        store_id: parsed.as_ref().map(|p| p.store_id.clone()),
+        device_id: parsed.map(|p| p.last),
+    }
+}
+
+/// Records a refused message in `quarantine` and counts it by reason. The caller terminates
+/// the JetStream message once this returns `Ok`.
+pub async fn quarantine(ctx: &Ctx, stream: &str, msg: &Message, e: &WireError) -> Result<(), sqlx::Error> {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    writer::commit(&ctx.pool, &[bad_row(stream, &msg.subject, seq, &msg.payload, e)], &[], &[]).await?;
+    metrics::event_quarantined(e.reason.as_str());
+    tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");
+    Ok(())
+}
