@@ -10,16 +10,22 @@ use tillsync_tests::{
 
 use crate::common::*;
 
+/// A stack with tenant `acme` and an in-process broker.
+async fn live() -> (Stack, InProcBroker, async_nats::jetstream::Context) {
+    let stack = Stack::start().await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let js = stack.nats.jetstream().await;
+    (stack, broker, js)
+}
+
 fn till(n: u32) -> DeviceAddr {
     DeviceAddr::new("acme", "s1", format!("till-{n}"))
 }
 
 #[tokio::test]
 async fn an_event_lands_as_a_row() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let d = till(1);
     publish(&js, &event(&d, 1, opened("o-1"))).await;
     publish(&js, &event(&d, 2, item("o-1", "l-1", 2))).await;
@@ -37,10 +43,7 @@ async fn an_event_lands_as_a_row() {
 
 #[tokio::test]
 async fn the_same_event_three_times_has_one_effect() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let ev = event(&till(1), 1, payment("o-1", "p-1", 700));
     // Layer 1: a publish retry with the same Nats-Msg-Id is dropped by JetStream itself.
     publish(&js, &ev).await;
@@ -61,10 +64,7 @@ async fn the_same_event_three_times_has_one_effect() {
 
 #[tokio::test]
 async fn same_id_other_content_is_a_conflict_not_applied() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let ev = event(&till(1), 1, payment("o-1", "p-1", 700));
     publish(&js, &ev).await;
     let mut other = ev.clone();
@@ -122,10 +122,7 @@ async fn broker_killed_between_commit_and_ack_redelivers_without_double_effect()
 
 #[tokio::test]
 async fn fifty_devices_interleaved_each_end_with_correct_orders() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let steps = |n: u32| -> Vec<EventBody> {
         let o = format!("o-{n}");
         vec![
@@ -160,10 +157,7 @@ async fn fifty_devices_interleaved_each_end_with_correct_orders() {
 
 #[tokio::test]
 async fn an_event_older_than_its_row_is_stale() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let d = till(1);
     publish(&js, &event(&d, 1, opened("o-1"))).await;
     publish(&js, &event(&d, 3, status("o-1", "paid"))).await;
@@ -181,10 +175,7 @@ async fn an_event_older_than_its_row_is_stale() {
 
 #[tokio::test]
 async fn a_gap_is_recorded_and_does_not_block() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let d = till(1);
     for (seq, o) in [(1, "o-1"), (2, "o-2"), (5, "o-5")] {
         publish(&js, &event(&d, seq, opened(o))).await;
@@ -276,10 +267,7 @@ async fn bad_input_is_quarantined_with_its_reason() {
 
 #[tokio::test]
 async fn an_injected_actor_failure_restarts_with_nothing_lost() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let d = till(1);
     let first = event(&d, 1, opened("o-1"));
     publish(&js, &first).await;
