@@ -71,6 +71,7 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
     for round in 1..=args.runs {
         if args.only.contains(&Which::Pipeline) {
             let url = fresh(env).await?;
+            eprintln!("round {round}: pipeline draining...");
             let p = baseline::run(&client, &js, &url, args.events, batch).await.context("baseline pipeline")?;
             verify(&url, unique).await.context("baseline pipeline")?;
             eprintln!("round {round}: pipeline {:.0} events/s", p.rate());
@@ -83,6 +84,7 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
         }
         if args.only.contains(&Which::Naive) {
             let url = fresh(env).await?;
+            eprintln!("round {round}: naive draining...");
             let n = naive::run(&client, &js, &url, sample).await.context("naive pipeline")?;
             eprintln!("round {round}: naive    {:.0} events/s", n.rate());
             naive_runs.push(n.rate());
