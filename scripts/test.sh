@@ -17,5 +17,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Integration tests run the binaries (kill -9 tests, the CLI, the edge bridge): build them first,
+# since `cargo test` builds a package's binaries only for that package's own tests.
+log "cargo build --bins"
+cargo build --workspace --bins --quiet
 log "cargo test"
 cargo test --workspace --no-fail-fast "$@"
