@@ -28,6 +28,46 @@ pub struct ActorsArgs {
     /// Activations in flight at once.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Spawn bare ractor actors (no state, no Postgres) instead: the framework's own cost.
+    #[arg(long)]
+    pub bare: bool,
+}
+
+/// An actor with no state and no messages, to measure what ractor itself costs per actor.
+struct Bare;
+
+impl ractor::Actor for Bare {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _me: ractor::ActorRef<()>, _args: ()) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+async fn bare(args: &ActorsArgs) -> anyhow::Result<Report> {
+    let before = rss_bytes()?;
+    let started = Instant::now();
+    let mut actors = Vec::with_capacity(args.devices);
+    for _ in 0..args.devices {
+        actors.push(ractor::Actor::spawn(None, Bare, ()).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = rss_bytes()?;
+    for (actor, _) in &actors {
+        actor.stop(None);
+    }
+    for (_, join) in actors {
+        let _ = join.await;
+    }
+    let per_actor = after.saturating_sub(before) as f64 / args.devices as f64;
+    let mut r = Report::new("actors");
+    r.param("devices", args.devices)
+        .param("bare", true)
+        .number("rss_bytes_per_actor", per_actor)
+        .number("activations_per_s", args.devices as f64 / seconds);
+    Ok(r)
 }
 
 /// Resident set size of this process, from /proc (Linux).
@@ -44,6 +84,9 @@ pub fn rss_bytes() -> anyhow::Result<u64> {
 pub async fn run(args: ActorsArgs, env: &mut Env) -> anyhow::Result<Report> {
     if args.devices == 0 || args.concurrency == 0 {
         bail!("--devices and --concurrency must be positive");
+    }
+    if args.bare {
+        return bare(&args).await;
     }
     let url = ingest::fresh(env).await?;
     let pool = tillsync_broker::db::connect(&url, 8).await?;

@@ -64,13 +64,13 @@ pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
     let url = ingest::fresh(env).await?;
     add_devices(&url, args.devices).await?;
     let broker = Broker::start(env.broker_config(&url)).await.context("broker start")?;
-    let beats = tokio::spawn(heartbeats(js.clone(), args.devices));
+    let beats = super::AbortOnDrop(tokio::spawn(heartbeats(js.clone(), args.devices)));
     let outcome = match wait_online(&url, args.devices).await {
         Ok(()) => round_trips(&args, &client, &js).await,
         Err(e) => Err(e),
     };
-    beats.abort();
-    broker.shutdown().await;
+    drop(beats);
+    super::stop_broker(broker).await;
     let (hist, per_s) = outcome?;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let mut r = Report::new("commands");
@@ -215,9 +215,9 @@ async fn round_trips(
     let mut statuses = client.subscribe(Family::Status.tenant_subjects(data::TENANT)).await?;
     client.flush().await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")));
-    let collector = {
+    let _collector = {
         let (tally, hist) = (tally.clone(), hist.clone());
-        tokio::spawn(async move {
+        super::AbortOnDrop(tokio::spawn(async move {
             while let Some(msg) = statuses.next().await {
                 let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
                 if !st.state.is_final() {
@@ -238,14 +238,22 @@ async fn round_trips(
                     }
                 }
             }
-        })
+        }))
     };
-    let sims = tokio::spawn(bridges(js.clone()));
+    let mut sims = super::AbortOnDrop(tokio::spawn(bridges(js.clone())));
 
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = Instant::now() + Duration::from_millis(50);
     let mut k = 0usize;
-    let mut acks = Vec::with_capacity(args.commands);
+    // PubAcks are awaited off the sending path (a bounded number may be outstanding).
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<async_nats::jetstream::context::PublishAckFuture>(1_024);
+    let acker = tokio::spawn(async move {
+        let mut failed = 0u64;
+        while let Some(ack) = ack_rx.recv().await {
+            failed += u64::from(ack.await.is_err());
+        }
+        failed
+    });
     while k < args.commands {
         let now = Instant::now();
         let due = if now < start { 0 } else { ((now - start).as_secs_f64() * args.rate as f64) as usize + 1 };
@@ -260,15 +268,18 @@ async fn round_trips(
             h.insert(names::HEADER_MSG_ID, cmd.command_id.as_str());
             h.insert(names::HEADER_CONTENT_TYPE, names::CONTENT_TYPE);
             let subject = subject::intake(&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref());
-            acks.push(js.publish_with_headers(subject, h, codec::encode(&cmd).into()).await?);
+            let ack = js.publish_with_headers(subject, h, codec::encode(&cmd).into()).await?;
+            ack_tx.send(ack).await.map_err(|_| anyhow::anyhow!("ack checker stopped"))?;
             k += 1;
         }
         if k < args.commands {
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + period.mul_f64(k as f64))).await;
         }
     }
-    for a in acks {
-        a.await.context("intake publish not acknowledged")?;
+    drop(ack_tx);
+    let failed = acker.await?;
+    if failed > 0 {
+        bail!("{failed} intake publishes were not acknowledged by JetStream");
     }
 
     let mut last_progress = (usize::MAX, Instant::now());
@@ -287,7 +298,7 @@ async fn round_trips(
             let end = last_final.unwrap_or_else(Instant::now);
             break Ok(acked as f64 / (end - start).as_secs_f64());
         }
-        if sims.is_finished() {
+        if sims.0.is_finished() {
             break Err(anyhow::anyhow!("simulated bridges stopped"));
         }
         if left != last_progress.0 {
@@ -301,15 +312,13 @@ async fn round_trips(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    collector.abort();
-    let per_s = if sims.is_finished() {
-        match sims.await {
+    let per_s = if sims.0.is_finished() {
+        match (&mut sims.0).await {
             Ok(Err(e)) => return Err(e.context("simulated bridges")),
             Err(e) => return Err(anyhow::anyhow!("simulated bridges: {e}")),
             Ok(Ok(())) => result?,
         }
     } else {
-        sims.abort();
         result?
     };
     let hist = hist.lock().expect("not poisoned").clone();

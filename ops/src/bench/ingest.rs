@@ -17,7 +17,7 @@ use tillsync_schemas::streams as names;
 
 use super::env::Env;
 use super::report::Report;
-use super::{baseline, data, median, naive, Measured};
+use super::{baseline, data, diag, median, naive, Measured};
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -177,12 +177,15 @@ pub async fn broker_drain(
         .get_consumer(names::BROKER_EVENTS_CONSUMER)
         .await
         .map_err(|e| anyhow::anyhow!("broker consumer: {e}"))?;
+    let before = diag::Batches::now();
     let started = Instant::now();
     let broker = Broker::start(config).await.context("broker start")?;
     eprintln!("broker started in {:.0} ms (counted in its drain time)", started.elapsed().as_secs_f64() * 1e3);
     let drained = wait_drained(&consumer, total).await;
     let seconds = started.elapsed().as_secs_f64();
-    broker.shutdown().await;
+    let (mean_batch, mean_apply_ms) = diag::Batches::now().since(&before);
+    eprintln!("broker: {mean_batch:.0} events per batch, {mean_apply_ms:.1} ms from batch taken to message acked");
+    super::stop_broker(broker).await;
     drained?;
     verify(&url, unique).await.context("broker")?;
     Ok(Measured { messages: total, seconds })

@@ -24,7 +24,7 @@ use tillsync_schemas::{codec, Watermark};
 
 use super::env::Env;
 use super::report::Report;
-use super::{data, ingest};
+use super::{data, diag, ingest};
 
 #[derive(Debug, Clone, Args)]
 pub struct LatencyArgs {
@@ -37,18 +37,23 @@ pub struct LatencyArgs {
     /// Devices the events come from (round-robin).
     #[arg(long, default_value_t = 1_000)]
     pub devices: usize,
+    /// Seconds published at the same rate before recording starts (0: the cold start, with
+    /// every device actor activating, is part of the figures).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
 
 /// Intended send times of published but not yet committed events, per device, in seq order.
-type Pending = Arc<Mutex<HashMap<String, VecDeque<(u64, Instant)>>>>;
+type Pending = Arc<Mutex<HashMap<String, VecDeque<(u64, Instant, bool)>>>>;
 
 pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     if args.rate == 0 || args.seconds <= 0.0 || args.devices == 0 {
         bail!("--rate, --seconds and --devices must be positive");
     }
     let total = ((args.rate as f64) * args.seconds).round().max(1.0) as u64;
+    let warm = ((args.rate as f64) * args.warmup.max(0.0)).round() as u64;
     let client = env.nats().await?;
     let js = data::js(client.clone());
     env.ensure_empty_streams(&js).await?;
@@ -69,10 +74,12 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
                 let now = Instant::now();
                 let mut p = pending.lock().expect("not poisoned");
                 if let Some(q) = p.get_mut(&wm.device_id) {
-                    while q.front().is_some_and(|(seq, _)| *seq <= wm.seq) {
-                        let (_, intended) = q.pop_front().expect("front exists");
-                        hist.saturating_record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
-                        last_commit = now;
+                    while q.front().is_some_and(|(seq, _, _)| *seq <= wm.seq) {
+                        let (_, intended, measured) = q.pop_front().expect("front exists");
+                        if measured {
+                            hist.saturating_record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
+                            last_commit = now;
+                        }
                     }
                 }
             }
@@ -97,35 +104,41 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = Instant::now() + Duration::from_millis(50);
     let mut k = 0u64;
-    while k < total {
+    let mut batches_before = None;
+    let mut measured_from = start;
+    while k < warm + total {
         let now = Instant::now();
         let due = if now < start { 0 } else { ((now - start).as_secs_f64() * args.rate as f64) as u64 + 1 };
-        while k < due.min(total) {
+        while k < due.min(warm + total) {
             let intended = start + period.mul_f64(k as f64);
+            if k == warm {
+                batches_before = Some(diag::Batches::now());
+                measured_from = intended;
+            }
             let till = &mut tills[(k as usize) % args.devices];
             let ev = till.next_event(&mut rng, tillsync_broker::now_ms());
-            pending
-                .lock()
-                .expect("not poisoned")
-                .entry(ev.device_id.clone())
-                .or_default()
-                .push_back((ev.seq, intended));
+            pending.lock().expect("not poisoned").entry(ev.device_id.clone()).or_default().push_back((
+                ev.seq,
+                intended,
+                k >= warm,
+            ));
             let ack = data::publish(&js, &ev, false).await?;
             ack_tx.send(ack).await.map_err(|_| anyhow::anyhow!("ack checker stopped"))?;
             k += 1;
         }
-        if k < total {
+        if k < warm + total {
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + period.mul_f64(k as f64))).await;
         }
     }
-    let published_in = start.elapsed().as_secs_f64();
+    let published_in = measured_from.elapsed().as_secs_f64();
     drop(ack_tx);
     let failed = acker.await?;
     if failed > 0 {
         bail!("{failed} publishes were not acknowledged by JetStream");
     }
     let waited = tokio::time::timeout(Duration::from_secs(120), collector).await;
-    broker.shutdown().await;
+    let (mean_batch, mean_apply_ms) = diag::Batches::now().since(&batches_before.unwrap_or_default());
+    super::stop_broker(broker).await;
     let (hist, last_commit) = waited.context("events still uncommitted 120 s after the last publish")??;
     if hist.len() < total {
         bail!("only {} of {total} events were seen committed", hist.len());
@@ -135,12 +148,15 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     r.param("rate", args.rate)
         .param("seconds", args.seconds)
         .param("devices", args.devices)
+        .param("warmup", args.warmup)
         .param("events", total)
         .number("achieved_rate", total as f64 / published_in)
-        .number("committed_rate", total as f64 / (last_commit - start).as_secs_f64())
+        .number("committed_rate", total as f64 / (last_commit - measured_from).as_secs_f64())
         .number("p50_ms", ms(0.5))
         .number("p99_ms", ms(0.99))
         .number("p999_ms", ms(0.999))
-        .number("max_ms", hist.max() as f64 / 1000.0);
+        .number("max_ms", hist.max() as f64 / 1000.0)
+        .number("broker_mean_batch_events", mean_batch)
+        .number("broker_mean_apply_ms", mean_apply_ms);
     Ok(r)
 }

@@ -9,6 +9,7 @@ mod actors;
 mod baseline;
 mod commands;
 mod data;
+mod diag;
 mod env;
 mod ingest;
 mod latency;
@@ -57,6 +58,23 @@ impl Measured {
     }
 }
 
+/// Aborts a spawned task when dropped, so an early return leaves nothing running.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Stops an in-process broker, giving up (with a warning) if it does not stop in 30 s, so a
+/// benchmark always reports.
+pub async fn stop_broker(broker: tillsync_broker::Broker) {
+    if tokio::time::timeout(std::time::Duration::from_secs(30), broker.shutdown()).await.is_err() {
+        tracing::warn!("The broker did not shut down within 30 s; leaving it.");
+    }
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -69,9 +87,12 @@ pub fn median(values: &[f64]) -> f64 {
 
 pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let mut env = Env::start(global).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // On Ctrl-C or SIGTERM the databases are still dropped and the private nats-server killed.
     let outcome = tokio::select! {
         r = scenario(args.scenario, &mut env) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
     };
     env.cleanup().await;
     let report = outcome?;

@@ -37,8 +37,9 @@ pub struct ReplayArgs {
     pub devices: usize,
     #[arg(long, default_value_t = 0.1)]
     pub dup_ratio: f64,
-    /// Independent lanes of devices committing concurrently.
-    #[arg(long, default_value_t = 2)]
+    /// Independent lanes of devices committing concurrently (1: one batch at a time, as
+    /// `tillsync replay` runs today).
+    #[arg(long, default_value_t = 8)]
     pub lanes: usize,
     /// Events per replay transaction.
     #[arg(long, default_value_t = 500)]
