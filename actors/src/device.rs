@@ -101,7 +101,11 @@ impl Actor for DeviceActor {
         msg: DeviceMsg,
         state: &mut DeviceState,
     ) -> Result<(), ActorProcessingErr> {
-        state.ensure_loaded().await?;
+        // The loading and inbox futures are large and rare; boxing them keeps every resident
+        // actor's task small (its future is sized for the largest await point).
+        if state.pending_load.is_some() {
+            Box::pin(state.ensure_loaded()).await?;
+        }
         match msg {
             DeviceMsg::Decide(batch, reply) => {
                 let _ = reply.send(decide_batch(&state.recent, &state.seqs, &batch));
@@ -118,7 +122,7 @@ impl Actor for DeviceActor {
                 let _ = reply.send(state.seqs.watermark);
             }
             DeviceMsg::Fail(why) => return Err(format!("injected failure: {why}").into()),
-            DeviceMsg::Inbox(m) => inbox::handle(&state.addr, m, &mut state.inbox, &state.shared).await?,
+            DeviceMsg::Inbox(m) => Box::pin(inbox::handle(&state.addr, m, &mut state.inbox, &state.shared)).await?,
         }
         Ok(())
     }

@@ -111,6 +111,8 @@ impl Config {
         c.nats_url = nats_url.into();
         c.database_url = database_url.into();
         c.http_addr = "127.0.0.1:0".parse().unwrap();
+        // JetStream refuses a stream whose limit exceeds the free disk: keep tests small.
+        c.events_max_bytes = 256 * 1024 * 1024;
         c.ack_wait_s = 5;
         c.command_retry_ms = 500;
         c.offline_after_s = 5;
