@@ -24,7 +24,7 @@ use crate::global::Global;
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tillsync";
 const LOCAL_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const PRIVATE_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:55432/postgres";
+const PRIVATE_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:15432/postgres";
 const MIN_NATS: (u32, u32) = (2, 10);
 
 /// A private nats-server, killed when dropped.
@@ -155,7 +155,7 @@ async fn admin_pool(url: &str) -> anyhow::Result<PgPool> {
     })
 }
 
-/// The local server, else the private cluster `./scripts/run-local.sh` starts on port 55432.
+/// The local server, else the private cluster `./scripts/run-local.sh` starts on port 15432.
 async fn local_admin_url() -> String {
     for url in [LOCAL_ADMIN_URL, PRIVATE_ADMIN_URL] {
         if let Ok(pool) = quiet_pool(url, 1).await {
