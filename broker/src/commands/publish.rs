@@ -56,17 +56,28 @@ pub fn status_of(row: &LogRow) -> CommandStatus {
 }
 
 /// Publishes one status message per committed transition, in order, then marks them published.
-/// A failure leaves the rows for the sweeper's outbox pass.
+/// The publishes are pipelined (sent in order, acks awaited afterwards); a failure leaves that
+/// row and the ones after it for the sweeper's outbox pass.
 pub async fn statuses(js: &Context, pool: &PgPool, rows: &[LogRow]) -> Result<(), CommandError> {
-    let mut done = Vec::with_capacity(rows.len());
+    let mut pending = Vec::with_capacity(rows.len());
     let mut result = Ok(());
     for row in rows {
         let subject = subject::status(&row.tenant_id, &row.store_id, &row.command_id);
         let msg_id = format!("{}:log:{}", row.command_id, row.id);
-        match publish(js, subject, headers(&msg_id), codec::encode(&status_of(row))).await {
-            Ok(()) => done.push(row.id),
+        match js.publish_with_headers(subject, headers(&msg_id), codec::encode(&status_of(row)).into()).await {
+            Ok(ack) => pending.push((row.id, ack)),
             Err(e) => {
-                result = Err(e);
+                result = Err(CommandError::Publish(e.to_string()));
+                break;
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    for (id, ack) in pending {
+        match ack.await {
+            Ok(_) => done.push(id),
+            Err(e) => {
+                result = Err(CommandError::Publish(e.to_string()));
                 break;
             }
         }
