@@ -85,3 +85,12 @@ pub async fn wait_drained(js: &async_nats::jetstream::Context) {
     })
     .await;
 }
+
+/// A stack with tenant `acme` and an in-process broker, and a JetStream context on its server.
+pub async fn live() -> (tillsync_tests::Stack, tillsync_tests::InProcBroker, async_nats::jetstream::Context) {
+    let stack = tillsync_tests::Stack::start().await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let broker = tillsync_tests::InProcBroker::start(stack.broker_config()).await;
+    let js = stack.nats.jetstream().await;
+    (stack, broker, js)
+}

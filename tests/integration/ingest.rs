@@ -10,15 +10,6 @@ use tillsync_tests::{
 
 use crate::common::*;
 
-/// A stack with tenant `acme` and an in-process broker.
-async fn live() -> (Stack, InProcBroker, async_nats::jetstream::Context) {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
-    (stack, broker, js)
-}
-
 fn till(n: u32) -> DeviceAddr {
     DeviceAddr::new("acme", "s1", format!("till-{n}"))
 }

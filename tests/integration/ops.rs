@@ -147,10 +147,7 @@ async fn snapshot(db: &TestDb) -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn replay_into_a_fresh_database_equals_live() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let messages = mixed_stream(&js).await;
     settle(&js).await;
     let db = &stack.db;
@@ -207,10 +204,7 @@ async fn replay_into_a_fresh_database_equals_live() {
 
 #[tokio::test]
 async fn replay_into_live_changes_nothing() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     let messages = mixed_stream(&js).await;
     settle(&js).await;
     let before = snapshot(&stack.db).await;
@@ -278,10 +272,7 @@ async fn a_quarantined_event_is_redriven_once_its_tenant_exists() {
 
 #[tokio::test]
 async fn every_json_output_parses() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (stack, broker, js) = live().await;
     mixed_stream(&js).await;
     settle(&js).await;
     let db = &stack.db;
@@ -360,10 +351,7 @@ fn run_promtool(args: &[&str]) {
 
 #[tokio::test]
 async fn promtool_accepts_the_live_metrics() {
-    let stack = Stack::start().await;
-    add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
-    let js = stack.nats.jetstream().await;
+    let (_stack, broker, js) = live().await;
     mixed_stream(&js).await;
     settle(&js).await;
     let url = format!("http://{}/metrics", broker.broker.http_addr);

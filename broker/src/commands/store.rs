@@ -42,6 +42,23 @@ pub struct NewLog<'a> {
     pub actor: &'a str,
 }
 
+impl<'a> NewLog<'a> {
+    /// A transition of one device's inbox entry made by the broker (delivery, failure, expiry).
+    fn by_broker(a: &'a DeviceAddr, command_id: &'a str, state: CommandState, attempt: u32) -> Self {
+        NewLog {
+            tenant_id: &a.tenant_id,
+            store_id: &a.store_id,
+            command_id,
+            device_id: Some(&a.device_id),
+            state,
+            attempt,
+            code: None,
+            detail: "",
+            actor: BY_BROKER,
+        }
+    }
+}
+
 pub async fn insert_log(tx: &mut PgConnection, l: NewLog<'_>) -> Result<LogRow, sqlx::Error> {
     let at_ms = crate::now_ms();
     let id: i64 = sqlx::query_scalar(
@@ -284,18 +301,7 @@ pub async fn deliver(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(envelope) = envelope else { return Ok(None) };
-    let log = NewLog {
-        tenant_id: &a.tenant_id,
-        store_id: &a.store_id,
-        command_id,
-        device_id: Some(&a.device_id),
-        state: CommandState::Delivered,
-        attempt,
-        code: None,
-        detail: "",
-        actor: BY_BROKER,
-    };
-    let row = insert_log(&mut tx, log).await?;
+    let row = insert_log(&mut tx, NewLog::by_broker(a, command_id, CommandState::Delivered, attempt)).await?;
     tx.commit().await?;
     Ok(Some((envelope, row)))
 }
@@ -325,17 +331,7 @@ pub async fn finish(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(attempts) = attempts else { return Ok(None) };
-    let log = NewLog {
-        tenant_id: &a.tenant_id,
-        store_id: &a.store_id,
-        command_id,
-        device_id: Some(&a.device_id),
-        state,
-        attempt: attempts.max(0) as u32,
-        code: Some(code),
-        detail,
-        actor: BY_BROKER,
-    };
+    let log = NewLog { code: Some(code), detail, ..NewLog::by_broker(a, command_id, state, attempts.max(0) as u32) };
     let row = insert_log(&mut tx, log).await?;
     tx.commit().await?;
     Ok(Some(row))
