@@ -18,7 +18,7 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
     /// Postgres pool size.
-    #[arg(long, env = "TILLSYNC_DB_POOL", default_value_t = 8)]
+    #[arg(long, env = "TILLSYNC_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "TILLSYNC_HTTP_ADDR", default_value = "127.0.0.1:9464")]
@@ -44,6 +44,14 @@ pub struct Config {
     /// How long a batch waits for more events before committing, milliseconds.
     #[arg(long, env = "TILLSYNC_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// Event batches committed concurrently. Stores are split over the lanes (a store stays in
+    /// one lane, so each device's order is kept); each lane holds one pool connection.
+    #[arg(long, env = "TILLSYNC_INGEST_LANES", default_value_t = 4)]
+    pub ingest_lanes: usize,
+    /// Command intake, command-ack and heartbeat messages handled concurrently (per
+    /// consumer), split by store likewise.
+    #[arg(long, env = "TILLSYNC_MESSAGE_LANES", default_value_t = 8)]
+    pub message_lanes: usize,
     /// JetStream ack wait for the broker's consumers, seconds.
     #[arg(long, env = "TILLSYNC_ACK_WAIT_S", default_value_t = 30)]
     pub ack_wait_s: u64,
@@ -82,6 +90,8 @@ impl Config {
         let checks = [
             (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
             (self.db_pool < 2, "db_pool must be at least 2"),
+            (self.ingest_lanes == 0 || self.ingest_lanes > 64, "ingest_lanes must be in 1..=64"),
+            (self.message_lanes == 0 || self.message_lanes > 64, "message_lanes must be in 1..=64"),
             (self.stream_replicas == 0 || self.stream_replicas > 5, "stream_replicas must be in 1..=5"),
             (self.max_deliver < 2, "max_deliver must be at least 2"),
             (self.recent_ids == 0, "recent_ids must be positive"),
@@ -114,6 +124,10 @@ impl Config {
         // JetStream refuses a stream whose limit exceeds the free disk: keep tests small.
         c.events_max_bytes = 256 * 1024 * 1024;
         c.ack_wait_s = 5;
+        // Many tests run at once against one Postgres: fewer connections each, still several lanes.
+        c.db_pool = 8;
+        c.ingest_lanes = 2;
+        c.message_lanes = 4;
         c.command_retry_ms = 500;
         c.offline_after_s = 5;
         c
@@ -132,6 +146,8 @@ impl Config {
             ("TILLSYNC_EVENTS_MAX_BYTES", self.events_max_bytes.to_string()),
             ("TILLSYNC_BATCH_SIZE", self.batch_size.to_string()),
             ("TILLSYNC_LINGER_MS", self.linger_ms.to_string()),
+            ("TILLSYNC_INGEST_LANES", self.ingest_lanes.to_string()),
+            ("TILLSYNC_MESSAGE_LANES", self.message_lanes.to_string()),
             ("TILLSYNC_ACK_WAIT_S", self.ack_wait_s.to_string()),
             ("TILLSYNC_MAX_DELIVER", self.max_deliver.to_string()),
             ("TILLSYNC_IDLE_PASSIVATE_S", self.idle_passivate_s.to_string()),

@@ -1,25 +1,28 @@
-//! What the broker's one-message-at-a-time consumers (intake, command acks, heartbeats) share:
+//! What the broker's message-at-a-time consumers (intake, command acks, heartbeats) share:
 //! the subscribe-handle-resubscribe loop, and quarantining a message that cannot be used.
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tillsync_schemas::{subject, WireError};
+use tokio::sync::mpsc;
 
 use crate::ingest::writer::{self, BadRow};
 use crate::{metrics, Ctx};
 
-/// Hands every message of the durable `consumer` on `stream` to `handle`, in order, until
-/// shutdown; re-subscribes a second after the subscription fails (NATS restart, stream gone).
-pub async fn each_message<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, mut handle: F)
+/// Hands every message of the durable `consumer` on `stream` to `handle`, until shutdown;
+/// re-subscribes a second after the subscription fails (NATS restart, stream gone). Messages
+/// are split by store over `lanes` concurrent lanes; within a lane (so within a store) they
+/// are handled one at a time, in stream order.
+pub async fn each_message<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, lanes: usize, handle: F)
 where
-    F: FnMut(Message) -> Fut,
+    F: Fn(Message) -> Fut,
     Fut: Future<Output = ()>,
 {
     while !ctx.cancel.is_cancelled() {
-        if let Err(error) = subscribe(ctx, stream, consumer, &mut handle).await {
+        if let Err(error) = subscribe(ctx, stream, consumer, lanes.max(1), &handle).await {
             tracing::warn!(%error, consumer, "Consumer stopped; restarting in 1 s.");
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
@@ -29,18 +32,52 @@ where
     }
 }
 
-async fn subscribe<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, handle: &mut F) -> Result<(), String>
+async fn subscribe<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, lanes: usize, handle: &F) -> Result<(), String>
 where
-    F: FnMut(Message) -> Fut,
+    F: Fn(Message) -> Fut,
     Fut: Future<Output = ()>,
 {
     let c = crate::streams::consumer(&ctx.js, stream, consumer).await.map_err(|e| e.to_string())?;
     let mut messages = c.messages().await.map_err(|e| e.to_string())?;
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes).map(|_| mpsc::channel::<Message>(64)).unzip();
+    let workers = receivers.into_iter().map(|mut rx| async move {
+        while let Some(m) = rx.recv().await {
+            handle(m).await;
+        }
+    });
+    let dispatch = async move {
+        let result = dispatch(ctx, &mut messages, &senders, consumer).await;
+        // Closing the channels lets each lane finish what it holds, then end.
+        drop(senders);
+        result
+    };
+    let (result, _) = futures::join!(dispatch, futures::future::join_all(workers));
+    result
+}
+
+/// Sends each message to the lane of its store ([`crate::lanes`]) until shutdown (`Ok`), the
+/// subscription ends or a lane is gone (`Err`). A full lane holds the others back: the
+/// broker takes no more than its lanes can buffer.
+pub async fn dispatch<S, E>(
+    ctx: &Ctx,
+    messages: &mut S,
+    lanes: &[mpsc::Sender<Message>],
+    consumer: &str,
+) -> Result<(), String>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
     loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => return Ok(()),
             m = messages.next() => match m {
-                Some(Ok(m)) => handle(m).await,
+                Some(Ok(m)) => {
+                    let lane = crate::lanes::lane_of(&m.subject, lanes.len());
+                    if lanes[lane].send(m).await.is_err() {
+                        return Err(format!("{consumer}: a lane stopped"));
+                    }
+                }
                 Some(Err(error)) => tracing::debug!(%error, consumer, "Stream hiccup."),
                 None => return Err(format!("{consumer}: message stream ended")),
             }

@@ -12,30 +12,36 @@ use crate::{metrics, ts, Ctx};
 pub async fn run(ctx: Arc<Ctx>) {
     let sweeper = tokio::spawn(sweep_offline(ctx.clone()));
     let ctx = &ctx;
-    crate::consumer::each_message(ctx, names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER, move |msg| async move {
-        let refused = match codec::decode_heartbeat(&msg.subject, &msg.payload) {
-            Ok(hb) => match ctx.tenants.exists(&ctx.pool, &hb.tenant_id).await {
-                Ok(true) => apply(ctx, &hb).await.map(|_| None),
-                Ok(false) => Ok(Some(WireError::new(Reason::UnknownTenant, format!("tenant {:?}", hb.tenant_id)))),
-                Err(e) => Err(e),
-            },
-            Err(e) => Ok(Some(e)),
-        };
-        let ack = match refused {
-            Ok(None) => {
-                metrics::heartbeat();
-                msg.ack().await
-            }
-            Ok(Some(e)) => match crate::consumer::quarantine(ctx, names::HEARTBEATS, &msg, &e).await {
-                Ok(()) => msg.ack_with(AckKind::Term).await,
+    crate::consumer::each_message(
+        ctx,
+        names::HEARTBEATS,
+        names::BROKER_HEARTBEATS_CONSUMER,
+        ctx.config.message_lanes,
+        move |msg| async move {
+            let refused = match codec::decode_heartbeat(&msg.subject, &msg.payload) {
+                Ok(hb) => match ctx.tenants.exists(&ctx.pool, &hb.tenant_id).await {
+                    Ok(true) => apply(ctx, &hb).await.map(|_| None),
+                    Ok(false) => Ok(Some(WireError::new(Reason::UnknownTenant, format!("tenant {:?}", hb.tenant_id)))),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Ok(Some(e)),
+            };
+            let ack = match refused {
+                Ok(None) => {
+                    metrics::heartbeat();
+                    msg.ack().await
+                }
+                Ok(Some(e)) => match crate::consumer::quarantine(ctx, names::HEARTBEATS, &msg, &e).await {
+                    Ok(()) => msg.ack_with(AckKind::Term).await,
+                    Err(error) => nak(&msg, &error).await,
+                },
                 Err(error) => nak(&msg, &error).await,
-            },
-            Err(error) => nak(&msg, &error).await,
-        };
-        if let Err(error) = ack {
-            tracing::debug!(%error, "Heartbeat ack failed; it is redelivered and applied again, harmlessly.");
-        }
-    })
+            };
+            if let Err(error) = ack {
+                tracing::debug!(%error, "Heartbeat ack failed; it is redelivered and applied again, harmlessly.");
+            }
+        },
+    )
     .await;
     sweeper.abort();
 }

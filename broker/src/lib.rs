@@ -15,6 +15,7 @@ pub mod heartbeats;
 pub mod http;
 pub mod ingest;
 mod instance;
+pub mod lanes;
 pub mod metrics;
 pub mod nats;
 pub mod ports;

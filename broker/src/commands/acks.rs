@@ -13,20 +13,26 @@ use crate::Ctx;
 
 pub async fn run(ctx: Arc<Ctx>) {
     let ctx = &ctx;
-    crate::consumer::each_message(ctx, names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER, move |msg| async move {
-        let result = match handle(ctx, &msg).await {
-            Ok(true) => msg.ack().await,
-            Ok(false) => msg.ack_with(AckKind::Term).await,
-            Err(error) => {
-                tracing::warn!(%error, "Command ack not recorded; redelivering.");
-                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
+    crate::consumer::each_message(
+        ctx,
+        names::COMMAND_ACKS,
+        names::BROKER_ACKS_CONSUMER,
+        ctx.config.message_lanes,
+        move |msg| async move {
+            let result = match handle(ctx, &msg).await {
+                Ok(true) => msg.ack().await,
+                Ok(false) => msg.ack_with(AckKind::Term).await,
+                Err(error) => {
+                    tracing::warn!(%error, "Command ack not recorded; redelivering.");
+                    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
+                }
+            };
+            if let Err(error) = result {
+                // Recorded already: a redelivered ack is recorded again as a duplicate, harmlessly.
+                tracing::warn!(%error, "Ack of a command ack failed.");
             }
-        };
-        if let Err(error) = result {
-            // Recorded already: a redelivered ack is recorded again as a duplicate, harmlessly.
-            tracing::warn!(%error, "Ack of a command ack failed.");
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -1,4 +1,5 @@
-//! Command intake from the portal, one message at a time in stream order (which is issue order).
+//! Command intake from the portal: per store, one message at a time in stream order (which is
+//! issue order); stores are handled concurrently ([`crate::lanes`]).
 //!
 //! A command that decodes is accepted (recorded, queued per device) or rejected with a coded
 //! reason (recorded, reported, never delivered). One that does not decode is still rejected as a
@@ -21,26 +22,32 @@ use crate::{metrics, Ctx};
 
 pub async fn run(ctx: Arc<Ctx>) {
     let ctx = &ctx;
-    crate::consumer::each_message(ctx, names::INTAKE, names::BROKER_INTAKE_CONSUMER, move |msg| async move {
-        metrics::command_received();
-        match handle(ctx, &msg).await {
-            Ok(Handled { term, wake }) => {
-                let ack = if term { msg.ack_with(AckKind::Term).await } else { msg.ack().await };
-                if let Err(error) = ack {
-                    // Committed already: a redelivery is answered "duplicate".
-                    tracing::warn!(%error, "Intake ack failed after commit.");
+    crate::consumer::each_message(
+        ctx,
+        names::INTAKE,
+        names::BROKER_INTAKE_CONSUMER,
+        ctx.config.message_lanes,
+        move |msg| async move {
+            metrics::command_received();
+            match handle(ctx, &msg).await {
+                Ok(Handled { term, wake }) => {
+                    let ack = if term { msg.ack_with(AckKind::Term).await } else { msg.ack().await };
+                    if let Err(error) = ack {
+                        // Committed already: a redelivery is answered "duplicate".
+                        tracing::warn!(%error, "Intake ack failed after commit.");
+                    }
+                    if !wake.is_empty() {
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move { super::tick(&ctx, wake).await });
+                    }
                 }
-                if !wake.is_empty() {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move { super::tick(&ctx, wake).await });
+                Err(error) => {
+                    tracing::warn!(%error, "Command not recorded; redelivering.");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "Command not recorded; redelivering.");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-            }
-        }
-    })
+        },
+    )
     .await;
 }
 

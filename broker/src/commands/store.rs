@@ -456,8 +456,19 @@ pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Resul
         .collect())
 }
 
+/// Marks status rows published.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit` off for this statement's
+/// transaction only): the flag only spares the sweeper a republish, so losing it in a crash
+/// costs one repeated status message, which the stream's duplicate window drops anyway.
 pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE command_log SET published = true WHERE id = ANY($1)").bind(ids).execute(pool).await?;
+    sqlx::query(
+        "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+         UPDATE command_log SET published = true FROM async WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

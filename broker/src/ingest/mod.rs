@@ -1,8 +1,9 @@
 //! Event ingest: from the events stream through the device actors into Postgres.
 //!
-//! A batch is taken off the durable consumer (up to `batch_size`, waiting at most `linger`
-//! for more), decoded, routed per device to the actors (fast dedupe, gaps), committed in one
-//! transaction by the writer, and only then acked. [`process`] is the part without JetStream,
+//! Messages are split by store over `ingest_lanes` lanes ([`crate::lanes`]) that commit
+//! concurrently. A lane takes a batch (up to `batch_size`, waiting at most `linger` for
+//! more), decodes it, routes it per device to the actors (fast dedupe, gaps), commits it in one
+//! transaction through the writer, and only then acks it. [`process`] is the part without JetStream,
 //! shared with `tillsync replay`.
 
 pub mod plan;
@@ -15,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tillsync_actors::{ActorError, ActorSystem, CommittedEvent, Decision, DupLayer, Incoming};
 use tillsync_schemas::{codec, streams as names, subject, DeviceAddr, EventEnvelope, Reason, Watermark, WireError};
+use tokio::sync::mpsc;
 
 use crate::tenants::Tenants;
 use crate::{metrics, Ctx};
@@ -243,26 +244,43 @@ async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    loop {
-        let mut batch = Vec::with_capacity(ctx.config.batch_size);
-        // Wait for the first message, then linger briefly for the rest of the batch.
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return Ok(()),
-            m = messages.next() => match m {
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => { tracing::debug!(error = %e, "Events stream hiccup."); continue; }
-                None => return Err("message stream ended".into()),
-            }
+    let n = ctx.config.ingest_lanes.max(1);
+    let mut senders = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel(ctx.config.batch_size);
+        senders.push(tx);
+        workers.push(tokio::spawn(lane(ctx.clone(), rx)));
+    }
+    let result = crate::consumer::dispatch(ctx, &mut messages, &senders, names::BROKER_EVENTS_CONSUMER).await;
+    // Lanes finish (commit and ack) what they hold, then end when their channel closes.
+    drop(senders);
+    for w in workers {
+        if let Err(error) = w.await {
+            tracing::error!(%error, "Ingest lane panicked.");
         }
+    }
+    result
+}
+
+/// One lane: takes the first message waiting, then what else is waiting or arrives within
+/// the linger, up to a batch, and handles the batch; until its channel closes.
+async fn lane(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<jetstream::Message>) {
+    let max = ctx.config.batch_size;
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::with_capacity(max.min(64));
+        batch.push(first);
         let deadline = tokio::time::Instant::now() + ctx.config.linger();
-        while batch.len() < ctx.config.batch_size {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
-                Ok(Some(Err(e))) => tracing::debug!(error = %e, "Events stream hiccup."),
-                Ok(None) | Err(_) => break,
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
-        handle_batch(ctx, batch).await;
+        handle_batch(&ctx, batch).await;
     }
 }
 

@@ -1,32 +1,29 @@
 //! `bench replay`: rebuilding a fresh database from the events stream.
 //!
-//! This drives `tillsync_broker::ingest::process` (the code path `tillsync replay` uses)
-//! over an ordered consumer, with no acks and no watermarks. Devices are split over `--lanes`
-//! independent lanes, each committing its own batches, so one lane's commit overlaps another's
-//! decoding and deciding; a device always stays in one lane, so its events keep their order.
+//! This drives the lanes of `tillsync replay` (`crate::replay::lanes`, over
+//! `tillsync_broker::ingest::process`) from an ordered consumer, with no acks and no
+//! watermarks. Stores are split over `--lanes` lanes, each committing its own batches, so one
+//! lane's commit overlaps another's decoding and deciding; a store always stays in one lane,
+//! so each device's events keep their order.
 //! `--compare` also times the live broker on the same data in the same invocation.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::Args;
-use futures::StreamExt;
 use tillsync_actors::{ActorConfig, ActorSystem};
-use tillsync_broker::ingest::{self as broker_ingest, Engine, Outcome, Raw};
+use tillsync_broker::ingest::Outcome;
 use tillsync_broker::ports::PgPorts;
 use tillsync_broker::tenants::Tenants;
-use tillsync_schemas::streams as names;
 use tillsync_schemas::subject::Family;
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::env::Env;
 use super::report::Report;
 use super::{data, ingest, Measured};
+use crate::replay::lanes::{self, Shared};
+use crate::replay::source::{Source, Start};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
@@ -37,8 +34,8 @@ pub struct ReplayArgs {
     pub devices: usize,
     #[arg(long, default_value_t = 0.1)]
     pub dup_ratio: f64,
-    /// Independent lanes of devices committing concurrently (1: one batch at a time, as
-    /// `tillsync replay` runs today).
+    /// Lanes of stores committing concurrently (as `tillsync replay --lanes`; 1: one batch at
+    /// a time).
     #[arg(long, default_value_t = 8)]
     pub lanes: usize,
     /// Events per replay transaction.
@@ -85,19 +82,8 @@ pub async fn run(args: ReplayArgs, env: &mut Env) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-fn lane_of(subject: &str, lanes: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    subject.hash(&mut h);
-    (h.finish() % lanes as u64) as usize
-}
-
-struct Shared {
-    pool: sqlx::PgPool,
-    actors: ActorSystem,
-    tenants: Tenants,
-}
-
-/// Replays the first `total` messages of the stream into the database at `url`.
+/// Replays the first `total` messages of the stream into the database at `url`, through the
+/// lanes of `tillsync replay` (without its per-batch progress row).
 pub async fn rebuild(
     js: &async_nats::jetstream::Context,
     url: &str,
@@ -110,41 +96,20 @@ pub async fn rebuild(
     let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(pool.clone())))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shared = Arc::new(Shared { pool, actors, tenants: Tenants::new(false) });
-    let stream = js.get_stream(names::EVENTS).await?;
-    let mut messages = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: Family::Events.all_subjects(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
-
-    let mut senders = Vec::new();
-    let mut workers = Vec::new();
-    for _ in 0..lanes {
-        let (tx, rx) = mpsc::channel::<Raw>(batch * 4);
-        senders.push(tx);
-        workers.push(tokio::spawn(lane(shared.clone(), rx, batch)));
+    let shared = Arc::new(Shared { pool, actors, tenants: Tenants::new(false), pending: Default::default() });
+    let src = Source::open(js, &Family::Events.all_subjects(), Start::All).await?;
+    let (mut done, reader) = lanes::start(shared.clone(), src, lanes, batch, CancellationToken::new());
+    let (mut messages, mut quarantined) = (0, 0);
+    while let Some(d) = done.recv().await {
+        let d = d?;
+        messages += d.report.outcomes.len();
+        quarantined += d.report.outcomes.iter().filter(|o| matches!(o, Outcome::Quarantined(_))).count();
     }
-    for _ in 0..total {
-        let m = messages.next().await.context("ordered consumer ended")??;
-        let raw = Raw {
-            stream_seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
-            subject: m.subject.to_string(),
-            payload: m.payload.clone(),
-        };
-        let lane = lane_of(&raw.subject, lanes);
-        senders[lane].send(raw).await.map_err(|_| anyhow::anyhow!("replay lane stopped"))?;
-    }
-    drop(senders);
-    let mut quarantined = 0;
-    for w in workers {
-        quarantined += w.await??;
-    }
+    reader.await??;
     let seconds = started.elapsed().as_secs_f64();
+    if messages != total {
+        bail!("replayed {messages} messages, expected {total}");
+    }
     if quarantined > 0 {
         bail!("{quarantined} messages quarantined during replay");
     }
@@ -152,24 +117,5 @@ pub async fn rebuild(
         s.actors.shutdown().await;
         s.pool.close().await;
     }
-    Ok(Measured { messages: total, seconds })
-}
-
-/// One lane: batches what arrives (waiting at most 2 ms for more) and processes it.
-async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Raw>, batch: usize) -> anyhow::Result<usize> {
-    let engine = Engine { pool: &shared.pool, actors: &shared.actors, tenants: &shared.tenants };
-    let mut quarantined = 0;
-    while let Some(first) = rx.recv().await {
-        let mut raws = vec![first];
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(2);
-        while raws.len() < batch {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => raws.push(r),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let report = broker_ingest::process(&engine, &raws).await?;
-        quarantined += report.outcomes.iter().filter(|o| matches!(o, Outcome::Quarantined(_))).count();
-    }
-    Ok(quarantined)
+    Ok(Measured { messages, seconds })
 }

@@ -1,17 +1,19 @@
 //! `tillsync replay`: reads the events stream through the live broker's own decision and apply
 //! code ([`tillsync_broker::ingest::process`], with a private actor system) into a target: a
 //! shadow schema of the live database, another database, or the live database itself (where
-//! every event is a duplicate and nothing changes). Progress is saved in the target after
-//! every committed batch, so `--resume` continues and Ctrl-C loses nothing.
+//! every event is a duplicate and nothing changes). Stores are split over concurrent lanes
+//! ([`lanes`]). Progress is saved in the target after every committed batch, so `--resume`
+//! continues and Ctrl-C loses nothing.
 
-mod source;
+pub(crate) mod lanes;
+pub(crate) mod source;
 mod verify;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args};
@@ -19,7 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
 use tillsync_actors::{ActorConfig, ActorSystem};
-use tillsync_broker::ingest::{process, Engine, IngestError, Outcome, Raw};
+use tillsync_broker::ingest::Outcome;
 use tillsync_broker::ports::PgPorts;
 use tillsync_broker::tenants::Tenants;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,10 @@ pub struct ReplayArgs {
     /// Messages per committed batch.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     batch: u16,
+    /// Batches committed concurrently (stores are split over the lanes; each device's events
+    /// stay in order). 1 replays strictly in stream order.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    lanes: u16,
     /// Afterwards compare the target's read models with the live ones and print every difference.
     #[arg(long)]
     verify: bool,
@@ -153,8 +159,9 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     }
 
     let js = async_nats::jetstream::new(global.nats().await?);
-    let mut src = Source::open(&js, &filter_subject, start).await?;
-    let pb = progress_bar(src.total, global.json);
+    let src = Source::open(&js, &filter_subject, start).await?;
+    let total = src.total;
+    let pb = progress_bar(total, global.json);
 
     let cancel = CancellationToken::new();
     let on_signal = tokio::spawn(interrupt(cancel.clone()));
@@ -162,31 +169,55 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(target.clone())))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tenants = Tenants::new(false);
-    let engine = Engine { pool: &target, actors: &actors, tenants: &tenants };
+    let shared = Arc::new(lanes::Shared {
+        pool: target.clone(),
+        actors,
+        tenants: Tenants::new(false),
+        pending: Default::default(),
+    });
 
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut last_seq = None;
-    let result: anyhow::Result<()> = async {
-        while !cancel.is_cancelled() {
-            let batch = src.next_batch(args.batch as usize).await?;
-            let Some(last) = batch.last().map(|r| r.stream_seq) else { break };
-            let report = process_with_retry(&engine, &batch).await?;
-            for o in &report.outcomes {
-                tally.add(o);
+    // Stops the reader on Ctrl-C (the parent) or when a lane fails (this token alone).
+    let stop = cancel.child_token();
+    let (mut done, reader) = lanes::start(shared.clone(), src, args.lanes as usize, args.batch as usize, stop.clone());
+    let mut failure = None;
+    while let Some(d) = done.recv().await {
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                stop.cancel();
+                failure.get_or_insert(e);
+                continue;
             }
-            save_progress(&target, &name, &filter_subject, last, &report.outcomes).await?;
-            last_seq = Some(last);
-            pb.inc(batch.len() as u64);
+        };
+        for o in &d.report.outcomes {
+            tally.add(o);
         }
-        Ok(())
+        let safe = last_seq.unwrap_or(0).max(d.safe_seq);
+        if let Err(e) = save_progress(&target, &name, &filter_subject, safe, &d.report.outcomes).await {
+            stop.cancel();
+            failure.get_or_insert(e);
+            continue;
+        }
+        last_seq = Some(safe);
+        pb.inc(d.report.outcomes.len() as u64);
     }
-    .await;
+    if let Err(e) = reader.await.map_err(anyhow::Error::from).and_then(|r| r) {
+        failure.get_or_insert(e);
+    }
     on_signal.abort();
     pb.finish_and_clear();
-    actors.shutdown().await;
-    result?;
+    if let Ok(s) = Arc::try_unwrap(shared) {
+        s.actors.shutdown().await;
+    }
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "replay stopped; progress is saved up to stream seq {}: fix the cause and run again with --resume",
+            last_seq.map_or("(none)".to_string(), |s| s.to_string())
+        )));
+    }
 
     let interrupted = cancel.is_cancelled();
     let verify = if args.verify && !interrupted { Some(verify::verify(&live, &target, &filter).await?) } else { None };
@@ -201,7 +232,7 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
             Start::Seq(n) => format!("seq {n}"),
             Start::Time(ms) => format!("time {ms}"),
         },
-        total: src.total,
+        total,
         rate_per_s: if elapsed > 0.0 { tally.messages as f64 / elapsed } else { 0.0 },
         tally,
         last_stream_seq: last_seq,
@@ -224,15 +255,17 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
 }
 
 async fn open_target(args: &ReplayArgs, global: &Global) -> anyhow::Result<(PgPool, String)> {
+    // One connection per lane, one for progress and the actors' state loads.
+    let size = args.lanes as u32 + 2;
     if let Some(url) = &args.target_database_url {
         anyhow::ensure!(url != &global.database_url, "the target database is the live one: use --into-live");
-        return Ok((crate::db::pool(url, None, 4).await?, format!("database {}", crate::db::redact(url))));
+        return Ok((crate::db::pool(url, None, size).await?, format!("database {}", crate::db::redact(url))));
     }
     if let Some(schema) = &args.target_schema {
         crate::db::create_schema(&global.database_url, schema).await?;
-        return Ok((crate::db::pool(&global.database_url, Some(schema), 4).await?, format!("schema {schema}")));
+        return Ok((crate::db::pool(&global.database_url, Some(schema), size).await?, format!("schema {schema}")));
     }
-    Ok((crate::db::pool(&global.database_url, None, 4).await?, "live".into()))
+    Ok((crate::db::pool(&global.database_url, None, size).await?, "live".into()))
 }
 
 /// Tenants (and provisioned devices) come from live: without them every event would be
@@ -277,8 +310,9 @@ async fn saved_progress(target: &PgPool, name: &str) -> anyhow::Result<Option<(S
     Ok(row.map(|(s, n)| (s, n as u64)))
 }
 
-/// Saved after the batch committed: a crash in between replays that batch again, harmlessly
-/// (its events are duplicates by then).
+/// Saved after a batch committed, with `last` the position below which everything committed
+/// (lanes finish out of order). A crash in between replays the batches after `last` again,
+/// harmlessly: their events are duplicates by then.
 async fn save_progress(
     target: &PgPool,
     name: &str,
@@ -303,37 +337,11 @@ async fn save_progress(
     Ok(())
 }
 
-async fn process_with_retry(engine: &Engine<'_>, batch: &[Raw]) -> anyhow::Result<tillsync_broker::ingest::Report> {
-    let mut attempt = 0u32;
-    loop {
-        match process(engine, batch).await {
-            Ok(r) => return Ok(r),
-            Err(e) if attempt < 4 && transient(&e) => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "Transient failure replaying a batch; retrying.");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            Err(e) => {
-                let (first, last) = (batch[0].stream_seq, batch[batch.len() - 1].stream_seq);
-                return Err(anyhow::anyhow!("{e}")
-                    .context(format!("replaying stream seqs {first}..={last}; nothing of this batch committed")));
-            }
-        }
-    }
-}
-
-fn transient(e: &IngestError) -> bool {
-    match e {
-        IngestError::Db(e) => tillsync_broker::db::is_transient(e),
-        IngestError::Actor(_) => true,
-    }
-}
-
-/// First Ctrl-C: stop after the batch in flight commits. Second: leave at once (safe too:
-/// an uncommitted batch leaves no trace).
+/// First Ctrl-C: stop reading; the batches in flight commit. Second: leave at once (safe too:
+/// an uncommitted batch leaves no trace, and progress only counts committed ones).
 async fn interrupt(cancel: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("Interrupted: finishing the current batch (Ctrl-C again to quit now).");
+        eprintln!("Interrupted: finishing the batches in flight (Ctrl-C again to quit now).");
         cancel.cancel();
         if tokio::signal::ctrl_c().await.is_ok() {
             std::process::exit(INTERRUPTED as i32);
