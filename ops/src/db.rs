@@ -20,11 +20,26 @@ pub fn check_schema(name: &str) -> anyhow::Result<()> {
 
 /// A pool on `url`, optionally confined to `schema`.
 pub async fn pool(url: &str, schema: Option<&str>, max: u32) -> anyhow::Result<PgPool> {
+    connect(url, schema, max, false).await
+}
+
+/// A pool for a replay target (a shadow schema or another database), whose transactions
+/// commit without waiting for their WAL flush (`synchronous_commit = off`). That is safe for
+/// a rebuild: a crash loses only the newest commits, in WAL order, so a lost batch takes its
+/// later progress row with it and `--resume` replays it; nothing is half-applied.
+pub async fn rebuild_pool(url: &str, schema: Option<&str>, max: u32) -> anyhow::Result<PgPool> {
+    connect(url, schema, max, true).await
+}
+
+async fn connect(url: &str, schema: Option<&str>, max: u32, async_commit: bool) -> anyhow::Result<PgPool> {
     let mut opts = PgConnectOptions::from_str(url).with_context(|| format!("bad database URL {url}"))?;
     opts = opts.options([("TimeZone", "UTC")]);
     if let Some(s) = schema {
         check_schema(s)?;
         opts = opts.options([("search_path", s)]);
+    }
+    if async_commit {
+        opts = opts.options([("synchronous_commit", "off")]);
     }
     PgPoolOptions::new()
         .max_connections(max)

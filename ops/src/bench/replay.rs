@@ -36,10 +36,10 @@ pub struct ReplayArgs {
     pub dup_ratio: f64,
     /// Lanes of stores committing concurrently (as `tillsync replay --lanes`; 1: one batch at
     /// a time).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub lanes: usize,
-    /// Events per replay transaction.
-    #[arg(long, default_value_t = 500)]
+    /// Events per replay transaction (as `tillsync replay --batch`).
+    #[arg(long, default_value_t = 2_000)]
     pub batch: usize,
     /// Also time the live broker on the same data and report the ratio.
     #[arg(long)]
@@ -83,7 +83,7 @@ pub async fn run(args: ReplayArgs, env: &mut Env) -> anyhow::Result<Report> {
 }
 
 /// Replays the first `total` messages of the stream into the database at `url`, through the
-/// lanes of `tillsync replay` (without its per-batch progress row).
+/// lanes and connection settings of `tillsync replay` (without its per-batch progress row).
 pub async fn rebuild(
     js: &async_nats::jetstream::Context,
     url: &str,
@@ -92,7 +92,7 @@ pub async fn rebuild(
     batch: usize,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
-    let pool = tillsync_broker::db::connect(url, (lanes as u32 + 2).max(4)).await?;
+    let pool = crate::db::rebuild_pool(url, None, lanes as u32 + 2).await?;
     let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(pool.clone())))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -93,7 +93,9 @@ async fn read(
 ) -> anyhow::Result<()> {
     let n = senders.len();
     while !stop.is_cancelled() {
-        let raws = src.next_batch(batch).await?;
+        // A batch for every lane at once: reading one batch and splitting it n ways would
+        // leave each lane committing a small part of a batch.
+        let raws = src.next_batch(batch * n).await?;
         if raws.is_empty() {
             break;
         }

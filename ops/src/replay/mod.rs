@@ -63,12 +63,13 @@ pub struct ReplayArgs {
     /// Name under which progress is saved (default: the filter subject).
     #[arg(long)]
     name: Option<String>,
-    /// Messages per committed batch.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    /// Messages per committed batch (per lane). Larger than the live broker's 500: a replay
+    /// has no one waiting on each event, and bigger transactions cost less per event.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u16).range(1..=10_000))]
     batch: u16,
     /// Batches committed concurrently (stores are split over the lanes; each device's events
     /// stay in order). 1 replays strictly in stream order.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     lanes: u16,
     /// Afterwards compare the target's read models with the live ones and print every difference.
     #[arg(long)]
@@ -259,11 +260,12 @@ async fn open_target(args: &ReplayArgs, global: &Global) -> anyhow::Result<(PgPo
     let size = args.lanes as u32 + 2;
     if let Some(url) = &args.target_database_url {
         anyhow::ensure!(url != &global.database_url, "the target database is the live one: use --into-live");
-        return Ok((crate::db::pool(url, None, size).await?, format!("database {}", crate::db::redact(url))));
+        return Ok((crate::db::rebuild_pool(url, None, size).await?, format!("database {}", crate::db::redact(url))));
     }
     if let Some(schema) = &args.target_schema {
         crate::db::create_schema(&global.database_url, schema).await?;
-        return Ok((crate::db::pool(&global.database_url, Some(schema), size).await?, format!("schema {schema}")));
+        let pool = crate::db::rebuild_pool(&global.database_url, Some(schema), size).await?;
+        return Ok((pool, format!("schema {schema}")));
     }
     Ok((crate::db::pool(&global.database_url, None, size).await?, "live".into()))
 }
