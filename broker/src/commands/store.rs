@@ -155,39 +155,63 @@ async fn insert_command(
 /// Accepts a command: its row, one queued inbox entry per target device (in the order given)
 /// and their log rows, in one transaction. `None` for a duplicate.
 pub async fn accept(pool: &PgPool, c: &CommandRow<'_>, devices: &[String]) -> Result<Option<Vec<LogRow>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    if !insert_command(&mut tx, c, None).await? {
-        return Ok(None);
-    }
-    sqlx::query(
-        "INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
-         SELECT $1, $2, d.id, $3, 'queued', 0, $4, $5 FROM UNNEST($6::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n",
+    let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
+    let at_ms = crate::now_ms();
+    // One statement (one round trip, one implicit transaction): the command row and, only if
+    // it is new, an inbox entry and a log row per device, in the order given.
+    let mut ids: Vec<(i64, String)> = sqlx::query_as(
+        "WITH cmd AS (
+           INSERT INTO commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by, approvers,
+                                 issued_at, expires_at, received_at, rejected_code)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)
+           ON CONFLICT (tenant_id, command_id) DO NOTHING
+           RETURNING 1
+         ), inbox AS (
+           INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
+           SELECT $1, $2, d.id, $3, $13, 0, $11, $10
+           FROM cmd, UNNEST($12::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n
+         )
+         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+         SELECT $1, $2, $3, d.id, $13, 0, NULL, $14, $15, $11
+         FROM cmd, UNNEST($12::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n
+         RETURNING id, device_id",
     )
     .bind(c.tenant_id)
     .bind(c.store_id)
     .bind(c.command_id)
-    .bind(ts(crate::now_ms()))
+    .bind(c.device_id)
+    .bind(c.kind)
+    .bind(c.envelope)
+    .bind(c.requested_by)
+    .bind(&c.approvers)
+    .bind(ts(c.issued_at_ms))
     .bind(ts(c.expires_at_ms))
+    .bind(ts(at_ms))
     .bind(devices)
-    .execute(&mut *tx)
+    .bind(CommandState::Queued.as_str())
+    .bind(&detail)
+    .bind(BY_PORTAL)
+    .fetch_all(pool)
     .await?;
-    let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
-    let mut logs = Vec::with_capacity(devices.len());
-    for d in devices {
-        let log = NewLog {
-            tenant_id: c.tenant_id,
-            store_id: c.store_id,
-            command_id: c.command_id,
-            device_id: Some(d),
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    ids.sort_unstable();
+    let logs = ids
+        .into_iter()
+        .map(|(id, device_id)| LogRow {
+            id,
+            tenant_id: c.tenant_id.into(),
+            store_id: c.store_id.into(),
+            command_id: c.command_id.into(),
+            device_id: Some(device_id),
             state: CommandState::Queued,
             attempt: 0,
             code: None,
-            detail: &detail,
-            actor: BY_PORTAL,
-        };
-        logs.push(insert_log(&mut tx, log).await?);
-    }
-    tx.commit().await?;
+            detail: detail.clone(),
+            at_ms,
+        })
+        .collect();
     Ok(Some(logs))
 }
 
@@ -282,14 +306,22 @@ pub async fn deliver(
     next_attempt_at_ms: i64,
     now_ms: i64,
 ) -> Result<Option<(Vec<u8>, LogRow)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let envelope: Option<Vec<u8>> = sqlx::query_scalar(
-        "UPDATE command_inbox i SET state = 'delivered', attempts = $5, next_attempt_at = $6, updated_at = now()
-         FROM commands c
-         WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
-           AND i.state IN ('queued', 'delivered') AND i.attempts = $5 - 1 AND i.expires_at > $7
-           AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
-         RETURNING c.envelope",
+    let at_ms = crate::now_ms();
+    // The transition and its log row in one statement (one round trip, one transaction).
+    let found: Option<(Vec<u8>, i64)> = sqlx::query_as(
+        "WITH upd AS (
+           UPDATE command_inbox i SET state = $9, attempts = $5, next_attempt_at = $6, updated_at = now()
+           FROM commands c
+           WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
+             AND i.state IN ('queued', 'delivered') AND i.attempts = $5 - 1 AND i.expires_at > $7
+             AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
+           RETURNING c.envelope
+         ), log AS (
+           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+           SELECT $1, $2, $4, $3, $9, $5, NULL, '', $10, $8 FROM upd
+           RETURNING id
+         )
+         SELECT upd.envelope, log.id FROM upd, log",
     )
     .bind(&a.tenant_id)
     .bind(&a.store_id)
@@ -298,12 +330,26 @@ pub async fn deliver(
     .bind(attempt as i32)
     .bind(ts(next_attempt_at_ms))
     .bind(ts(now_ms))
-    .fetch_optional(&mut *tx)
+    .bind(ts(at_ms))
+    .bind(CommandState::Delivered.as_str())
+    .bind(BY_BROKER)
+    .fetch_optional(pool)
     .await?;
-    let Some(envelope) = envelope else { return Ok(None) };
-    let row = insert_log(&mut tx, NewLog::by_broker(a, command_id, CommandState::Delivered, attempt)).await?;
-    tx.commit().await?;
-    Ok(Some((envelope, row)))
+    Ok(found.map(|(envelope, id)| {
+        let row = LogRow {
+            id,
+            tenant_id: a.tenant_id.clone(),
+            store_id: a.store_id.clone(),
+            command_id: command_id.into(),
+            device_id: Some(a.device_id.clone()),
+            state: CommandState::Delivered,
+            attempt,
+            code: None,
+            detail: String::new(),
+            at_ms,
+        };
+        (envelope, row)
+    }))
 }
 
 /// Ends an unfinished entry as `failed` or `expired`; `None` if it had already finished.
@@ -349,8 +395,14 @@ pub struct AckRecorded {
 /// Records an ack in `command_acks` and applies its transition, if any, in one transaction.
 pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let current: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT i.state, i.attempts, c.received_at FROM command_inbox i
+    // The entry (locked) and whether an earlier ack already made its transition. No entry, no
+    // earlier transition: `on_ack` then answers "unknown command" either way.
+    let current: Option<(String, i32, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT i.state, i.attempts, c.received_at,
+                EXISTS (SELECT 1 FROM command_acks a
+                        WHERE a.tenant_id = i.tenant_id AND a.command_id = i.command_id AND a.device_id = i.device_id
+                          AND a.effect = 'applied_transition')
+         FROM command_inbox i
          JOIN commands c ON c.tenant_id = i.tenant_id AND c.command_id = i.command_id
          WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
          FOR UPDATE OF i",
@@ -361,66 +413,79 @@ pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, 
     .bind(&ack.command_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let acked_before: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM command_acks WHERE tenant_id = $1 AND command_id = $2 AND device_id = $3
-                          AND effect = 'applied_transition')",
-    )
-    .bind(&ack.tenant_id)
-    .bind(&ack.command_id)
-    .bind(&ack.device_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let state = current.as_ref().and_then(|(s, _, _)| CommandState::parse(s));
+    let state = current.as_ref().and_then(|(s, ..)| CommandState::parse(s));
+    let acked_before = current.as_ref().is_some_and(|c| c.3);
     let (effect, next) = policy::on_ack(state, acked_before, ack.outcome);
-    let mut transition = None;
-    let mut round_trip_ms = None;
-    if let (Some(next), Some((_, attempts, received_at))) = (next, &current) {
-        sqlx::query(
-            "UPDATE command_inbox SET state = $5, last_code = $6, next_attempt_at = NULL, updated_at = now()
-             WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4",
-        )
-        .bind(&ack.tenant_id)
-        .bind(&ack.store_id)
-        .bind(&ack.device_id)
-        .bind(&ack.command_id)
-        .bind(next.as_str())
-        .bind(&ack.code)
-        .execute(&mut *tx)
-        .await?;
-        // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
-        let detail = match ack.detail.as_str() {
-            "" => ack.outcome.as_str().to_string(),
-            d => format!("{}: {d}", ack.outcome.as_str()),
-        };
-        let log = NewLog {
-            tenant_id: &ack.tenant_id,
-            store_id: &ack.store_id,
-            command_id: &ack.command_id,
-            device_id: Some(&ack.device_id),
-            state: next,
-            attempt: (*attempts).max(0) as u32,
-            code: Some(&ack.code),
-            detail: &detail,
-            actor: BY_DEVICE,
-        };
-        transition = Some(insert_log(&mut tx, log).await?);
-        round_trip_ms = Some(crate::now_ms() - received_at.timestamp_millis());
-    }
-    sqlx::query(
+    // The ack row always; with a transition, the entry's new state and its log row too, all in
+    // one statement.
+    const ACK_ROW: &str =
         "INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&ack.tenant_id)
-    .bind(&ack.store_id)
-    .bind(&ack.device_id)
-    .bind(&ack.command_id)
-    .bind(ack.outcome.as_str())
-    .bind(&ack.code)
-    .bind(&ack.detail)
-    .bind(ts(ack.at_ms))
-    .bind(effect.as_str())
-    .execute(&mut *tx)
-    .await?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let (transition, round_trip_ms) = match (next, &current) {
+        (Some(next), Some((_, attempts, received_at, _))) => {
+            // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
+            let detail = match ack.detail.as_str() {
+                "" => ack.outcome.as_str().to_string(),
+                d => format!("{}: {d}", ack.outcome.as_str()),
+            };
+            let at_ms = crate::now_ms();
+            let attempt = (*attempts).max(0) as u32;
+            let id: i64 = sqlx::query_scalar(&format!(
+                "WITH ack AS ({ACK_ROW}),
+                 upd AS (
+                   UPDATE command_inbox SET state = $10, last_code = $6, next_attempt_at = NULL, updated_at = now()
+                   WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
+                 )
+                 INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+                 VALUES ($1, $2, $4, $3, $10, $11, $6, $12, $13, $14)
+                 RETURNING id"
+            ))
+            .bind(&ack.tenant_id)
+            .bind(&ack.store_id)
+            .bind(&ack.device_id)
+            .bind(&ack.command_id)
+            .bind(ack.outcome.as_str())
+            .bind(&ack.code)
+            .bind(&ack.detail)
+            .bind(ts(ack.at_ms))
+            .bind(effect.as_str())
+            .bind(next.as_str())
+            .bind(attempt as i32)
+            .bind(&detail)
+            .bind(BY_DEVICE)
+            .bind(ts(at_ms))
+            .fetch_one(&mut *tx)
+            .await?;
+            let row = LogRow {
+                id,
+                tenant_id: ack.tenant_id.clone(),
+                store_id: ack.store_id.clone(),
+                command_id: ack.command_id.clone(),
+                device_id: Some(ack.device_id.clone()),
+                state: next,
+                attempt,
+                code: Some(ack.code.clone()),
+                detail,
+                at_ms,
+            };
+            (Some(row), Some(at_ms - received_at.timestamp_millis()))
+        }
+        _ => {
+            sqlx::query(ACK_ROW)
+                .bind(&ack.tenant_id)
+                .bind(&ack.store_id)
+                .bind(&ack.device_id)
+                .bind(&ack.command_id)
+                .bind(ack.outcome.as_str())
+                .bind(&ack.code)
+                .bind(&ack.detail)
+                .bind(ts(ack.at_ms))
+                .bind(effect.as_str())
+                .execute(&mut *tx)
+                .await?;
+            (None, None)
+        }
+    };
     tx.commit().await?;
     Ok(AckRecorded { effect, transition, round_trip_ms })
 }
