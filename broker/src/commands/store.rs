@@ -416,76 +416,58 @@ pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, 
     let state = current.as_ref().and_then(|(s, ..)| CommandState::parse(s));
     let acked_before = current.as_ref().is_some_and(|c| c.3);
     let (effect, next) = policy::on_ack(state, acked_before, ack.outcome);
-    // The ack row always; with a transition, the entry's new state and its log row too, all in
-    // one statement.
-    const ACK_ROW: &str =
-        "INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-    let (transition, round_trip_ms) = match (next, &current) {
-        (Some(next), Some((_, attempts, received_at, _))) => {
-            // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
-            let detail = match ack.detail.as_str() {
-                "" => ack.outcome.as_str().to_string(),
-                d => format!("{}: {d}", ack.outcome.as_str()),
-            };
-            let at_ms = crate::now_ms();
-            let attempt = (*attempts).max(0) as u32;
-            let id: i64 = sqlx::query_scalar(&format!(
-                "WITH ack AS ({ACK_ROW}),
-                 upd AS (
-                   UPDATE command_inbox SET state = $10, last_code = $6, next_attempt_at = NULL, updated_at = now()
-                   WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
-                 )
-                 INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-                 VALUES ($1, $2, $4, $3, $10, $11, $6, $12, $13, $14)
-                 RETURNING id"
-            ))
-            .bind(&ack.tenant_id)
-            .bind(&ack.store_id)
-            .bind(&ack.device_id)
-            .bind(&ack.command_id)
-            .bind(ack.outcome.as_str())
-            .bind(&ack.code)
-            .bind(&ack.detail)
-            .bind(ts(ack.at_ms))
-            .bind(effect.as_str())
-            .bind(next.as_str())
-            .bind(attempt as i32)
-            .bind(&detail)
-            .bind(BY_DEVICE)
-            .bind(ts(at_ms))
-            .fetch_one(&mut *tx)
-            .await?;
-            let row = LogRow {
-                id,
-                tenant_id: ack.tenant_id.clone(),
-                store_id: ack.store_id.clone(),
-                command_id: ack.command_id.clone(),
-                device_id: Some(ack.device_id.clone()),
-                state: next,
-                attempt,
-                code: Some(ack.code.clone()),
-                detail,
-                at_ms,
-            };
-            (Some(row), Some(at_ms - received_at.timestamp_millis()))
-        }
-        _ => {
-            sqlx::query(ACK_ROW)
-                .bind(&ack.tenant_id)
-                .bind(&ack.store_id)
-                .bind(&ack.device_id)
-                .bind(&ack.command_id)
-                .bind(ack.outcome.as_str())
-                .bind(&ack.code)
-                .bind(&ack.detail)
-                .bind(ts(ack.at_ms))
-                .bind(effect.as_str())
-                .execute(&mut *tx)
-                .await?;
-            (None, None)
-        }
+    // The ack row always; with a transition ($10), the entry's new state and its log row too,
+    // all in one statement.
+    let transition_to = next.filter(|_| current.is_some());
+    let attempt = current.as_ref().map_or(0, |c| c.1.max(0) as u32);
+    // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
+    let detail = match ack.detail.as_str() {
+        "" => ack.outcome.as_str().to_string(),
+        d => format!("{}: {d}", ack.outcome.as_str()),
     };
+    let at_ms = crate::now_ms();
+    let id: Option<i64> = sqlx::query_scalar(
+        "WITH ack AS (
+           INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ), upd AS (
+           UPDATE command_inbox SET state = $11, last_code = $6, next_attempt_at = NULL, updated_at = now()
+           WHERE $10 AND tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
+         )
+         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+         SELECT $1, $2, $4, $3, $11, $12, $6, $13, $14, $15 WHERE $10
+         RETURNING id",
+    )
+    .bind(&ack.tenant_id)
+    .bind(&ack.store_id)
+    .bind(&ack.device_id)
+    .bind(&ack.command_id)
+    .bind(ack.outcome.as_str())
+    .bind(&ack.code)
+    .bind(&ack.detail)
+    .bind(ts(ack.at_ms))
+    .bind(effect.as_str())
+    .bind(transition_to.is_some())
+    .bind(transition_to.unwrap_or(CommandState::Acked).as_str())
+    .bind(attempt as i32)
+    .bind(&detail)
+    .bind(BY_DEVICE)
+    .bind(ts(at_ms))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let transition = id.zip(transition_to).map(|(id, state)| LogRow {
+        id,
+        tenant_id: ack.tenant_id.clone(),
+        store_id: ack.store_id.clone(),
+        command_id: ack.command_id.clone(),
+        device_id: Some(ack.device_id.clone()),
+        state,
+        attempt,
+        code: Some(ack.code.clone()),
+        detail,
+        at_ms,
+    });
+    let round_trip_ms = transition.as_ref().and(current.as_ref()).map(|c| at_ms - c.2.timestamp_millis());
     tx.commit().await?;
     Ok(AckRecorded { effect, transition, round_trip_ms })
 }
