@@ -43,6 +43,8 @@ pub struct Ctx {
     pub js: jetstream::Context,
     pub actors: ActorSystem,
     pub tenants: tenants::Tenants,
+    /// Marks command statuses published (batched).
+    pub marks: commands::publish::Marks,
     pub cancel: CancellationToken,
 }
 
@@ -68,7 +70,8 @@ impl Broker {
             idle_after: Duration::from_secs(config.idle_passivate_s),
             ..ActorConfig::default()
         };
-        let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone());
+        let marks = commands::publish::Marks::start(pool.clone());
+        let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone(), marks.clone());
         let actors = ActorSystem::start(actor_config, Arc::new(pg_ports))
             .await
             .map_err(|e| BrokerError::Config(e.to_string()))?;
@@ -79,6 +82,7 @@ impl Broker {
             nats,
             js,
             actors,
+            marks,
             cancel: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind(ctx.config.http_addr)

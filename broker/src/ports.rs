@@ -19,8 +19,8 @@ impl PgPorts {
     }
 
     /// Enables the command inbox ports, which publish through `js`.
-    pub fn with_commands(mut self, js: async_nats::jetstream::Context) -> Self {
-        self.commands = Some(CommandIo { pool: self.pool.clone(), js });
+    pub fn with_commands(mut self, js: async_nats::jetstream::Context, marks: crate::commands::publish::Marks) -> Self {
+        self.commands = Some(CommandIo { pool: self.pool.clone(), js, marks });
         self
     }
 

@@ -96,7 +96,7 @@ async fn accept(
         return Ok(ACKED);
     };
     tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = devices.len(), "Command queued.");
-    if let Err(error) = publish::statuses(&ctx.js, &ctx.pool, &logs).await {
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Queued status not published; the sweeper retries it.");
     }
     let wake = devices.into_iter().map(|d| DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, d)).collect();
@@ -109,7 +109,7 @@ async fn reject(ctx: &Ctx, row: &CommandRow<'_>, e: &WireError) -> Result<Handle
     };
     metrics::command_rejected(e.reason.as_str());
     tracing::warn!(command_id = %row.command_id, reason = %e.reason, detail = %e.detail, "Command rejected.");
-    if let Err(error) = publish::statuses(&ctx.js, &ctx.pool, &[log]).await {
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &[log]).await {
         tracing::warn!(%error, "Rejected status not published; the sweeper retries it.");
     }
     Ok(ACKED)

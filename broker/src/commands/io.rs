@@ -15,6 +15,7 @@ use crate::metrics;
 pub struct CommandIo {
     pub pool: PgPool,
     pub js: Context,
+    pub marks: publish::Marks,
 }
 
 impl CommandIo {
@@ -73,7 +74,7 @@ impl CommandIo {
 
     /// Status publishing never fails a transition: it is committed, and the outbox resends.
     async fn statuses(&self, rows: &[store::LogRow]) {
-        if let Err(error) = publish::statuses(&self.js, &self.pool, rows).await {
+        if let Err(error) = publish::statuses(&self.js, &self.marks, rows).await {
             tracing::warn!(%error, "Command status not published; the sweeper retries it.");
         }
     }

@@ -6,6 +6,7 @@ use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use sqlx::PgPool;
 use tillsync_schemas::{codec, streams, subject, CommandEnvelope, CommandStatus, DeviceAddr, SCHEMA_VERSION};
+use tokio::sync::mpsc;
 
 use super::store::{self, LogRow};
 use super::CommandError;
@@ -55,10 +56,49 @@ pub fn status_of(row: &LogRow) -> CommandStatus {
     }
 }
 
-/// Publishes one status message per committed transition, in order, then marks them published.
-/// The publishes are pipelined (sent in order, acks awaited afterwards); a failure leaves that
-/// row and the ones after it for the sweeper's outbox pass.
-pub async fn statuses(js: &Context, pool: &PgPool, rows: &[LogRow]) -> Result<(), CommandError> {
+/// Marks status rows published, in batches, off the transitions' path: the ids that arrive
+/// while one `UPDATE` runs go together in the next. A mark lost (a failed update, a stop before
+/// it ran) only makes the sweeper send that status again, which the stream's duplicate window
+/// drops.
+#[derive(Clone)]
+pub struct Marks(mpsc::UnboundedSender<i64>);
+
+impl Marks {
+    /// Starts the marking task; it ends when the last `Marks` is dropped.
+    pub fn start(pool: PgPool) -> Marks {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(mark(pool, rx));
+        Marks(tx)
+    }
+
+    fn add(&self, ids: &[i64]) {
+        for id in ids {
+            let _ = self.0.send(*id);
+        }
+    }
+}
+
+async fn mark(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>) {
+    let mut ids = Vec::new();
+    while let Some(id) = rx.recv().await {
+        ids.push(id);
+        while ids.len() < 1_000 {
+            match rx.try_recv() {
+                Ok(id) => ids.push(id),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = store::mark_published(&pool, &ids).await {
+            tracing::warn!(%error, count = ids.len(), "Statuses not marked published; the sweeper resends them.");
+        }
+        ids.clear();
+    }
+}
+
+/// Publishes one status message per committed transition, in order, then has them marked
+/// published. The publishes are pipelined (sent in order, acks awaited afterwards); a failure
+/// leaves that row and the ones after it for the sweeper's outbox pass.
+pub async fn statuses(js: &Context, marks: &Marks, rows: &[LogRow]) -> Result<(), CommandError> {
     let mut pending = Vec::with_capacity(rows.len());
     let mut result = Ok(());
     for row in rows {
@@ -82,8 +122,6 @@ pub async fn statuses(js: &Context, pool: &PgPool, rows: &[LogRow]) -> Result<()
             }
         }
     }
-    if !done.is_empty() {
-        store::mark_published(pool, &done).await?;
-    }
+    marks.add(&done);
     result
 }

@@ -261,29 +261,37 @@ pub async fn targets(
     .await
 }
 
-type PendingTuple = (String, i64, String, i32, Option<DateTime<Utc>>, DateTime<Utc>);
+/// Online, then an unfinished entry's columns (all NULL when the device has none).
+type InboxTuple = (
+    Option<bool>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i32>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 /// A device's unfinished commands in issue order, and whether the device is online.
 pub async fn load_inbox(pool: &PgPool, a: &DeviceAddr) -> Result<(Vec<PendingEntry>, bool), sqlx::Error> {
-    let rows: Vec<PendingTuple> = sqlx::query_as(
-        "SELECT command_id, inbox_seq, state, attempts, next_attempt_at, expires_at FROM command_inbox
-         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND state IN ('queued', 'delivered')
-         ORDER BY inbox_seq",
+    // One query: the device row (is it online?) with its unfinished entries, if any.
+    let rows: Vec<InboxTuple> = sqlx::query_as(
+        "SELECT d.online, i.command_id, i.inbox_seq, i.state, i.attempts, i.next_attempt_at, i.expires_at
+         FROM (SELECT bool_or(online) AS online FROM devices
+               WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3) d
+         LEFT JOIN command_inbox i
+           ON i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.state IN ('queued', 'delivered')
+         ORDER BY i.inbox_seq",
     )
     .bind(&a.tenant_id)
     .bind(&a.store_id)
     .bind(&a.device_id)
     .fetch_all(pool)
     .await?;
-    let online: Option<bool> =
-        sqlx::query_scalar("SELECT online FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3")
-            .bind(&a.tenant_id)
-            .bind(&a.store_id)
-            .bind(&a.device_id)
-            .fetch_optional(pool)
-            .await?;
+    let online = rows.first().is_some_and(|r| r.0 == Some(true));
     let pending = rows
         .into_iter()
+        .filter_map(|(_, id, seq, state, attempts, next, expires)| Some((id?, seq?, state?, attempts?, next, expires?)))
         .map(|(command_id, inbox_seq, state, attempts, next, expires)| PendingEntry {
             command_id,
             inbox_seq,
@@ -293,7 +301,7 @@ pub async fn load_inbox(pool: &PgPool, a: &DeviceAddr) -> Result<(Vec<PendingEnt
             expires_at_ms: expires.timestamp_millis(),
         })
         .collect();
-    Ok((pending, online.unwrap_or(false)))
+    Ok((pending, online))
 }
 
 /// Records delivery `attempt` if the entry is still unfinished, unexpired and at `attempt - 1`;

@@ -52,7 +52,7 @@ async fn resend_unpublished(ctx: &Ctx) {
     match store::unpublished(&ctx.pool, OUTBOX_AGE_MS, 500).await {
         Ok(rows) if !rows.is_empty() => {
             tracing::info!(count = rows.len(), "Resending unpublished command statuses.");
-            if let Err(error) = publish::statuses(&ctx.js, &ctx.pool, &rows).await {
+            if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
                 tracing::warn!(%error, "Command status resend failed; retrying next sweep.");
             }
         }
