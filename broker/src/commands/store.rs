@@ -2,8 +2,9 @@
 //! Every transition updates `command_inbox` only from an unfinished state, and writes its
 //! `command_log` row in the same transaction, so a transition happens once whoever races it.
 
+use sqlx::postgres::PgArguments;
 use sqlx::types::chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Arguments, PgConnection, PgPool};
 use tillsync_actors::policy::{self, AckEffect, PendingEntry};
 use tillsync_schemas::{CommandAck, CommandEnvelope, CommandState, DeviceAddr};
 
@@ -400,8 +401,92 @@ pub struct AckRecorded {
     pub round_trip_ms: Option<i64>,
 }
 
-/// Records an ack in `command_acks` and applies its transition, if any, in one transaction.
+/// Records an ack in `command_acks` and applies its transition, if any, atomically.
+///
+/// The common case, an ack for an unfinished entry, is one statement: the conditional `UPDATE`
+/// takes the row lock and makes the transition `on_ack` gives every unfinished entry, with the
+/// ack and log rows. Anything else (an unknown command, an entry already final) takes
+/// [`record_ack_checked`], which reads the entry under lock and asks `on_ack` what the ack does.
 pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
+    let (effect, Some(next)) = policy::on_ack(Some(CommandState::Delivered), false, ack.outcome) else {
+        return record_ack_checked(pool, ack).await;
+    };
+    let detail = ack_detail(ack);
+    let at_ms = crate::now_ms();
+    let found: Option<(i32, DateTime<Utc>, i64)> = sqlx::query_as_with(
+        "WITH upd AS (
+           UPDATE command_inbox i SET state = $10, last_code = $6, next_attempt_at = NULL, updated_at = now()
+           FROM commands c
+           WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
+             AND i.state IN ('queued', 'delivered')
+             AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
+           RETURNING i.attempts, c.received_at
+         ), ack AS (
+           INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM upd
+         ), log AS (
+           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+           SELECT $1, $2, $4, $3, $10, upd.attempts, $6, $11, $12, $13 FROM upd
+           RETURNING id
+         )
+         SELECT upd.attempts, upd.received_at, log.id FROM upd, log",
+        ack_args(ack, effect)?,
+    )
+    .bind(next.as_str())
+    .bind(&detail)
+    .bind(BY_DEVICE)
+    .bind(ts(at_ms))
+    .fetch_optional(pool)
+    .await?;
+    let Some((attempts, received_at, id)) = found else { return record_ack_checked(pool, ack).await };
+    let transition = LogRow {
+        id,
+        tenant_id: ack.tenant_id.clone(),
+        store_id: ack.store_id.clone(),
+        command_id: ack.command_id.clone(),
+        device_id: Some(ack.device_id.clone()),
+        state: next,
+        attempt: attempts.max(0) as u32,
+        code: Some(ack.code.clone()),
+        detail,
+        at_ms,
+    };
+    Ok(AckRecorded {
+        effect,
+        transition: Some(transition),
+        round_trip_ms: Some(at_ms - received_at.timestamp_millis()),
+    })
+}
+
+/// $1..$9 of both ack statements: the `command_acks` row.
+fn ack_args(ack: &CommandAck, effect: AckEffect) -> Result<PgArguments, sqlx::Error> {
+    let mut a = PgArguments::default();
+    let mut add = || -> Result<(), sqlx::error::BoxDynError> {
+        a.add(ack.tenant_id.clone())?;
+        a.add(ack.store_id.clone())?;
+        a.add(ack.device_id.clone())?;
+        a.add(ack.command_id.clone())?;
+        a.add(ack.outcome.as_str())?;
+        a.add(ack.code.clone())?;
+        a.add(ack.detail.clone())?;
+        a.add(ts(ack.at_ms))?;
+        a.add(effect.as_str())
+    };
+    add().map_err(sqlx::Error::Encode)?;
+    Ok(a)
+}
+
+/// The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
+fn ack_detail(ack: &CommandAck) -> String {
+    match ack.detail.as_str() {
+        "" => ack.outcome.as_str().to_string(),
+        d => format!("{}: {d}", ack.outcome.as_str()),
+    }
+}
+
+/// Records an ack whatever the entry's state, in one transaction: reads the entry under lock,
+/// decides with `on_ack`, writes.
+async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The entry (locked) and whether an earlier ack already made its transition. No entry, no
     // earlier transition: `on_ack` then answers "unknown command" either way.
@@ -428,13 +513,9 @@ pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, 
     // all in one statement.
     let transition_to = next.filter(|_| current.is_some());
     let attempt = current.as_ref().map_or(0, |c| c.1.max(0) as u32);
-    // The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
-    let detail = match ack.detail.as_str() {
-        "" => ack.outcome.as_str().to_string(),
-        d => format!("{}: {d}", ack.outcome.as_str()),
-    };
+    let detail = ack_detail(ack);
     let at_ms = crate::now_ms();
-    let id: Option<i64> = sqlx::query_scalar(
+    let id: Option<i64> = sqlx::query_scalar_with(
         "WITH ack AS (
            INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -445,16 +526,8 @@ pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, 
          INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
          SELECT $1, $2, $4, $3, $11, $12, $6, $13, $14, $15 WHERE $10
          RETURNING id",
+        ack_args(ack, effect)?,
     )
-    .bind(&ack.tenant_id)
-    .bind(&ack.store_id)
-    .bind(&ack.device_id)
-    .bind(&ack.command_id)
-    .bind(ack.outcome.as_str())
-    .bind(&ack.code)
-    .bind(&ack.detail)
-    .bind(ts(ack.at_ms))
-    .bind(effect.as_str())
     .bind(transition_to.is_some())
     .bind(transition_to.unwrap_or(CommandState::Acked).as_str())
     .bind(attempt as i32)
