@@ -16,7 +16,7 @@ use tillsync_actors::policy;
 use tillsync_schemas::ids::check_uuid_or_ulid;
 use tillsync_schemas::{codec, streams as names, subject, CommandEnvelope, DeviceAddr, Reason, WireError};
 
-use super::store::{self, CommandRow};
+use super::store::{self, Accepted, CommandRow};
 use super::{publish, CommandError};
 use crate::{metrics, Ctx};
 
@@ -75,31 +75,35 @@ async fn handle(ctx: &Ctx, msg: &Message) -> Result<Handled, CommandError> {
     if let Err(e) = policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms) {
         return reject(ctx, &row, &e).await;
     }
-    let devices = store::targets(&ctx.pool, &cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref()).await?;
-    if devices.is_empty() {
-        let what = cmd.device_id.as_deref().map_or("no device of the store".to_string(), |d| format!("device {d:?}"));
-        let e =
-            WireError::new(Reason::UnknownDevice, format!("{what} is known (provision with `tillsync devices add`)"));
-        return reject(ctx, &row, &e).await;
-    }
-    accept(ctx, &cmd, &row, devices).await
+    accept(ctx, &cmd, &row).await
 }
 
-async fn accept(
-    ctx: &Ctx,
-    cmd: &CommandEnvelope,
-    row: &CommandRow<'_>,
-    devices: Vec<String>,
-) -> Result<Handled, CommandError> {
-    let Some(logs) = store::accept(&ctx.pool, row, &devices).await? else {
-        tracing::debug!(command_id = %cmd.command_id, "Duplicate command intake; already recorded.");
-        return Ok(ACKED);
+async fn accept(ctx: &Ctx, cmd: &CommandEnvelope, row: &CommandRow<'_>) -> Result<Handled, CommandError> {
+    let logs = match store::accept(&ctx.pool, row).await? {
+        Accepted::New(logs) => logs,
+        Accepted::Duplicate => {
+            tracing::debug!(command_id = %cmd.command_id, "Duplicate command intake; already recorded.");
+            return Ok(ACKED);
+        }
+        Accepted::NoDevice => {
+            let what =
+                cmd.device_id.as_deref().map_or("no device of the store".to_string(), |d| format!("device {d:?}"));
+            let e = WireError::new(
+                Reason::UnknownDevice,
+                format!("{what} is known (provision with `tillsync devices add`)"),
+            );
+            return reject(ctx, row, &e).await;
+        }
     };
-    tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = devices.len(), "Command queued.");
+    tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = logs.len(), "Command queued.");
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Queued status not published; the sweeper retries it.");
     }
-    let wake = devices.into_iter().map(|d| DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, d)).collect();
+    let wake = logs
+        .iter()
+        .filter_map(|l| l.device_id.as_deref())
+        .map(|d| DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, d))
+        .collect();
     Ok(Handled { term: false, wake })
 }
 

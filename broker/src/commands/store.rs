@@ -153,29 +153,43 @@ async fn insert_command(
     Ok(inserted == 1)
 }
 
-/// Accepts a command: its row, one queued inbox entry per target device (in the order given)
-/// and their log rows, in one transaction. `None` for a duplicate.
-pub async fn accept(pool: &PgPool, c: &CommandRow<'_>, devices: &[String]) -> Result<Option<Vec<LogRow>>, sqlx::Error> {
+/// What accepting a command did.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Recorded, with one queued entry and log row per target device, in the order of the ids.
+    New(Vec<LogRow>),
+    /// The command id was seen before; nothing changed.
+    Duplicate,
+    /// Neither the named device nor (store-wide) any device of the store is known.
+    NoDevice,
+}
+
+/// Accepts a command in one statement (one round trip, one implicit transaction): finds its
+/// target devices (the named one if known, else every known device of the store), and only if
+/// there are some and the command id is new, records the command, an inbox entry and a log row
+/// per device, in device order.
+pub async fn accept(pool: &PgPool, c: &CommandRow<'_>) -> Result<Accepted, sqlx::Error> {
     let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
     let at_ms = crate::now_ms();
-    // One statement (one round trip, one implicit transaction): the command row and, only if
-    // it is new, an inbox entry and a log row per device, in the order given.
-    let mut ids: Vec<(i64, String)> = sqlx::query_as(
-        "WITH cmd AS (
+    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        "WITH targets AS (
+           SELECT device_id, row_number() OVER (ORDER BY device_id) AS n FROM devices
+           WHERE tenant_id = $1 AND store_id = $2 AND ($4::text IS NULL OR device_id = $4)
+         ), cmd AS (
            INSERT INTO commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by, approvers,
                                  issued_at, expires_at, received_at, rejected_code)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL WHERE EXISTS (SELECT 1 FROM targets)
            ON CONFLICT (tenant_id, command_id) DO NOTHING
            RETURNING 1
          ), inbox AS (
            INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
-           SELECT $1, $2, d.id, $3, $13, 0, $11, $10
-           FROM cmd, UNNEST($12::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n
+           SELECT $1, $2, t.device_id, $3, $12, 0, $11, $10 FROM cmd, targets t ORDER BY t.n
+         ), log AS (
+           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+           SELECT $1, $2, $3, t.device_id, $12, 0, NULL, $13, $14, $11 FROM cmd, targets t ORDER BY t.n
+           RETURNING id, device_id
          )
-         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-         SELECT $1, $2, $3, d.id, $13, 0, NULL, $14, $15, $11
-         FROM cmd, UNNEST($12::text[]) WITH ORDINALITY AS d(id, n) ORDER BY d.n
-         RETURNING id, device_id",
+         SELECT (SELECT count(*) FROM targets), log.id, log.device_id FROM (SELECT 1) AS one LEFT JOIN log ON true",
     )
     .bind(c.tenant_id)
     .bind(c.store_id)
@@ -188,18 +202,17 @@ pub async fn accept(pool: &PgPool, c: &CommandRow<'_>, devices: &[String]) -> Re
     .bind(ts(c.issued_at_ms))
     .bind(ts(c.expires_at_ms))
     .bind(ts(at_ms))
-    .bind(devices)
     .bind(CommandState::Queued.as_str())
     .bind(&detail)
     .bind(BY_PORTAL)
     .fetch_all(pool)
     .await?;
-    if ids.is_empty() {
-        return Ok(None);
+    if rows.first().is_none_or(|r| r.0 == 0) {
+        return Ok(Accepted::NoDevice);
     }
-    ids.sort_unstable();
-    let logs = ids
+    let mut logs: Vec<LogRow> = rows
         .into_iter()
+        .filter_map(|(_, id, device_id)| Some((id?, device_id?)))
         .map(|(id, device_id)| LogRow {
             id,
             tenant_id: c.tenant_id.into(),
@@ -213,7 +226,11 @@ pub async fn accept(pool: &PgPool, c: &CommandRow<'_>, devices: &[String]) -> Re
             at_ms,
         })
         .collect();
-    Ok(Some(logs))
+    if logs.is_empty() {
+        return Ok(Accepted::Duplicate);
+    }
+    logs.sort_unstable_by_key(|l| l.id);
+    Ok(Accepted::New(logs))
 }
 
 /// Records a command refused at intake. `None` for a duplicate.
@@ -241,25 +258,6 @@ pub async fn reject(
     let row = insert_log(&mut tx, log).await?;
     tx.commit().await?;
     Ok(Some(row))
-}
-
-/// The devices a command goes to: the named one if known, else every known device of the
-/// store (store-wide). Empty when none is known.
-pub async fn targets(
-    pool: &PgPool,
-    tenant: &str,
-    store: &str,
-    device: Option<&str>,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT device_id FROM devices WHERE tenant_id = $1 AND store_id = $2 AND ($3::text IS NULL OR device_id = $3)
-         ORDER BY device_id",
-    )
-    .bind(tenant)
-    .bind(store)
-    .bind(device)
-    .fetch_all(pool)
-    .await
 }
 
 /// Online, then an unfinished entry's columns (all NULL when the device has none).
