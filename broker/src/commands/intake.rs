@@ -86,12 +86,11 @@ async fn accept(ctx: &Ctx, cmd: &CommandEnvelope, row: &CommandRow<'_>) -> Resul
             return Ok(ACKED);
         }
         Accepted::NoDevice => {
-            let what =
-                cmd.device_id.as_deref().map_or("no device of the store".to_string(), |d| format!("device {d:?}"));
-            let e = WireError::new(
-                Reason::UnknownDevice,
-                format!("{what} is known (provision with `tillsync devices add`)"),
-            );
+            let what = match cmd.device_id.as_deref() {
+                Some(d) => format!("device {d:?} is not known"),
+                None => format!("store {:?} has no known device", cmd.store_id),
+            };
+            let e = WireError::new(Reason::UnknownDevice, format!("{what} (provision with `tillsync devices add`)"));
             return reject(ctx, row, &e).await;
         }
     };
