@@ -497,6 +497,14 @@ async fn policy_rejections_are_recorded_reported_and_never_delivered() {
     }
     let s = statuses.wait(&unknown_kind_id, CommandState::Rejected).await;
     assert_eq!(s.code.as_deref(), Some("unknown_kind"));
+    // The unknown-device detail names what is missing.
+    let detail = |i: usize| {
+        let id = cases[i].1.command_id.clone();
+        let statuses = &statuses;
+        async move { statuses.wait(&id, CommandState::Rejected).await.detail }
+    };
+    assert!(detail(5).await.starts_with("device \"till-9\" is not known"));
+    assert!(detail(6).await.starts_with("store \"s-empty\" has no known device"));
 
     // Never delivered: nothing in any inbox, and a later valid command is the edge's first.
     assert_eq!(stack.db.count("SELECT count(*) FROM command_inbox").await, 0);
