@@ -186,13 +186,15 @@ pub fn on_ack(
         None => (AckEffect::UnknownCommand, None),
         Some(s) if s.is_final() && acked_before => (AckEffect::Duplicate, None),
         Some(s) if s.is_final() => (AckEffect::AfterFinal, None),
-        Some(_) => {
-            let next = match outcome {
-                Outcome::Applied => CommandState::Acked,
-                Outcome::Failed | Outcome::Rejected => CommandState::Failed,
-            };
-            (AckEffect::AppliedTransition, Some(next))
-        }
+        Some(_) => (AckEffect::AppliedTransition, Some(ack_target(outcome))),
+    }
+}
+
+/// The state an ack moves an unfinished entry to.
+pub fn ack_target(outcome: Outcome) -> CommandState {
+    match outcome {
+        Outcome::Applied => CommandState::Acked,
+        Outcome::Failed | Outcome::Rejected => CommandState::Failed,
     }
 }
 

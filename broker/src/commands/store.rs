@@ -123,33 +123,48 @@ impl<'a> CommandRow<'a> {
     }
 }
 
+/// $1..$12 of both command-row inserts: the `commands` columns, in table order.
+fn command_args(
+    c: &CommandRow<'_>,
+    received_at_ms: i64,
+    rejected_code: Option<&str>,
+) -> Result<PgArguments, sqlx::Error> {
+    let mut a = PgArguments::default();
+    let mut add = || -> Result<(), sqlx::error::BoxDynError> {
+        a.add(c.tenant_id.to_string())?;
+        a.add(c.store_id.to_string())?;
+        a.add(c.command_id.to_string())?;
+        a.add(c.device_id.map(str::to_string))?;
+        a.add(c.kind.to_string())?;
+        a.add(c.envelope.to_vec())?;
+        a.add(c.requested_by.to_string())?;
+        a.add(c.approvers.clone())?;
+        a.add(ts(c.issued_at_ms))?;
+        a.add(ts(c.expires_at_ms))?;
+        a.add(ts(received_at_ms))?;
+        a.add(rejected_code.map(str::to_string))
+    };
+    add().map_err(sqlx::Error::Encode)?;
+    Ok(a)
+}
+
+const COMMAND_COLUMNS: &str = "commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by,
+    approvers, issued_at, expires_at, received_at, rejected_code)";
+
 /// Inserts the command row; `false` when the command id was seen before (idempotent intake).
 async fn insert_command(
     tx: &mut PgConnection,
     c: &CommandRow<'_>,
     rejected_code: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by, approvers,
-                               issued_at, expires_at, received_at, rejected_code)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (tenant_id, command_id) DO NOTHING",
-    )
-    .bind(c.tenant_id)
-    .bind(c.store_id)
-    .bind(c.command_id)
-    .bind(c.device_id)
-    .bind(c.kind)
-    .bind(c.envelope)
-    .bind(c.requested_by)
-    .bind(&c.approvers)
-    .bind(ts(c.issued_at_ms))
-    .bind(ts(c.expires_at_ms))
-    .bind(ts(crate::now_ms()))
-    .bind(rejected_code)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let sql = format!(
+        "INSERT INTO {COMMAND_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (tenant_id, command_id) DO NOTHING"
+    );
+    let inserted = sqlx::query_with(&sql, command_args(c, crate::now_ms(), rejected_code)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     Ok(inserted == 1)
 }
 
@@ -171,42 +186,31 @@ pub enum Accepted {
 pub async fn accept(pool: &PgPool, c: &CommandRow<'_>) -> Result<Accepted, sqlx::Error> {
     let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
     let at_ms = crate::now_ms();
-    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+    let sql = format!(
         "WITH targets AS (
            SELECT device_id, row_number() OVER (ORDER BY device_id) AS n FROM devices
            WHERE tenant_id = $1 AND store_id = $2 AND ($4::text IS NULL OR device_id = $4)
          ), cmd AS (
-           INSERT INTO commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by, approvers,
-                                 issued_at, expires_at, received_at, rejected_code)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL WHERE EXISTS (SELECT 1 FROM targets)
+           INSERT INTO {COMMAND_COLUMNS}
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM targets)
            ON CONFLICT (tenant_id, command_id) DO NOTHING
            RETURNING 1
          ), inbox AS (
            INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
-           SELECT $1, $2, t.device_id, $3, $12, 0, $11, $10 FROM cmd, targets t ORDER BY t.n
+           SELECT $1, $2, t.device_id, $3, $13, 0, $11, $10 FROM cmd, targets t ORDER BY t.n
          ), log AS (
            INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-           SELECT $1, $2, $3, t.device_id, $12, 0, NULL, $13, $14, $11 FROM cmd, targets t ORDER BY t.n
+           SELECT $1, $2, $3, t.device_id, $13, 0, NULL, $14, $15, $11 FROM cmd, targets t ORDER BY t.n
            RETURNING id, device_id
          )
-         SELECT (SELECT count(*) FROM targets), log.id, log.device_id FROM (SELECT 1) AS one LEFT JOIN log ON true",
-    )
-    .bind(c.tenant_id)
-    .bind(c.store_id)
-    .bind(c.command_id)
-    .bind(c.device_id)
-    .bind(c.kind)
-    .bind(c.envelope)
-    .bind(c.requested_by)
-    .bind(&c.approvers)
-    .bind(ts(c.issued_at_ms))
-    .bind(ts(c.expires_at_ms))
-    .bind(ts(at_ms))
-    .bind(CommandState::Queued.as_str())
-    .bind(&detail)
-    .bind(BY_PORTAL)
-    .fetch_all(pool)
-    .await?;
+         SELECT (SELECT count(*) FROM targets), log.id, log.device_id FROM (SELECT 1) AS one LEFT JOIN log ON true"
+    );
+    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as_with(&sql, command_args(c, at_ms, None)?)
+        .bind(CommandState::Queued.as_str())
+        .bind(&detail)
+        .bind(BY_PORTAL)
+        .fetch_all(pool)
+        .await?;
     if rows.first().is_none_or(|r| r.0 == 0) {
         return Ok(Accepted::NoDevice);
     }
@@ -402,13 +406,11 @@ pub struct AckRecorded {
 /// Records an ack in `command_acks` and applies its transition, if any, atomically.
 ///
 /// The common case, an ack for an unfinished entry, is one statement: the conditional `UPDATE`
-/// takes the row lock and makes the transition `on_ack` gives every unfinished entry, with the
+/// takes the row lock and makes the transition `on_ack` gives every unfinished entry (`ack_target`), with the
 /// ack and log rows. Anything else (an unknown command, an entry already final) takes
 /// [`record_ack_checked`], which reads the entry under lock and asks `on_ack` what the ack does.
 pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
-    let (effect, Some(next)) = policy::on_ack(Some(CommandState::Delivered), false, ack.outcome) else {
-        return record_ack_checked(pool, ack).await;
-    };
+    let (effect, next) = (AckEffect::AppliedTransition, policy::ack_target(ack.outcome));
     let detail = ack_detail(ack);
     let at_ms = crate::now_ms();
     let found: Option<(i32, DateTime<Utc>, i64)> = sqlx::query_as_with(

@@ -7,15 +7,11 @@
 //! so each device's events keep their order.
 //! `--compare` also times the live broker on the same data in the same invocation.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use tillsync_actors::{ActorConfig, ActorSystem};
 use tillsync_broker::ingest::Outcome;
-use tillsync_broker::ports::PgPorts;
-use tillsync_broker::tenants::Tenants;
 use tillsync_schemas::subject::Family;
 use tokio_util::sync::CancellationToken;
 
@@ -93,10 +89,7 @@ pub async fn rebuild(
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let pool = crate::db::rebuild_pool(url, None, lanes as u32 + 2).await?;
-    let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(pool.clone())))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shared = Arc::new(Shared { pool, actors, tenants: Tenants::new(false), pending: Default::default() });
+    let shared = Shared::start(pool.clone()).await?;
     let src = Source::open(js, &Family::Events.all_subjects(), Start::All).await?;
     let (mut done, reader) = lanes::start(shared.clone(), src, lanes, batch, CancellationToken::new());
     let (mut messages, mut quarantined) = (0, 0);
@@ -113,9 +106,7 @@ pub async fn rebuild(
     if quarantined > 0 {
         bail!("{quarantined} messages quarantined during replay");
     }
-    if let Ok(s) = Arc::try_unwrap(shared) {
-        s.actors.shutdown().await;
-        s.pool.close().await;
-    }
+    shared.stop().await;
+    pool.close().await;
     Ok(Measured { messages, seconds })
 }

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tillsync_actors::ActorSystem;
+use tillsync_actors::{ActorConfig, ActorSystem};
 use tillsync_broker::ingest::{process, Engine, IngestError, Raw, Report};
 use tillsync_broker::lanes::lane_of;
+use tillsync_broker::ports::PgPorts;
 use tillsync_broker::tenants::Tenants;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,23 @@ pub struct Shared {
     pub actors: ActorSystem,
     pub tenants: Tenants,
     pub pending: Mutex<Pending>,
+}
+
+impl Shared {
+    /// A private actor system on the target `pool` (tenants are checked there, never created).
+    pub async fn start(pool: PgPool) -> anyhow::Result<Arc<Shared>> {
+        let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(pool.clone())))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Arc::new(Shared { pool, actors, tenants: Tenants::new(false), pending: Default::default() }))
+    }
+
+    /// Stops the actors once the lanes are done with them (the pool belongs to the caller).
+    pub async fn stop(self: Arc<Self>) {
+        if let Ok(s) = Arc::try_unwrap(self) {
+            s.actors.shutdown().await;
+        }
+    }
 }
 
 /// Starts `n` lanes and the reader feeding them. Each committed batch arrives on the returned

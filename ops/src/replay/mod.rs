@@ -12,7 +12,6 @@ mod verify;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -20,10 +19,7 @@ use clap::{ArgGroup, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
-use tillsync_actors::{ActorConfig, ActorSystem};
 use tillsync_broker::ingest::Outcome;
-use tillsync_broker::ports::PgPorts;
-use tillsync_broker::tenants::Tenants;
 use tokio_util::sync::CancellationToken;
 
 use self::source::{Filter, Source, Start};
@@ -167,15 +163,7 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let cancel = CancellationToken::new();
     let on_signal = tokio::spawn(interrupt(cancel.clone()));
 
-    let actors = ActorSystem::start(ActorConfig::default(), Arc::new(PgPorts::new(target.clone())))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shared = Arc::new(lanes::Shared {
-        pool: target.clone(),
-        actors,
-        tenants: Tenants::new(false),
-        pending: Default::default(),
-    });
+    let shared = lanes::Shared::start(target.clone()).await?;
 
     let started = Instant::now();
     let mut tally = Tally::default();
@@ -210,9 +198,7 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     }
     on_signal.abort();
     pb.finish_and_clear();
-    if let Ok(s) = Arc::try_unwrap(shared) {
-        s.actors.shutdown().await;
-    }
+    shared.stop().await;
     if let Some(e) = failure {
         return Err(e.context(format!(
             "replay stopped; progress is saved up to stream seq {}: fix the cause and run again with --resume",
