@@ -282,34 +282,42 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
     anyhow::ensure!(found.len() == 1, "command {command_id} exists in {} tenants: pass --tenant", found.len());
     let command = found.remove(0);
     let t = command.tenant_id.clone();
-    let inbox: Vec<InboxRow> = sqlx::query_as(
+    let inbox: Vec<InboxRow> = of_command(
+        &pool,
         "SELECT device_id, state, attempts, next_attempt_at, last_code, updated_at FROM command_inbox
          WHERE tenant_id = $1 AND command_id = $2 ORDER BY device_id",
+        &t,
+        command_id,
     )
-    .bind(&t)
-    .bind(command_id)
-    .fetch_all(&pool)
     .await?;
-    let log: Vec<LogRow> = sqlx::query_as(
+    let log: Vec<LogRow> = of_command(
+        &pool,
         "SELECT at, device_id, state, attempt, code, actor, detail FROM command_log
          WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
+        &t,
+        command_id,
     )
-    .bind(&t)
-    .bind(command_id)
-    .fetch_all(&pool)
     .await?;
-    let acks: Vec<AckRow> = sqlx::query_as(
+    let acks: Vec<AckRow> = of_command(
+        &pool,
         "SELECT received_at, device_id, outcome, code, effect, detail FROM command_acks
          WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
+        &t,
+        command_id,
     )
-    .bind(&t)
-    .bind(command_id)
-    .fetch_all(&pool)
     .await?;
     let envelope = codec::decode::<CommandEnvelope>(&command.envelope).ok();
     let shown = Shown { command, envelope, inbox, log, acks };
     emit(global.json, &shown, human_show)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of one command in a per-command table (`$1` tenant, `$2` command id).
+async fn of_command<T>(pool: &sqlx::PgPool, sql: &str, tenant: &str, command_id: &str) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql).bind(tenant).bind(command_id).fetch_all(pool).await
 }
 
 fn human_show(s: &Shown) -> String {
