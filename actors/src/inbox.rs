@@ -8,9 +8,9 @@
 //! before publishing it.
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
-use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
+use tillsync_schemas::{CommandState, DeviceAddr};
 
-use crate::policy::{self, AckEffect, Action, InboxParams, PendingEntry};
+use crate::policy::{self, Action, InboxParams, PendingEntry};
 use crate::ports::{Delivery, Finish};
 use crate::system::Shared;
 
@@ -19,8 +19,6 @@ use crate::system::Shared;
 pub enum InboxMsg {
     /// Refresh from Postgres and do whatever is due (deliver, redeliver, fail, expire).
     Tick(InboxParams, RpcReplyPort<Result<TickReport, String>>),
-    /// An ack from the device.
-    Ack(CommandAck, RpcReplyPort<Result<AckEffect, String>>),
     /// The unfinished entries as last loaded (tests, status).
     Pending(RpcReplyPort<Vec<PendingEntry>>),
 }
@@ -58,14 +56,6 @@ pub async fn handle(
     match msg {
         InboxMsg::Tick(params, reply) => {
             let _ = reply.send(tick(addr, state, shared, params).await);
-        }
-        InboxMsg::Ack(ack, reply) => {
-            let command_id = ack.command_id.clone();
-            let result = shared.ports.apply_ack(ack).await;
-            if let Ok(AckEffect::AppliedTransition) = result {
-                state.pending.retain(|e| e.command_id != command_id);
-            }
-            let _ = reply.send(result);
         }
         InboxMsg::Pending(reply) => {
             let _ = reply.send(state.pending.clone());

@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
+use tillsync_schemas::{CommandState, DeviceAddr};
 
-use crate::policy::{AckEffect, PendingEntry};
+use crate::policy::PendingEntry;
 
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -38,11 +38,6 @@ pub trait Ports: Send + Sync + 'static {
 
     /// Ends an unfinished command as `failed` or `expired` with `code`, then publishes the status.
     fn finish(&self, _addr: DeviceAddr, _f: Finish) -> BoxFut<Result<bool, String>> {
-        Box::pin(async { Err(NO_COMMANDS.to_string()) })
-    }
-
-    /// Records an ack, applies its transition if any, publishes the status.
-    fn apply_ack(&self, _ack: CommandAck) -> BoxFut<Result<AckEffect, String>> {
         Box::pin(async { Err(NO_COMMANDS.to_string()) })
     }
 }

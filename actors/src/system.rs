@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
-use tillsync_schemas::{CommandAck, DeviceAddr};
+use tillsync_schemas::DeviceAddr;
 
 use crate::decide::{DeviceVerdicts, Incoming};
 use crate::device::{CommittedEvent, DeviceMsg};
 use crate::inbox::{InboxMsg, TickReport};
-use crate::policy::{AckEffect, InboxParams, PendingEntry};
+use crate::policy::{InboxParams, PendingEntry};
 use crate::ports::Ports;
 use crate::root::{RootActor, RootMsg};
 use crate::stats::{ActorStats, StatsSnapshot};
@@ -150,12 +150,6 @@ impl ActorSystem {
         params: InboxParams,
     ) -> Result<Result<TickReport, String>, ActorError> {
         self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Tick(params, r))).await
-    }
-
-    /// Hands a command ack to its device's actor.
-    pub async fn inbox_ack(&self, ack: CommandAck) -> Result<Result<AckEffect, String>, ActorError> {
-        let addr = ack.addr();
-        self.call(&addr, |r| DeviceMsg::Inbox(InboxMsg::Ack(ack.clone(), r))).await
     }
 
     /// A device's unfinished commands as its actor last loaded them.

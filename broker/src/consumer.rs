@@ -21,8 +21,25 @@ where
     F: Fn(Message) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let handle = &handle;
+    each_batch(ctx, stream, consumer, lanes, 1, |batch: Vec<Message>| async move {
+        for m in batch {
+            handle(m).await;
+        }
+    })
+    .await
+}
+
+/// Like [`each_message`], but a lane hands `handle` everything it holds at once (up to `max`,
+/// in stream order, without waiting for more): idle, a batch is one message and costs no
+/// latency; under load, one statement and one commit serve many messages.
+pub async fn each_batch<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, lanes: usize, max: usize, handle: F)
+where
+    F: Fn(Vec<Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     while !ctx.cancel.is_cancelled() {
-        if let Err(error) = subscribe(ctx, stream, consumer, lanes.max(1), &handle).await {
+        if let Err(error) = subscribe(ctx, stream, consumer, lanes.max(1), max.max(1), &handle).await {
             tracing::warn!(%error, consumer, "Consumer stopped; restarting in 1 s.");
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return,
@@ -32,17 +49,24 @@ where
     }
 }
 
-async fn subscribe<F, Fut>(ctx: &Ctx, stream: &str, consumer: &str, lanes: usize, handle: &F) -> Result<(), String>
+async fn subscribe<F, Fut>(
+    ctx: &Ctx,
+    stream: &str,
+    consumer: &str,
+    lanes: usize,
+    max: usize,
+    handle: &F,
+) -> Result<(), String>
 where
-    F: Fn(Message) -> Fut,
+    F: Fn(Vec<Message>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let c = crate::streams::consumer(&ctx.js, stream, consumer).await.map_err(|e| e.to_string())?;
     let mut messages = c.messages().await.map_err(|e| e.to_string())?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes).map(|_| mpsc::channel::<Message>(64)).unzip();
     let workers = receivers.into_iter().map(|mut rx| async move {
-        while let Some(m) = rx.recv().await {
-            handle(m).await;
+        while let Some(first) = rx.recv().await {
+            handle(gather(&mut rx, first, max, Duration::ZERO).await).await;
         }
     });
     let dispatch = async move {
@@ -53,6 +77,25 @@ where
     };
     let (result, _) = futures::join!(dispatch, futures::future::join_all(workers));
     result
+}
+
+/// A batch starting with `first`: what else is waiting in `rx` or arrives within `linger`,
+/// up to `max` messages.
+pub async fn gather(rx: &mut mpsc::Receiver<Message>, first: Message, max: usize, linger: Duration) -> Vec<Message> {
+    let mut batch = Vec::with_capacity(max.min(64));
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) if linger.is_zero() => break,
+            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => batch.push(m),
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    batch
 }
 
 /// Sends each message to the lane of its store ([`crate::lanes`]) until shutdown (`Ok`), the

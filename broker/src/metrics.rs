@@ -145,8 +145,8 @@ pub fn devices_by_state(tenant: &str, online: i64, offline: i64) {
     gauge!(DEVICES_ONLINE, "tenant" => tenant.to_string()).set(online as f64);
     gauge!(DEVICES_OFFLINE, "tenant" => tenant.to_string()).set(offline as f64);
 }
-pub fn command_received() {
-    counter!(COMMANDS_RECEIVED).increment(1);
+pub fn commands_received(n: u64) {
+    counter!(COMMANDS_RECEIVED).increment(n);
 }
 pub fn command_rejected(reason: &'static str) {
     counter!(COMMANDS_REJECTED, "reason" => reason).increment(1);

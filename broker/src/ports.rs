@@ -1,9 +1,8 @@
 //! The actors' view of Postgres.
 
 use sqlx::PgPool;
-use tillsync_actors::policy::AckEffect;
 use tillsync_actors::ports::{BoxFut, Delivery, DeviceSnapshot, Finish, InboxSnapshot, Ports};
-use tillsync_schemas::{CommandAck, DeviceAddr};
+use tillsync_schemas::DeviceAddr;
 
 use crate::commands::io::CommandIo;
 
@@ -48,11 +47,6 @@ impl Ports for PgPorts {
     fn finish(&self, addr: DeviceAddr, f: Finish) -> BoxFut<Result<bool, String>> {
         let io = self.io();
         Box::pin(async move { io?.finish(&addr, &f).await.map_err(|e| e.to_string()) })
-    }
-
-    fn apply_ack(&self, ack: CommandAck) -> BoxFut<Result<AckEffect, String>> {
-        let io = self.io();
-        Box::pin(async move { io?.apply_ack(&ack).await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -285,6 +285,13 @@ impl FakeEdge {
         st.arrivals.iter().filter(|(c, _)| c == command_id).map(|(_, a)| *a).collect()
     }
 
+    /// The commands received, first arrivals only, in arrival order.
+    fn arrival_order(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        st.arrivals.iter().filter(|(c, _)| seen.insert(c.clone())).map(|(c, _)| c.clone()).collect()
+    }
+
     fn arrival_count(&self) -> usize {
         self.state.lock().unwrap().arrivals.len()
     }
@@ -444,6 +451,71 @@ async fn duplicate_intake_is_queued_once() {
     assert_eq!(queued, 1);
     assert_eq!(edge.applied(&cmd.command_id), 1);
     assert_eq!(statuses.of(&cmd.command_id).len(), 3, "queued, delivered, acked once each");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_backlog_is_taken_in_batches_keeping_issue_order_duplicates_and_refusals() {
+    let (stack, broker) = setup("cmd-batch", |_| {}).await;
+    let pool = &stack.db.pool;
+    let d = DeviceAddr::new("cmd-batch", "s1", "till-1");
+    let quiet = DeviceAddr::new("cmd-batch", "s1", "till-2");
+    let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
+    let beats = tokio::spawn(heartbeat(stack.nats.jetstream().await, quiet.clone()));
+    online(pool, &d).await;
+    online(pool, &quiet).await;
+    let statuses = Statuses::watch(&stack.nats.client().await, "cmd-batch").await;
+    let js = stack.nats.jetstream().await;
+    // Delivered to till-2, which nobody acks for now.
+    let held = command("cmd-batch", "s1", Some("till-2"), menu(), &["alice"], 60_000);
+    send(&js, &held).await;
+    statuses.wait(&held.command_id, CommandState::Delivered).await;
+    broker.stop().await;
+
+    // While the broker is down a backlog builds up, so its lanes take it in batches: commands
+    // with a resend and a refusal among them, three acks of `held` and an ack of nothing.
+    let cmds: Vec<CommandEnvelope> =
+        (0..40).map(|_| command("cmd-batch", "s1", Some("till-1"), menu(), &["alice"], 60_000)).collect();
+    let refused = command("cmd-batch", "s1", Some("till-1"), refund(), &["alice"], 60_000);
+    for (i, c) in cmds.iter().enumerate() {
+        send(&js, c).await;
+        match i {
+            10 => send_with_id(&js, &cmds[3], "resend").await,
+            20 => send(&js, &refused).await,
+            _ => {}
+        }
+    }
+    let ack = edge_ack(&quiet, &held.command_id, Outcome::Applied, "ok");
+    for _ in 0..3 {
+        publish_ack(&js, &ack).await;
+    }
+    let stray = uuid::Uuid::now_v7().to_string();
+    publish_ack(&js, &edge_ack(&quiet, &stray, Outcome::Applied, "ok")).await;
+
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    for c in &cmds {
+        statuses.wait(&c.command_id, CommandState::Acked).await;
+    }
+    statuses.wait(&refused.command_id, CommandState::Rejected).await;
+    statuses.wait(&held.command_id, CommandState::Acked).await;
+
+    let ids: Vec<String> = cmds.iter().map(|c| c.command_id.clone()).collect();
+    let numbered: Vec<String> =
+        sqlx::query_scalar("SELECT command_id FROM command_inbox WHERE device_id = 'till-1' ORDER BY inbox_seq")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(numbered, ids, "inbox entries numbered in issue order, the refused one absent");
+    assert_eq!(edge.arrival_order(), ids, "delivered in issue order");
+    let queued = log(pool, &cmds[3].command_id).await.iter().filter(|r| r.1 == "queued").count();
+    assert_eq!(queued, 1, "the resend is a duplicate");
+    let refused_log: Vec<String> = log(pool, &refused.command_id).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(refused_log, vec!["rejected"]);
+    assert_eq!(ack_effects(pool, &held.command_id).await, vec!["applied_transition", "duplicate", "duplicate"]);
+    let seen: Vec<CommandState> = statuses.of(&held.command_id).iter().map(|s| s.1).collect();
+    assert_eq!(seen, vec![CommandState::Queued, CommandState::Delivered, CommandState::Acked]);
+    assert_eq!(ack_effects(pool, &stray).await, vec!["unknown_command"]);
+    beats.abort();
     broker.stop().await;
 }
 

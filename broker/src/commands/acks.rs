@@ -1,56 +1,127 @@
-//! Command acks from devices. Each decodable ack goes to its device's actor, which records it
-//! (matched or not) and applies its transition; only then is the JetStream message acked. An
-//! ack that does not decode, or names an unknown tenant, is quarantined.
+//! Command acks from devices, a lane's waiting acks at a time: each decodable ack is recorded
+//! (matched or not) with its transition, all in one statement where they can be
+//! ([`ack_store::record_acks`]); their status messages follow, then the JetStream messages
+//! are acked. An ack that does not decode, or names an unknown tenant, is quarantined.
+//!
+//! Acks do not go through the device actor: every transition is a conditional update in
+//! Postgres, so an ack racing a redelivery or an expiry is settled there, and the actor reloads
+//! its inbox on every tick. A delivery's status is published before the command itself, so a
+//! command's `acked` status can never overtake its `delivered`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use tillsync_schemas::{codec, streams as names, Reason, WireError};
+use tillsync_schemas::{codec, streams as names, CommandAck, CommandState, Reason, WireError};
 
-use super::CommandError;
-use crate::Ctx;
+use super::ack_store::{self, AckRecorded};
+use super::{publish, CommandError};
+use crate::{metrics, Ctx};
+
+/// Most acks one lane records in one statement.
+const BATCH: usize = 256;
 
 pub async fn run(ctx: Arc<Ctx>) {
     let ctx = &ctx;
-    crate::consumer::each_message(
+    crate::consumer::each_batch(
         ctx,
         names::COMMAND_ACKS,
         names::BROKER_ACKS_CONSUMER,
         ctx.config.message_lanes,
-        move |msg| async move {
-            let result = match handle(ctx, &msg).await {
-                Ok(true) => msg.ack().await,
-                Ok(false) => msg.ack_with(AckKind::Term).await,
-                Err(error) => {
-                    tracing::warn!(%error, "Command ack not recorded; redelivering.");
-                    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
-                }
-            };
-            if let Err(error) = result {
-                // Recorded already: a redelivered ack is recorded again as a duplicate, harmlessly.
-                tracing::warn!(%error, "Ack of a command ack failed.");
-            }
-        },
+        BATCH,
+        move |batch| handle_batch(ctx, batch),
     )
     .await;
 }
 
-/// `Ok(true)`: recorded; `Ok(false)`: quarantined.
-async fn handle(ctx: &Ctx, msg: &Message) -> Result<bool, CommandError> {
+async fn handle_batch(ctx: &Ctx, batch: Vec<Message>) {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut good = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match check(ctx, &msg).await {
+            Ok(Ok(ack)) => {
+                acks.push(ack);
+                good.push(msg);
+            }
+            Ok(Err(e)) => {
+                let result = match quarantine(ctx, &msg, &e).await {
+                    Ok(()) => msg.ack_with(AckKind::Term).await,
+                    Err(error) => nak(&msg, &error).await,
+                };
+                warn_unacked(result);
+            }
+            Err(error) => warn_unacked(nak(&msg, &error).await),
+        }
+    }
+    if acks.is_empty() {
+        return;
+    }
+    match ack_store::record_acks(&ctx.pool, &acks).await {
+        Ok(recorded) => {
+            let rows = settle(&acks, recorded);
+            if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
+                tracing::warn!(%error, "Command status not published; the sweeper retries it.");
+            }
+            for msg in &good {
+                warn_unacked(msg.ack().await);
+            }
+        }
+        Err(error) => {
+            let error = CommandError::from(error);
+            for msg in &good {
+                warn_unacked(nak(msg, &error).await);
+            }
+        }
+    }
+}
+
+/// Counts what the recorded acks did; returns the transitions' log rows to publish.
+fn settle(acks: &[CommandAck], recorded: Vec<AckRecorded>) -> Vec<super::store::LogRow> {
+    let mut rows = Vec::new();
+    for (ack, rec) in acks.iter().zip(recorded) {
+        match &rec.transition {
+            Some(row) if row.state == CommandState::Acked => {
+                metrics::command_acked(rec.round_trip_ms.unwrap_or(0).max(0) as f64 / 1000.0)
+            }
+            Some(_) => metrics::command_failed(ack.code.clone()),
+            None => {
+                metrics::command_ack_unmatched();
+                tracing::info!(command_id = %ack.command_id, device_id = %ack.device_id, effect = rec.effect.as_str(), "Ack recorded without effect.");
+            }
+        }
+        tracing::debug!(command_id = %ack.command_id, effect = rec.effect.as_str(), "Command ack recorded.");
+        rows.extend(rec.transition);
+    }
+    rows
+}
+
+/// The ack, or why it is refused (`Ok(Err)`: quarantine it).
+async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandAck, WireError>, CommandError> {
     let ack = match codec::decode_command_ack(&msg.subject, &msg.payload) {
         Ok(a) => a,
-        Err(e) => return quarantine(ctx, msg, &e).await.map(|()| false),
+        Err(e) => return Ok(Err(e)),
     };
     if !ctx.tenants.exists(&ctx.pool, &ack.tenant_id).await? {
-        let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", ack.tenant_id));
-        return quarantine(ctx, msg, &e).await.map(|()| false);
+        return Ok(Err(WireError::new(
+            Reason::UnknownTenant,
+            format!("tenant {:?} is not provisioned", ack.tenant_id),
+        )));
     }
-    let effect = ctx.actors.inbox_ack(ack.clone()).await?.map_err(CommandError::Inbox)?;
-    tracing::debug!(command_id = %ack.command_id, effect = effect.as_str(), "Command ack recorded.");
-    Ok(true)
+    Ok(Ok(ack))
 }
 
 async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<(), CommandError> {
     Ok(crate::consumer::quarantine(ctx, names::COMMAND_ACKS, msg, e).await?)
+}
+
+async fn nak(msg: &Message, error: &CommandError) -> Result<(), async_nats::Error> {
+    tracing::warn!(%error, "Command ack not recorded; redelivering.");
+    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
+}
+
+fn warn_unacked(result: Result<(), async_nats::Error>) {
+    if let Err(error) = result {
+        // Recorded already: a redelivered ack is recorded again as a duplicate, harmlessly.
+        tracing::warn!(%error, "Ack of a command ack failed.");
+    }
 }

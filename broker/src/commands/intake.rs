@@ -1,5 +1,6 @@
-//! Command intake from the portal: per store, one message at a time in stream order (which is
-//! issue order); stores are handled concurrently ([`crate::lanes`]).
+//! Command intake from the portal: per store in stream order (which is issue order), a lane's
+//! waiting messages at a time, accepted in one statement; stores are handled concurrently
+//! ([`crate::lanes`]).
 //!
 //! A command that decodes is accepted (recorded, queued per device) or rejected with a coded
 //! reason (recorded, reported, never delivered). One that does not decode is still rejected as a
@@ -16,106 +17,180 @@ use tillsync_actors::policy;
 use tillsync_schemas::ids::check_uuid_or_ulid;
 use tillsync_schemas::{codec, streams as names, subject, CommandEnvelope, DeviceAddr, Reason, WireError};
 
-use super::store::{self, Accepted, CommandRow};
+use super::intake_store::{self, Accepted};
+use super::store::{self, CommandRow};
 use super::{publish, CommandError};
 use crate::{metrics, Ctx};
 
+/// Most commands one lane accepts in one statement.
+const BATCH: usize = 256;
+
 pub async fn run(ctx: Arc<Ctx>) {
     let ctx = &ctx;
-    crate::consumer::each_message(
+    crate::consumer::each_batch(
         ctx,
         names::INTAKE,
         names::BROKER_INTAKE_CONSUMER,
         ctx.config.message_lanes,
-        move |msg| async move {
-            metrics::command_received();
-            match handle(ctx, &msg).await {
-                Ok(Handled { term, wake }) => {
-                    let ack = if term { msg.ack_with(AckKind::Term).await } else { msg.ack().await };
-                    if let Err(error) = ack {
-                        // Committed already: a redelivery is answered "duplicate".
-                        tracing::warn!(%error, "Intake ack failed after commit.");
-                    }
-                    if !wake.is_empty() {
-                        let ctx = ctx.clone();
-                        tokio::spawn(async move { super::tick(&ctx, wake).await });
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "Command not recorded; redelivering.");
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                }
-            }
-        },
+        BATCH,
+        move |batch| handle_batch(ctx, batch),
     )
     .await;
 }
 
-/// What to do with the intake message once its effect is committed.
-struct Handled {
-    /// Terminate (quarantined) rather than ack.
-    term: bool,
-    /// Devices whose inbox got a new entry.
-    wake: Vec<DeviceAddr>,
+/// Accepts a lane's batch in order: commands to accept are gathered and accepted together;
+/// one to refuse first has the gathered ones accepted, so a refusal never overtakes an
+/// earlier command of the batch.
+async fn handle_batch(ctx: &Arc<Ctx>, batch: Vec<Message>) {
+    metrics::commands_received(batch.len() as u64);
+    let mut gathered: Vec<(Message, CommandEnvelope)> = Vec::new();
+    for msg in batch {
+        let outcome = match check(ctx, &msg).await {
+            Ok(Ok(cmd)) => {
+                gathered.push((msg, cmd));
+                continue;
+            }
+            Ok(Err(refusal)) => {
+                accept(ctx, std::mem::take(&mut gathered)).await;
+                refusal.apply(ctx, &msg).await
+            }
+            Err(error) => Err(error),
+        };
+        finish(&msg, outcome).await;
+    }
+    accept(ctx, gathered).await;
 }
 
-const ACKED: Handled = Handled { term: false, wake: Vec::new() };
+/// Acks (or terminates) an intake message whose effect is committed; on an error, has it
+/// redelivered.
+async fn finish(msg: &Message, outcome: Result<bool, CommandError>) {
+    let ack = match outcome {
+        Ok(false) => msg.ack().await,
+        Ok(true) => msg.ack_with(AckKind::Term).await,
+        Err(error) => return redeliver(msg, &error).await,
+    };
+    if let Err(error) = ack {
+        // Committed already: a redelivery is answered "duplicate".
+        tracing::warn!(%error, "Intake ack failed after commit.");
+    }
+}
 
-async fn handle(ctx: &Ctx, msg: &Message) -> Result<Handled, CommandError> {
+async fn redeliver(msg: &Message, error: &CommandError) {
+    tracing::warn!(%error, "Command not recorded; redelivering.");
+    if let Err(error) = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await {
+        tracing::warn!(%error, "Intake nak failed; JetStream redelivers after the ack wait.");
+    }
+}
+
+/// Why a message is not accepted as it stands.
+enum Refusal {
+    /// It does not decode: rejected as a command if readable enough, else quarantined.
+    Undecoded(WireError),
+    /// Quarantined (terminated, no status).
+    Quarantine(WireError),
+    /// Recorded as a rejected command, with a status.
+    Reject(Box<CommandEnvelope>, WireError),
+}
+
+impl Refusal {
+    /// Records the refusal; `Ok(true)` when the message is to be terminated rather than acked.
+    async fn apply(self, ctx: &Ctx, msg: &Message) -> Result<bool, CommandError> {
+        match self {
+            Refusal::Undecoded(e) => refuse_undecoded(ctx, msg, e).await,
+            Refusal::Quarantine(e) => quarantine(ctx, msg, &e).await,
+            Refusal::Reject(cmd, e) => reject(ctx, &CommandRow::of(&cmd, &msg.payload), &e).await,
+        }
+    }
+}
+
+/// The command if intake may accept it (the device lookup is part of accepting), else why not.
+async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refusal>, CommandError> {
     let cmd = match codec::decode_command(&msg.subject, &msg.payload) {
         Ok(cmd) => cmd,
-        Err(e) => return refuse_undecoded(ctx, msg, e).await,
+        Err(e) => return Ok(Err(Refusal::Undecoded(e))),
     };
     if !ctx.tenants.exists(&ctx.pool, &cmd.tenant_id).await? {
         let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", cmd.tenant_id));
-        return quarantine(ctx, msg, &e).await;
+        return Ok(Err(Refusal::Quarantine(e)));
     }
-    let row = CommandRow::of(&cmd, &msg.payload);
     let max_ttl_ms = (ctx.config.command_max_ttl_s as i64).saturating_mul(1000);
     if let Err(e) = policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms) {
-        return reject(ctx, &row, &e).await;
+        return Ok(Err(Refusal::Reject(Box::new(cmd), e)));
     }
-    accept(ctx, &cmd, &row).await
+    Ok(Ok(cmd))
 }
 
-async fn accept(ctx: &Ctx, cmd: &CommandEnvelope, row: &CommandRow<'_>) -> Result<Handled, CommandError> {
-    let logs = match store::accept(&ctx.pool, row).await? {
-        Accepted::New(logs) => logs,
-        Accepted::Duplicate => {
-            tracing::debug!(command_id = %cmd.command_id, "Duplicate command intake; already recorded.");
-            return Ok(ACKED);
-        }
-        Accepted::NoDevice => {
-            let what = match cmd.device_id.as_deref() {
-                Some(d) => format!("device {d:?} is not known"),
-                None => format!("store {:?} has no known device", cmd.store_id),
-            };
-            let e = WireError::new(Reason::UnknownDevice, format!("{what} (provision with `tillsync devices add`)"));
-            return reject(ctx, row, &e).await;
+/// Accepts the gathered commands in one statement, rejects those with no known device,
+/// publishes the `queued` statuses, acks the messages and wakes the devices.
+async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
+    if gathered.is_empty() {
+        return;
+    }
+    let rows: Vec<CommandRow<'_>> = gathered.iter().map(|(m, c)| CommandRow::of(c, &m.payload)).collect();
+    let accepted = match intake_store::accept_many(&ctx.pool, &rows).await {
+        Ok(a) => a,
+        Err(error) => {
+            let error = CommandError::from(error);
+            for (msg, _) in &gathered {
+                redeliver(msg, &error).await;
+            }
+            return;
         }
     };
-    tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = logs.len(), "Command queued.");
-    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
+    let mut queued = Vec::new();
+    let mut outcomes = Vec::with_capacity(gathered.len());
+    for (((_, cmd), row), result) in gathered.iter().zip(&rows).zip(accepted) {
+        outcomes.push(match result {
+            Accepted::New(logs) => {
+                tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = logs.len(), "Command queued.");
+                queued.extend(logs);
+                Ok(false)
+            }
+            Accepted::Duplicate => {
+                tracing::debug!(command_id = %cmd.command_id, "Duplicate command intake; already recorded.");
+                Ok(false)
+            }
+            Accepted::NoDevice => {
+                let what = match cmd.device_id.as_deref() {
+                    Some(d) => format!("device {d:?} is not known"),
+                    None => format!("store {:?} has no known device", cmd.store_id),
+                };
+                let e = WireError::new(Reason::UnknownDevice, format!("{what} (provision with `tillsync devices add`)"));
+                reject(ctx, row, &e).await
+            }
+        });
+    }
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &queued).await {
         tracing::warn!(%error, "Queued status not published; the sweeper retries it.");
     }
-    let wake = logs
+    for ((msg, _), outcome) in gathered.iter().zip(outcomes) {
+        finish(msg, outcome).await;
+    }
+    let mut wake: Vec<DeviceAddr> = queued
         .iter()
-        .filter_map(|l| l.device_id.as_deref())
-        .map(|d| DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, d))
+        .filter_map(|l| Some(DeviceAddr::new(&l.tenant_id, &l.store_id, l.device_id.as_deref()?)))
         .collect();
-    Ok(Handled { term: false, wake })
+    wake.sort_unstable_by(|a, b| {
+        (&a.tenant_id, &a.store_id, &a.device_id).cmp(&(&b.tenant_id, &b.store_id, &b.device_id))
+    });
+    wake.dedup();
+    if !wake.is_empty() {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { super::tick(&ctx, wake).await });
+    }
 }
 
-async fn reject(ctx: &Ctx, row: &CommandRow<'_>, e: &WireError) -> Result<Handled, CommandError> {
+/// Records a rejected command and publishes its status; `Ok(false)`: ack the message.
+async fn reject(ctx: &Ctx, row: &CommandRow<'_>, e: &WireError) -> Result<bool, CommandError> {
     let Some(log) = store::reject(&ctx.pool, row, e.reason.as_str(), &e.detail).await? else {
-        return Ok(ACKED);
+        return Ok(false);
     };
     metrics::command_rejected(e.reason.as_str());
     tracing::warn!(command_id = %row.command_id, reason = %e.reason, detail = %e.detail, "Command rejected.");
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &[log]).await {
         tracing::warn!(%error, "Rejected status not published; the sweeper retries it.");
     }
-    Ok(ACKED)
+    Ok(false)
 }
 
 /// The fields read from a command that does not fully decode (unknown kind, bad field, ...).
@@ -150,7 +225,7 @@ struct ProbeBody {
 
 /// Rejects as a command when the message names a valid command of a known tenant on its own
 /// subject; quarantines otherwise (no status goes to a tenant the subject does not prove).
-async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<Handled, CommandError> {
+async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<bool, CommandError> {
     let trusted = !matches!(e.reason, Reason::BadSubject | Reason::SubjectMismatch | Reason::Oversize);
     let probe = codec::decode::<Probe>(&msg.payload).ok().filter(|p| {
         let parsed = subject::parse(&msg.subject).ok();
@@ -182,8 +257,9 @@ async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<Hand
     reject(ctx, &row, &e).await
 }
 
-async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<Handled, CommandError> {
+/// Quarantines a message; `Ok(true)`: terminate it.
+async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
     crate::consumer::quarantine(ctx, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
-    Ok(Handled { term: true, wake: Vec::new() })
+    Ok(true)
 }

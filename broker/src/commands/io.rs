@@ -3,9 +3,8 @@
 
 use async_nats::jetstream::Context;
 use sqlx::PgPool;
-use tillsync_actors::policy::AckEffect;
 use tillsync_actors::ports::{Delivery, Finish, InboxSnapshot};
-use tillsync_schemas::{CommandAck, CommandState, DeviceAddr};
+use tillsync_schemas::{CommandState, DeviceAddr};
 
 use super::{publish, store, CommandError};
 use crate::metrics;
@@ -31,10 +30,11 @@ impl CommandIo {
             return Ok(false);
         };
         metrics::command_delivery(d.attempt > 1);
-        // A failed publish is not undone: the attempt counts, and the next one follows the backoff.
-        let sent = publish::command(&self.js, a, &envelope, d.attempt).await;
+        // The status first: acks bypass the actor, so the device's ack (and its `acked` status)
+        // may follow the command at once; it must not overtake `delivered`.
         self.statuses(&[row]).await;
-        sent.map(|()| true)
+        // A failed publish is not undone: the attempt counts, and the next one follows the backoff.
+        publish::command(&self.js, a, &envelope, d.attempt).await.map(|()| true)
     }
 
     pub async fn finish(&self, a: &DeviceAddr, f: &Finish) -> Result<bool, CommandError> {
@@ -52,24 +52,6 @@ impl CommandIo {
         }
         self.statuses(&[row]).await;
         Ok(true)
-    }
-
-    pub async fn apply_ack(&self, ack: &CommandAck) -> Result<AckEffect, CommandError> {
-        let rec = store::record_ack(&self.pool, ack).await?;
-        match (&rec.transition, rec.effect) {
-            (Some(row), _) if row.state == CommandState::Acked => {
-                metrics::command_acked(rec.round_trip_ms.unwrap_or(0).max(0) as f64 / 1000.0)
-            }
-            (Some(_), _) => metrics::command_failed(ack.code.clone()),
-            (None, effect) => {
-                metrics::command_ack_unmatched();
-                tracing::info!(command_id = %ack.command_id, device_id = %ack.device_id, effect = effect.as_str(), "Ack recorded without effect.");
-            }
-        }
-        if let Some(row) = rec.transition {
-            self.statuses(&[row]).await;
-        }
-        Ok(rec.effect)
     }
 
     /// Status publishing never fails a transition: it is committed, and the outbox resends.

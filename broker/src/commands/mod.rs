@@ -5,7 +5,7 @@
 //!   inbox entry per device; refused ones are recorded as `rejected` and never delivered.
 //! - The device actor ([`tillsync_actors::inbox`]) delivers in issue order through the inbox
 //!   ports ([`io`]), which persist every transition before publishing it.
-//! - [`acks`] hands device acks to the device actor, which records each one and applies it.
+//! - [`acks`] records device acks, a batch per statement, with the transitions they make.
 //! - [`sweep`] wakes device actors for due redeliveries and expiries (actors are passivated when
 //!   idle, so no timer lives in them), republishes status messages a crash left unpublished, and
 //!   exports the inbox gauges.
@@ -13,8 +13,10 @@
 //! Every transition is a `command_log` row and a status message on
 //! `tillsync.status.<tenant>.<store>.<command_id>`.
 
+pub mod ack_store;
 pub mod acks;
 pub mod intake;
+pub mod intake_store;
 pub mod io;
 pub mod publish;
 pub mod store;

@@ -5,8 +5,8 @@
 use sqlx::postgres::PgArguments;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{Arguments, PgConnection, PgPool};
-use tillsync_actors::policy::{self, AckEffect, PendingEntry};
-use tillsync_schemas::{CommandAck, CommandEnvelope, CommandState, DeviceAddr};
+use tillsync_actors::policy::PendingEntry;
+use tillsync_schemas::{CommandEnvelope, CommandState, DeviceAddr};
 
 use crate::ts;
 
@@ -123,7 +123,7 @@ impl<'a> CommandRow<'a> {
     }
 }
 
-/// $1..$12 of both command-row inserts: the `commands` columns, in table order.
+/// $1..$12 of the rejected-command insert: the `commands` columns, in table order.
 fn command_args(
     c: &CommandRow<'_>,
     received_at_ms: i64,
@@ -148,7 +148,7 @@ fn command_args(
     Ok(a)
 }
 
-const COMMAND_COLUMNS: &str = "commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by,
+pub const COMMAND_COLUMNS: &str = "commands (tenant_id, store_id, command_id, device_id, kind, envelope, requested_by,
     approvers, issued_at, expires_at, received_at, rejected_code)";
 
 /// Inserts the command row; `false` when the command id was seen before (idempotent intake).
@@ -166,75 +166,6 @@ async fn insert_command(
         .await?
         .rows_affected();
     Ok(inserted == 1)
-}
-
-/// What accepting a command did.
-#[derive(Debug)]
-pub enum Accepted {
-    /// Recorded, with one queued entry and log row per target device, in the order of the ids.
-    New(Vec<LogRow>),
-    /// The command id was seen before; nothing changed.
-    Duplicate,
-    /// Neither the named device nor (store-wide) any device of the store is known.
-    NoDevice,
-}
-
-/// Accepts a command in one statement (one round trip, one implicit transaction): finds its
-/// target devices (the named one if known, else every known device of the store), and only if
-/// there are some and the command id is new, records the command, an inbox entry and a log row
-/// per device, in device order.
-pub async fn accept(pool: &PgPool, c: &CommandRow<'_>) -> Result<Accepted, sqlx::Error> {
-    let detail = format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "));
-    let at_ms = crate::now_ms();
-    let sql = format!(
-        "WITH targets AS (
-           SELECT device_id, row_number() OVER (ORDER BY device_id) AS n FROM devices
-           WHERE tenant_id = $1 AND store_id = $2 AND ($4::text IS NULL OR device_id = $4)
-         ), cmd AS (
-           INSERT INTO {COMMAND_COLUMNS}
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM targets)
-           ON CONFLICT (tenant_id, command_id) DO NOTHING
-           RETURNING 1
-         ), inbox AS (
-           INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
-           SELECT $1, $2, t.device_id, $3, $13, 0, $11, $10 FROM cmd, targets t ORDER BY t.n
-         ), log AS (
-           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-           SELECT $1, $2, $3, t.device_id, $13, 0, NULL, $14, $15, $11 FROM cmd, targets t ORDER BY t.n
-           RETURNING id, device_id
-         )
-         SELECT (SELECT count(*) FROM targets), log.id, log.device_id FROM (SELECT 1) AS one LEFT JOIN log ON true"
-    );
-    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as_with(&sql, command_args(c, at_ms, None)?)
-        .bind(CommandState::Queued.as_str())
-        .bind(&detail)
-        .bind(BY_PORTAL)
-        .fetch_all(pool)
-        .await?;
-    if rows.first().is_none_or(|r| r.0 == 0) {
-        return Ok(Accepted::NoDevice);
-    }
-    let mut logs: Vec<LogRow> = rows
-        .into_iter()
-        .filter_map(|(_, id, device_id)| Some((id?, device_id?)))
-        .map(|(id, device_id)| LogRow {
-            id,
-            tenant_id: c.tenant_id.into(),
-            store_id: c.store_id.into(),
-            command_id: c.command_id.into(),
-            device_id: Some(device_id),
-            state: CommandState::Queued,
-            attempt: 0,
-            code: None,
-            detail: detail.clone(),
-            at_ms,
-        })
-        .collect();
-    if logs.is_empty() {
-        return Ok(Accepted::Duplicate);
-    }
-    logs.sort_unstable_by_key(|l| l.id);
-    Ok(Accepted::New(logs))
 }
 
 /// Records a command refused at intake. `None` for a duplicate.
@@ -318,11 +249,16 @@ pub async fn deliver(
     now_ms: i64,
 ) -> Result<Option<(Vec<u8>, LogRow)>, sqlx::Error> {
     let at_ms = crate::now_ms();
-    // The transition and its log row in one statement (one round trip, one transaction).
+    // The transition and its log row in one statement (one round trip, one transaction),
+    // committed without waiting for the WAL flush: a delivery acks no JetStream message, and
+    // losing it in a crash only rolls the entry back to the attempt before, whose redelivery
+    // reuses this attempt's `Nats-Msg-Id` (dropped by the stream as a duplicate). Any later
+    // transition of the entry (an ack) waits for a flush that includes this commit.
     let found: Option<(Vec<u8>, i64)> = sqlx::query_as(
-        "WITH upd AS (
+        "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)),
+         upd AS (
            UPDATE command_inbox i SET state = $9, attempts = $5, next_attempt_at = $6, updated_at = now()
-           FROM commands c
+           FROM commands c, async
            WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
              AND i.state IN ('queued', 'delivered') AND i.attempts = $5 - 1 AND i.expires_at > $7
              AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
@@ -392,165 +328,6 @@ pub async fn finish(
     let row = insert_log(&mut tx, log).await?;
     tx.commit().await?;
     Ok(Some(row))
-}
-
-/// What recording an ack did.
-#[derive(Debug)]
-pub struct AckRecorded {
-    pub effect: AckEffect,
-    pub transition: Option<LogRow>,
-    /// From intake to this ack, for a transition.
-    pub round_trip_ms: Option<i64>,
-}
-
-/// Records an ack in `command_acks` and applies its transition, if any, atomically.
-///
-/// The common case, an ack for an unfinished entry, is one statement: the conditional `UPDATE`
-/// takes the row lock and makes the transition `on_ack` gives every unfinished entry (`ack_target`), with the
-/// ack and log rows. Anything else (an unknown command, an entry already final) takes
-/// [`record_ack_checked`], which reads the entry under lock and asks `on_ack` what the ack does.
-pub async fn record_ack(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
-    let (effect, next) = (AckEffect::AppliedTransition, policy::ack_target(ack.outcome));
-    let detail = ack_detail(ack);
-    let at_ms = crate::now_ms();
-    let found: Option<(i32, DateTime<Utc>, i64)> = sqlx::query_as_with(
-        "WITH upd AS (
-           UPDATE command_inbox i SET state = $10, last_code = $6, next_attempt_at = NULL, updated_at = now()
-           FROM commands c
-           WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
-             AND i.state IN ('queued', 'delivered')
-             AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
-           RETURNING i.attempts, c.received_at
-         ), ack AS (
-           INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM upd
-         ), log AS (
-           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-           SELECT $1, $2, $4, $3, $10, upd.attempts, $6, $11, $12, $13 FROM upd
-           RETURNING id
-         )
-         SELECT upd.attempts, upd.received_at, log.id FROM upd, log",
-        ack_args(ack, effect)?,
-    )
-    .bind(next.as_str())
-    .bind(&detail)
-    .bind(BY_DEVICE)
-    .bind(ts(at_ms))
-    .fetch_optional(pool)
-    .await?;
-    let Some((attempts, received_at, id)) = found else { return record_ack_checked(pool, ack).await };
-    let transition = LogRow {
-        id,
-        tenant_id: ack.tenant_id.clone(),
-        store_id: ack.store_id.clone(),
-        command_id: ack.command_id.clone(),
-        device_id: Some(ack.device_id.clone()),
-        state: next,
-        attempt: attempts.max(0) as u32,
-        code: Some(ack.code.clone()),
-        detail,
-        at_ms,
-    };
-    Ok(AckRecorded {
-        effect,
-        transition: Some(transition),
-        round_trip_ms: Some(at_ms - received_at.timestamp_millis()),
-    })
-}
-
-/// $1..$9 of both ack statements: the `command_acks` row.
-fn ack_args(ack: &CommandAck, effect: AckEffect) -> Result<PgArguments, sqlx::Error> {
-    let mut a = PgArguments::default();
-    let mut add = || -> Result<(), sqlx::error::BoxDynError> {
-        a.add(ack.tenant_id.clone())?;
-        a.add(ack.store_id.clone())?;
-        a.add(ack.device_id.clone())?;
-        a.add(ack.command_id.clone())?;
-        a.add(ack.outcome.as_str())?;
-        a.add(ack.code.clone())?;
-        a.add(ack.detail.clone())?;
-        a.add(ts(ack.at_ms))?;
-        a.add(effect.as_str())
-    };
-    add().map_err(sqlx::Error::Encode)?;
-    Ok(a)
-}
-
-/// The outcome goes into the audit detail: `failed` and `rejected` both end `failed`.
-fn ack_detail(ack: &CommandAck) -> String {
-    match ack.detail.as_str() {
-        "" => ack.outcome.as_str().to_string(),
-        d => format!("{}: {d}", ack.outcome.as_str()),
-    }
-}
-
-/// Records an ack whatever the entry's state, in one transaction: reads the entry under lock,
-/// decides with `on_ack`, writes.
-async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // The entry (locked) and whether an earlier ack already made its transition. No entry, no
-    // earlier transition: `on_ack` then answers "unknown command" either way.
-    let current: Option<(String, i32, DateTime<Utc>, bool)> = sqlx::query_as(
-        "SELECT i.state, i.attempts, c.received_at,
-                EXISTS (SELECT 1 FROM command_acks a
-                        WHERE a.tenant_id = i.tenant_id AND a.command_id = i.command_id AND a.device_id = i.device_id
-                          AND a.effect = 'applied_transition')
-         FROM command_inbox i
-         JOIN commands c ON c.tenant_id = i.tenant_id AND c.command_id = i.command_id
-         WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
-         FOR UPDATE OF i",
-    )
-    .bind(&ack.tenant_id)
-    .bind(&ack.store_id)
-    .bind(&ack.device_id)
-    .bind(&ack.command_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let state = current.as_ref().and_then(|(s, ..)| CommandState::parse(s));
-    let acked_before = current.as_ref().is_some_and(|c| c.3);
-    let (effect, next) = policy::on_ack(state, acked_before, ack.outcome);
-    // The ack row always; with a transition ($10), the entry's new state and its log row too,
-    // all in one statement.
-    let transition_to = next.filter(|_| current.is_some());
-    let attempt = current.as_ref().map_or(0, |c| c.1.max(0) as u32);
-    let detail = ack_detail(ack);
-    let at_ms = crate::now_ms();
-    let id: Option<i64> = sqlx::query_scalar_with(
-        "WITH ack AS (
-           INSERT INTO command_acks (tenant_id, store_id, device_id, command_id, outcome, code, detail, acked_at, effect)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ), upd AS (
-           UPDATE command_inbox SET state = $11, last_code = $6, next_attempt_at = NULL, updated_at = now()
-           WHERE $10 AND tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
-         )
-         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-         SELECT $1, $2, $4, $3, $11, $12, $6, $13, $14, $15 WHERE $10
-         RETURNING id",
-        ack_args(ack, effect)?,
-    )
-    .bind(transition_to.is_some())
-    .bind(transition_to.unwrap_or(CommandState::Acked).as_str())
-    .bind(attempt as i32)
-    .bind(&detail)
-    .bind(BY_DEVICE)
-    .bind(ts(at_ms))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let transition = id.zip(transition_to).map(|(id, state)| LogRow {
-        id,
-        tenant_id: ack.tenant_id.clone(),
-        store_id: ack.store_id.clone(),
-        command_id: ack.command_id.clone(),
-        device_id: Some(ack.device_id.clone()),
-        state,
-        attempt,
-        code: Some(ack.code.clone()),
-        detail,
-        at_ms,
-    });
-    let round_trip_ms = transition.as_ref().and(current.as_ref()).map(|c| at_ms - c.2.timestamp_millis());
-    tx.commit().await?;
-    Ok(AckRecorded { effect, transition, round_trip_ms })
 }
 
 type LogTuple = (i64, String, String, String, Option<String>, String, i32, Option<String>, String, DateTime<Utc>);

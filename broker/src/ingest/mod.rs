@@ -268,18 +268,7 @@ async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
 async fn lane(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<jetstream::Message>) {
     let max = ctx.config.batch_size;
     while let Some(first) = rx.recv().await {
-        let mut batch = Vec::with_capacity(max.min(64));
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + ctx.config.linger();
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(m)) => batch.push(m),
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
+        let batch = crate::consumer::gather(&mut rx, first, max, ctx.config.linger()).await;
         handle_batch(&ctx, batch).await;
     }
 }

@@ -1,0 +1,132 @@
+//! Accepting commands in Postgres: a lane's waiting commands in one statement.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use tillsync_schemas::CommandState;
+
+use super::store::{CommandRow, LogRow, BY_PORTAL, COMMAND_COLUMNS};
+use crate::ts;
+
+/// What accepting a command did.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Recorded, with one queued entry and log row per target device, in the order of the ids.
+    New(Vec<LogRow>),
+    /// The command id was seen before; nothing changed.
+    Duplicate,
+    /// Neither the named device nor (store-wide) any device of the store is known.
+    NoDevice,
+}
+
+/// The audit detail of a command's `queued` rows.
+fn queued_detail(c: &CommandRow<'_>) -> String {
+    format!("{} requested by {}, approved by {}", c.kind, c.requested_by, c.approvers.join(", "))
+}
+
+/// Accepts commands in one statement (one round trip, one commit), one result per command in
+/// order. Each command's target devices are the named one if known, else every known device
+/// of its store; only if there are some and its id is new is it recorded, with an inbox entry
+/// and a log row per device. Inbox entries are numbered in the order given, so a device's
+/// commands keep their issue order. A command id repeated within the batch is a duplicate of
+/// its first occurrence.
+pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>]) -> Result<Vec<Accepted>, sqlx::Error> {
+    let mut seen = HashSet::new();
+    let first: Vec<usize> = (0..rows.len()).filter(|&i| seen.insert((rows[i].tenant_id, rows[i].command_id))).collect();
+    let mut out: Vec<Accepted> = rows.iter().map(|_| Accepted::Duplicate).collect();
+    if first.is_empty() {
+        return Ok(out);
+    }
+    let pick = |f: &dyn Fn(&CommandRow<'_>) -> String| first.iter().map(|&i| f(&rows[i])).collect::<Vec<String>>();
+    // Approvers travel flattened, with each command's slice bounds: Postgres arrays of arrays
+    // must be rectangular.
+    let (mut approvers, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in &first {
+        lo.push(approvers.len() as i32 + 1);
+        approvers.extend(rows[i].approvers.iter().cloned());
+        hi.push(approvers.len() as i32);
+    }
+    let at_ms = crate::now_ms();
+    let sql = format!(
+        "WITH input AS (
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[],
+                                $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::text[])
+             WITH ORDINALITY AS u(tenant_id, store_id, command_id, device_id, kind, envelope, requested_by,
+                                  lo, hi, issued_at, expires_at, detail, ord)
+         ), targets AS (
+           SELECT n.ord, d.device_id FROM input n
+           JOIN devices d ON d.tenant_id = n.tenant_id AND d.store_id = n.store_id
+                         AND (n.device_id IS NULL OR d.device_id = n.device_id)
+         ), cmd AS (
+           INSERT INTO {COMMAND_COLUMNS}
+           SELECT n.tenant_id, n.store_id, n.command_id, n.device_id, n.kind, n.envelope, n.requested_by,
+                  coalesce(($13::text[])[n.lo:n.hi], '{{}}'), n.issued_at, n.expires_at, $14, NULL
+           FROM input n WHERE EXISTS (SELECT 1 FROM targets t WHERE t.ord = n.ord) ORDER BY n.ord
+           ON CONFLICT (tenant_id, command_id) DO NOTHING
+           RETURNING tenant_id, command_id
+         ), new AS (
+           SELECT n.ord, n.tenant_id, n.store_id, n.command_id, n.expires_at, n.detail, t.device_id FROM input n
+           JOIN cmd ON cmd.tenant_id = n.tenant_id AND cmd.command_id = n.command_id
+           JOIN targets t ON t.ord = n.ord
+         ), inbox AS (
+           INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
+           SELECT tenant_id, store_id, device_id, command_id, $15, 0, $14, expires_at FROM new ORDER BY ord, device_id
+         ), log AS (
+           INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
+           SELECT tenant_id, store_id, command_id, device_id, $15, 0, NULL, detail, $16, $14 FROM new
+           ORDER BY ord, device_id
+           RETURNING id, tenant_id, command_id, device_id
+         )
+         SELECT n.ord, (SELECT count(*) FROM targets t WHERE t.ord = n.ord), log.id, log.device_id
+         FROM input n LEFT JOIN log ON log.tenant_id = n.tenant_id AND log.command_id = n.command_id
+         ORDER BY log.id"
+    );
+    let found: Vec<(i64, i64, Option<i64>, Option<String>)> = sqlx::query_as(&sql)
+        // Planned for its actual arrays every time (see `ack_store`).
+        .persistent(false)
+        .bind(pick(&|c| c.tenant_id.into()))
+        .bind(pick(&|c| c.store_id.into()))
+        .bind(pick(&|c| c.command_id.into()))
+        .bind(first.iter().map(|&i| rows[i].device_id.map(str::to_string)).collect::<Vec<_>>())
+        .bind(pick(&|c| c.kind.into()))
+        .bind(first.iter().map(|&i| rows[i].envelope.to_vec()).collect::<Vec<_>>())
+        .bind(pick(&|c| c.requested_by.into()))
+        .bind(lo)
+        .bind(hi)
+        .bind(first.iter().map(|&i| ts(rows[i].issued_at_ms)).collect::<Vec<_>>())
+        .bind(first.iter().map(|&i| ts(rows[i].expires_at_ms)).collect::<Vec<_>>())
+        .bind(pick(&queued_detail))
+        .bind(approvers)
+        .bind(ts(at_ms))
+        .bind(CommandState::Queued.as_str())
+        .bind(BY_PORTAL)
+        .fetch_all(pool)
+        .await?;
+    for (ord, targets, id, device_id) in found {
+        let i = first[ord as usize - 1];
+        let c = &rows[i];
+        match (targets, id.zip(device_id)) {
+            (0, _) => out[i] = Accepted::NoDevice,
+            (_, None) => {}
+            (_, Some((id, device_id))) => {
+                let log = LogRow {
+                    id,
+                    tenant_id: c.tenant_id.into(),
+                    store_id: c.store_id.into(),
+                    command_id: c.command_id.into(),
+                    device_id: Some(device_id),
+                    state: CommandState::Queued,
+                    attempt: 0,
+                    code: None,
+                    detail: queued_detail(c),
+                    at_ms,
+                };
+                match &mut out[i] {
+                    Accepted::New(logs) => logs.push(log),
+                    other => *other = Accepted::New(vec![log]),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
