@@ -145,6 +145,26 @@ pub fn plan(entries: &[PendingEntry], now_ms: i64, online: bool, p: InboxParams)
     actions
 }
 
+/// Intake's direct first delivery: what [`plan`] would do for a command just accepted, so
+/// intake can record and publish attempt 1 at once instead of waking the device actor. It
+/// applies when `plan` would deliver it now: the device is online, no earlier command of the
+/// device still waits for its first delivery (checked in the accepting statement) and attempts
+/// are allowed at all. `Some(next_attempt_at_ms)` of attempt 1, as `plan` schedules it.
+pub fn direct_first_delivery(now_ms: i64, expires_at_ms: i64, online: bool, p: InboxParams) -> Option<i64> {
+    let entry = PendingEntry {
+        command_id: String::new(),
+        inbox_seq: 0,
+        state: CommandState::Queued,
+        attempts: 0,
+        next_attempt_at_ms: now_ms,
+        expires_at_ms,
+    };
+    match plan(std::slice::from_ref(&entry), now_ms, online, p).pop() {
+        Some(Action::Deliver { attempt: 1, next_attempt_at_ms, .. }) => Some(next_attempt_at_ms),
+        _ => None,
+    }
+}
+
 /// The earliest moment `plan` would do something for these entries (for timers and sweeps).
 pub fn next_due_ms(entries: &[PendingEntry]) -> Option<i64> {
     entries.iter().map(|e| e.next_attempt_at_ms.min(e.expires_at_ms)).min()
@@ -270,6 +290,7 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(retry_delay_ms(1, 500), 500);
+        assert_eq!(retry_delay_ms(3, 500), 2_000);
         assert_eq!(retry_delay_ms(2, 500), 1_000);
         assert_eq!(retry_delay_ms(4, 500), 4_000);
         assert_eq!(retry_delay_ms(40, 5_000), MAX_RETRY_MS);
@@ -352,5 +373,17 @@ mod tests {
         assert_eq!(on_ack(Some(Acked), true, Outcome::Applied), (AckEffect::Duplicate, None));
         assert_eq!(on_ack(Some(Expired), false, Outcome::Applied), (AckEffect::AfterFinal, None));
         assert_eq!(on_ack(Some(Failed), false, Outcome::Applied), (AckEffect::AfterFinal, None));
+    }
+
+    #[test]
+    fn direct_first_delivery_is_what_plan_does_for_a_new_command() {
+        let p = InboxParams { max_attempts: 3, first_retry_ms: 500 };
+        assert_eq!(direct_first_delivery(1_000, 60_000, true, p), Some(1_500));
+        // Never scheduled past expiry.
+        assert_eq!(direct_first_delivery(1_000, 1_200, true, p), Some(1_200));
+        assert_eq!(direct_first_delivery(1_000, 60_000, false, p), None, "offline: wait");
+        assert_eq!(direct_first_delivery(1_000, 900, true, p), None, "expired: the tick expires it");
+        let none = InboxParams { max_attempts: 0, first_retry_ms: 500 };
+        assert_eq!(direct_first_delivery(1_000, 60_000, true, none), None, "no attempts allowed");
     }
 }

@@ -519,6 +519,58 @@ async fn a_backlog_is_taken_in_batches_keeping_issue_order_duplicates_and_refusa
     broker.stop().await;
 }
 
+/// Intake delivers a new command in its accepting statement exactly when the actor's plan
+/// would: online, and no earlier command of the device still waiting for its first delivery.
+#[tokio::test]
+async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
+    use tillsync_actors::policy::InboxParams;
+    use tillsync_broker::commands::intake_store::{accept_many, Accepted};
+    use tillsync_broker::commands::store::CommandRow;
+
+    let db = tillsync_tests::TestDb::new().await;
+    let pool = &db.pool;
+    add_tenant(pool, "cmd-direct").await;
+    let [waiting, offline, free] = ["till-1", "till-2", "till-3"].map(|d| DeviceAddr::new("cmd-direct", "s1", d));
+    for a in [&waiting, &offline, &free] {
+        provision(pool, a).await;
+    }
+    let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
+    let accept = |cmds: Vec<CommandEnvelope>| async move {
+        let bytes: Vec<Vec<u8>> = cmds.iter().map(codec::encode).collect();
+        let rows: Vec<CommandRow<'_>> = cmds.iter().zip(&bytes).map(|(c, b)| CommandRow::of(c, b)).collect();
+        let states = |a: &Accepted| match a {
+            Accepted::New(logs) => logs.iter().map(|l| (l.state, l.attempt)).collect(),
+            other => panic!("not accepted: {other:?}"),
+        };
+        accept_many(pool, &rows, p).await.unwrap().iter().map(states).collect::<Vec<Vec<_>>>()
+    };
+    // Accepted while every device is offline: queued, nothing delivered.
+    let earlier = command("cmd-direct", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+    assert_eq!(accept(vec![earlier.clone()]).await, vec![vec![(CommandState::Queued, 0)]]);
+    sqlx::query("UPDATE devices SET online = device_id <> 'till-2'").execute(pool).await.unwrap();
+
+    let cmds: Vec<CommandEnvelope> = [&waiting, &offline, &free, &free]
+        .iter()
+        .map(|a| command("cmd-direct", "s1", Some(&a.device_id), menu(), &["alice"], 60_000))
+        .collect();
+    let before = tillsync_broker::now_ms();
+    let got = accept(cmds.clone()).await;
+    let queued = vec![(CommandState::Queued, 0)];
+    let direct = vec![(CommandState::Queued, 0), (CommandState::Delivered, 1)];
+    assert_eq!(got, vec![queued.clone(), queued, direct.clone(), direct], "behind an earlier one; offline; free");
+    let (state, attempts, next): (String, i32, sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>) =
+        sqlx::query_as("SELECT state, attempts, next_attempt_at FROM command_inbox WHERE command_id = $1")
+            .bind(&cmds[2].command_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), attempts), ("delivered", 1));
+    let wait = next.timestamp_millis() - before;
+    assert!((5_000..6_000).contains(&wait), "next attempt after the first retry delay, got {wait} ms");
+    let log: Vec<String> = log(pool, &cmds[2].command_id).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(log, vec!["queued", "delivered"]);
+}
+
 #[tokio::test]
 async fn policy_rejections_are_recorded_reported_and_never_delivered() {
     let (stack, broker) = setup("cmd-policy", |c| c.command_max_ttl_s = 3_600).await;

@@ -8,6 +8,7 @@
 //! hears why; anything less readable is quarantined. Everything is committed before the intake
 //! message is acked, and a command id seen before is acked without effect.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use async_nats::jetstream::{AckKind, Message};
 use serde::Deserialize;
 use tillsync_actors::policy;
 use tillsync_schemas::ids::check_uuid_or_ulid;
-use tillsync_schemas::{codec, streams as names, subject, CommandEnvelope, DeviceAddr, Reason, WireError};
+use tillsync_schemas::{
+    codec, streams as names, subject, CommandEnvelope, CommandState, DeviceAddr, Reason, WireError,
+};
 
 use super::intake_store::{self, Accepted};
 use super::store::{self, CommandRow};
@@ -121,13 +124,14 @@ async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refus
 }
 
 /// Accepts the gathered commands in one statement, rejects those with no known device,
-/// publishes the `queued` statuses, acks the messages and wakes the devices.
+/// publishes the statuses and the direct first deliveries, acks the messages and wakes the
+/// devices whose new commands wait (offline, or behind an earlier one).
 async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     if gathered.is_empty() {
         return;
     }
     let rows: Vec<CommandRow<'_>> = gathered.iter().map(|(m, c)| CommandRow::of(c, &m.payload)).collect();
-    let accepted = match intake_store::accept_many(&ctx.pool, &rows).await {
+    let accepted = match intake_store::accept_many(&ctx.pool, &rows, super::params(&ctx.config)).await {
         Ok(a) => a,
         Err(error) => {
             let error = CommandError::from(error);
@@ -137,13 +141,18 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
             return;
         }
     };
-    let mut queued = Vec::new();
+    let mut logs = Vec::new();
+    let mut deliveries = Vec::new();
     let mut outcomes = Vec::with_capacity(gathered.len());
     for (((_, cmd), row), result) in gathered.iter().zip(&rows).zip(accepted) {
         outcomes.push(match result {
-            Accepted::New(logs) => {
-                tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = logs.len(), "Command queued.");
-                queued.extend(logs);
+            Accepted::New(new) => {
+                tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = new.iter().filter(|l| l.state == CommandState::Queued).count(), "Command queued.");
+                for l in new.iter().filter(|l| l.state == CommandState::Delivered) {
+                    let device = l.device_id.as_deref().unwrap_or_default();
+                    deliveries.push((DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, device), cmd));
+                }
+                logs.extend(new);
                 Ok(false)
             }
             Accepted::Duplicate => {
@@ -160,15 +169,31 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
             }
         });
     }
-    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &queued).await {
-        tracing::warn!(%error, "Queued status not published; the sweeper retries it.");
+    // Each command's `queued` before its `delivered`, both before the command itself (see acks).
+    logs.sort_unstable_by_key(|l| l.id);
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
+        tracing::warn!(%error, "Command status not published; the sweeper retries it.");
+    }
+    for _ in &deliveries {
+        metrics::command_delivery(false);
+    }
+    if let Err(error) = publish::first_deliveries(&ctx.js, &deliveries).await {
+        // Recorded as attempt 1: the sweeper redelivers when the retry delay is up.
+        tracing::warn!(%error, "First delivery not published; it is redelivered after the retry delay.");
     }
     for ((msg, _), outcome) in gathered.iter().zip(outcomes) {
         finish(msg, outcome).await;
     }
-    let mut wake: Vec<DeviceAddr> = queued
+    let delivered: HashSet<(&str, &str)> = logs
         .iter()
-        .filter_map(|l| Some(DeviceAddr::new(&l.tenant_id, &l.store_id, l.device_id.as_deref()?)))
+        .filter(|l| l.state == CommandState::Delivered)
+        .filter_map(|l| Some((l.command_id.as_str(), l.device_id.as_deref()?)))
+        .collect();
+    let mut wake: Vec<DeviceAddr> = logs
+        .iter()
+        .filter_map(|l| Some((l, l.device_id.as_deref()?)))
+        .filter(|(l, d)| !delivered.contains(&(l.command_id.as_str(), *d)))
+        .map(|(l, d)| DeviceAddr::new(&l.tenant_id, &l.store_id, d))
         .collect();
     wake.sort_unstable_by(|a, b| {
         (&a.tenant_id, &a.store_id, &a.device_id).cmp(&(&b.tenant_id, &b.store_id, &b.device_id))

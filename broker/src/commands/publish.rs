@@ -35,11 +35,36 @@ fn headers(msg_id: &str) -> HeaderMap {
 
 /// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled in.
 pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<(), CommandError> {
-    let mut cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
+    let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
+    let (subject, headers, payload) = delivery(addr, &cmd, attempt);
+    publish(js, subject, headers, payload).await
+}
+
+/// Publishes first deliveries (attempt 1), pipelined: sent in order, acks awaited afterwards.
+/// The first failure is returned; the sweeper redelivers what did not get through.
+pub async fn first_deliveries(js: &Context, items: &[(DeviceAddr, &CommandEnvelope)]) -> Result<(), CommandError> {
+    let mut pending = Vec::with_capacity(items.len());
+    for (addr, cmd) in items {
+        let (subject, headers, payload) = delivery(addr, cmd, 1);
+        let ack = js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| CommandError::Publish(e.to_string()))?;
+        pending.push(ack);
+    }
+    for ack in pending {
+        ack.await.map_err(|e| CommandError::Publish(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Subject, headers and payload of delivery `attempt` of `cmd` to one device.
+fn delivery(addr: &DeviceAddr, cmd: &CommandEnvelope, attempt: u32) -> (String, HeaderMap, Vec<u8>) {
+    let mut cmd = cmd.clone();
     cmd.device_id = Some(addr.device_id.clone());
     let mut h = headers(&delivery_msg_id(&cmd.command_id, &addr.device_id, attempt));
     h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
-    publish(js, subject::commands(addr), h, codec::encode(&cmd)).await
+    (subject::commands(addr), h, codec::encode(&cmd))
 }
 
 pub fn status_of(row: &LogRow) -> CommandStatus {
