@@ -58,6 +58,8 @@ pub struct DeviceVerdicts {
     pub gaps: Vec<Gap>,
     /// The watermark once every candidate commits.
     pub projected_watermark: u64,
+    /// The watermark now, before this batch.
+    pub watermark: u64,
 }
 
 /// Fast path: an exact repeat of a recently committed event.
@@ -82,7 +84,7 @@ pub fn decide_batch(recent: &RecentIds, seqs: &SeqTracker, batch: &[Incoming]) -
             verdict
         })
         .collect();
-    DeviceVerdicts { fast, gaps, projected_watermark: seqs.projected(candidates) }
+    DeviceVerdicts { fast, gaps, projected_watermark: seqs.projected(candidates), watermark: seqs.watermark }
 }
 
 /// The ledger is the authority: `existing` is the content hash already stored for this
@@ -118,7 +120,7 @@ mod tests {
         let v = decide_batch(&recent, &seqs, &[ev("a", 1, 1), ev("b", 2, 2), ev("d", 5, 4)]);
         assert_eq!(v.fast, vec![Some(Decision::Duplicate(DupLayer::Memory)), None, None]);
         assert_eq!(v.gaps, vec![Gap { from: 3, to: 4 }]);
-        assert_eq!(v.projected_watermark, 2);
+        assert_eq!((v.watermark, v.projected_watermark), (1, 2));
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub struct CommittedEvent {
 pub enum DeviceMsg {
     /// Decide a batch of this device's events, in stream order.
     Decide(Vec<Incoming>, RpcReplyPort<DeviceVerdicts>),
-    /// These events are committed: remember them; replies with the new watermark if it moved.
-    Committed(Vec<CommittedEvent>, RpcReplyPort<Option<u64>>),
+    /// These events are committed: remember them; replies (if asked) with the new watermark
+    /// if it moved.
+    Committed(Vec<CommittedEvent>, Option<RpcReplyPort<Option<u64>>>),
     /// The current watermark (tests, status).
     Watermark(RpcReplyPort<u64>),
     /// Fail on purpose (fault-injection tests): the store actor restarts the device actor.
@@ -116,7 +117,9 @@ impl Actor for DeviceActor {
                     state.recent.insert(&ev.event_id, short(&ev.hash));
                     state.seqs.commit(ev.seq);
                 }
-                let _ = reply.send((state.seqs.watermark > before).then_some(state.seqs.watermark));
+                if let Some(reply) = reply {
+                    let _ = reply.send((state.seqs.watermark > before).then_some(state.seqs.watermark));
+                }
             }
             DeviceMsg::Watermark(reply) => {
                 let _ = reply.send(state.seqs.watermark);

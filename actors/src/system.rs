@@ -135,7 +135,17 @@ impl ActorSystem {
     }
 
     pub async fn committed(&self, addr: &DeviceAddr, events: Vec<CommittedEvent>) -> Result<Option<u64>, ActorError> {
-        self.call(addr, |r| DeviceMsg::Committed(events.clone(), r)).await
+        self.call(addr, |r| DeviceMsg::Committed(events.clone(), Some(r))).await
+    }
+
+    /// Tells the device actor these events are committed, without waiting: the caller knows the
+    /// new watermark from `decide` (`projected_watermark`). If the actor is gone, its successor
+    /// loads them from Postgres.
+    pub async fn remember(&self, addr: &DeviceAddr, events: Vec<CommittedEvent>) -> Result<(), ActorError> {
+        let actor = self.device(addr).await?;
+        actor
+            .send_message(DeviceMsg::Committed(events, None))
+            .map_err(|e| ActorError::Unavailable(format!("{addr:?}"), e.to_string()))
     }
 
     pub async fn watermark(&self, addr: &DeviceAddr) -> Result<u64, ActorError> {

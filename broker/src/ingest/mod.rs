@@ -179,11 +179,18 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
             hash: c.hash,
         });
     }
-    // The commit is durable; if an actor is gone, its successor reloads from Postgres.
-    let tells = committed
+    // The commit is durable; if an actor is gone, its successor reloads from Postgres. Every
+    // candidate counts as committed, so the new watermark is the one `decide` projected: the
+    // actors are told without waiting for them.
+    let tells = committed.into_iter().map(|(addr, evs)| async move {
+        let _ = engine.actors.remember(&addr, evs).await;
+    });
+    futures::future::join_all(tells).await;
+    let watermarks = verdicts
         .into_iter()
-        .map(|(addr, evs)| async move { engine.actors.committed(&addr, evs).await.ok().flatten().map(|w| (addr, w)) });
-    let watermarks = futures::future::join_all(tells).await.into_iter().flatten().collect();
+        .filter(|(_, v)| v.projected_watermark > v.watermark)
+        .map(|(addr, v)| (addr, v.projected_watermark))
+        .collect();
     let mut kinds = vec![None; raws.len()];
     for (i, ev, _) in &events {
         kinds[*i] = Some(ev.body.kind());
