@@ -1,7 +1,7 @@
 //! The device actor: one per device, started on first message, stopped when idle.
 //!
-//! It holds what makes per-device decisions fast (recent ids, the seq tracker) and the command
-//! inbox. Its state is rebuilt from Postgres in `pre_start`, so a restart or a passivation
+//! It holds what makes per-device decisions fast (recent ids, the seq tracker) and serialises
+//! the device's inbox ticks (the inbox itself lives in Postgres). Its state is rebuilt from Postgres in `pre_start`, so a restart or a passivation
 //! loses nothing: what is in memory is always a cache of what is committed.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tillsync_schemas::DeviceAddr;
 
 use crate::decide::{decide_batch, DeviceVerdicts, Incoming};
-use crate::inbox::{self, InboxMsg, InboxState};
+use crate::inbox::{self, InboxMsg};
 use crate::recent::{short, RecentIds};
 use crate::seqs::SeqTracker;
 use crate::system::Shared;
@@ -52,7 +52,6 @@ pub struct DeviceState {
     pub shared: Arc<Shared>,
     pub recent: RecentIds,
     pub seqs: SeqTracker,
-    pub inbox: InboxState,
     /// `Some(backoff)` until the state has been loaded from Postgres.
     pending_load: Option<Duration>,
 }
@@ -91,7 +90,6 @@ impl Actor for DeviceActor {
             seqs: SeqTracker::default(),
             addr: args.addr,
             shared: args.shared,
-            inbox: InboxState::default(),
             pending_load: Some(args.delay),
         })
     }
@@ -125,7 +123,7 @@ impl Actor for DeviceActor {
                 let _ = reply.send(state.seqs.watermark);
             }
             DeviceMsg::Fail(why) => return Err(format!("injected failure: {why}").into()),
-            DeviceMsg::Inbox(m) => Box::pin(inbox::handle(&state.addr, m, &mut state.inbox, &state.shared)).await?,
+            DeviceMsg::Inbox(m) => Box::pin(inbox::handle(&state.addr, m, &state.shared)).await?,
         }
         Ok(())
     }

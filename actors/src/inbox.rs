@@ -1,16 +1,17 @@
 //! The device's command inbox, held by the device actor.
 //!
-//! Postgres (`command_inbox`) is the source of truth; the actor keeps the unfinished entries,
-//! refreshed on every tick (one indexed query), so intake by another broker instance is seen and
-//! a passivated or restarted actor picks up where the last one stopped, attempt counts included.
-//! The actor's job is to serialise a device's transitions (deliveries, acks, expiry) and to run
-//! the pure [`policy`](crate::policy) on them; the port does the I/O, persisting each transition
-//! before publishing it.
+//! Postgres (`command_inbox`) is the source of truth; every tick loads the unfinished entries
+//! (one indexed query) and keeps nothing afterwards, so intake by another broker instance is
+//! seen and a passivated or restarted actor picks up where the last one stopped, attempt counts
+//! included. The actor's job is to serialise a device's broker-side transitions (deliveries,
+//! failures, expiry) and to run the pure [`policy`](crate::policy) on them; the port does the
+//! I/O, persisting each transition before publishing it. Acks and intake's direct first
+//! deliveries are settled in Postgres without the actor (conditional updates).
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use tillsync_schemas::{CommandState, DeviceAddr};
 
-use crate::policy::{self, Action, InboxParams, PendingEntry};
+use crate::policy::{self, Action, InboxParams};
 use crate::ports::{Delivery, Finish};
 use crate::system::Shared;
 
@@ -19,8 +20,6 @@ use crate::system::Shared;
 pub enum InboxMsg {
     /// Refresh from Postgres and do whatever is due (deliver, redeliver, fail, expire).
     Tick(InboxParams, RpcReplyPort<Result<TickReport, String>>),
-    /// The unfinished entries as last loaded (tests, status).
-    Pending(RpcReplyPort<Vec<PendingEntry>>),
 }
 
 /// What one tick did.
@@ -33,59 +32,32 @@ pub struct TickReport {
     pub pending: usize,
 }
 
-/// The inbox part of a device actor's state.
-#[derive(Debug, Default)]
-pub struct InboxState {
-    pub pending: Vec<PendingEntry>,
-    pub online: bool,
-}
-
 /// Wall-clock Unix milliseconds: expiry is a wall-clock deadline set by the portal.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-pub async fn handle(
-    addr: &DeviceAddr,
-    msg: InboxMsg,
-    state: &mut InboxState,
-    shared: &Shared,
-) -> Result<(), ActorProcessingErr> {
+pub async fn handle(addr: &DeviceAddr, msg: InboxMsg, shared: &Shared) -> Result<(), ActorProcessingErr> {
     // A port failure is answered to the caller, never turned into an actor failure: the next
     // tick retries from Postgres.
     match msg {
         InboxMsg::Tick(params, reply) => {
-            let _ = reply.send(tick(addr, state, shared, params).await);
-        }
-        InboxMsg::Pending(reply) => {
-            let _ = reply.send(state.pending.clone());
+            let _ = reply.send(tick(addr, shared, params).await);
         }
     }
     Ok(())
 }
 
-async fn tick(
-    addr: &DeviceAddr,
-    state: &mut InboxState,
-    shared: &Shared,
-    params: InboxParams,
-) -> Result<TickReport, String> {
-    let snap = shared.ports.load_inbox(addr.clone()).await?;
-    state.pending = snap.pending;
-    state.online = snap.online;
+async fn tick(addr: &DeviceAddr, shared: &Shared, params: InboxParams) -> Result<TickReport, String> {
+    let mut snap = shared.ports.load_inbox(addr.clone()).await?;
     let now = now_ms();
     let mut report = TickReport::default();
-    for action in policy::plan(&state.pending, now, state.online, params) {
+    for action in policy::plan(&snap.pending, now, snap.online, params) {
         match action {
             Action::Deliver { command_id, attempt, next_attempt_at_ms } => {
-                let d = Delivery { command_id: command_id.clone(), attempt, next_attempt_at_ms, now_ms: now };
+                let d = Delivery { command_id, attempt, next_attempt_at_ms, now_ms: now };
                 if shared.ports.deliver(addr.clone(), d).await? {
                     report.delivered += 1;
-                    if let Some(e) = state.pending.iter_mut().find(|e| e.command_id == command_id) {
-                        e.state = CommandState::Delivered;
-                        e.attempts = attempt;
-                        e.next_attempt_at_ms = next_attempt_at_ms;
-                    }
                 }
             }
             Action::Fail { command_id, attempts } => {
@@ -99,7 +71,7 @@ async fn tick(
                 if shared.ports.finish(addr.clone(), f).await? {
                     report.failed += 1;
                 }
-                state.pending.retain(|e| e.command_id != command_id);
+                snap.pending.retain(|e| e.command_id != command_id);
             }
             Action::Expire { command_id, attempts } => {
                 let f = Finish {
@@ -112,10 +84,10 @@ async fn tick(
                 if shared.ports.finish(addr.clone(), f).await? {
                     report.expired += 1;
                 }
-                state.pending.retain(|e| e.command_id != command_id);
+                snap.pending.retain(|e| e.command_id != command_id);
             }
         }
     }
-    report.pending = state.pending.len();
+    report.pending = snap.pending.len();
     Ok(report)
 }

@@ -13,7 +13,7 @@ use tillsync_schemas::DeviceAddr;
 use crate::decide::{DeviceVerdicts, Incoming};
 use crate::device::{CommittedEvent, DeviceMsg};
 use crate::inbox::{InboxMsg, TickReport};
-use crate::policy::{InboxParams, PendingEntry};
+use crate::policy::InboxParams;
 use crate::ports::Ports;
 use crate::root::{RootActor, RootMsg};
 use crate::stats::{ActorStats, StatsSnapshot};
@@ -160,11 +160,6 @@ impl ActorSystem {
         params: InboxParams,
     ) -> Result<Result<TickReport, String>, ActorError> {
         self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Tick(params, r))).await
-    }
-
-    /// A device's unfinished commands as its actor last loaded them.
-    pub async fn inbox_pending(&self, addr: &DeviceAddr) -> Result<Vec<PendingEntry>, ActorError> {
-        self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Pending(r))).await
     }
 
     /// Injects a failure into a device actor (fault tests).

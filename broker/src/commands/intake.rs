@@ -174,9 +174,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Command status not published; the sweeper retries it.");
     }
-    for _ in &deliveries {
-        metrics::command_delivery(false);
-    }
+    deliveries.iter().for_each(|_| metrics::command_delivery(false));
     if let Err(error) = publish::first_deliveries(&ctx.js, &deliveries).await {
         // Recorded as attempt 1: the sweeper redelivers when the retry delay is up.
         tracing::warn!(%error, "First delivery not published; it is redelivered after the retry delay.");
@@ -195,9 +193,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
         .filter(|(l, d)| !delivered.contains(&(l.command_id.as_str(), *d)))
         .map(|(l, d)| DeviceAddr::new(&l.tenant_id, &l.store_id, d))
         .collect();
-    wake.sort_unstable_by(|a, b| {
-        (&a.tenant_id, &a.store_id, &a.device_id).cmp(&(&b.tenant_id, &b.store_id, &b.device_id))
-    });
+    wake.sort_unstable();
     wake.dedup();
     if !wake.is_empty() {
         let ctx = ctx.clone();

@@ -16,13 +16,32 @@ pub fn delivery_msg_id(command_id: &str, device_id: &str, attempt: u32) -> Strin
     format!("{command_id}:{device_id}:{attempt}")
 }
 
-async fn publish(js: &Context, subject: String, headers: HeaderMap, payload: Vec<u8>) -> Result<(), CommandError> {
-    let ack = js
-        .publish_with_headers(subject, headers, payload.into())
-        .await
-        .map_err(|e| CommandError::Publish(e.to_string()))?;
-    ack.await.map_err(|e| CommandError::Publish(e.to_string()))?;
-    Ok(())
+/// A message to publish: subject, headers, payload.
+type Outgoing = (String, HeaderMap, Vec<u8>);
+
+/// Publishes messages in order, pipelined: all are sent, then their acks awaited. Returns how
+/// many, from the first, the stream confirmed before the first failure, and that failure.
+async fn pipelined(js: &Context, msgs: Vec<Outgoing>) -> (usize, Result<(), CommandError>) {
+    let failed = |e: &dyn std::fmt::Display| Err(CommandError::Publish(e.to_string()));
+    let mut pending = Vec::with_capacity(msgs.len());
+    let mut result = Ok(());
+    for (subject, headers, payload) in msgs {
+        match js.publish_with_headers(subject, headers, payload.into()).await {
+            Ok(ack) => pending.push(ack),
+            Err(e) => {
+                result = failed(&e);
+                break;
+            }
+        }
+    }
+    let mut confirmed = 0;
+    for ack in pending {
+        if let Err(e) = ack.await {
+            return (confirmed, failed(&e));
+        }
+        confirmed += 1;
+    }
+    (confirmed, result)
 }
 
 fn headers(msg_id: &str) -> HeaderMap {
@@ -36,30 +55,17 @@ fn headers(msg_id: &str) -> HeaderMap {
 /// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled in.
 pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<(), CommandError> {
     let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
-    let (subject, headers, payload) = delivery(addr, &cmd, attempt);
-    publish(js, subject, headers, payload).await
+    pipelined(js, vec![delivery(addr, &cmd, attempt)]).await.1
 }
 
-/// Publishes first deliveries (attempt 1), pipelined: sent in order, acks awaited afterwards.
-/// The first failure is returned; the sweeper redelivers what did not get through.
+/// Publishes first deliveries (attempt 1), pipelined. The first failure is returned; the
+/// sweeper redelivers what did not get through.
 pub async fn first_deliveries(js: &Context, items: &[(DeviceAddr, &CommandEnvelope)]) -> Result<(), CommandError> {
-    let mut pending = Vec::with_capacity(items.len());
-    for (addr, cmd) in items {
-        let (subject, headers, payload) = delivery(addr, cmd, 1);
-        let ack = js
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(|e| CommandError::Publish(e.to_string()))?;
-        pending.push(ack);
-    }
-    for ack in pending {
-        ack.await.map_err(|e| CommandError::Publish(e.to_string()))?;
-    }
-    Ok(())
+    pipelined(js, items.iter().map(|(addr, cmd)| delivery(addr, cmd, 1)).collect()).await.1
 }
 
 /// Subject, headers and payload of delivery `attempt` of `cmd` to one device.
-fn delivery(addr: &DeviceAddr, cmd: &CommandEnvelope, attempt: u32) -> (String, HeaderMap, Vec<u8>) {
+fn delivery(addr: &DeviceAddr, cmd: &CommandEnvelope, attempt: u32) -> Outgoing {
     let mut cmd = cmd.clone();
     cmd.device_id = Some(addr.device_id.clone());
     let mut h = headers(&delivery_msg_id(&cmd.command_id, &addr.device_id, attempt));
@@ -124,29 +130,15 @@ async fn mark(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>) {
 /// published. The publishes are pipelined (sent in order, acks awaited afterwards); a failure
 /// leaves that row and the ones after it for the sweeper's outbox pass.
 pub async fn statuses(js: &Context, marks: &Marks, rows: &[LogRow]) -> Result<(), CommandError> {
-    let mut pending = Vec::with_capacity(rows.len());
-    let mut result = Ok(());
-    for row in rows {
-        let subject = subject::status(&row.tenant_id, &row.store_id, &row.command_id);
-        let msg_id = format!("{}:log:{}", row.command_id, row.id);
-        match js.publish_with_headers(subject, headers(&msg_id), codec::encode(&status_of(row)).into()).await {
-            Ok(ack) => pending.push((row.id, ack)),
-            Err(e) => {
-                result = Err(CommandError::Publish(e.to_string()));
-                break;
-            }
-        }
-    }
-    let mut done = Vec::with_capacity(pending.len());
-    for (id, ack) in pending {
-        match ack.await {
-            Ok(_) => done.push(id),
-            Err(e) => {
-                result = Err(CommandError::Publish(e.to_string()));
-                break;
-            }
-        }
-    }
-    marks.add(&done);
+    let msgs = rows
+        .iter()
+        .map(|row| {
+            let subject = subject::status(&row.tenant_id, &row.store_id, &row.command_id);
+            let msg_id = format!("{}:log:{}", row.command_id, row.id);
+            (subject, headers(&msg_id), codec::encode(&status_of(row)))
+        })
+        .collect();
+    let (confirmed, result) = pipelined(js, msgs).await;
+    marks.add(&rows[..confirmed].iter().map(|r| r.id).collect::<Vec<_>>());
     result
 }
