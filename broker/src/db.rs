@@ -1,13 +1,42 @@
 //! Postgres: the pool and the embedded migrations.
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// The cloud schema, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new().max_connections(max).acquire_timeout(std::time::Duration::from_secs(10)).connect(url).await
+}
+
+/// A pool for the command path's batch statements, which reach every row by key.
+///
+/// Each is prepared once per connection and keeps one generic plan
+/// (`plan_cache_mode = force_generic_plan`): parsing and planning a many-CTE statement for every
+/// small batch took more CPU than running it (perf at 1,000 commands/s: planning 15 % of the
+/// machine, parsing 8 %, execution 15 %). A generic plan made while a table is small would
+/// scan it whole and keep doing so as it grows (it is replanned only when the table's
+/// statistics change), so on these connections the planner may not choose sequential scans,
+/// hash or merge joins while any index path exists. Only statements written for that belong
+/// here: every row reached by its key, and state conditions bound as parameters where a key
+/// probe is meant (a literal would let a partial index of all unfinished entries compete
+/// with the key, and win while the table is small). Their plans are checked in
+/// `docs/performance.md` ("commands").
+pub async fn connect_keyed(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

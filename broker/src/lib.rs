@@ -39,6 +39,8 @@ pub use crate::error::BrokerError;
 pub struct Ctx {
     pub config: Config,
     pub pool: PgPool,
+    /// The command path's batch statements ([`db::connect_keyed`]).
+    pub keyed: PgPool,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub actors: ActorSystem,
@@ -61,6 +63,8 @@ impl Broker {
         let prometheus = metrics::install();
         let pool = db::connect(&config.database_url, config.db_pool).await?;
         db::migrate(&pool).await?;
+        // Intake and ack lanes each hold one connection at most, plus the published marks.
+        let keyed = db::connect_keyed(&config.database_url, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
         let nats = nats::connect(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
         let js = jetstream::new(nats.clone());
@@ -70,7 +74,7 @@ impl Broker {
             idle_after: Duration::from_secs(config.idle_passivate_s),
             ..ActorConfig::default()
         };
-        let marks = commands::publish::Marks::start(pool.clone());
+        let marks = commands::publish::Marks::start(keyed.clone());
         let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone(), marks.clone());
         let actors = ActorSystem::start(actor_config, Arc::new(pg_ports))
             .await
@@ -79,6 +83,7 @@ impl Broker {
             tenants: tenants::Tenants::new(config.auto_tenants),
             config,
             pool,
+            keyed,
             nats,
             js,
             actors,
@@ -112,6 +117,7 @@ impl Broker {
         if let Ok(ctx) = Arc::try_unwrap(self.ctx) {
             ctx.actors.shutdown().await;
             ctx.pool.close().await;
+            ctx.keyed.close().await;
         }
         tracing::info!("Broker stopped.");
     }

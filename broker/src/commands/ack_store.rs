@@ -71,7 +71,7 @@ async fn record_unfinished(
                                       updated_at = now()
            FROM input, commands c
            WHERE i.tenant_id = input.tenant_id AND i.store_id = input.store_id AND i.device_id = input.device_id
-             AND i.command_id = input.command_id AND i.state IN ('queued', 'delivered')
+             AND i.command_id = input.command_id AND i.state = ANY($14)
              AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
            RETURNING input.ord, i.attempts, c.received_at
          ), ack AS (
@@ -89,9 +89,6 @@ async fn record_unfinished(
          FROM upd JOIN input n ON n.ord = upd.ord
          JOIN log ON log.tenant_id = n.tenant_id AND log.command_id = n.command_id AND log.device_id = n.device_id",
     )
-    // Planned for its actual arrays every time: a cached generic plan made while the inbox was
-    // small joins it by sequential scan and keeps doing so as it grows.
-    .persistent(false)
     .bind(col(&|a| a.tenant_id.clone()))
     .bind(col(&|a| a.store_id.clone()))
     .bind(col(&|a| a.device_id.clone()))
@@ -105,6 +102,9 @@ async fn record_unfinished(
     .bind(AckEffect::AppliedTransition.as_str())
     .bind(BY_DEVICE)
     .bind(ts(at_ms))
+    // Bound, not literal: a literal list would match the partial indexes' predicate, and a plan
+    // made on a small inbox would scan every unfinished entry instead of probing the key.
+    .bind(CommandState::ALL.iter().filter(|s| !s.is_final()).map(|s| s.as_str()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     Ok(rows

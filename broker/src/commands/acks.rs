@@ -56,7 +56,7 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<Message>) {
     if acks.is_empty() {
         return;
     }
-    match ack_store::record_acks(&ctx.pool, &acks).await {
+    match ack_store::record_acks(&ctx.keyed, &acks).await {
         Ok(recorded) => {
             let rows = settle(&acks, recorded);
             if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {

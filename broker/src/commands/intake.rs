@@ -131,7 +131,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
         return;
     }
     let rows: Vec<CommandRow<'_>> = gathered.iter().map(|(m, c)| CommandRow::of(c, &m.payload)).collect();
-    let accepted = match intake_store::accept_many(&ctx.pool, &rows, super::params(&ctx.config)).await {
+    let accepted = match intake_store::accept_many(&ctx.keyed, &rows, super::params(&ctx.config)).await {
         Ok(a) => a,
         Err(error) => {
             let error = CommandError::from(error);

@@ -37,6 +37,10 @@ fn queued_detail(c: &CommandRow<'_>) -> String {
 /// ([`policy::direct_first_delivery`]: the device is online and no earlier command of it still
 /// waits for a first delivery), the entry is recorded as delivery attempt 1 in the same
 /// statement, with its `delivered` log row: the caller publishes it, and no actor is woken.
+/// An earlier entry still `queued` holds the new one back even if it has just expired (the
+/// sweeper expires it within a second and the actor then delivers): the check stays a probe
+/// of the device's pending entries, which the statement's generic plan ([`crate::db::connect_keyed`])
+/// needs.
 pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams) -> Result<Vec<Accepted>, sqlx::Error> {
     let mut seen = HashSet::new();
     let first: Vec<usize> = (0..rows.len()).filter(|&i| seen.insert((rows[i].tenant_id, rows[i].command_id))).collect();
@@ -68,7 +72,7 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
                   d.online AND n.direct_next IS NOT NULL AND NOT EXISTS (
                     SELECT 1 FROM command_inbox q
                     WHERE q.tenant_id = n.tenant_id AND q.store_id = n.store_id AND q.device_id = d.device_id
-                      AND q.state = $15 AND q.expires_at > $14) AS direct
+                      AND q.state = 'queued') AS direct
            FROM input n
            JOIN devices d ON d.tenant_id = n.tenant_id AND d.store_id = n.store_id
                          AND (n.device_id IS NULL OR d.device_id = n.device_id)
@@ -105,8 +109,6 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
     );
     type Found = (i64, i64, Option<i64>, Option<String>, Option<String>);
     let found: Vec<Found> = sqlx::query_as(&sql)
-        // Planned for its actual arrays every time (see `ack_store`).
-        .persistent(false)
         .bind(pick(&|c| c.tenant_id.into()))
         .bind(pick(&|c| c.store_id.into()))
         .bind(pick(&|c| c.command_id.into()))

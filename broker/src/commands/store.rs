@@ -371,10 +371,6 @@ pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Erro
         "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
          UPDATE command_log SET published = true FROM async WHERE id = ANY($1)",
     )
-    // Planned for its actual ids every time: a cached generic plan made while `command_log`
-    // was small is a sequential scan, kept as the table grows (measured: a thousand scans a
-    // second on a fresh database).
-    .persistent(false)
     .bind(ids)
     .execute(pool)
     .await?;

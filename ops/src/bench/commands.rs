@@ -54,6 +54,21 @@ struct Tally {
     last_final: Option<Instant>,
 }
 
+/// Where a round trip's time goes: from the intended send time to the `delivered` status, and
+/// to the command reaching the simulated bridge (each recorded once per command).
+struct Stages {
+    delivered: Histogram<u64>,
+    at_bridge: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
+}
+
+fn since_us(now: Instant, intended: Instant) -> u64 {
+    now.saturating_duration_since(intended).as_micros().max(1) as u64
+}
+
 pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
     if args.commands == 0 || args.devices == 0 || args.rate == 0 {
         bail!("--commands, --devices and --rate must be positive");
@@ -71,8 +86,9 @@ pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
     };
     drop(beats);
     super::stop_broker(broker).await;
-    let (hist, per_s) = outcome?;
+    let (hist, stages, per_s) = outcome?;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let stage_ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let mut r = Report::new("commands");
     r.param("commands", args.commands)
         .param("devices", args.devices)
@@ -81,7 +97,12 @@ pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
         .number("p50_ms", ms(0.5))
         .number("p99_ms", ms(0.99))
         .number("p999_ms", ms(0.999))
-        .number("max_ms", hist.max() as f64 / 1000.0);
+        .number("max_ms", hist.max() as f64 / 1000.0)
+        .number("delivered_p50_ms", stage_ms(&stages.delivered, 0.5))
+        .number("delivered_p99_ms", stage_ms(&stages.delivered, 0.99))
+        .number("at_bridge_p50_ms", stage_ms(&stages.at_bridge, 0.5))
+        .number("at_bridge_p99_ms", stage_ms(&stages.at_bridge, 0.99))
+        .note("delivered_*: intended send -> the broker's `delivered` status; at_bridge_*: -> the command reaches the simulated bridge");
     Ok(r)
 }
 
@@ -146,7 +167,11 @@ async fn wait_online(url: &str, devices: usize) -> anyhow::Result<()> {
 }
 
 /// The simulated bridges: apply every delivered command at once and ack it `applied`.
-async fn bridges(js: async_nats::jetstream::Context) -> anyhow::Result<()> {
+async fn bridges(
+    js: async_nats::jetstream::Context,
+    tally: Arc<Mutex<Tally>>,
+    stages: Arc<Mutex<Stages>>,
+) -> anyhow::Result<()> {
     let stream = js.get_stream(names::COMMANDS).await?;
     let consumer = stream
         .create_consumer(pull::Config {
@@ -166,6 +191,10 @@ async fn bridges(js: async_nats::jetstream::Context) -> anyhow::Result<()> {
             let _ = m.ack().await;
             continue;
         };
+        let now = Instant::now();
+        if let Some(&intended) = tally.lock().expect("not poisoned").intended.get(&cmd.command_id) {
+            stages.lock().expect("not poisoned").at_bridge.saturating_record(since_us(now, intended));
+        }
         let ack = CommandAck {
             schema_version: SCHEMA_VERSION,
             command_id: cmd.command_id.clone(),
@@ -210,27 +239,32 @@ async fn round_trips(
     args: &CommandsArgs,
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
-) -> anyhow::Result<(Histogram<u64>, f64)> {
+) -> anyhow::Result<(Histogram<u64>, Stages, f64)> {
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let stages = Arc::new(Mutex::new(Stages { delivered: histogram(), at_bridge: histogram() }));
     let mut statuses = client.subscribe(Family::Status.tenant_subjects(data::TENANT)).await?;
     client.flush().await?;
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")));
+    let hist = Arc::new(Mutex::new(histogram()));
     let _collector = {
-        let (tally, hist) = (tally.clone(), hist.clone());
+        let (tally, hist, stages) = (tally.clone(), hist.clone(), stages.clone());
         super::AbortOnDrop(tokio::spawn(async move {
             while let Some(msg) = statuses.next().await {
                 let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
+                let now = Instant::now();
+                if st.state == CommandState::Delivered && st.attempt == 1 {
+                    if let Some(&intended) = tally.lock().expect("not poisoned").intended.get(&st.command_id) {
+                        stages.lock().expect("not poisoned").delivered.saturating_record(since_us(now, intended));
+                    }
+                }
                 if !st.state.is_final() {
                     continue;
                 }
-                let now = Instant::now();
                 let mut t = tally.lock().expect("not poisoned");
                 let Some(intended) = t.intended.remove(&st.command_id) else { continue };
                 t.last_final = Some(now);
                 if st.state == CommandState::Acked {
                     t.acked += 1;
-                    let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
-                    hist.lock().expect("not poisoned").saturating_record(us);
+                    hist.lock().expect("not poisoned").saturating_record(since_us(now, intended));
                 } else {
                     *t.other_final.entry(st.state.as_str().to_string()).or_default() += 1;
                     if t.first_problem.is_none() {
@@ -240,7 +274,7 @@ async fn round_trips(
             }
         }))
     };
-    let mut sims = super::AbortOnDrop(tokio::spawn(bridges(js.clone())));
+    let mut sims = super::AbortOnDrop(tokio::spawn(bridges(js.clone(), tally.clone(), stages.clone())));
 
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = Instant::now() + Duration::from_millis(50);
@@ -322,5 +356,9 @@ async fn round_trips(
         result?
     };
     let hist = hist.lock().expect("not poisoned").clone();
-    Ok((hist, per_s))
+    let stages = std::mem::replace(
+        &mut *stages.lock().expect("not poisoned"),
+        Stages { delivered: histogram(), at_bridge: histogram() },
+    );
+    Ok((hist, stages, per_s))
 }
