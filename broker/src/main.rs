@@ -5,6 +5,12 @@ use clap::Parser;
 use tillsync_broker::config::Config;
 use tillsync_broker::Broker;
 
+/// mimalloc rather than the system allocator: the broker allocates and frees many small
+/// buffers per event, and glibc's malloc took ~9 % of its CPU (perf); in one `bench latency`
+/// run at 11,000 events/s p99 went from 368 ms to 93 ms (docs/performance.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tillsync-broker", version, about = "tillsync cloud broker")]
 struct Cli {

@@ -571,6 +571,103 @@ async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
     assert_eq!(log, vec!["queued", "delivered"]);
 }
 
+/// The command path's batch statements keep one generic plan per connection
+/// (`db::connect_keyed`), made on whatever the tables held at the time. Planned on an empty
+/// inbox, they must still probe keys once the inbox holds a backlog: accepting and acking one
+/// more command reads a few index entries of `command_inbox`, not the 20,000 unfinished ones.
+#[tokio::test]
+async fn keyed_statements_planned_on_an_empty_inbox_still_probe_keys() {
+    use tillsync_actors::policy::InboxParams;
+    use tillsync_broker::commands::ack_store::record_acks;
+    use tillsync_broker::commands::intake_store::accept_many;
+    use tillsync_broker::commands::store::CommandRow;
+
+    let db = tillsync_tests::TestDb::new().await;
+    let pool = &db.pool;
+    // An ANALYZE would replan the statements and hide a plan made on the empty tables.
+    for t in ["command_inbox", "command_log", "commands", "command_acks", "devices"] {
+        sqlx::query(&format!("ALTER TABLE {t} SET (autovacuum_enabled = false)")).execute(pool).await.unwrap();
+    }
+    add_tenant(pool, "cmd-plan").await;
+    let quiet = DeviceAddr::new("cmd-plan", "s1", "till-1");
+    provision(pool, &quiet).await;
+    provision(pool, &DeviceAddr::new("cmd-plan", "s1", "till-busy")).await;
+    sqlx::query("UPDATE devices SET online = true").execute(pool).await.unwrap();
+    // One connection, so the second round runs the plans the first one made.
+    let keyed = tillsync_broker::db::connect_keyed(&db.url, 1).await.unwrap();
+    let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
+    let round = |keyed: PgPool| {
+        let quiet = quiet.clone();
+        async move {
+            let cmd = command("cmd-plan", "s1", Some("till-1"), menu(), &["alice"], 60_000);
+            let bytes = codec::encode(&cmd);
+            let accepted = accept_many(&keyed, &[CommandRow::of(&cmd, &bytes)], p).await.unwrap();
+            assert!(matches!(accepted[0], tillsync_broker::commands::intake_store::Accepted::New(_)));
+            let ack = CommandAck {
+                schema_version: SCHEMA_VERSION,
+                command_id: cmd.command_id.clone(),
+                tenant_id: quiet.tenant_id.clone(),
+                store_id: quiet.store_id.clone(),
+                device_id: quiet.device_id.clone(),
+                outcome: Outcome::Applied,
+                code: "ok".into(),
+                detail: String::new(),
+                at_ms: tillsync_broker::now_ms(),
+            };
+            let recorded = record_acks(&keyed, &[ack]).await.unwrap();
+            assert!(recorded[0].transition.is_some(), "the ack makes its transition");
+            // Statistics now, not after the backend has idled for 10 s.
+            sqlx::query("SELECT pg_stat_force_next_flush()").execute(&keyed).await.unwrap();
+        }
+    };
+    round(keyed.clone()).await;
+    let mut c = pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at,
+                                    expires_at)
+         SELECT 'cmd-plan', 's1', 'till-busy', 'backlog-' || g, 'queued', 0, now(), now() + interval '1 hour'
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *c).await.unwrap();
+    drop(c);
+    // Index scans and reads of command_inbox as the statistics see them.
+    let reads = || async {
+        let mut c = pool.acquire().await.unwrap();
+        sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut *c).await.unwrap();
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sum(idx_scan)::bigint, sum(idx_tup_read)::bigint FROM pg_stat_user_indexes
+             WHERE relname = 'command_inbox'",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .unwrap()
+    };
+    // Settled: the first round's and the backlog insert's statistics are all in (two reads
+    // 300 ms apart agree).
+    let deadline = std::time::Instant::now() + T;
+    let mut last = reads().await;
+    let (scans_before, read_before) = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = reads().await;
+        if now == last && now.0 >= 2 {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "statistics did not settle: {last:?} then {now:?}");
+        last = now;
+    };
+    round(keyed.clone()).await;
+    let (_, read_after) = eventually(T, "the second round's statistics", || async {
+        Some(reads().await).filter(|r| r.0 >= scans_before + 2)
+    })
+    .await;
+    let read = read_after - read_before;
+    assert!(read < 100, "accepting and acking one command read {read} inbox index entries (20,000 are unfinished)");
+    keyed.close().await;
+}
+
 #[tokio::test]
 async fn policy_rejections_are_recorded_reported_and_never_delivered() {
     let (stack, broker) = setup("cmd-policy", |c| c.command_max_ttl_s = 3_600).await;
