@@ -87,6 +87,20 @@ pub fn decide_batch(recent: &RecentIds, seqs: &SeqTracker, batch: &[Incoming]) -
     DeviceVerdicts { fast, gaps, projected_watermark: seqs.projected(candidates), watermark: seqs.watermark }
 }
 
+/// Holds a decided batch's candidates (every event `decide_batch` did not call a fast
+/// duplicate) as committed: the caller commits them next and says so only if it could not
+/// ([`crate::DeviceMsg::Forget`]). Every candidate counts, whatever the ledger then says
+/// (applied, duplicate, conflict, stale): its seq is durably accounted for either way. Leaves
+/// the watermark at `v.projected_watermark`.
+pub fn hold(recent: &mut RecentIds, seqs: &mut SeqTracker, batch: &[Incoming], v: &DeviceVerdicts) {
+    for (ev, fast) in batch.iter().zip(&v.fast) {
+        if fast.is_none() {
+            recent.insert(&ev.event_id, short(&ev.hash));
+            seqs.commit(ev.seq);
+        }
+    }
+}
+
 /// The ledger is the authority: `existing` is the content hash already stored for this
 /// `(device_id, event_id)`, if any.
 pub fn ledger(existing: Option<&[u8]>, incoming: &[u8; 32]) -> Decision {
@@ -121,6 +135,23 @@ mod tests {
         assert_eq!(v.fast, vec![Some(Decision::Duplicate(DupLayer::Memory)), None, None]);
         assert_eq!(v.gaps, vec![Gap { from: 3, to: 4 }]);
         assert_eq!((v.watermark, v.projected_watermark), (1, 2));
+    }
+
+    #[test]
+    fn holding_a_decided_batch_takes_its_candidates_as_committed() {
+        let mut recent = RecentIds::new(8);
+        recent.insert("a", short(&[1; 32]));
+        let mut seqs = SeqTracker::restore(1, []);
+        let batch = [ev("a", 1, 1), ev("b", 2, 2), ev("d", 5, 4)];
+        let v = decide_batch(&recent, &seqs, &batch);
+        hold(&mut recent, &mut seqs, &batch, &v);
+        assert_eq!(seqs.watermark, v.projected_watermark);
+        assert_eq!(seqs.max_seq, 5);
+        // The same batch again is all fast duplicates, opening no gap.
+        let again = decide_batch(&recent, &seqs, &batch);
+        assert!(again.fast.iter().all(|f| *f == Some(Decision::Duplicate(DupLayer::Memory))));
+        assert!(again.gaps.is_empty());
+        assert!(!recent.is_duplicate("b", 9), "other content under a held id goes to the ledger");
     }
 
     #[test]

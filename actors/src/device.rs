@@ -10,27 +10,21 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tillsync_schemas::DeviceAddr;
 
-use crate::decide::{decide_batch, DeviceVerdicts, Incoming};
+use crate::decide::{decide_batch, hold, DeviceVerdicts, Incoming};
 use crate::inbox::{self, InboxMsg};
 use crate::recent::{short, RecentIds};
 use crate::seqs::SeqTracker;
 use crate::system::Shared;
 
-/// An event whose transaction committed (applied, stale or duplicate by the ledger).
-#[derive(Debug, Clone)]
-pub struct CommittedEvent {
-    pub event_id: String,
-    pub seq: u64,
-    pub hash: [u8; 32],
-}
-
 #[derive(Debug)]
 pub enum DeviceMsg {
-    /// Decide a batch of this device's events, in stream order.
+    /// Decide a batch of this device's events, in stream order, and hold its candidates as
+    /// committed ([`crate::decide::hold`]): the caller commits them next.
     Decide(Vec<Incoming>, RpcReplyPort<DeviceVerdicts>),
-    /// These events are committed: remember them; replies (if asked) with the new watermark
-    /// if it moved.
-    Committed(Vec<CommittedEvent>, Option<RpcReplyPort<Option<u64>>>),
+    /// The last decided batch did not commit: drop what is held and reload from Postgres
+    /// before the next message. (Saying nothing on success saves a message per device per
+    /// batch; a failed commit is rare.)
+    Forget,
     /// The current watermark (tests, status).
     Watermark(RpcReplyPort<u64>),
     /// Fail on purpose (fault-injection tests): the store actor restarts the device actor.
@@ -107,17 +101,14 @@ impl Actor for DeviceActor {
         }
         match msg {
             DeviceMsg::Decide(batch, reply) => {
-                let _ = reply.send(decide_batch(&state.recent, &state.seqs, &batch));
+                let verdicts = decide_batch(&state.recent, &state.seqs, &batch);
+                hold(&mut state.recent, &mut state.seqs, &batch, &verdicts);
+                let _ = reply.send(verdicts);
             }
-            DeviceMsg::Committed(events, reply) => {
-                let before = state.seqs.watermark;
-                for ev in &events {
-                    state.recent.insert(&ev.event_id, short(&ev.hash));
-                    state.seqs.commit(ev.seq);
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send((state.seqs.watermark > before).then_some(state.seqs.watermark));
-                }
+            DeviceMsg::Forget => {
+                state.recent = RecentIds::new(state.shared.config.recent_ids);
+                state.seqs = SeqTracker::default();
+                state.pending_load = Some(Duration::ZERO);
             }
             DeviceMsg::Watermark(reply) => {
                 let _ = reply.send(state.seqs.watermark);

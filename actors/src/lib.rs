@@ -3,7 +3,8 @@
 //! The decisions (duplicate? conflict? stale? gap?) are pure functions in [`decide`],
 //! [`recent`] and [`seqs`]; the actors hold the per-device state those functions need and are
 //! rebuilt from Postgres (through [`ports::Ports`]) after a restart or a passivation. The
-//! broker does the I/O: it commits what the actors decided and tells them what committed.
+//! broker does the I/O: it commits what the actors decided, and tells them only when a commit
+//! failed (they hold what they decided as committed).
 
 pub mod decide;
 pub mod device;
@@ -18,7 +19,7 @@ pub mod store;
 pub mod system;
 
 pub use decide::{Decision, DeviceVerdicts, DupLayer, Incoming};
-pub use device::{CommittedEvent, DeviceMsg};
+pub use device::DeviceMsg;
 pub use ports::{DeviceSnapshot, Ports};
 pub use system::{ActorConfig, ActorSystem};
 

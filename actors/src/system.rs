@@ -11,7 +11,7 @@ use ractor::{Actor, ActorRef};
 use tillsync_schemas::DeviceAddr;
 
 use crate::decide::{DeviceVerdicts, Incoming};
-use crate::device::{CommittedEvent, DeviceMsg};
+use crate::device::DeviceMsg;
 use crate::inbox::{InboxMsg, TickReport};
 use crate::policy::InboxParams;
 use crate::ports::Ports;
@@ -130,22 +130,20 @@ impl ActorSystem {
         Err(ActorError::Unavailable(format!("{addr:?}"), last))
     }
 
+    /// Decides a batch of the device's events; the actor then holds its candidates as
+    /// committed. The caller must commit them, or call [`ActorSystem::forget`] if it cannot.
     pub async fn decide(&self, addr: &DeviceAddr, batch: Vec<Incoming>) -> Result<DeviceVerdicts, ActorError> {
         self.call(addr, |r| DeviceMsg::Decide(batch.clone(), r)).await
     }
 
-    pub async fn committed(&self, addr: &DeviceAddr, events: Vec<CommittedEvent>) -> Result<Option<u64>, ActorError> {
-        self.call(addr, |r| DeviceMsg::Committed(events.clone(), Some(r))).await
-    }
-
-    /// Tells the device actor these events are committed, without waiting: the caller knows the
-    /// new watermark from `decide` (`projected_watermark`). If the actor is gone, its successor
-    /// loads them from Postgres.
-    pub async fn remember(&self, addr: &DeviceAddr, events: Vec<CommittedEvent>) -> Result<(), ActorError> {
-        let actor = self.device(addr).await?;
-        actor
-            .send_message(DeviceMsg::Committed(events, None))
-            .map_err(|e| ActorError::Unavailable(format!("{addr:?}"), e.to_string()))
+    /// The batch last decided for this device did not commit: its actor drops what it holds
+    /// and reloads from Postgres before its next message. Not awaited: the caller's next
+    /// `decide` for the device queues behind it. An actor already gone needs nothing: its
+    /// successor loads from Postgres anyway.
+    pub fn forget(&self, addr: &DeviceAddr) {
+        if let Some(e) = self.shared.devices.get(addr) {
+            let _ = e.actor.send_message(DeviceMsg::Forget);
+        }
     }
 
     pub async fn watermark(&self, addr: &DeviceAddr) -> Result<u64, ActorError> {

@@ -307,3 +307,45 @@ async fn passivation_and_reactivation_keep_dedupe_correct() {
     assert!(actors.stats().activations >= 2, "reactivated after passivation");
     broker.stop().await;
 }
+
+/// The device actors hold what they decide as committed. When the commit then fails (here a
+/// transient error a trigger raises once), the retry must not take the batch's events for
+/// duplicates: every event lands once, and the retry is counted.
+#[tokio::test]
+async fn a_commit_failing_after_the_decision_is_retried_with_nothing_lost() {
+    let (stack, broker, js) = live().await;
+    let db = &stack.db;
+    // The first payment insert fails with a serialization failure (transient, so retried); a
+    // sequence is not rolled back with the failed transaction, so the retry passes.
+    for sql in [
+        "CREATE SEQUENCE fail_once",
+        "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('fail_once') = 1 THEN
+             RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure';
+           END IF;
+           RETURN NEW;
+         END $$",
+        "CREATE TRIGGER fail_once BEFORE INSERT ON payments FOR EACH ROW EXECUTE FUNCTION fail_once()",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    let d = till(1);
+    publish(&js, &event(&d, 1, opened("o-1"))).await;
+    publish(&js, &event(&d, 2, payment("o-1", "p-1", 700))).await;
+    publish(&js, &event(&d, 3, status("o-1", "closed"))).await;
+    let closed = "SELECT count(*) FROM orders WHERE order_id = 'o-1' AND status = 'closed'";
+    eventually_eq(DEFAULT_TIMEOUT, "order closed", 1, || db.count(closed)).await;
+    eventually_eq(DEFAULT_TIMEOUT, "watermark", 3, || {
+        db.count("SELECT watermark FROM devices WHERE device_id = 'till-1'")
+    })
+    .await;
+    wait_drained(&js).await;
+    assert_eq!(db.count("SELECT last_value FROM fail_once").await, 2, "the payment insert failed once, then passed");
+    assert_eq!(db.count("SELECT count(*) FROM payments WHERE payment_id = 'p-1'").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM processed_events WHERE outcome = 'applied'").await, 3);
+    let (_, text) = http_get(broker.broker.http_addr, "/metrics").await.unwrap();
+    let retries = metric(&text, "tillsync_db_retries_total", "op=\"ingest\"").unwrap_or(0.0);
+    assert!(retries >= 1.0, "the retry is counted, got {retries}");
+    broker.stop().await;
+}

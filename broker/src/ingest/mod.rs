@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tillsync_actors::{ActorError, ActorSystem, CommittedEvent, Decision, DupLayer, Incoming};
+use tillsync_actors::{ActorError, ActorSystem, Decision, DupLayer, Incoming};
 use tillsync_schemas::{codec, streams as names, subject, DeviceAddr, EventEnvelope, Reason, Watermark, WireError};
 use tokio::sync::mpsc;
 
@@ -129,41 +129,59 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
     for (k, (_, ev, _)) in events.iter().enumerate() {
         by_device.entry(ev.addr()).or_default().push(k);
     }
-    let asks = by_device.iter().map(|(addr, ks)| {
-        let batch = ks
-            .iter()
-            .map(|k| Incoming { event_id: events[*k].1.event_id.clone(), seq: events[*k].1.seq, hash: events[*k].2 })
-            .collect();
-        async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
-    });
-    let verdicts = futures::future::try_join_all(asks).await?;
-
-    let mut cands: Vec<(usize, Candidate)> = Vec::new();
-    let mut devices = Vec::new();
-    for (addr, v) in &verdicts {
-        let ks = &by_device[addr];
-        for (k, fast) in ks.iter().zip(&v.fast) {
-            let (i, ev, h) = &events[*k];
-            match fast {
-                Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
-                _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
-            }
-        }
-        let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
-        devices.push(DeviceUpdate {
-            addr: addr.clone(),
-            max_seq,
-            projected_watermark: v.projected_watermark,
-            gaps: v.gaps.clone(),
+    // The actors hold what they decide as committed; if anything fails before the commit
+    // returns, they must drop it, or a retry would take these events for duplicates.
+    let decided: Result<_, IngestError> = async {
+        let asks = by_device.iter().map(|(addr, ks)| {
+            let batch = ks
+                .iter()
+                .map(|k| Incoming {
+                    event_id: events[*k].1.event_id.clone(),
+                    seq: events[*k].1.seq,
+                    hash: events[*k].2,
+                })
+                .collect();
+            async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
         });
+        let verdicts = futures::future::try_join_all(asks).await?;
+
+        let mut cands: Vec<(usize, Candidate)> = Vec::new();
+        let mut devices = Vec::new();
+        for (addr, v) in &verdicts {
+            let ks = &by_device[addr];
+            for (k, fast) in ks.iter().zip(&v.fast) {
+                let (i, ev, h) = &events[*k];
+                match fast {
+                    Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
+                    _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
+                }
+            }
+            let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
+            devices.push(DeviceUpdate {
+                addr: addr.clone(),
+                max_seq,
+                projected_watermark: v.projected_watermark,
+                gaps: v.gaps.clone(),
+            });
+        }
+        cands.sort_by_key(|(i, _)| *i);
+        let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
+
+        let decisions = writer::commit(engine.pool, &bad, &cands, &devices).await?;
+        Ok((verdicts, positions, devices, decisions))
     }
-    cands.sort_by_key(|(i, _)| *i);
-    let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
+    .await;
+    let (verdicts, positions, devices, decisions) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            for addr in by_device.keys() {
+                engine.actors.forget(addr);
+            }
+            return Err(e);
+        }
+    };
 
-    let decisions = writer::commit(engine.pool, &bad, &cands, &devices).await?;
-
-    let mut committed: HashMap<DeviceAddr, Vec<CommittedEvent>> = HashMap::new();
-    for ((i, c), d) in positions.iter().zip(&cands).zip(&decisions) {
+    for (i, d) in positions.iter().zip(&decisions) {
         outcomes[*i] = Some(match d {
             Decision::New => Outcome::Applied,
             Decision::Duplicate(l) => Outcome::Duplicate(*l),
@@ -171,21 +189,9 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
             Decision::Stale => Outcome::Stale,
             Decision::Invalid(r) => Outcome::Quarantined(*r),
         });
-        // Conflicts count too: their seq is durably accounted for (in `conflicts`, with the
-        // bytes), so the watermark must not stall behind them.
-        committed.entry(c.ev.addr()).or_default().push(CommittedEvent {
-            event_id: c.ev.event_id.clone(),
-            seq: c.ev.seq,
-            hash: c.hash,
-        });
     }
-    // The commit is durable; if an actor is gone, its successor reloads from Postgres. Every
-    // candidate counts as committed, so the new watermark is the one `decide` projected: the
-    // actors are told without waiting for them.
-    let tells = committed.into_iter().map(|(addr, evs)| async move {
-        let _ = engine.actors.remember(&addr, evs).await;
-    });
-    futures::future::join_all(tells).await;
+    // Every candidate counts as committed (conflicts too: their seq is durably accounted for,
+    // in `conflicts` with the bytes), so the new watermark is the one `decide` projected.
     let watermarks = verdicts
         .into_iter()
         .filter(|(_, v)| v.projected_watermark > v.watermark)

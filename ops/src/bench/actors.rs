@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
-use tillsync_actors::{ActorConfig, ActorSystem, CommittedEvent, Incoming};
+use tillsync_actors::{ActorConfig, ActorSystem, Incoming};
 use tillsync_broker::ports::PgPorts;
 
 use super::env::Env;
@@ -123,7 +123,7 @@ pub async fn run(args: ActorsArgs, env: &mut Env) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-/// Activates device `i` (the warm-up device for `usize::MAX`) with one decided and committed event.
+/// Activates device `i` (the warm-up device for `usize::MAX`) with one decided event.
 async fn activate(system: &ActorSystem, i: usize) -> anyhow::Result<()> {
     let addr = if i == usize::MAX {
         tillsync_schemas::DeviceAddr::new(data::TENANT, "warm", "warm-up")
@@ -133,7 +133,7 @@ async fn activate(system: &ActorSystem, i: usize) -> anyhow::Result<()> {
     let event_id = uuid::Uuid::now_v7().to_string();
     let mut hash = [0u8; 32];
     hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    system.decide(&addr, vec![Incoming { event_id: event_id.clone(), seq: 1, hash }]).await?;
-    system.committed(&addr, vec![CommittedEvent { event_id, seq: 1, hash }]).await?;
+    // The actor holds what it decides as committed.
+    system.decide(&addr, vec![Incoming { event_id, seq: 1, hash }]).await?;
     Ok(())
 }
