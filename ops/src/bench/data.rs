@@ -169,12 +169,27 @@ pub fn unique_count(msgs: &[Msg]) -> usize {
 
 /// Publishes one event the way a bridge does; copies go without a message id.
 pub async fn publish(js: &jetstream::Context, ev: &EventEnvelope, duplicate: bool) -> anyhow::Result<PublishAckFuture> {
-    let mut h = HeaderMap::new();
+    send(js, outgoing(ev, duplicate)).await
+}
+
+/// An event ready to publish: subject, headers (a copy has no `Nats-Msg-Id`), encoded bytes.
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+pub fn outgoing(ev: &EventEnvelope, duplicate: bool) -> Outgoing {
+    let mut headers = HeaderMap::new();
     if !duplicate {
-        h.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
+        headers.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
     }
-    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
-    Ok(js.publish_with_headers(subject::events(&ev.addr()), h, codec::encode(ev).into()).await?)
+    headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+    Outgoing { subject: subject::events(&ev.addr()), headers, payload: codec::encode(ev).into() }
+}
+
+pub async fn send(js: &jetstream::Context, out: Outgoing) -> anyhow::Result<PublishAckFuture> {
+    Ok(js.publish_with_headers(out.subject, out.headers, out.payload).await?)
 }
 
 /// Publishes every message with a bounded window of unacknowledged publishes.
