@@ -25,7 +25,9 @@ cleanup() {
   [ -n "$started_pg" ] && stop_private_postgres
   log "stopped; logs are in $RUN_DIR"
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 ensure_rust
 command -v curl >/dev/null || apt_install curl
@@ -91,6 +93,8 @@ while true; do
   printf '%s  events applied %-7s orders %-6s payments %-6s quarantined %-4s devices online %-3s commands delivered %-4s acked %s\n' \
     "$(date +%T)" "$applied" "$orders" "$payments" "$quarantined" "$online" "$delivered" "$acked"
   for i in "${!pids[@]}"; do
-    kill -0 "${pids[$i]}" 2>/dev/null || die "a component exited; see $RUN_DIR/*.log"
+    # Ctrl-C reaches the components too: give this script's own INT trap the chance to run
+    # (and stop quietly) before calling their exit a failure.
+    kill -0 "${pids[$i]}" 2>/dev/null || { sleep 0.5; die "a component exited; see $RUN_DIR/*.log"; }
   done
 done
