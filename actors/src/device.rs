@@ -1,8 +1,10 @@
 //! The device actor: one per device, started on first message, stopped when idle.
 //!
 //! It holds what makes per-device decisions fast (recent ids, the seq tracker) and serialises
-//! the device's inbox ticks (the inbox itself lives in Postgres). Its state is rebuilt from Postgres in `pre_start`, so a restart or a passivation
-//! loses nothing: what is in memory is always a cache of what is committed.
+//! the device's inbox ticks (the inbox itself lives in Postgres). Its state is loaded from
+//! Postgres before its first message is handled, so a restart or a passivation loses nothing:
+//! what is in memory is a cache of what is committed, plus the batch it last decided, which
+//! the broker commits next or has it forget.
 
 use std::sync::Arc;
 use std::time::Duration;

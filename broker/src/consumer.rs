@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::Message;
+use async_nats::jetstream::{AckKind, Message};
 use futures::{Stream, StreamExt};
 use tillsync_schemas::{subject, WireError};
 use tokio::sync::mpsc;
@@ -125,6 +125,14 @@ where
                 None => return Err(format!("{consumer}: message stream ended")),
             }
         }
+    }
+}
+
+/// Has JetStream redeliver, in 2 s, a message whose effect could not be committed.
+pub async fn redeliver(msg: &Message, consumer: &str, error: &(dyn std::fmt::Display + Sync)) {
+    tracing::warn!(%error, consumer, "Message not recorded; redelivering in 2 s.");
+    if let Err(error) = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await {
+        tracing::warn!(%error, consumer, "Nak failed; JetStream redelivers after the ack wait.");
     }
 }
 

@@ -1,15 +1,20 @@
 //! Postgres: the pool and the embedded migrations.
 
-use sqlx::migrate::Migrator;
 use std::str::FromStr;
+use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// The cloud schema, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10))
+}
+
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new().max_connections(max).acquire_timeout(std::time::Duration::from_secs(10)).connect(url).await
+    pool_options(max).connect(url).await
 }
 
 /// A pool for the command path's batch statements, which reach every row by key.
@@ -23,8 +28,8 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
 /// hash or merge joins while any index path exists. Only statements written for that belong
 /// here: every row reached by its key, and state conditions bound as parameters where a key
 /// probe is meant (a literal would let a partial index of all unfinished entries compete
-/// with the key, and win while the table is small). Their plans are checked in
-/// `docs/performance.md` ("commands").
+/// with the key, and win while the table is small). The test
+/// `commands::keyed_statements_planned_on_an_empty_inbox_still_probe_keys` holds them to it.
 pub async fn connect_keyed(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.options([
         ("plan_cache_mode", "force_generic_plan"),
@@ -32,11 +37,7 @@ pub async fn connect_keyed(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
         ("enable_hashjoin", "off"),
         ("enable_mergejoin", "off"),
     ]);
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(options)
-        .await
+    pool_options(max).connect_with(options).await
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

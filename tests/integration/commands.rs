@@ -603,17 +603,7 @@ async fn keyed_statements_planned_on_an_empty_inbox_still_probe_keys() {
             let bytes = codec::encode(&cmd);
             let accepted = accept_many(&keyed, &[CommandRow::of(&cmd, &bytes)], p).await.unwrap();
             assert!(matches!(accepted[0], tillsync_broker::commands::intake_store::Accepted::New(_)));
-            let ack = CommandAck {
-                schema_version: SCHEMA_VERSION,
-                command_id: cmd.command_id.clone(),
-                tenant_id: quiet.tenant_id.clone(),
-                store_id: quiet.store_id.clone(),
-                device_id: quiet.device_id.clone(),
-                outcome: Outcome::Applied,
-                code: "ok".into(),
-                detail: String::new(),
-                at_ms: tillsync_broker::now_ms(),
-            };
+            let ack = edge_ack(&quiet, &cmd.command_id, Outcome::Applied, "ok");
             let recorded = record_acks(&keyed, &[ack]).await.unwrap();
             assert!(recorded[0].transition.is_some(), "the ack makes its transition");
             // Statistics now, not after the backend has idled for 10 s.

@@ -9,7 +9,6 @@
 //! command's `acked` status can never overtake its `delivered`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use tillsync_schemas::{codec, streams as names, CommandAck, CommandState, Reason, WireError};
@@ -43,14 +42,11 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<Message>) {
                 acks.push(ack);
                 good.push(msg);
             }
-            Ok(Err(e)) => {
-                let result = match quarantine(ctx, &msg, &e).await {
-                    Ok(()) => msg.ack_with(AckKind::Term).await,
-                    Err(error) => nak(&msg, &error).await,
-                };
-                warn_unacked(result);
-            }
-            Err(error) => warn_unacked(nak(&msg, &error).await),
+            Ok(Err(e)) => match quarantine(ctx, &msg, &e).await {
+                Ok(()) => warn_unacked(msg.ack_with(AckKind::Term).await),
+                Err(error) => redeliver(&msg, &error).await,
+            },
+            Err(error) => redeliver(&msg, &error).await,
         }
     }
     if acks.is_empty() {
@@ -69,7 +65,7 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<Message>) {
         Err(error) => {
             let error = CommandError::from(error);
             for msg in &good {
-                warn_unacked(nak(msg, &error).await);
+                redeliver(msg, &error).await;
             }
         }
     }
@@ -114,9 +110,8 @@ async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<(), Comma
     Ok(crate::consumer::quarantine(ctx, names::COMMAND_ACKS, msg, e).await?)
 }
 
-async fn nak(msg: &Message, error: &CommandError) -> Result<(), async_nats::Error> {
-    tracing::warn!(%error, "Command ack not recorded; redelivering.");
-    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
+async fn redeliver(msg: &Message, error: &CommandError) {
+    crate::consumer::redeliver(msg, names::BROKER_ACKS_CONSUMER, error).await
 }
 
 fn warn_unacked(result: Result<(), async_nats::Error>) {

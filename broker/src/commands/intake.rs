@@ -8,9 +8,7 @@
 //! hears why; anything less readable is quarantined. Everything is committed before the intake
 //! message is acked, and a command id seen before is acked without effect.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use serde::Deserialize;
@@ -79,10 +77,7 @@ async fn finish(msg: &Message, outcome: Result<bool, CommandError>) {
 }
 
 async fn redeliver(msg: &Message, error: &CommandError) {
-    tracing::warn!(%error, "Command not recorded; redelivering.");
-    if let Err(error) = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await {
-        tracing::warn!(%error, "Intake nak failed; JetStream redelivers after the ack wait.");
-    }
+    crate::consumer::redeliver(msg, names::BROKER_INTAKE_CONSUMER, error).await
 }
 
 /// Why a message is not accepted as it stands.
@@ -143,14 +138,23 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     };
     let mut logs = Vec::new();
     let mut deliveries = Vec::new();
+    let mut wake: Vec<DeviceAddr> = Vec::new();
     let mut outcomes = Vec::with_capacity(gathered.len());
     for (((_, cmd), row), result) in gathered.iter().zip(&rows).zip(accepted) {
         outcomes.push(match result {
             Accepted::New(new) => {
-                tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = new.iter().filter(|l| l.state == CommandState::Queued).count(), "Command queued.");
-                for l in new.iter().filter(|l| l.state == CommandState::Delivered) {
-                    let device = l.device_id.as_deref().unwrap_or_default();
-                    deliveries.push((DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, device), cmd));
+                let queued = new.iter().filter(|l| l.state == CommandState::Queued);
+                tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), devices = queued.clone().count(), "Command queued.");
+                for l in queued {
+                    let Some(device) = l.device_id.as_deref() else { continue };
+                    let addr = DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, device);
+                    // Delivered by the accepting statement, or left to the device's actor.
+                    if new.iter().any(|d| d.state == CommandState::Delivered && d.device_id == l.device_id) {
+                        metrics::command_delivery(false);
+                        deliveries.push((addr, cmd));
+                    } else {
+                        wake.push(addr);
+                    }
                 }
                 logs.extend(new);
                 Ok(false)
@@ -174,7 +178,6 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Command status not published; the sweeper retries it.");
     }
-    deliveries.iter().for_each(|_| metrics::command_delivery(false));
     if let Err(error) = publish::first_deliveries(&ctx.js, &deliveries).await {
         // Recorded as attempt 1: the sweeper redelivers when the retry delay is up.
         tracing::warn!(%error, "First delivery not published; it is redelivered after the retry delay.");
@@ -182,17 +185,6 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     for ((msg, _), outcome) in gathered.iter().zip(outcomes) {
         finish(msg, outcome).await;
     }
-    let delivered: HashSet<(&str, &str)> = logs
-        .iter()
-        .filter(|l| l.state == CommandState::Delivered)
-        .filter_map(|l| Some((l.command_id.as_str(), l.device_id.as_deref()?)))
-        .collect();
-    let mut wake: Vec<DeviceAddr> = logs
-        .iter()
-        .filter_map(|l| Some((l, l.device_id.as_deref()?)))
-        .filter(|(l, d)| !delivered.contains(&(l.command_id.as_str(), *d)))
-        .map(|(l, d)| DeviceAddr::new(&l.tenant_id, &l.store_id, d))
-        .collect();
     wake.sort_unstable();
     wake.dedup();
     if !wake.is_empty() {

@@ -42,8 +42,6 @@ pub enum CommandError {
     Stored(WireError),
     #[error(transparent)]
     Actor(#[from] tillsync_actors::ActorError),
-    #[error("inbox: {0}")]
-    Inbox(String),
 }
 
 /// The delivery knobs of the device inboxes.

@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tillsync_actors::{ActorError, ActorSystem, Decision, DupLayer, Incoming};
+use tillsync_actors::{ActorError, ActorSystem, Decision, DeviceVerdicts, DupLayer, Incoming};
 use tillsync_schemas::{codec, streams as names, subject, DeviceAddr, EventEnvelope, Reason, Watermark, WireError};
 use tokio::sync::mpsc;
 
@@ -129,57 +129,18 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
     for (k, (_, ev, _)) in events.iter().enumerate() {
         by_device.entry(ev.addr()).or_default().push(k);
     }
-    // The actors hold what they decide as committed; if anything fails before the commit
-    // returns, they must drop it, or a retry would take these events for duplicates.
-    let decided: Result<_, IngestError> = async {
-        let asks = by_device.iter().map(|(addr, ks)| {
-            let batch = ks
-                .iter()
-                .map(|k| Incoming {
-                    event_id: events[*k].1.event_id.clone(),
-                    seq: events[*k].1.seq,
-                    hash: events[*k].2,
-                })
-                .collect();
-            async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
-        });
-        let verdicts = futures::future::try_join_all(asks).await?;
-
-        let mut cands: Vec<(usize, Candidate)> = Vec::new();
-        let mut devices = Vec::new();
-        for (addr, v) in &verdicts {
-            let ks = &by_device[addr];
-            for (k, fast) in ks.iter().zip(&v.fast) {
-                let (i, ev, h) = &events[*k];
-                match fast {
-                    Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
-                    _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
+    // The actors hold what they decide as committed; if the batch does not commit, they must
+    // drop it before any retry, or the retry would take these events for duplicates.
+    let Decided { verdicts, positions, devices, decisions } =
+        match decide_and_commit(engine, raws, &events, &by_device, &bad, &mut outcomes).await {
+            Ok(d) => d,
+            Err(e) => {
+                for addr in by_device.keys() {
+                    engine.actors.forget(addr);
                 }
+                return Err(e);
             }
-            let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
-            devices.push(DeviceUpdate {
-                addr: addr.clone(),
-                max_seq,
-                projected_watermark: v.projected_watermark,
-                gaps: v.gaps.clone(),
-            });
-        }
-        cands.sort_by_key(|(i, _)| *i);
-        let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
-
-        let decisions = writer::commit(engine.pool, &bad, &cands, &devices).await?;
-        Ok((verdicts, positions, devices, decisions))
-    }
-    .await;
-    let (verdicts, positions, devices, decisions) = match decided {
-        Ok(d) => d,
-        Err(e) => {
-            for addr in by_device.keys() {
-                engine.actors.forget(addr);
-            }
-            return Err(e);
-        }
-    };
+        };
 
     for (i, d) in positions.iter().zip(&decisions) {
         outcomes[*i] = Some(match d {
@@ -209,6 +170,60 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
     let outcomes = outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect();
     let gaps = devices.iter().map(|d| d.gaps.len()).sum();
     Ok(Report { outcomes, kinds, gaps, watermarks })
+}
+
+/// What deciding and committing a batch produced.
+struct Decided {
+    verdicts: Vec<(DeviceAddr, DeviceVerdicts)>,
+    /// Per committed candidate, its message's position in the batch.
+    positions: Vec<usize>,
+    devices: Vec<DeviceUpdate>,
+    decisions: Vec<Decision>,
+}
+
+/// Has each device's actor decide its events (fast duplicates are settled in `outcomes`), then
+/// commits the batch through the writer.
+async fn decide_and_commit(
+    engine: &Engine<'_>,
+    raws: &[Raw],
+    events: &[(usize, Box<EventEnvelope>, [u8; 32])],
+    by_device: &HashMap<DeviceAddr, Vec<usize>>,
+    bad: &[BadRow],
+    outcomes: &mut [Option<Outcome>],
+) -> Result<Decided, IngestError> {
+    let asks = by_device.iter().map(|(addr, ks)| {
+        let batch = ks
+            .iter()
+            .map(|k| Incoming { event_id: events[*k].1.event_id.clone(), seq: events[*k].1.seq, hash: events[*k].2 })
+            .collect();
+        async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
+    });
+    let verdicts = futures::future::try_join_all(asks).await?;
+
+    let mut cands: Vec<(usize, Candidate)> = Vec::new();
+    let mut devices = Vec::new();
+    for (addr, v) in &verdicts {
+        let ks = &by_device[addr];
+        for (k, fast) in ks.iter().zip(&v.fast) {
+            let (i, ev, h) = &events[*k];
+            match fast {
+                Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
+                _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
+            }
+        }
+        let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
+        devices.push(DeviceUpdate {
+            addr: addr.clone(),
+            max_seq,
+            projected_watermark: v.projected_watermark,
+            gaps: v.gaps.clone(),
+        });
+    }
+    cands.sort_by_key(|(i, _)| *i);
+    let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
+
+    let decisions = writer::commit(engine.pool, bad, &cands, &devices).await?;
+    Ok(Decided { verdicts, positions, devices, decisions })
 }
 
 fn record(outcome: Outcome, kind: Option<&'static str>) {

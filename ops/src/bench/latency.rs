@@ -105,13 +105,14 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let mut rng = data::Rng::new(args.seed);
     let mut tills: Vec<data::Till> = (0..args.devices).map(|i| data::Till::new(data::device(i))).collect();
     let generated_ms = tillsync_broker::now_ms();
-    let mut planned: std::collections::VecDeque<(String, u64, data::Outgoing)> = (0..warm + total)
+    let planned: Vec<(String, u64, data::Outgoing)> = (0..warm + total)
         .map(|k| {
             let till = &mut tills[(k as usize) % args.devices];
             let ev = till.next_event(&mut rng, generated_ms + (k * 1_000 / args.rate) as i64);
             (ev.device_id.clone(), ev.seq, data::outgoing(&ev, false))
         })
         .collect();
+    let mut planned = planned.into_iter();
     let period = Duration::from_secs_f64(1.0 / args.rate as f64);
     let start = Instant::now() + Duration::from_millis(50);
     let mut k = 0u64;
@@ -126,7 +127,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
                 batches_before = Some(diag::Batches::now());
                 measured_from = intended;
             }
-            let (device_id, seq, out) = planned.pop_front().expect("one planned per event");
+            let (device_id, seq, out) = planned.next().expect("one planned per event");
             pending.lock().expect("not poisoned").entry(device_id).or_default().push_back((seq, intended, k >= warm));
             let ack = data::send(&js, out).await?;
             ack_tx.send(ack).await.map_err(|_| anyhow::anyhow!("ack checker stopped"))?;
