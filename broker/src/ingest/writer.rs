@@ -1,6 +1,7 @@
 //! The group-commit writer: one transaction per batch, whatever the number of devices in it.
-//! Every statement is set-based (`UNNEST` of arrays), so a batch of 500 events costs a dozen
-//! round trips rather than thousands.
+//! Every statement is set-based (`UNNEST` of arrays): a batch is the ledger insert, a load of
+//! the rows it touches (one statement per table touched), and one write of every read model and
+//! device row (`rows::write`), whatever its size; conflicts, gaps and stale events add one each.
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,8 +55,11 @@ pub async fn commit(
     insert_quarantine(&mut tx, bad).await?;
     let mut decisions = ledger_decisions(&mut tx, cands).await?;
     insert_conflicts(&mut tx, cands, &decisions, "content_mismatch").await?;
-    apply_new(&mut tx, cands, &mut decisions).await?;
-    update_devices(&mut tx, devices).await?;
+    let folded = fold_new(&mut tx, cands, &decisions).await?;
+    // Before the write: its gap-filling part must see the gaps this batch opens.
+    insert_gaps(&mut tx, devices).await?;
+    super::rows::write(&mut tx, &folded, devices).await?;
+    mark_stale(&mut tx, cands, &mut decisions, &folded.stale).await?;
     tx.commit().await?;
     Ok(decisions)
 }
@@ -171,39 +175,50 @@ async fn insert_conflicts(
     Ok(())
 }
 
-/// Applies the new events to the read models; marks the stale ones.
-async fn apply_new(
+/// Folds the new events onto the rows they touch (loaded and locked first). `stale` holds
+/// positions among the new events, in order.
+async fn fold_new(
+    tx: &mut PgConnection,
+    cands: &[Candidate<'_>],
+    decisions: &[Decision],
+) -> Result<plan::Folded, sqlx::Error> {
+    let events: Vec<&EventEnvelope> =
+        cands.iter().zip(decisions).filter(|(_, d)| **d == Decision::New).map(|(c, _)| c.ev).collect();
+    if events.is_empty() {
+        return Ok(plan::Folded::default());
+    }
+    let rows = load_rows(tx, &plan::touched(events.iter().copied())).await?;
+    Ok(plan::fold(rows, &events))
+}
+
+/// Records the new events the fold found stale (`stale`: positions among the new ones) as such,
+/// in the ledger and in `conflicts`.
+async fn mark_stale(
     tx: &mut PgConnection,
     cands: &[Candidate<'_>],
     decisions: &mut [Decision],
+    stale: &[usize],
 ) -> Result<(), sqlx::Error> {
-    let new: Vec<usize> = (0..cands.len()).filter(|i| decisions[*i] == Decision::New).collect();
-    if new.is_empty() {
+    if stale.is_empty() {
         return Ok(());
     }
-    let events: Vec<&EventEnvelope> = new.iter().map(|i| cands[*i].ev).collect();
-    let rows = load_rows(tx, &plan::touched(events.iter().copied())).await?;
-    let folded = plan::fold(rows, &events);
-    super::rows::write(tx, &folded).await?;
-    for p in &folded.stale {
+    let new: Vec<usize> = (0..cands.len()).filter(|i| decisions[*i] == Decision::New).collect();
+    for p in stale {
         decisions[new[*p]] = Decision::Stale;
     }
-    if !folded.stale.is_empty() {
-        let stale: Vec<&Candidate> = folded.stale.iter().map(|p| &cands[new[*p]]).collect();
-        sqlx::query(
-            "UPDATE processed_events p SET outcome = 'stale'
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, s, d, e)
-             WHERE p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e",
-        )
-        .bind(stale.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
-        .bind(stale.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
-        .bind(stale.iter().map(|c| c.ev.device_id.clone()).collect::<Vec<_>>())
-        .bind(stale.iter().map(|c| c.ev.event_id.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        insert_conflicts(tx, cands, decisions, "stale").await?;
-    }
-    Ok(())
+    let stale: Vec<&Candidate> = stale.iter().map(|p| &cands[new[*p]]).collect();
+    sqlx::query(
+        "UPDATE processed_events p SET outcome = 'stale'
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, s, d, e)
+         WHERE p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e",
+    )
+    .bind(stale.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(stale.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
+    .bind(stale.iter().map(|c| c.ev.device_id.clone()).collect::<Vec<_>>())
+    .bind(stale.iter().map(|c| c.ev.event_id.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    insert_conflicts(tx, cands, decisions, "stale").await
 }
 
 fn split3(keys: &[Key3]) -> (Vec<String>, Vec<String>, Vec<String>) {
@@ -349,53 +364,23 @@ async fn insert_quarantine(tx: &mut PgConnection, bad: &[BadRow]) -> Result<(), 
     Ok(())
 }
 
-async fn update_devices(tx: &mut PgConnection, devices: &[DeviceUpdate]) -> Result<(), sqlx::Error> {
-    if devices.is_empty() {
+/// Records the sequence gaps this batch detected (the devices' rows are updated with the
+/// read models, in `rows::write`).
+async fn insert_gaps(tx: &mut PgConnection, devices: &[DeviceUpdate]) -> Result<(), sqlx::Error> {
+    let gaps: Vec<(&DeviceUpdate, &Gap)> = devices.iter().flat_map(|d| d.gaps.iter().map(move |g| (d, g))).collect();
+    if gaps.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&DeviceUpdate) -> String| devices.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, last_seq, watermark, gaps, online)
-         SELECT t, s, d, now(), now(), q, w, g, true
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) AS u(t, s, d, q, w, g)
-         ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET
-           last_seen = now(), online = true,
-           last_seq = GREATEST(devices.last_seq, excluded.last_seq),
-           watermark = GREATEST(devices.watermark, excluded.watermark),
-           gaps = devices.gaps + excluded.gaps",
+        "INSERT INTO device_gaps (tenant_id, store_id, device_id, from_seq, to_seq)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])
+         ON CONFLICT DO NOTHING",
     )
-    .bind(col(|d| d.addr.tenant_id.clone()))
-    .bind(col(|d| d.addr.store_id.clone()))
-    .bind(col(|d| d.addr.device_id.clone()))
-    .bind(devices.iter().map(|d| d.max_seq as i64).collect::<Vec<_>>())
-    .bind(devices.iter().map(|d| d.projected_watermark as i64).collect::<Vec<_>>())
-    .bind(devices.iter().map(|d| d.gaps.len() as i64).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    let gaps: Vec<(&DeviceUpdate, &Gap)> = devices.iter().flat_map(|d| d.gaps.iter().map(move |g| (d, g))).collect();
-    if !gaps.is_empty() {
-        sqlx::query(
-            "INSERT INTO device_gaps (tenant_id, store_id, device_id, from_seq, to_seq)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(gaps.iter().map(|(d, _)| d.addr.tenant_id.clone()).collect::<Vec<_>>())
-        .bind(gaps.iter().map(|(d, _)| d.addr.store_id.clone()).collect::<Vec<_>>())
-        .bind(gaps.iter().map(|(d, _)| d.addr.device_id.clone()).collect::<Vec<_>>())
-        .bind(gaps.iter().map(|(_, g)| g.from as i64).collect::<Vec<_>>())
-        .bind(gaps.iter().map(|(_, g)| g.to as i64).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE device_gaps g SET filled_at = now()
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS u(t, s, d, w)
-         WHERE g.tenant_id = u.t AND g.store_id = u.s AND g.device_id = u.d AND g.to_seq <= u.w AND g.filled_at IS NULL",
-    )
-    .bind(col(|d| d.addr.tenant_id.clone()))
-    .bind(col(|d| d.addr.store_id.clone()))
-    .bind(col(|d| d.addr.device_id.clone()))
-    .bind(devices.iter().map(|d| d.projected_watermark as i64).collect::<Vec<_>>())
+    .bind(gaps.iter().map(|(d, _)| d.addr.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(gaps.iter().map(|(d, _)| d.addr.store_id.clone()).collect::<Vec<_>>())
+    .bind(gaps.iter().map(|(d, _)| d.addr.device_id.clone()).collect::<Vec<_>>())
+    .bind(gaps.iter().map(|(_, g)| g.from as i64).collect::<Vec<_>>())
+    .bind(gaps.iter().map(|(_, g)| g.to as i64).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
