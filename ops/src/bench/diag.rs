@@ -40,3 +40,54 @@ impl Batches {
         ((self.events - before.events) / b, (self.apply_seconds - before.apply_seconds) / n * 1e3)
     }
 }
+
+/// The machine's CPU time counters (`/proc/stat`, Linux only), to tell how busy all its cores
+/// were over a measured stretch: a latency figure taken with the CPU full is a queueing figure.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// `None` where `/proc/stat` cannot be read.
+    pub fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        parse_cpu_line(stat.lines().next()?)
+    }
+
+    /// Percent of all cores' time spent busy (neither idle nor waiting for I/O) since `before`.
+    pub fn busy_pct_since(&self, before: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1);
+        self.busy.saturating_sub(before.busy) as f64 * 100.0 / total as f64
+    }
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal ...` (guest time is already in user).
+fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some(CpuTimes { busy: total - v[3] - v[4], total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_share_leaves_out_idle_and_iowait() {
+        let before = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0").unwrap();
+        let after = parse_cpu_line("cpu  250 0 100 900 50 0 0 0 0 0").unwrap();
+        // 200 busy ticks out of 300.
+        assert!((after.busy_pct_since(&before) - 66.666).abs() < 0.01);
+        assert!(parse_cpu_line("cpu0 1 2 3 4 5").is_none());
+        assert!(parse_cpu_line("cpu  1 2").is_none());
+    }
+}

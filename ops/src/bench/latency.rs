@@ -117,6 +117,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let start = Instant::now() + Duration::from_millis(50);
     let mut k = 0u64;
     let mut batches_before = None;
+    let mut cpu_before = None;
     let mut measured_from = start;
     while k < warm + total {
         let now = Instant::now();
@@ -125,6 +126,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
             let intended = start + period.mul_f64(k as f64);
             if k == warm {
                 batches_before = Some(diag::Batches::now());
+                cpu_before = diag::CpuTimes::now();
                 measured_from = intended;
             }
             let (device_id, seq, out) = planned.next().expect("one planned per event");
@@ -138,6 +140,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
         }
     }
     let published_in = measured_from.elapsed().as_secs_f64();
+    let busy_pct = cpu_before.zip(diag::CpuTimes::now()).map(|(before, after)| after.busy_pct_since(&before));
     drop(ack_tx);
     let failed = acker.await?;
     if failed > 0 {
@@ -165,5 +168,8 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
         .number("max_ms", hist.max() as f64 / 1000.0)
         .number("broker_mean_batch_events", mean_batch)
         .number("broker_mean_apply_ms", mean_apply_ms);
+    if let Some(pct) = busy_pct {
+        r.number("machine_busy_pct", pct);
+    }
     Ok(r)
 }
