@@ -55,11 +55,13 @@ pub async fn commit(
     insert_quarantine(&mut tx, bad).await?;
     let mut decisions = ledger_decisions(&mut tx, cands).await?;
     insert_conflicts(&mut tx, cands, &decisions, "content_mismatch").await?;
-    let folded = fold_new(&mut tx, cands, &decisions).await?;
+    // Positions of the candidates the ledger took as new: the ones applied to the read models.
+    let new: Vec<usize> = (0..cands.len()).filter(|i| decisions[*i] == Decision::New).collect();
+    let folded = fold_new(&mut tx, cands, &new).await?;
     // Before the write: its gap-filling part must see the gaps this batch opens.
     insert_gaps(&mut tx, devices).await?;
     super::rows::write(&mut tx, &folded, devices).await?;
-    mark_stale(&mut tx, cands, &mut decisions, &folded.stale).await?;
+    mark_stale(&mut tx, cands, &mut decisions, &new, &folded.stale).await?;
     tx.commit().await?;
     Ok(decisions)
 }
@@ -68,6 +70,12 @@ type LedgerKey = (String, String, String, String);
 
 fn lkey(ev: &EventEnvelope) -> LedgerKey {
     (ev.tenant_id.clone(), ev.store_id.clone(), ev.device_id.clone(), ev.event_id.clone())
+}
+
+/// The ledger keys of `cands` as four columns, to bind as `$n..$n+3` text arrays.
+fn key_columns(cands: &[&Candidate]) -> [Vec<String>; 4] {
+    let col = |f: fn(&EventEnvelope) -> &String| cands.iter().map(|c| f(c.ev).clone()).collect();
+    [col(|e| &e.tenant_id), col(|e| &e.store_id), col(|e| &e.device_id), col(|e| &e.event_id)]
 }
 
 /// Inserts every candidate into the ledger; whoever was already there is a duplicate (same
@@ -103,16 +111,17 @@ async fn ledger_decisions(tx: &mut PgConnection, cands: &[Candidate<'_>]) -> Res
     let mut known: HashMap<LedgerKey, Vec<u8>> = HashMap::new();
     let missing: Vec<&Candidate> = cands.iter().filter(|c| !fresh.contains(&lkey(c.ev))).collect();
     if !missing.is_empty() {
+        let [t, s, d, e] = key_columns(&missing);
         let rows: Vec<(String, String, String, String, Vec<u8>)> = sqlx::query_as(
             "SELECT p.tenant_id, p.store_id, p.device_id, p.event_id, p.content_hash
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, s, d, e)
              CROSS JOIN LATERAL (SELECT * FROM processed_events p
                WHERE p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e) p",
         )
-        .bind(missing.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
-        .bind(missing.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
-        .bind(missing.iter().map(|c| c.ev.device_id.clone()).collect::<Vec<_>>())
-        .bind(missing.iter().map(|c| c.ev.event_id.clone()).collect::<Vec<_>>())
+        .bind(t)
+        .bind(s)
+        .bind(d)
+        .bind(e)
         .fetch_all(&mut *tx)
         .await?;
         known.extend(rows.into_iter().map(|(t, s, d, e, h)| ((t, s, d, e), h)));
@@ -147,6 +156,7 @@ async fn insert_conflicts(
     if rows.is_empty() {
         return Ok(());
     }
+    let [t, s, d, e] = key_columns(&rows);
     sqlx::query(
         "INSERT INTO conflicts (tenant_id, store_id, device_id, event_id, seq, kind, existing_hash, incoming_hash, stream_seq, detail, payload)
          SELECT u.t, u.s, u.d, u.e, u.q, $6, p.content_hash, u.h, u.ss, $9, u.b
@@ -156,10 +166,10 @@ async fn insert_conflicts(
            WHERE p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e) p ON true
          ON CONFLICT (tenant_id, store_id, device_id, event_id, kind, stream_seq) DO NOTHING",
     )
-    .bind(rows.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|c| c.ev.device_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|c| c.ev.event_id.clone()).collect::<Vec<_>>())
+    .bind(t)
+    .bind(s)
+    .bind(d)
+    .bind(e)
     .bind(rows.iter().map(|c| c.ev.seq as i64).collect::<Vec<_>>())
     .bind(kind)
     .bind(rows.iter().map(|c| c.hash.to_vec()).collect::<Vec<_>>())
@@ -175,15 +185,10 @@ async fn insert_conflicts(
     Ok(())
 }
 
-/// Folds the new events onto the rows they touch (loaded and locked first). `stale` holds
-/// positions among the new events, in order.
-async fn fold_new(
-    tx: &mut PgConnection,
-    cands: &[Candidate<'_>],
-    decisions: &[Decision],
-) -> Result<plan::Folded, sqlx::Error> {
-    let events: Vec<&EventEnvelope> =
-        cands.iter().zip(decisions).filter(|(_, d)| **d == Decision::New).map(|(c, _)| c.ev).collect();
+/// Folds the new events (`new`: their positions in `cands`) onto the rows they touch, loaded
+/// and locked first. The result's `stale` holds positions among the new events, in order.
+async fn fold_new(tx: &mut PgConnection, cands: &[Candidate<'_>], new: &[usize]) -> Result<plan::Folded, sqlx::Error> {
+    let events: Vec<&EventEnvelope> = new.iter().map(|i| cands[*i].ev).collect();
     if events.is_empty() {
         return Ok(plan::Folded::default());
     }
@@ -191,31 +196,32 @@ async fn fold_new(
     Ok(plan::fold(rows, &events))
 }
 
-/// Records the new events the fold found stale (`stale`: positions among the new ones) as such,
-/// in the ledger and in `conflicts`.
+/// Records the new events the fold found stale (`stale`: positions in `new`) as such, in the
+/// ledger and in `conflicts`.
 async fn mark_stale(
     tx: &mut PgConnection,
     cands: &[Candidate<'_>],
     decisions: &mut [Decision],
+    new: &[usize],
     stale: &[usize],
 ) -> Result<(), sqlx::Error> {
     if stale.is_empty() {
         return Ok(());
     }
-    let new: Vec<usize> = (0..cands.len()).filter(|i| decisions[*i] == Decision::New).collect();
     for p in stale {
         decisions[new[*p]] = Decision::Stale;
     }
     let stale: Vec<&Candidate> = stale.iter().map(|p| &cands[new[*p]]).collect();
+    let [t, s, d, e] = key_columns(&stale);
     sqlx::query(
         "UPDATE processed_events p SET outcome = 'stale'
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, s, d, e)
          WHERE p.tenant_id = u.t AND p.store_id = u.s AND p.device_id = u.d AND p.event_id = u.e",
     )
-    .bind(stale.iter().map(|c| c.ev.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(stale.iter().map(|c| c.ev.store_id.clone()).collect::<Vec<_>>())
-    .bind(stale.iter().map(|c| c.ev.device_id.clone()).collect::<Vec<_>>())
-    .bind(stale.iter().map(|c| c.ev.event_id.clone()).collect::<Vec<_>>())
+    .bind(t)
+    .bind(s)
+    .bind(d)
+    .bind(e)
     .execute(&mut *tx)
     .await?;
     insert_conflicts(tx, cands, decisions, "stale").await
