@@ -45,6 +45,22 @@ fn assert_positive(v: &Value, fields: &[&str]) {
     }
 }
 
+/// The CPU split (`/proc`, Linux): this process, the bench's own nats-server, the rest. `/proc`
+/// counts in 10 ms ticks, so a tiny run may show 0 for a part; `busy` asks for more than 0 in all.
+fn assert_cpu_split(v: &Value, busy: bool) {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return;
+    }
+    let parts = ["cpu_us_per_event_bench", "cpu_us_per_event_nats", "cpu_us_per_event_rest"];
+    let mut sum = 0.0;
+    for f in parts {
+        let n = v[f].as_f64().unwrap_or_else(|| panic!("field {f} missing or not a number in {v}"));
+        assert!(n >= 0.0, "field {f} = {n}, want >= 0 in {v}");
+        sum += n;
+    }
+    assert!(!busy || sum > 0.0, "no CPU at all counted in {v}");
+}
+
 #[tokio::test]
 async fn bench_ingest_reports_broker_pipeline_and_naive_rates() {
     let v =
@@ -61,6 +77,7 @@ async fn bench_ingest_reports_broker_pipeline_and_naive_rates() {
             "ratio_vs_naive",
         ],
     );
+    assert_cpu_split(&v, false);
 }
 
 #[tokio::test]
@@ -69,6 +86,7 @@ async fn bench_latency_reports_percentiles() {
     assert_eq!(v["events"], 400);
     assert_positive(&v, &["p50_ms", "p99_ms", "p999_ms"]);
     assert!(v["p50_ms"].as_f64() <= v["p999_ms"].as_f64(), "{v}");
+    assert_cpu_split(&v, true);
 }
 
 #[tokio::test]

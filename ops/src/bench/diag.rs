@@ -77,6 +77,74 @@ fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
     Some(CpuTimes { busy: total - v[3] - v[4], total })
 }
 
+/// Where a measured stretch's CPU went: this process (the in-process broker, and in `bench
+/// latency` the publisher and collector too), the private nats-server, and the rest of the
+/// machine's busy time (Postgres, plus whatever else runs there). Linux only.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSplit {
+    machine: CpuTimes,
+    own: u64,
+    nats: Option<(u32, u64)>,
+}
+
+/// Microseconds of CPU per event, by process group.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerEvent {
+    pub bench: f64,
+    pub nats: Option<f64>,
+    pub rest: f64,
+}
+
+/// `/proc` counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second for user space.
+const US_PER_TICK: f64 = 10_000.0;
+
+impl CpuSplit {
+    /// `nats_pid`: the private nats-server, if the bench started one. `None` without `/proc`.
+    pub fn now(nats_pid: Option<u32>) -> Option<CpuSplit> {
+        let machine = CpuTimes::now()?;
+        let own = process_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        let nats = nats_pid.and_then(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, process_ticks(&stat)?))
+        });
+        Some(CpuSplit { machine, own, nats })
+    }
+
+    /// The CPU spent since `before`, divided over `events`.
+    pub fn per_event_since(&self, before: &CpuSplit, events: f64) -> PerEvent {
+        let us = |ticks: u64| ticks as f64 * US_PER_TICK / events.max(1.0);
+        let own = self.own.saturating_sub(before.own);
+        let nats = match (self.nats, before.nats) {
+            (Some((pid, after)), Some((was, ticks))) if pid == was => Some(after.saturating_sub(ticks)),
+            _ => None,
+        };
+        let busy = self.machine.busy.saturating_sub(before.machine.busy);
+        let rest = busy.saturating_sub(own + nats.unwrap_or(0));
+        PerEvent { bench: us(own), nats: nats.map(us), rest: us(rest) }
+    }
+}
+
+impl PerEvent {
+    /// Adds the split to a report as `cpu_us_per_event_{bench,nats,rest}`.
+    pub fn report(&self, r: &mut super::report::Report) {
+        r.number("cpu_us_per_event_bench", self.bench);
+        if let Some(n) = self.nats {
+            r.number("cpu_us_per_event_nats", n);
+        }
+        r.number("cpu_us_per_event_rest", self.rest);
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`: the 12th and 13th fields after the `(comm)`, which may
+/// itself hold spaces and parentheses.
+fn process_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +157,18 @@ mod tests {
         assert!((after.busy_pct_since(&before) - 66.666).abs() < 0.01);
         assert!(parse_cpu_line("cpu0 1 2 3 4 5").is_none());
         assert!(parse_cpu_line("cpu  1 2").is_none());
+    }
+
+    #[test]
+    fn process_ticks_survive_odd_names_and_the_rest_is_what_is_left() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 700 300 0 0 20 0 1 0 5 0 0";
+        assert_eq!(process_ticks(stat), Some(1_000));
+        assert_eq!(process_ticks("garbage"), None);
+        let at = |busy, own, nats| CpuSplit { machine: CpuTimes { busy, total: 0 }, own, nats: Some((7, nats)) };
+        let split = at(1_100, 500, 300).per_event_since(&at(100, 100, 100), 100.0);
+        // 1,000 busy ticks: 400 ours, 200 nats', 400 the rest; a tick is 10 ms, over 100 events.
+        assert_eq!(split, PerEvent { bench: 40_000.0, nats: Some(20_000.0), rest: 40_000.0 });
+        let restarted = CpuSplit { nats: Some((8, 0)), ..at(1_100, 500, 0) };
+        assert_eq!(restarted.per_event_since(&at(100, 100, 100), 100.0).nats, None);
     }
 }

@@ -105,6 +105,11 @@ impl Env {
         c
     }
 
+    /// The private nats-server's pid, when the bench started one.
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.nats.as_ref().map(|p| p.child.id())
+    }
+
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         Ok(tillsync_broker::nats::connect(&self.nats_url, None, "tillsync-bench").await?)
     }

@@ -68,6 +68,7 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
     let sample = args.naive_sample.min(args.events);
 
     let (mut broker, mut pipeline, mut naive_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut broker_cpu = Vec::new();
     for round in 1..=args.runs {
         if args.only.contains(&Which::Pipeline) {
             let url = fresh(env).await?;
@@ -78,9 +79,10 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
             pipeline.push(p.rate());
         }
         if args.only.contains(&Which::Broker) {
-            let b = broker_drain(env, &js, args.events, unique).await?;
+            let (b, cpu) = broker_drain(env, &js, args.events, unique).await?;
             eprintln!("round {round}: broker   {:.0} events/s", b.rate());
             broker.push(b.rate());
+            broker_cpu.extend(cpu);
         }
         if args.only.contains(&Which::Naive) {
             let url = fresh(env).await?;
@@ -125,10 +127,21 @@ pub async fn run(args: IngestArgs, env: &mut Env) -> anyhow::Result<Report> {
             }
         }
     }
+    // The CPU split of the broker's drains (the median round's), to set against a live run's.
+    if let Some(cpu) = median_by(&broker_cpu, |c| c.bench + c.rest + c.nats.unwrap_or(0.0)) {
+        cpu.report(&mut r);
+    }
     if sample < 5_000 && !naive_runs.is_empty() {
         r.note(format!("naive sample is {sample} events (all there are); use --events >= 5000 for a real figure"));
     }
     Ok(r)
+}
+
+/// The element whose `key` is the median (the lower middle one for an even count).
+fn median_by<T: Copy>(xs: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v.get(v.len().saturating_sub(1) / 2).copied()
 }
 
 /// A fresh database with the bench tenant, after a checkpoint.
@@ -160,13 +173,14 @@ pub async fn verify(database_url: &str, unique: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts an in-process broker on a fresh database and times it draining the whole stream.
+/// Starts an in-process broker on a fresh database and times it draining the whole stream;
+/// also returns where the CPU went meanwhile, per message.
 pub async fn broker_drain(
     env: &mut Env,
     js: &jetstream::Context,
     total: usize,
     unique: usize,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<(Measured, Option<diag::PerEvent>)> {
     let url = fresh(env).await?;
     let config = env.broker_config(&url);
     // A new broker consumer, so this broker starts from the first message like the others.
@@ -178,17 +192,19 @@ pub async fn broker_drain(
         .await
         .map_err(|e| anyhow::anyhow!("broker consumer: {e}"))?;
     let before = diag::Batches::now();
+    let cpu_before = diag::CpuSplit::now(env.nats_pid());
     let started = Instant::now();
     let broker = Broker::start(config).await.context("broker start")?;
     eprintln!("broker started in {:.0} ms (counted in its drain time)", started.elapsed().as_secs_f64() * 1e3);
     let drained = wait_drained(&consumer, total).await;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(diag::CpuSplit::now(env.nats_pid())).map(|(b, a)| a.per_event_since(&b, total as f64));
     let (mean_batch, mean_apply_ms) = diag::Batches::now().since(&before);
     eprintln!("broker: {mean_batch:.0} events per batch, {mean_apply_ms:.1} ms from batch taken to message acked");
     super::stop_broker(broker).await;
     drained?;
     verify(&url, unique).await.context("broker")?;
-    Ok(Measured { messages: total, seconds })
+    Ok((Measured { messages: total, seconds }, cpu))
 }
 
 /// Waits until the consumer has delivered and seen acked every one of `total` messages; fails

@@ -118,6 +118,8 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let mut k = 0u64;
     let mut batches_before = None;
     let mut cpu_before = None;
+    let mut split_before = None;
+    let nats_pid = env.nats_pid();
     let mut measured_from = start;
     while k < warm + total {
         let now = Instant::now();
@@ -127,6 +129,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
             if k == warm {
                 batches_before = Some(diag::Batches::now());
                 cpu_before = diag::CpuTimes::now();
+                split_before = diag::CpuSplit::now(nats_pid);
                 measured_from = intended;
             }
             let (device_id, seq, out) = planned.next().expect("one planned per event");
@@ -141,6 +144,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     }
     let published_in = measured_from.elapsed().as_secs_f64();
     let busy_pct = cpu_before.zip(diag::CpuTimes::now()).map(|(before, after)| after.busy_pct_since(&before));
+    let split = split_before.zip(diag::CpuSplit::now(nats_pid)).map(|(b, a)| a.per_event_since(&b, total as f64));
     drop(ack_tx);
     let failed = acker.await?;
     if failed > 0 {
@@ -170,6 +174,9 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
         .number("broker_mean_apply_ms", mean_apply_ms);
     if let Some(pct) = busy_pct {
         r.number("machine_busy_pct", pct);
+    }
+    if let Some(split) = split {
+        split.report(&mut r);
     }
     Ok(r)
 }

@@ -71,7 +71,7 @@ pub async fn run(args: ReplayArgs, env: &mut Env) -> anyhow::Result<Report> {
         .number("events_per_s", replay.rate())
         .number("seconds", replay.seconds);
     if args.compare {
-        let live = ingest::broker_drain(env, &js, args.events, unique).await?;
+        let (live, _) = ingest::broker_drain(env, &js, args.events, unique).await?;
         eprintln!("live   {:.0} events/s", live.rate());
         r.number("live_events_per_s", live.rate()).number("ratio_vs_live", replay.rate() / live.rate());
     }
