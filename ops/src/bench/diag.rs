@@ -110,6 +110,11 @@ impl CpuSplit {
         Some(CpuSplit { machine, own, nats })
     }
 
+    /// Percent of all cores' time spent busy since `before` (see [`CpuTimes::busy_pct_since`]).
+    pub fn busy_pct_since(&self, before: &CpuSplit) -> f64 {
+        self.machine.busy_pct_since(&before.machine)
+    }
+
     /// The CPU spent since `before`, divided over `events`.
     pub fn per_event_since(&self, before: &CpuSplit, events: f64) -> PerEvent {
         let us = |ticks: u64| ticks as f64 * US_PER_TICK / events.max(1.0);

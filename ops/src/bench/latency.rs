@@ -118,7 +118,6 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let mut k = 0u64;
     let mut batches_before = None;
     let mut cpu_before = None;
-    let mut split_before = None;
     let nats_pid = env.nats_pid();
     let mut measured_from = start;
     while k < warm + total {
@@ -128,8 +127,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
             let intended = start + period.mul_f64(k as f64);
             if k == warm {
                 batches_before = Some(diag::Batches::now());
-                cpu_before = diag::CpuTimes::now();
-                split_before = diag::CpuSplit::now(nats_pid);
+                cpu_before = diag::CpuSplit::now(nats_pid);
                 measured_from = intended;
             }
             let (device_id, seq, out) = planned.next().expect("one planned per event");
@@ -143,8 +141,9 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
         }
     }
     let published_in = measured_from.elapsed().as_secs_f64();
-    let busy_pct = cpu_before.zip(diag::CpuTimes::now()).map(|(before, after)| after.busy_pct_since(&before));
-    let split = split_before.zip(diag::CpuSplit::now(nats_pid)).map(|(b, a)| a.per_event_since(&b, total as f64));
+    let cpu = cpu_before.zip(diag::CpuSplit::now(nats_pid));
+    let busy_pct = cpu.map(|(before, after)| after.busy_pct_since(&before));
+    let split = cpu.map(|(before, after)| after.per_event_since(&before, total as f64));
     drop(ack_tx);
     let failed = acker.await?;
     if failed > 0 {
