@@ -46,6 +46,9 @@ impl Batches {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuTimes {
     busy: u64,
+    /// Time the hypervisor ran something else while this machine wanted its CPU: neither our
+    /// work nor idle, and on a shared host it comes and goes.
+    steal: u64,
     total: u64,
 }
 
@@ -56,14 +59,22 @@ impl CpuTimes {
         parse_cpu_line(stat.lines().next()?)
     }
 
-    /// Percent of all cores' time spent busy (neither idle nor waiting for I/O) since `before`.
+    /// Percent of all cores' time spent busy (neither idle nor waiting for I/O nor stolen)
+    /// since `before`.
     pub fn busy_pct_since(&self, before: &CpuTimes) -> f64 {
         let total = self.total.saturating_sub(before.total).max(1);
         self.busy.saturating_sub(before.busy) as f64 * 100.0 / total as f64
     }
+
+    /// Percent of all cores' time stolen by the hypervisor since `before`.
+    pub fn steal_pct_since(&self, before: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(before.total).max(1);
+        self.steal.saturating_sub(before.steal) as f64 * 100.0 / total as f64
+    }
 }
 
-/// `cpu  user nice system idle iowait irq softirq steal ...` (guest time is already in user).
+/// `cpu  user nice system idle iowait irq softirq steal ...` (guest time is already in user;
+/// kernels before 2.6.11 have no steal column).
 fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
     let mut fields = line.split_whitespace();
     if fields.next()? != "cpu" {
@@ -74,7 +85,8 @@ fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
         return None;
     }
     let total: u64 = v.iter().sum();
-    Some(CpuTimes { busy: total - v[3] - v[4], total })
+    let steal = v.get(7).copied().unwrap_or(0);
+    Some(CpuTimes { busy: total - v[3] - v[4] - steal, steal, total })
 }
 
 /// Where a measured stretch's CPU went: this process (the in-process broker, and in `bench
@@ -113,6 +125,11 @@ impl CpuSplit {
     /// Percent of all cores' time spent busy since `before` (see [`CpuTimes::busy_pct_since`]).
     pub fn busy_pct_since(&self, before: &CpuSplit) -> f64 {
         self.machine.busy_pct_since(&before.machine)
+    }
+
+    /// Percent of all cores' time stolen by the hypervisor since `before`.
+    pub fn steal_pct_since(&self, before: &CpuSplit) -> f64 {
+        self.machine.steal_pct_since(&before.machine)
     }
 
     /// The CPU spent since `before`, divided over `events`.
@@ -157,9 +174,10 @@ mod tests {
     #[test]
     fn busy_share_leaves_out_idle_and_iowait() {
         let before = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0").unwrap();
-        let after = parse_cpu_line("cpu  250 0 100 900 50 0 0 0 0 0").unwrap();
-        // 200 busy ticks out of 300.
-        assert!((after.busy_pct_since(&before) - 66.666).abs() < 0.01);
+        let after = parse_cpu_line("cpu  250 0 100 900 50 0 0 100 0 0").unwrap();
+        // 200 busy ticks and 100 stolen out of 400.
+        assert!((after.busy_pct_since(&before) - 50.0).abs() < 0.01);
+        assert!((after.steal_pct_since(&before) - 25.0).abs() < 0.01);
         assert!(parse_cpu_line("cpu0 1 2 3 4 5").is_none());
         assert!(parse_cpu_line("cpu  1 2").is_none());
     }
@@ -169,7 +187,8 @@ mod tests {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 700 300 0 0 20 0 1 0 5 0 0";
         assert_eq!(process_ticks(stat), Some(1_000));
         assert_eq!(process_ticks("garbage"), None);
-        let at = |busy, own, nats| CpuSplit { machine: CpuTimes { busy, total: 0 }, own, nats: Some((7, nats)) };
+        let at =
+            |busy, own, nats| CpuSplit { machine: CpuTimes { busy, steal: 0, total: 0 }, own, nats: Some((7, nats)) };
         let split = at(1_100, 500, 300).per_event_since(&at(100, 100, 100), 100.0);
         // 1,000 busy ticks: 400 ours, 200 nats', 400 the rest; a tick is 10 ms, over 100 events.
         assert_eq!(split, PerEvent { bench: 40_000.0, nats: Some(20_000.0), rest: 40_000.0 });

@@ -143,6 +143,7 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
     let published_in = measured_from.elapsed().as_secs_f64();
     let cpu = cpu_before.zip(diag::CpuSplit::now(nats_pid));
     let busy_pct = cpu.map(|(before, after)| after.busy_pct_since(&before));
+    let steal_pct = cpu.map(|(before, after)| after.steal_pct_since(&before));
     let split = cpu.map(|(before, after)| after.per_event_since(&before, total as f64));
     drop(ack_tx);
     let failed = acker.await?;
@@ -173,6 +174,9 @@ pub async fn run(args: LatencyArgs, env: &mut Env) -> anyhow::Result<Report> {
         .number("broker_mean_apply_ms", mean_apply_ms);
     if let Some(pct) = busy_pct {
         r.number("machine_busy_pct", pct);
+    }
+    if let Some(pct) = steal_pct {
+        r.number("machine_steal_pct", pct);
     }
     if let Some(split) = split {
         split.report(&mut r);
