@@ -54,7 +54,7 @@ pub struct CpuTimes {
 
 impl CpuTimes {
     /// `None` where `/proc/stat` cannot be read.
-    pub fn now() -> Option<CpuTimes> {
+    fn now() -> Option<CpuTimes> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         parse_cpu_line(stat.lines().next()?)
     }
@@ -62,14 +62,17 @@ impl CpuTimes {
     /// Percent of all cores' time spent busy (neither idle nor waiting for I/O nor stolen)
     /// since `before`.
     pub fn busy_pct_since(&self, before: &CpuTimes) -> f64 {
-        let total = self.total.saturating_sub(before.total).max(1);
-        self.busy.saturating_sub(before.busy) as f64 * 100.0 / total as f64
+        self.pct_since(before, |c| c.busy)
     }
 
     /// Percent of all cores' time stolen by the hypervisor since `before`.
     pub fn steal_pct_since(&self, before: &CpuTimes) -> f64 {
+        self.pct_since(before, |c| c.steal)
+    }
+
+    fn pct_since(&self, before: &CpuTimes, part: fn(&CpuTimes) -> u64) -> f64 {
         let total = self.total.saturating_sub(before.total).max(1);
-        self.steal.saturating_sub(before.steal) as f64 * 100.0 / total as f64
+        part(self).saturating_sub(part(before)) as f64 * 100.0 / total as f64
     }
 }
 
@@ -172,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_share_leaves_out_idle_and_iowait() {
+    fn busy_share_leaves_out_idle_iowait_and_steal() {
         let before = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0").unwrap();
         let after = parse_cpu_line("cpu  250 0 100 900 50 0 0 100 0 0").unwrap();
         // 200 busy ticks and 100 stolen out of 400.
