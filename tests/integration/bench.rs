@@ -106,3 +106,10 @@ async fn bench_commands_reports_round_trips() {
     let v = bench(&["commands", "--commands", "30", "--devices", "3", "--rate", "50"]).await;
     assert_positive(&v, &["commands_per_s", "p50_ms", "p99_ms"]);
 }
+
+#[tokio::test]
+async fn bench_fsync_reports_both_publish_rates_and_their_ratio() {
+    let v = bench(&["fsync", "--messages", "300", "--runs", "1"]).await;
+    assert_eq!(v["scenario"], "fsync");
+    assert_positive(&v, &["default_msgs_per_s", "always_msgs_per_s", "slowdown"]);
+}

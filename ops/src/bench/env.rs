@@ -28,7 +28,7 @@ const PRIVATE_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:15432/postgres";
 const MIN_NATS: (u32, u32) = (2, 10);
 
 /// A private nats-server, killed when dropped.
-struct NatsProc {
+pub struct NatsProc {
     child: Child,
     _store: tempfile::TempDir,
 }
@@ -67,7 +67,7 @@ impl Env {
         let (nats_url, nats) = if explicit(&global.nats_url, DEFAULT_NATS_URL, "NATS_URL") {
             (global.nats_url.clone(), None)
         } else {
-            let (url, proc_) = start_nats().await?;
+            let (url, proc_) = start_nats(None).await?;
             (url, Some(proc_))
         };
         Ok(Env { nats_url, admin_url, databases: Vec::new(), nats })
@@ -220,13 +220,21 @@ fn nats_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-async fn start_nats() -> anyhow::Result<(String, NatsProc)> {
+/// Starts a private nats-server with JetStream on a free loopback port and a temp store;
+/// `sync_interval` (`"always"`, `"2m"`, ...) sets JetStream's fsync policy, else its default.
+pub async fn start_nats(sync_interval: Option<&str>) -> anyhow::Result<(String, NatsProc)> {
     let bin = nats_bin()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let store = tempfile::TempDir::new()?;
+    let config = store.path().join("nats.conf");
+    let sync = sync_interval.map(|s| format!(", sync_interval: {s:?}")).unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!("listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}{sync} }}\n", store.path().join("js")),
+    )?;
     let child = Command::new(&bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store.path())
+        .arg("-c")
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

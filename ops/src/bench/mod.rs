@@ -11,6 +11,7 @@ mod commands;
 mod data;
 mod diag;
 mod env;
+mod fsync;
 mod ingest;
 mod latency;
 mod naive;
@@ -43,6 +44,8 @@ pub enum Scenario {
     Replay(replay::ReplayArgs),
     /// Memory and activation rate of resident device actors.
     Actors(actors::ActorsArgs),
+    /// JetStream publish rate with nats-server's default fsync and with `sync_interval: always`.
+    Fsync(fsync::FsyncArgs),
 }
 
 /// A timed drain.
@@ -86,6 +89,11 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    if let Scenario::Fsync(a) = args.scenario {
+        // Starts servers of its own with set fsync policies and needs no Postgres.
+        fsync::run(a).await?.print(global.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut env = Env::start(global).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // On Ctrl-C or SIGTERM the databases are still dropped and the private nats-server killed.
@@ -107,6 +115,7 @@ async fn scenario(s: Scenario, env: &mut Env) -> anyhow::Result<Report> {
         Scenario::Commands(a) => commands::run(a, env).await,
         Scenario::Replay(a) => replay::run(a, env).await,
         Scenario::Actors(a) => actors::run(a, env).await,
+        Scenario::Fsync(_) => unreachable!("run() handles fsync before starting an environment"),
     }
 }
 
