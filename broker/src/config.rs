@@ -83,6 +83,14 @@ pub struct Config {
     /// before anything is acked.
     #[arg(long, env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT", default_value_t = false, hide = true)]
     pub fault_crash_after_commit: bool,
+    /// How often the monitor refreshes the gauges it reads (streams, consumers, gaps,
+    /// watermark stalls), milliseconds.
+    #[arg(long, env = "TILLSYNC_MONITOR_INTERVAL_MS", default_value_t = 2_000)]
+    pub monitor_interval_ms: u64,
+    /// A device's watermark that has not reached the seq its bridge reported acked by
+    /// JetStream for this long counts as stalled (`tillsync_watermarks_stalled_devices`), seconds.
+    #[arg(long, env = "TILLSYNC_WATERMARK_STALL_S", default_value_t = 120)]
+    pub watermark_stall_s: u64,
 }
 
 impl Config {
@@ -97,6 +105,7 @@ impl Config {
             (self.recent_ids == 0, "recent_ids must be positive"),
             (self.command_max_attempts == 0, "command_max_attempts must be positive"),
             (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
+            (self.monitor_interval_ms < 50, "monitor_interval_ms must be at least 50"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -130,6 +139,7 @@ impl Config {
         c.message_lanes = 4;
         c.command_retry_ms = 500;
         c.offline_after_s = 5;
+        c.monitor_interval_ms = 250;
         c
     }
 
@@ -158,6 +168,8 @@ impl Config {
             ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
             ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
             ("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()),
+            ("TILLSYNC_MONITOR_INTERVAL_MS", self.monitor_interval_ms.to_string()),
+            ("TILLSYNC_WATERMARK_STALL_S", self.watermark_stall_s.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

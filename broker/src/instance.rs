@@ -1,10 +1,8 @@
-//! Reports this broker instance to Postgres every few seconds, for `tillsync status`, and
-//! refreshes gauges that are read rather than counted (consumer lag).
+//! Reports this broker instance to Postgres every few seconds, for `tillsync status`. Gauges
+//! read rather than counted (consumer lag, streams) are the monitor's ([`crate::monitor`]).
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use tillsync_schemas::streams as names;
 
 use crate::Ctx;
 
@@ -33,25 +31,7 @@ pub async fn run(ctx: Arc<Ctx>, instance_id: String) {
             tracing::warn!(%error, "Could not report broker instance.");
         }
         crate::ingest::export_actor_stats(&ctx);
-        export_consumer_lag(&ctx).await;
     }
     let _ =
         sqlx::query("DELETE FROM broker_instances WHERE instance_id = $1").bind(&instance_id).execute(&ctx.pool).await;
-}
-
-async fn export_consumer_lag(ctx: &Ctx) {
-    for (stream, consumer) in [
-        (names::EVENTS, names::BROKER_EVENTS_CONSUMER),
-        (names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER),
-        (names::INTAKE, names::BROKER_INTAKE_CONSUMER),
-        (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER),
-    ] {
-        let Ok(s) = ctx.js.get_stream(stream).await else { continue };
-        let Ok(mut c) = s.get_consumer::<async_nats::jetstream::consumer::pull::Config>(consumer).await else {
-            continue;
-        };
-        if let Ok(info) = c.info().await {
-            crate::metrics::consumer_info(consumer, info.num_pending, info.num_ack_pending, info.num_redelivered);
-        }
-    }
 }

@@ -17,6 +17,7 @@ pub mod ingest;
 mod instance;
 pub mod lanes;
 pub mod metrics;
+pub mod monitor;
 pub mod nats;
 pub mod ports;
 pub mod streams;
@@ -66,7 +67,7 @@ impl Broker {
         // Intake and ack lanes each hold one connection at most, plus the published marks.
         let keyed = db::connect_keyed(&config.database_url, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
-        let nats = nats::connect(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
+        let nats = nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
         let js = jetstream::new(nats.clone());
         streams::ensure(&js, &config).await?;
         let actor_config = ActorConfig {
@@ -102,6 +103,7 @@ impl Broker {
         tasks.spawn(heartbeats::run(ctx.clone()));
         tasks.spawn(commands::run(ctx.clone()));
         tasks.spawn(instance::run(ctx.clone(), instance_id));
+        tasks.spawn(monitor::run(ctx.clone()));
         metrics::broker_up(true);
         tracing::info!(%http_addr, "Broker started.");
         Ok(Broker { ctx, http_addr, tasks })

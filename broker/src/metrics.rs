@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tillsync_actors::decide::DupLayer;
+use tillsync_actors::policy::MAX_ATTEMPTS_CODE;
 
 pub const EVENTS_RECEIVED: &str = "tillsync_events_received_total";
 pub const EVENTS_APPLIED: &str = "tillsync_events_applied_total";
@@ -40,6 +42,13 @@ pub const COMMAND_INBOX_DEPTH: &str = "tillsync_command_inbox_depth";
 pub const COMMAND_OLDEST_PENDING: &str = "tillsync_command_oldest_pending_seconds";
 pub const COMMAND_ROUND_TRIP: &str = "tillsync_command_round_trip_seconds";
 pub const BROKER_UP: &str = "tillsync_broker_up";
+pub const DEVICE_GAPS_OPEN: &str = "tillsync_device_gaps_open";
+pub const DEVICE_GAP_OLDEST: &str = "tillsync_device_gap_oldest_seconds";
+pub const WATERMARKS_STALLED: &str = "tillsync_watermarks_stalled_devices";
+pub const STREAM_BYTES: &str = "tillsync_stream_bytes";
+pub const STREAM_MAX_BYTES: &str = "tillsync_stream_max_bytes";
+pub const STREAM_MESSAGES: &str = "tillsync_stream_messages";
+pub const NATS_CONNECTED: &str = "tillsync_nats_connected";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -57,6 +66,7 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("the metrics recorder is installed once");
             describe();
+            register_at_zero();
             handle
         })
         .clone()
@@ -95,6 +105,21 @@ fn describe() {
     describe_gauge!(COMMAND_OLDEST_PENDING, Unit::Seconds, "Age of the oldest pending command, by tenant.");
     describe_histogram!(COMMAND_ROUND_TRIP, Unit::Seconds, "From intake to the device's ack.");
     describe_gauge!(BROKER_UP, "1 while the broker runs.");
+    describe_gauge!(DEVICE_GAPS_OPEN, "Open gaps in device seq numbers (device_gaps not filled), by tenant.");
+    describe_gauge!(DEVICE_GAP_OLDEST, Unit::Seconds, "Age of the oldest open gap, by tenant (0 when none).");
+    describe_gauge!(WATERMARKS_STALLED, "Devices whose watermark waits longer than the stall bound, by tenant.");
+    describe_gauge!(
+        STREAM_BYTES,
+        Unit::Bytes,
+        "Bytes stored in each tillsync stream (NaN while NATS is disconnected)."
+    );
+    describe_gauge!(
+        STREAM_MAX_BYTES,
+        Unit::Bytes,
+        "Byte limit of each tillsync stream (0: none; NaN while disconnected)."
+    );
+    describe_gauge!(STREAM_MESSAGES, "Messages stored in each tillsync stream (NaN while NATS is disconnected).");
+    describe_gauge!(NATS_CONNECTED, "1 while the broker's NATS connection is up, 0 while it is down.");
 }
 
 pub fn events_received(n: u64) {
@@ -177,6 +202,76 @@ pub fn command_inbox(tenant: &str, depth: i64, oldest_secs: f64) {
 }
 pub fn broker_up(up: bool) {
     gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn device_gaps(tenant: &str, open: i64, oldest_secs: f64) {
+    gauge!(DEVICE_GAPS_OPEN, "tenant" => tenant.to_string()).set(open as f64);
+    gauge!(DEVICE_GAP_OLDEST, "tenant" => tenant.to_string()).set(oldest_secs);
+}
+pub fn watermarks_stalled(tenant: &str, devices: i64) {
+    gauge!(WATERMARKS_STALLED, "tenant" => tenant.to_string()).set(devices as f64);
+}
+/// A stream's size against its byte limit; `None` (NATS unreachable) exports NaN: unknown,
+/// never a reassuring last value.
+pub fn stream_info(stream: &str, state: Option<(u64, i64, u64)>) {
+    let (bytes, max, messages) = match state {
+        Some((bytes, max, messages)) => (bytes as f64, max.max(0) as f64, messages as f64),
+        None => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    gauge!(STREAM_BYTES, "stream" => stream.to_string()).set(bytes);
+    gauge!(STREAM_MAX_BYTES, "stream" => stream.to_string()).set(max);
+    gauge!(STREAM_MESSAGES, "stream" => stream.to_string()).set(messages);
+}
+/// A consumer's lag unknown (NATS unreachable): NaN rather than the last value read.
+pub fn consumer_unknown(consumer: &str) {
+    for name in [CONSUMER_PENDING, CONSUMER_ACK_PENDING, CONSUMER_REDELIVERED] {
+        gauge!(name, "consumer" => consumer.to_string()).set(f64::NAN);
+    }
+}
+pub fn nats_connected(up: bool) {
+    gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Every counter (and histogram) exists from the start, at 0, with the label values known in
+/// advance, so rates, ratios and `absent()`-free alerts have a series on a healthy system.
+/// Open-ended labels get their known codes (reason codes from `schemas::Reason`).
+fn register_at_zero() {
+    use tillsync_schemas::Reason;
+    for name in [
+        EVENTS_RECEIVED,
+        EVENT_GAPS,
+        ACTOR_ACTIVATIONS,
+        ACTOR_RESTARTS,
+        ACTOR_PASSIVATIONS,
+        HEARTBEATS,
+        COMMANDS_RECEIVED,
+        COMMAND_DELIVERIES,
+        COMMAND_REDELIVERIES,
+        COMMANDS_ACKED,
+        COMMANDS_EXPIRED,
+        COMMAND_ACKS_UNMATCHED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for kind in tillsync_schemas::event::EVENT_KINDS {
+        counter!(EVENTS_APPLIED, "kind" => *kind).increment(0);
+    }
+    for layer in [DupLayer::Memory, DupLayer::Ledger] {
+        counter!(EVENTS_DUPLICATE, "layer" => layer.as_str()).increment(0);
+    }
+    for kind in ["content_mismatch", "stale"] {
+        counter!(EVENTS_CONFLICT, "kind" => kind).increment(0);
+    }
+    for reason in Reason::ALL {
+        counter!(EVENTS_QUARANTINED, "reason" => reason.as_str()).increment(0);
+        counter!(COMMANDS_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+    counter!(DB_RETRIES, "op" => "ingest").increment(0);
+    counter!(COMMANDS_FAILED, "code" => MAX_ATTEMPTS_CODE).increment(0);
+    for name in [APPLY_LATENCY, EVENT_LAG, BATCH_SIZE, COMMAND_ROUND_TRIP] {
+        let _ = histogram!(name);
+    }
+    nats_connected(false);
 }
 
 /// Where /metrics is served: the handle renders the text format.

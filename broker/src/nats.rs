@@ -1,11 +1,43 @@
 //! Connecting to NATS with the broker's options.
 
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, Event};
 
 use crate::error::BrokerError;
+use crate::metrics;
 
 pub async fn connect(url: &str, creds: Option<&std::path::Path>, name: &str) -> Result<Client, BrokerError> {
-    let mut opts = ConnectOptions::new().name(name).max_reconnects(None);
+    connect_with(ConnectOptions::new(), url, creds, name).await
+}
+
+/// The broker's own connection: its state is `tillsync_nats_connected`, set by the client's
+/// connection events as they happen (a dropped TCP connection is seen at once), and logged.
+pub async fn connect_watched(url: &str, creds: Option<&std::path::Path>, name: &str) -> Result<Client, BrokerError> {
+    let opts = ConnectOptions::new().event_callback(|event| async move {
+        match event {
+            Event::Connected => {
+                tracing::info!("Connected to NATS.");
+                metrics::nats_connected(true);
+            }
+            Event::Disconnected => {
+                tracing::warn!("Disconnected from NATS; reconnecting. Nothing is consumed meanwhile.");
+                metrics::nats_connected(false);
+            }
+            Event::Closed => metrics::nats_connected(false),
+            other => tracing::debug!(event = %other, "NATS event."),
+        }
+    });
+    let client = connect_with(opts, url, creds, name).await?;
+    metrics::nats_connected(true);
+    Ok(client)
+}
+
+async fn connect_with(
+    opts: ConnectOptions,
+    url: &str,
+    creds: Option<&std::path::Path>,
+    name: &str,
+) -> Result<Client, BrokerError> {
+    let mut opts = opts.name(name).max_reconnects(None);
     if let Some(path) = creds {
         opts = opts
             .credentials_file(path)

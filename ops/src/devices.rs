@@ -50,13 +50,21 @@ struct DeviceRow {
     software_version: Option<String>,
     /// Events the device still holds unsent (from its last heartbeat).
     outbox_depth: Option<i64>,
-    /// Age of the oldest unsent event on the device, seconds: how far the cloud lags behind it.
-    lag_s: Option<i64>,
+    /// Age of the oldest event the device has not yet published, seconds (from its heartbeat).
+    unsent_age_s: Option<i64>,
+    /// The highest seq the device reported acked (from its last heartbeat).
+    last_acked_seq: Option<i64>,
+    /// `last_acked_seq` minus the broker's watermark (0 when not above): events the device
+    /// handed over that Postgres does not cover yet. Stays above 0 when JetStream lost them.
+    lag: i64,
+    /// How long the watermark has been waiting for `last_acked_seq`, seconds.
+    watermark_wait_s: Option<f64>,
     last_seq: i64,
     watermark: i64,
-    /// Gaps detected over the device's life, and those still open.
+    /// Gaps detected over the device's life, those still open, and the oldest open one's age.
     gaps: i64,
     open_gaps: i64,
+    oldest_gap_age_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -73,10 +81,16 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         DevicesCmd::List { tenant, store, offline } => {
             let rows: Vec<DeviceRow> = sqlx::query_as(
                 "SELECT d.tenant_id, d.store_id, d.device_id, d.provisioned, d.online, d.last_seen, d.software_version,
-                        d.outbox_depth, d.oldest_unsent_age_s AS lag_s, d.last_seq, d.watermark, d.gaps,
-                        (SELECT count(*) FROM device_gaps g WHERE g.tenant_id = d.tenant_id AND g.store_id = d.store_id
-                           AND g.device_id = d.device_id AND g.filled_at IS NULL) AS open_gaps
+                        d.outbox_depth, d.oldest_unsent_age_s AS unsent_age_s, d.last_acked_seq,
+                        greatest(coalesce(d.last_acked_seq, 0) - d.watermark, 0) AS lag,
+                        EXTRACT(EPOCH FROM now() - d.watermark_wait_since)::float8 AS watermark_wait_s,
+                        d.last_seq, d.watermark, d.gaps, coalesce(g.open, 0) AS open_gaps, g.oldest_age_s AS oldest_gap_age_s
                  FROM devices d
+                 LEFT JOIN LATERAL (
+                   SELECT count(*) AS open, EXTRACT(EPOCH FROM now() - min(detected_at))::float8 AS oldest_age_s
+                   FROM device_gaps WHERE tenant_id = d.tenant_id AND store_id = d.store_id
+                     AND device_id = d.device_id AND filled_at IS NULL
+                 ) g ON true
                  WHERE ($1::text IS NULL OR d.tenant_id = $1) AND ($2::text IS NULL OR d.store_id = $2)
                    AND (NOT $3 OR NOT d.online)
                  ORDER BY d.tenant_id, d.store_id, d.device_id",
@@ -130,16 +144,36 @@ fn human_list(rows: &[DeviceRow]) -> String {
                 if r.online { "online" } else { "offline" }.into(),
                 ts(r.last_seen),
                 opt(r.outbox_depth),
-                opt(r.lag_s),
+                opt(r.unsent_age_s),
+                opt(r.last_acked_seq),
+                lag(r),
                 format!("{}/{}", r.watermark, r.last_seq),
-                format!("{} ({} open)", r.gaps, r.open_gaps),
+                gaps(r),
                 r.software_version.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let mut out =
-        table(&["DEVICE", "STATE", "LAST SEEN", "OUTBOX", "LAG S", "WATERMARK/SEQ", "GAPS", "VERSION"], &cells);
+    let mut out = table(
+        &["DEVICE", "STATE", "LAST SEEN", "OUTBOX", "UNSENT S", "ACKED", "LAG", "WATERMARK/SEQ", "GAPS", "VERSION"],
+        &cells,
+    );
     let online = rows.iter().filter(|r| r.online).count();
     out.push_str(&format!("{} device(s), {} online, {} offline\n", rows.len(), online, rows.len() - online));
     out
+}
+
+/// The lag, and for how long the watermark has waited for it.
+fn lag(r: &DeviceRow) -> String {
+    match r.watermark_wait_s {
+        Some(s) if r.lag > 0 => format!("{} ({s:.0} s)", r.lag),
+        _ => r.lag.to_string(),
+    }
+}
+
+/// Total gaps, and the open ones with the oldest's age.
+fn gaps(r: &DeviceRow) -> String {
+    match r.oldest_gap_age_s {
+        Some(age) if r.open_gaps > 0 => format!("{} ({} open, oldest {age:.0} s)", r.gaps, r.open_gaps),
+        _ => format!("{} (0 open)", r.gaps),
+    }
 }

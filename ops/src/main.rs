@@ -47,8 +47,9 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Rebuild read models from the events stream into a shadow schema, another database or live.
     Replay(replay::ReplayArgs),
-    /// Streams, broker consumers, broker instances, resident actors, devices online.
-    Status,
+    /// Streams, broker consumers, broker instances, resident actors, devices online, open gaps,
+    /// stalled watermarks; exit 3 when something needs a look.
+    Status(status::StatusArgs),
     /// Quarantined messages: list, show one, redrive one once its cause is fixed.
     Quarantine(quarantine::QuarantineArgs),
     /// Devices: list with online state and lag, or provision one.
@@ -69,7 +70,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args, &cli.global).await,
         Command::Migrate(args) => migrate::run(args, &cli.global).await,
         Command::Replay(args) => replay::run(args, &cli.global).await,
-        Command::Status => status::run(&cli.global).await,
+        Command::Status(args) => status::run(args, &cli.global).await,
         Command::Quarantine(args) => quarantine::run(args, &cli.global).await,
         Command::Devices(args) => devices::run(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,

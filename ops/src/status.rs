@@ -1,10 +1,14 @@
-//! `tillsync status`: streams, the broker's consumers, broker instances and their resident
-//! actors, devices online per tenant, quarantine size. Exit code 3 when something needs a look
-//! (a stream missing, or no broker instance reported in the last 30 seconds).
+//! `tillsync status`: NATS and Postgres reachability, streams (bytes against their limit), the
+//! broker's consumers, broker instances and their resident actors, devices online per tenant,
+//! quarantine size, open device gaps and stalled watermarks. Exit code 3 when something needs
+//! a look; the checks and their thresholds are listed in docs/operations.md. Each server gets
+//! `--timeout-s` to answer, so an unreachable one is reported, not waited for.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::Args;
 use serde::Serialize;
 use tillsync_schemas::streams as names;
 
@@ -13,16 +17,47 @@ use crate::output::{emit, table, ts};
 
 /// A broker instance counts as alive when it reported this recently (it reports every 2 s).
 const ALIVE_WITHIN_S: i64 = 30;
+/// Open gaps and stalled devices listed by name (the counts cover all of them).
+const LISTED: i64 = 10;
 
-#[derive(Serialize)]
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// An open gap in a device's seqs older than this is a problem, seconds.
+    #[arg(long, default_value_t = 300)]
+    gap_age_s: u64,
+    /// A device's watermark that has waited longer than this for a seq its bridge reported
+    /// acked by JetStream is stalled, a problem, seconds.
+    #[arg(long, default_value_t = 120)]
+    stall_s: u64,
+    /// A stream holding more than this share of its byte limit is a problem (at the limit
+    /// JetStream refuses new messages).
+    #[arg(long, default_value_t = 0.8)]
+    stream_fill: f64,
+    /// How long NATS, and Postgres, each get to answer, seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_s: u64,
+}
+
+#[derive(Serialize, Default)]
 struct Status {
+    nats: Reach,
+    postgres: Reach,
     streams: Vec<StreamStatus>,
     consumers: Vec<ConsumerStatus>,
     brokers: Vec<BrokerRow>,
     resident_actors: i64,
     tenants: Vec<TenantDevices>,
     quarantined: i64,
+    gaps: Gaps,
+    watermarks: Watermarks,
     problems: Vec<String>,
+}
+
+/// Whether a server answered; `error` says why not.
+#[derive(Serialize, Default)]
+struct Reach {
+    reachable: bool,
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +65,10 @@ struct StreamStatus {
     name: String,
     messages: u64,
     bytes: u64,
+    /// The stream's byte limit; 0 for none.
+    max_bytes: u64,
+    /// `bytes / max_bytes`, when there is a limit.
+    fill: Option<f64>,
     first_seq: u64,
     last_seq: u64,
     consumers: usize,
@@ -62,6 +101,44 @@ struct TenantDevices {
     offline: i64,
 }
 
+/// Open gaps in device seqs: all counted, the oldest listed.
+#[derive(Serialize, Default)]
+struct Gaps {
+    open: i64,
+    older_than_threshold: i64,
+    threshold_s: u64,
+    oldest_age_s: Option<f64>,
+    oldest: Vec<GapRow>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct GapRow {
+    tenant_id: String,
+    store_id: String,
+    device_id: String,
+    from_seq: i64,
+    to_seq: i64,
+    age_s: f64,
+}
+
+/// Devices whose watermark has waited longer than the threshold: all counted, the longest listed.
+#[derive(Serialize, Default)]
+struct Watermarks {
+    stalled: i64,
+    threshold_s: u64,
+    longest: Vec<StallRow>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct StallRow {
+    tenant_id: String,
+    store_id: String,
+    device_id: String,
+    watermark: i64,
+    waiting_for_seq: i64,
+    waiting_s: f64,
+}
+
 const STREAMS: &[&str] = &[
     names::EVENTS,
     names::HEARTBEATS,
@@ -78,26 +155,73 @@ const CONSUMERS: &[(&str, &str)] = &[
     (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER),
 ];
 
-pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
-    let pool = global.pool().await?;
-    let js = async_nats::jetstream::new(global.nats().await?);
-    let mut problems = Vec::new();
+pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let within = Duration::from_secs(args.timeout_s);
+    let mut status = Status::default();
+    let (nats, db) = tokio::join!(
+        tokio::time::timeout(within, jetstream(global)),
+        tokio::time::timeout(within, database(global, &args))
+    );
+    match flatten(nats, within) {
+        Ok((streams, consumers, missing)) => {
+            status.nats.reachable = true;
+            (status.streams, status.consumers) = (streams, consumers);
+            status.problems.extend(missing);
+        }
+        Err(e) => {
+            status.nats.error = Some(e.clone());
+            status.problems.push(format!("NATS unreachable at {}: {e}", global.nats_url));
+        }
+    }
+    match flatten(db, within) {
+        Ok(db) => {
+            status.postgres.reachable = true;
+            (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, db.quarantined);
+            (status.gaps, status.watermarks) = (db.gaps, db.watermarks);
+            status.resident_actors = status.brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
+        }
+        Err(e) => {
+            status.postgres.error = Some(e.clone());
+            status.problems.push(format!("Postgres unreachable: {e}"));
+        }
+    }
+    let found = problems(&status, args.stream_fill);
+    status.problems.extend(found);
+    emit(global.json, &status, human)?;
+    Ok(if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
 
+/// A bounded call's outcome as one error string.
+fn flatten<T>(r: Result<anyhow::Result<T>, tokio::time::error::Elapsed>, within: Duration) -> Result<T, String> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {} s", within.as_secs())),
+    }
+}
+
+/// Streams and consumers, and what is missing among them.
+async fn jetstream(global: &Global) -> anyhow::Result<(Vec<StreamStatus>, Vec<ConsumerStatus>, Vec<String>)> {
+    let js = async_nats::jetstream::new(global.nats().await?);
+    let mut missing = Vec::new();
     let mut streams = Vec::new();
     for name in STREAMS {
         match js.get_stream(*name).await {
-            Ok(mut s) => {
-                let st = s.info().await?.state.clone();
+            Ok(s) => {
+                let info = s.cached_info();
+                let (st, max) = (&info.state, info.config.max_bytes.max(0) as u64);
                 streams.push(StreamStatus {
                     name: name.to_string(),
                     messages: st.messages,
                     bytes: st.bytes,
+                    max_bytes: max,
+                    fill: (max > 0).then(|| st.bytes as f64 / max as f64),
                     first_seq: st.first_sequence,
                     last_seq: st.last_sequence,
                     consumers: st.consumer_count,
                 });
             }
-            Err(e) => problems.push(format!("stream {name} unavailable: {e}")),
+            Err(e) => missing.push(format!("stream {name} unavailable: {e}")),
         }
     }
     let mut consumers = Vec::new();
@@ -115,10 +239,23 @@ pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
                     num_waiting: i.num_waiting,
                 });
             }
-            Err(e) => problems.push(format!("consumer {stream}/{name} unavailable: {e}")),
+            Err(e) => missing.push(format!("consumer {stream}/{name} unavailable: {e}")),
         }
     }
-    let brokers: Vec<BrokerRow> = sqlx::query_as(
+    Ok((streams, consumers, missing))
+}
+
+struct DbFacts {
+    brokers: Vec<BrokerRow>,
+    tenants: Vec<TenantDevices>,
+    quarantined: i64,
+    gaps: Gaps,
+    watermarks: Watermarks,
+}
+
+async fn database(global: &Global, args: &StatusArgs) -> anyhow::Result<DbFacts> {
+    let pool = global.pool().await?;
+    let brokers = sqlx::query_as(
         "SELECT instance_id, host, started_at, last_seen, resident_actors,
                 last_seen > now() - make_interval(secs => $1) AS alive
          FROM broker_instances ORDER BY instance_id",
@@ -126,26 +263,110 @@ pub async fn run(global: &Global) -> anyhow::Result<ExitCode> {
     .bind(ALIVE_WITHIN_S as f64)
     .fetch_all(&pool)
     .await?;
-    if !brokers.iter().any(|b| b.alive) {
-        problems.push(format!("no broker instance reported in the last {ALIVE_WITHIN_S} s"));
-    }
-    let resident_actors = brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
-    let tenants: Vec<TenantDevices> = sqlx::query_as(
+    let tenants = sqlx::query_as(
         "SELECT tenant_id, count(*) FILTER (WHERE online) AS online, count(*) FILTER (WHERE NOT online) AS offline
          FROM devices GROUP BY tenant_id ORDER BY tenant_id",
     )
     .fetch_all(&pool)
     .await?;
     let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine").fetch_one(&pool).await?;
+    let gaps = gaps(&pool, args.gap_age_s).await?;
+    let watermarks = stalls(&pool, args.stall_s).await?;
     pool.close().await;
+    Ok(DbFacts { brokers, tenants, quarantined, gaps, watermarks })
+}
 
-    let status = Status { streams, consumers, brokers, resident_actors, tenants, quarantined, problems };
-    emit(global.json, &status, human)?;
-    Ok(if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+async fn gaps(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Gaps, sqlx::Error> {
+    let (open, older_than_threshold, oldest_age_s): (i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE detected_at < now() - make_interval(secs => $1)),
+                EXTRACT(EPOCH FROM now() - min(detected_at))::float8
+         FROM device_gaps WHERE filled_at IS NULL",
+    )
+    .bind(threshold_s as f64)
+    .fetch_one(pool)
+    .await?;
+    let oldest = sqlx::query_as(
+        "SELECT tenant_id, store_id, device_id, from_seq, to_seq, EXTRACT(EPOCH FROM now() - detected_at)::float8 AS age_s
+         FROM device_gaps WHERE filled_at IS NULL ORDER BY detected_at LIMIT $1",
+    )
+    .bind(LISTED)
+    .fetch_all(pool)
+    .await?;
+    Ok(Gaps { open, older_than_threshold, threshold_s, oldest_age_s, oldest })
+}
+
+async fn stalls(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Watermarks, sqlx::Error> {
+    let waiting = "watermark_wait_since < now() - make_interval(secs => $1)";
+    let stalled: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM devices WHERE {waiting}"))
+        .bind(threshold_s as f64)
+        .fetch_one(pool)
+        .await?;
+    let longest = sqlx::query_as(&format!(
+        "SELECT tenant_id, store_id, device_id, watermark, watermark_wait_seq AS waiting_for_seq,
+                EXTRACT(EPOCH FROM now() - watermark_wait_since)::float8 AS waiting_s
+         FROM devices WHERE {waiting} ORDER BY watermark_wait_since LIMIT $2"
+    ))
+    .bind(threshold_s as f64)
+    .bind(LISTED)
+    .fetch_all(pool)
+    .await?;
+    Ok(Watermarks { stalled, threshold_s, longest })
+}
+
+/// What needs a look, from the facts gathered (reachability problems are added as found).
+fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
+    let mut out = Vec::new();
+    for x in &s.streams {
+        if let Some(fill) = x.fill.filter(|f| *f >= stream_fill) {
+            out.push(format!(
+                "stream {} is {:.0} % full ({} of {} bytes); at its limit JetStream refuses new messages",
+                x.name,
+                fill * 100.0,
+                x.bytes,
+                x.max_bytes
+            ));
+        }
+    }
+    if s.postgres.reachable && !s.brokers.iter().any(|b| b.alive) {
+        out.push(format!("no broker instance reported in the last {ALIVE_WITHIN_S} s"));
+    }
+    let g = &s.gaps;
+    if g.older_than_threshold > 0 {
+        let first = g.oldest.first().map(|r| {
+            format!(" (oldest: {}/{}/{} seq {}..{})", r.tenant_id, r.store_id, r.device_id, r.from_seq, r.to_seq)
+        });
+        out.push(format!(
+            "{} open gap(s) older than {} s, the oldest {:.0} s{}",
+            g.older_than_threshold,
+            g.threshold_s,
+            g.oldest_age_s.unwrap_or(0.0),
+            first.unwrap_or_default()
+        ));
+    }
+    let w = &s.watermarks;
+    if w.stalled > 0 {
+        let first = w.longest.first().map(|r| {
+            format!(
+                " (longest: {}/{}/{} at {} waits for {} since {:.0} s)",
+                r.tenant_id, r.store_id, r.device_id, r.watermark, r.waiting_for_seq, r.waiting_s
+            )
+        });
+        out.push(format!(
+            "{} device watermark(s) stalled longer than {} s{}",
+            w.stalled,
+            w.threshold_s,
+            first.unwrap_or_default()
+        ));
+    }
+    out
 }
 
 fn human(s: &Status) -> String {
-    let mut out = String::from("STREAMS\n");
+    let reach = |r: &Reach| match &r.error {
+        None => "reachable".to_string(),
+        Some(e) => format!("UNREACHABLE ({e})"),
+    };
+    let mut out = format!("NATS: {}\nPostgres: {}\n\nSTREAMS\n", reach(&s.nats), reach(&s.postgres));
     let rows: Vec<Vec<String>> = s
         .streams
         .iter()
@@ -154,13 +375,15 @@ fn human(s: &Status) -> String {
                 x.name.clone(),
                 x.messages.to_string(),
                 x.bytes.to_string(),
+                if x.max_bytes > 0 { x.max_bytes.to_string() } else { "-".into() },
+                x.fill.map(|f| format!("{:.1} %", f * 100.0)).unwrap_or_else(|| "-".into()),
                 x.first_seq.to_string(),
                 x.last_seq.to_string(),
                 x.consumers.to_string(),
             ]
         })
         .collect();
-    out += &table(&["NAME", "MESSAGES", "BYTES", "FIRST", "LAST", "CONSUMERS"], &rows);
+    out += &table(&["NAME", "MESSAGES", "BYTES", "LIMIT", "FULL", "FIRST", "LAST", "CONSUMERS"], &rows);
     out += "\nCONSUMERS\n";
     let rows: Vec<Vec<String>> = s
         .consumers
@@ -195,9 +418,105 @@ fn human(s: &Status) -> String {
     let rows: Vec<Vec<String>> =
         s.tenants.iter().map(|t| vec![t.tenant_id.clone(), t.online.to_string(), t.offline.to_string()]).collect();
     out += &table(&["TENANT", "ONLINE", "OFFLINE"], &rows);
+    out += &gaps_and_stalls(s);
     out += &format!("\nquarantined messages: {}\n", s.quarantined);
     for p in &s.problems {
         out += &format!("PROBLEM: {p}\n");
     }
     out
+}
+
+fn gaps_and_stalls(s: &Status) -> String {
+    let g = &s.gaps;
+    let oldest = g.oldest_age_s.map(|a| format!(", the oldest {a:.0} s")).unwrap_or_default();
+    let mut out =
+        format!("\nOPEN GAPS: {}{oldest}; {} older than {} s\n", g.open, g.older_than_threshold, g.threshold_s);
+    let rows: Vec<Vec<String>> = g
+        .oldest
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}/{}/{}", r.tenant_id, r.store_id, r.device_id),
+                format!("{}..{}", r.from_seq, r.to_seq),
+                format!("{:.0}", r.age_s),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out += &table(&["DEVICE", "MISSING SEQS", "AGE S"], &rows);
+    }
+    let w = &s.watermarks;
+    out += &format!("\nSTALLED WATERMARKS (waiting > {} s): {}\n", w.threshold_s, w.stalled);
+    let rows: Vec<Vec<String>> = w
+        .longest
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}/{}/{}", r.tenant_id, r.store_id, r.device_id),
+                r.watermark.to_string(),
+                r.waiting_for_seq.to_string(),
+                format!("{:.0}", r.waiting_s),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out += &table(&["DEVICE", "WATERMARK", "WAITS FOR", "SINCE S"], &rows);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(name: &str, bytes: u64, max_bytes: u64) -> StreamStatus {
+        let fill = (max_bytes > 0).then(|| bytes as f64 / max_bytes as f64);
+        StreamStatus { name: name.into(), messages: 1, bytes, max_bytes, fill, first_seq: 1, last_seq: 1, consumers: 1 }
+    }
+
+    fn healthy() -> Status {
+        let mut s = Status::default();
+        s.postgres.reachable = true;
+        s.brokers.push(BrokerRow {
+            instance_id: "b".into(),
+            host: "h".into(),
+            started_at: Utc::now(),
+            last_seen: Utc::now(),
+            resident_actors: 0,
+            alive: true,
+        });
+        s
+    }
+
+    #[test]
+    fn a_stream_past_its_fill_threshold_is_named() {
+        let mut s = healthy();
+        s.streams = vec![stream("TILLSYNC_EVENTS", 81, 100), stream("TILLSYNC_STATUS", 10_000, 0)];
+        let p = problems(&s, 0.8);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("stream TILLSYNC_EVENTS is 81 % full (81 of 100 bytes)"), "{p:?}");
+        assert!(problems(&s, 0.9).is_empty());
+    }
+
+    #[test]
+    fn only_gaps_past_the_threshold_and_stalls_are_problems() {
+        let mut s = healthy();
+        s.gaps = Gaps { open: 2, older_than_threshold: 0, threshold_s: 300, oldest_age_s: Some(12.0), oldest: vec![] };
+        assert!(problems(&s, 0.8).is_empty());
+        s.gaps.older_than_threshold = 1;
+        s.watermarks.stalled = 1;
+        let p = problems(&s, 0.8);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("1 open gap(s) older than 300 s"), "{p:?}");
+        assert!(p[1].starts_with("1 device watermark(s) stalled"), "{p:?}");
+    }
+
+    #[test]
+    fn no_broker_is_a_problem_only_when_postgres_answered() {
+        let mut s = healthy();
+        s.brokers.clear();
+        assert_eq!(problems(&s, 0.8).len(), 1);
+        s.postgres.reachable = false;
+        assert!(problems(&s, 0.8).is_empty());
+    }
 }

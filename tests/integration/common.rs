@@ -48,10 +48,16 @@ pub fn payment(order: &str, payment: &str, amount: i64) -> EventBody {
 
 /// Publishes an event the way a bridge does (JetStream, `Nats-Msg-Id`), awaiting the ack.
 pub async fn publish(js: &async_nats::jetstream::Context, ev: &EventEnvelope) {
+    try_publish(js, ev).await.unwrap();
+}
+
+/// Like [`publish`], returning JetStream's refusal (e.g. "maximum bytes exceeded") as text.
+pub async fn try_publish(js: &async_nats::jetstream::Context, ev: &EventEnvelope) -> Result<(), String> {
     let mut h = HeaderMap::new();
     h.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
     h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
-    js.publish_with_headers(subject::events(&ev.addr()), h, codec::encode(ev).into()).await.unwrap().await.unwrap();
+    let ack = js.publish_with_headers(subject::events(&ev.addr()), h, codec::encode(ev).into()).await;
+    ack.map_err(|e| e.to_string())?.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Publishes raw bytes on a subject without a message id (bad-input tests).

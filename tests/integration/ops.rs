@@ -17,26 +17,26 @@ use tokio::io::AsyncWriteExt;
 use crate::common::*;
 
 /// What one `tillsync` run printed and how it ended.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 
-    fn ok(self) -> Run {
+    pub fn ok(self) -> Run {
         assert_eq!(self.code, 0, "tillsync failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 }
 
 /// Runs the `tillsync` binary against the stack (async, so an in-process broker keeps running).
-async fn tillsync(stack: &Stack, args: &[&str]) -> Run {
+pub(crate) async fn tillsync(stack: &Stack, args: &[&str]) -> Run {
     let out = tokio::process::Command::new(bin_path("tillsync"))
         .args(args)
         .env("NATS_URL", stack.nats.url())

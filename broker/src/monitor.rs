@@ -1,0 +1,155 @@
+//! The monitor: every `TILLSYNC_MONITOR_INTERVAL_MS` it refreshes the gauges that are read
+//! rather than counted, so whatever can stall without an error has a series:
+//!
+//! - from JetStream, each tillsync stream's bytes and messages against its byte limit, and the
+//!   broker consumers' lag. While the broker's NATS connection is down these are NaN (unknown)
+//!   from the next refresh on, never the last value read: a frozen "pending 0" looks healthy.
+//!   `tillsync_nats_connected` itself follows the connection's events at once ([`crate::nats`]).
+//! - from Postgres, per tenant, open device gaps and the age of the oldest, and devices whose
+//!   watermark has waited longer than `TILLSYNC_WATERMARK_STALL_S` for a seq their bridge
+//!   reported acked by JetStream ([`track_watermarks`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::pull;
+use tillsync_schemas::streams as names;
+use tokio::time::MissedTickBehavior;
+
+use crate::{metrics, Ctx};
+
+/// The broker's durable consumers, by stream.
+const BROKER_CONSUMERS: [(&str, &str); 4] = [
+    (names::EVENTS, names::BROKER_EVENTS_CONSUMER),
+    (names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER),
+    (names::INTAKE, names::BROKER_INTAKE_CONSUMER),
+    (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER),
+];
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.monitor_interval_ms));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::join!(refresh_jetstream(&ctx), refresh_devices(&ctx));
+    }
+}
+
+/// JetStream answers within its request timeout (5 s) or not at all; the whole refresh is
+/// bounded so a half-dead server cannot hold the monitor.
+const JETSTREAM_WITHIN: Duration = Duration::from_secs(10);
+
+async fn refresh_jetstream(ctx: &Ctx) {
+    let streams: Vec<String> = crate::streams::stream_configs(&ctx.config).into_iter().map(|c| c.name).collect();
+    let connected = ctx.nats.connection_state() == State::Connected;
+    if !connected || tokio::time::timeout(JETSTREAM_WITHIN, read_jetstream(ctx, &streams)).await.is_err() {
+        for stream in &streams {
+            metrics::stream_info(stream, None);
+        }
+        for (_, consumer) in BROKER_CONSUMERS {
+            metrics::consumer_unknown(consumer);
+        }
+    }
+}
+
+async fn read_jetstream(ctx: &Ctx, streams: &[String]) {
+    for name in streams {
+        let state = match ctx.js.get_stream(name).await {
+            Ok(s) => {
+                let info = s.cached_info();
+                Some((info.state.bytes, info.config.max_bytes, info.state.messages))
+            }
+            Err(error) => {
+                tracing::debug!(%error, stream = %name, "Stream info unavailable.");
+                None
+            }
+        };
+        metrics::stream_info(name, state);
+    }
+    for (stream, consumer) in BROKER_CONSUMERS {
+        let info = match ctx.js.get_stream(stream).await {
+            // Getting a consumer reads its info.
+            Ok(s) => s.get_consumer::<pull::Config>(consumer).await.ok().map(|c| c.cached_info().clone()),
+            Err(_) => None,
+        };
+        match info {
+            Some(i) => metrics::consumer_info(consumer, i.num_pending, i.num_ack_pending, i.num_redelivered),
+            None => metrics::consumer_unknown(consumer),
+        }
+    }
+}
+
+async fn refresh_devices(ctx: &Ctx) {
+    if let Err(error) = track_watermarks(&ctx.pool).await {
+        tracing::warn!(%error, "Watermark stall tracking failed; retrying next refresh.");
+    }
+    match by_tenant(&ctx.pool, ctx.config.watermark_stall_s).await {
+        Ok(rows) => {
+            for t in rows {
+                metrics::device_gaps(&t.tenant_id, t.open_gaps, t.oldest_gap_s);
+                metrics::watermarks_stalled(&t.tenant_id, t.stalled);
+                // The offline sweep reports tenants that have devices; a tenant without any
+                // still gets its series, at 0.
+                if !t.has_devices {
+                    metrics::devices_by_state(&t.tenant_id, 0, 0);
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "Gap and stall gauges not refreshed."),
+    }
+}
+
+/// Keeps each device's watermark wait current: when its last heartbeat reports a seq acked by
+/// JetStream above the watermark, the wait starts (that seq, now) unless one is running; once
+/// the watermark reaches the awaited seq the wait ends, and starts again at the newer seq if
+/// the watermark is still behind. A watermark that keeps up under load thus never waits long;
+/// one that events lost in JetStream hold back waits until they are resent.
+pub async fn track_watermarks(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE devices SET
+           watermark_wait_seq = CASE
+             WHEN coalesce(last_acked_seq, 0) <= watermark THEN NULL
+             WHEN watermark_wait_seq IS NULL OR watermark >= watermark_wait_seq THEN last_acked_seq
+             ELSE watermark_wait_seq END,
+           watermark_wait_since = CASE
+             WHEN coalesce(last_acked_seq, 0) <= watermark THEN NULL
+             WHEN watermark_wait_seq IS NULL OR watermark >= watermark_wait_seq THEN now()
+             ELSE watermark_wait_since END
+         WHERE watermark_wait_seq IS NOT NULL OR last_acked_seq > watermark",
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantSignals {
+    tenant_id: String,
+    open_gaps: i64,
+    oldest_gap_s: f64,
+    stalled: i64,
+    has_devices: bool,
+}
+
+async fn by_tenant(pool: &sqlx::PgPool, stall_s: u64) -> Result<Vec<TenantSignals>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.tenant_id,
+                coalesce(g.open, 0) AS open_gaps,
+                coalesce(g.oldest_s, 0)::float8 AS oldest_gap_s,
+                (SELECT count(*) FROM devices d WHERE d.tenant_id = t.tenant_id
+                   AND d.watermark_wait_since < now() - make_interval(secs => $1)) AS stalled,
+                EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = t.tenant_id) AS has_devices
+         FROM tenants t
+         LEFT JOIN LATERAL (
+           SELECT count(*) AS open, EXTRACT(EPOCH FROM now() - min(detected_at)) AS oldest_s
+           FROM device_gaps WHERE tenant_id = t.tenant_id AND filled_at IS NULL
+         ) g ON true",
+    )
+    .bind(stall_s as f64)
+    .fetch_all(pool)
+    .await
+}
