@@ -83,6 +83,10 @@ pub struct Config {
     /// before anything is acked.
     #[arg(long, env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT", default_value_t = false, hide = true)]
     pub fault_crash_after_commit: bool,
+    /// Ask a device to resend an open gap, or seqs it reports beyond a stalled watermark,
+    /// once they are this old; asked again at most this often per device (seconds).
+    #[arg(long, env = "TILLSYNC_GAP_REPAIR_AFTER_S", default_value_t = 10)]
+    pub gap_repair_after_s: u64,
 }
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
             (self.recent_ids == 0, "recent_ids must be positive"),
             (self.command_max_attempts == 0, "command_max_attempts must be positive"),
             (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
+            (self.gap_repair_after_s == 0, "gap_repair_after_s must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -158,6 +163,7 @@ impl Config {
             ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
             ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
             ("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()),
+            ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

@@ -19,6 +19,7 @@ pub mod lanes;
 pub mod metrics;
 pub mod nats;
 pub mod ports;
+pub mod repair;
 pub mod streams;
 pub mod tenants;
 
@@ -102,6 +103,7 @@ impl Broker {
         tasks.spawn(heartbeats::run(ctx.clone()));
         tasks.spawn(commands::run(ctx.clone()));
         tasks.spawn(instance::run(ctx.clone(), instance_id));
+        tasks.spawn(repair::run(ctx.clone()));
         metrics::broker_up(true);
         tracing::info!(%http_addr, "Broker started.");
         Ok(Broker { ctx, http_addr, tasks })

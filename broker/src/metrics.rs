@@ -40,6 +40,7 @@ pub const COMMAND_INBOX_DEPTH: &str = "tillsync_command_inbox_depth";
 pub const COMMAND_OLDEST_PENDING: &str = "tillsync_command_oldest_pending_seconds";
 pub const COMMAND_ROUND_TRIP: &str = "tillsync_command_round_trip_seconds";
 pub const BROKER_UP: &str = "tillsync_broker_up";
+pub const RESEND_REQUESTS: &str = "tillsync_resend_requests_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -95,6 +96,7 @@ fn describe() {
     describe_gauge!(COMMAND_OLDEST_PENDING, Unit::Seconds, "Age of the oldest pending command, by tenant.");
     describe_histogram!(COMMAND_ROUND_TRIP, Unit::Seconds, "From intake to the device's ack.");
     describe_gauge!(BROKER_UP, "1 while the broker runs.");
+    describe_counter!(RESEND_REQUESTS, "Resend requests sent to devices, by why (gap, behind).");
 }
 
 pub fn events_received(n: u64) {
@@ -177,6 +179,10 @@ pub fn command_inbox(tenant: &str, depth: i64, oldest_secs: f64) {
 }
 pub fn broker_up(up: bool) {
     gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
+/// `n` resend requests sent for `why` (`gap`, `behind`); 0 registers the series.
+pub fn resend_requested(why: &'static str, n: u64) {
+    counter!(RESEND_REQUESTS, "why" => why).increment(n);
 }
 
 /// Where /metrics is served: the handle renders the text format.
