@@ -91,6 +91,10 @@ pub struct Config {
     /// JetStream for this long counts as stalled (`tillsync_watermarks_stalled_devices`), seconds.
     #[arg(long, env = "TILLSYNC_WATERMARK_STALL_S", default_value_t = 120)]
     pub watermark_stall_s: u64,
+    /// Ask a device to resend an open gap, or seqs it reports beyond a stalled watermark,
+    /// once they are this old; asked again at most this often per device (seconds).
+    #[arg(long, env = "TILLSYNC_GAP_REPAIR_AFTER_S", default_value_t = 10)]
+    pub gap_repair_after_s: u64,
 }
 
 impl Config {
@@ -106,6 +110,7 @@ impl Config {
             (self.command_max_attempts == 0, "command_max_attempts must be positive"),
             (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
             (self.monitor_interval_ms < 50, "monitor_interval_ms must be at least 50"),
+            (self.gap_repair_after_s == 0, "gap_repair_after_s must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -170,6 +175,7 @@ impl Config {
             ("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()),
             ("TILLSYNC_MONITOR_INTERVAL_MS", self.monitor_interval_ms.to_string()),
             ("TILLSYNC_WATERMARK_STALL_S", self.watermark_stall_s.to_string()),
+            ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod nats;
 pub mod ports;
+pub mod repair;
 pub mod streams;
 pub mod tenants;
 
@@ -104,6 +105,7 @@ impl Broker {
         tasks.spawn(commands::run(ctx.clone()));
         tasks.spawn(instance::run(ctx.clone(), instance_id));
         tasks.spawn(monitor::run(ctx.clone()));
+        tasks.spawn(repair::run(ctx.clone()));
         metrics::broker_up(true);
         tracing::info!(%http_addr, "Broker started.");
         Ok(Broker { ctx, http_addr, tasks })

@@ -49,6 +49,7 @@ pub const STREAM_BYTES: &str = "tillsync_stream_bytes";
 pub const STREAM_MAX_BYTES: &str = "tillsync_stream_max_bytes";
 pub const STREAM_MESSAGES: &str = "tillsync_stream_messages";
 pub const NATS_CONNECTED: &str = "tillsync_nats_connected";
+pub const RESEND_REQUESTS: &str = "tillsync_resend_requests_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -120,6 +121,7 @@ fn describe() {
     );
     describe_gauge!(STREAM_MESSAGES, "Messages stored in each tillsync stream (NaN while NATS is disconnected).");
     describe_gauge!(NATS_CONNECTED, "1 while the broker's NATS connection is up, 0 while it is down.");
+    describe_counter!(RESEND_REQUESTS, "Resend requests sent to devices, by why (gap, behind).");
 }
 
 pub fn events_received(n: u64) {
@@ -202,6 +204,10 @@ pub fn command_inbox(tenant: &str, depth: i64, oldest_secs: f64) {
 }
 pub fn broker_up(up: bool) {
     gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
+/// `n` resend requests sent for `why` (`gap`, `behind`); 0 registers the series.
+pub fn resend_requested(why: &'static str, n: u64) {
+    counter!(RESEND_REQUESTS, "why" => why).increment(n);
 }
 
 pub fn device_gaps(tenant: &str, open: i64, oldest_secs: f64) {

@@ -76,6 +76,10 @@ pub struct Config {
     /// (`normal`, survives a process crash).
     #[arg(long, env = "TILLSYNC_EDGE_SQLITE_SYNC", default_value = "full")]
     pub sqlite_sync: String,
+    /// Publish a JetStream-acked event again when the broker's watermark has not covered it
+    /// (and not moved) for this long, seconds; doubles per resend of the same row, up to 32x.
+    #[arg(long, env = "TILLSYNC_EDGE_RESEND_AFTER_S", default_value_t = 30)]
+    pub resend_after_s: u64,
 }
 
 /// Parses a [`Config`] from arguments alone (tests, simulations).
@@ -139,6 +143,7 @@ impl Config {
             (self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms, "backoff range is empty"),
             (self.ack_timeout_ms == 0, "ack_timeout_ms must be positive"),
             (!matches!(self.sqlite_sync.as_str(), "full" | "normal"), "sqlite_sync must be full or normal"),
+            (self.resend_after_s == 0, "resend_after_s must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -160,6 +165,10 @@ impl Config {
 
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    pub fn resend_after(&self) -> Duration {
+        Duration::from_secs(self.resend_after_s)
     }
 
     /// The same configuration as environment variables, for starting the binary.
@@ -184,6 +193,7 @@ impl Config {
             ("TILLSYNC_EDGE_BACKOFF_MAX_MS", self.backoff_max_ms.to_string()),
             ("TILLSYNC_EDGE_ACK_TIMEOUT_MS", self.ack_timeout_ms.to_string()),
             ("TILLSYNC_EDGE_SQLITE_SYNC", self.sqlite_sync.clone()),
+            ("TILLSYNC_EDGE_RESEND_AFTER_S", self.resend_after_s.to_string()),
         ];
         if let Some(p) = &self.nats_creds {
             env.push(("NATS_CREDS", p.display().to_string()));

@@ -4,7 +4,8 @@
 //! validated, given the next device seq and committed to a SQLite outbox before it is
 //! answered. A publisher drains the outbox to JetStream in order, with `Nats-Msg-Id`, marking
 //! rows sent only after the publish ack; rows are pruned once the broker's watermark covers
-//! them. Commands are consumed durably, deduped by command_id in SQLite, applied through a
+//! them; rows sent but not covered are sent again on reconnect, on a stalled watermark and on
+//! the broker's request ([`resend`]). Commands are consumed durably, deduped by command_id in SQLite, applied through a
 //! handler with a timeout and acked with their outcome. Heartbeats report health. Only
 //! outbound connections; `docs/edge-bridge.md` is the operator's guide.
 
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod publisher;
+pub mod resend;
 pub mod simulate;
 pub mod status;
 pub mod watermark;
@@ -142,6 +144,16 @@ impl Bridge {
                 outbox: outbox.clone(),
                 connected: connected.clone(),
                 cancel: cancel.clone(),
+            }
+            .run(),
+        );
+        tasks.spawn(
+            resend::Resender {
+                client: client.clone(),
+                outbox: outbox.clone(),
+                connected: connected.clone(),
+                cancel: cancel.clone(),
+                resend_after: config.resend_after(),
             }
             .run(),
         );

@@ -23,6 +23,11 @@ pub const COMMANDS_UNDECODABLE: &str = "tillsync_edge_commands_undecodable_total
 pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
 pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
+pub const EVENTS_RESENT: &str = "tillsync_edge_events_resent_total";
+
+/// Why rows were sent again: the NATS connection came (back) up, the watermark stalled, or
+/// the broker asked for a range.
+pub const RESEND_REASONS: &[&str] = &["reconnect", "stall", "request"];
 
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const META: Metadata<'static> = Metadata::new("tillsync_edge", Level::INFO, Some(module_path!()));
@@ -84,6 +89,9 @@ impl Metrics {
         };
         // Pre-register the refusal code operators alert on, so it shows as 0 before the first one.
         m.refused(crate::error::OUTBOX_FULL).increment(0);
+        for reason in RESEND_REASONS {
+            m.resent(reason).increment(0);
+        }
         m
     }
 
@@ -95,6 +103,11 @@ impl Metrics {
     /// Command outcomes by outcome (`applied`, `failed`, `rejected`).
     pub fn command(&self, outcome: &'static str) -> Counter {
         self.labelled_counter(COMMANDS, "outcome", outcome)
+    }
+
+    /// Events rewound to be published again, by reason (one of [`RESEND_REASONS`]).
+    pub fn resent(&self, reason: &'static str) -> Counter {
+        self.labelled_counter(EVENTS_RESENT, "reason", reason)
     }
 
     fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
@@ -135,6 +148,7 @@ fn describe(r: &PrometheusRecorder) {
     r.describe_histogram(HANDLER_LATENCY.into(), Some(Unit::Seconds), "Command handler run time.".into());
     counter(HEARTBEATS, "Heartbeats published.");
     counter(HEARTBEAT_FAILURES, "Heartbeats that could not be published.");
+    counter(EVENTS_RESENT, "JetStream-acked events published again, by reason (reconnect, stall, request).");
 }
 
 #[cfg(test)]

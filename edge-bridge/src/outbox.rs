@@ -1,8 +1,10 @@
 //! The SQLite outbox: an event is answered 202 only after its row, with its seq, is committed.
 //! Seqs are assigned under one lock inside the insert's transaction, so they are contiguous
-//! and survive any crash. Rows leave only when the broker's watermark covers them.
+//! and survive any crash. Rows leave only when the broker's watermark covers them: until then
+//! the outbox, not JetStream, is the source of truth, and a row marked sent can be rewound
+//! (marked unsent again) so the publisher sends it once more.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,8 @@ pub struct Pending {
     pub seq: u64,
     pub event_id: String,
     pub envelope: Vec<u8>,
+    /// How often the row was rewound for a resend; part of its `Nats-Msg-Id`.
+    pub resends: u32,
 }
 
 /// Counters of the outbox, for status and heartbeats.
@@ -55,6 +59,9 @@ pub struct OutboxStats {
     pub oldest_unsent_age_s: u64,
     pub last_seq: u64,
     pub watermark: u64,
+    /// Rows rewound for a resend since the file was created.
+    #[serde(default)]
+    pub resent: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +77,8 @@ pub struct Outbox {
     limits: Limits,
     counts: Mutex<Counts>,
     watermark: AtomicU64,
+    /// When the watermark last moved (or the outbox opened): a stall is counted from here.
+    advanced_at_ms: AtomicI64,
     /// Woken on every accepted event, so the publisher never polls.
     pub new_rows: Notify,
     metrics: Arc<Metrics>,
@@ -98,6 +107,7 @@ impl Outbox {
             limits,
             counts: Mutex::new(Counts { rows: rows as u64, bytes: bytes as u64, last_seq: last_seq as u64 }),
             watermark: AtomicU64::new(watermark as u64),
+            advanced_at_ms: AtomicI64::new(now_ms()),
             new_rows: Notify::new(),
             metrics,
         };
@@ -205,25 +215,86 @@ impl Outbox {
 
     /// The next rows to publish, in seq order, skipping what the watermark already covers.
     pub async fn unsent(&self, limit: usize) -> Result<Vec<Pending>, sqlx::Error> {
-        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, event_id, envelope FROM outbox WHERE sent_at_ms IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+        let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT seq, event_id, envelope, resends FROM outbox WHERE sent_at_ms IS NULL AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(self.watermark() as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(seq, event_id, envelope)| Pending { seq: seq as u64, event_id, envelope }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(seq, event_id, envelope, resends)| Pending {
+                seq: seq as u64,
+                event_id,
+                envelope,
+                resends: resends as u32,
+            })
+            .collect())
     }
 
-    /// Marks `from..=to` as acked by JetStream.
-    pub async fn mark_sent(&self, from: u64, to: u64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE outbox SET sent_at_ms = ? WHERE seq BETWEEN ? AND ? AND sent_at_ms IS NULL")
-            .bind(now_ms())
-            .bind(from as i64)
-            .bind(to as i64)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Marks the given seqs (ascending) as acked by JetStream. Only these: a row between them
+    /// that was rewound while they were in flight must stay unsent.
+    pub async fn mark_sent(&self, seqs: &[u64]) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for (from, to) in crate::resend::runs(seqs) {
+            sqlx::query("UPDATE outbox SET sent_at_ms = ? WHERE seq BETWEEN ? AND ? AND sent_at_ms IS NULL")
+                .bind(now)
+                .bind(from as i64)
+                .bind(to as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Marks rows sent but not covered by the watermark, with seq in `from..=to`, unsent again
+    /// so the publisher resends them under a new msg id. Returns how many.
+    pub async fn rewind(&self, from: u64, to: u64, reason: &'static str) -> Result<u64, sqlx::Error> {
+        let Some((from, to)) = crate::resend::clamp(from, to, self.watermark(), self.last_seq().await) else {
+            return Ok(0);
+        };
+        self.rewind_where("seq BETWEEN ? AND ?", &[from as i64, to as i64], reason).await
+    }
+
+    /// Rewinds the rows the watermark has not covered within the stall bound: `after_ms` since
+    /// they were sent and since the watermark last moved, doubled per earlier resend of the row
+    /// (up to 32x) so a broker that stays down is not flooded with copies.
+    pub async fn rewind_stalled(&self, after_ms: i64, now_ms: i64) -> Result<u64, sqlx::Error> {
+        let since = self.advanced_at_ms.load(Ordering::Acquire);
+        let cond = "max(sent_at_ms, ?) + ? * (1 << min(resends, 5)) <= ?";
+        self.rewind_where(cond, &[since, after_ms, now_ms], "stall").await
+    }
+
+    async fn rewind_where(&self, cond: &str, binds: &[i64], reason: &'static str) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "UPDATE outbox SET sent_at_ms = NULL, resends = resends + 1
+             WHERE sent_at_ms IS NOT NULL AND seq > ? AND {cond}"
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut q = sqlx::query(&sql).bind(self.watermark() as i64);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        if n > 0 {
+            sqlx::query("UPDATE bridge_state SET events_resent = events_resent + ? WHERE id = 1")
+                .bind(n as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if n > 0 {
+            self.metrics.resent(reason).increment(n);
+            tracing::info!(rows = n, reason, device_id = %self.addr.device_id, "Resending events the watermark has not covered.");
+            self.new_rows.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn last_seq(&self) -> u64 {
+        self.counts.lock().await.last_seq
     }
 
     /// Takes a newer watermark from the broker: persists it and prunes what it covers.
@@ -251,6 +322,7 @@ impl Outbox {
                 .execute(&self.pool)
                 .await?;
             self.watermark.store(seq, Ordering::Release);
+            self.advanced_at_ms.store(now_ms(), Ordering::Release);
             self.metrics.watermark.set(seq as f64);
         }
         let cutoff = now_ms().saturating_sub(self.limits.retention_ms);
@@ -299,6 +371,8 @@ impl Outbox {
                 .await?;
         let oldest_unsent_age_s = oldest.map_or(0, |t| (now_ms() - t).max(0) as u64 / 1000);
         self.metrics.oldest_unsent.set(oldest_unsent_age_s as f64);
+        let resent: i64 =
+            sqlx::query_scalar("SELECT events_resent FROM bridge_state WHERE id = 1").fetch_one(&self.pool).await?;
         Ok(OutboxStats {
             rows,
             bytes,
@@ -307,6 +381,7 @@ impl Outbox {
             oldest_unsent_age_s,
             last_seq,
             watermark,
+            resent: resent as u64,
         })
     }
 
@@ -347,7 +422,7 @@ mod tests {
         }
         let pending = ob.unsent(10).await.unwrap();
         assert_eq!(pending.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        ob.mark_sent(1, 2).await.unwrap();
+        ob.mark_sent(&[1, 2]).await.unwrap();
         assert_eq!(ob.unsent(10).await.unwrap()[0].seq, 3);
         ob.apply_watermark(2).await.unwrap();
         let s = ob.stats().await.unwrap();
@@ -390,5 +465,42 @@ mod tests {
         let ob = outbox(dir.path(), 10).await;
         ob.apply_watermark(40).await.unwrap();
         assert_eq!(ob.submit(opened("o-1")).await.unwrap().seq, 41);
+    }
+
+    #[tokio::test]
+    async fn sent_rows_are_rewound_only_above_the_watermark_and_with_a_new_resend_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        for i in 1..=5 {
+            ob.submit(opened(&format!("o-{i}"))).await.unwrap();
+        }
+        ob.mark_sent(&[1, 2, 3, 4]).await.unwrap();
+        ob.apply_watermark(1).await.unwrap();
+        // A request for 1..=9: seq 1 is covered, 5 is still unsent, 2..=4 come back.
+        assert_eq!(ob.rewind(1, 9, "request").await.unwrap(), 3);
+        let again = ob.unsent(10).await.unwrap();
+        let got: Vec<(u64, u32)> = again.iter().map(|p| (p.seq, p.resends)).collect();
+        assert_eq!(got, vec![(2, 1), (3, 1), (4, 1), (5, 0)]);
+        assert_eq!(ob.rewind(1, 9, "request").await.unwrap(), 0, "unsent rows are not rewound twice");
+        assert_eq!(ob.stats().await.unwrap().resent, 3);
+        assert!(ob.metrics.render().contains(r#"tillsync_edge_events_resent_total{reason="request"} 3"#));
+    }
+
+    #[tokio::test]
+    async fn stalled_rows_are_rewound_after_the_bound_doubling_per_resend() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        ob.submit(opened("o-1")).await.unwrap();
+        ob.mark_sent(&[1]).await.unwrap();
+        let sent = now_ms();
+        assert_eq!(ob.rewind_stalled(1_000, sent + 500).await.unwrap(), 0, "within the bound");
+        assert_eq!(ob.rewind_stalled(1_000, sent + 1_500).await.unwrap(), 1);
+        ob.mark_sent(&[1]).await.unwrap();
+        let sent = now_ms();
+        assert_eq!(ob.rewind_stalled(1_000, sent + 1_500).await.unwrap(), 0, "second resend waits twice as long");
+        assert_eq!(ob.rewind_stalled(1_000, sent + 2_500).await.unwrap(), 1);
+        ob.mark_sent(&[1]).await.unwrap();
+        ob.apply_watermark(1).await.unwrap();
+        assert_eq!(ob.rewind_stalled(1_000, now_ms() + 60_000).await.unwrap(), 0, "covered rows stay");
     }
 }

@@ -2,7 +2,8 @@
 //! flight; a row is marked sent only after its PubAck, and only as part of a contiguous acked
 //! prefix. On any failure the rest of the window is abandoned and the bridge retries from the
 //! first unacked row after a jittered backoff: the `Nats-Msg-Id` makes every retry a no-op in
-//! JetStream (and the broker's ledger dedupes past the duplicate window).
+//! JetStream (and the broker's ledger dedupes past the duplicate window). A row rewound for a
+//! resend ([`crate::resend`]) is published again under `<device>:<event_id>:r<n>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,7 +90,7 @@ impl Publisher {
             let mut headers = HeaderMap::new();
             headers.insert(
                 streams::HEADER_MSG_ID,
-                streams::event_msg_id(&self.outbox.addr().device_id, &row.event_id).as_str(),
+                streams::event_resend_msg_id(&self.outbox.addr().device_id, &row.event_id, row.resends).as_str(),
             );
             headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
             headers.insert(streams::HEADER_SCHEMA_VERSION, tillsync_schemas::SCHEMA_VERSION.to_string().as_str());
@@ -101,8 +102,7 @@ impl Publisher {
                 }
             }
         }
-        let first = batch[0].seq;
-        let mut acked_to = None;
+        let mut acked = Vec::with_capacity(in_flight.len());
         let mut ack_error = None;
         for (seq, fut) in in_flight {
             match tokio::time::timeout(self.ack_timeout, fut).await {
@@ -110,7 +110,7 @@ impl Publisher {
                     if ack.duplicate {
                         self.metrics.publish_duplicates.increment(1);
                     }
-                    acked_to = Some(seq);
+                    acked.push(seq);
                 }
                 Ok(Err(e)) => {
                     ack_error = Some(e.to_string());
@@ -122,9 +122,9 @@ impl Publisher {
                 }
             }
         }
-        if let Some(to) = acked_to {
-            self.outbox.mark_sent(first, to).await.map_err(|e| format!("marking sent: {e}"))?;
-            let n = to - first + 1;
+        if let Some(&to) = acked.last() {
+            self.outbox.mark_sent(&acked).await.map_err(|e| format!("marking sent: {e}"))?;
+            let n = acked.len() as u64;
             self.metrics.published.increment(n);
             self.published.fetch_add(n, Ordering::Relaxed);
             self.sent.0.fetch_max(to, Ordering::Relaxed);

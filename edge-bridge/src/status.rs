@@ -69,7 +69,7 @@ impl Status {
     pub fn render(&self) -> String {
         let o = &self.outbox;
         format!(
-            "device       {}/{}/{}\nconnection   {}\noutbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nconfig rev   {}\ncommands     {} applied\nuptime       {} s\nversion      {}",
+            "device       {}/{}/{}\nconnection   {}\noutbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nresent       {} events sent again (reconnect, stall or broker request)\nconfig rev   {}\ncommands     {} applied\nuptime       {} s\nversion      {}",
             self.tenant_id,
             self.store_id,
             self.device_id,
@@ -81,6 +81,7 @@ impl Status {
             o.oldest_unsent_age_s,
             o.last_seq,
             o.watermark,
+            o.resent,
             self.config_revision,
             self.commands_applied,
             self.uptime_s,
@@ -92,15 +93,17 @@ impl Status {
 /// Reads a status straight from the SQLite file of a stopped bridge (connection `unknown`).
 pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeError> {
     let pool = crate::db::open_read_only(path).await?;
-    let (tenant, store, device, last_seq, watermark, rev): (
+    let (tenant, store, device, last_seq, watermark, rev, resent): (
         Option<String>,
         Option<String>,
         Option<String>,
+        i64,
         i64,
         i64,
         i64,
     ) = sqlx::query_as(
-        "SELECT tenant_id, store_id, device_id, last_seq, watermark, config_revision FROM bridge_state WHERE id = 1",
+        "SELECT tenant_id, store_id, device_id, last_seq, watermark, config_revision, events_resent
+         FROM bridge_state WHERE id = 1",
     )
     .fetch_one(&pool)
     .await?;
@@ -126,6 +129,7 @@ pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeEr
             oldest_unsent_age_s: oldest.map_or(0, |t| (crate::now_ms() - t).max(0) as u64 / 1000),
             last_seq: last_seq as u64,
             watermark: watermark as u64,
+            resent: resent as u64,
         },
         last_sent_seq: 0,
         config_revision: rev as u64,

@@ -59,7 +59,7 @@ fn decode_kinded<T: DeserializeOwned>(bytes: &[u8], kinds: &[&str]) -> Result<T,
     }
 }
 
-fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     check_size(bytes)?;
     rmp_serde::from_slice(bytes).map_err(|e| WireError::new(Reason::Undecodable, e.to_string()))
 }

@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses NATS is defined here: the subject hierarchy (built only by the
 //! functions in [`subject`]), the envelopes for events, heartbeats, commands, command acks,
-//! ack watermarks and command status, their MessagePack encoding ([`codec`]) and their
+//! ack watermarks, command status and resend requests, their MessagePack encoding ([`codec`]) and their
 //! validation with stable, coded reasons ([`error::Reason`]). `docs/protocol.md` is the prose
 //! version of this crate for people writing a bridge in another language.
 
@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod heartbeat;
 pub mod ids;
+pub mod resend;
 pub mod status;
 pub mod streams;
 pub mod subject;
@@ -23,6 +24,7 @@ pub use command::{Approval, CommandBody, CommandEnvelope};
 pub use error::{Reason, WireError};
 pub use event::{EventBody, EventEnvelope};
 pub use heartbeat::Heartbeat;
+pub use resend::ResendRequest;
 pub use status::{CommandState, CommandStatus};
 pub use subject::DeviceAddr;
 

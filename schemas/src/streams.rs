@@ -30,3 +30,26 @@ pub const CONTENT_TYPE: &str = "application/vnd.tillsync+msgpack";
 pub fn event_msg_id(device_id: &str, event_id: &str) -> String {
     format!("{device_id}:{event_id}")
 }
+
+/// `Nats-Msg-Id` of an event's `resend`-th resend (0: the first send, [`event_msg_id`]):
+/// `<device_id>:<event_id>:r<resend>`. JetStream remembers a msg id for its whole duplicate
+/// window even after the message itself was lost or deleted, so a resend under the first id
+/// would be swallowed as a duplicate; a new id per resend lands, and the broker's ledger
+/// (keyed by event_id, not msg id) dedupes it.
+pub fn event_resend_msg_id(device_id: &str, event_id: &str, resend: u32) -> String {
+    match resend {
+        0 => event_msg_id(device_id, event_id),
+        n => format!("{device_id}:{event_id}:r{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resends_get_their_own_msg_id() {
+        assert_eq!(event_resend_msg_id("till-1", "e1", 0), "till-1:e1");
+        assert_eq!(event_resend_msg_id("till-1", "e1", 2), "till-1:e1:r2");
+    }
+}

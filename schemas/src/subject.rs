@@ -27,6 +27,8 @@ pub enum Family {
     Intake,
     /// Command status feedback to the portal; the last token is the command id.
     Status,
+    /// Resend requests down, broker to device (core NATS): "send this seq range again".
+    Resend,
 }
 
 impl Family {
@@ -38,6 +40,7 @@ impl Family {
         Family::Watermarks,
         Family::Intake,
         Family::Status,
+        Family::Resend,
     ];
 
     pub fn token(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Family {
             Family::Watermarks => "wm",
             Family::Intake => "intake",
             Family::Status => "status",
+            Family::Resend => "rs",
         }
     }
 
@@ -107,6 +111,9 @@ pub fn command_acks(addr: &DeviceAddr) -> String {
 }
 pub fn watermarks(addr: &DeviceAddr) -> String {
     addr.subject(Family::Watermarks)
+}
+pub fn resend_requests(addr: &DeviceAddr) -> String {
+    addr.subject(Family::Resend)
 }
 
 /// Intake subject for a command; `device` `None` is store-wide.
@@ -185,6 +192,8 @@ mod tests {
         assert_eq!(p.family, Family::Commands);
         assert_eq!(p.device_addr(), a);
         assert_eq!(Family::Events.all_subjects(), "tillsync.ev.>");
+        assert_eq!(resend_requests(&a), "tillsync.rs.acme.s1.till-1");
+        assert_eq!(parse(&resend_requests(&a)).unwrap().family, Family::Resend);
     }
 
     #[test]

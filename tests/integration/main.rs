@@ -8,4 +8,5 @@ mod edge;
 mod example;
 mod ingest;
 mod ops;
+mod resend;
 mod signals;
