@@ -3,9 +3,6 @@
 //! land exactly once: after a stalled watermark, on reconnect, and when the broker asks for an
 //! open gap or for seqs a device reports beyond the watermark.
 
-#[path = "edge_support.rs"]
-mod support;
-
 use std::path::Path;
 
 use async_nats::jetstream::Context;
@@ -15,7 +12,7 @@ use tillsync_schemas::{codec, streams, subject, DeviceAddr};
 use tillsync_tests::{eventually, eventually_eq, http_get, metric, InProcBroker, Stack};
 
 use crate::common::*;
-use support::*;
+use crate::edge::support::*;
 
 /// A stack with tenant `acme` and the broker's streams, but no broker running yet (so the
 /// bridge's publishes wait in the stream), and the broker config to start it with.
