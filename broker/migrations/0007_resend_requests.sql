@@ -14,4 +14,4 @@ CREATE TABLE device_repairs (
     PRIMARY KEY (tenant_id, store_id, device_id)
 );
 
-CREATE INDEX device_gaps_open ON device_gaps (detected_at) WHERE filled_at IS NULL;
+-- Open gaps are found through the partial index device_gaps_open (migration 0009).

@@ -103,8 +103,9 @@ async fn refresh_devices(ctx: &Ctx) {
     }
 }
 
-/// Keeps each device's watermark wait current: when its last heartbeat reports a seq acked by
-/// JetStream above the watermark, the wait starts (that seq, now) unless one is running; once
+/// Keeps each device's watermark wait current. A heartbeat reports the watermark the bridge has
+/// seen (`last_acked_seq`) and the events it holds beyond it (`outbox_depth`), so their sum is
+/// the device's last seq. When that is above the broker's watermark, the wait starts (that seq, now) unless one is running; once
 /// the watermark reaches the awaited seq the wait ends, and starts again at the newer seq if
 /// the watermark is still behind. A watermark that keeps up under load thus never waits long;
 /// one that events lost in JetStream hold back waits until they are resent.
@@ -112,14 +113,16 @@ pub async fn track_watermarks(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE devices SET
            watermark_wait_seq = CASE
-             WHEN coalesce(last_acked_seq, 0) <= watermark THEN NULL
-             WHEN watermark_wait_seq IS NULL OR watermark >= watermark_wait_seq THEN last_acked_seq
+             WHEN coalesce(last_acked_seq, 0) + coalesce(outbox_depth, 0) <= watermark THEN NULL
+             WHEN watermark_wait_seq IS NULL OR watermark >= watermark_wait_seq
+               THEN coalesce(last_acked_seq, 0) + coalesce(outbox_depth, 0)
              ELSE watermark_wait_seq END,
            watermark_wait_since = CASE
-             WHEN coalesce(last_acked_seq, 0) <= watermark THEN NULL
+             WHEN coalesce(last_acked_seq, 0) + coalesce(outbox_depth, 0) <= watermark THEN NULL
              WHEN watermark_wait_seq IS NULL OR watermark >= watermark_wait_seq THEN now()
              ELSE watermark_wait_since END
-         WHERE watermark_wait_seq IS NOT NULL OR last_acked_seq > watermark",
+         WHERE watermark_wait_seq IS NOT NULL
+            OR coalesce(last_acked_seq, 0) + coalesce(outbox_depth, 0) > watermark",
     )
     .execute(pool)
     .await?;

@@ -52,12 +52,13 @@ struct DeviceRow {
     outbox_depth: Option<i64>,
     /// Age of the oldest event the device has not yet published, seconds (from its heartbeat).
     unsent_age_s: Option<i64>,
-    /// The highest seq the device reported acked (from its last heartbeat).
-    last_acked_seq: Option<i64>,
-    /// `last_acked_seq` minus the broker's watermark (0 when not above): events the device
-    /// handed over that Postgres does not cover yet. Stays above 0 when JetStream lost them.
+    /// The device's last seq, from its last heartbeat: the watermark it has seen
+    /// (`last_acked_seq`) plus the events it holds beyond it (`outbox_depth`).
+    device_seq: Option<i64>,
+    /// `device_seq` minus the broker's watermark (0 when not above): events the device holds
+    /// that Postgres does not cover yet. Stays above 0 when JetStream lost them.
     lag: i64,
-    /// How long the watermark has been waiting for `last_acked_seq`, seconds.
+    /// How long the watermark has been waiting for `device_seq`, seconds.
     watermark_wait_s: Option<f64>,
     last_seq: i64,
     watermark: i64,
@@ -81,8 +82,9 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         DevicesCmd::List { tenant, store, offline } => {
             let rows: Vec<DeviceRow> = sqlx::query_as(
                 "SELECT d.tenant_id, d.store_id, d.device_id, d.provisioned, d.online, d.last_seen, d.software_version,
-                        d.outbox_depth, d.oldest_unsent_age_s AS unsent_age_s, d.last_acked_seq,
-                        greatest(coalesce(d.last_acked_seq, 0) - d.watermark, 0) AS lag,
+                        d.outbox_depth, d.oldest_unsent_age_s AS unsent_age_s, CASE WHEN d.last_acked_seq IS NULL THEN NULL
+                          ELSE d.last_acked_seq + coalesce(d.outbox_depth, 0) END AS device_seq,
+                        greatest(coalesce(d.last_acked_seq, 0) + coalesce(d.outbox_depth, 0) - d.watermark, 0) AS lag,
                         EXTRACT(EPOCH FROM now() - d.watermark_wait_since)::float8 AS watermark_wait_s,
                         d.last_seq, d.watermark, d.gaps, coalesce(g.open, 0) AS open_gaps, g.oldest_age_s AS oldest_gap_age_s
                  FROM devices d
@@ -145,7 +147,7 @@ fn human_list(rows: &[DeviceRow]) -> String {
                 ts(r.last_seen),
                 opt(r.outbox_depth),
                 opt(r.unsent_age_s),
-                opt(r.last_acked_seq),
+                opt(r.device_seq),
                 lag(r),
                 format!("{}/{}", r.watermark, r.last_seq),
                 gaps(r),
@@ -154,7 +156,18 @@ fn human_list(rows: &[DeviceRow]) -> String {
         })
         .collect();
     let mut out = table(
-        &["DEVICE", "STATE", "LAST SEEN", "OUTBOX", "UNSENT S", "ACKED", "LAG", "WATERMARK/SEQ", "GAPS", "VERSION"],
+        &[
+            "DEVICE",
+            "STATE",
+            "LAST SEEN",
+            "OUTBOX",
+            "UNSENT S",
+            "DEVICE SEQ",
+            "LAG",
+            "WATERMARK/SEQ",
+            "GAPS",
+            "VERSION",
+        ],
         &cells,
     );
     let online = rows.iter().filter(|r| r.online).count();

@@ -249,8 +249,9 @@ async fn an_open_gap_shows_in_metrics_devices_list_and_status() {
     assert_eq!(filled.code, 0, "{}", filled.stdout);
 }
 
-/// Publishes a heartbeat reporting `last_acked_seq`, as the device's bridge would.
-async fn heartbeat(js: &async_nats::jetstream::Context, dev: &DeviceAddr, last_acked_seq: u64) {
+/// Publishes a heartbeat as the device's bridge would: the watermark it has seen
+/// (`last_acked_seq`) and the events it holds beyond it (`outbox_depth`).
+async fn heartbeat(js: &async_nats::jetstream::Context, dev: &DeviceAddr, last_acked_seq: u64, outbox_depth: u64) {
     let hb = Heartbeat {
         schema_version: tillsync_schemas::SCHEMA_VERSION,
         tenant_id: dev.tenant_id.clone(),
@@ -258,7 +259,7 @@ async fn heartbeat(js: &async_nats::jetstream::Context, dev: &DeviceAddr, last_a
         device_id: dev.device_id.clone(),
         at_ms: tillsync_broker::now_ms(),
         software_version: "test".into(),
-        outbox_depth: 0,
+        outbox_depth,
         oldest_unsent_age_s: 0,
         last_acked_seq,
         config_revision: 0,
@@ -281,14 +282,15 @@ async fn a_watermark_waiting_for_lost_events_is_stalled_until_they_land() {
         (db.count("SELECT coalesce(max(watermark), 0) FROM devices").await == 2).then_some(())
     })
     .await;
-    // JetStream acked seqs 3 to 5 to the bridge and then lost them: no gap, only the bridge's word.
-    heartbeat(&js, &dev, 5).await;
+    // JetStream acked seqs 3 to 5 to the bridge and then lost them: no gap, only the bridge's
+    // word (it has seen watermark 2 and holds 3 events beyond it).
+    heartbeat(&js, &dev, 2, 3).await;
     scrape_until(addr, DEFAULT_TIMEOUT, "a stalled watermark", |m| {
         is(1.0)(metric(m, "tillsync_watermarks_stalled_devices", ACME))
     })
     .await;
     let d = tillsync(&stack, &["devices", "list", "--json"]).await.ok().json()[0].clone();
-    assert_eq!((d["last_acked_seq"].clone(), d["lag"].clone(), d["open_gaps"].clone()), (json!(5), json!(3), json!(0)));
+    assert_eq!((d["device_seq"].clone(), d["lag"].clone(), d["open_gaps"].clone()), (json!(5), json!(3), json!(0)));
     assert!(d["watermark_wait_s"].as_f64().unwrap() >= 1.0, "{d}");
     let stalled = tillsync(&stack, &["status", "--stall-s", "1"]).await;
     assert_eq!(stalled.code, 3, "{}", stalled.stdout);
