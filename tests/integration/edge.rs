@@ -3,7 +3,7 @@
 //! while offline, redelivered, expired, timing out) and the outbox-full refusal.
 
 #[path = "edge_support.rs"]
-mod support;
+pub(crate) mod support;
 
 use serde_json::json;
 use tillsync_edge::{Bridge, EventDraft};
