@@ -1,5 +1,11 @@
 //! The device's command inbox, held by the device actor.
 //!
+//! A command is published to the device's stream once; JetStream's durable consumer then
+//! redelivers it to the device until the device acks it. A tick therefore publishes first
+//! copies, checks now and then that a published copy is still in the stream (republishing
+//! only one that is gone, or consumed without an ack ever reaching the broker), and ends what
+//! expired or lost every copy.
+//!
 //! Postgres (`command_inbox`) is the source of truth; every tick loads the unfinished entries
 //! (one indexed query) and keeps nothing afterwards, so intake by another broker instance is
 //! seen and a passivated or restarted actor picks up where the last one stopped, attempt counts
@@ -11,14 +17,14 @@
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use tillsync_schemas::{CommandState, DeviceAddr};
 
-use crate::policy::{self, Action, InboxParams};
+use crate::policy::{self, Action, InboxParams, PendingEntry};
 use crate::ports::{Delivery, Finish};
 use crate::system::Shared;
 
 /// Messages about commands for one device.
 #[derive(Debug)]
 pub enum InboxMsg {
-    /// Refresh from Postgres and do whatever is due (deliver, redeliver, fail, expire).
+    /// Refresh from Postgres and do whatever is due (deliver, check, republish, fail, expire).
     Tick(InboxParams, RpcReplyPort<Result<TickReport, String>>),
 }
 
@@ -53,41 +59,57 @@ async fn tick(addr: &DeviceAddr, shared: &Shared, params: InboxParams) -> Result
     let now = now_ms();
     let mut report = TickReport::default();
     for action in policy::plan(&snap.pending, now, snap.online, params) {
-        match action {
-            Action::Deliver { command_id, attempt, next_attempt_at_ms } => {
-                let d = Delivery { command_id, attempt, next_attempt_at_ms, now_ms: now };
-                if shared.ports.deliver(addr.clone(), d).await? {
-                    report.delivered += 1;
-                }
+        let action = match action {
+            Action::Check { command_id } => {
+                let Some(e) = snap.pending.iter().find(|e| e.command_id == command_id) else { continue };
+                let copy = shared.ports.check(addr.clone(), e.stream_seq).await?;
+                policy::after_check(e, copy, now, params)
             }
-            Action::Fail { command_id, attempts } => {
-                let f = Finish {
-                    command_id: command_id.clone(),
-                    state: CommandState::Failed,
-                    attempts,
-                    code: policy::MAX_ATTEMPTS_CODE.into(),
-                    detail: format!("no ack after {attempts} deliveries"),
-                };
-                if shared.ports.finish(addr.clone(), f).await? {
-                    report.failed += 1;
-                }
-                snap.pending.retain(|e| e.command_id != command_id);
-            }
-            Action::Expire { command_id, attempts } => {
-                let f = Finish {
-                    command_id: command_id.clone(),
-                    state: CommandState::Expired,
-                    attempts,
-                    code: policy::EXPIRED_CODE.into(),
-                    detail: String::new(),
-                };
-                if shared.ports.finish(addr.clone(), f).await? {
-                    report.expired += 1;
-                }
-                snap.pending.retain(|e| e.command_id != command_id);
-            }
+            other => other,
+        };
+        if act(addr, shared, action, now, &mut report, &mut snap.pending).await? {
+            report.delivered += 1;
         }
     }
     report.pending = snap.pending.len();
     Ok(report)
+}
+
+/// Carries out one action; `true` when it published a copy.
+async fn act(
+    addr: &DeviceAddr,
+    shared: &Shared,
+    action: Action,
+    now: i64,
+    report: &mut TickReport,
+    pending: &mut Vec<PendingEntry>,
+) -> Result<bool, String> {
+    let (command_id, state, attempts, code, detail) = match action {
+        Action::Deliver { command_id, attempt, next_attempt_at_ms, why } => {
+            let d = Delivery { command_id, attempt, next_attempt_at_ms, now_ms: now, why };
+            return shared.ports.deliver(addr.clone(), d).await;
+        }
+        Action::Recheck { command_id, next_attempt_at_ms } => {
+            shared.ports.reschedule(addr.clone(), command_id, next_attempt_at_ms).await?;
+            return Ok(false);
+        }
+        // `plan` yields checks, which the tick has already turned into what they lead to.
+        Action::Check { .. } => return Ok(false),
+        Action::Fail { command_id, attempts } => {
+            let detail = format!("{attempts} copies published, each lost from the stream or taken without an ack");
+            (command_id, CommandState::Failed, attempts, policy::MAX_ATTEMPTS_CODE, detail)
+        }
+        Action::Expire { command_id, attempts } => {
+            (command_id, CommandState::Expired, attempts, policy::EXPIRED_CODE, String::new())
+        }
+    };
+    let f = Finish { command_id: command_id.clone(), state, attempts, code: code.into(), detail };
+    if shared.ports.finish(addr.clone(), f).await? {
+        match state {
+            CommandState::Expired => report.expired += 1,
+            _ => report.failed += 1,
+        }
+    }
+    pending.retain(|e| e.command_id != command_id);
+    Ok(false)
 }

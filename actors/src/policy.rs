@@ -10,8 +10,12 @@ use tillsync_schemas::{CommandEnvelope, CommandState, Outcome, Reason, WireError
 pub const MAX_ATTEMPTS_CODE: &str = "max_attempts";
 /// Code of a command that expired in the broker.
 pub const EXPIRED_CODE: &str = "expired";
-/// Longest wait between two deliveries of one command, however many attempts.
+/// Longest wait between two checks (or deliveries) of one command.
 pub const MAX_RETRY_MS: u64 = 10 * 60 * 1000;
+/// A copy the device's consumer acked counts as "ack lost" only once it was published this
+/// many first retry delays ago: the device's ack is stored before it acks the copy, so only a
+/// slow ack lane can be behind, and this leaves it time.
+pub const ACK_GRACE_RETRIES: i64 = 4;
 
 /// The approval policy: refunds, voids and order changes need two distinct approvers, other
 /// kinds one; the requester never approves their own command.
@@ -68,9 +72,18 @@ pub fn retry_delay_ms(attempt: u32, first_ms: u64) -> u64 {
     first_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(MAX_RETRY_MS.max(first_ms))
 }
 
+/// Wait before checking again that a copy published `age_ms` ago is still in the stream: as
+/// long as it has been there, at least `first_ms` and at most [`MAX_RETRY_MS`], so a copy
+/// waiting for a device offline for days costs a few checks, not one every few seconds.
+pub fn check_delay_ms(age_ms: i64, first_ms: u64) -> u64 {
+    (age_ms.max(0) as u64).clamp(first_ms, MAX_RETRY_MS.max(first_ms))
+}
+
 /// Delivery knobs, from the broker configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxParams {
+    /// Copies of one command the broker publishes at most (the first and every republish of a
+    /// lost one) before it ends `failed` with [`MAX_ATTEMPTS_CODE`].
     pub max_attempts: u32,
     pub first_retry_ms: u64,
 }
@@ -81,23 +94,79 @@ pub struct PendingEntry {
     pub command_id: String,
     /// Issue order within the device.
     pub inbox_seq: i64,
-    /// `Queued` or `Delivered`.
+    /// `Queued` (not yet published) or `Delivered` (published to the device's stream).
     pub state: CommandState,
+    /// Copies published so far.
     pub attempts: u32,
+    /// When the next check (or, queued, the first delivery) is due.
     pub next_attempt_at_ms: i64,
     pub expires_at_ms: i64,
+    /// Stream sequence of the latest copy, once its publish was confirmed.
+    pub stream_seq: Option<u64>,
+    /// When the latest copy was published (0: never).
+    pub published_at_ms: i64,
+}
+
+/// Why a copy is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// The first copy.
+    First,
+    /// The stream no longer holds the last copy (NATS lost the write) and no ack came.
+    Lost,
+    /// The device's consumer acked the last copy but its command ack never reached the broker
+    /// (lost on the way): the device answers a copy it already ran with its stored ack.
+    AckLost,
+    /// The last publish was recorded but its PubAck never was (the broker stopped, or NATS did
+    /// not answer): the same copy again, which the stream's duplicate window drops.
+    Unconfirmed,
+}
+
+impl Publish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Publish::First => "first",
+            Publish::Lost => "lost",
+            Publish::AckLost => "ack_lost",
+            Publish::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// What the stream and the device's consumer say about the last copy of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    /// In the stream, not yet acked by the device's consumer: the device has not finished
+    /// with it (offline, or applying). Nothing to do; JetStream redelivers it to the device.
+    Waiting,
+    /// Gone from the stream.
+    Missing,
+    /// Acked by the device's consumer, yet no command ack reached the broker.
+    Consumed,
+    /// No stream sequence recorded for it.
+    Unconfirmed,
 }
 
 /// What to do with one entry now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Publish delivery `attempt`; the next one is due at `next_attempt_at_ms`.
+    /// Publish copy `attempt`; its check is due at `next_attempt_at_ms`.
     Deliver {
         command_id: String,
         attempt: u32,
         next_attempt_at_ms: i64,
+        why: Publish,
     },
-    /// Out of attempts: end `failed` with [`MAX_ATTEMPTS_CODE`].
+    /// The published copy's check is due: ask the stream, then [`after_check`].
+    Check {
+        command_id: String,
+    },
+    /// Check again at `next_attempt_at_ms`.
+    Recheck {
+        command_id: String,
+        next_attempt_at_ms: i64,
+    },
+    /// Every copy published was lost: end `failed` with [`MAX_ATTEMPTS_CODE`].
     Fail {
         command_id: String,
         attempts: u32,
@@ -109,10 +178,12 @@ pub enum Action {
 }
 
 /// Plans a device's inbox at `now`. Entries are visited in issue order. Expiry wins over
-/// everything and does not need the device. Deliveries need the device online, so an offline
-/// device spends no attempts (JetStream still holds what was already delivered). Deliveries are
-/// pipelined in issue order, not one at a time: a command never has its first delivery while an
-/// earlier command of the device is still waiting for its first.
+/// everything and does not need the device. A command is published to the device's stream
+/// once, when the device is online, in issue order: a command never has its first delivery
+/// while an earlier command of the device still waits for its first. From then on the
+/// device's durable consumer holds it and JetStream redelivers it to the device until the
+/// device acks it, however long the device is away, so no attempt is spent on an offline or
+/// slow device; the broker only checks, now and then, that the copy is still there.
 pub fn plan(entries: &[PendingEntry], now_ms: i64, online: bool, p: InboxParams) -> Vec<Action> {
     let mut sorted: Vec<&PendingEntry> = entries.iter().collect();
     sorted.sort_by_key(|e| e.inbox_seq);
@@ -120,29 +191,54 @@ pub fn plan(entries: &[PendingEntry], now_ms: i64, online: bool, p: InboxParams)
     let mut earlier_waiting = false;
     for e in sorted {
         let command_id = e.command_id.clone();
+        let first = e.state == CommandState::Queued;
         if now_ms >= e.expires_at_ms {
             actions.push(Action::Expire { command_id, attempts: e.attempts });
             continue;
         }
         if now_ms < e.next_attempt_at_ms {
-            earlier_waiting |= e.state == CommandState::Queued;
-            continue;
-        }
-        if e.attempts >= p.max_attempts {
-            actions.push(Action::Fail { command_id, attempts: e.attempts });
-            continue;
-        }
-        let first = e.state == CommandState::Queued;
-        if !online || (first && earlier_waiting) {
             earlier_waiting |= first;
             continue;
         }
+        if !first {
+            actions.push(Action::Check { command_id });
+            continue;
+        }
+        if !online || earlier_waiting {
+            earlier_waiting = true;
+            continue;
+        }
         let attempt = e.attempts + 1;
-        let next = now_ms.saturating_add(retry_delay_ms(attempt, p.first_retry_ms) as i64);
-        // Never schedule a redelivery past expiry: the expiry tick comes first anyway.
-        actions.push(Action::Deliver { command_id, attempt, next_attempt_at_ms: next.min(e.expires_at_ms) });
+        let next = now_ms.saturating_add(retry_delay_ms(1, p.first_retry_ms) as i64);
+        // Never schedule a check past expiry: the expiry tick comes first anyway.
+        let next_attempt_at_ms = next.min(e.expires_at_ms);
+        actions.push(Action::Deliver { command_id, attempt, next_attempt_at_ms, why: Publish::First });
     }
     actions
+}
+
+/// What a due check of a published copy leads to, given what the stream says about it.
+pub fn after_check(e: &PendingEntry, copy: CopyState, now_ms: i64, p: InboxParams) -> Action {
+    let command_id = e.command_id.clone();
+    let delay = check_delay_ms(now_ms - e.published_at_ms, p.first_retry_ms) as i64;
+    let next_attempt_at_ms = now_ms.saturating_add(delay).min(e.expires_at_ms);
+    let age = now_ms - e.published_at_ms;
+    let why = match copy {
+        CopyState::Waiting => return Action::Recheck { command_id, next_attempt_at_ms },
+        CopyState::Consumed if age < ACK_GRACE_RETRIES * p.first_retry_ms as i64 => {
+            return Action::Recheck { command_id, next_attempt_at_ms }
+        }
+        CopyState::Unconfirmed => {
+            return Action::Deliver { command_id, attempt: e.attempts, next_attempt_at_ms, why: Publish::Unconfirmed }
+        }
+        CopyState::Missing => Publish::Lost,
+        CopyState::Consumed => Publish::AckLost,
+    };
+    if e.attempts >= p.max_attempts {
+        return Action::Fail { command_id, attempts: e.attempts };
+    }
+    let next = now_ms.saturating_add(p.first_retry_ms as i64).min(e.expires_at_ms);
+    Action::Deliver { command_id, attempt: e.attempts + 1, next_attempt_at_ms: next, why }
 }
 
 /// Intake's direct first delivery: what [`plan`] would do for a command just accepted, so
@@ -151,6 +247,9 @@ pub fn plan(entries: &[PendingEntry], now_ms: i64, online: bool, p: InboxParams)
 /// device still waits for its first delivery (checked in the accepting statement) and attempts
 /// are allowed at all. `Some(next_attempt_at_ms)` of attempt 1, as `plan` schedules it.
 pub fn direct_first_delivery(now_ms: i64, expires_at_ms: i64, online: bool, p: InboxParams) -> Option<i64> {
+    if p.max_attempts == 0 {
+        return None;
+    }
     let entry = PendingEntry {
         command_id: String::new(),
         inbox_seq: 0,
@@ -158,6 +257,8 @@ pub fn direct_first_delivery(now_ms: i64, expires_at_ms: i64, online: bool, p: I
         attempts: 0,
         next_attempt_at_ms: now_ms,
         expires_at_ms,
+        stream_seq: None,
+        published_at_ms: 0,
     };
     match plan(std::slice::from_ref(&entry), now_ms, online, p).pop() {
         Some(Action::Deliver { attempt: 1, next_attempt_at_ms, .. }) => Some(next_attempt_at_ms),
@@ -177,8 +278,12 @@ pub enum AckEffect {
     AppliedTransition,
     /// The command was already final by an earlier ack: a resent ack.
     Duplicate,
-    /// The command was already final by the broker (expired, out of attempts): recorded only.
+    /// The command was already final by the broker (expired, out of attempts, cancelled) and
+    /// the device did not apply it: recorded only.
     AfterFinal,
+    /// The device applied the command after the portal was told it ended: recorded on the
+    /// entry, and the portal gets a correcting `acked` status.
+    AppliedAfterFinal,
     /// No such command for this device.
     UnknownCommand,
 }
@@ -189,6 +294,7 @@ impl AckEffect {
             AckEffect::AppliedTransition => "applied_transition",
             AckEffect::Duplicate => "duplicate",
             AckEffect::AfterFinal => "after_final",
+            AckEffect::AppliedAfterFinal => "applied_after_final",
             AckEffect::UnknownCommand => "unknown_command",
         }
     }
@@ -196,7 +302,10 @@ impl AckEffect {
 
 /// An ack's effect and, for a transition, the new state. `applied` ends `acked`; `failed` and
 /// `rejected` (refused without trying: precondition failed, expired on arrival) both end
-/// `failed`, carrying the device's code so the portal can tell them apart.
+/// `failed`, carrying the device's code so the portal can tell them apart. An `applied` ack
+/// for an entry the broker had ended otherwise is the truth arriving late: it is recorded as
+/// [`AckEffect::AppliedAfterFinal`] (once) and corrects what the portal was told; the state
+/// itself never changes again.
 pub fn on_ack(
     current: Option<CommandState>,
     acked_before: bool,
@@ -205,6 +314,9 @@ pub fn on_ack(
     match current {
         None => (AckEffect::UnknownCommand, None),
         Some(s) if s.is_final() && acked_before => (AckEffect::Duplicate, None),
+        Some(s) if s.is_final() && outcome == Outcome::Applied && s != CommandState::Acked => {
+            (AckEffect::AppliedAfterFinal, None)
+        }
         Some(s) if s.is_final() => (AckEffect::AfterFinal, None),
         Some(_) => (AckEffect::AppliedTransition, Some(ack_target(outcome))),
     }
@@ -295,6 +407,10 @@ mod tests {
         assert_eq!(retry_delay_ms(4, 500), 4_000);
         assert_eq!(retry_delay_ms(40, 5_000), MAX_RETRY_MS);
         assert_eq!(retry_delay_ms(0, 500), 500);
+        assert_eq!(check_delay_ms(0, 500), 500);
+        assert_eq!(check_delay_ms(-5, 500), 500);
+        assert_eq!(check_delay_ms(8_000, 500), 8_000);
+        assert_eq!(check_delay_ms(86_400_000, 500), MAX_RETRY_MS);
     }
 
     const P: InboxParams = InboxParams { max_attempts: 3, first_retry_ms: 100 };
@@ -307,60 +423,87 @@ mod tests {
             attempts,
             next_attempt_at_ms: next,
             expires_at_ms: 10_000,
+            stream_seq: (state == CommandState::Delivered).then_some(7),
+            published_at_ms: 0,
         }
+    }
+
+    fn first(id: &str, next: i64) -> Action {
+        Action::Deliver { command_id: id.into(), attempt: 1, next_attempt_at_ms: next, why: Publish::First }
     }
 
     #[test]
     fn delivers_queued_in_issue_order() {
         let es = [entry("b", 2, CommandState::Queued, 0, 0), entry("a", 1, CommandState::Queued, 0, 0)];
-        let got = plan(&es, 1_000, true, P);
-        assert_eq!(
-            got,
-            vec![
-                Action::Deliver { command_id: "a".into(), attempt: 1, next_attempt_at_ms: 1_100 },
-                Action::Deliver { command_id: "b".into(), attempt: 1, next_attempt_at_ms: 1_100 },
-            ]
-        );
+        assert_eq!(plan(&es, 1_000, true, P), vec![first("a", 1_100), first("b", 1_100)]);
     }
 
     #[test]
     fn offline_spends_no_attempts_but_expires() {
-        let mut es = vec![entry("a", 1, CommandState::Queued, 0, 0), entry("b", 2, CommandState::Delivered, 1, 500)];
+        let mut es = vec![entry("a", 1, CommandState::Queued, 0, 0), entry("b", 2, CommandState::Delivered, 1, 5_000)];
         assert!(plan(&es, 1_000, false, P).is_empty());
         es[0].expires_at_ms = 900;
         assert_eq!(plan(&es, 1_000, false, P), vec![Action::Expire { command_id: "a".into(), attempts: 0 }]);
     }
 
+    /// A published copy is never republished on a timer: a due check asks the stream, and only
+    /// a copy that is gone (or consumed without an ack reaching the broker) is published again.
     #[test]
-    fn redelivers_with_backoff_then_fails() {
-        let e = entry("a", 1, CommandState::Delivered, 2, 1_000);
+    fn a_published_copy_is_checked_not_republished() {
+        let e = entry("a", 1, CommandState::Delivered, 1, 1_000);
         assert!(plan(std::slice::from_ref(&e), 999, true, P).is_empty(), "not due yet");
+        let check = vec![Action::Check { command_id: "a".into() }];
+        assert_eq!(plan(std::slice::from_ref(&e), 1_000, true, P), check);
+        assert_eq!(plan(std::slice::from_ref(&e), 1_000, false, P), check, "offline too: the stream is asked");
+        // Still there: check again later, the later the longer it has been there.
         assert_eq!(
-            plan(std::slice::from_ref(&e), 1_000, true, P),
-            vec![Action::Deliver { command_id: "a".into(), attempt: 3, next_attempt_at_ms: 1_400 }]
+            after_check(&e, CopyState::Waiting, 1_000, P),
+            Action::Recheck { command_id: "a".into(), next_attempt_at_ms: 2_000 }
         );
-        let spent = entry("a", 1, CommandState::Delivered, 3, 1_400);
         assert_eq!(
-            plan(std::slice::from_ref(&spent), 1_400, false, P),
-            vec![Action::Fail { command_id: "a".into(), attempts: 3 }]
+            after_check(&e, CopyState::Waiting, 9_500, P),
+            Action::Recheck { command_id: "a".into(), next_attempt_at_ms: 10_000 },
+            "never past expiry"
         );
-        assert_eq!(next_due_ms(&[spent]), Some(1_400));
+        let lost =
+            Action::Deliver { command_id: "a".into(), attempt: 2, next_attempt_at_ms: 1_100, why: Publish::Lost };
+        assert_eq!(after_check(&e, CopyState::Missing, 1_000, P), lost);
+        let ack_lost =
+            Action::Deliver { command_id: "a".into(), attempt: 2, next_attempt_at_ms: 1_100, why: Publish::AckLost };
+        assert_eq!(after_check(&e, CopyState::Consumed, 1_000, P), ack_lost);
+        let mut fresh = e.clone();
+        fresh.published_at_ms = 900;
+        assert!(
+            matches!(after_check(&fresh, CopyState::Consumed, 1_000, P), Action::Recheck { .. }),
+            "the ack lane gets time to catch up"
+        );
+        let again = Action::Deliver {
+            command_id: "a".into(),
+            attempt: 1,
+            next_attempt_at_ms: 2_000,
+            why: Publish::Unconfirmed,
+        };
+        assert_eq!(after_check(&e, CopyState::Unconfirmed, 1_000, P), again, "same copy, same attempt");
+        let spent = entry("a", 1, CommandState::Delivered, 3, 1_000);
+        assert_eq!(
+            after_check(&spent, CopyState::Missing, 1_000, P),
+            Action::Fail { command_id: "a".into(), attempts: 3 }
+        );
+        assert!(matches!(after_check(&spent, CopyState::Waiting, 1_000, P), Action::Recheck { .. }), "waiting is free");
     }
 
     #[test]
     fn redelivery_never_scheduled_past_expiry() {
         let mut e = entry("a", 1, CommandState::Queued, 0, 0);
         e.expires_at_ms = 1_050;
-        assert_eq!(
-            plan(&[e], 1_000, true, P),
-            vec![Action::Deliver { command_id: "a".into(), attempt: 1, next_attempt_at_ms: 1_050 }]
-        );
+        assert_eq!(plan(&[e], 1_000, true, P), vec![first("a", 1_050)]);
     }
 
     #[test]
     fn later_command_waits_for_earlier_first_delivery() {
         let es = [entry("a", 1, CommandState::Queued, 0, 5_000), entry("b", 2, CommandState::Queued, 0, 0)];
         assert!(plan(&es, 1_000, true, P).is_empty());
+        assert_eq!(next_due_ms(&es), Some(0));
     }
 
     #[test]
@@ -371,8 +514,11 @@ mod tests {
         assert_eq!(on_ack(Some(Delivered), false, Outcome::Failed), (AckEffect::AppliedTransition, Some(Failed)));
         assert_eq!(on_ack(Some(Queued), false, Outcome::Rejected), (AckEffect::AppliedTransition, Some(Failed)));
         assert_eq!(on_ack(Some(Acked), true, Outcome::Applied), (AckEffect::Duplicate, None));
-        assert_eq!(on_ack(Some(Expired), false, Outcome::Applied), (AckEffect::AfterFinal, None));
-        assert_eq!(on_ack(Some(Failed), false, Outcome::Applied), (AckEffect::AfterFinal, None));
+        assert_eq!(on_ack(Some(Expired), false, Outcome::Applied), (AckEffect::AppliedAfterFinal, None));
+        assert_eq!(on_ack(Some(Failed), false, Outcome::Applied), (AckEffect::AppliedAfterFinal, None));
+        assert_eq!(on_ack(Some(Cancelled), false, Outcome::Applied), (AckEffect::AppliedAfterFinal, None));
+        assert_eq!(on_ack(Some(Cancelled), true, Outcome::Applied), (AckEffect::Duplicate, None), "corrected once");
+        assert_eq!(on_ack(Some(Expired), false, Outcome::Rejected), (AckEffect::AfterFinal, None));
     }
 
     #[test]

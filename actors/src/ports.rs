@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use tillsync_schemas::{CommandState, DeviceAddr};
 
-use crate::policy::PendingEntry;
+use crate::policy::{CopyState, PendingEntry, Publish};
 
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -36,8 +36,24 @@ pub trait Ports: Send + Sync + 'static {
         Box::pin(async { Err(NO_COMMANDS.to_string()) })
     }
 
-    /// Ends an unfinished command as `failed` or `expired` with `code`, then publishes the status.
+    /// Ends an unfinished command as `failed` or `expired` with `code`, deletes its copies
+    /// from the device's stream, then publishes the status.
     fn finish(&self, _addr: DeviceAddr, _f: Finish) -> BoxFut<Result<bool, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+
+    /// What the stream and the device's consumer say about the last copy of a command.
+    fn check(&self, _addr: DeviceAddr, _stream_seq: Option<u64>) -> BoxFut<Result<CopyState, String>> {
+        Box::pin(async { Err(NO_COMMANDS.to_string()) })
+    }
+
+    /// Moves an unfinished command's next check to `next_attempt_at_ms`.
+    fn reschedule(
+        &self,
+        _addr: DeviceAddr,
+        _command_id: String,
+        _next_attempt_at_ms: i64,
+    ) -> BoxFut<Result<(), String>> {
         Box::pin(async { Err(NO_COMMANDS.to_string()) })
     }
 }
@@ -59,6 +75,7 @@ pub struct Delivery {
     pub attempt: u32,
     pub next_attempt_at_ms: i64,
     pub now_ms: i64,
+    pub why: Publish,
 }
 
 /// A broker-side final transition.

@@ -33,7 +33,6 @@ pub const DEVICES_OFFLINE: &str = "tillsync_devices_offline";
 pub const COMMANDS_RECEIVED: &str = "tillsync_commands_received_total";
 pub const COMMANDS_REJECTED: &str = "tillsync_commands_rejected_total";
 pub const COMMAND_DELIVERIES: &str = "tillsync_command_deliveries_total";
-pub const COMMAND_REDELIVERIES: &str = "tillsync_command_redeliveries_total";
 pub const COMMANDS_ACKED: &str = "tillsync_commands_acked_total";
 pub const COMMANDS_FAILED: &str = "tillsync_commands_failed_total";
 pub const COMMANDS_EXPIRED: &str = "tillsync_commands_expired_total";
@@ -50,6 +49,11 @@ pub const STREAM_MAX_BYTES: &str = "tillsync_stream_max_bytes";
 pub const STREAM_MESSAGES: &str = "tillsync_stream_messages";
 pub const NATS_CONNECTED: &str = "tillsync_nats_connected";
 pub const RESEND_REQUESTS: &str = "tillsync_resend_requests_total";
+pub const COMMAND_REPUBLISHED: &str = "tillsync_command_republished_total";
+pub const COMMANDS_CANCELLED: &str = "tillsync_commands_cancelled_total";
+pub const COMMAND_CANCELS_REFUSED: &str = "tillsync_command_cancels_refused_total";
+pub const COMMAND_APPLIED_AFTER_FINAL: &str = "tillsync_command_applied_after_final_total";
+pub const COMMAND_COPIES_DELETED: &str = "tillsync_command_copies_deleted_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -96,8 +100,7 @@ fn describe() {
     describe_gauge!(DEVICES_OFFLINE, "Known devices currently offline, by tenant.");
     describe_counter!(COMMANDS_RECEIVED, "Commands taken from the intake stream.");
     describe_counter!(COMMANDS_REJECTED, "Commands rejected at intake, by reason.");
-    describe_counter!(COMMAND_DELIVERIES, "Command deliveries to devices (first attempts).");
-    describe_counter!(COMMAND_REDELIVERIES, "Command redeliveries after no ack.");
+    describe_counter!(COMMAND_DELIVERIES, "Commands published to their device's stream (first copies).");
     describe_counter!(COMMANDS_ACKED, "Commands acked by their device (outcome applied).");
     describe_counter!(COMMANDS_FAILED, "Commands ended failed, by code.");
     describe_counter!(COMMANDS_EXPIRED, "Commands expired before an ack.");
@@ -122,6 +125,31 @@ fn describe() {
     describe_gauge!(STREAM_MESSAGES, "Messages stored in each tillsync stream (NaN while NATS is disconnected).");
     describe_gauge!(NATS_CONNECTED, "1 while the broker's NATS connection is up, 0 while it is down.");
     describe_counter!(RESEND_REQUESTS, "Resend requests sent to devices, by why (gap, behind).");
+    describe_counter!(
+        COMMAND_REPUBLISHED,
+        "Command copies published again, by why (lost from the stream, ack_lost, unconfirmed)."
+    );
+    describe_counter!(COMMANDS_CANCELLED, "Command copies cancelled before their device applied them.");
+    describe_counter!(COMMAND_CANCELS_REFUSED, "Cancels that came too late, by why (final, unknown).");
+    describe_counter!(
+        COMMAND_APPLIED_AFTER_FINAL,
+        "Commands applied by their device after the portal was told they ended."
+    );
+    describe_counter!(COMMAND_COPIES_DELETED, "Copies of ended commands deleted from TILLSYNC_COMMANDS.");
+}
+
+/// The command counters exported at 0 from the start, so a rate or an alert has a series on
+/// a healthy system.
+fn register_command_counters() {
+    for why in ["lost", "ack_lost", "unconfirmed"] {
+        counter!(COMMAND_REPUBLISHED, "why" => why).absolute(0);
+    }
+    for why in ["final", "unknown"] {
+        counter!(COMMAND_CANCELS_REFUSED, "why" => why).absolute(0);
+    }
+    for name in [COMMANDS_CANCELLED, COMMAND_APPLIED_AFTER_FINAL, COMMAND_COPIES_DELETED] {
+        counter!(name).absolute(0);
+    }
 }
 
 pub fn events_received(n: u64) {
@@ -178,12 +206,8 @@ pub fn commands_received(n: u64) {
 pub fn command_rejected(reason: &'static str) {
     counter!(COMMANDS_REJECTED, "reason" => reason).increment(1);
 }
-pub fn command_delivery(redelivery: bool) {
-    if redelivery {
-        counter!(COMMAND_REDELIVERIES).increment(1);
-    } else {
-        counter!(COMMAND_DELIVERIES).increment(1);
-    }
+pub fn command_delivery() {
+    counter!(COMMAND_DELIVERIES).increment(1);
 }
 pub fn command_acked(round_trip_secs: f64) {
     counter!(COMMANDS_ACKED).increment(1);
@@ -252,7 +276,6 @@ fn register_at_zero() {
         HEARTBEATS,
         COMMANDS_RECEIVED,
         COMMAND_DELIVERIES,
-        COMMAND_REDELIVERIES,
         COMMANDS_ACKED,
         COMMANDS_EXPIRED,
         COMMAND_ACKS_UNMATCHED,
@@ -277,6 +300,7 @@ fn register_at_zero() {
     for name in [APPLY_LATENCY, EVENT_LAG, BATCH_SIZE, COMMAND_ROUND_TRIP] {
         let _ = histogram!(name);
     }
+    register_command_counters();
     nats_connected(false);
 }
 
@@ -288,3 +312,18 @@ pub fn render(handle: &PrometheusHandle) -> String {
 /// The address the HTTP endpoints bound to (useful when configured with port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpAddr(pub SocketAddr);
+pub fn command_republished(why: &'static str) {
+    counter!(COMMAND_REPUBLISHED, "why" => why).increment(1);
+}
+pub fn command_cancelled() {
+    counter!(COMMANDS_CANCELLED).increment(1);
+}
+pub fn command_cancel_refused(why: &'static str) {
+    counter!(COMMAND_CANCELS_REFUSED, "why" => why).increment(1);
+}
+pub fn command_applied_after_final() {
+    counter!(COMMAND_APPLIED_AFTER_FINAL).increment(1);
+}
+pub fn command_copies_deleted(n: u64) {
+    counter!(COMMAND_COPIES_DELETED).increment(n);
+}

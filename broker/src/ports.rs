@@ -1,6 +1,7 @@
 //! The actors' view of Postgres.
 
 use sqlx::PgPool;
+use tillsync_actors::policy::CopyState;
 use tillsync_actors::ports::{BoxFut, Delivery, DeviceSnapshot, Finish, InboxSnapshot, Ports};
 use tillsync_schemas::DeviceAddr;
 
@@ -47,6 +48,16 @@ impl Ports for PgPorts {
     fn finish(&self, addr: DeviceAddr, f: Finish) -> BoxFut<Result<bool, String>> {
         let io = self.io();
         Box::pin(async move { io?.finish(&addr, &f).await.map_err(|e| e.to_string()) })
+    }
+
+    fn check(&self, addr: DeviceAddr, stream_seq: Option<u64>) -> BoxFut<Result<CopyState, String>> {
+        let io = self.io();
+        Box::pin(async move { io?.check(&addr, stream_seq).await.map_err(|e| e.to_string()) })
+    }
+
+    fn reschedule(&self, addr: DeviceAddr, command_id: String, next_attempt_at_ms: i64) -> BoxFut<Result<(), String>> {
+        let io = self.io();
+        Box::pin(async move { io?.reschedule(&addr, &command_id, next_attempt_at_ms).await.map_err(|e| e.to_string()) })
     }
 }
 

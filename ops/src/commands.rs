@@ -1,9 +1,14 @@
-//! `tillsync commands list|show|send`: the command inbox as the broker recorded it, one
-//! command's whole history, and sending a command the way the portal does (built, approved,
-//! published on intake; `--wait` follows its status messages to a final state).
+//! `tillsync commands list|show|send|cancel`: the command inbox as the broker recorded it, one
+//! command's whole history, sending a command the way the portal does (built, approved,
+//! published on intake; `--wait` follows its status messages to a final state), and
+//! cancelling one ([`cancel`]).
 //!
-//! Exit codes: 0 ok (with `--wait`: every device acked); 1 error or wait timed out; 3 with
-//! `--wait`, the command ended rejected, failed or expired; 4 `show` found no such command.
+//! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled); 1
+//! error or wait timed out; 3 with `--wait`, the command ended rejected, failed, expired or
+//! cancelled; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a copy
+//! (already applied, or otherwise ended).
+
+mod cancel;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -37,7 +42,7 @@ enum CommandsCmd {
         store: Option<String>,
         #[arg(long)]
         device: Option<String>,
-        /// queued, delivered, acked, failed, expired or rejected.
+        /// queued, delivered, acked, failed, expired, rejected or cancelled.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -51,6 +56,18 @@ enum CommandsCmd {
     },
     /// Build, approve and publish a command on intake, as the portal does; prints its id.
     Send(Box<SendArgs>),
+    /// Cancel a command on every device that has not applied it, as the portal does.
+    Cancel {
+        command_id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Who asks for the cancel (recorded in the command's history).
+        #[arg(long, default_value = "operator")]
+        requested_by: String,
+        /// Longest wait for the broker's answer, seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_s: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +145,9 @@ pub async fn run(args: CommandsArgs, global: &Global) -> anyhow::Result<ExitCode
         }
         CommandsCmd::Show { command_id, tenant } => show(global, &command_id, tenant).await,
         CommandsCmd::Send(a) => send(global, *a).await,
+        CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s } => {
+            cancel::run(global, &command_id, tenant, &requested_by, wait_s).await
+        }
     }
 }
 
@@ -156,7 +176,7 @@ async fn list(
     if let Some(s) = &state {
         anyhow::ensure!(
             tillsync_schemas::CommandState::parse(s).is_some(),
-            "unknown state {s:?}: queued, delivered, acked, failed, expired or rejected"
+            "unknown state {s:?}: queued, delivered, acked, failed, expired, rejected or cancelled"
         );
     }
     let pool = global.pool().await?;
@@ -231,6 +251,12 @@ struct InboxRow {
     next_attempt_at: Option<DateTime<Utc>>,
     last_code: Option<String>,
     updated_at: DateTime<Utc>,
+    /// Stream sequence of the latest copy published to TILLSYNC_COMMANDS.
+    stream_seq: Option<i64>,
+    /// Copies still in the stream as far as the broker knows (none once the command ended).
+    copies: Vec<i64>,
+    /// The device applied the command after the portal was told it ended.
+    applied_after_final_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -242,6 +268,8 @@ struct LogRow {
     code: Option<String>,
     actor: String,
     detail: String,
+    /// On an `acked` row correcting an earlier final state: that state.
+    corrects: Option<String>,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -284,7 +312,8 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
     let t = command.tenant_id.clone();
     let inbox: Vec<InboxRow> = of_command(
         &pool,
-        "SELECT device_id, state, attempts, next_attempt_at, last_code, updated_at FROM command_inbox
+        "SELECT device_id, state, attempts, next_attempt_at, last_code, updated_at, stream_seq, copies,
+                applied_after_final_at FROM command_inbox
          WHERE tenant_id = $1 AND command_id = $2 ORDER BY device_id",
         &t,
         command_id,
@@ -292,7 +321,7 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
     .await?;
     let log: Vec<LogRow> = of_command(
         &pool,
-        "SELECT at, device_id, state, attempt, code, actor, detail FROM command_log
+        "SELECT at, device_id, state, attempt, code, actor, detail, corrects FROM command_log
          WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
         &t,
         command_id,
@@ -354,10 +383,22 @@ fn human_show(s: &Shown) -> String {
                     i.last_code.clone().unwrap_or_else(|| "-".into()),
                     ts(i.next_attempt_at),
                     ts(Some(i.updated_at)),
+                    i.stream_seq.map_or_else(|| "-".into(), |s| s.to_string()),
+                    ts(i.applied_after_final_at),
                 ]
             })
             .collect();
-        out.push_str(&table(&["DEVICE", "STATE", "ATTEMPTS", "CODE", "NEXT ATTEMPT", "UPDATED"], &rows));
+        let header =
+            ["DEVICE", "STATE", "ATTEMPTS", "CODE", "NEXT CHECK", "UPDATED", "STREAM SEQ", "APPLIED AFTER FINAL"];
+        out.push_str(&table(&header, &rows));
+        for i in s.inbox.iter().filter(|i| i.applied_after_final_at.is_some()) {
+            out.push_str(&format!(
+                "NOTE      {} applied it at {} after the portal was told {}\n",
+                i.device_id,
+                ts(i.applied_after_final_at),
+                i.state
+            ));
+        }
     }
     out.push_str("\nHistory\n");
     let rows: Vec<Vec<String>> = s
@@ -371,7 +412,10 @@ fn human_show(s: &Shown) -> String {
                 l.attempt.to_string(),
                 l.code.clone().unwrap_or_else(|| "-".into()),
                 l.actor.clone(),
-                l.detail.clone(),
+                match &l.corrects {
+                    Some(c) => format!("[corrects {c}] {}", l.detail),
+                    None => l.detail.clone(),
+                },
             ]
         })
         .collect();

@@ -134,3 +134,34 @@ impl CommandEnvelope {
         self.body.validate()
     }
 }
+
+/// A cancel request from the portal, on `tillsync.intake.<tenant>.<store>._cancel` (so it is
+/// ordered with the store's commands). The answer is on the command's status subject: a
+/// `cancelled` status per device copy not yet finished, or, for a copy already final, a
+/// status repeating its state with code [`CANCEL_REFUSED`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandCancel {
+    pub schema_version: u16,
+    pub command_id: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub requested_by: String,
+    pub at_ms: i64,
+}
+
+/// Status code of a copy that was cancelled.
+pub const CANCELLED: &str = "cancelled";
+/// Status code answering a cancel that came too late: the copy was already final.
+pub const CANCEL_REFUSED: &str = "cancel_refused";
+
+impl CommandCancel {
+    pub fn validate(&self) -> Result<(), WireError> {
+        if !SUPPORTED_SCHEMA_VERSIONS.contains(&self.schema_version) {
+            return Err(WireError::new(Reason::UnsupportedVersion, format!("schema_version {}", self.schema_version)));
+        }
+        check_uuid_or_ulid("command_id", &self.command_id)?;
+        check_id("tenant_id", &self.tenant_id)?;
+        check_id("store_id", &self.store_id)?;
+        check_id("requested_by", &self.requested_by)
+    }
+}

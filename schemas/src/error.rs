@@ -24,6 +24,8 @@ pub enum Reason {
     DuplicateApprover,
     /// Decoded fine but applying it failed for a reason retrying cannot fix.
     ApplyFailed,
+    /// A cancel names a command the broker does not know in that store.
+    UnknownCommand,
 }
 
 impl Reason {
@@ -46,6 +48,7 @@ impl Reason {
         Reason::SelfApproval,
         Reason::DuplicateApprover,
         Reason::ApplyFailed,
+        Reason::UnknownCommand,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Reason {
             Reason::SelfApproval => "self_approval",
             Reason::DuplicateApprover => "duplicate_approver",
             Reason::ApplyFailed => "apply_failed",
+            Reason::UnknownCommand => "unknown_command",
         }
     }
 

@@ -20,7 +20,7 @@ pub mod subject;
 
 pub use ack::{CommandAck, Outcome, Watermark};
 pub use codec::{decode_command, decode_command_ack, decode_event, decode_heartbeat, encode};
-pub use command::{Approval, CommandBody, CommandEnvelope};
+pub use command::{Approval, CommandBody, CommandCancel, CommandEnvelope};
 pub use error::{Reason, WireError};
 pub use event::{EventBody, EventEnvelope};
 pub use heartbeat::Heartbeat;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A command's state. `queued -> delivered -> acked | failed`; any unfinished state ->
-/// `expired`; `rejected` at intake.
+/// `expired` or `cancelled`; `rejected` at intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandState {
@@ -13,6 +13,8 @@ pub enum CommandState {
     Failed,
     Expired,
     Rejected,
+    /// Cancelled by the portal or an operator before the device applied it.
+    Cancelled,
 }
 
 impl CommandState {
@@ -23,6 +25,7 @@ impl CommandState {
         CommandState::Failed,
         CommandState::Expired,
         CommandState::Rejected,
+        CommandState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl CommandState {
             CommandState::Failed => "failed",
             CommandState::Expired => "expired",
             CommandState::Rejected => "rejected",
+            CommandState::Cancelled => "cancelled",
         }
     }
 
@@ -42,7 +46,7 @@ impl CommandState {
 
     /// Final states never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, CommandState::Acked | CommandState::Failed | CommandState::Expired | CommandState::Rejected)
+        !matches!(self, CommandState::Queued | CommandState::Delivered)
     }
 }
 
@@ -59,4 +63,9 @@ pub struct CommandStatus {
     #[serde(default)]
     pub detail: String,
     pub at_ms: i64,
+    /// Set on an `acked` status that corrects an earlier final one: the device applied the
+    /// command after the portal was told it ended in this state (`failed`, `expired` or
+    /// `cancelled`). Nil on every other status.
+    #[serde(default)]
+    pub corrects: Option<CommandState>,
 }

@@ -9,6 +9,8 @@ use crate::ids::check_id;
 pub const ROOT: &str = "tillsync";
 /// Device token of a store-wide command on the intake subject.
 pub const STORE_WIDE: &str = "_store";
+/// Last token of a cancel request on the intake subject.
+pub const CANCEL: &str = "_cancel";
 
 /// What travels on a subject family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,6 +123,12 @@ pub fn intake(tenant: &str, store: &str, device: Option<&str>) -> String {
     format!("{ROOT}.{}.{tenant}.{store}.{}", Family::Intake.token(), device.unwrap_or(STORE_WIDE))
 }
 
+/// Cancel subject of a store's commands: `tillsync.intake.<tenant>.<store>._cancel`. It is
+/// on the intake stream, so a cancel is durable and ordered after the commands it cancels.
+pub fn cancel(tenant: &str, store: &str) -> String {
+    format!("{ROOT}.{}.{tenant}.{store}.{CANCEL}", Family::Intake.token())
+}
+
 /// Status subject of one command, for the portal: `tillsync.status.<tenant>.<store>.<command_id>`.
 pub fn status(tenant: &str, store: &str, command_id: &str) -> String {
     format!("{ROOT}.{}.{tenant}.{store}.{command_id}", Family::Status.token())
@@ -155,7 +163,7 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
     let family = Family::ALL.iter().copied().find(|f| f.token() == fam).ok_or_else(|| bad("unknown family"))?;
     check_id("tenant token", tenant).map_err(|e| bad(&e.detail))?;
     check_id("store token", store).map_err(|e| bad(&e.detail))?;
-    if !(family == Family::Intake && last == STORE_WIDE) {
+    if !(family == Family::Intake && (last == STORE_WIDE || last == CANCEL)) {
         check_id("last token", last).map_err(|e| bad(&e.detail))?;
     }
     Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into() })
@@ -204,6 +212,8 @@ mod tests {
             assert_eq!(parse(s).unwrap_err().reason, Reason::BadSubject, "{s}");
         }
         assert!(parse("tillsync.intake.a.b._store").is_ok());
+        assert_eq!(parse(&cancel("a", "b")).unwrap().last, CANCEL);
+        assert_eq!(parse("tillsync.ev.a.b._cancel").unwrap_err().reason, Reason::BadSubject);
     }
 
     #[test]

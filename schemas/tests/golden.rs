@@ -126,6 +126,50 @@ fn ack_applied() {
     golden("command_ack_applied.msgpack", &encode(&ack));
 }
 
+/// An `acked` status correcting an earlier `expired` one: the device applied the command after
+/// the portal was told it expired.
+#[test]
+fn status_acked_correcting_expired() {
+    let status = CommandStatus {
+        command_id: "01890a5d-ac96-774b-bcce-b302099a8058".into(),
+        tenant_id: "acme".into(),
+        store_id: "s1".into(),
+        device_id: Some("till-1".into()),
+        state: CommandState::Acked,
+        attempt: 1,
+        code: Some("ok".into()),
+        detail: "applied after the portal was told expired".into(),
+        at_ms: 1_700_000_002_000,
+        corrects: Some(CommandState::Expired),
+    };
+    let bytes = encode(&status);
+    golden("status_acked_correcting_expired.msgpack", &bytes);
+    assert_eq!(codec::decode::<CommandStatus>(&bytes).unwrap(), status);
+    // A reader from before `corrects` existed wrote no such key: it decodes as nil.
+    let mut old = serde_json::to_value(&status).unwrap();
+    old.as_object_mut().unwrap().remove("corrects");
+    let old: CommandStatus = codec::decode(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+    assert_eq!(old.corrects, None);
+}
+
+#[test]
+fn command_cancel() {
+    let cancel = CommandCancel {
+        schema_version: 1,
+        command_id: "01890a5d-ac96-774b-bcce-b302099a8058".into(),
+        tenant_id: "acme".into(),
+        store_id: "s1".into(),
+        requested_by: "rita".into(),
+        at_ms: 1_700_000_003_000,
+    };
+    let bytes = encode(&cancel);
+    golden("command_cancel.msgpack", &bytes);
+    let back: CommandCancel = codec::decode(&bytes).unwrap();
+    assert_eq!(back, cancel);
+    assert!(back.validate().is_ok());
+    assert_eq!(subject::cancel("acme", "s1"), "tillsync.intake.acme.s1._cancel");
+}
+
 #[test]
 fn bad_input_is_classified() {
     let subject = "tillsync.ev.acme.s1.till-1";

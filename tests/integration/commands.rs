@@ -24,12 +24,12 @@ use tillsync_tests::{eventually, eventually_eq, http_get, metric, BrokerProc, In
 
 use crate::common::add_tenant;
 
-const T: Duration = Duration::from_secs(15);
+pub(crate) const T: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
 // Builders
 
-fn command(
+pub(crate) fn command(
     tenant: &str,
     store: &str,
     device: Option<&str>,
@@ -70,7 +70,7 @@ fn void() -> CommandBody {
     CommandBody::VoidOrder { order_id: "o-1".into(), reason: "mistake".into() }
 }
 
-fn menu() -> CommandBody {
+pub(crate) fn menu() -> CommandBody {
     CommandBody::ApplyMenuPublish { menu_id: "spring".into(), version: 3 }
 }
 
@@ -82,12 +82,12 @@ async fn send_with_id(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope
     js.publish_with_headers(subj, h, codec::encode(cmd).into()).await.unwrap().await.unwrap();
 }
 
-async fn send(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope) {
+pub(crate) async fn send(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope) {
     send_with_id(js, cmd, &cmd.command_id).await;
 }
 
 /// A device known to the broker, as `tillsync devices add` provisions it.
-async fn provision(pool: &PgPool, a: &DeviceAddr) {
+pub(crate) async fn provision(pool: &PgPool, a: &DeviceAddr) {
     sqlx::query(
         "INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)
          ON CONFLICT DO NOTHING",
@@ -100,7 +100,7 @@ async fn provision(pool: &PgPool, a: &DeviceAddr) {
     .unwrap();
 }
 
-async fn inbox(pool: &PgPool, command_id: &str, device: &str) -> Option<(String, i32, Option<String>)> {
+pub(crate) async fn inbox(pool: &PgPool, command_id: &str, device: &str) -> Option<(String, i32, Option<String>)> {
     sqlx::query_as("SELECT state, attempts, last_code FROM command_inbox WHERE command_id = $1 AND device_id = $2")
         .bind(command_id)
         .bind(device)
@@ -109,12 +109,12 @@ async fn inbox(pool: &PgPool, command_id: &str, device: &str) -> Option<(String,
         .unwrap()
 }
 
-async fn inbox_state(pool: &PgPool, command_id: &str, device: &str) -> Option<String> {
+pub(crate) async fn inbox_state(pool: &PgPool, command_id: &str, device: &str) -> Option<String> {
     inbox(pool, command_id, device).await.map(|r| r.0)
 }
 
 /// The command log of one command: (device, state, attempt, code), in order.
-async fn log(pool: &PgPool, command_id: &str) -> Vec<(Option<String>, String, i32, Option<String>)> {
+pub(crate) async fn log(pool: &PgPool, command_id: &str) -> Vec<(Option<String>, String, i32, Option<String>)> {
     sqlx::query_as("SELECT device_id, state, attempt, code FROM command_log WHERE command_id = $1 ORDER BY id")
         .bind(command_id)
         .fetch_all(pool)
@@ -122,7 +122,7 @@ async fn log(pool: &PgPool, command_id: &str) -> Vec<(Option<String>, String, i3
         .unwrap()
 }
 
-async fn ack_effects(pool: &PgPool, command_id: &str) -> Vec<String> {
+pub(crate) async fn ack_effects(pool: &PgPool, command_id: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT effect FROM command_acks WHERE command_id = $1 ORDER BY id")
         .bind(command_id)
         .fetch_all(pool)
@@ -130,11 +130,11 @@ async fn ack_effects(pool: &PgPool, command_id: &str) -> Vec<String> {
         .unwrap()
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> String {
     http_get(addr, "/metrics").await.expect("metrics endpoint").1
 }
 
-async fn metric_at_least(addr: std::net::SocketAddr, name: &str, labels: &str, min: f64) {
+pub(crate) async fn metric_at_least(addr: std::net::SocketAddr, name: &str, labels: &str, min: f64) {
     eventually(T, &format!("{name}{{{labels}}} >= {min}"), || async move {
         let v = metric(&scrape(addr).await, name, labels)?;
         (v >= min).then_some(())
@@ -147,10 +147,10 @@ async fn metric_at_least(addr: std::net::SocketAddr, name: &str, labels: &str, m
 
 /// Collects every status message of a tenant.
 #[derive(Clone)]
-struct Statuses(Arc<Mutex<Vec<CommandStatus>>>);
+pub(crate) struct Statuses(Arc<Mutex<Vec<CommandStatus>>>);
 
 impl Statuses {
-    async fn watch(client: &async_nats::Client, tenant: &str) -> Statuses {
+    pub(crate) async fn watch(client: &async_nats::Client, tenant: &str) -> Statuses {
         let mut sub = client.subscribe(Family::Status.tenant_subjects(tenant)).await.unwrap();
         client.flush().await.unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -166,7 +166,7 @@ impl Statuses {
     }
 
     /// (device, state, attempt, code) of one command, in arrival order.
-    fn of(&self, command_id: &str) -> Vec<(Option<String>, CommandState, u32, Option<String>)> {
+    pub(crate) fn of(&self, command_id: &str) -> Vec<(Option<String>, CommandState, u32, Option<String>)> {
         let all = self.0.lock().unwrap();
         all.iter()
             .filter(|s| s.command_id == command_id)
@@ -174,7 +174,7 @@ impl Statuses {
             .collect()
     }
 
-    async fn wait(&self, command_id: &str, state: CommandState) -> CommandStatus {
+    pub(crate) async fn wait(&self, command_id: &str, state: CommandState) -> CommandStatus {
         let what = format!("status {} for {command_id}", state.as_str());
         eventually(T, &what, || async {
             self.0.lock().unwrap().iter().find(|s| s.command_id == command_id && s.state == state).cloned()
@@ -309,7 +309,7 @@ impl Drop for FakeEdge {
     }
 }
 
-fn edge_ack(a: &DeviceAddr, command_id: &str, outcome: Outcome, code: &str) -> CommandAck {
+pub(crate) fn edge_ack(a: &DeviceAddr, command_id: &str, outcome: Outcome, code: &str) -> CommandAck {
     CommandAck {
         schema_version: SCHEMA_VERSION,
         command_id: command_id.into(),
@@ -323,7 +323,7 @@ fn edge_ack(a: &DeviceAddr, command_id: &str, outcome: Outcome, code: &str) -> C
     }
 }
 
-async fn publish_ack(js: &async_nats::jetstream::Context, ack: &CommandAck) {
+pub(crate) async fn publish_ack(js: &async_nats::jetstream::Context, ack: &CommandAck) {
     let published = js.publish(subject::command_acks(&ack.addr()), codec::encode(ack).into()).await;
     if let Ok(confirm) = published {
         let _ = confirm.await;
@@ -354,7 +354,7 @@ async fn heartbeat(js: async_nats::jetstream::Context, a: DeviceAddr) {
     }
 }
 
-async fn online(pool: &PgPool, a: &DeviceAddr) {
+pub(crate) async fn online(pool: &PgPool, a: &DeviceAddr) {
     eventually_eq(T, "device online", Some(true), || async {
         sqlx::query_scalar::<_, bool>(
             "SELECT online FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3",
@@ -370,7 +370,7 @@ async fn online(pool: &PgPool, a: &DeviceAddr) {
 }
 
 /// A stack with one tenant and a broker with `tune` applied to its test config.
-async fn setup(tenant: &str, tune: impl FnOnce(&mut Config)) -> (Stack, InProcBroker) {
+pub(crate) async fn setup(tenant: &str, tune: impl FnOnce(&mut Config)) -> (Stack, InProcBroker) {
     let stack = Stack::start().await;
     add_tenant(&stack.db.pool, tenant).await;
     let mut config = stack.broker_config();
@@ -776,8 +776,11 @@ async fn expires_while_device_offline_and_is_never_delivered() {
     broker.stop().await;
 }
 
+/// The device acks `applied` after the broker expired the command: the state the portal was
+/// told stays, the apply is recorded on the entry and a correcting `acked` status follows.
+/// (Before issue 15 the late ack was recorded as `after_final` and the portal never heard.)
 #[tokio::test]
-async fn expires_between_delivery_and_ack_and_a_late_ack_does_not_revive_it() {
+async fn expires_between_delivery_and_ack_and_a_late_applied_ack_corrects_it() {
     let (stack, broker) = setup("cmd-late", |c| c.command_retry_ms = 5_000).await;
     let pool = &stack.db.pool;
     let d = DeviceAddr::new("cmd-late", "s1", "till-1");
@@ -792,19 +795,31 @@ async fn expires_between_delivery_and_ack_and_a_late_ack_does_not_revive_it() {
     eventually(T, "edge received it", || async { (!edge.arrivals(&cmd.command_id).is_empty()).then_some(()) }).await;
     statuses.wait(&cmd.command_id, CommandState::Expired).await;
 
-    // The device acks after expiry: recorded, no transition.
+    // The device acks after expiry: recorded, no transition, a correction.
     publish_ack(&js, &edge_ack(&d, &cmd.command_id, Outcome::Applied, "ok")).await;
-    eventually_eq(T, "late ack recorded", vec!["after_final".to_string()], || ack_effects(pool, &cmd.command_id)).await;
+    eventually_eq(T, "late ack recorded", vec!["applied_after_final".to_string()], || {
+        ack_effects(pool, &cmd.command_id)
+    })
+    .await;
     assert_eq!(inbox_state(pool, &cmd.command_id, "till-1").await.as_deref(), Some("expired"));
     let states: Vec<String> = log(pool, &cmd.command_id).await.into_iter().map(|r| r.1).collect();
-    assert_eq!(states, vec!["queued", "delivered", "expired"]);
-    assert!(statuses.of(&cmd.command_id).iter().all(|s| s.1 != CommandState::Acked));
-    metric_at_least(broker.broker.http_addr, "tillsync_command_acks_unmatched_total", "", 1.0).await;
+    assert_eq!(states, vec!["queued", "delivered", "expired", "acked"]);
+    let fix = statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    assert_eq!(fix.corrects, Some(CommandState::Expired));
+    // The same ack again corrects nothing twice.
+    publish_ack(&js, &edge_ack(&d, &cmd.command_id, Outcome::Applied, "ok")).await;
+    eventually_eq(T, "repeat recorded", 2, || async { ack_effects(pool, &cmd.command_id).await.len() }).await;
+    assert_eq!(ack_effects(pool, &cmd.command_id).await[1], "duplicate");
+    metric_at_least(broker.broker.http_addr, "tillsync_command_applied_after_final_total", "", 1.0).await;
     broker.stop().await;
 }
 
+/// A device whose consumer takes every copy and never answers: each copy is republished only
+/// once the consumer has acked it without a command ack reaching the broker (the ack was lost),
+/// never on a timer, and after `max_attempts` copies the command fails. (Before issue 15 the
+/// broker republished on a timer whatever the device did; this test checked that.)
 #[tokio::test]
-async fn redelivers_with_backoff_until_max_attempts_then_fails() {
+async fn a_copy_taken_without_an_ack_is_republished_until_max_attempts_then_fails() {
     let (stack, broker) = setup("cmd-retry", |c| {
         c.command_retry_ms = 200;
         c.command_max_attempts = 3;
@@ -828,7 +843,7 @@ async fn redelivers_with_backoff_until_max_attempts_then_fails() {
     eventually_eq(T, "edge saw three attempts", vec![1, 2, 3], || async { edge.arrivals(&cmd.command_id) }).await;
     assert_eq!(inbox(pool, &cmd.command_id, "till-1").await, Some(("failed".into(), 3, Some("max_attempts".into()))));
     let http = broker.broker.http_addr;
-    metric_at_least(http, "tillsync_command_redeliveries_total", "", 2.0).await;
+    metric_at_least(http, "tillsync_command_republished_total", "why=\"ack_lost\"", 2.0).await;
     metric_at_least(http, "tillsync_commands_failed_total", "code=\"max_attempts\"", 1.0).await;
 
     // A device that reports failure ends the command failed with the device's code.
@@ -964,7 +979,7 @@ async fn unknown_and_undecodable_acks_and_bad_intake_are_recorded_without_a_cras
 }
 
 /// Runs the `tillsync` CLI against this stack; returns (exit code, stdout).
-async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
+pub(crate) async fn cli(stack: &Stack, args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(tillsync_tests::bin_path("tillsync"))
         .args(args)
         .env("NATS_URL", stack.nats.url())

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod commands_truth;
 mod common;
 mod edge;
 mod example;

@@ -16,6 +16,7 @@ use crate::ts;
 #[derive(Debug)]
 pub struct AckRecorded {
     pub effect: AckEffect,
+    /// The log row to publish: a transition, or a correction (`corrects` set).
     pub transition: Option<LogRow>,
     /// From intake to this ack, for a transition.
     pub round_trip_ms: Option<i64>,
@@ -122,6 +123,7 @@ async fn record_unfinished(
                 code: Some(ack.code.clone()),
                 detail: ack_detail(ack),
                 at_ms,
+                corrects: None,
             };
             let rec = AckRecorded {
                 effect: AckEffect::AppliedTransition,
@@ -169,7 +171,7 @@ async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecord
         "SELECT i.state, i.attempts, c.received_at,
                 EXISTS (SELECT 1 FROM command_acks a
                         WHERE a.tenant_id = i.tenant_id AND a.command_id = i.command_id AND a.device_id = i.device_id
-                          AND a.effect = 'applied_transition')
+                          AND a.effect IN ('applied_transition', 'applied_after_final'))
          FROM command_inbox i
          JOIN commands c ON c.tenant_id = i.tenant_id AND c.command_id = i.command_id
          WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
@@ -184,11 +186,18 @@ async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecord
     let state = current.as_ref().and_then(|(s, ..)| CommandState::parse(s));
     let acked_before = current.as_ref().is_some_and(|c| c.3);
     let (effect, next) = policy::on_ack(state, acked_before, ack.outcome);
-    // The ack row always; with a transition ($10), the entry's new state and its log row too,
-    // all in one statement.
+    // The ack row always; with a transition ($10), the entry's new state and its log row; with
+    // a correction ($16: applied after the portal was told it ended), the entry's
+    // `applied_after_final_at` and an `acked` log row naming the state it corrects ($17). All
+    // in one statement.
     let transition_to = next.filter(|_| current.is_some());
+    let corrects = state.filter(|_| effect == AckEffect::AppliedAfterFinal);
+    let logged = transition_to.or(corrects.map(|_| CommandState::Acked));
     let attempt = current.as_ref().map_or(0, |c| c.1.max(0) as u32);
-    let detail = ack_detail(ack);
+    let detail = match corrects {
+        Some(s) => format!("{}; applied after the portal was told {}", ack_detail(ack), s.as_str()),
+        None => ack_detail(ack),
+    };
     let at_ms = crate::now_ms();
     let id: Option<i64> = sqlx::query_scalar_with(
         "WITH ack AS (
@@ -197,21 +206,27 @@ async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecord
          ), upd AS (
            UPDATE command_inbox SET state = $11, last_code = $6, next_attempt_at = NULL, updated_at = now()
            WHERE $10 AND tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
+         ), fix AS (
+           UPDATE command_inbox SET applied_after_final_at = $15
+           WHERE $16 AND tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
          )
-         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
-         SELECT $1, $2, $4, $3, $11, $12, $6, $13, $14, $15 WHERE $10
+         INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at,
+                                  corrects)
+         SELECT $1, $2, $4, $3, $11, $12, $6, $13, $14, $15, $17 WHERE $10 OR $16
          RETURNING id",
         ack_args(ack, effect)?,
     )
     .bind(transition_to.is_some())
-    .bind(transition_to.unwrap_or(CommandState::Acked).as_str())
+    .bind(logged.unwrap_or(CommandState::Acked).as_str())
     .bind(attempt as i32)
     .bind(&detail)
     .bind(BY_DEVICE)
     .bind(ts(at_ms))
+    .bind(corrects.is_some())
+    .bind(corrects.map(|s| s.as_str()))
     .fetch_optional(&mut *tx)
     .await?;
-    let transition = id.zip(transition_to).map(|(id, state)| LogRow {
+    let transition = id.zip(logged).map(|(id, state)| LogRow {
         id,
         tenant_id: ack.tenant_id.clone(),
         store_id: ack.store_id.clone(),
@@ -222,8 +237,9 @@ async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecord
         code: Some(ack.code.clone()),
         detail,
         at_ms,
+        corrects,
     });
-    let round_trip_ms = transition.as_ref().and(current.as_ref()).map(|c| at_ms - c.2.timestamp_millis());
+    let round_trip_ms = transition_to.and(current.as_ref()).map(|c| at_ms - c.2.timestamp_millis());
     tx.commit().await?;
     Ok(AckRecorded { effect, transition, round_trip_ms })
 }

@@ -76,6 +76,10 @@ fn settle(acks: &[CommandAck], recorded: Vec<AckRecorded>) -> Vec<super::store::
     let mut rows = Vec::new();
     for (ack, rec) in acks.iter().zip(recorded) {
         match &rec.transition {
+            Some(row) if row.corrects.is_some() => {
+                metrics::command_applied_after_final();
+                tracing::warn!(command_id = %ack.command_id, device_id = %ack.device_id, corrects = ?row.corrects, "Command applied after the portal was told it ended; a correcting status follows.");
+            }
             Some(row) if row.state == CommandState::Acked => {
                 metrics::command_acked(rec.round_trip_ms.unwrap_or(0).max(0) as f64 / 1000.0)
             }

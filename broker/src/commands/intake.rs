@@ -46,6 +46,13 @@ async fn handle_batch(ctx: &Arc<Ctx>, batch: Vec<Message>) {
     metrics::commands_received(batch.len() as u64);
     let mut gathered: Vec<(Message, CommandEnvelope)> = Vec::new();
     for msg in batch {
+        if super::cancel::is_cancel(&msg.subject) {
+            // After the commands before it, so a cancel always finds what it cancels.
+            accept(ctx, std::mem::take(&mut gathered)).await;
+            let outcome = super::cancel::handle(ctx, &msg).await;
+            finish(&msg, outcome).await;
+            continue;
+        }
         let outcome = match check(ctx, &msg).await {
             Ok(Ok(cmd)) => {
                 gathered.push((msg, cmd));
@@ -150,7 +157,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
                     let addr = DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, device);
                     // Delivered by the accepting statement, or left to the device's actor.
                     if new.iter().any(|d| d.state == CommandState::Delivered && d.device_id == l.device_id) {
-                        metrics::command_delivery(false);
+                        metrics::command_delivery();
                         deliveries.push((addr, cmd));
                     } else {
                         wake.push(addr);
@@ -178,9 +185,15 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Command status not published; the sweeper retries it.");
     }
-    if let Err(error) = publish::first_deliveries(&ctx.js, &deliveries).await {
-        // Recorded as attempt 1: the sweeper redelivers when the retry delay is up.
-        tracing::warn!(%error, "First delivery not published; it is redelivered after the retry delay.");
+    let (seqs, published) = publish::first_deliveries(&ctx.js, &deliveries).await;
+    let copies: Vec<_> =
+        deliveries.iter().zip(seqs).map(|((addr, cmd), seq)| (addr.clone(), cmd.command_id.clone(), seq)).collect();
+    if let Err(error) = store::record_copies(&ctx.pool, &copies).await {
+        tracing::warn!(%error, "Command copies not recorded; their check publishes them again (a duplicate the stream drops).");
+    }
+    if let Err(error) = published {
+        // Recorded as attempt 1 with no stream sequence: its check publishes the same copy.
+        tracing::warn!(%error, "First delivery not published; its check publishes it again.");
     }
     for ((msg, _), outcome) in gathered.iter().zip(outcomes) {
         finish(msg, outcome).await;

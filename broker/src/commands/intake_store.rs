@@ -90,9 +90,11 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
            JOIN cmd ON cmd.tenant_id = n.tenant_id AND cmd.command_id = n.command_id
            JOIN targets t ON t.ord = n.ord
          ), inbox AS (
-           INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at)
+           INSERT INTO command_inbox (tenant_id, store_id, device_id, command_id, state, attempts, next_attempt_at, expires_at,
+                                      published_at)
            SELECT tenant_id, store_id, device_id, command_id, CASE WHEN direct THEN $18 ELSE $15 END,
-                  CASE WHEN direct THEN 1 ELSE 0 END, CASE WHEN direct THEN direct_next ELSE $14 END, expires_at
+                  CASE WHEN direct THEN 1 ELSE 0 END, CASE WHEN direct THEN direct_next ELSE $14 END, expires_at,
+                  CASE WHEN direct THEN $14 END
            FROM new ORDER BY ord, device_id
          ), log AS (
            INSERT INTO command_log (tenant_id, store_id, command_id, device_id, state, attempt, code, detail, actor, at)
@@ -150,6 +152,7 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
                     code: None,
                     detail: if delivered { String::new() } else { queued_detail(c) },
                     at_ms,
+                    corrects: None,
                 };
                 match &mut out[i] {
                     Accepted::New(logs) => logs.push(log),

@@ -3,18 +3,24 @@
 //! - [`intake`] takes approved commands from the portal, validates them (subject, tenant,
 //!   approvals, expiry, TTL, known device), records them and fans store-wide ones out to one
 //!   inbox entry per device; refused ones are recorded as `rejected` and never delivered.
-//! - The device actor ([`tillsync_actors::inbox`]) delivers in issue order through the inbox
-//!   ports ([`io`]), which persist every transition before publishing it.
-//! - [`acks`] records device acks, a batch per statement, with the transitions they make.
-//! - [`sweep`] wakes device actors for due redeliveries and expiries (actors are passivated when
-//!   idle, so no timer lives in them), republishes status messages a crash left unpublished, and
-//!   exports the inbox gauges.
+//! - The device actor ([`tillsync_actors::inbox`]) publishes each command to its device's
+//!   stream once, in issue order, through the inbox ports ([`io`]), which persist every
+//!   transition before publishing it; JetStream's durable consumer redelivers it to the device.
+//!   [`copies`] checks a published copy is still there and deletes the copies of what ended.
+//! - [`acks`] records device acks, a batch per statement, with the transitions they make, and
+//!   the applies that came after the portal was told a command ended (corrections).
+//! - [`cancel`] cancels what has not been applied, on the portal's request.
+//! - [`sweep`] wakes device actors for due checks and expiries (actors are passivated when
+//!   idle, so no timer lives in them), republishes status messages a crash left unpublished,
+//!   deletes copies of ended commands and exports the inbox gauges.
 //!
 //! Every transition is a `command_log` row and a status message on
 //! `tillsync.status.<tenant>.<store>.<command_id>`.
 
 pub mod ack_store;
 pub mod acks;
+pub mod cancel;
+pub mod copies;
 pub mod intake;
 pub mod intake_store;
 pub mod io;

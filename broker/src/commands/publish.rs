@@ -19,9 +19,10 @@ pub fn delivery_msg_id(command_id: &str, device_id: &str, attempt: u32) -> Strin
 /// A message to publish: subject, headers, payload.
 type Outgoing = (String, HeaderMap, Vec<u8>);
 
-/// Publishes messages in order, pipelined: all are sent, then their acks awaited. Returns how
-/// many, from the first, the stream confirmed before the first failure, and that failure.
-async fn pipelined(js: &Context, msgs: Vec<Outgoing>) -> (usize, Result<(), CommandError>) {
+/// Publishes messages in order, pipelined: all are sent, then their acks awaited. Returns the
+/// stream sequences of those, from the first, the stream confirmed before the first failure,
+/// and that failure.
+async fn pipelined(js: &Context, msgs: Vec<Outgoing>) -> (Vec<u64>, Result<(), CommandError>) {
     let failed = |e: &dyn std::fmt::Display| Err(CommandError::Publish(e.to_string()));
     let mut pending = Vec::with_capacity(msgs.len());
     let mut result = Ok(());
@@ -34,12 +35,13 @@ async fn pipelined(js: &Context, msgs: Vec<Outgoing>) -> (usize, Result<(), Comm
             }
         }
     }
-    let mut confirmed = 0;
+    let mut confirmed = Vec::with_capacity(pending.len());
     for ack in pending {
-        if let Err(e) = ack.await {
-            return (confirmed, failed(&e));
+        match ack.await {
+            // A duplicate's PubAck carries the sequence of the copy stored first.
+            Ok(ack) => confirmed.push(ack.sequence),
+            Err(e) => return (confirmed, failed(&e)),
         }
-        confirmed += 1;
     }
     (confirmed, result)
 }
@@ -52,16 +54,22 @@ fn headers(msg_id: &str) -> HeaderMap {
     h
 }
 
-/// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled in.
-pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<(), CommandError> {
+/// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled
+/// in; returns its stream sequence.
+pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<u64, CommandError> {
     let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
-    pipelined(js, vec![delivery(addr, &cmd, attempt)]).await.1
+    let (seqs, result) = pipelined(js, vec![delivery(addr, &cmd, attempt)]).await;
+    result?;
+    seqs.first().copied().ok_or_else(|| CommandError::Publish("no PubAck".into()))
 }
 
-/// Publishes first deliveries (attempt 1), pipelined. The first failure is returned; the
-/// sweeper redelivers what did not get through.
-pub async fn first_deliveries(js: &Context, items: &[(DeviceAddr, &CommandEnvelope)]) -> Result<(), CommandError> {
-    pipelined(js, items.iter().map(|(addr, cmd)| delivery(addr, cmd, 1)).collect()).await.1
+/// Publishes first deliveries (attempt 1), pipelined. Returns the stream sequences of those
+/// confirmed (a prefix) and the first failure; the sweeper publishes the rest again.
+pub async fn first_deliveries(
+    js: &Context,
+    items: &[(DeviceAddr, &CommandEnvelope)],
+) -> (Vec<u64>, Result<(), CommandError>) {
+    pipelined(js, items.iter().map(|(addr, cmd)| delivery(addr, cmd, 1)).collect()).await
 }
 
 /// Subject, headers and payload of delivery `attempt` of `cmd` to one device.
@@ -84,6 +92,7 @@ pub fn status_of(row: &LogRow) -> CommandStatus {
         code: row.code.clone(),
         detail: row.detail.clone(),
         at_ms: row.at_ms,
+        corrects: row.corrects,
     }
 }
 
@@ -139,6 +148,6 @@ pub async fn statuses(js: &Context, marks: &Marks, rows: &[LogRow]) -> Result<()
         })
         .collect();
     let (confirmed, result) = pipelined(js, msgs).await;
-    marks.add(&rows[..confirmed].iter().map(|r| r.id).collect::<Vec<_>>());
+    marks.add(&rows[..confirmed.len()].iter().map(|r| r.id).collect::<Vec<_>>());
     result
 }

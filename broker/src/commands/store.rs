@@ -28,6 +28,8 @@ pub struct LogRow {
     pub code: Option<String>,
     pub detail: String,
     pub at_ms: i64,
+    /// On an `acked` row that corrects an earlier final state: that state.
+    pub corrects: Option<CommandState>,
 }
 
 /// A transition to log (the id and time are assigned on insert).
@@ -89,6 +91,7 @@ pub async fn insert_log(tx: &mut PgConnection, l: NewLog<'_>) -> Result<LogRow, 
         code: l.code.map(Into::into),
         detail: l.detail.into(),
         at_ms,
+        corrects: None,
     })
 }
 
@@ -204,13 +207,16 @@ type InboxTuple = (
     Option<i32>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
 );
 
 /// A device's unfinished commands in issue order, and whether the device is online.
 pub async fn load_inbox(pool: &PgPool, a: &DeviceAddr) -> Result<(Vec<PendingEntry>, bool), sqlx::Error> {
     // One query: the device row (is it online?) with its unfinished entries, if any.
     let rows: Vec<InboxTuple> = sqlx::query_as(
-        "SELECT d.online, i.command_id, i.inbox_seq, i.state, i.attempts, i.next_attempt_at, i.expires_at
+        "SELECT d.online, i.command_id, i.inbox_seq, i.state, i.attempts, i.next_attempt_at, i.expires_at,
+                i.stream_seq, i.published_at
          FROM (SELECT bool_or(online) AS online FROM devices
                WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3) d
          LEFT JOIN command_inbox i
@@ -225,14 +231,18 @@ pub async fn load_inbox(pool: &PgPool, a: &DeviceAddr) -> Result<(Vec<PendingEnt
     let online = rows.first().is_some_and(|r| r.0 == Some(true));
     let pending = rows
         .into_iter()
-        .filter_map(|(_, id, seq, state, attempts, next, expires)| Some((id?, seq?, state?, attempts?, next, expires?)))
-        .map(|(command_id, inbox_seq, state, attempts, next, expires)| PendingEntry {
+        .filter_map(|(_, id, seq, state, attempts, next, expires, stream_seq, published)| {
+            Some((id?, seq?, state?, attempts?, next, expires?, stream_seq, published))
+        })
+        .map(|(command_id, inbox_seq, state, attempts, next, expires, stream_seq, published)| PendingEntry {
             command_id,
             inbox_seq,
             state: CommandState::parse(&state).unwrap_or(CommandState::Queued),
             attempts: attempts.max(0) as u32,
             next_attempt_at_ms: next.map_or(0, |t| t.timestamp_millis()),
             expires_at_ms: expires.timestamp_millis(),
+            stream_seq: stream_seq.map(|s| s.max(0) as u64),
+            published_at_ms: published.map_or(0, |t| t.timestamp_millis()),
         })
         .collect();
     Ok((pending, online))
@@ -257,7 +267,8 @@ pub async fn deliver(
     let found: Option<(Vec<u8>, i64)> = sqlx::query_as(
         "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)),
          upd AS (
-           UPDATE command_inbox i SET state = $9, attempts = $5, next_attempt_at = $6, updated_at = now()
+           UPDATE command_inbox i SET state = $9, attempts = $5, next_attempt_at = $6, updated_at = now(),
+                                      stream_seq = NULL, published_at = $8
            FROM commands c, async
            WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
              AND i.state IN ('queued', 'delivered') AND i.attempts = $5 - 1 AND i.expires_at > $7
@@ -294,12 +305,123 @@ pub async fn deliver(
             code: None,
             detail: String::new(),
             at_ms,
+            corrects: None,
         };
         (envelope, row)
     }))
 }
 
+/// The envelope of copy `attempt` again, for a publish whose PubAck was never recorded (the
+/// same `Nats-Msg-Id`, so the stream drops it if the first one got through): only if the
+/// entry is unfinished, still at `attempt` and without a stream sequence. No log row: it is
+/// the same delivery.
+pub async fn unconfirmed(
+    pool: &PgPool,
+    a: &DeviceAddr,
+    command_id: &str,
+    attempt: u32,
+    next_attempt_at_ms: i64,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE command_inbox i SET next_attempt_at = $6, updated_at = now()
+         FROM commands c
+         WHERE i.tenant_id = $1 AND i.store_id = $2 AND i.device_id = $3 AND i.command_id = $4
+           AND i.state = 'delivered' AND i.attempts = $5 AND i.stream_seq IS NULL
+           AND c.tenant_id = i.tenant_id AND c.command_id = i.command_id
+         RETURNING c.envelope",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .bind(command_id)
+    .bind(attempt as i32)
+    .bind(ts(next_attempt_at_ms))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Moves an unfinished entry's next check.
+pub async fn reschedule(
+    pool: &PgPool,
+    a: &DeviceAddr,
+    command_id: &str,
+    next_attempt_at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE command_inbox SET next_attempt_at = $5
+         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
+           AND state IN ('queued', 'delivered')",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .bind(command_id)
+    .bind(ts(next_attempt_at_ms))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records the stream sequences the PubAcks of published copies gave: (device, command id,
+/// sequence). Whatever the entry's state: a copy of a command that ended meanwhile is listed
+/// so that it gets deleted.
+pub async fn record_copies(pool: &PgPool, published: &[(DeviceAddr, String, u64)]) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&(DeviceAddr, String, u64)) -> String| published.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "UPDATE command_inbox i SET stream_seq = u.seq, copies = array_append(i.copies, u.seq)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(tenant_id, command_id, device_id, seq)
+         WHERE i.tenant_id = u.tenant_id AND i.command_id = u.command_id AND i.device_id = u.device_id
+           AND NOT (u.seq = ANY(i.copies))",
+    )
+    .bind(col(&|p| p.0.tenant_id.clone()))
+    .bind(col(&|p| p.1.clone()))
+    .bind(col(&|p| p.0.device_id.clone()))
+    .bind(published.iter().map(|p| p.2 as i64).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Copies of one command (in one tenant) that may still be in TILLSYNC_COMMANDS.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Copies {
+    pub tenant_id: String,
+    pub command_id: String,
+    pub copies: Vec<i64>,
+}
+
+/// Entries that ended and may still have copies in TILLSYNC_COMMANDS.
+pub async fn final_with_copies(pool: &PgPool, limit: i64) -> Result<Vec<Copies>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, command_id, copies FROM command_inbox
+         WHERE state NOT IN ('queued', 'delivered') AND copies <> '{}' ORDER BY updated_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Forgets copies deleted from the stream (stream sequences are unique, so one list serves
+/// every entry).
+pub async fn clear_copies(pool: &PgPool, entries: &[Copies], deleted: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE command_inbox i SET copies = array(SELECT x FROM unnest(i.copies) x WHERE x <> ALL($3))
+         FROM UNNEST($1::text[], $2::text[]) AS u(tenant_id, command_id)
+         WHERE i.tenant_id = u.tenant_id AND i.command_id = u.command_id AND i.copies && $3",
+    )
+    .bind(entries.iter().map(|e| e.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.command_id.clone()).collect::<Vec<_>>())
+    .bind(deleted)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Ends an unfinished entry as `failed` or `expired`; `None` if it had already finished.
+/// Returns the log row and the copies to delete from the stream.
 pub async fn finish(
     pool: &PgPool,
     a: &DeviceAddr,
@@ -307,13 +429,13 @@ pub async fn finish(
     state: CommandState,
     code: &str,
     detail: &str,
-) -> Result<Option<LogRow>, sqlx::Error> {
+) -> Result<Option<(LogRow, Vec<i64>)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let attempts: Option<i32> = sqlx::query_scalar(
+    let found: Option<(i32, Vec<i64>)> = sqlx::query_as(
         "UPDATE command_inbox SET state = $5, last_code = $6, next_attempt_at = NULL, updated_at = now()
          WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND command_id = $4
            AND state IN ('queued', 'delivered')
-         RETURNING attempts",
+         RETURNING attempts, copies",
     )
     .bind(&a.tenant_id)
     .bind(&a.store_id)
@@ -323,20 +445,21 @@ pub async fn finish(
     .bind(code)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(attempts) = attempts else { return Ok(None) };
+    let Some((attempts, copies)) = found else { return Ok(None) };
     let log = NewLog { code: Some(code), detail, ..NewLog::by_broker(a, command_id, state, attempts.max(0) as u32) };
     let row = insert_log(&mut tx, log).await?;
     tx.commit().await?;
-    Ok(Some(row))
+    Ok(Some((row, copies)))
 }
 
-type LogTuple = (i64, String, String, String, Option<String>, String, i32, Option<String>, String, DateTime<Utc>);
+type LogTuple =
+    (i64, String, String, String, Option<String>, String, i32, Option<String>, String, DateTime<Utc>, Option<String>);
 
 /// Log rows whose status never went out (the broker stopped in between), oldest first.
 pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Result<Vec<LogRow>, sqlx::Error> {
     let rows: Vec<LogTuple> = sqlx::query_as(
-        "SELECT id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at FROM command_log
-         WHERE NOT published AND at < $1 ORDER BY id LIMIT $2",
+        "SELECT id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at, corrects
+         FROM command_log WHERE NOT published AND at < $1 ORDER BY id LIMIT $2",
     )
     .bind(ts(crate::now_ms() - older_than_ms))
     .bind(limit)
@@ -344,7 +467,7 @@ pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Resul
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at)| {
+        .filter_map(|(id, tenant_id, store_id, command_id, device_id, state, attempt, code, detail, at, corrects)| {
             Some(LogRow {
                 id,
                 tenant_id,
@@ -356,6 +479,7 @@ pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Resul
                 code,
                 detail,
                 at_ms: at.timestamp_millis(),
+                corrects: corrects.as_deref().and_then(CommandState::parse),
             })
         })
         .collect())
@@ -377,24 +501,19 @@ pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Devices with something due at `now`: an expiry, or a delivery the device can take (online)
-/// or a last attempt to give up on.
-pub async fn due_devices(
-    pool: &PgPool,
-    now_ms: i64,
-    max_attempts: u32,
-    limit: i64,
-) -> Result<Vec<DeviceAddr>, sqlx::Error> {
+/// Devices with something due at `now`: an expiry, a first delivery the device can take
+/// (online), or the check of a published copy (online or not: the stream is asked, not the
+/// device).
+pub async fn due_devices(pool: &PgPool, now_ms: i64, limit: i64) -> Result<Vec<DeviceAddr>, sqlx::Error> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT DISTINCT i.tenant_id, i.store_id, i.device_id FROM command_inbox i
          LEFT JOIN devices d ON d.tenant_id = i.tenant_id AND d.store_id = i.store_id AND d.device_id = i.device_id
          WHERE i.state IN ('queued', 'delivered')
            AND (i.expires_at <= $1
-                OR (i.next_attempt_at <= $1 AND (coalesce(d.online, false) OR i.attempts >= $2)))
-         LIMIT $3",
+                OR (i.next_attempt_at <= $1 AND (i.state = 'delivered' OR coalesce(d.online, false))))
+         LIMIT $2",
     )
     .bind(ts(now_ms))
-    .bind(max_attempts as i32)
     .bind(limit)
     .fetch_all(pool)
     .await?;

@@ -1,13 +1,14 @@
 //! The command sweeper: the broker's only command timer. Device actors are passivated when
-//! idle and the broker may be killed at any moment, so redelivery and expiry deadlines live in
+//! idle and the broker may be killed at any moment, so check and expiry deadlines live in
 //! Postgres (`next_attempt_at`, `expires_at`, indexed) and this task wakes the actors of devices
-//! with something due. It also resends status messages a crash left unpublished and exports the
-//! inbox gauges by tenant.
+//! with something due. It also resends status messages a crash left unpublished, deletes the
+//! stream copies of commands that ended (those an ack ended, and any a failure left behind)
+//! and exports the inbox gauges by tenant.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{pause, publish, store};
+use super::{copies, pause, publish, store};
 use crate::{metrics, Ctx};
 
 /// Devices woken per sweep; the rest wait for the next one.
@@ -17,8 +18,11 @@ const OUTBOX_AGE_MS: i64 = 3_000;
 /// How often the outbox and gauges are refreshed.
 const SLOW_EVERY: Duration = Duration::from_secs(1);
 
-/// A fifth of the first retry delay, between 50 ms and 1 s: redeliveries and expiries happen
-/// at most that late.
+/// Ended entries whose copies are deleted per sweep.
+const PURGE_LIMIT: i64 = 500;
+
+/// A fifth of the first retry delay, between 50 ms and 1 s: checks and expiries happen at
+/// most that late.
 pub fn interval(retry_ms: u64) -> Duration {
     Duration::from_millis(retry_ms / 5).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
@@ -34,14 +38,14 @@ pub async fn run(ctx: Arc<Ctx>) {
         if last_slow.elapsed() >= SLOW_EVERY {
             last_slow = Instant::now();
             resend_unpublished(&ctx).await;
+            purge_copies(&ctx).await;
             export_gauges(&ctx).await;
         }
     }
 }
 
 async fn wake_due(ctx: &Ctx) {
-    let p = super::params(&ctx.config);
-    match store::due_devices(&ctx.pool, crate::now_ms(), p.max_attempts, DUE_LIMIT).await {
+    match store::due_devices(&ctx.pool, crate::now_ms(), DUE_LIMIT).await {
         Ok(devices) if !devices.is_empty() => super::tick(ctx, devices).await,
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "Command sweep query failed."),
@@ -58,6 +62,16 @@ async fn resend_unpublished(ctx: &Ctx) {
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "Command outbox query failed."),
+    }
+}
+
+async fn purge_copies(ctx: &Ctx) {
+    let entries = match store::final_with_copies(&ctx.pool, PURGE_LIMIT).await {
+        Ok(e) => e,
+        Err(error) => return tracing::warn!(%error, "Command copies query failed."),
+    };
+    if let Err(error) = copies::purge(&ctx.js, &ctx.pool, &entries).await {
+        tracing::warn!(%error, "Command copies not deleted; retrying next sweep.");
     }
 }
 

@@ -1,0 +1,184 @@
+//! Cancelling a command, on the portal's request: a [`CommandCancel`] on
+//! `tillsync.intake.<tenant>.<store>._cancel`. It travels on the intake stream, so it is
+//! durable and the intake consumer takes it in the store's lane after every command published
+//! before it: a cancel always finds the command it names.
+//!
+//! Every copy not yet final ends `cancelled` (final), its copies are deleted from the device's
+//! stream before the portal hears of it, so a device that has not taken it never applies it.
+//! A copy already final is left alone and answered with a status repeating its state with
+//! code `cancel_refused` (for `acked`: the device applied it). A device that had already taken
+//! the command may still apply it: its `applied` ack then corrects the `cancelled` (see
+//! [`super::ack_store`]).
+
+use async_nats::jetstream::Message;
+use sqlx::PgPool;
+use tillsync_schemas::command::{CANCELLED, CANCEL_REFUSED};
+use tillsync_schemas::subject::{self, Family};
+use tillsync_schemas::{codec, streams as names, CommandCancel, CommandState, Reason, WireError};
+
+use super::store::{insert_log, Copies, LogRow, NewLog, BY_PORTAL};
+use super::{copies, publish, CommandError};
+use crate::{metrics, Ctx};
+
+/// Is this intake message a cancel?
+pub fn is_cancel(subject: &str) -> bool {
+    subject::parse(subject).is_ok_and(|p| p.family == Family::Intake && p.last == subject::CANCEL)
+}
+
+/// Handles one cancel; `Ok(true)`: terminate the message (quarantined), else ack it.
+pub async fn handle(ctx: &Ctx, msg: &Message) -> Result<bool, CommandError> {
+    let req = match decode(&msg.subject, &msg.payload) {
+        Ok(r) => r,
+        Err(e) => return quarantine(ctx, msg, &e).await,
+    };
+    if !ctx.tenants.exists(&ctx.pool, &req.tenant_id).await? {
+        let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", req.tenant_id));
+        return quarantine(ctx, msg, &e).await;
+    }
+    let Some(done) = cancel(&ctx.pool, &req).await? else {
+        metrics::command_cancel_refused("unknown");
+        let e = WireError::new(
+            Reason::UnknownCommand,
+            format!("cancel of command {} not known in store {}", req.command_id, req.store_id),
+        );
+        return quarantine(ctx, msg, &e).await;
+    };
+    let to_delete: Vec<Copies> = done
+        .iter()
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(_, c)| Copies {
+            tenant_id: req.tenant_id.clone(),
+            command_id: req.command_id.clone(),
+            copies: c.clone(),
+        })
+        .collect();
+    // Deleted before the portal hears `cancelled`; one left (NATS unavailable) stays listed
+    // and the sweeper deletes it within a second of NATS answering again.
+    if let Err(error) = copies::purge(&ctx.js, &ctx.pool, &to_delete).await {
+        tracing::warn!(%error, command_id = %req.command_id, "Cancelled command's copies not deleted; the sweeper retries.");
+    }
+    for (row, _) in &done {
+        match row.state {
+            CommandState::Cancelled => metrics::command_cancelled(),
+            _ => metrics::command_cancel_refused("final"),
+        }
+        tracing::info!(command_id = %row.command_id, device_id = ?row.device_id, state = row.state.as_str(), requested_by = %req.requested_by, "Command cancel.");
+    }
+    let rows: Vec<LogRow> = done.into_iter().map(|(r, _)| r).collect();
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
+        tracing::warn!(%error, "Cancel status not published; the sweeper retries it.");
+    }
+    Ok(false)
+}
+
+fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
+    let req: CommandCancel = codec::decode(payload)?;
+    req.validate()?;
+    let parsed = subject::parse(subj)?;
+    if parsed.tenant_id != req.tenant_id || parsed.store_id != req.store_id {
+        return Err(WireError::new(
+            Reason::SubjectMismatch,
+            format!(
+                "subject names {}/{} but the cancel names {}/{}",
+                parsed.tenant_id, parsed.store_id, req.tenant_id, req.store_id
+            ),
+        ));
+    }
+    Ok(req)
+}
+
+async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
+    crate::consumer::quarantine(ctx, names::INTAKE, msg, e).await?;
+    metrics::command_rejected(e.reason.as_str());
+    Ok(true)
+}
+
+/// One inbox entry, locked: device, state, attempts, copies.
+type Entry = (String, String, i32, Vec<i64>);
+
+/// Cancels every unfinished copy of a command in one transaction. `None`: no such command in
+/// that store. Otherwise a log row per copy (`cancelled`, or its final state with code
+/// `cancel_refused`; none for one already cancelled, so a repeated cancel changes nothing)
+/// with the copies to delete from the stream.
+pub async fn cancel(pool: &PgPool, req: &CommandCancel) -> Result<Option<Vec<(LogRow, Vec<i64>)>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let known: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM commands WHERE tenant_id = $1 AND store_id = $2 AND command_id = $3")
+            .bind(&req.tenant_id)
+            .bind(&req.store_id)
+            .bind(&req.command_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if known.is_none() {
+        return Ok(None);
+    }
+    let entries: Vec<Entry> = sqlx::query_as(
+        "SELECT device_id, state, attempts, copies FROM command_inbox
+         WHERE tenant_id = $1 AND command_id = $2 ORDER BY device_id FOR UPDATE",
+    )
+    .bind(&req.tenant_id)
+    .bind(&req.command_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let by = format!("cancel requested by {}", req.requested_by);
+    let mut out = Vec::new();
+    if entries.is_empty() {
+        // Rejected at intake: never delivered, nothing to cancel.
+        let detail = format!("{by}: the command was rejected at intake");
+        let row = insert_log(&mut tx, log(req, None, CommandState::Rejected, 0, CANCEL_REFUSED, &detail)).await?;
+        out.push((row, vec![]));
+    }
+    for (device, state, attempts, copies) in &entries {
+        let state = CommandState::parse(state).unwrap_or(CommandState::Queued);
+        let attempt = (*attempts).max(0) as u32;
+        if state == CommandState::Cancelled {
+            continue;
+        }
+        if state.is_final() {
+            let detail = format!("{by}: too late, the copy already ended {}", state.as_str());
+            let row =
+                insert_log(&mut tx, log(req, Some(device.as_str()), state, attempt, CANCEL_REFUSED, &detail)).await?;
+            out.push((row, vec![]));
+            continue;
+        }
+        sqlx::query(
+            "UPDATE command_inbox SET state = $4, last_code = $5, next_attempt_at = NULL, updated_at = now()
+             WHERE tenant_id = $1 AND command_id = $2 AND device_id = $3",
+        )
+        .bind(&req.tenant_id)
+        .bind(&req.command_id)
+        .bind(device)
+        .bind(CommandState::Cancelled.as_str())
+        .bind(CANCELLED)
+        .execute(&mut *tx)
+        .await?;
+        let row =
+            insert_log(&mut tx, log(req, Some(device.as_str()), CommandState::Cancelled, attempt, CANCELLED, &by))
+                .await?;
+        out.push((row, copies.clone()));
+    }
+    tx.commit().await?;
+    Ok(Some(out))
+}
+
+/// The log row of a cancel's answer about one copy (or, `device_id` nil, the whole command).
+fn log<'a>(
+    req: &'a CommandCancel,
+    device_id: Option<&'a str>,
+    state: CommandState,
+    attempt: u32,
+    code: &'a str,
+    detail: &'a str,
+) -> NewLog<'a> {
+    NewLog {
+        tenant_id: &req.tenant_id,
+        store_id: &req.store_id,
+        command_id: &req.command_id,
+        device_id,
+        state,
+        attempt,
+        code: Some(code),
+        detail,
+        actor: BY_PORTAL,
+    }
+}
