@@ -43,6 +43,7 @@ impl World {
         let handler = recording_handler(dir.path());
         let mut edge = edge_support::config(&stack, &addr, dir.path());
         edge.handler_exec = Some(handler.clone());
+        edge.http_addr = tillsync_tests::free_addr();
         let statuses = Statuses::watch(&stack.nats.client().await, tenant).await;
         World { stack, broker, addr, edge, handler, statuses, _dir: dir }
     }
