@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod common;
+mod converge;
 mod edge;
 mod example;
 mod ingest;
