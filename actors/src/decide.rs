@@ -18,7 +18,7 @@ pub enum Decision {
     Duplicate(DupLayer),
     /// Same event id, other content: record both hashes, do not apply.
     Conflict,
-    /// Older (by device seq) than the row it touches: record, do not apply.
+    /// Older (by device seq) than every fact it carries: record, do not apply.
     Stale,
     /// Refused at decode with a coded reason: quarantine.
     Invalid(Reason),
@@ -111,11 +111,14 @@ pub fn ledger(existing: Option<&[u8]>, incoming: &[u8; 32]) -> Decision {
     }
 }
 
-/// The device is authoritative, and its seq orders its own events: an event is stale when the
-/// row it touches was last written by the same device at the same or a later seq. Rows last
-/// written by another device are not comparable by seq, so the event applies.
-pub fn is_stale(row: Option<(&str, u64)>, device_id: &str, seq: u64) -> bool {
-    matches!(row, Some((d, s)) if d == device_id && s >= seq)
+/// The device is authoritative, and its seq orders its own events. Staleness is per fact, not
+/// per row: `fact` is who last wrote one fact and at which seq, a whole row (a payment, a
+/// receipt, an availability override) or one field group of an order or a line (the broker's
+/// `ingest/plan.rs` keeps a seq per group). The fact is stale for this event when the same
+/// device wrote it at the same or a later seq; one last written by another device is not
+/// comparable by seq, so the event applies. An event is stale only when every fact it carries is.
+pub fn is_stale(fact: Option<(&str, u64)>, device_id: &str, seq: u64) -> bool {
+    matches!(fact, Some((d, s)) if d == device_id && s >= seq)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod commands_truth;
 mod common;
+mod converge;
 mod edge;
 mod example;
 mod ingest;

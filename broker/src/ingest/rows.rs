@@ -22,23 +22,28 @@ macro_rules! col {
 /// Data-modifying `WITH` parts all run to completion whether or not the final `SELECT` reads
 /// them. They share one snapshot, so no part may depend on another's rows: device gaps opened
 /// by this batch are inserted before this statement (see `writer::commit`).
+/// The fact versions (`opened_seq`, `status_seq`, `added_seq`, migration 0006) came later and
+/// take the last parameters, $59-$61, so the others kept their numbers.
 const WRITE: &str = "
 WITH
 orders_w AS (
-  INSERT INTO orders (tenant_id, store_id, order_id, device_id, currency, table_label, status, opened_at, updated_at, last_seq)
+  INSERT INTO orders (tenant_id, store_id, order_id, device_id, currency, table_label, status, opened_at, updated_at,
+                      last_seq, opened_seq, status_seq)
   SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::timestamptz[], $9::timestamptz[], $10::int8[])
+                       $8::timestamptz[], $9::timestamptz[], $10::int8[], $59::int8[], $60::int8[])
   ON CONFLICT (tenant_id, store_id, order_id) DO UPDATE SET
     device_id = excluded.device_id, currency = excluded.currency, table_label = excluded.table_label,
     status = excluded.status, opened_at = excluded.opened_at, updated_at = excluded.updated_at,
-    last_seq = excluded.last_seq),
+    last_seq = excluded.last_seq, opened_seq = excluded.opened_seq, status_seq = excluded.status_seq),
 items_w AS (
-  INSERT INTO order_items (tenant_id, store_id, order_id, line_id, device_id, sku, name, quantity, unit_price_minor, removed, last_seq)
+  INSERT INTO order_items (tenant_id, store_id, order_id, line_id, device_id, sku, name, quantity, unit_price_minor,
+                           removed, last_seq, added_seq)
   SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
-                       $18::int4[], $19::int8[], $20::bool[], $21::int8[])
+                       $18::int4[], $19::int8[], $20::bool[], $21::int8[], $61::int8[])
   ON CONFLICT (tenant_id, store_id, order_id, line_id) DO UPDATE SET
     device_id = excluded.device_id, sku = excluded.sku, name = excluded.name, quantity = excluded.quantity,
-    unit_price_minor = excluded.unit_price_minor, removed = excluded.removed, last_seq = excluded.last_seq),
+    unit_price_minor = excluded.unit_price_minor, removed = excluded.removed, last_seq = excluded.last_seq,
+    added_seq = excluded.added_seq),
 payments_w AS (
   INSERT INTO payments (tenant_id, store_id, payment_id, refund_id, kind, order_id, device_id, amount_minor, currency, method, reason, occurred_at, seq)
   SELECT * FROM UNNEST($22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
@@ -152,6 +157,9 @@ pub async fn write(tx: &mut PgConnection, f: &Folded, devices: &[DeviceUpdate]) 
         .bind(col!(devices, |d| d.max_seq as i64))
         .bind(col!(devices, |d| d.projected_watermark as i64))
         .bind(col!(devices, |d| d.gaps.len() as i64))
+        .bind(col!(orders, |x| x.opened_seq))
+        .bind(col!(orders, |x| x.status_seq))
+        .bind(col!(items, |x| x.added_seq))
         .execute(&mut *tx)
         .await?;
     Ok(())

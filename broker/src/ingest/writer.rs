@@ -248,8 +248,9 @@ fn split4(keys: &[Key4]) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>)
     out
 }
 
-type OrderTuple = (String, String, String, String, String, Option<String>, String, DateTime<Utc>, DateTime<Utc>, i64);
-type ItemTuple = (String, String, String, String, String, String, String, i32, i64, bool, i64);
+type OrderTuple =
+    (String, String, String, String, String, Option<String>, String, DateTime<Utc>, DateTime<Utc>, i64, i64, i64);
+type ItemTuple = (String, String, String, String, String, String, String, i32, i64, bool, i64, i64);
 
 /// Loads (and locks) the rows a batch touches, so concurrent brokers serialise on them.
 ///
@@ -263,7 +264,7 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
         let (a, b, c) = split3(&t.orders);
         let found: Vec<OrderTuple> = sqlx::query_as(
             "SELECT o.tenant_id, o.store_id, o.order_id, o.device_id, o.currency, o.table_label, o.status,
-                    o.opened_at, o.updated_at, o.last_seq
+                    o.opened_at, o.updated_at, o.last_seq, o.opened_seq, o.status_seq
              FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(t, s, k)
              CROSS JOIN LATERAL (SELECT * FROM orders o
                WHERE o.tenant_id = u.t AND o.store_id = u.s AND o.order_id = u.k FOR UPDATE) o",
@@ -273,7 +274,9 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
         .bind(c)
         .fetch_all(&mut *tx)
         .await?;
-        for (t, s, o, device_id, currency, table_label, status, opened, updated, last_seq) in found {
+        for (t, s, o, device_id, currency, table_label, status, opened, updated, last_seq, opened_seq, status_seq) in
+            found
+        {
             let key = (t, s, o);
             let row = plan::OrderRow {
                 key: key.clone(),
@@ -284,6 +287,8 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
                 opened_at_ms: opened.timestamp_millis(),
                 updated_at_ms: updated.timestamp_millis(),
                 last_seq,
+                opened_seq,
+                status_seq,
             };
             rows.orders.insert(key, row);
         }
@@ -292,7 +297,7 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
         let (a, b, c, d) = split4(&t.items);
         let found: Vec<ItemTuple> = sqlx::query_as(
             "SELECT i.tenant_id, i.store_id, i.order_id, i.line_id, i.device_id, i.sku, i.name, i.quantity,
-                    i.unit_price_minor, i.removed, i.last_seq
+                    i.unit_price_minor, i.removed, i.last_seq, i.added_seq
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, s, o, l)
              CROSS JOIN LATERAL (SELECT * FROM order_items i
                WHERE i.tenant_id = u.t AND i.store_id = u.s AND i.order_id = u.o AND i.line_id = u.l FOR UPDATE) i",
@@ -303,10 +308,19 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
         .bind(d)
         .fetch_all(&mut *tx)
         .await?;
-        for (t, s, o, l, device_id, sku, name, quantity, unit_price_minor, removed, last_seq) in found {
+        for (t, s, o, l, device_id, sku, name, quantity, unit_price_minor, removed, last_seq, added_seq) in found {
             let key = (t, s, o, l);
-            let row =
-                plan::ItemRow { key: key.clone(), device_id, sku, name, quantity, unit_price_minor, removed, last_seq };
+            let row = plan::ItemRow {
+                key: key.clone(),
+                device_id,
+                sku,
+                name,
+                quantity,
+                unit_price_minor,
+                removed,
+                last_seq,
+                added_seq,
+            };
             rows.items.insert(key, row);
         }
     }
