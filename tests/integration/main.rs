@@ -8,3 +8,4 @@ mod edge;
 mod example;
 mod ingest;
 mod ops;
+mod chaos;
