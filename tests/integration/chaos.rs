@@ -22,7 +22,8 @@ async fn chaos(args: &[&str]) -> (i32, Value) {
         .expect("run tillsync chaos");
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("exit {code}, stdout is not JSON ({e}):\n{stdout}"));
+    let report =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("exit {code}, stdout is not JSON ({e}):\n{stdout}"));
     (code, report)
 }
 
@@ -40,7 +41,9 @@ async fn a_minute_of_chaos_loses_nothing_and_commands_tell_the_truth() {
     let o = &report["observed"];
     assert!(o["faults_injected"].as_u64().unwrap() >= 8, "{pretty}");
     assert!(o["quiesced"].as_bool().unwrap(), "{pretty}");
-    let checked = |name: &str| report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).unwrap()["checked"].as_u64().unwrap();
+    let checked = |name: &str| {
+        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).unwrap()["checked"].as_u64().unwrap()
+    };
     assert!(checked("events_lost") > 500, "{pretty}");
     assert!(checked("read_model_rows") > 200, "{pretty}");
     assert!(checked("commands_one_final_state") > 20, "{pretty}");
@@ -55,7 +58,8 @@ async fn a_minute_of_chaos_loses_nothing_and_commands_tell_the_truth() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn deleted_events_are_reported_lost_on_todays_code() {
-    let (code, report) = chaos(&["--seconds", "30", "--seed", "3", "--faults", "delete-events", "--quiesce-s", "20"]).await;
+    let (code, report) =
+        chaos(&["--seconds", "30", "--seed", "3", "--faults", "delete-events", "--quiesce-s", "20"]).await;
     let pretty = serde_json::to_string_pretty(&report).unwrap();
     assert!(report["observed"]["events_deleted_from_stream"].as_u64().unwrap() > 0, "{pretty}");
     assert!(violations_of(&report, "events_lost") > 0, "{pretty}");

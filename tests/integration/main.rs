@@ -2,10 +2,10 @@
 //! started per test by the harness in `tests/harness`.
 
 mod bench;
+mod chaos;
 mod commands;
 mod common;
 mod edge;
 mod example;
 mod ingest;
 mod ops;
-mod chaos;

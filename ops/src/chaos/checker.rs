@@ -97,10 +97,12 @@ fn events_duplicated(h: &Histories, accepted: &Accepted) -> CheckResult {
         r.checked += 1;
         ids_of_seq.entry((&l.device_id, l.seq)).or_default().insert(&l.event_id);
         match accepted.get(&(l.device_id.clone(), l.event_id.clone())) {
-            None => r.fail(|| format!("{} seq {} ({}) in processed_events, never accepted", l.device_id, l.seq, l.event_id)),
-            Some(a) if a.seq as i64 != l.seq => {
-                r.fail(|| format!("{} event {} accepted as seq {}, recorded as {}", l.device_id, l.event_id, a.seq, l.seq))
+            None => {
+                r.fail(|| format!("{} seq {} ({}) in processed_events, never accepted", l.device_id, l.seq, l.event_id))
             }
+            Some(a) if a.seq as i64 != l.seq => r.fail(|| {
+                format!("{} event {} accepted as seq {}, recorded as {}", l.device_id, l.event_id, a.seq, l.seq)
+            }),
             Some(_) => {}
         }
     }
@@ -145,9 +147,9 @@ fn read_models(h: &Histories, accepted: &Accepted) -> CheckResult {
             r.checked += 1;
             match actual.get(&(want.device_id.as_str(), want.table, want.key.as_str())) {
                 None => r.fail(|| format!("{device} {} {} missing (want {})", want.table, want.key, want.value)),
-                Some(got) if got.value != want.value => r.fail(|| {
-                    format!("{device} {} {}: got {}, want {}", want.table, want.key, got.value, want.value)
-                }),
+                Some(got) if got.value != want.value => {
+                    r.fail(|| format!("{device} {} {}: got {}, want {}", want.table, want.key, got.value, want.value))
+                }
                 Some(_) => {}
             }
             seen.insert((want.device_id.clone(), want.table, want.key.clone()));
@@ -158,7 +160,9 @@ fn read_models(h: &Histories, accepted: &Accepted) -> CheckResult {
             && !seen.contains(&(row.device_id.clone(), row.table, row.key.clone()))
         {
             r.checked += 1;
-            r.fail(|| format!("{} {} {} = {} implied by no accepted event", row.device_id, row.table, row.key, row.value));
+            r.fail(|| {
+                format!("{} {} {} = {} implied by no accepted event", row.device_id, row.table, row.key, row.value)
+            });
         }
     }
     r
@@ -182,11 +186,8 @@ fn accepted_copies(h: &Histories) -> Vec<(String, String)> {
 }
 
 fn statuses_of<'a>(h: &'a Histories, command: &str, device: &str) -> Vec<&'a super::history::StatusSeen> {
-    let mut v: Vec<_> = h
-        .statuses
-        .iter()
-        .filter(|s| s.command_id == command && s.device_id.as_deref() == Some(device))
-        .collect();
+    let mut v: Vec<_> =
+        h.statuses.iter().filter(|s| s.command_id == command && s.device_id.as_deref() == Some(device)).collect();
     v.sort_by_key(|s| s.at_ms);
     v
 }

@@ -13,7 +13,10 @@ pub async fn ledger(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<LedgerRow>>
             .bind(tenant)
             .fetch_all(pool)
             .await?;
-    Ok(rows.into_iter().map(|(device_id, event_id, seq, outcome)| LedgerRow { device_id, event_id, seq, outcome }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(device_id, event_id, seq, outcome)| LedgerRow { device_id, event_id, seq, outcome })
+        .collect())
 }
 
 fn row(device_id: String, table: &'static str, key: String, value: String) -> ModelRow {
@@ -22,12 +25,11 @@ fn row(device_id: String, table: &'static str, key: String, value: String) -> Mo
 
 pub async fn rows(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<ModelRow>> {
     let mut out = Vec::new();
-    let orders: Vec<(String, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT device_id, order_id, currency, table_label, status FROM orders WHERE tenant_id = $1",
-    )
-    .bind(tenant)
-    .fetch_all(pool)
-    .await?;
+    let orders: Vec<(String, String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT device_id, order_id, currency, table_label, status FROM orders WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
     for (d, k, currency, table, status) in orders {
         out.push(row(d, "orders", k, order_value(&currency, table.as_deref(), &status)));
     }

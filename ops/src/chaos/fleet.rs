@@ -45,7 +45,11 @@ impl Bins {
         };
         let (broker, edge) = (dir.join("tillsync-broker"), dir.join("tillsync-edge"));
         for b in [&broker, &edge] {
-            anyhow::ensure!(b.exists(), "{} not found (build the workspace's binaries, or set TILLSYNC_BIN_DIR)", b.display());
+            anyhow::ensure!(
+                b.exists(),
+                "{} not found (build the workspace's binaries, or set TILLSYNC_BIN_DIR)",
+                b.display()
+            );
         }
         let nats = std::env::var_os("TILLSYNC_NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
         Ok(Bins { broker, edge, nats })
@@ -54,7 +58,14 @@ impl Bins {
 
 impl Fleet {
     /// Creates (does not start) nats-server, the brokers and the bridges; Postgres is started.
-    pub fn new(bins: &Bins, dir: &Path, pg: PgCluster, brokers: usize, devices: &[Device], handler: &str) -> anyhow::Result<Fleet> {
+    pub fn new(
+        bins: &Bins,
+        dir: &Path,
+        pg: PgCluster,
+        brokers: usize,
+        devices: &[Device],
+        handler: &str,
+    ) -> anyhow::Result<Fleet> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let nats_port = free_port()?;
@@ -66,7 +77,8 @@ impl Fleet {
         let nats = Proc::new("nats-server", &bins.nats, nats_args, vec![], &logs);
         let mut broker_procs = Vec::new();
         for b in 1..=brokers {
-            let mut env: Vec<(String, String)> = BROKER_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut env: Vec<(String, String)> =
+                BROKER_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             env.push(("NATS_URL".into(), nats_url.clone()));
             env.push(("DATABASE_URL".into(), pg.url()));
             env.push(("TILLSYNC_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
@@ -80,10 +92,29 @@ impl Fleet {
                 let db = dir.join(format!("{}.db", d.device_id)).to_string_lossy().into_owned();
                 let handler = format!("http://{handler}/apply/{}", d.device_id);
                 let args = [
-                    "run", "--tenant", &d.tenant_id, "--store", &d.store_id, "--device", &d.device_id,
-                    "--nats-url", &nats_url, "--db", &db, "--http-addr", &d.http, "--handler", &handler,
-                    "--heartbeat-s", "2", "--backoff-max-ms", "2000", "--ack-timeout-ms", "2000",
-                    "--sqlite-sync", "normal",
+                    "run",
+                    "--tenant",
+                    &d.tenant_id,
+                    "--store",
+                    &d.store_id,
+                    "--device",
+                    &d.device_id,
+                    "--nats-url",
+                    &nats_url,
+                    "--db",
+                    &db,
+                    "--http-addr",
+                    &d.http,
+                    "--handler",
+                    &handler,
+                    "--heartbeat-s",
+                    "2",
+                    "--backoff-max-ms",
+                    "2000",
+                    "--ack-timeout-ms",
+                    "2000",
+                    "--sqlite-sync",
+                    "normal",
                 ];
                 Proc::new(&d.device_id, &bins.edge, args.map(String::from).to_vec(), vec![], &logs)
             })

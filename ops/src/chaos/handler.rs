@@ -14,11 +14,7 @@ use super::history::{now_ms, Application};
 
 type Applied = Arc<Mutex<Vec<Application>>>;
 
-async fn apply(
-    State(applied): State<Applied>,
-    Path(device): Path<String>,
-    body: axum::body::Bytes,
-) -> &'static str {
+async fn apply(State(applied): State<Applied>, Path(device): Path<String>, body: axum::body::Bytes) -> &'static str {
     // The bridge posts JSON without a Content-Type, so the body is parsed here.
     let command: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let command_id = command["command_id"].as_str().unwrap_or_default().to_string();

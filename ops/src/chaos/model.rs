@@ -57,7 +57,8 @@ pub fn expected_rows(device_id: &str, events: &[&AcceptedEvent]) -> Vec<ModelRow
         match &ev.body {
             EventBody::OrderOpened(e) => {
                 let status = orders.get(&e.order_id).map_or("open".to_string(), |o| o.status.clone());
-                orders.insert(e.order_id.clone(), Order { currency: e.currency.clone(), table: e.table.clone(), status });
+                orders
+                    .insert(e.order_id.clone(), Order { currency: e.currency.clone(), table: e.table.clone(), status });
             }
             EventBody::OrderStatusChanged(e) => {
                 let o = orders.entry(e.order_id.clone()).or_insert(Order {

@@ -86,7 +86,9 @@ impl Fault {
     fn hold_ms(self, rng: &mut StdRng, run_ms: u64) -> u64 {
         match self {
             Fault::BridgeOffline => (run_ms * 3 / 10).max(3_000),
-            Fault::KillBroker | Fault::KillBridge | Fault::KillNats | Fault::KillPostgres => rng.random_range(500..3_000),
+            Fault::KillBroker | Fault::KillBridge | Fault::KillNats | Fault::KillPostgres => {
+                rng.random_range(500..3_000)
+            }
             Fault::DeleteEvents => rng.random_range(1_500..3_000),
             _ => rng.random_range(1_000..5_000),
         }
@@ -166,7 +168,13 @@ pub async fn run(
         let task = async move {
             tokio::time::sleep_until(start + Duration::from_millis(step.at_ms)).await;
             tracing::info!(fault = step.fault.name(), target = step.target, hold_ms = step.hold_ms, "Nemesis.");
-            eprintln!("[{:>6.1}s] {} {} for {:.1} s", step.at_ms as f64 / 1e3, step.fault.name(), step.target, step.hold_ms as f64 / 1e3);
+            eprintln!(
+                "[{:>6.1}s] {} {} for {:.1} s",
+                step.at_ms as f64 / 1e3,
+                step.fault.name(),
+                step.target,
+                step.hold_ms as f64 / 1e3
+            );
             execute(&step, &fleet, &js, delete_seed, &done).await;
             done.faults.fetch_add(1, Ordering::Relaxed);
         };

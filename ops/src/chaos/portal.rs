@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tillsync_schemas::{codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION};
+use tillsync_schemas::{
+    codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{now_ms, SentCommand, StatusSeen};
@@ -34,7 +36,11 @@ pub fn build(device: &Device, n: u64, rng: &mut StdRng) -> CommandEnvelope {
         2 => (CommandBody::SettingsPatch { revision: n, settings: BTreeMap::from([("tip".into(), n.to_string())]) }, 1),
         3 => (CommandBody::ApplyMenuPublish { menu_id: "menu-1".into(), version: n }, 1),
         _ => (
-            CommandBody::UserUpsert { user_id: format!("u{n}"), display_name: format!("User {n}"), role: "cashier".into() },
+            CommandBody::UserUpsert {
+                user_id: format!("u{n}"),
+                display_name: format!("User {n}"),
+                role: "cashier".into(),
+            },
             1,
         ),
     };

@@ -40,7 +40,8 @@ impl PgCluster {
     pub fn init(dir: &Path) -> anyhow::Result<PgCluster> {
         std::fs::create_dir_all(dir)?;
         let as_root = nix::unistd::Uid::effective().is_root();
-        let pg = PgCluster { bin: pg_bin()?, dir: dir.into(), port: free_port()?, as_root, wanted: false, paused: vec![] };
+        let pg =
+            PgCluster { bin: pg_bin()?, dir: dir.into(), port: free_port()?, as_root, wanted: false, paused: vec![] };
         if as_root {
             run(Command::new("chown").args(["-R", "postgres:"]).arg(dir))?;
         }
@@ -78,9 +79,13 @@ impl PgCluster {
         );
         let mut last = None;
         for _ in 0..40 {
-            let r = run(self.cmd("pg_ctl").arg("-D").arg(self.data()).arg("-l").arg(self.dir.join("postgres.log")).args([
-                "-w", "-t", "20", "-o", &opts, "start",
-            ]));
+            let r = run(self
+                .cmd("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.dir.join("postgres.log"))
+                .args(["-w", "-t", "20", "-o", &opts, "start"]));
             match r {
                 Ok(()) => {
                     self.wanted = true;

@@ -35,7 +35,13 @@ pub async fn execute(args: &ChaosArgs, dir: &Path) -> anyhow::Result<Report> {
     let steps = nemesis::schedule(args.seed, args.seconds, &faults, brokers, devices_n);
     eprintln!("fault schedule (seed {}, {} steps):", args.seed, steps.len());
     for s in &steps {
-        eprintln!("  at {:>6.1}s  {:<15} target {}  hold {:.1}s", s.at_ms as f64 / 1e3, s.fault.name(), s.target, s.hold_ms as f64 / 1e3);
+        eprintln!(
+            "  at {:>6.1}s  {:<15} target {}  hold {:.1}s",
+            s.at_ms as f64 / 1e3,
+            s.fault.name(),
+            s.target,
+            s.hold_ms as f64 / 1e3
+        );
     }
     eprintln!("run directory: {}", dir.display());
     // The postgres user must reach its cluster under this directory.
@@ -123,7 +129,11 @@ async fn bridge_status(http: &reqwest::Client, d: &Device) -> Option<serde_json:
 }
 
 /// Starts nats-server, the brokers and the bridges, each once the one before answers.
-async fn start_fleet(fleet: &Arc<Mutex<Fleet>>, nats_url: &str, devices: &[Device]) -> anyhow::Result<async_nats::jetstream::Context> {
+async fn start_fleet(
+    fleet: &Arc<Mutex<Fleet>>,
+    nats_url: &str,
+    devices: &[Device],
+) -> anyhow::Result<async_nats::jetstream::Context> {
     with_fleet(fleet, |f| f.nats.start()).await?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -132,7 +142,8 @@ async fn start_fleet(fleet: &Arc<Mutex<Fleet>>, nats_url: &str, devices: &[Devic
         .await
         .context("connecting to the private nats-server")?;
     let js = async_nats::jetstream::new(client);
-    wait_for(Duration::from_secs(20), "nats-server with JetStream", || async { js.query_account().await.is_ok() }).await?;
+    wait_for(Duration::from_secs(20), "nats-server with JetStream", || async { js.query_account().await.is_ok() })
+        .await?;
     with_fleet(fleet, |f| f.brokers.iter_mut().try_for_each(|b| b.start())).await?;
     wait_for(Duration::from_secs(60), "the broker's streams", || async {
         js.get_stream(streams::EVENTS).await.is_ok() && js.get_stream(streams::STATUS).await.is_ok()
@@ -169,7 +180,14 @@ async fn traffic_and_check(
         .enumerate()
         .map(|(i, d)| {
             let till = pos::Till::new(&d.device_id, args.seed.wrapping_mul(1_000).wrapping_add(i as u64));
-            tokio::spawn(pos::feed(till, d.http.clone(), args.rate, stop.clone(), give_up.clone(), rec.accepted.clone()))
+            tokio::spawn(pos::feed(
+                till,
+                d.http.clone(),
+                args.rate,
+                stop.clone(),
+                give_up.clone(),
+                rec.accepted.clone(),
+            ))
         })
         .collect();
     let every = Duration::from_secs_f64(1.0 / args.command_rate.max(0.01));
@@ -182,7 +200,8 @@ async fn traffic_and_check(
         give_up.clone(),
         rec.sent.clone(),
     ));
-    let follower = tokio::spawn(portal::follow_statuses(js.clone(), TENANT.into(), follow_stop.clone(), rec.statuses.clone()));
+    let follower =
+        tokio::spawn(portal::follow_statuses(js.clone(), TENANT.into(), follow_stop.clone(), rec.statuses.clone()));
     let supervisor = tokio::spawn(supervise(fleet.clone(), supervise_stop.clone()));
     let done = Arc::new(Done::default());
     let nemesis = tokio::spawn(nemesis::run(steps.to_vec(), start, fleet.clone(), js.clone(), args.seed, done.clone()));
@@ -265,7 +284,12 @@ async fn supervise(fleet: Arc<Mutex<Fleet>>, stop: CancellationToken) -> u32 {
 /// Waits (at most `--quiesce-s`) until every bridge's outbox is covered by the broker's
 /// watermark up to its last accepted event, every confirmed command has a final status, and
 /// the POS got an answer for its last event. Prints progress every 3 s.
-async fn quiesce(args: &ChaosArgs, devices: &[Device], rec: &Recorded, feeders: &[tokio::task::JoinHandle<u64>]) -> bool {
+async fn quiesce(
+    args: &ChaosArgs,
+    devices: &[Device],
+    rec: &Recorded,
+    feeders: &[tokio::task::JoinHandle<u64>],
+) -> bool {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
     let start = Instant::now();
     let bound = Duration::from_secs(args.quiesce_s);
@@ -273,7 +297,8 @@ async fn quiesce(args: &ChaosArgs, devices: &[Device], rec: &Recorded, feeders: 
     loop {
         let mut confirmed = 0;
         for d in devices {
-            let accepted = rec.accepted.lock().expect("lock").iter().filter(|a| a.device_id == d.device_id).map(|a| a.seq).max();
+            let accepted =
+                rec.accepted.lock().expect("lock").iter().filter(|a| a.device_id == d.device_id).map(|a| a.seq).max();
             if let Some(s) = bridge_status(&http, d).await {
                 let (last, wm) = (s["outbox"]["last_seq"].as_u64(), s["outbox"]["watermark"].as_u64());
                 if last.is_some() && last == wm && last >= accepted {
