@@ -19,6 +19,11 @@ pub async fn ledger(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<LedgerRow>>
         .collect())
 }
 
+/// device, key, kind, order, amount, currency, method, reason
+type PaymentTuple = (String, String, String, String, i64, String, String, String);
+/// command, device, inbox state, rejection, final log states
+type CommandTuple = (String, Option<String>, Option<String>, Option<String>, Vec<String>);
+
 fn row(device_id: String, table: &'static str, key: String, value: String) -> ModelRow {
     ModelRow { device_id, table, key, value }
 }
@@ -43,7 +48,7 @@ pub async fn rows(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<ModelRow>> {
     for (d, k, sku, name, qty, price, removed) in items {
         out.push(row(d, "order_items", k, item_value(&sku, &name, qty, price, removed)));
     }
-    let payments: Vec<(String, String, String, String, i64, String, String, String)> = sqlx::query_as(
+    let payments: Vec<PaymentTuple> = sqlx::query_as(
         "SELECT device_id, payment_id || '/' || refund_id, kind, order_id, amount_minor, currency, method, reason
          FROM payments WHERE tenant_id = $1",
     )
@@ -78,7 +83,7 @@ pub async fn rows(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<ModelRow>> {
 /// Every command copy: its inbox state, intake rejection, and the final states its log holds.
 pub async fn commands(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<CommandRecord>> {
     let finals: Vec<&str> = CommandState::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>, Vec<String>)> = sqlx::query_as(
+    let rows: Vec<CommandTuple> = sqlx::query_as(
         "SELECT c.command_id, coalesce(i.device_id, c.device_id), i.state, c.rejected_code,
                 ARRAY(SELECT l.state FROM command_log l
                       WHERE l.tenant_id = c.tenant_id AND l.command_id = c.command_id

@@ -204,7 +204,7 @@ async fn execute(step: &Step, fleet: &Arc<Mutex<Fleet>>, js: &async_nats::jetstr
         Fault::KillBroker => f.brokers[i].kill9(),
         Fault::KillBridge => f.bridges[i].kill9(),
         Fault::KillNats => f.nats.kill9(),
-        Fault::KillPostgres if seed % 2 == 0 => f.pg.kill9(),
+        Fault::KillPostgres if seed.is_multiple_of(2) => f.pg.kill9(),
         Fault::KillPostgres => f.pg.stop_immediate(),
         Fault::PauseBroker => f.brokers[i].pause(),
         Fault::PauseBridge => f.bridges[i].pause(),

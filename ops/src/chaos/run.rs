@@ -238,14 +238,16 @@ async fn traffic_and_check(
     let restarts = supervisor.await.unwrap_or(0);
     let url = fleet.lock().expect("fleet lock").pg.url();
     let pool = crate::db::pool(&url, None, 2).await?;
+    let (ledger, rows) = (collect::ledger(&pool, TENANT).await?, collect::rows(&pool, TENANT).await?);
+    let commands = collect::commands(&pool, TENANT).await?;
     let h = Histories {
         accepted: rec.accepted.lock().expect("lock").clone(),
-        ledger: collect::ledger(&pool, TENANT).await?,
-        rows: collect::rows(&pool, TENANT).await?,
+        ledger,
+        rows,
         sent: rec.sent.lock().expect("lock").clone(),
         statuses: rec.statuses.lock().expect("lock").clone(),
         applications: rec.applications.lock().expect("lock").clone(),
-        commands: collect::commands(&pool, TENANT).await?,
+        commands,
     };
     pool.close().await;
     std::fs::write(dir.join("histories.json"), serde_json::to_vec(&h)?)?;
