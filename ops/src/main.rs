@@ -5,6 +5,7 @@
 //! (`replay` resumes with `--resume`). See docs/operations.md.
 
 mod bench;
+mod chaos;
 mod commands;
 mod db;
 mod devices;
@@ -56,6 +57,8 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Tenants: list, or provision one.
     Tenants(tenants::TenantsArgs),
+    /// A chaos run against private real processes with a checker (docs/chaos.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -74,6 +77,7 @@ async fn main() -> ExitCode {
         Command::Quarantine(args) => quarantine::run(args, &cli.global).await,
         Command::Devices(args) => devices::run(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
+        Command::Chaos(args) => chaos::run(args, &cli.global).await,
     };
     match result {
         Ok(code) => code,

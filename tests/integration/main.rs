@@ -2,6 +2,7 @@
 //! started per test by the harness in `tests/harness`.
 
 mod bench;
+mod chaos;
 mod commands;
 mod commands_truth;
 mod common;

@@ -1,0 +1,189 @@
+//! Everything a chaos run starts: nats-server, Postgres, the broker(s) and one bridge per
+//! device, with their settings; how each fault is undone; the supervisor's restarts; healing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::nemesis::Fault;
+use super::postgres::PgCluster;
+use super::procs::{free_port, Proc};
+use super::Device;
+
+/// Broker settings that make a minute of chaos exercise retries, offline detection and
+/// redelivery (the defaults are tuned for hours: 5 s first retry, 90 s offline, 30 s ack wait).
+const BROKER_ENV: &[(&str, &str)] = &[
+    ("TILLSYNC_COMMAND_RETRY_MS", "1000"),
+    ("TILLSYNC_OFFLINE_AFTER_S", "10"),
+    ("TILLSYNC_ACK_WAIT_S", "5"),
+    ("TILLSYNC_DB_POOL", "4"),
+];
+
+#[derive(Debug)]
+pub struct Fleet {
+    pub nats: Proc,
+    pub pg: PgCluster,
+    pub brokers: Vec<Proc>,
+    pub bridges: Vec<Proc>,
+    pub nats_url: String,
+}
+
+/// Where the binaries are: `tillsync-broker` and `tillsync-edge` next to this executable (or
+/// in `TILLSYNC_BIN_DIR`); nats-server from `TILLSYNC_NATS_SERVER` or `PATH`.
+pub struct Bins {
+    pub broker: PathBuf,
+    pub edge: PathBuf,
+    pub nats: PathBuf,
+}
+
+impl Bins {
+    pub fn find() -> anyhow::Result<Bins> {
+        let dir = match std::env::var_os("TILLSYNC_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => std::env::current_exe()?.parent().context("executable has no directory")?.to_path_buf(),
+        };
+        let (broker, edge) = (dir.join("tillsync-broker"), dir.join("tillsync-edge"));
+        for b in [&broker, &edge] {
+            anyhow::ensure!(
+                b.exists(),
+                "{} not found (build the workspace's binaries, or set TILLSYNC_BIN_DIR)",
+                b.display()
+            );
+        }
+        let nats = std::env::var_os("TILLSYNC_NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
+        Ok(Bins { broker, edge, nats })
+    }
+}
+
+impl Fleet {
+    /// Creates (does not start) nats-server, the brokers and the bridges; Postgres is started.
+    pub fn new(
+        bins: &Bins,
+        dir: &Path,
+        pg: PgCluster,
+        brokers: usize,
+        devices: &[Device],
+        handler: &str,
+    ) -> anyhow::Result<Fleet> {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let nats_port = free_port()?;
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let store = dir.join("nats");
+        let nats_args = ["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd", &store.to_string_lossy()]
+            .map(String::from)
+            .to_vec();
+        let nats = Proc::new("nats-server", &bins.nats, nats_args, vec![], &logs);
+        let mut broker_procs = Vec::new();
+        for b in 1..=brokers {
+            let mut env: Vec<(String, String)> =
+                BROKER_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            env.push(("NATS_URL".into(), nats_url.clone()));
+            env.push(("DATABASE_URL".into(), pg.url()));
+            env.push(("TILLSYNC_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
+            env.push(("TILLSYNC_INSTANCE_ID".into(), format!("chaos-broker-{b}")));
+            env.push(("RUST_LOG".into(), "info".into()));
+            broker_procs.push(Proc::new(&format!("broker-{b}"), &bins.broker, vec![], env, &logs));
+        }
+        let bridges = devices
+            .iter()
+            .map(|d| {
+                let db = dir.join(format!("{}.db", d.device_id)).to_string_lossy().into_owned();
+                let handler = format!("http://{handler}/apply/{}", d.device_id);
+                let args = [
+                    "run",
+                    "--tenant",
+                    &d.tenant_id,
+                    "--store",
+                    &d.store_id,
+                    "--device",
+                    &d.device_id,
+                    "--nats-url",
+                    &nats_url,
+                    "--db",
+                    &db,
+                    "--http-addr",
+                    &d.http,
+                    "--handler",
+                    &handler,
+                    "--heartbeat-s",
+                    "2",
+                    "--backoff-max-ms",
+                    "2000",
+                    "--ack-timeout-ms",
+                    "2000",
+                    "--sqlite-sync",
+                    "normal",
+                ];
+                Proc::new(&d.device_id, &bins.edge, args.map(String::from).to_vec(), vec![], &logs)
+            })
+            .collect();
+        Ok(Fleet { nats, pg, brokers: broker_procs, bridges, nats_url })
+    }
+
+    /// Ends `fault` on target `i`: starts what it killed or stopped, resumes what it paused.
+    pub fn undo(&mut self, fault: Fault, i: usize) -> anyhow::Result<()> {
+        match fault {
+            Fault::KillBroker => self.brokers[i].start(),
+            Fault::KillBridge | Fault::BridgeOffline => self.bridges[i].start(),
+            Fault::KillNats => self.nats.start(),
+            Fault::KillPostgres => self.pg.start(),
+            Fault::PauseBroker => {
+                self.brokers[i].resume();
+                Ok(())
+            }
+            Fault::PauseBridge => {
+                self.bridges[i].resume();
+                Ok(())
+            }
+            Fault::PauseNats => {
+                self.nats.resume();
+                Ok(())
+            }
+            Fault::PausePostgres => {
+                self.pg.resume();
+                Ok(())
+            }
+            Fault::DeleteEvents => self.brokers.iter_mut().try_for_each(Proc::start),
+        }
+    }
+
+    /// Restarts whatever should run and exited; returns their names.
+    pub fn supervise(&mut self) -> Vec<String> {
+        let mut restarted = Vec::new();
+        if matches!(self.pg.supervise(), Ok(true)) {
+            restarted.push("postgres".to_string());
+        }
+        for p in std::iter::once(&mut self.nats).chain(&mut self.brokers).chain(&mut self.bridges) {
+            match p.supervise() {
+                Ok(true) => restarted.push(p.name.clone()),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, name = p.name, "Could not restart."),
+            }
+        }
+        restarted
+    }
+
+    /// Heal: everything resumed and running.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.pg.resume();
+        if self.pg.pid().is_none() {
+            self.pg.start()?;
+        }
+        for p in std::iter::once(&mut self.nats).chain(&mut self.brokers).chain(&mut self.bridges) {
+            p.resume();
+            p.start()?;
+        }
+        Ok(())
+    }
+
+    /// Stops everything: bridges and brokers gracefully, then nats-server and Postgres.
+    pub fn stop(&mut self) {
+        for p in self.bridges.iter_mut().chain(&mut self.brokers) {
+            p.terminate(Duration::from_secs(10));
+        }
+        self.nats.terminate(Duration::from_secs(5));
+        self.pg.stop_immediate();
+    }
+}
