@@ -44,9 +44,8 @@ impl StatusSeen {
         tillsync_schemas::CommandState::parse(&self.state).is_some_and(|s| s.is_final())
     }
 
-    /// Whether this status tells the portal the command was applied after all. Today only
-    /// `acked` says so; a correcting status (another state or an optional field on
-    /// `CommandStatus`) is added here.
+    /// Whether this status tells the portal the command was applied. Only `acked` says so,
+    /// including the `acked` that corrects an earlier final state (`CommandStatus::corrects`).
     pub fn reports_applied(&self) -> bool {
         self.state == "acked"
     }
