@@ -20,7 +20,8 @@ use crate::outbox::Outbox;
 
 /// The part of `from..=to` the bridge can resend: above its watermark, at most its last seq.
 pub fn clamp(from: u64, to: u64, watermark: u64, last_seq: u64) -> Option<(u64, u64)> {
-    let from = from.max(watermark.saturating_add(1));
+    // A watermark at u64::MAX covers everything: nothing lies above it.
+    let from = from.max(watermark.checked_add(1)?);
     let to = to.min(last_seq);
     (from <= to).then_some((from, to))
 }
