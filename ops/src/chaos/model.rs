@@ -118,3 +118,23 @@ pub fn expected_rows(device_id: &str, events: &[&AcceptedEvent]) -> Vec<ModelRow
     out.sort();
     out
 }
+
+/// Whether `later` (a higher seq of the same device) writes every fact `earlier` carries, so an
+/// in-order delivery would leave nothing of `earlier` in the read models either. The broker may
+/// then record `earlier` as `stale` when it arrives last (docs/architecture.md, "Staleness per
+/// fact"); anything else recorded stale lost a fact to the arrival order.
+pub fn supersedes(later: &EventBody, earlier: &EventBody) -> bool {
+    use EventBody::*;
+    match (earlier, later) {
+        (OrderOpened(e), OrderOpened(l)) => e.order_id == l.order_id,
+        (OrderStatusChanged(e), OrderStatusChanged(l)) => e.order_id == l.order_id,
+        (OrderItemAdded(e), OrderItemAdded(l)) => (&e.order_id, &e.line_id) == (&l.order_id, &l.line_id),
+        (OrderItemRemoved(e), OrderItemAdded(l)) => (&e.order_id, &e.line_id) == (&l.order_id, &l.line_id),
+        (OrderItemRemoved(e), OrderItemRemoved(l)) => (&e.order_id, &e.line_id) == (&l.order_id, &l.line_id),
+        (PaymentCaptured(e), PaymentCaptured(l)) => e.payment_id == l.payment_id,
+        (PaymentRefunded(e), PaymentRefunded(l)) => (&e.payment_id, &e.refund_id) == (&l.payment_id, &l.refund_id),
+        (ReceiptIssued(e), ReceiptIssued(l)) => e.receipt_id == l.receipt_id,
+        (AvailabilityOverridden(e), AvailabilityOverridden(l)) => e.sku == l.sku,
+        _ => false,
+    }
+}
