@@ -233,7 +233,9 @@ impl Bridge {
         self.shared.accepting.store(false, Ordering::Release);
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
-        let _ = self.client.flush().await;
+        // A flush waits for the connection, which may never come back; nothing depends on it
+        // (every event is still in the outbox), so it gets a bounded moment.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.client.flush()).await;
         drop(self.client);
         self.shared.outbox.pool().close().await;
         tracing::info!("Edge bridge stopped.");
