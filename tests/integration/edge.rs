@@ -364,3 +364,16 @@ async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acke
     bridge.shutdown().await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_a_bridge_whose_nats_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeviceAddr::new("acme", "s1", "till-t");
+    // Nothing listens there: the bridge keeps reconnecting, as it does through a WAN cut.
+    let nowhere = format!("nats://{}", free_addr());
+    let mut cfg = tillsync_edge::Config::for_tests(&d, &nowhere, dir.path().join("edge.db"));
+    cfg.http_addr = free_addr();
+    let mut edge = EdgeProc::start(&cfg);
+    edge.wait_ready().await;
+    assert!(edge.terminate(std::time::Duration::from_secs(10)), "the bridge ignored SIGTERM for 10 s");
+}

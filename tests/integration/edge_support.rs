@@ -158,6 +158,22 @@ impl EdgeProc {
         reqwest::get(self.url("/v1/status")).await.ok()?.json().await.ok()
     }
 
+    /// SIGTERM, then waits up to `within` for the process to exit; true when it did.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(c) = self.child.as_mut() else { return true };
+        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        assert!(sent.map(|s| s.success()).unwrap_or(false), "kill -TERM {}", c.id());
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL: nothing flushed, nothing shut down.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
