@@ -181,6 +181,22 @@ impl ActorSystem {
         passivate(&self.shared)
     }
 
+    /// Stops the device actors `which` selects (the devices of a partition this instance no
+    /// longer owns, or just took over); their state reloads from Postgres if they come back.
+    /// Returns how many were resident.
+    pub fn drop_where(&self, which: impl Fn(&DeviceAddr) -> bool) -> usize {
+        let mut n = 0;
+        self.shared.devices.retain(|addr, e| {
+            let drop = which(addr);
+            if drop {
+                e.actor.stop(Some("partition handed over".into()));
+                n += 1;
+            }
+            !drop
+        });
+        n
+    }
+
     /// Stops every actor and waits for the root supervisor to end.
     pub async fn shutdown(self) {
         self.sweeper.abort();

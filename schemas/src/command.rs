@@ -111,12 +111,7 @@ impl CommandBody {
 impl CommandEnvelope {
     /// Structural checks only; the approval policy and expiry are decisions of the broker.
     pub fn validate(&self) -> Result<(), WireError> {
-        if !SUPPORTED_SCHEMA_VERSIONS.contains(&self.schema_version) {
-            return Err(WireError::new(Reason::UnsupportedVersion, format!("schema_version {}", self.schema_version)));
-        }
-        check_uuid_or_ulid("command_id", &self.command_id)?;
-        check_id("tenant_id", &self.tenant_id)?;
-        check_id("store_id", &self.store_id)?;
+        check_addressing(self.schema_version, &self.command_id, &self.tenant_id, &self.store_id)?;
         if let Some(d) = &self.device_id {
             check_id("device_id", d)?;
         }
@@ -156,12 +151,17 @@ pub const CANCEL_REFUSED: &str = "cancel_refused";
 
 impl CommandCancel {
     pub fn validate(&self) -> Result<(), WireError> {
-        if !SUPPORTED_SCHEMA_VERSIONS.contains(&self.schema_version) {
-            return Err(WireError::new(Reason::UnsupportedVersion, format!("schema_version {}", self.schema_version)));
-        }
-        check_uuid_or_ulid("command_id", &self.command_id)?;
-        check_id("tenant_id", &self.tenant_id)?;
-        check_id("store_id", &self.store_id)?;
+        check_addressing(self.schema_version, &self.command_id, &self.tenant_id, &self.store_id)?;
         check_id("requested_by", &self.requested_by)
     }
+}
+
+/// What every message about a command carries: a readable version, its id, tenant and store.
+fn check_addressing(schema_version: u16, command_id: &str, tenant: &str, store: &str) -> Result<(), WireError> {
+    if !SUPPORTED_SCHEMA_VERSIONS.contains(&schema_version) {
+        return Err(WireError::new(Reason::UnsupportedVersion, format!("schema_version {schema_version}")));
+    }
+    check_uuid_or_ulid("command_id", command_id)?;
+    check_id("tenant_id", tenant)?;
+    check_id("store_id", store)
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod heartbeat;
 pub mod ids;
+pub mod partition;
 pub mod resend;
 pub mod status;
 pub mod streams;

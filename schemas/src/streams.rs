@@ -14,6 +14,16 @@ pub const BROKER_HEARTBEATS_CONSUMER: &str = "broker-heartbeats";
 pub const BROKER_INTAKE_CONSUMER: &str = "broker-intake";
 pub const BROKER_ACKS_CONSUMER: &str = "broker-acks";
 
+/// Durable consumer of one partition of a broker consumer: `<base>-p<partition>`, e.g.
+/// `broker-events-p3`.
+pub fn partition_consumer(base: &str, partition: u16) -> String {
+    format!("{base}-p{partition}")
+}
+
+/// JetStream key-value bucket holding partition leases (`owner.<partition>`) and broker
+/// instance heartbeats (`member.<instance_id>`).
+pub const PARTITIONS_BUCKET: &str = "tillsync_partitions";
+
 /// Durable consumer name of one device's command consumer.
 pub fn device_commands_consumer(addr: &crate::DeviceAddr) -> String {
     format!("edge_{}_{}_{}", addr.tenant_id, addr.store_id, addr.device_id)

@@ -63,6 +63,17 @@ impl Family {
         format!("{ROOT}.{}.>", self.token())
     }
 
+    /// Wildcard covering the subjects a device publishes on (exactly five tokens): what a
+    /// partitioned stream takes in.
+    pub fn published_subjects(self) -> String {
+        format!("{ROOT}.{}.*.*.*", self.token())
+    }
+
+    /// Wildcard covering one partition's stored messages (the partition is the sixth token).
+    pub fn partition_subjects(self, partition: u16) -> String {
+        format!("{ROOT}.{}.*.*.*.{partition}", self.token())
+    }
+
     /// Wildcard covering one tenant's part of the family.
     pub fn tenant_subjects(self, tenant: &str) -> String {
         format!("{ROOT}.{}.{tenant}.>", self.token())
@@ -135,27 +146,40 @@ pub fn status(tenant: &str, store: &str, command_id: &str) -> String {
 }
 
 /// A parsed subject: its family and its three address tokens (the last may be [`STORE_WIDE`]
-/// on intake, or a command id on status).
+/// on intake, or a command id on status), and the partition token a partitioned stream adds
+/// when it stores a message ([`crate::partition`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
     pub family: Family,
     pub tenant_id: String,
     pub store_id: String,
     pub last: String,
+    pub partition: Option<u16>,
 }
 
 impl Parsed {
     pub fn device_addr(&self) -> DeviceAddr {
         DeviceAddr::new(&self.tenant_id, &self.store_id, &self.last)
     }
+
+    /// The subject as its publisher sent it: without the partition token.
+    pub fn published(&self) -> String {
+        format!("{ROOT}.{}.{}.{}.{}", self.family.token(), self.tenant_id, self.store_id, self.last)
+    }
 }
 
-/// Parses any tillsync subject, checking every token.
+/// Parses any tillsync subject, as published (five tokens) or as stored by a partitioned
+/// stream (a sixth, numeric token), checking every token.
 pub fn parse(subject: &str) -> Result<Parsed, WireError> {
     let bad = |why: &str| WireError::new(Reason::BadSubject, format!("subject {subject:?}: {why}"));
     let tokens: Vec<&str> = subject.split('.').collect();
-    let [root, fam, tenant, store, last] = tokens[..] else {
-        return Err(bad("expected 5 tokens"));
+    let (root, fam, tenant, store, last, partition) = match tokens[..] {
+        [root, fam, tenant, store, last] => (root, fam, tenant, store, last, None),
+        [root, fam, tenant, store, last, p] => {
+            let p = p.parse::<u16>().map_err(|_| bad("the sixth token must be a partition number"))?;
+            (root, fam, tenant, store, last, Some(p))
+        }
+        _ => return Err(bad("expected 5 tokens")),
     };
     if root != ROOT {
         return Err(bad("must start with tillsync."));
@@ -166,7 +190,7 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
     if !(family == Family::Intake && (last == STORE_WIDE || last == CANCEL)) {
         check_id("last token", last).map_err(|e| bad(&e.detail))?;
     }
-    Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into() })
+    Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into(), partition })
 }
 
 /// Checks that a subject of `family` names exactly the envelope's tenant, store and device.
@@ -214,6 +238,17 @@ mod tests {
         assert!(parse("tillsync.intake.a.b._store").is_ok());
         assert_eq!(parse(&cancel("a", "b")).unwrap().last, CANCEL);
         assert_eq!(parse("tillsync.ev.a.b._cancel").unwrap_err().reason, Reason::BadSubject);
+    }
+
+    #[test]
+    fn reads_the_partition_token_of_stored_subjects() {
+        let p = parse("tillsync.ev.acme.s1.till-1.15").unwrap();
+        assert_eq!(p.partition, Some(15));
+        assert_eq!(p.published(), "tillsync.ev.acme.s1.till-1");
+        assert_eq!(parse("tillsync.ev.acme.s1.till-1").unwrap().partition, None);
+        assert_eq!(parse("tillsync.ev.acme.s1.till-1.x").unwrap_err().reason, Reason::BadSubject);
+        assert_eq!(Family::Events.partition_subjects(3), "tillsync.ev.*.*.*.3");
+        assert_eq!(Family::Events.published_subjects(), "tillsync.ev.*.*.*");
     }
 
     #[test]

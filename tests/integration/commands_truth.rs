@@ -9,10 +9,7 @@
 //! - a command applied after it expired is recorded so and corrected by a further status.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use futures::StreamExt;
 use tillsync_broker::config::Config;
 use tillsync_schemas::{codec, streams, subject, CommandBody, CommandEnvelope, CommandState, DeviceAddr};
 use tillsync_tests::{eventually, eventually_eq, InProcBroker, Stack};
@@ -87,36 +84,12 @@ impl World {
 
 /// Stream sequences of the copies of `command_id` in the device's part of TILLSYNC_COMMANDS.
 async fn copies(js: &async_nats::jetstream::Context, addr: &DeviceAddr, command_id: &str) -> Vec<u64> {
-    let stream = js.get_stream(streams::COMMANDS).await.unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subject::commands(addr),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(5),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut consumer = consumer;
-    let pending = consumer.info().await.unwrap().num_pending as usize;
-    if pending == 0 {
-        return Vec::new();
-    }
-    let mut batch = consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await.unwrap();
-    let mut out = Vec::new();
-    let mut seen = 0;
-    while let Some(Ok(m)) = batch.next().await {
-        seen += 1;
-        let cmd = codec::decode_command(&m.subject, &m.payload).unwrap();
-        if cmd.command_id == command_id {
-            out.push(m.info().unwrap().stream_sequence);
-        }
-        if seen == pending {
-            break;
-        }
-    }
-    out
+    let stored = edge_support::stored(js, streams::COMMANDS, subject::commands(addr)).await;
+    stored
+        .iter()
+        .filter(|m| codec::decode_command(&m.subject, &m.payload).unwrap().command_id == command_id)
+        .map(|m| m.info().unwrap().stream_sequence)
+        .collect()
 }
 
 /// NATS loses the write: the command's copies vanish from the stream after their PubAck.

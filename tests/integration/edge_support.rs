@@ -61,12 +61,16 @@ pub async fn publish_command(js: &async_nats::jetstream::Context, cmd: &CommandE
     js.publish_with_headers(subject::commands(&addr), h, codec::encode(cmd).into()).await.unwrap().await.unwrap();
 }
 
-/// Every command ack stored for `addr` in TILLSYNC_COMMAND_ACKS, oldest first.
-pub async fn acks(js: &async_nats::jetstream::Context, addr: &DeviceAddr) -> Vec<CommandAck> {
-    let stream = js.get_stream(streams::COMMAND_ACKS).await.unwrap();
+/// Every message stored in `stream` on `subject`, oldest first (an ephemeral consumer, no acks).
+pub async fn stored(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: String,
+) -> Vec<async_nats::jetstream::Message> {
+    let stream = js.get_stream(stream).await.unwrap();
     let mut consumer = stream
         .create_consumer(pull::Config {
-            filter_subject: subject::command_acks(addr),
+            filter_subject: subject,
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::None,
             inactive_threshold: Duration::from_secs(5),
@@ -81,12 +85,18 @@ pub async fn acks(js: &async_nats::jetstream::Context, addr: &DeviceAddr) -> Vec
     let mut batch = consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await.unwrap();
     let mut out = Vec::new();
     while let Some(Ok(m)) = batch.next().await {
-        out.push(codec::decode_command_ack(&m.subject, &m.payload).unwrap());
+        out.push(m);
         if out.len() == pending {
             break;
         }
     }
     out
+}
+
+/// Every command ack stored for `addr` in TILLSYNC_COMMAND_ACKS, oldest first.
+pub async fn acks(js: &async_nats::jetstream::Context, addr: &DeviceAddr) -> Vec<CommandAck> {
+    let stored = stored(js, streams::COMMAND_ACKS, subject::command_acks(addr)).await;
+    stored.iter().map(|m| codec::decode_command_ack(&m.subject, &m.payload).unwrap()).collect()
 }
 
 /// Waits until exactly one ack for `command_id` is stored, and returns it.

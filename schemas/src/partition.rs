@@ -1,0 +1,61 @@
+//! Partitions: the broker's work is split by store into a fixed number of partitions, each
+//! consumed by one broker instance at a time.
+//!
+//! The streams add the partition as a sixth subject token when they store a message (a stream
+//! subject transform, `{{partition(P,1,2)}}` over tenant and store), so a durable consumer per
+//! partition filters on it. [`of`] computes the same number outside NATS: it is the server's
+//! function, FNV-1a (32-bit) of the tenant and store tokens written one after the other, modulo P.
+//! A test against a real nats-server keeps the two in step.
+
+use std::hash::Hasher as _;
+
+/// Partitions a deployment runs with unless configured otherwise.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+/// Most partitions a deployment may have (each is a durable consumer per stream).
+pub const MAX_PARTITIONS: u16 = 1024;
+
+/// The partition (of `partitions`) that a store's messages belong to.
+pub fn of(tenant: &str, store: &str, partitions: u16) -> u16 {
+    let mut h = hash32::FnvHasher::default();
+    h.write(tenant.as_bytes());
+    h.write(store.as_bytes());
+    (h.finish() % u64::from(partitions.max(1))) as u16
+}
+
+/// The destination of the stream transform that appends the partition token to
+/// `tillsync.<family>.<tenant>.<store>.<last>`.
+pub fn transform_destination(family_token: &str, partitions: u16) -> String {
+    format!(
+        "{}.{family_token}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{partition({partitions},1,2)}}}}",
+        crate::subject::ROOT
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_server_for_known_stores() {
+        // Stored subjects read back from nats-server 2.15.1 with P = 16.
+        assert_eq!(of("acme", "s1", 16), 15);
+        assert_eq!(of("acme", "s2", 16), 2);
+        assert_eq!(of("acme", "s3", 16), 5);
+        assert_eq!(of("t-1", "store-7", 16), 6);
+    }
+
+    #[test]
+    fn stays_in_range_and_spreads() {
+        let used: std::collections::HashSet<u16> = (0..400).map(|s| of("acme", &format!("s{s}"), 16)).collect();
+        assert_eq!(used.len(), 16);
+        assert_eq!(of("acme", "s1", 1), 0);
+    }
+
+    #[test]
+    fn transform_names_every_token() {
+        assert_eq!(
+            transform_destination("ev", 16),
+            "tillsync.ev.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{partition(16,1,2)}}"
+        );
+    }
+}
