@@ -12,6 +12,7 @@ mod devices;
 mod global;
 mod migrate;
 mod output;
+mod partitions;
 mod quarantine;
 mod replay;
 mod status;

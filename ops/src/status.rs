@@ -1,8 +1,11 @@
 //! `tillsync status`: NATS and Postgres reachability, streams (bytes against their limit), the
-//! broker's consumers, broker instances and their resident actors, devices online per tenant,
+//! broker's consumers (each summed over its partitions), broker instances and their resident
+//! actors, which instance owns which partitions and their lag, devices online per tenant,
 //! quarantine size, open device gaps and stalled watermarks. Exit code 3 when something needs
 //! a look; the checks and their thresholds are listed in docs/operations.md. Each server gets
 //! `--timeout-s` to answer, so an unreachable one is reported, not waited for.
+
+mod partitions;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +17,8 @@ use tillsync_schemas::streams as names;
 
 use crate::global::Global;
 use crate::output::{emit, table, ts};
+use crate::partitions::{Backlog, CONSUMERS};
+use partitions::{DbPartitions, Instance, JsPartitions, Partitions};
 
 /// A broker instance counts as alive when it reported this recently (it reports every 2 s).
 const ALIVE_WITHIN_S: i64 = 30;
@@ -36,6 +41,10 @@ pub struct StatusArgs {
     /// How long NATS, and Postgres, each get to answer, seconds.
     #[arg(long, default_value_t = 10)]
     timeout_s: u64,
+    /// The brokers' partition lease TTL, seconds: an owner that has not reported for this
+    /// plus 5 s has lost its lease, and its partitions wait for another instance.
+    #[arg(long, env = "TILLSYNC_LEASE_TTL_S", default_value_t = 5)]
+    lease_ttl_s: u64,
 }
 
 #[derive(Serialize, Default)]
@@ -46,6 +55,7 @@ struct Status {
     consumers: Vec<ConsumerStatus>,
     brokers: Vec<BrokerRow>,
     resident_actors: i64,
+    partitions: Partitions,
     tenants: Vec<TenantDevices>,
     quarantined: i64,
     gaps: Gaps,
@@ -74,14 +84,14 @@ struct StreamStatus {
     consumers: usize,
 }
 
+/// One of the broker's consumers, summed over its partition consumers (`<name>-p<N>`).
 #[derive(Serialize)]
 struct ConsumerStatus {
     stream: String,
     name: String,
-    num_pending: u64,
-    num_ack_pending: usize,
-    num_redelivered: usize,
-    num_waiting: usize,
+    /// `consumers` says how many partition consumers were summed.
+    #[serde(flatten)]
+    backlog: Backlog,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -148,25 +158,22 @@ const STREAMS: &[&str] = &[
     names::STATUS,
     names::WATERMARKS,
 ];
-const CONSUMERS: &[(&str, &str)] = &[
-    (names::EVENTS, names::BROKER_EVENTS_CONSUMER),
-    (names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER),
-    (names::INTAKE, names::BROKER_INTAKE_CONSUMER),
-    (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER),
-];
 
 pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let within = Duration::from_secs(args.timeout_s);
+    let silent_after_s = args.lease_ttl_s + partitions::SILENT_MARGIN_S;
     let mut status = Status::default();
     let (nats, db) = tokio::join!(
         tokio::time::timeout(within, jetstream(global)),
-        tokio::time::timeout(within, database(global, &args))
+        tokio::time::timeout(within, database(global, &args, silent_after_s))
     );
+    let (mut js_parts, mut db_parts) = (None, None);
     match flatten(nats, within) {
-        Ok((streams, consumers, missing)) => {
+        Ok(js) => {
             status.nats.reachable = true;
-            (status.streams, status.consumers) = (streams, consumers);
-            status.problems.extend(missing);
+            (status.streams, status.consumers) = (js.streams, js.consumers);
+            status.problems.extend(js.missing);
+            js_parts = Some(js.partitions);
         }
         Err(e) => {
             status.nats.error = Some(e.clone());
@@ -179,12 +186,19 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
             (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, db.quarantined);
             (status.gaps, status.watermarks) = (db.gaps, db.watermarks);
             status.resident_actors = status.brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
+            db_parts = Some(db.partitions);
         }
         Err(e) => {
             status.postgres.error = Some(e.clone());
             status.problems.push(format!("Postgres unreachable: {e}"));
         }
     }
+    let instances: Vec<Instance> = status
+        .brokers
+        .iter()
+        .map(|b| Instance { id: &b.instance_id, last_seen: b.last_seen, reporting: b.alive })
+        .collect();
+    status.partitions = partitions::assemble(db_parts.as_ref(), js_parts.as_ref(), &instances, silent_after_s);
     let found = problems(&status, args.stream_fill);
     status.problems.extend(found);
     emit(global.json, &status, human)?;
@@ -200,8 +214,17 @@ fn flatten<T>(r: Result<anyhow::Result<T>, tokio::time::error::Elapsed>, within:
     }
 }
 
-/// Streams and consumers, and what is missing among them.
-async fn jetstream(global: &Global) -> anyhow::Result<(Vec<StreamStatus>, Vec<ConsumerStatus>, Vec<String>)> {
+struct JsFacts {
+    streams: Vec<StreamStatus>,
+    consumers: Vec<ConsumerStatus>,
+    partitions: JsPartitions,
+    /// Streams that are missing.
+    missing: Vec<String>,
+}
+
+/// Streams and the broker's consumers, and which streams are missing. A consumer missing for
+/// an owned partition is found when the owners are known ([`partitions::assemble`]).
+async fn jetstream(global: &Global) -> anyhow::Result<JsFacts> {
     let js = async_nats::jetstream::new(global.nats().await?);
     let mut missing = Vec::new();
     let mut streams = Vec::new();
@@ -225,24 +248,23 @@ async fn jetstream(global: &Global) -> anyhow::Result<(Vec<StreamStatus>, Vec<Co
         }
     }
     let mut consumers = Vec::new();
-    for (stream, name) in CONSUMERS {
-        let Ok(s) = js.get_stream(*stream).await else { continue };
-        match s.get_consumer::<async_nats::jetstream::consumer::pull::Config>(name).await {
-            Ok(mut c) => {
-                let i = c.info().await?;
-                consumers.push(ConsumerStatus {
-                    stream: stream.to_string(),
-                    name: name.to_string(),
-                    num_pending: i.num_pending,
-                    num_ack_pending: i.num_ack_pending,
-                    num_redelivered: i.num_redelivered,
-                    num_waiting: i.num_waiting,
-                });
-            }
-            Err(e) => missing.push(format!("consumer {stream}/{name} unavailable: {e}")),
+    let mut parts = JsPartitions::default();
+    for (stream, base) in CONSUMERS {
+        if !streams.iter().any(|s| s.name == stream) {
+            continue;
         }
+        let found = crate::partitions::consumers(&js, stream, base).await?;
+        for (p, info) in &found {
+            *parts.lag.entry(*p).or_default() += Backlog::of([info]).lag();
+        }
+        parts.present.insert(base, found.keys().copied().collect());
+        consumers.push(ConsumerStatus {
+            stream: stream.into(),
+            name: base.into(),
+            backlog: Backlog::of(found.values()),
+        });
     }
-    Ok((streams, consumers, missing))
+    Ok(JsFacts { streams, consumers, partitions: parts, missing })
 }
 
 struct DbFacts {
@@ -251,9 +273,10 @@ struct DbFacts {
     quarantined: i64,
     gaps: Gaps,
     watermarks: Watermarks,
+    partitions: DbPartitions,
 }
 
-async fn database(global: &Global, args: &StatusArgs) -> anyhow::Result<DbFacts> {
+async fn database(global: &Global, args: &StatusArgs, silent_after_s: u64) -> anyhow::Result<DbFacts> {
     let pool = global.pool().await?;
     let brokers = sqlx::query_as(
         "SELECT instance_id, host, started_at, last_seen, resident_actors,
@@ -272,8 +295,9 @@ async fn database(global: &Global, args: &StatusArgs) -> anyhow::Result<DbFacts>
     let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine").fetch_one(&pool).await?;
     let gaps = gaps(&pool, args.gap_age_s).await?;
     let watermarks = stalls(&pool, args.stall_s).await?;
+    let partitions = partitions::read(&pool, silent_after_s).await?;
     pool.close().await;
-    Ok(DbFacts { brokers, tenants, quarantined, gaps, watermarks })
+    Ok(DbFacts { brokers, tenants, quarantined, gaps, watermarks, partitions })
 }
 
 async fn gaps(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Gaps, sqlx::Error> {
@@ -330,6 +354,7 @@ fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
     if s.postgres.reachable && !s.brokers.iter().any(|b| b.alive) {
         out.push(format!("no broker instance reported in the last {ALIVE_WITHIN_S} s"));
     }
+    out.extend(partitions::problems(&s.partitions));
     let g = &s.gaps;
     if g.older_than_threshold > 0 {
         let first = g.oldest.first().map(|r| {
@@ -389,15 +414,17 @@ fn human(s: &Status) -> String {
         .consumers
         .iter()
         .map(|c| {
+            let b = &c.backlog;
             vec![
-                format!("{}/{}", c.stream, c.name),
-                c.num_pending.to_string(),
-                c.num_ack_pending.to_string(),
-                c.num_redelivered.to_string(),
+                format!("{}/{}-p*", c.stream, c.name),
+                b.consumers.to_string(),
+                b.num_pending.to_string(),
+                b.num_ack_pending.to_string(),
+                b.num_redelivered.to_string(),
             ]
         })
         .collect();
-    out += &table(&["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED"], &rows);
+    out += &table(&["CONSUMER", "PARTITIONS", "PENDING", "ACK PENDING", "REDELIVERED"], &rows);
     out += "\nBROKERS\n";
     let rows: Vec<Vec<String>> = s
         .brokers
@@ -414,7 +441,9 @@ fn human(s: &Status) -> String {
         })
         .collect();
     out += &table(&["INSTANCE", "HOST", "STARTED", "LAST SEEN", "ACTORS", "STATE"], &rows);
-    out += &format!("resident actors: {}\n\nDEVICES\n", s.resident_actors);
+    out += &format!("resident actors: {}\n", s.resident_actors);
+    out += &partitions::human(&s.partitions);
+    out += "\nDEVICES\n";
     let rows: Vec<Vec<String>> =
         s.tenants.iter().map(|t| vec![t.tenant_id.clone(), t.online.to_string(), t.offline.to_string()]).collect();
     out += &table(&["TENANT", "ONLINE", "OFFLINE"], &rows);

@@ -4,12 +4,13 @@
 //! Each pipeline gets a fresh database and its own consumer from the first message of the
 //! stream, and starts after a `CHECKPOINT` so none inherits another's dirty pages. Timing
 //! starts before the pipeline connects and ends when every message is acked (the broker:
-//! its consumer has nothing pending or unacked; the others: the last ack is flushed).
+//! its partition consumers have nothing pending or unacked; the others: the last ack is
+//! flushed).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream;
 use clap::Args;
 use sqlx::PgPool;
 use tillsync_broker::Broker;
@@ -18,6 +19,7 @@ use tillsync_schemas::streams as names;
 use super::env::Env;
 use super::report::Report;
 use super::{baseline, data, diag, median, naive, Measured};
+use crate::partitions;
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -183,20 +185,17 @@ pub async fn broker_drain(
 ) -> anyhow::Result<(Measured, Option<diag::PerEvent>)> {
     let url = fresh(env).await?;
     let config = env.broker_config(&url);
-    // A new broker consumer, so this broker starts from the first message like the others.
-    let stream = js.get_stream(names::EVENTS).await?;
-    let _ = stream.delete_consumer(names::BROKER_EVENTS_CONSUMER).await;
+    // New broker consumers, so this broker starts from the first message like the others.
+    partitions::delete(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER).await?;
     tillsync_broker::streams::ensure(js, &config).await?;
-    let consumer: PullConsumer = stream
-        .get_consumer(names::BROKER_EVENTS_CONSUMER)
-        .await
-        .map_err(|e| anyhow::anyhow!("broker consumer: {e}"))?;
+    let pool = super::env::quiet_pool(&url, 1).await?;
     let before = diag::Batches::now();
     let cpu_before = diag::CpuSplit::now(env.nats_pid());
     let started = Instant::now();
     let broker = Broker::start(config).await.context("broker start")?;
     eprintln!("broker started in {:.0} ms (counted in its drain time)", started.elapsed().as_secs_f64() * 1e3);
-    let drained = wait_drained(&consumer, total).await;
+    let drained = wait_left(js, &pool, 0).await;
+    pool.close().await;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_before.zip(diag::CpuSplit::now(env.nats_pid())).map(|(b, a)| a.per_event_since(&b, total as f64));
     let (mean_batch, mean_apply_ms) = diag::Batches::now().since(&before);
@@ -207,22 +206,35 @@ pub async fn broker_drain(
     Ok((Measured { messages: total, seconds }, cpu))
 }
 
-/// Waits until the consumer has delivered and seen acked every one of `total` messages; fails
-/// when it stops making progress for a minute.
-pub async fn wait_drained(consumer: &PullConsumer, total: usize) -> anyhow::Result<()> {
+/// Waits until the broker's events consumers (every partition's, on the database at `pool`)
+/// hold at most `at_most` messages pending or unacked; fails when that stops moving for a
+/// minute (a broker that never starts included).
+pub async fn wait_left(js: &jetstream::Context, pool: &PgPool, at_most: u64) -> anyhow::Result<()> {
     let stall = Duration::from_secs(60);
-    let mut last = (u64::MAX, Instant::now());
+    let mut last = (None, Instant::now());
+    let mut count = None;
     loop {
-        let info = consumer.get_info().await?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= total as u64 {
+        // The broker records its partition count at start.
+        if count.is_none() {
+            count = partitions::count(pool).await?;
+        }
+        let left = match count {
+            Some(p) => partitions::events_backlog(js, p).await?.map(|b| b.lag()),
+            None => None,
+        };
+        if left.is_some_and(|l| l <= at_most) {
             return Ok(());
         }
-        let left = info.num_pending + info.num_ack_pending as u64;
         if left != last.0 {
             last = (left, Instant::now());
         } else if last.1.elapsed() > stall {
-            bail!("no progress for {stall:?}: {left} messages still pending or unacked");
+            match left {
+                Some(l) => bail!("no progress for {stall:?}: {l} messages still pending or unacked"),
+                None => bail!("for {stall:?} the broker has not created a consumer for every partition"),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Each look lists every partition's consumer: often enough for a drain of seconds,
+        // rarely enough not to load nats-server.
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

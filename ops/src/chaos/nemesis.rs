@@ -3,6 +3,7 @@
 //! which stays offline for a long stretch (30 % of the run: minutes in a 10-minute run) while
 //! the others go on.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,10 +11,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tillsync_schemas::streams;
+use tillsync_schemas::{streams, subject};
 use tokio::time::Instant;
 
 use super::fleet::Fleet;
+use crate::partitions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -225,27 +227,44 @@ async fn execute(step: &Step, fleet: &Arc<Mutex<Fleet>>, js: &async_nats::jetstr
 }
 
 /// NATS write loss: deletes up to three messages of `TILLSYNC_EVENTS` that JetStream acked to
-/// a bridge but the broker has not acked yet (above the broker consumer's ack floor), as a
-/// power cut before JetStream's fsync would. Returns how many it deleted.
+/// a bridge but the broker has not acked yet (above the ack floor of their partition's
+/// consumer; a partition without a consumer has read nothing), as a power cut before
+/// JetStream's fsync would. Returns how many it deleted.
 async fn delete_unread_events(js: &async_nats::jetstream::Context, seed: u64) -> u64 {
     let Ok(mut stream) = js.get_stream(streams::EVENTS).await else { return 0 };
     let Ok(info) = stream.info().await else { return 0 };
     let last = info.state.last_sequence;
-    let Ok(consumer) = stream.consumer_info(streams::BROKER_EVENTS_CONSUMER).await else { return 0 };
-    let floor = consumer.ack_floor.stream_sequence;
+    let Ok(consumers) = partitions::consumers(js, streams::EVENTS, streams::BROKER_EVENTS_CONSUMER).await else {
+        return 0;
+    };
+    let floors: HashMap<u16, u64> = consumers.iter().map(|(p, c)| (*p, c.ack_floor.stream_sequence)).collect();
+    let floor = |p: u16| floors.get(&p).copied().unwrap_or(0);
+    // Below every partition's floor everything is read.
+    let lowest = (0..partitions_in(&floors)).map(floor).min().unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut deleted = 0;
-    for _ in 0..3 {
-        if last <= floor {
+    // Draws land on read messages of other partitions too; a few more draws than deletions.
+    for _ in 0..12 {
+        if last <= lowest || deleted == 3 {
             break;
         }
-        let seq = rng.random_range(floor + 1..=last);
-        if matches!(stream.delete_message(seq).await, Ok(true)) {
-            eprintln!("          deleted TILLSYNC_EVENTS seq {seq} (broker ack floor {floor}, last {last})");
+        let seq = rng.random_range(lowest + 1..=last);
+        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
+        let Some(p) = subject::parse(&msg.subject).ok().and_then(|s| s.partition) else { continue };
+        if seq > floor(p) && matches!(stream.delete_message(seq).await, Ok(true)) {
+            eprintln!(
+                "          deleted TILLSYNC_EVENTS seq {seq} (partition {p}, its ack floor {}, last {last})",
+                floor(p)
+            );
             deleted += 1;
         }
     }
     deleted
+}
+
+/// The partition count, as far as the consumers tell (the highest partition with one, + 1).
+fn partitions_in(floors: &HashMap<u16, u64>) -> u16 {
+    floors.keys().max().map_or(0, |p| p + 1)
 }
 
 #[cfg(test)]
