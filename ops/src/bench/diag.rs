@@ -111,7 +111,7 @@ pub struct PerEvent {
 }
 
 /// `/proc` counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second for user space.
-const US_PER_TICK: f64 = 10_000.0;
+pub const US_PER_TICK: f64 = 10_000.0;
 
 impl CpuSplit {
     /// `nats_pid`: the private nats-server, if the bench started one. `None` without `/proc`.
@@ -158,6 +158,12 @@ impl PerEvent {
         }
         r.number("cpu_us_per_event_rest", self.rest);
     }
+}
+
+/// CPU time (utime + stime) process `pid` has used, in ticks of [`US_PER_TICK`]; `None` when it
+/// is gone or `/proc` cannot be read.
+pub fn ticks_of(pid: u32) -> Option<u64> {
+    process_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// utime + stime of `/proc/<pid>/stat`: the 12th and 13th fields after the `(comm)`, which may

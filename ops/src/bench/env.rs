@@ -2,7 +2,7 @@
 //!
 //! An explicitly configured NATS (`--nats-url` or `NATS_URL`) is used as is; otherwise a
 //! private `nats-server` with JetStream starts on a random port with a temp store and is killed
-//! at exit. Postgres is the configured server (or the local one); every measured pipeline gets
+//! at exit (`bench scale` always starts a private 3-node cluster). Postgres is the configured server (or the local one); every measured pipeline gets
 //! a fresh, migrated database of its own, dropped at the end, so each starts from an empty
 //! schema and nothing existing is touched.
 
@@ -42,9 +42,12 @@ impl Drop for NatsProc {
 
 pub struct Env {
     pub nats_url: String,
+    /// Every node's client URL (just `nats_url` but for a private cluster).
+    pub nats_urls: Vec<String>,
     admin_url: String,
     databases: Vec<String>,
-    nats: Option<NatsProc>,
+    /// The private servers this run started, if any.
+    nats: Vec<NatsProc>,
 }
 
 /// True when the value did not come from the built-in default (so a flag or the env set it).
@@ -54,23 +57,29 @@ fn explicit(value: &str, default: &str, var: &str) -> bool {
 
 impl Env {
     pub async fn start(global: &Global) -> anyhow::Result<Env> {
-        let admin_url = if explicit(&global.database_url, DEFAULT_DATABASE_URL, "DATABASE_URL") {
-            global.database_url.clone()
-        } else {
-            match std::env::var("TILLSYNC_TEST_DATABASE_URL") {
-                Ok(url) => url,
-                Err(_) => local_admin_url().await,
-            }
-        };
-        let admin = admin_pool(&admin_url).await?;
-        admin.close().await;
+        let admin_url = admin_url(global).await?;
         let (nats_url, nats) = if explicit(&global.nats_url, DEFAULT_NATS_URL, "NATS_URL") {
-            (global.nats_url.clone(), None)
+            (global.nats_url.clone(), Vec::new())
         } else {
             let (url, proc_) = start_nats(None).await?;
-            (url, Some(proc_))
+            (url, vec![proc_])
         };
-        Ok(Env { nats_url, admin_url, databases: Vec::new(), nats })
+        Ok(Env { nats_urls: vec![nats_url.clone()], nats_url, admin_url, databases: Vec::new(), nats })
+    }
+
+    /// Postgres as [`Env::start`], and a private cluster of `nodes` nats-servers on loopback
+    /// whatever `NATS_URL` says: a scenario that kills brokers and replicates streams needs a
+    /// cluster of its own.
+    pub async fn start_cluster(global: &Global, nodes: usize) -> anyhow::Result<Env> {
+        let admin_url = admin_url(global).await?;
+        let (nats_urls, nats) = start_cluster(nodes).await?;
+        Ok(Env { nats_url: nats_urls[0].clone(), nats_urls, admin_url, databases: Vec::new(), nats })
+    }
+
+    /// Whether Postgres runs on this machine, so its processes' CPU can be read in `/proc`.
+    pub fn postgres_is_local(&self) -> bool {
+        let host = self.admin_url.split('@').nth(1).unwrap_or(&self.admin_url);
+        ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| host.starts_with(h))
     }
 
     /// A fresh database with the migrations applied; returns its URL.
@@ -96,7 +105,9 @@ impl Env {
         c.http_addr = "127.0.0.1:0".parse().expect("static address");
         c.instance_id = Some(format!("bench-{}", std::process::id()));
         c.auto_tenants = false;
-        if self.nats.is_some() {
+        if !self.nats.is_empty() {
+            // Streams on a private cluster are replicated to three nodes, as in production.
+            c.stream_replicas = self.nats.len().min(3);
             // A private server holds only bench data (100,000 events are ~30 MB); asking
             // JetStream to reserve the production 10 GiB fails on a machine with little free
             // disk.
@@ -107,7 +118,12 @@ impl Env {
 
     /// The private nats-server's pid, when the bench started one.
     pub fn nats_pid(&self) -> Option<u32> {
-        self.nats.as_ref().map(|p| p.child.id())
+        self.nats.first().map(|p| p.child.id())
+    }
+
+    /// Every private nats-server's pid.
+    pub fn nats_pids(&self) -> Vec<u32> {
+        self.nats.iter().map(|p| p.child.id()).collect()
     }
 
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
@@ -143,7 +159,7 @@ impl Env {
             }
             admin.close().await;
         }
-        self.nats.take();
+        self.nats.clear();
     }
 }
 
@@ -158,6 +174,21 @@ async fn admin_pool(url: &str) -> anyhow::Result<PgPool> {
     quiet_pool(url, 1).await.with_context(|| {
         format!("cannot reach Postgres at {url} (set DATABASE_URL to a server where the bench may CREATE DATABASE)")
     })
+}
+
+/// The configured Postgres (flag or `DATABASE_URL`), else `TILLSYNC_TEST_DATABASE_URL`, else a
+/// local one; checked to answer.
+async fn admin_url(global: &Global) -> anyhow::Result<String> {
+    let url = if explicit(&global.database_url, DEFAULT_DATABASE_URL, "DATABASE_URL") {
+        global.database_url.clone()
+    } else {
+        match std::env::var("TILLSYNC_TEST_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => local_admin_url().await,
+        }
+    };
+    admin_pool(&url).await?.close().await;
+    Ok(url)
 }
 
 /// The local server, else the private cluster `./scripts/run-local.sh` starts on port 15432.
@@ -223,35 +254,94 @@ fn nats_bin() -> anyhow::Result<PathBuf> {
 /// Starts a private nats-server with JetStream on a free loopback port and a temp store;
 /// `sync_interval` (`"always"`, `"2m"`, ...) sets JetStream's fsync policy, else its default.
 pub async fn start_nats(sync_interval: Option<&str>) -> anyhow::Result<(String, NatsProc)> {
-    let bin = nats_bin()?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let store = tempfile::TempDir::new()?;
-    let config = store.path().join("nats.conf");
     let sync = sync_interval.map(|s| format!(", sync_interval: {s:?}")).unwrap_or_default();
-    std::fs::write(
-        &config,
-        format!("listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?}{sync} }}\n", store.path().join("js")),
-    )?;
+    let proc_ =
+        spawn_nats(|store| format!("listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {store:?}{sync} }}\n"))?;
+    let url = format!("nats://127.0.0.1:{port}");
+    wait_for_jetstream(&url).await?;
+    Ok((url, proc_))
+}
+
+/// Starts `nodes` nats-servers with JetStream clustered over loopback routes, each with its
+/// own temp store; returns once a stream replicated to all of them can be created (a meta
+/// leader is elected and every node is a peer).
+pub async fn start_cluster(nodes: usize) -> anyhow::Result<(Vec<String>, Vec<NatsProc>)> {
+    anyhow::ensure!(nodes >= 1, "a cluster has at least one node");
+    let free = || -> anyhow::Result<u16> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let ports: Vec<(u16, u16)> = (0..nodes).map(|_| Ok((free()?, free()?))).collect::<anyhow::Result<_>>()?;
+    let routes: Vec<String> = ports.iter().map(|(_, r)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
+    let mut procs = Vec::new();
+    for (i, (port, route)) in ports.iter().enumerate() {
+        procs.push(spawn_nats(|store| {
+            format!(
+                "server_name: \"bench-{i}\"\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{ name: \"tillsync-bench\", listen: \"127.0.0.1:{route}\", routes: [{}] }}\n",
+                routes.join(", ")
+            )
+        })?);
+    }
+    let urls: Vec<String> = ports.iter().map(|(p, _)| format!("nats://127.0.0.1:{p}")).collect();
+    for url in &urls {
+        wait_for_jetstream(url).await?;
+    }
+    wait_for_replicas(&urls[0], nodes).await?;
+    Ok((urls, procs))
+}
+
+/// Spawns nats-server on the config `config(store_dir)` returns, in a temp dir of its own.
+fn spawn_nats(config: impl FnOnce(&Path) -> String) -> anyhow::Result<NatsProc> {
+    let bin = nats_bin()?;
+    let store = tempfile::TempDir::new()?;
+    let file = store.path().join("nats.conf");
+    std::fs::write(&file, config(&store.path().join("js")))?;
     let child = Command::new(&bin)
         .arg("-c")
-        .arg(&config)
+        .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    let proc_ = NatsProc { child, _store: store };
-    let url = format!("nats://127.0.0.1:{port}");
+    Ok(NatsProc { child, _store: store })
+}
+
+async fn wait_for_jetstream(url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(client) = async_nats::connect(&url).await {
+        if let Ok(client) = async_nats::connect(url).await {
             if jetstream::new(client).query_account().await.is_ok() {
-                return Ok((url, proc_));
+                return Ok(());
             }
         }
         if Instant::now() > deadline {
-            bail!("{} did not accept JetStream connections on {url} within 15 s", bin.display());
+            bail!("nats-server did not accept JetStream connections on {url} within 15 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a stream with `replicas` replicas can be created (then deletes it).
+async fn wait_for_replicas(url: &str, replicas: usize) -> anyhow::Result<()> {
+    const PROBE: &str = "TILLSYNC_BENCH_PROBE";
+    let js = jetstream::new(async_nats::connect(url).await?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let config = jetstream::stream::Config {
+        name: PROBE.into(),
+        subjects: vec!["tillsync-bench.probe".into()],
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(_) => {
+                js.delete_stream(PROBE).await?;
+                return Ok(());
+            }
+            Err(e) if Instant::now() > deadline => {
+                bail!("the {replicas}-node NATS cluster did not take an R{replicas} stream within 30 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 

@@ -1,13 +1,15 @@
 //! `tillsync bench <scenario>`: benchmarks against real NATS and Postgres.
 //!
 //! Each scenario starts what it needs (a private nats-server unless `NATS_URL` is given, fresh
-//! databases on the configured Postgres), runs the broker in this process, measures, cleans up
-//! and prints a table, or one JSON object with `--json`. Progress goes to stderr. The figures
+//! databases on the configured Postgres), runs the broker in this process (`scale`: as
+//! processes, on a private cluster), measures, cleans up and prints a table, or one JSON
+//! object with `--json`. Progress goes to stderr. The figures
 //! and how to reproduce them are in docs/performance.md.
 
 mod actors;
 mod baseline;
 mod commands;
+mod cpu;
 mod data;
 mod diag;
 mod env;
@@ -17,6 +19,7 @@ mod latency;
 mod naive;
 mod replay;
 mod report;
+mod scale;
 
 use std::process::ExitCode;
 
@@ -46,6 +49,9 @@ pub enum Scenario {
     Actors(actors::ActorsArgs),
     /// JetStream publish rate with nats-server's default fsync and with `sync_interval: always`.
     Fsync(fsync::FsyncArgs),
+    /// One and two broker processes on a 3-node NATS cluster: drain rate, CPU per event, and
+    /// the takeover after a broker is killed.
+    Scale(scale::ScaleArgs),
 }
 
 /// A timed drain.
@@ -94,7 +100,10 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
         fsync::run(a).await?.print(global.json);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut env = Env::start(global).await?;
+    let mut env = match args.scenario {
+        Scenario::Scale(_) => Env::start_cluster(global, scale::NODES).await?,
+        _ => Env::start(global).await?,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // On Ctrl-C or SIGTERM the databases are still dropped and the private nats-server killed.
     let outcome = tokio::select! {
@@ -115,6 +124,7 @@ async fn scenario(s: Scenario, env: &mut Env) -> anyhow::Result<Report> {
         Scenario::Commands(a) => commands::run(a, env).await,
         Scenario::Replay(a) => replay::run(a, env).await,
         Scenario::Actors(a) => actors::run(a, env).await,
+        Scenario::Scale(a) => scale::run(a, env).await,
         Scenario::Fsync(_) => unreachable!("run() handles fsync before starting an environment"),
     }
 }

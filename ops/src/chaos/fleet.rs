@@ -4,11 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::nemesis::Fault;
 use super::postgres::PgCluster;
-use super::procs::{free_port, Proc};
+use super::procs::{free_port, sibling_bin, Proc};
 use super::Device;
 
 /// Broker settings that make a minute of chaos exercise retries, offline detection and
@@ -39,18 +37,7 @@ pub struct Bins {
 
 impl Bins {
     pub fn find() -> anyhow::Result<Bins> {
-        let dir = match std::env::var_os("TILLSYNC_BIN_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => std::env::current_exe()?.parent().context("executable has no directory")?.to_path_buf(),
-        };
-        let (broker, edge) = (dir.join("tillsync-broker"), dir.join("tillsync-edge"));
-        for b in [&broker, &edge] {
-            anyhow::ensure!(
-                b.exists(),
-                "{} not found (build the workspace's binaries, or set TILLSYNC_BIN_DIR)",
-                b.display()
-            );
-        }
+        let (broker, edge) = (sibling_bin("tillsync-broker")?, sibling_bin("tillsync-edge")?);
         let nats = std::env::var_os("TILLSYNC_NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
         Ok(Bins { broker, edge, nats })
     }

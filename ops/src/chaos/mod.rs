@@ -18,7 +18,7 @@ mod nemesis;
 mod portal;
 mod pos;
 mod postgres;
-mod procs;
+pub mod procs;
 mod report;
 mod run;
 

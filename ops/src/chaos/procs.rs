@@ -12,6 +12,21 @@ use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// A binary of this workspace: next to this executable, or in `TILLSYNC_BIN_DIR`.
+pub fn sibling_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("TILLSYNC_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()?.parent().context("executable has no directory")?.to_path_buf(),
+    };
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found (build the workspace's binaries, or set TILLSYNC_BIN_DIR)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
