@@ -53,9 +53,9 @@ impl CpuWatch {
     }
 
     /// Microseconds of CPU each group used, divided over `events`.
-    pub async fn stop(self, events: f64) -> BTreeMap<&'static str, f64> {
+    pub async fn stop(mut self, events: f64) -> BTreeMap<&'static str, f64> {
         self.stop.cancel();
-        let Ok(s) = self.task.await else { return BTreeMap::new() };
+        let Ok(s) = (&mut self.task).await else { return BTreeMap::new() };
         let mut out: BTreeMap<&'static str, f64> = s.groups.iter().map(|g| (g.name, 0.0)).collect();
         if s.backends.is_some() {
             out.insert(POSTGRES, 0.0);
@@ -64,6 +64,12 @@ impl CpuWatch {
             *out.entry(seen.group).or_default() += (seen.last - seen.base) as f64 * US_PER_TICK / events.max(1.0);
         }
         out
+    }
+}
+
+impl Drop for CpuWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

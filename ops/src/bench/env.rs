@@ -133,7 +133,12 @@ impl Env {
     /// Creates the streams and checks the events stream holds nothing a benchmark would mix
     /// with its own data (a shared server is never purged behind the operator's back).
     pub async fn ensure_empty_streams(&self, js: &jetstream::Context) -> anyhow::Result<()> {
-        tillsync_broker::streams::ensure(js, &self.broker_config("postgres://unused/unused")).await?;
+        self.ensure_empty(js, &self.broker_config("postgres://unused/unused")).await
+    }
+
+    /// [`Env::ensure_empty_streams`] with the streams as `config` has them (partitions, replicas).
+    pub async fn ensure_empty(&self, js: &jetstream::Context, config: &Config) -> anyhow::Result<()> {
+        tillsync_broker::streams::ensure(js, config).await?;
         for name in [names::EVENTS, names::INTAKE, names::COMMANDS, names::COMMAND_ACKS] {
             let mut s = js.get_stream(name).await?;
             let n = s.info().await?.state.messages;

@@ -8,6 +8,7 @@
 
 mod actors;
 mod baseline;
+mod brokers;
 mod commands;
 mod cpu;
 mod data;
@@ -17,6 +18,7 @@ mod fsync;
 mod ingest;
 mod latency;
 mod naive;
+mod owners;
 mod replay;
 mod report;
 mod scale;

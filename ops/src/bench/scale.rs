@@ -1,14 +1,16 @@
 //! `bench scale`: the broker as separate processes sharing the partitions, on a private 3-node
 //! NATS cluster whose streams are replicated three times, as docker-compose.yml runs it.
 //!
-//! One stream of events is preloaded once. Each round then drains it from its first message
-//! into a fresh database three times: with one broker process, with two, and with two of which
-//! one is killed (SIGKILL) once a share of the events is settled. Measured: events per second
-//! from the processes' start until every partition's events consumer is settled; CPU per event
-//! of the broker processes, the nats-servers and the database's Postgres backends; how long
-//! until every partition had an owner; and for the kill, how long until the survivor held every
-//! partition the dead one had (`partition_owners`). Every drain ends with each unique event in
-//! the ledger exactly once.
+//! Each round drains the same kind of load three times, each into a fresh database and an
+//! empty events stream: with one broker process, with two, and with two of which the one
+//! holding the most partitions is killed (SIGKILL) once a share of the events is in the
+//! ledger. The brokers start first; once every instance holds its share of the partitions the
+//! events are published (as a fleet would, acks in flight) and the clock runs until every
+//! partition's events consumer is settled. Measured: events per second, CPU per event of the
+//! broker processes, the nats-servers and the database's Postgres backends, how long until
+//! every partition had an owner after the processes started, and for the kill how long until
+//! the survivor held every partition the dead one had (`partition_owners`) and until all was
+//! settled. Every drain ends with each unique event in the ledger exactly once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,13 +20,15 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use clap::Args;
 use sqlx::PgPool;
+use tillsync_broker::config::Config;
 use tillsync_schemas::streams as names;
 
+use super::brokers::Brokers;
 use super::cpu::{CpuWatch, Group, POSTGRES};
 use super::env::{quiet_pool, Env};
 use super::ingest::{fresh, verify, wait_left};
 use super::report::{round3, Report};
-use super::{data, median};
+use super::{data, median, owners, AbortOnDrop};
 use crate::chaos::procs::{free_port, sibling_bin, Proc};
 use crate::partitions;
 
@@ -61,21 +65,31 @@ pub struct ScaleArgs {
 
 /// One drain's figures.
 struct Drain {
+    /// From the first publish until every message is settled.
     seconds: f64,
+    /// How long publishing took (a drain cannot be faster).
+    publish_s: f64,
     /// Microseconds of CPU per message, by process group.
     cpu: BTreeMap<&'static str, f64>,
     /// From the processes' start until every partition had an owner.
     owned_s: Option<f64>,
     /// Partitions each instance held at the end, the largest share first.
     split: Vec<usize>,
+    /// Every instance held its share when publishing began (else it began after a minute).
+    shared_out: bool,
+    /// Brokers that exited by themselves and were started again.
+    restarts: u32,
     takeover: Option<Takeover>,
 }
 
-/// The kill: how many partitions the dead instance held and how long until the survivor held them.
+/// The kill: how many partitions the dead instance held, how long until the survivor held
+/// them, and until every message was settled (the dead instance's unacked messages are
+/// redelivered once their ack wait, `TILLSYNC_ACK_WAIT_S`, runs out).
 #[derive(Clone, Copy)]
 struct Takeover {
     partitions: usize,
     seconds: f64,
+    drained_s: f64,
 }
 
 pub async fn run(args: ScaleArgs, env: &mut Env) -> anyhow::Result<Report> {
@@ -87,42 +101,51 @@ pub async fn run(args: ScaleArgs, env: &mut Env) -> anyhow::Result<Report> {
     }
     let bin = sibling_bin("tillsync-broker")?;
     let js = data::js(env.nats().await?);
-    env.ensure_empty_streams(&js).await?;
-    let msgs = data::generate(args.events, args.devices, args.dup_ratio, args.seed);
-    let unique = data::unique_count(&msgs);
-    let t = Instant::now();
-    data::preload(&js, &msgs).await?;
-    eprintln!("preloaded {} messages ({unique} unique) in {:.1} s", msgs.len(), t.elapsed().as_secs_f64());
-    drop(msgs);
-    let logs = tempfile::TempDir::new()?;
+    env.ensure_empty(&js, &config(env, &args, "postgres://unused/unused")).await?;
+    // Each drain's broker logs in a directory of their own, kept when something went wrong.
+    let logs = std::env::temp_dir().join(format!("tillsync-bench-scale-{}", std::process::id()));
+    let mut kept = false;
     let (mut one, mut two, mut killed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.runs {
         for (brokers, kill, runs) in [(1, false, &mut one), (2, false, &mut two), (2, true, &mut killed)] {
-            let what = if kill {
-                "2 brokers, one killed"
-            } else if brokers == 1 {
-                "1 broker"
-            } else {
-                "2 brokers"
+            let what = match (brokers, kill) {
+                (1, _) => "1 broker",
+                (_, false) => "2 brokers",
+                _ => "2 brokers, one killed",
             };
-            eprintln!("round {round}: {what} draining...");
-            let d = drain(env, &js, &bin, &args, brokers, kill, unique, logs.path()).await.context(what)?;
+            let dir = logs.join(format!("round-{round}-{brokers}{}", if kill { "-kill" } else { "" }));
+            std::fs::create_dir_all(&dir)?;
+            let d = drain(env, &js, &bin, &args, brokers, kill, &dir)
+                .await
+                .with_context(|| format!("{what} (broker logs in {})", dir.display()))?;
+            kept |= !d.shared_out;
             eprintln!(
-                "round {round}: {what}: {:.0} events/s, all partitions owned after {}, split {:?}{}",
+                "round {round}: {what}: {:.0} events/s (published in {:.2} s), all partitions owned after {}, split {:?}{}",
                 args.events as f64 / d.seconds,
+                d.publish_s,
                 d.owned_s.map_or_else(|| "-".into(), |s| format!("{s:.2} s")),
                 d.split,
                 d.takeover
-                    .map(|t| format!(", {} partitions taken over in {:.2} s", t.partitions, t.seconds))
+                    .map(|t| format!(
+                        ", {} partitions taken over in {:.2} s, all settled {:.2} s after the kill",
+                        t.partitions, t.seconds, t.drained_s
+                    ))
                     .unwrap_or_default()
             );
             runs.push(d);
         }
     }
-    Ok(report(&args, unique, &one, &two, &killed))
+    if kept {
+        eprintln!("broker logs kept in {}", logs.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+    Ok(report(&args, &one, &two, &killed))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One drain: a fresh database and an empty events stream, `brokers` processes started and
+/// the partitions shared out among them, then the events published and drained (and one
+/// broker killed on the way, when `kill`).
 async fn drain(
     env: &mut Env,
     js: &jetstream::Context,
@@ -130,152 +153,147 @@ async fn drain(
     args: &ScaleArgs,
     brokers: usize,
     kill: bool,
-    unique: usize,
     logs: &Path,
 ) -> anyhow::Result<Drain> {
     let url = fresh(env).await?;
-    // Every partition starts again from the first message, with no lease left from before.
-    partitions::delete(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER).await?;
-    let _ = js.delete_key_value(names::PARTITIONS_BUCKET).await;
+    reset(js).await?;
+    // New event ids each time, so JetStream's duplicate window lets every one in.
+    let msgs = data::generate(args.events, args.devices, args.dup_ratio, args.seed);
+    let unique = data::unique_count(&msgs);
     let pool = quiet_pool(&url, 2).await?;
-    let started = Instant::now();
-    let mut procs = Vec::new();
-    for i in 0..brokers {
-        let mut p = broker(env, bin, args, &url, i, logs)?;
-        p.start()?;
-        procs.push(p);
-    }
-    let groups = vec![
-        Group {
-            name: "broker",
-            pids: procs.iter().filter_map(|p| p.pid()).map(|p| p as u32).collect(),
-            started_now: true,
-        },
-        Group { name: "nats", pids: env.nats_pids(), started_now: false },
-    ];
-    let backends = if env.postgres_is_local() { Some(quiet_pool(&url, 1).await?) } else { None };
-    let watch = CpuWatch::start(groups, backends);
-    let outcome = measure(js, &pool, args, &mut procs, kill, started).await;
-    let cpu = watch.stop(args.events as f64).await;
+    let spawned = Instant::now();
+    let procs = (0..brokers).map(|i| broker(env, bin, args, &url, i, logs)).collect::<anyhow::Result<_>>()?;
+    let procs = Brokers::start(procs)?;
+    let outcome = measure(env, js, &pool, &url, args, &procs, kill, spawned, msgs).await;
     // Read before the brokers stop: a broker that stops hands its partitions back.
-    let split = split(&pool).await;
-    for p in &mut procs {
-        p.terminate(Duration::from_secs(10));
-    }
+    let split = owners::split(&pool).await;
+    let restarts = procs.restarts();
+    procs.stop();
     pool.close().await;
     if outcome.is_err() {
         eprintln!("{}", tails(logs, brokers));
     }
-    let (seconds, owned_s, takeover) = outcome?;
+    let mut d = outcome?;
     verify(&url, unique).await?;
-    Ok(Drain { seconds, cpu, owned_s, split: split?, takeover })
+    (d.split, d.restarts) = (split?, restarts);
+    Ok(d)
 }
 
-/// Waits for all partitions owned, kills one broker when asked, then waits for the drain.
+/// An empty events stream with no broker consumers, and no lease left from the last drain.
+async fn reset(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.get_stream(names::EVENTS).await?.purge().await.map_err(|e| anyhow::anyhow!("purging: {e}"))?;
+    partitions::delete(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER).await?;
+    let _ = js.delete_key_value(names::PARTITIONS_BUCKET).await;
+    Ok(())
+}
+
+/// Waits for the partitions to be owned and shared out, then publishes and times the drain.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
+    env: &Env,
     js: &jetstream::Context,
     pool: &PgPool,
+    url: &str,
     args: &ScaleArgs,
-    procs: &mut [Proc],
+    procs: &Brokers,
     kill: bool,
-    started: Instant,
-) -> anyhow::Result<(f64, Option<f64>, Option<Takeover>)> {
-    let owned_s = all_owned(pool, args.partitions, started).await?;
+    spawned: Instant,
+    msgs: Vec<data::Msg>,
+) -> anyhow::Result<Drain> {
+    let owned_s = owners::all_owned(pool, args.partitions, spawned).await?;
+    // Events flow only once every instance holds its share, so two instances drain as two.
+    let shared_out = owners::shared_out(pool, procs.names().len(), args.partitions).await?;
+    if !shared_out {
+        eprintln!("the partitions were not shared out within 60 s; publishing anyway");
+    }
+    let unique = data::unique_count(&msgs) as i64;
+    let groups = vec![
+        Group { name: "broker", pids: procs.pids(), started_now: false },
+        Group { name: "nats", pids: env.nats_pids(), started_now: false },
+    ];
+    let backends = if env.postgres_is_local() { Some(quiet_pool(url, 1).await?) } else { None };
+    let watch = CpuWatch::start(groups, backends);
+    let started = Instant::now();
+    let mut publisher = AbortOnDrop(tokio::spawn(publish(js.clone(), msgs)));
     let mut takeover = None;
     if kill {
-        let left = ((1.0 - args.kill_at) * args.events as f64) as u64;
-        wait_left(js, pool, left).await?;
+        wait_ledger(pool, (args.kill_at * unique as f64) as i64).await?;
         takeover = Some(kill_one(pool, procs).await?);
     }
+    let publish_s = (&mut publisher.0).await??;
     wait_left(js, pool, 0).await?;
-    Ok((started.elapsed().as_secs_f64(), owned_s, takeover))
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = watch.stop(args.events as f64).await;
+    let takeover =
+        takeover.map(|(killed, t): (Instant, Takeover)| Takeover { drained_s: killed.elapsed().as_secs_f64(), ..t });
+    Ok(Drain { seconds, publish_s, cpu, owned_s, split: Vec::new(), shared_out, restarts: 0, takeover })
 }
 
-/// A broker process on node `i % 3` of the cluster, configured as the bench's broker is.
+/// Publishes as the bench's preload does; returns how long it took.
+async fn publish(js: jetstream::Context, msgs: Vec<data::Msg>) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    data::preload(&js, &msgs).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Waits until the ledger holds at least `events` events; fails when it stops growing for a minute.
+async fn wait_ledger(pool: &PgPool, events: i64) -> anyhow::Result<()> {
+    let mut last = (-1, Instant::now());
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(pool).await?;
+        if n >= events {
+            return Ok(());
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            bail!("the ledger stayed at {n} events for a minute (waiting for {events})");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The bench's broker configuration with the partitions and lease TTL asked for.
+fn config(env: &Env, args: &ScaleArgs, database_url: &str) -> Config {
+    let mut c = env.broker_config(database_url);
+    (c.partitions, c.lease_ttl_s) = (args.partitions, args.lease_ttl_s);
+    c
+}
+
+/// Broker process `i` (`broker-<i+1>`), connected to node `i % 3` of the cluster.
 fn broker(env: &Env, bin: &Path, args: &ScaleArgs, url: &str, i: usize, logs: &Path) -> anyhow::Result<Proc> {
-    let mut c = env.broker_config(url);
+    let mut c = config(env, args, url);
     c.nats_url = env.nats_urls[i % env.nats_urls.len()].clone();
     c.http_addr = format!("127.0.0.1:{}", free_port()?).parse()?;
     c.instance_id = Some(format!("broker-{}", i + 1));
-    let mut vars = c.to_env();
-    vars.push(("TILLSYNC_PARTITIONS".into(), args.partitions.to_string()));
-    vars.push(("TILLSYNC_LEASE_TTL_S".into(), args.lease_ttl_s.to_string()));
-    Ok(Proc::new(&format!("broker-{}", i + 1), bin, Vec::new(), vars, logs))
-}
-
-/// Seconds from `started` until every partition has an owner; `None` if that never happens
-/// within a minute while the drain goes on (a figure missing, not a failure).
-async fn all_owned(pool: &PgPool, partitions: u16, started: Instant) -> anyhow::Result<Option<f64>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let owned: i64 = sqlx::query_scalar("SELECT count(*) FROM partition_owners WHERE released_at IS NULL")
-            .fetch_one(pool)
-            .await?;
-        if owned >= i64::from(partitions) {
-            return Ok(Some(started.elapsed().as_secs_f64()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(None)
+    Ok(Proc::new(&format!("broker-{}", i + 1), bin, Vec::new(), c.to_env(), logs))
 }
 
 /// Kills (SIGKILL) the broker holding the most partitions, and times until the other holds
-/// every one of them.
-async fn kill_one(pool: &PgPool, procs: &mut [Proc]) -> anyhow::Result<Takeover> {
-    let owners = owners(pool).await?;
+/// every one of them. Returns when it killed, too.
+async fn kill_one(pool: &PgPool, procs: &Brokers) -> anyhow::Result<(Instant, Takeover)> {
+    let owners = owners::owners(pool).await?;
     let (victim, held) = owners
         .iter()
         .max_by_key(|(_, ps)| ps.len())
         .map(|(v, ps)| (v.clone(), ps.clone()))
         .context("no partition has an owner to kill")?;
-    let survivor = procs.iter().map(|p| p.name.clone()).find(|n| *n != victim).context("no other broker")?;
-    let proc_ = procs.iter_mut().find(|p| p.name == victim).context("the owner is not a broker of this run")?;
+    let survivor = procs.names().into_iter().find(|n| *n != victim).context("no other broker")?;
     let killed = Instant::now();
-    proc_.kill9();
+    anyhow::ensure!(procs.kill9(&victim), "the owner {victim} is not a broker of this run");
     eprintln!("killed {victim} holding {} partitions", held.len());
     let deadline = killed + Duration::from_secs(120);
     loop {
-        let now = owners_of(pool, &held).await?;
+        let now = owners::owners_of(pool, &held).await?;
         if now.iter().all(|o| o.as_deref() == Some(survivor.as_str())) {
-            return Ok(Takeover { partitions: held.len(), seconds: killed.elapsed().as_secs_f64() });
+            let seconds = killed.elapsed().as_secs_f64();
+            return Ok((killed, Takeover { partitions: held.len(), seconds, drained_s: 0.0 }));
         }
         if Instant::now() > deadline {
             bail!("{survivor} did not take over {victim}'s partitions within 120 s (owners now {now:?})");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Current owners and the partitions each holds.
-async fn owners(pool: &PgPool) -> anyhow::Result<BTreeMap<String, Vec<i32>>> {
-    let rows: Vec<(String, i32)> =
-        sqlx::query_as("SELECT instance_id, partition FROM partition_owners WHERE released_at IS NULL")
-            .fetch_all(pool)
-            .await?;
-    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for (owner, p) in rows {
-        out.entry(owner).or_default().push(p);
-    }
-    Ok(out)
-}
-
-/// The current owner of each of `partitions` (`None`: nobody).
-async fn owners_of(pool: &PgPool, partitions: &[i32]) -> anyhow::Result<Vec<Option<String>>> {
-    let rows: Vec<(i32, String)> = sqlx::query_as(
-        "SELECT partition, instance_id FROM partition_owners WHERE released_at IS NULL AND partition = ANY($1)",
-    )
-    .bind(partitions)
-    .fetch_all(pool)
-    .await?;
-    let by: BTreeMap<i32, String> = rows.into_iter().collect();
-    Ok(partitions.iter().map(|p| by.get(p).cloned()).collect())
-}
-
-/// Partitions per owner at the end, largest first.
-async fn split(pool: &PgPool) -> anyhow::Result<Vec<usize>> {
-    let mut v: Vec<usize> = owners(pool).await?.values().map(Vec::len).collect();
-    v.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(v)
 }
 
 /// The last lines of each broker's log, to show with an error.
@@ -289,7 +307,7 @@ fn tails(logs: &Path, brokers: usize) -> String {
     out
 }
 
-fn report(args: &ScaleArgs, unique: usize, one: &[Drain], two: &[Drain], killed: &[Drain]) -> Report {
+fn report(args: &ScaleArgs, one: &[Drain], two: &[Drain], killed: &[Drain]) -> Report {
     let rate = |ds: &[Drain]| median(&ds.iter().map(|d| args.events as f64 / d.seconds).collect::<Vec<_>>());
     let cpu = |ds: &[Drain], group: &str| {
         median(&ds.iter().map(|d| d.cpu.get(group).copied().unwrap_or(0.0)).collect::<Vec<_>>())
@@ -300,15 +318,16 @@ fn report(args: &ScaleArgs, unique: usize, one: &[Drain], two: &[Drain], killed:
     r.param("events", args.events)
         .param("devices", args.devices)
         .param("dup_ratio", args.dup_ratio)
-        .param("unique_events", unique)
         .param("partitions", args.partitions)
         .param("lease_ttl_s", args.lease_ttl_s)
         .param("nats_nodes", NODES)
         .param("runs", args.runs);
     let (r1, r2) = (rate(one), rate(two));
+    let publish = median(&one.iter().chain(two).map(|d| d.publish_s).collect::<Vec<_>>());
     r.number("events_per_s_1_broker", r1)
         .number("events_per_s_2_brokers", r2)
-        .number("speedup_2_vs_1", r2 / r1.max(1e-9));
+        .number("speedup_2_vs_1", r2 / r1.max(1e-9))
+        .number("publish_s", publish);
     for (key, ds, group) in [
         ("cpu_us_per_event_broker_1", one, "broker"),
         ("cpu_us_per_event_nats_1", one, "nats"),
@@ -323,9 +342,16 @@ fn report(args: &ScaleArgs, unique: usize, one: &[Drain], two: &[Drain], killed:
     if let Some(d) = two.last() {
         r.result("split_2_brokers", d.split.iter().map(usize::to_string).collect::<Vec<_>>().join("/"));
     }
-    r.number("takeover_s", median(&takeovers.iter().map(|t| t.seconds).collect::<Vec<_>>()))
-        .number("taken_over_partitions", median(&takeovers.iter().map(|t| t.partitions as f64).collect::<Vec<_>>()))
+    let of = |f: fn(&Takeover) -> f64| median(&takeovers.iter().map(f).collect::<Vec<_>>());
+    r.number("takeover_s", of(|t| t.seconds))
+        .number("taken_over_partitions", of(|t| t.partitions as f64))
+        .number("settled_after_kill_s", of(|t| t.drained_s))
         .number("events_per_s_2_brokers_one_killed", rate(killed));
+    let all: Vec<&Drain> = one.iter().chain(two).chain(killed).collect();
+    r.result("broker_restarts", all.iter().map(|d| d.restarts).sum::<u32>());
+    if all.iter().any(|d| !d.shared_out) {
+        r.note("some drains began before every instance held its share of the partitions (see stderr)");
+    }
     if args.runs > 1 {
         r.result("takeover_runs_s", takeovers.iter().map(|t| round3(t.seconds)).collect::<Vec<_>>());
     }
