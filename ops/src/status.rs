@@ -18,7 +18,7 @@ use tillsync_schemas::streams as names;
 use crate::global::Global;
 use crate::output::{emit, table, ts};
 use crate::partitions::{Backlog, CONSUMERS};
-use partitions::{DbPartitions, Instance, JsPartitions, Partitions};
+use partitions::{DbPartitions, JsPartitions, Partitions};
 
 /// A broker instance counts as alive when it reported this recently (it reports every 2 s).
 const ALIVE_WITHIN_S: i64 = 30;
@@ -193,12 +193,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
             status.problems.push(format!("Postgres unreachable: {e}"));
         }
     }
-    let instances: Vec<Instance> = status
-        .brokers
-        .iter()
-        .map(|b| Instance { id: &b.instance_id, last_seen: b.last_seen, reporting: b.alive })
-        .collect();
-    status.partitions = partitions::assemble(db_parts.as_ref(), js_parts.as_ref(), &instances, silent_after_s);
+    status.partitions = partitions::assemble(db_parts.as_ref(), js_parts.as_ref(), silent_after_s);
     let found = problems(&status, args.stream_fill);
     status.problems.extend(found);
     emit(global.json, &status, human)?;

@@ -28,16 +28,33 @@ pub struct OwnerRow {
     pub reporting: bool,
 }
 
+/// A broker instance from `broker_instances`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InstanceRow {
+    pub instance_id: String,
+    pub last_seen: DateTime<Utc>,
+    /// It reported within the lease TTL plus [`SILENT_MARGIN_S`].
+    pub reporting: bool,
+}
+
 /// What Postgres says about partitions.
 #[derive(Debug, Default)]
 pub struct DbPartitions {
     /// `partition_settings.partitions`; `None` before a partitioned broker first ran.
     pub count: Option<u16>,
     pub owners: Vec<OwnerRow>,
+    pub instances: Vec<InstanceRow>,
 }
 
 pub async fn read(pool: &sqlx::PgPool, silent_after_s: u64) -> Result<DbPartitions, sqlx::Error> {
     let count = crate::partitions::count(pool).await?;
+    let instances = sqlx::query_as(
+        "SELECT instance_id, last_seen, last_seen > now() - make_interval(secs => $1) AS reporting
+         FROM broker_instances ORDER BY instance_id",
+    )
+    .bind(silent_after_s as f64)
+    .fetch_all(pool)
+    .await?;
     let owners = sqlx::query_as(
         "SELECT o.partition, o.epoch, o.instance_id, o.acquired_at, b.last_seen,
                 coalesce(b.last_seen > now() - make_interval(secs => $1), false) AS reporting
@@ -47,7 +64,7 @@ pub async fn read(pool: &sqlx::PgPool, silent_after_s: u64) -> Result<DbPartitio
     .bind(silent_after_s as f64)
     .fetch_all(pool)
     .await?;
-    Ok(DbPartitions { count, owners })
+    Ok(DbPartitions { count, owners, instances })
 }
 
 /// What JetStream says: each partition's lag summed over the broker's consumers, and which
@@ -96,20 +113,8 @@ pub struct PartitionStatus {
     pub lag: Option<u64>,
 }
 
-/// A broker instance `tillsync status` found in `broker_instances`.
-pub struct Instance<'a> {
-    pub id: &'a str,
-    pub last_seen: DateTime<Utc>,
-    pub reporting: bool,
-}
-
 /// Puts the facts together. `db` is `None` when Postgres did not answer, `js` when NATS did not.
-pub fn assemble(
-    db: Option<&DbPartitions>,
-    js: Option<&JsPartitions>,
-    instances: &[Instance],
-    silent_after_s: u64,
-) -> Partitions {
+pub fn assemble(db: Option<&DbPartitions>, js: Option<&JsPartitions>, silent_after_s: u64) -> Partitions {
     let seen_in_js = js.and_then(|j| j.present.values().flatten().max()).map_or(0, |p| p + 1);
     let count = db.and_then(|d| d.count).unwrap_or(seen_in_js);
     let lag = |p: u16| js.map(|j| j.lag.get(&p).copied().unwrap_or(0));
@@ -118,8 +123,12 @@ pub fn assemble(
         .unwrap_or_default();
     let mut out = Partitions { count, silent_after_s, ..Partitions::default() };
     let mut missing: BTreeMap<(&str, &str), Vec<u16>> = BTreeMap::new();
-    let mut holders: BTreeMap<&str, Holder> =
-        instances.iter().map(|i| (i.id, holder(i.id, Some(i.last_seen), i.reporting, js.is_some()))).collect();
+    // Every instance, those owning nothing included; an owner with no row (it stopped) joins below.
+    let mut holders: BTreeMap<&str, Holder> = db
+        .iter()
+        .flat_map(|d| &d.instances)
+        .map(|i| (i.instance_id.as_str(), holder(&i.instance_id, Some(i.last_seen), i.reporting, js.is_some())))
+        .collect();
     for p in 0..count {
         let owner = owners.get(&p);
         out.partitions.push(PartitionStatus {
@@ -139,9 +148,6 @@ pub fn assemble(
         let h = holders
             .entry(o.instance_id.as_str())
             .or_insert_with(|| holder(&o.instance_id, o.last_seen, o.reporting, js.is_some()));
-        // The owner's own report decides, at the owner threshold (an idle instance's row says
-        // only whether it reported within the 30 s `status` allows a broker).
-        (h.last_seen, h.reporting) = (o.last_seen, o.reporting);
         h.partitions.push(p);
         h.lag = h.lag.zip(lag(p)).map(|(a, b)| a + b);
         if !o.reporting {
@@ -255,9 +261,9 @@ mod tests {
         let db = DbPartitions {
             count: Some(8),
             owners: vec![owner(0, "b1", true), owner(1, "b1", true), owner(2, "b1", true), owner(5, "b2", true)],
+            instances: vec![InstanceRow { instance_id: "b3".into(), last_seen: Utc::now(), reporting: true }],
         };
-        let idle = Instance { id: "b3", last_seen: Utc::now(), reporting: true };
-        let p = assemble(Some(&db), Some(&js(8, 10)), &[idle], 10);
+        let p = assemble(Some(&db), Some(&js(8, 10)), 10);
         let got: Vec<_> = p.instances.iter().map(|h| (h.instance_id.as_str(), h.ranges.as_str(), h.lag)).collect();
         assert_eq!(got, [("b1", "0-2", Some(30)), ("b2", "5", Some(10)), ("b3", "", Some(0))]);
         assert_eq!(p.unowned, [3, 4, 6, 7]);
@@ -269,10 +275,14 @@ mod tests {
 
     #[test]
     fn a_silent_owner_and_a_missing_consumer_are_problems() {
-        let db = DbPartitions { count: Some(2), owners: vec![owner(0, "b1", true), owner(1, "gone", false)] };
+        let db = DbPartitions {
+            count: Some(2),
+            owners: vec![owner(0, "b1", true), owner(1, "gone", false)],
+            instances: Vec::new(),
+        };
         let mut j = js(2, 0);
         j.present.get_mut(tillsync_schemas::streams::BROKER_ACKS_CONSUMER).unwrap().remove(&0);
-        let p = assemble(Some(&db), Some(&j), &[], 10);
+        let p = assemble(Some(&db), Some(&j), 10);
         assert_eq!(p.silent, [1]);
         let problems = problems(&p);
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -285,9 +295,13 @@ mod tests {
 
     #[test]
     fn all_owned_and_reporting_is_healthy_and_without_postgres_nothing_is_unowned() {
-        let db = DbPartitions { count: Some(2), owners: vec![owner(0, "b1", true), owner(1, "b1", true)] };
-        assert!(problems(&assemble(Some(&db), Some(&js(2, 0)), &[], 10)).is_empty());
-        let blind = assemble(None, Some(&js(4, 1)), &[], 10);
+        let db = DbPartitions {
+            count: Some(2),
+            owners: vec![owner(0, "b1", true), owner(1, "b1", true)],
+            instances: Vec::new(),
+        };
+        assert!(problems(&assemble(Some(&db), Some(&js(2, 0)), 10)).is_empty());
+        let blind = assemble(None, Some(&js(4, 1)), 10);
         assert_eq!((blind.count, blind.unowned.len()), (4, 0));
         assert!(problems(&blind).is_empty());
     }
