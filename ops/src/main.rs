@@ -49,8 +49,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Rebuild read models from the events stream into a shadow schema, another database or live.
     Replay(replay::ReplayArgs),
-    /// Streams, broker consumers, broker instances, resident actors, devices online, open gaps,
-    /// stalled watermarks; exit 3 when something needs a look.
+    /// Streams, broker consumers, broker instances, partition owners and lag, resident actors,
+    /// devices online, open gaps, stalled watermarks; exit 3 when something needs a look.
     Status(status::StatusArgs),
     /// Quarantined messages: list, show one, redrive one once its cause is fixed.
     Quarantine(quarantine::QuarantineArgs),
