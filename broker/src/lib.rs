@@ -77,11 +77,12 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let prometheus = metrics::install();
-        let pool = db::connect(&config.database_url, config.db_pool).await?;
+        let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl()).await?;
         db::migrate(&pool).await?;
         partitions::fence::check_count(&pool, config.partitions).await.map_err(BrokerError::Config)?;
         // Intake and ack lanes each hold one connection at most, plus the published marks.
-        let keyed = db::connect_keyed(&config.database_url, 2 * config.message_lanes as u32 + 1).await?;
+        let keyed_options = db::broker_options(&config.database_url, config.lease_ttl())?;
+        let keyed = db::connect_keyed_with(keyed_options, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
         let nats = nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
         let js = jetstream::new(nats.clone());
