@@ -95,6 +95,14 @@ pub struct Config {
     /// once they are this old; asked again at most this often per device (seconds).
     #[arg(long, env = "TILLSYNC_GAP_REPAIR_AFTER_S", default_value_t = 10)]
     pub gap_repair_after_s: u64,
+    /// Partitions the stores are split into; each is owned by one broker instance at a time.
+    /// Fixed for the life of a deployment: every instance must use the same number.
+    #[arg(long, env = "TILLSYNC_PARTITIONS", default_value_t = tillsync_schemas::partition::DEFAULT_PARTITIONS)]
+    pub partitions: u16,
+    /// A partition lease (and an instance's membership) not renewed for this long has expired
+    /// and another instance takes the partition over, seconds. Renewed every fifth of it.
+    #[arg(long, env = "TILLSYNC_LEASE_TTL_S", default_value_t = 5)]
+    pub lease_ttl_s: u64,
 }
 
 impl Config {
@@ -111,6 +119,11 @@ impl Config {
             (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
             (self.monitor_interval_ms < 50, "monitor_interval_ms must be at least 50"),
             (self.gap_repair_after_s == 0, "gap_repair_after_s must be positive"),
+            (
+                self.partitions == 0 || self.partitions > tillsync_schemas::partition::MAX_PARTITIONS,
+                "partitions must be in 1..=1024",
+            ),
+            (self.lease_ttl_s < 2 || self.lease_ttl_s > 60, "lease_ttl_s must be in 2..=60"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -120,6 +133,10 @@ impl Config {
 
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_s)
     }
 
     pub fn instance_id(&self) -> String {
@@ -145,6 +162,8 @@ impl Config {
         c.command_retry_ms = 500;
         c.offline_after_s = 5;
         c.monitor_interval_ms = 250;
+        // Fewer partitions: each is four durable consumers, created at start.
+        c.partitions = 4;
         c
     }
 
@@ -176,6 +195,8 @@ impl Config {
             ("TILLSYNC_MONITOR_INTERVAL_MS", self.monitor_interval_ms.to_string()),
             ("TILLSYNC_WATERMARK_STALL_S", self.watermark_stall_s.to_string()),
             ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
+            ("TILLSYNC_PARTITIONS", self.partitions.to_string()),
+            ("TILLSYNC_LEASE_TTL_S", self.lease_ttl_s.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

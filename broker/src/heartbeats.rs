@@ -4,54 +4,58 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
-use tillsync_schemas::{codec, streams as names, Heartbeat, Reason, WireError};
+use async_nats::jetstream::Message;
+use tillsync_schemas::{codec, streams as names, Heartbeat};
 
-use crate::{metrics, ts, Ctx};
+use crate::partitions::{fence, Fence};
+use crate::spine::{self, Refused, Settle, Source};
+use crate::{metrics, quarantine, ts, Ctx};
 
-pub async fn run(ctx: Arc<Ctx>) {
-    let sweeper = tokio::spawn(sweep_offline(ctx.clone()));
-    let ctx = &ctx;
-    crate::consumer::each_message(
-        ctx,
-        names::HEARTBEATS,
-        names::BROKER_HEARTBEATS_CONSUMER,
-        ctx.config.message_lanes,
-        move |msg| async move {
-            let refused = match codec::decode_heartbeat(&msg.subject, &msg.payload) {
-                Ok(hb) => match ctx.tenants.exists(&ctx.pool, &hb.tenant_id).await {
-                    Ok(true) => apply(ctx, &hb).await.map(|_| None),
-                    Ok(false) => Ok(Some(WireError::new(Reason::UnknownTenant, format!("tenant {:?}", hb.tenant_id)))),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Ok(Some(e)),
-            };
-            let ack = match refused {
-                Ok(None) => {
+/// The heartbeat consumers of the spine. Only the latest heartbeat of a device is kept, so
+/// batches are small.
+pub const SOURCE: Source = Source {
+    stream: names::HEARTBEATS,
+    base: names::BROKER_HEARTBEATS_CONSUMER,
+    max_batch: 64,
+    linger: Duration::ZERO,
+};
+
+/// Records a partition's heartbeats, each under the partition's fence.
+pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
+    for msg in batch {
+        let admitted =
+            spine::admit(&ctx.gate(), &msg.subject, &msg.payload, codec::decode_heartbeat, |h| h.tenant_id.as_str())
+                .await;
+        let how = match admitted {
+            Ok(hb) => match apply(ctx, fence, &hb).await {
+                Ok(()) => {
                     metrics::heartbeat();
-                    msg.ack().await
+                    Settle::Ack
                 }
-                Ok(Some(e)) => match crate::consumer::quarantine(ctx, names::HEARTBEATS, &msg, &e).await {
-                    Ok(()) => msg.ack_with(AckKind::Term).await,
-                    Err(error) => nak(&msg, &error).await,
-                },
-                Err(error) => nak(&msg, &error).await,
-            };
-            if let Err(error) = ack {
-                tracing::debug!(%error, "Heartbeat ack failed; it is redelivered and applied again, harmlessly.");
-            }
-        },
-    )
-    .await;
-    sweeper.abort();
+                Err(error) => not_recorded(ctx, fence, &error),
+            },
+            Err(Refused::Bad(e)) => match quarantine::record(&ctx.pool, fence, names::HEARTBEATS, &msg, &e).await {
+                Ok(()) => Settle::Term,
+                Err(error) => not_recorded(ctx, fence, &error),
+            },
+            Err(Refused::Db(error)) => not_recorded(ctx, fence, &error),
+        };
+        spine::settle(&msg, how).await;
+    }
 }
 
-async fn nak(msg: &async_nats::jetstream::Message, error: &sqlx::Error) -> Result<(), async_nats::Error> {
-    tracing::warn!(%error, "Heartbeat not recorded; redelivering.");
-    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await
+fn not_recorded(ctx: &Ctx, fence: Fence, error: &sqlx::Error) -> Settle {
+    if fence::is_fenced(error) {
+        ctx.partitions.report_fenced(fence);
+    } else {
+        tracing::warn!(%error, "Heartbeat not recorded; redelivering.");
+    }
+    Settle::RETRY
 }
 
-async fn apply(ctx: &Ctx, hb: &Heartbeat) -> Result<(), sqlx::Error> {
+async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<(), sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    fence::check(&mut tx, fence).await?;
     sqlx::query(
         "INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, software_version, outbox_depth,
                               oldest_unsent_age_s, last_acked_seq, config_revision, uptime_s, last_heartbeat, online)
@@ -70,17 +74,24 @@ async fn apply(ctx: &Ctx, hb: &Heartbeat) -> Result<(), sqlx::Error> {
     .bind(hb.config_revision as i64)
     .bind(hb.uptime_s as i64)
     .bind(ts(hb.at_ms))
-    .execute(&ctx.pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
-/// Marks silent devices offline and exports online/offline counts by tenant.
-async fn sweep_offline(ctx: Arc<Ctx>) {
+/// Marks silent devices offline and exports online/offline counts by tenant, on the lead
+/// instance only ([`crate::partitions::Ownership::leads`]): both cover every store.
+pub async fn sweep_offline(ctx: Arc<Ctx>) {
     let silence = ctx.config.offline_after_s as f64;
     let mut tick = tokio::time::interval(Duration::from_secs((ctx.config.offline_after_s / 3).clamp(1, 30)));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !ctx.partitions.leads() {
+            continue;
+        }
         let marked = sqlx::query(
             "UPDATE devices SET online = false WHERE online AND last_seen < now() - make_interval(secs => $1)",
         )

@@ -6,9 +6,6 @@
 //! messages (and of one store's commands) is kept, and two lanes never touch the same store's
 //! read-model rows, so they do not contend for row locks.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{BuildHasher, BuildHasherDefault};
-
 /// The part of a subject that names its store: `tenant.store` of
 /// `tillsync.<family>.<tenant>.<store>.<last>`; the whole subject when it has fewer tokens.
 pub fn store_key(subject: &str) -> &str {
@@ -19,14 +16,16 @@ pub fn store_key(subject: &str) -> &str {
     }
 }
 
-/// The lane (of `lanes`) that the messages on `subject` belong to. The hash has fixed keys, so
-/// a store's lane is the same in every process.
+/// The lane (of `lanes`) that the messages on `subject` belong to: the store's partition among
+/// `lanes` ([`tillsync_schemas::partition::of`], a stable hash), so a store's lane is the same
+/// in every process and every build.
 pub fn lane_of(subject: &str, lanes: usize) -> usize {
     if lanes <= 1 {
         return 0;
     }
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(store_key(subject));
-    (h % lanes as u64) as usize
+    let key = store_key(subject);
+    let (tenant, store) = key.split_once('.').unwrap_or((key, ""));
+    usize::from(tillsync_schemas::partition::of(tenant, store, lanes.min(usize::from(u16::MAX)) as u16))
 }
 
 #[cfg(test)]

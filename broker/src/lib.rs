@@ -1,14 +1,14 @@
 //! The tillsync cloud broker.
 //!
-//! It ensures the JetStream streams, consumes events, heartbeats, command intake and command
-//! acks, routes each to its device actor ([`tillsync_actors`]), commits the decided effects to
-//! Postgres in group-commit batches and only then acks JetStream. `Broker::start` returns once
-//! everything is ready; `Broker::shutdown` stops pulling, finishes in-flight work, drains NATS
-//! and closes the pool.
+//! It ensures the JetStream streams, takes its share of the partitions ([`partitions`]), and for
+//! each partition it owns consumes events, heartbeats, command intake and command acks
+//! ([`spine`]), routes each to its device actor ([`tillsync_actors`]), commits the decided
+//! effects to Postgres in group-commit batches under the partition's fence and only then acks
+//! JetStream. `Broker::start` returns once everything is ready; `Broker::shutdown` hands its
+//! partitions over, finishing in-flight work, then drains NATS and closes the pool.
 
 pub mod commands;
 pub mod config;
-pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod heartbeats;
@@ -19,8 +19,11 @@ pub mod lanes;
 pub mod metrics;
 pub mod monitor;
 pub mod nats;
+pub mod partitions;
 pub mod ports;
+pub mod quarantine;
 pub mod repair;
+pub mod spine;
 pub mod streams;
 pub mod tenants;
 
@@ -31,6 +34,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use sqlx::PgPool;
 use tillsync_actors::{ActorConfig, ActorSystem};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +53,17 @@ pub struct Ctx {
     pub tenants: tenants::Tenants,
     /// Marks command statuses published (batched).
     pub marks: commands::publish::Marks,
+    /// The partitions this instance owns, and their fences.
+    pub partitions: partitions::Ownership,
+    pub slots: Slots,
     pub cancel: CancellationToken,
+}
+
+/// How many batches commit at once across the owned partitions: event batches
+/// (`TILLSYNC_INGEST_LANES`), and intake, ack and heartbeat batches (`TILLSYNC_MESSAGE_LANES`).
+pub struct Slots {
+    pub events: Semaphore,
+    pub messages: Semaphore,
 }
 
 pub struct Broker {
@@ -65,6 +79,7 @@ impl Broker {
         let prometheus = metrics::install();
         let pool = db::connect(&config.database_url, config.db_pool).await?;
         db::migrate(&pool).await?;
+        partitions::fence::check_count(&pool, config.partitions).await.map_err(BrokerError::Config)?;
         // Intake and ack lanes each hold one connection at most, plus the published marks.
         let keyed = db::connect_keyed(&config.database_url, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
@@ -81,8 +96,13 @@ impl Broker {
         let actors = ActorSystem::start(actor_config, Arc::new(pg_ports))
             .await
             .map_err(|e| BrokerError::Config(e.to_string()))?;
+        let (ownership, fenced) = partitions::Ownership::new(config.partitions, instance_id.clone());
+        let slots =
+            Slots { events: Semaphore::new(config.ingest_lanes), messages: Semaphore::new(config.message_lanes) };
         let ctx = Arc::new(Ctx {
             tenants: tenants::Tenants::new(config.auto_tenants),
+            partitions: ownership,
+            slots,
             config,
             pool,
             keyed,
@@ -100,9 +120,9 @@ impl Broker {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(http::serve(listener, ctx.clone(), prometheus));
-        tasks.spawn(ingest::run(ctx.clone()));
-        tasks.spawn(heartbeats::run(ctx.clone()));
-        tasks.spawn(commands::run(ctx.clone()));
+        tasks.spawn(partitions::run(ctx.clone(), fenced));
+        tasks.spawn(heartbeats::sweep_offline(ctx.clone()));
+        tasks.spawn(commands::sweep::run(ctx.clone()));
         tasks.spawn(instance::run(ctx.clone(), instance_id));
         tasks.spawn(monitor::run(ctx.clone()));
         tasks.spawn(repair::run(ctx.clone()));
@@ -111,7 +131,8 @@ impl Broker {
         Ok(Broker { ctx, http_addr, tasks })
     }
 
-    /// Stops pulling, lets in-flight batches commit and ack, then drains NATS and closes the pool.
+    /// Stops pulling, lets in-flight batches commit and ack, hands the partitions over, then
+    /// drains NATS and closes the pool.
     pub async fn shutdown(mut self) {
         self.ctx.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}

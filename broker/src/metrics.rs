@@ -54,6 +54,10 @@ pub const COMMANDS_CANCELLED: &str = "tillsync_commands_cancelled_total";
 pub const COMMAND_CANCELS_REFUSED: &str = "tillsync_command_cancels_refused_total";
 pub const COMMAND_APPLIED_AFTER_FINAL: &str = "tillsync_command_applied_after_final_total";
 pub const COMMAND_COPIES_DELETED: &str = "tillsync_command_copies_deleted_total";
+pub const PARTITIONS_OWNED: &str = "tillsync_partitions_owned";
+pub const PARTITIONS_UNOWNED: &str = "tillsync_partitions_unowned";
+pub const PARTITION_CHANGES: &str = "tillsync_partition_changes_total";
+pub const PARTITION_LAG: &str = "tillsync_partition_lag";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -136,6 +140,35 @@ fn describe() {
         "Commands applied by their device after the portal was told they ended."
     );
     describe_counter!(COMMAND_COPIES_DELETED, "Copies of ended commands deleted from TILLSYNC_COMMANDS.");
+    describe_gauge!(PARTITIONS_OWNED, "Partitions this instance owns and works.");
+    describe_gauge!(
+        PARTITIONS_UNOWNED,
+        "Partitions with no live lease, as this instance sees the lease bucket (briefly non-zero during a handover)."
+    );
+    describe_counter!(
+        PARTITION_CHANGES,
+        "Ownership changes on this instance, by change (acquired, released: handed over, lost: taken over or cut off)."
+    );
+    describe_gauge!(
+        PARTITION_LAG,
+        "Messages not yet acked on an owned partition's consumers (pending plus unacked), by partition; 0 where another instance owns it."
+    );
+}
+
+pub fn partitions_owned(n: usize) {
+    gauge!(PARTITIONS_OWNED).set(n as f64);
+}
+
+pub fn partitions_unowned(n: usize) {
+    gauge!(PARTITIONS_UNOWNED).set(n as f64);
+}
+
+pub fn partition_change(change: &'static str) {
+    counter!(PARTITION_CHANGES, "change" => change).increment(1);
+}
+
+pub fn partition_lag(partition: u16, lag: Option<u64>) {
+    gauge!(PARTITION_LAG, "partition" => partition.to_string()).set(lag.map_or(f64::NAN, |l| l as f64));
 }
 
 /// The command counters exported at 0 from the start, so a rate or an alert has a series on
@@ -301,6 +334,10 @@ fn register_at_zero() {
         let _ = histogram!(name);
     }
     register_command_counters();
+    for change in ["acquired", "released", "lost"] {
+        counter!(PARTITION_CHANGES, "change" => change).increment(0);
+    }
+    partitions_owned(0);
     nats_connected(false);
 }
 

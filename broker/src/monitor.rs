@@ -2,12 +2,14 @@
 //! rather than counted, so whatever can stall without an error has a series:
 //!
 //! - from JetStream, each tillsync stream's bytes and messages against its byte limit, and the
-//!   broker consumers' lag. While the broker's NATS connection is down these are NaN (unknown)
+//!   lag of the consumers of the partitions this instance owns (summed per consumer kind, and
+//!   per partition). While the broker's NATS connection is down these are NaN (unknown)
 //!   from the next refresh on, never the last value read: a frozen "pending 0" looks healthy.
 //!   `tillsync_nats_connected` itself follows the connection's events at once ([`crate::nats`]).
 //! - from Postgres, per tenant, open device gaps and the age of the oldest, and devices whose
 //!   watermark has waited longer than `TILLSYNC_WATERMARK_STALL_S` for a seq their bridge
-//!   reported acked by JetStream ([`track_watermarks`]).
+//!   reported acked by JetStream ([`track_watermarks`]). These cover every store, so only the
+//!   lead instance ([`crate::partitions::Ownership::leads`]) reports them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +37,11 @@ pub async fn run(ctx: Arc<Ctx>) {
             _ = ctx.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        tokio::join!(refresh_jetstream(&ctx), refresh_devices(&ctx));
+        if ctx.partitions.leads() {
+            tokio::join!(refresh_jetstream(&ctx), refresh_devices(&ctx));
+        } else {
+            refresh_jetstream(&ctx).await;
+        }
     }
 }
 
@@ -52,6 +58,9 @@ async fn refresh_jetstream(ctx: &Ctx) {
         }
         for (_, consumer) in BROKER_CONSUMERS {
             metrics::consumer_unknown(consumer);
+        }
+        for p in ctx.partitions.owned() {
+            metrics::partition_lag(p, None);
         }
     }
 }
@@ -70,16 +79,38 @@ async fn read_jetstream(ctx: &Ctx, streams: &[String]) {
         };
         metrics::stream_info(name, state);
     }
-    for (stream, consumer) in BROKER_CONSUMERS {
-        let info = match ctx.js.get_stream(stream).await {
-            // Getting a consumer reads its info.
-            Ok(s) => s.get_consumer::<pull::Config>(consumer).await.ok().map(|c| c.cached_info().clone()),
-            Err(_) => None,
+    let owned = ctx.partitions.owned();
+    let mut lag = vec![Some(0u64); usize::from(ctx.config.partitions)];
+    for (stream, base) in BROKER_CONSUMERS {
+        let Ok(s) = ctx.js.get_stream(stream).await else {
+            metrics::consumer_unknown(base);
+            continue;
         };
-        match info {
-            Some(i) => metrics::consumer_info(consumer, i.num_pending, i.num_ack_pending, i.num_redelivered),
-            None => metrics::consumer_unknown(consumer),
+        let mut sum = Some((0u64, 0usize, 0usize));
+        for &p in &owned {
+            // Getting a consumer reads its info.
+            let name = names::partition_consumer(base, p);
+            match s.get_consumer::<pull::Config>(&name).await.ok().map(|c| c.cached_info().clone()) {
+                Some(i) => {
+                    sum = sum.map(|(a, b, c)| (a + i.num_pending, b + i.num_ack_pending, c + i.num_redelivered));
+                    lag[usize::from(p)] = lag[usize::from(p)].map(|l| l + i.num_pending + i.num_ack_pending as u64);
+                }
+                None => {
+                    sum = None;
+                    lag[usize::from(p)] = None;
+                }
+            }
         }
+        match sum {
+            Some((pending, ack_pending, redelivered)) => {
+                metrics::consumer_info(base, pending, ack_pending, redelivered)
+            }
+            None => metrics::consumer_unknown(base),
+        }
+    }
+    for (p, l) in lag.into_iter().enumerate() {
+        let p = p as u16;
+        metrics::partition_lag(p, if owned.contains(&p) { l } else { Some(0) });
     }
 }
 

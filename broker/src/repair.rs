@@ -91,6 +91,10 @@ pub async fn run(ctx: Arc<Ctx>) {
             _ = ctx.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // It looks at every store's devices: one instance, the lead, asks.
+        if !ctx.partitions.leads() {
+            continue;
+        }
         if let Err(error) = repair(&ctx, bound.as_secs_f64()).await {
             tracing::warn!(%error, "Gap repair failed; retrying next tick.");
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType};
+use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType, SubjectTransform};
 use async_nats::jetstream::{self, Context};
 use tillsync_schemas::streams as names;
 use tillsync_schemas::subject::Family;
@@ -13,6 +13,25 @@ use crate::config::Config;
 use crate::error::BrokerError;
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// The families whose streams are partitioned: the broker consumes them, a partition at a time.
+pub const PARTITIONED: [(&str, &str, Family); 4] = [
+    (names::EVENTS, names::BROKER_EVENTS_CONSUMER, Family::Events),
+    (names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER, Family::Heartbeats),
+    (names::INTAKE, names::BROKER_INTAKE_CONSUMER, Family::Intake),
+    (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER, Family::CommandAcks),
+];
+
+/// A partitioned stream takes in the five-token subjects devices and portals publish and
+/// stores each with its store's partition appended ([`tillsync_schemas::partition`]).
+fn partitioned(mut sc: StreamConfig, family: Family, partitions: u16) -> StreamConfig {
+    sc.subjects = vec![family.published_subjects()];
+    sc.subject_transform = Some(SubjectTransform {
+        source: family.published_subjects(),
+        destination: tillsync_schemas::partition::transform_destination(family.token(), partitions),
+    });
+    sc
+}
 
 /// The stream configurations this broker runs with.
 pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
@@ -28,17 +47,25 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
     };
     vec![
         // Full means refuse new events (bridges keep them in their outbox), never drop sales.
-        StreamConfig {
-            max_bytes: c.events_max_bytes,
-            discard: DiscardPolicy::New,
-            ..base(names::EVENTS, Family::Events, DAY * c.events_max_age_days as u32)
-        },
+        partitioned(
+            StreamConfig {
+                max_bytes: c.events_max_bytes,
+                discard: DiscardPolicy::New,
+                ..base(names::EVENTS, Family::Events, DAY * c.events_max_age_days as u32)
+            },
+            Family::Events,
+            c.partitions,
+        ),
         // Only the latest heartbeat of a device matters.
-        StreamConfig { max_messages_per_subject: 1, ..base(names::HEARTBEATS, Family::Heartbeats, DAY) },
-        base(names::INTAKE, Family::Intake, DAY * 7),
+        partitioned(
+            StreamConfig { max_messages_per_subject: 1, ..base(names::HEARTBEATS, Family::Heartbeats, DAY) },
+            Family::Heartbeats,
+            c.partitions,
+        ),
+        partitioned(base(names::INTAKE, Family::Intake, DAY * 7), Family::Intake, c.partitions),
         // Commands live a little longer than the longest TTL so an offline device still finds them.
         base(names::COMMANDS, Family::Commands, Duration::from_secs(c.command_max_ttl_s) + DAY),
-        base(names::COMMAND_ACKS, Family::CommandAcks, DAY * 7),
+        partitioned(base(names::COMMAND_ACKS, Family::CommandAcks, DAY * 7), Family::CommandAcks, c.partitions),
         base(names::STATUS, Family::Status, DAY * 7),
         // Bridges read the last watermark of their device with a direct get.
         StreamConfig {
@@ -49,9 +76,10 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
     ]
 }
 
-/// A durable pull consumer of the broker. Backoff spaces out redeliveries of a message whose
-/// processing keeps failing; MaxDeliver bounds them (the broker quarantines before that).
-pub fn broker_consumer(c: &Config, name: &str, family: Family) -> pull::Config {
+/// The durable pull consumer of one partition of a stream. Backoff spaces out redeliveries of
+/// a message whose processing keeps failing; MaxDeliver bounds them (the broker quarantines
+/// before that).
+pub fn broker_consumer(c: &Config, base: &str, family: Family, partition: u16) -> pull::Config {
     // NATS uses the first backoff step as the ack wait, so the steps start at the ack wait:
     // a slow batch is never redelivered while it is still being committed.
     let ack_wait = Duration::from_secs(c.ack_wait_s);
@@ -59,8 +87,8 @@ pub fn broker_consumer(c: &Config, name: &str, family: Family) -> pull::Config {
     let backoff = (0..steps).map(|i| (ack_wait * 2u32.pow(i)).min(Duration::from_secs(300))).collect();
     pull::Config {
         backoff,
-        durable_name: Some(name.to_string()),
-        filter_subject: family.all_subjects(),
+        durable_name: Some(names::partition_consumer(base, partition)),
+        filter_subject: family.partition_subjects(partition),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait,
@@ -71,20 +99,53 @@ pub fn broker_consumer(c: &Config, name: &str, family: Family) -> pull::Config {
     }
 }
 
-/// Creates or updates every stream and the broker's consumers. Idempotent.
+/// Creates or updates every stream and the broker's consumers (one per partition and stream).
+/// Idempotent. Refuses to change a stream's partition count, and to start over messages a
+/// broker from before partitions left unconsumed.
 pub async fn ensure(js: &Context, c: &Config) -> Result<(), BrokerError> {
     for sc in stream_configs(c) {
         let name = sc.name.clone();
+        check_unchanged_partitions(js, &sc).await?;
         js.create_or_update_stream(sc).await.map_err(|e| BrokerError::Stream(name, e.to_string()))?;
     }
-    for (stream, consumer, family) in [
-        (names::EVENTS, names::BROKER_EVENTS_CONSUMER, Family::Events),
-        (names::HEARTBEATS, names::BROKER_HEARTBEATS_CONSUMER, Family::Heartbeats),
-        (names::INTAKE, names::BROKER_INTAKE_CONSUMER, Family::Intake),
-        (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER, Family::CommandAcks),
-    ] {
-        ensure_consumer(js, stream, broker_consumer(c, consumer, family)).await?;
+    for (stream, base, family) in PARTITIONED {
+        retire_unpartitioned_consumer(js, stream, base).await?;
+        for p in 0..c.partitions {
+            ensure_consumer(js, stream, broker_consumer(c, base, family, p)).await?;
+        }
     }
+    Ok(())
+}
+
+/// A stream already partitioned into another number of partitions stays as it is: its stored
+/// subjects carry their partition, so changing the count would split stores.
+async fn check_unchanged_partitions(js: &Context, want: &StreamConfig) -> Result<(), BrokerError> {
+    let Some(want_t) = &want.subject_transform else { return Ok(()) };
+    let Ok(mut s) = js.get_stream(&want.name).await else { return Ok(()) };
+    let info = s.info().await.map_err(|e| BrokerError::Stream(want.name.clone(), e.to_string()))?;
+    match &info.config.subject_transform {
+        Some(t) if t.destination != want_t.destination => Err(BrokerError::Config(format!(
+            "stream {} is partitioned as {:?}, not {:?}: TILLSYNC_PARTITIONS must stay what the deployment started with",
+            want.name, t.destination, want_t.destination
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The single durable consumer of a broker from before partitions: removed once it has
+/// nothing left to deliver; while it has, starting is refused (drain with the old version).
+async fn retire_unpartitioned_consumer(js: &Context, stream: &str, name: &str) -> Result<(), BrokerError> {
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
+    let Ok(mut old) = s.get_consumer::<pull::Config>(name).await else { return Ok(()) };
+    let info = old.info().await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
+    if info.num_pending > 0 || info.num_ack_pending > 0 {
+        return Err(BrokerError::Config(format!(
+            "{stream}/{name} (a broker from before partitions) still has {} messages to deliver: drain it with that version first",
+            info.num_pending + info.num_ack_pending as u64
+        )));
+    }
+    s.delete_consumer(name).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
+    tracing::info!(stream, consumer = name, "Removed the drained consumer of a broker from before partitions.");
     Ok(())
 }
 

@@ -31,6 +31,11 @@ pub fn transform_destination(family_token: &str, partitions: u16) -> String {
     )
 }
 
+/// The subject a partitioned stream stores a message published on `published` under.
+pub fn stored_subject(published: &str, tenant: &str, store: &str, partitions: u16) -> String {
+    format!("{published}.{}", of(tenant, store, partitions))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -535,6 +535,8 @@ async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
         provision(pool, a).await;
     }
     let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
+    // The statements commit under a partition's fence, as the broker's do.
+    let fence = tillsync_broker::partitions::fence::acquire(pool, 0, "test").await.unwrap();
     let accept = |cmds: Vec<CommandEnvelope>| async move {
         let bytes: Vec<Vec<u8>> = cmds.iter().map(codec::encode).collect();
         let rows: Vec<CommandRow<'_>> = cmds.iter().zip(&bytes).map(|(c, b)| CommandRow::of(c, b)).collect();
@@ -542,7 +544,7 @@ async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
             Accepted::New(logs) => logs.iter().map(|l| (l.state, l.attempt)).collect(),
             other => panic!("not accepted: {other:?}"),
         };
-        accept_many(pool, &rows, p).await.unwrap().iter().map(states).collect::<Vec<Vec<_>>>()
+        accept_many(pool, fence, &rows, p).await.unwrap().iter().map(states).collect::<Vec<Vec<_>>>()
     };
     // Accepted while every device is offline: queued, nothing delivered.
     let earlier = command("cmd-direct", "s1", Some("till-1"), menu(), &["alice"], 60_000);
@@ -596,15 +598,16 @@ async fn keyed_statements_planned_on_an_empty_inbox_still_probe_keys() {
     // One connection, so the second round runs the plans the first one made.
     let keyed = tillsync_broker::db::connect_keyed(&db.url, 1).await.unwrap();
     let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
+    let fence = tillsync_broker::partitions::fence::acquire(pool, 0, "test").await.unwrap();
     let round = |keyed: PgPool| {
         let quiet = quiet.clone();
         async move {
             let cmd = command("cmd-plan", "s1", Some("till-1"), menu(), &["alice"], 60_000);
             let bytes = codec::encode(&cmd);
-            let accepted = accept_many(&keyed, &[CommandRow::of(&cmd, &bytes)], p).await.unwrap();
+            let accepted = accept_many(&keyed, fence, &[CommandRow::of(&cmd, &bytes)], p).await.unwrap();
             assert!(matches!(accepted[0], tillsync_broker::commands::intake_store::Accepted::New(_)));
             let ack = edge_ack(&quiet, &cmd.command_id, Outcome::Applied, "ok");
-            let recorded = record_acks(&keyed, &[ack]).await.unwrap();
+            let recorded = record_acks(&keyed, fence, &[ack]).await.unwrap();
             assert!(recorded[0].transition.is_some(), "the ack makes its transition");
             // Statistics now, not after the backend has idled for 10 s.
             sqlx::query("SELECT pg_stat_force_next_flush()").execute(&keyed).await.unwrap();

@@ -73,15 +73,35 @@ pub async fn add_tenant(pool: &sqlx::PgPool, tenant: &str) {
         .unwrap();
 }
 
-/// True once the broker's events consumer has nothing pending or unacked.
+/// The info of every partition consumer of `base` (`broker-events-p0`, ...) on `stream`.
+pub async fn partition_consumers(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    base: &str,
+) -> Option<Vec<async_nats::jetstream::consumer::Info>> {
+    use futures::StreamExt;
+    let s = js.get_stream(stream).await.ok()?;
+    let prefix = format!("{base}-p");
+    let names: Vec<String> = s.consumer_names().filter_map(|n| async move { n.ok() }).collect().await;
+    let mut infos = Vec::new();
+    for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
+        let mut c = s.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await.ok()?;
+        infos.push(c.info().await.ok()?.clone());
+    }
+    Some(infos)
+}
+
+/// True once the broker's events consumers have nothing pending or unacked, and one delivered
+/// the stream's last message.
 pub async fn events_drained(js: &async_nats::jetstream::Context) -> bool {
-    let Ok(stream) = js.get_stream(streams::EVENTS).await else { return false };
-    let Ok(mut c) =
-        stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(streams::BROKER_EVENTS_CONSUMER).await
-    else {
+    let Ok(mut stream) = js.get_stream(streams::EVENTS).await else { return false };
+    let Ok(last) = stream.info().await.map(|i| i.state.last_sequence) else { return false };
+    let Some(infos) = partition_consumers(js, streams::EVENTS, streams::BROKER_EVENTS_CONSUMER).await else {
         return false;
     };
-    matches!(c.info().await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 && i.delivered.stream_sequence > 0)
+    last > 0
+        && infos.iter().all(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+        && infos.iter().any(|i| i.delivered.stream_sequence >= last)
 }
 
 /// Waits until the broker has taken and acked everything in the events stream.

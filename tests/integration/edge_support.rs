@@ -70,7 +70,8 @@ pub async fn stored(
     let stream = js.get_stream(stream).await.unwrap();
     let mut consumer = stream
         .create_consumer(pull::Config {
-            filter_subject: subject,
+            // Partitioned streams store the subject with the partition appended.
+            filter_subjects: vec![subject.clone(), format!("{subject}.*")],
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::None,
             inactive_threshold: Duration::from_secs(5),

@@ -96,7 +96,9 @@ async fn python_example_event_lands_as_a_row() {
     // The stored message carries the contract's headers.
     let addr = DeviceAddr::new("acme", "s1", "py-1");
     let stream = stack.nats.jetstream().await.get_stream(streams::EVENTS).await.unwrap();
-    let stored = stream.get_last_raw_message_by_subject(&subject::events(&addr)).await.unwrap();
+    let partitions = stack.broker_config().partitions;
+    let on = tillsync_schemas::partition::stored_subject(&subject::events(&addr), "acme", "s1", partitions);
+    let stored = stream.get_last_raw_message_by_subject(&on).await.unwrap();
     let header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_string());
     assert_eq!(header(streams::HEADER_MSG_ID), Some(streams::event_msg_id("py-1", &event_id)));
     assert_eq!(header(streams::HEADER_CONTENT_TYPE).as_deref(), Some(streams::CONTENT_TYPE));

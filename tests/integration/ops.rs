@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use async_nats::jetstream::consumer::pull;
 use serde_json::{json, Value};
 use tillsync_schemas::event::{AvailabilityOverridden, ReceiptIssued};
 use tillsync_schemas::{codec, streams, subject, DeviceAddr, EventBody};
@@ -56,11 +55,7 @@ pub(crate) async fn tillsync(stack: &Stack, args: &[&str]) -> Run {
 /// Waits until the broker has settled every message of the events stream.
 async fn settle(js: &async_nats::jetstream::Context) {
     eventually(DEFAULT_TIMEOUT, "the broker settled every event", || async {
-        let mut s = js.get_stream(streams::EVENTS).await.ok()?;
-        let last = s.info().await.ok()?.state.last_sequence;
-        let mut c = s.get_consumer::<pull::Config>(streams::BROKER_EVENTS_CONSUMER).await.ok()?;
-        let i = c.info().await.ok()?;
-        (i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence >= last).then_some(())
+        crate::common::events_drained(js).await.then_some(())
     })
     .await;
 }

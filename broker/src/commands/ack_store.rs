@@ -1,6 +1,7 @@
 //! Recording device acks in Postgres: the `command_acks` row, and the entry's transition with
 //! its `command_log` row, atomically.
 
+use crate::partitions::{fence, Fence};
 use std::collections::HashSet;
 
 use sqlx::postgres::PgArguments;
@@ -30,20 +31,20 @@ pub struct AckRecorded {
 /// Anything else (an unknown command, an entry already final, a second ack for the same entry
 /// in the batch) then takes [`record_ack_checked`], which reads the entry under lock and asks
 /// `on_ack` what the ack does.
-pub async fn record_acks(pool: &PgPool, acks: &[CommandAck]) -> Result<Vec<AckRecorded>, sqlx::Error> {
+pub async fn record_acks(pool: &PgPool, fence: Fence, acks: &[CommandAck]) -> Result<Vec<AckRecorded>, sqlx::Error> {
     let mut seen = HashSet::new();
     let first: Vec<usize> = (0..acks.len())
         .filter(|&i| seen.insert((&acks[i].tenant_id, &acks[i].command_id, &acks[i].device_id)))
         .collect();
     let mut results: Vec<Option<AckRecorded>> = acks.iter().map(|_| None).collect();
-    for (i, rec) in record_unfinished(pool, acks, &first).await? {
+    for (i, rec) in record_unfinished(pool, fence, acks, &first).await? {
         results[i] = Some(rec);
     }
     let mut out = Vec::with_capacity(acks.len());
     for (ack, rec) in acks.iter().zip(results) {
         out.push(match rec {
             Some(rec) => rec,
-            None => record_ack_checked(pool, ack).await?,
+            None => record_ack_checked(pool, fence, ack).await?,
         });
     }
     Ok(out)
@@ -53,6 +54,7 @@ pub async fn record_acks(pool: &PgPool, acks: &[CommandAck]) -> Result<Vec<AckRe
 /// transition. Returns (index into `acks`, what it did) for those.
 async fn record_unfinished(
     pool: &PgPool,
+    fence: Fence,
     acks: &[CommandAck],
     which: &[usize],
 ) -> Result<Vec<(usize, AckRecorded)>, sqlx::Error> {
@@ -61,6 +63,9 @@ async fn record_unfinished(
     }
     let col = |f: &dyn Fn(&CommandAck) -> String| which.iter().map(|&i| f(&acks[i])).collect::<Vec<String>>();
     let at_ms = crate::now_ms();
+    // One transaction with the fence check: a former owner's late batch rolls back.
+    let mut tx = pool.begin().await?;
+    crate::partitions::fence::check(&mut tx, fence).await?;
     let rows: Vec<(i64, i32, DateTime<Utc>, i64)> = sqlx::query_as(
         "WITH input AS (
            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
@@ -106,8 +111,9 @@ async fn record_unfinished(
     // Bound, not literal: a literal list would match the partial indexes' predicate, and a plan
     // made on a small inbox would scan every unfinished entry instead of probing the key.
     .bind(CommandState::ALL.iter().filter(|s| !s.is_final()).map(|s| s.as_str()).collect::<Vec<_>>())
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(|(ord, attempts, received_at, id)| {
@@ -163,8 +169,9 @@ fn ack_detail(ack: &CommandAck) -> String {
 
 /// Records an ack whatever the entry's state, in one transaction: reads the entry under lock,
 /// decides with `on_ack`, writes.
-async fn record_ack_checked(pool: &PgPool, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
+async fn record_ack_checked(pool: &PgPool, fence: Fence, ack: &CommandAck) -> Result<AckRecorded, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    fence::check(&mut tx, fence).await?;
     // The entry (locked) and whether an earlier ack already made its transition. No entry, no
     // earlier transition: `on_ack` then answers "unknown command" either way.
     let current: Option<(String, i32, DateTime<Utc>, bool)> = sqlx::query_as(

@@ -1,4 +1,4 @@
-//! Command acks from devices, a lane's waiting acks at a time: each decodable ack is recorded
+//! Command acks from devices, a batch of a partition's acks at a time: each decodable ack is recorded
 //! (matched or not) with its transition, all in one statement where they can be
 //! ([`ack_store::record_acks`]); their status messages follow, then the JetStream messages
 //! are acked. An ack that does not decode, or names an unknown tenant, is quarantined.
@@ -8,66 +8,63 @@
 //! its inbox on every tick. A delivery's status is published before the command itself, so a
 //! command's `acked` status can never overtake its `delivered`.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message};
-use tillsync_schemas::{codec, streams as names, CommandAck, CommandState, Reason, WireError};
+use async_nats::jetstream::Message;
+use tillsync_schemas::{codec, streams as names, CommandAck, CommandState};
 
 use super::ack_store::{self, AckRecorded};
 use super::{publish, CommandError};
-use crate::{metrics, Ctx};
+use crate::partitions::Fence;
+use crate::spine::{self, Refused, Settle, Source};
+use crate::{metrics, quarantine, Ctx};
 
-/// Most acks one lane records in one statement.
+/// Most acks one partition records in one statement.
 const BATCH: usize = 256;
 
-pub async fn run(ctx: Arc<Ctx>) {
-    let ctx = &ctx;
-    crate::consumer::each_batch(
-        ctx,
-        names::COMMAND_ACKS,
-        names::BROKER_ACKS_CONSUMER,
-        ctx.config.message_lanes,
-        BATCH,
-        move |batch| handle_batch(ctx, batch),
-    )
-    .await;
-}
+/// The command-ack consumers of the spine.
+pub const SOURCE: Source =
+    Source { stream: names::COMMAND_ACKS, base: names::BROKER_ACKS_CONSUMER, max_batch: BATCH, linger: Duration::ZERO };
 
-async fn handle_batch(ctx: &Ctx, batch: Vec<Message>) {
+pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
     let mut acks = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for msg in batch {
-        match check(ctx, &msg).await {
-            Ok(Ok(ack)) => {
+        let admitted =
+            spine::admit(&ctx.gate(), &msg.subject, &msg.payload, codec::decode_command_ack, |a| a.tenant_id.as_str())
+                .await;
+        match admitted {
+            Ok(ack) => {
                 acks.push(ack);
                 good.push(msg);
             }
-            Ok(Err(e)) => match quarantine(ctx, &msg, &e).await {
-                Ok(()) => warn_unacked(msg.ack_with(AckKind::Term).await),
-                Err(error) => redeliver(&msg, &error).await,
-            },
-            Err(error) => redeliver(&msg, &error).await,
+            Err(Refused::Bad(e)) => {
+                let how = match quarantine::record(&ctx.pool, fence, names::COMMAND_ACKS, &msg, &e).await {
+                    Ok(()) => Settle::Term,
+                    Err(error) => super::not_committed(ctx, fence, "command ack", &error.into()),
+                };
+                spine::settle(&msg, how).await;
+            }
+            Err(Refused::Db(error)) => {
+                spine::settle(&msg, super::not_committed(ctx, fence, "command ack", &error.into())).await
+            }
         }
     }
     if acks.is_empty() {
         return;
     }
-    match ack_store::record_acks(&ctx.keyed, &acks).await {
+    let how = match ack_store::record_acks(&ctx.keyed, fence, &acks).await {
         Ok(recorded) => {
             let rows = settle(&acks, recorded);
             if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
                 tracing::warn!(%error, "Command status not published; the sweeper retries it.");
             }
-            for msg in &good {
-                warn_unacked(msg.ack().await);
-            }
+            Settle::Ack
         }
-        Err(error) => {
-            let error = CommandError::from(error);
-            for msg in &good {
-                redeliver(msg, &error).await;
-            }
-        }
+        Err(error) => super::not_committed(ctx, fence, "command ack", &CommandError::from(error)),
+    };
+    for msg in &good {
+        spine::settle(msg, how).await;
     }
 }
 
@@ -93,34 +90,4 @@ fn settle(acks: &[CommandAck], recorded: Vec<AckRecorded>) -> Vec<super::store::
         rows.extend(rec.transition);
     }
     rows
-}
-
-/// The ack, or why it is refused (`Ok(Err)`: quarantine it).
-async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandAck, WireError>, CommandError> {
-    let ack = match codec::decode_command_ack(&msg.subject, &msg.payload) {
-        Ok(a) => a,
-        Err(e) => return Ok(Err(e)),
-    };
-    if !ctx.tenants.exists(&ctx.pool, &ack.tenant_id).await? {
-        return Ok(Err(WireError::new(
-            Reason::UnknownTenant,
-            format!("tenant {:?} is not provisioned", ack.tenant_id),
-        )));
-    }
-    Ok(Ok(ack))
-}
-
-async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<(), CommandError> {
-    Ok(crate::consumer::quarantine(ctx, names::COMMAND_ACKS, msg, e).await?)
-}
-
-async fn redeliver(msg: &Message, error: &CommandError) {
-    crate::consumer::redeliver(msg, names::BROKER_ACKS_CONSUMER, error).await
-}
-
-fn warn_unacked(result: Result<(), async_nats::Error>) {
-    if let Err(error) = result {
-        // Recorded already: a redelivered ack is recorded again as a duplicate, harmlessly.
-        tracing::warn!(%error, "Ack of a command ack failed.");
-    }
 }

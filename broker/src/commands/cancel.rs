@@ -10,6 +10,7 @@
 //! the command may still apply it: its `applied` ack then corrects the `cancelled` (see
 //! [`super::ack_store`]).
 
+use crate::partitions::Fence;
 use async_nats::jetstream::Message;
 use sqlx::PgPool;
 use tillsync_schemas::command::{CANCELLED, CANCEL_REFUSED};
@@ -26,22 +27,22 @@ pub fn is_cancel(subject: &str) -> bool {
 }
 
 /// Handles one cancel; `Ok(true)`: terminate the message (quarantined), else ack it.
-pub async fn handle(ctx: &Ctx, msg: &Message) -> Result<bool, CommandError> {
+pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, CommandError> {
     let req = match decode(&msg.subject, &msg.payload) {
         Ok(r) => r,
-        Err(e) => return quarantine(ctx, msg, &e).await,
+        Err(e) => return quarantine(ctx, fence, msg, &e).await,
     };
     if !ctx.tenants.exists(&ctx.pool, &req.tenant_id).await? {
         let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", req.tenant_id));
-        return quarantine(ctx, msg, &e).await;
+        return quarantine(ctx, fence, msg, &e).await;
     }
-    let Some(done) = cancel(&ctx.pool, &req).await? else {
+    let Some(done) = cancel(&ctx.pool, Some(fence), &req).await? else {
         metrics::command_cancel_refused("unknown");
         let e = WireError::new(
             Reason::UnknownCommand,
             format!("cancel of command {} not known in store {}", req.command_id, req.store_id),
         );
-        return quarantine(ctx, msg, &e).await;
+        return quarantine(ctx, fence, msg, &e).await;
     };
     let to_delete: Vec<Copies> = done
         .iter()
@@ -87,8 +88,8 @@ fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
     Ok(req)
 }
 
-async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
-    crate::consumer::quarantine(ctx, names::INTAKE, msg, e).await?;
+async fn quarantine(ctx: &Ctx, fence: Fence, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
+    crate::quarantine::record(&ctx.pool, fence, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
     Ok(true)
 }
@@ -100,8 +101,15 @@ type Entry = (String, String, i32, Vec<i64>);
 /// that store. Otherwise a log row per copy (`cancelled`, or its final state with code
 /// `cancel_refused`; none for one already cancelled, so a repeated cancel changes nothing)
 /// with the copies to delete from the stream.
-pub async fn cancel(pool: &PgPool, req: &CommandCancel) -> Result<Option<Vec<(LogRow, Vec<i64>)>>, sqlx::Error> {
+pub async fn cancel(
+    pool: &PgPool,
+    fence: Option<Fence>,
+    req: &CommandCancel,
+) -> Result<Option<Vec<(LogRow, Vec<i64>)>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    if let Some(f) = fence {
+        crate::partitions::fence::check(&mut tx, f).await?;
+    }
     let known: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM commands WHERE tenant_id = $1 AND store_id = $2 AND command_id = $3")
             .bind(&req.tenant_id)

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{AckKind, Message};
+use std::time::Duration;
+
+use async_nats::jetstream::Message;
 use serde::Deserialize;
 use tillsync_actors::policy;
 use tillsync_schemas::ids::check_uuid_or_ulid;
@@ -21,36 +23,29 @@ use tillsync_schemas::{
 use super::intake_store::{self, Accepted};
 use super::store::{self, CommandRow};
 use super::{publish, CommandError};
-use crate::{metrics, Ctx};
+use crate::partitions::Fence;
+use crate::spine::{self, Settle, Source};
+use crate::{metrics, quarantine as quarantined, Ctx};
 
 /// Most commands one lane accepts in one statement.
 const BATCH: usize = 256;
 
-pub async fn run(ctx: Arc<Ctx>) {
-    let ctx = &ctx;
-    crate::consumer::each_batch(
-        ctx,
-        names::INTAKE,
-        names::BROKER_INTAKE_CONSUMER,
-        ctx.config.message_lanes,
-        BATCH,
-        move |batch| handle_batch(ctx, batch),
-    )
-    .await;
-}
+/// The intake consumers of the spine.
+pub const SOURCE: Source =
+    Source { stream: names::INTAKE, base: names::BROKER_INTAKE_CONSUMER, max_batch: BATCH, linger: Duration::ZERO };
 
 /// Accepts a lane's batch in order: commands to accept are gathered and accepted together;
 /// one to refuse first has the gathered ones accepted, so a refusal never overtakes an
 /// earlier command of the batch.
-async fn handle_batch(ctx: &Arc<Ctx>, batch: Vec<Message>) {
+pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
     metrics::commands_received(batch.len() as u64);
     let mut gathered: Vec<(Message, CommandEnvelope)> = Vec::new();
     for msg in batch {
         if super::cancel::is_cancel(&msg.subject) {
             // After the commands before it, so a cancel always finds what it cancels.
-            accept(ctx, std::mem::take(&mut gathered)).await;
-            let outcome = super::cancel::handle(ctx, &msg).await;
-            finish(&msg, outcome).await;
+            accept(ctx, fence, std::mem::take(&mut gathered)).await;
+            let outcome = super::cancel::handle(ctx, fence, &msg).await;
+            finish(ctx, fence, &msg, outcome).await;
             continue;
         }
         let outcome = match check(ctx, &msg).await {
@@ -59,32 +54,25 @@ async fn handle_batch(ctx: &Arc<Ctx>, batch: Vec<Message>) {
                 continue;
             }
             Ok(Err(refusal)) => {
-                accept(ctx, std::mem::take(&mut gathered)).await;
-                refusal.apply(ctx, &msg).await
+                accept(ctx, fence, std::mem::take(&mut gathered)).await;
+                refusal.apply(ctx, fence, &msg).await
             }
             Err(error) => Err(error),
         };
-        finish(&msg, outcome).await;
+        finish(ctx, fence, &msg, outcome).await;
     }
-    accept(ctx, gathered).await;
+    accept(ctx, fence, gathered).await;
 }
 
 /// Acks (or terminates) an intake message whose effect is committed; on an error, has it
 /// redelivered.
-async fn finish(msg: &Message, outcome: Result<bool, CommandError>) {
-    let ack = match outcome {
-        Ok(false) => msg.ack().await,
-        Ok(true) => msg.ack_with(AckKind::Term).await,
-        Err(error) => return redeliver(msg, &error).await,
+async fn finish(ctx: &Ctx, fence: Fence, msg: &Message, outcome: Result<bool, CommandError>) {
+    let how = match outcome {
+        Ok(false) => Settle::Ack,
+        Ok(true) => Settle::Term,
+        Err(error) => super::not_committed(ctx, fence, "intake", &error),
     };
-    if let Err(error) = ack {
-        // Committed already: a redelivery is answered "duplicate".
-        tracing::warn!(%error, "Intake ack failed after commit.");
-    }
-}
-
-async fn redeliver(msg: &Message, error: &CommandError) {
-    crate::consumer::redeliver(msg, names::BROKER_INTAKE_CONSUMER, error).await
+    spine::settle(msg, how).await;
 }
 
 /// Why a message is not accepted as it stands.
@@ -99,17 +87,20 @@ enum Refusal {
 
 impl Refusal {
     /// Records the refusal; `Ok(true)` when the message is to be terminated rather than acked.
-    async fn apply(self, ctx: &Ctx, msg: &Message) -> Result<bool, CommandError> {
+    async fn apply(self, ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, CommandError> {
         match self {
-            Refusal::Undecoded(e) => refuse_undecoded(ctx, msg, e).await,
-            Refusal::Quarantine(e) => quarantine(ctx, msg, &e).await,
-            Refusal::Reject(cmd, e) => reject(ctx, &CommandRow::of(&cmd, &msg.payload), &e).await,
+            Refusal::Undecoded(e) => refuse_undecoded(ctx, fence, msg, e).await,
+            Refusal::Quarantine(e) => quarantine(ctx, fence, msg, &e).await,
+            Refusal::Reject(cmd, e) => reject(ctx, fence, &CommandRow::of(&cmd, &msg.payload), &e).await,
         }
     }
 }
 
 /// The command if intake may accept it (the device lookup is part of accepting), else why not.
 async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refusal>, CommandError> {
+    if let Err(e) = spine::check_partition(&msg.subject, ctx.config.partitions) {
+        return Ok(Err(Refusal::Quarantine(e)));
+    }
     let cmd = match codec::decode_command(&msg.subject, &msg.payload) {
         Ok(cmd) => cmd,
         Err(e) => return Ok(Err(Refusal::Undecoded(e))),
@@ -128,17 +119,17 @@ async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refus
 /// Accepts the gathered commands in one statement, rejects those with no known device,
 /// publishes the statuses and the direct first deliveries, acks the messages and wakes the
 /// devices whose new commands wait (offline, or behind an earlier one).
-async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
+async fn accept(ctx: &Arc<Ctx>, fence: Fence, gathered: Vec<(Message, CommandEnvelope)>) {
     if gathered.is_empty() {
         return;
     }
     let rows: Vec<CommandRow<'_>> = gathered.iter().map(|(m, c)| CommandRow::of(c, &m.payload)).collect();
-    let accepted = match intake_store::accept_many(&ctx.keyed, &rows, super::params(&ctx.config)).await {
+    let accepted = match intake_store::accept_many(&ctx.keyed, fence, &rows, super::params(&ctx.config)).await {
         Ok(a) => a,
         Err(error) => {
-            let error = CommandError::from(error);
+            let how = super::not_committed(ctx, fence, "intake", &CommandError::from(error));
             for (msg, _) in &gathered {
-                redeliver(msg, &error).await;
+                spine::settle(msg, how).await;
             }
             return;
         }
@@ -176,7 +167,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
                     None => format!("store {:?} has no known device", cmd.store_id),
                 };
                 let e = WireError::new(Reason::UnknownDevice, format!("{what} (provision with `tillsync devices add`)"));
-                reject(ctx, row, &e).await
+                reject(ctx, fence, row, &e).await
             }
         });
     }
@@ -196,7 +187,7 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
         tracing::warn!(%error, "First delivery not published; its check publishes it again.");
     }
     for ((msg, _), outcome) in gathered.iter().zip(outcomes) {
-        finish(msg, outcome).await;
+        finish(ctx, fence, msg, outcome).await;
     }
     wake.sort_unstable();
     wake.dedup();
@@ -207,8 +198,8 @@ async fn accept(ctx: &Arc<Ctx>, gathered: Vec<(Message, CommandEnvelope)>) {
 }
 
 /// Records a rejected command and publishes its status; `Ok(false)`: ack the message.
-async fn reject(ctx: &Ctx, row: &CommandRow<'_>, e: &WireError) -> Result<bool, CommandError> {
-    let Some(log) = store::reject(&ctx.pool, row, e.reason.as_str(), &e.detail).await? else {
+async fn reject(ctx: &Ctx, fence: Fence, row: &CommandRow<'_>, e: &WireError) -> Result<bool, CommandError> {
+    let Some(log) = store::reject(&ctx.pool, fence, row, e.reason.as_str(), &e.detail).await? else {
         return Ok(false);
     };
     metrics::command_rejected(e.reason.as_str());
@@ -251,7 +242,7 @@ struct ProbeBody {
 
 /// Rejects as a command when the message names a valid command of a known tenant on its own
 /// subject; quarantines otherwise (no status goes to a tenant the subject does not prove).
-async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<bool, CommandError> {
+async fn refuse_undecoded(ctx: &Ctx, fence: Fence, msg: &Message, e: WireError) -> Result<bool, CommandError> {
     let trusted = !matches!(e.reason, Reason::BadSubject | Reason::SubjectMismatch | Reason::Oversize);
     let probe = codec::decode::<Probe>(&msg.payload).ok().filter(|p| {
         let parsed = subject::parse(&msg.subject).ok();
@@ -263,9 +254,9 @@ async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<bool
                     && s.last == p.device_id.as_deref().unwrap_or(subject::STORE_WIDE)
             })
     });
-    let Some(p) = probe.filter(|_| trusted) else { return quarantine(ctx, msg, &e).await };
+    let Some(p) = probe.filter(|_| trusted) else { return quarantine(ctx, fence, msg, &e).await };
     if !ctx.tenants.exists(&ctx.pool, &p.tenant_id).await? {
-        return quarantine(ctx, msg, &e).await;
+        return quarantine(ctx, fence, msg, &e).await;
     }
     let kind = p.body.as_ref().map_or("unknown", |b| b.kind.as_str());
     let row = CommandRow {
@@ -280,12 +271,12 @@ async fn refuse_undecoded(ctx: &Ctx, msg: &Message, e: WireError) -> Result<bool
         issued_at_ms: p.issued_at_ms,
         expires_at_ms: p.expires_at_ms,
     };
-    reject(ctx, &row, &e).await
+    reject(ctx, fence, &row, &e).await
 }
 
 /// Quarantines a message; `Ok(true)`: terminate it.
-async fn quarantine(ctx: &Ctx, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
-    crate::consumer::quarantine(ctx, names::INTAKE, msg, e).await?;
+async fn quarantine(ctx: &Ctx, fence: Fence, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
+    quarantined::record(&ctx.pool, fence, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
     Ok(true)
 }

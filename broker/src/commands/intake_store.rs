@@ -1,5 +1,6 @@
 //! Accepting commands in Postgres: a lane's waiting commands in one statement.
 
+use crate::partitions::Fence;
 use std::collections::HashSet;
 
 use sqlx::PgPool;
@@ -41,7 +42,12 @@ fn queued_detail(c: &CommandRow<'_>) -> String {
 /// sweeper expires it within a second and the actor then delivers): the check stays a probe
 /// of the device's pending entries, which the statement's generic plan ([`crate::db::connect_keyed`])
 /// needs.
-pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams) -> Result<Vec<Accepted>, sqlx::Error> {
+pub async fn accept_many(
+    pool: &PgPool,
+    fence: Fence,
+    rows: &[CommandRow<'_>],
+    p: InboxParams,
+) -> Result<Vec<Accepted>, sqlx::Error> {
     let mut seen = HashSet::new();
     let first: Vec<usize> = (0..rows.len()).filter(|&i| seen.insert((rows[i].tenant_id, rows[i].command_id))).collect();
     let mut out: Vec<Accepted> = rows.iter().map(|_| Accepted::Duplicate).collect();
@@ -110,6 +116,9 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
          ORDER BY log.id"
     );
     type Found = (i64, i64, Option<i64>, Option<String>, Option<String>);
+    // One transaction with the fence check: a former owner's late batch rolls back.
+    let mut tx = pool.begin().await?;
+    crate::partitions::fence::check(&mut tx, fence).await?;
     let found: Vec<Found> = sqlx::query_as(&sql)
         .bind(pick(&|c| c.tenant_id.into()))
         .bind(pick(&|c| c.store_id.into()))
@@ -130,8 +139,9 @@ pub async fn accept_many(pool: &PgPool, rows: &[CommandRow<'_>], p: InboxParams)
         .bind(direct)
         .bind(CommandState::Delivered.as_str())
         .bind(BY_BROKER)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
+    tx.commit().await?;
     for (ord, targets, id, device_id, state) in found {
         let i = first[ord as usize - 1];
         let c = &rows[i];

@@ -28,7 +28,6 @@ pub mod publish;
 pub mod store;
 pub mod sweep;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +35,8 @@ use tillsync_actors::policy::InboxParams;
 use tillsync_schemas::{DeviceAddr, WireError};
 
 use crate::config::Config;
+use crate::partitions::Fence;
+use crate::spine::Settle;
 use crate::Ctx;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +56,14 @@ pub fn params(c: &Config) -> InboxParams {
     InboxParams { max_attempts: c.command_max_attempts, first_retry_ms: c.command_retry_ms.max(1) }
 }
 
-/// Consumes the intake and ack streams and runs the sweeper until shutdown.
-pub async fn run(ctx: Arc<Ctx>) {
-    let tasks = [
-        tokio::spawn(intake::run(ctx.clone())),
-        tokio::spawn(acks::run(ctx.clone())),
-        tokio::spawn(sweep::run(ctx.clone())),
-    ];
-    ctx.cancel.cancelled().await;
-    for t in tasks {
-        let _ = t.await;
+/// How a command message whose effect did not commit is settled: redelivered, and when the
+/// fence refused the commit, the partition's work stops (another instance owns it now).
+pub fn not_committed(ctx: &Ctx, fence: Fence, what: &str, error: &CommandError) -> Settle {
+    match error {
+        CommandError::Db(e) if crate::partitions::fence::is_fenced(e) => ctx.partitions.report_fenced(fence),
+        _ => tracing::warn!(%error, what, "Command message not recorded; redelivering in 2 s."),
     }
+    Settle::RETRY
 }
 
 /// Runs the inboxes of these devices now (after intake), a few at a time.

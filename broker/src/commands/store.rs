@@ -2,6 +2,7 @@
 //! Every transition updates `command_inbox` only from an unfinished state, and writes its
 //! `command_log` row in the same transaction, so a transition happens once whoever races it.
 
+use crate::partitions::Fence;
 use sqlx::postgres::PgArguments;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{Arguments, PgConnection, PgPool};
@@ -174,11 +175,13 @@ async fn insert_command(
 /// Records a command refused at intake. `None` for a duplicate.
 pub async fn reject(
     pool: &PgPool,
+    fence: Fence,
     c: &CommandRow<'_>,
     code: &str,
     detail: &str,
 ) -> Result<Option<LogRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    crate::partitions::fence::check(&mut tx, fence).await?;
     if !insert_command(&mut tx, c, Some(code)).await? {
         return Ok(None);
     }

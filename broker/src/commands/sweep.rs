@@ -4,6 +4,9 @@
 //! with something due. It also resends status messages a crash left unpublished, deletes the
 //! stream copies of commands that ended (those an ack ended, and any a failure left behind)
 //! and exports the inbox gauges by tenant.
+//!
+//! Every instance wakes the devices of the partitions it owns (their actors live there); the
+//! rest covers every store and is idempotent, and runs on the lead instance only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +38,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             return;
         }
         wake_due(&ctx).await;
-        if last_slow.elapsed() >= SLOW_EVERY {
+        if last_slow.elapsed() >= SLOW_EVERY && ctx.partitions.leads() {
             last_slow = Instant::now();
             resend_unpublished(&ctx).await;
             purge_copies(&ctx).await;
@@ -46,8 +49,12 @@ pub async fn run(ctx: Arc<Ctx>) {
 
 async fn wake_due(ctx: &Ctx) {
     match store::due_devices(&ctx.pool, crate::now_ms(), DUE_LIMIT).await {
-        Ok(devices) if !devices.is_empty() => super::tick(ctx, devices).await,
-        Ok(_) => {}
+        Ok(mut devices) => {
+            devices.retain(|d| ctx.partitions.owns_store(&d.tenant_id, &d.store_id));
+            if !devices.is_empty() {
+                super::tick(ctx, devices).await
+            }
+        }
         Err(error) => tracing::warn!(%error, "Command sweep query failed."),
     }
 }

@@ -1,30 +1,30 @@
 //! Event ingest: from the events stream through the device actors into Postgres.
 //!
-//! Messages are split by store over `ingest_lanes` lanes ([`crate::lanes`]) that commit
-//! concurrently. A lane takes a batch (up to `batch_size`, waiting at most `linger` for
-//! more), decodes it, routes it per device to the actors (fast dedupe, gaps), commits it in one
-//! transaction through the writer, and only then acks it. [`process`] is the part without JetStream,
-//! shared with `tillsync replay`.
+//! Each owned partition's events consumer ([`crate::spine`]) hands over a batch (up to
+//! `batch_size`, waiting at most `linger` for more); it is decoded, routed per device to the
+//! actors (fast dedupe, gaps), committed in one transaction through the writer under the
+//! partition's fence, and only then acked. Up to `ingest_lanes` batches commit at once across
+//! the partitions. [`process`] is the part without JetStream, shared with `tillsync replay`.
 
 pub mod plan;
 mod rows;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind};
+use crate::partitions::{fence, Fence};
+use crate::quarantine::BadRow;
+use crate::spine::{self, Settle, Source};
+use crate::tenants::Tenants;
+use crate::{metrics, Ctx};
+use async_nats::jetstream;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tillsync_actors::{ActorError, ActorSystem, Decision, DeviceVerdicts, DupLayer, Incoming};
 use tillsync_schemas::{codec, streams as names, subject, DeviceAddr, EventEnvelope, Reason, Watermark, WireError};
-use tokio::sync::mpsc;
-
-use crate::tenants::Tenants;
-use crate::{metrics, Ctx};
-use writer::{BadRow, Candidate, DeviceUpdate};
+use writer::{Candidate, DeviceUpdate};
 
 /// A message as read from the events stream.
 #[derive(Debug, Clone)]
@@ -65,6 +65,10 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    fn is_fenced(&self) -> bool {
+        matches!(self, IngestError::Db(e) if fence::is_fenced(e))
+    }
+
     fn is_transient(&self) -> bool {
         match self {
             IngestError::Db(e) => crate::db::is_transient(e),
@@ -73,11 +77,15 @@ impl IngestError {
     }
 }
 
-/// What processing needs: the database, the actors and the tenant list.
+/// What processing needs: the database, the actors, the tenant list, and the fence of the
+/// partition being committed (`None` for replay, which runs with the brokers stopped).
 pub struct Engine<'a> {
     pub pool: &'a PgPool,
     pub actors: &'a ActorSystem,
     pub tenants: &'a Tenants,
+    pub fence: Option<Fence>,
+    /// The partition count subjects are checked against (`None`: not checked).
+    pub partitions: Option<u16>,
 }
 
 pub fn content_hash(ev: &EventEnvelope) -> [u8; 32] {
@@ -92,21 +100,19 @@ enum Classified {
 }
 
 async fn classify(engine: &Engine<'_>, raw: &Raw) -> Result<Classified, sqlx::Error> {
-    match codec::decode_event(&raw.subject, &raw.payload) {
-        Err(e) => Ok(Classified::Bad(e)),
-        Ok(ev) if !engine.tenants.exists(engine.pool, &ev.tenant_id).await? => Ok(Classified::Bad(WireError::new(
-            Reason::UnknownTenant,
-            format!("tenant {:?} is not provisioned", ev.tenant_id),
-        ))),
+    let gate = spine::Gate { pool: engine.pool, tenants: engine.tenants, partitions: engine.partitions };
+    match spine::admit(&gate, &raw.subject, &raw.payload, codec::decode_event, |e| e.tenant_id.as_str()).await {
         Ok(ev) => {
             let h = content_hash(&ev);
             Ok(Classified::Event(Box::new(ev), h))
         }
+        Err(spine::Refused::Bad(e)) => Ok(Classified::Bad(e)),
+        Err(spine::Refused::Db(e)) => Err(e),
     }
 }
 
 fn bad_row(raw: &Raw, e: &WireError) -> BadRow {
-    crate::consumer::bad_row(names::EVENTS, &raw.subject, raw.stream_seq, &raw.payload, e)
+    crate::quarantine::bad_row(names::EVENTS, &raw.subject, raw.stream_seq, &raw.payload, e)
 }
 
 /// Decides and commits one batch. Nothing is acked here; the caller acks after this returns.
@@ -222,7 +228,7 @@ async fn decide_and_commit(
     cands.sort_by_key(|(i, _)| *i);
     let (positions, cands): (Vec<usize>, Vec<Candidate>) = cands.into_iter().unzip();
 
-    let decisions = writer::commit(engine.pool, bad, &cands, &devices).await?;
+    let decisions = writer::commit(engine.pool, engine.fence, bad, &cands, &devices).await?;
     Ok(Decided { verdicts, positions, devices, decisions })
 }
 
@@ -241,67 +247,13 @@ pub fn export_actor_stats(ctx: &Ctx) {
     metrics::actor_stats(ctx.actors.stats());
 }
 
-/// The live loop: runs until the broker's cancellation token fires.
-pub async fn run(ctx: Arc<Ctx>) {
-    loop {
-        if ctx.cancel.is_cancelled() {
-            return;
-        }
-        match consume(&ctx).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "Events consumer stopped; restarting in 1 s.");
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    }
+/// The events consumers of the spine.
+pub fn source(c: &crate::config::Config) -> Source {
+    Source { stream: names::EVENTS, base: names::BROKER_EVENTS_CONSUMER, max_batch: c.batch_size, linger: c.linger() }
 }
 
-async fn consume(ctx: &Arc<Ctx>) -> Result<(), String> {
-    let consumer = crate::streams::consumer(&ctx.js, names::EVENTS, names::BROKER_EVENTS_CONSUMER)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(ctx.config.batch_size * 2)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    let n = ctx.config.ingest_lanes.max(1);
-    let mut senders = Vec::with_capacity(n);
-    let mut workers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (tx, rx) = mpsc::channel(ctx.config.batch_size);
-        senders.push(tx);
-        workers.push(tokio::spawn(lane(ctx.clone(), rx)));
-    }
-    let result = crate::consumer::dispatch(ctx, &mut messages, &senders, names::BROKER_EVENTS_CONSUMER).await;
-    // Lanes finish (commit and ack) what they hold, then end when their channel closes.
-    drop(senders);
-    for w in workers {
-        if let Err(error) = w.await {
-            tracing::error!(%error, "Ingest lane panicked.");
-        }
-    }
-    result
-}
-
-/// One lane: takes the first message waiting, then what else is waiting or arrives within
-/// the linger, up to a batch, and handles the batch; until its channel closes.
-async fn lane(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<jetstream::Message>) {
-    let max = ctx.config.batch_size;
-    while let Some(first) = rx.recv().await {
-        let batch = crate::consumer::gather(&mut rx, first, max, ctx.config.linger()).await;
-        handle_batch(&ctx, batch).await;
-    }
-}
-
-async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
+/// Commits one batch of a partition's events under its fence, then settles it.
+pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<jetstream::Message>) {
     let started = Instant::now();
     let raws: Vec<Raw> = batch
         .iter()
@@ -313,11 +265,22 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
         .collect();
     metrics::events_received(raws.len() as u64);
     metrics::batch_size(raws.len());
-    let engine = Engine { pool: &ctx.pool, actors: &ctx.actors, tenants: &ctx.tenants };
+    let engine = Engine {
+        pool: &ctx.pool,
+        actors: &ctx.actors,
+        tenants: &ctx.tenants,
+        fence: Some(fence),
+        partitions: Some(ctx.config.partitions),
+    };
     let mut attempt = 0u32;
     let report = loop {
         match process(&engine, &raws).await {
             Ok(r) => break Some(r),
+            Err(e) if e.is_fenced() => {
+                // Another instance owns the partition now: leave the batch to it.
+                ctx.partitions.report_fenced(fence);
+                break None;
+            }
             Err(e) if e.is_transient() && attempt < 4 => {
                 metrics::db_retry("ingest");
                 attempt += 1;
@@ -341,7 +304,7 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
     }
     let Some(report) = report else {
         for m in &batch {
-            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+            spine::settle(m, Settle::RETRY).await;
         }
         return;
     };
@@ -352,14 +315,7 @@ async fn handle_batch(ctx: &Ctx, batch: Vec<jetstream::Message>) {
 async fn settle(ctx: &Ctx, batch: &[jetstream::Message], report: &Report, started: Instant) {
     for ((m, o), kind) in batch.iter().zip(&report.outcomes).zip(&report.kinds) {
         record(*o, *kind);
-        let ack = match o {
-            Outcome::Quarantined(_) => m.ack_with(AckKind::Term).await,
-            _ => m.ack().await,
-        };
-        if let Err(error) = ack {
-            // Not fatal: JetStream redelivers and the ledger answers "duplicate".
-            tracing::warn!(%error, "Ack failed after commit.");
-        }
+        spine::settle(m, if matches!(o, Outcome::Quarantined(_)) { Settle::Term } else { Settle::Ack }).await;
         metrics::apply_latency(started.elapsed().as_secs_f64());
     }
     for _ in 0..report.gaps {
@@ -390,19 +346,17 @@ async fn isolate(ctx: &Ctx, engine: &Engine<'_>, batch: &[jetstream::Message], r
         let started = Instant::now();
         match process(engine, std::slice::from_ref(raw)).await {
             Ok(report) => settle(ctx, std::slice::from_ref(m), &report, started).await,
-            Err(e) if e.is_transient() => {
-                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-            }
+            Err(e) if e.is_transient() || e.is_fenced() => spine::settle(m, Settle::RETRY).await,
             Err(e) => {
                 let row = bad_row(raw, &WireError::new(Reason::ApplyFailed, e.to_string()));
-                match writer::commit(engine.pool, &[row], &[], &[]).await {
+                match writer::commit(engine.pool, engine.fence, &[row], &[], &[]).await {
                     Ok(_) => {
                         metrics::event_quarantined(Reason::ApplyFailed.as_str());
-                        let _ = m.ack_with(AckKind::Term).await;
+                        spine::settle(m, Settle::Term).await;
                     }
                     Err(error) => {
                         tracing::error!(%error, "Cannot quarantine; leaving the message for redelivery.");
-                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                        spine::settle(m, Settle::Nak(Duration::from_secs(5))).await;
                     }
                 }
             }

@@ -12,6 +12,8 @@ use tillsync_actors::seqs::Gap;
 use tillsync_schemas::{DeviceAddr, EventEnvelope};
 
 use super::plan::{self, Key3, Key4, Rows};
+use crate::partitions::{fence, Fence};
+use crate::quarantine::{self, BadRow};
 use crate::ts;
 
 /// An event that passed the actor's fast path and goes to the ledger.
@@ -19,20 +21,6 @@ pub struct Candidate<'a> {
     pub ev: &'a EventEnvelope,
     pub hash: [u8; 32],
     pub stream_seq: Option<u64>,
-}
-
-/// A message refused at decode (or for an unknown tenant), quarantined in the same transaction.
-#[derive(Debug, Clone)]
-pub struct BadRow {
-    pub stream: String,
-    pub stream_seq: u64,
-    pub subject: String,
-    pub reason: &'static str,
-    pub detail: String,
-    pub payload: Vec<u8>,
-    pub tenant_id: Option<String>,
-    pub store_id: Option<String>,
-    pub device_id: Option<String>,
 }
 
 /// What the batch does to one device row.
@@ -44,16 +32,22 @@ pub struct DeviceUpdate {
     pub gaps: Vec<Gap>,
 }
 
-/// Commits a batch; returns the decision for each candidate, in order.
+/// Commits a batch; returns the decision for each candidate, in order. Under a `fence` (the
+/// live broker), the batch commits only while the fence's epoch is current, and the ledger
+/// records the partition and epoch; replay commits without one.
 pub async fn commit(
     pool: &PgPool,
+    fence: Option<Fence>,
     bad: &[BadRow],
     cands: &[Candidate<'_>],
     devices: &[DeviceUpdate],
 ) -> Result<Vec<Decision>, sqlx::Error> {
     let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
-    insert_quarantine(&mut tx, bad).await?;
-    let mut decisions = ledger_decisions(&mut tx, cands).await?;
+    if let Some(f) = fence {
+        fence::check(&mut tx, f).await?;
+    }
+    quarantine::insert(&mut tx, bad).await?;
+    let mut decisions = ledger_decisions(&mut tx, fence, cands).await?;
     insert_conflicts(&mut tx, cands, &decisions, "content_mismatch").await?;
     // Positions of the candidates the ledger took as new: the ones applied to the read models.
     let new: Vec<usize> = (0..cands.len()).filter(|i| decisions[*i] == Decision::New).collect();
@@ -80,15 +74,20 @@ fn key_columns(cands: &[&Candidate]) -> [Vec<String>; 4] {
 
 /// Inserts every candidate into the ledger; whoever was already there is a duplicate (same
 /// content hash) or a conflict (other hash).
-async fn ledger_decisions(tx: &mut PgConnection, cands: &[Candidate<'_>]) -> Result<Vec<Decision>, sqlx::Error> {
+async fn ledger_decisions(
+    tx: &mut PgConnection,
+    fence: Option<Fence>,
+    cands: &[Candidate<'_>],
+) -> Result<Vec<Decision>, sqlx::Error> {
     if cands.is_empty() {
         return Ok(Vec::new());
     }
     let col = |f: fn(&Candidate) -> String| cands.iter().map(f).collect::<Vec<_>>();
     let inserted: Vec<LedgerKey> = sqlx::query_as(
         "INSERT INTO processed_events
-           (tenant_id, store_id, device_id, event_id, seq, kind, content_hash, outcome, stream_seq, occurred_at)
-         SELECT t, s, d, e, q, k, h, 'applied', ss, oa
+           (tenant_id, store_id, device_id, event_id, seq, kind, content_hash, outcome, stream_seq, occurred_at,
+            partition, epoch)
+         SELECT t, s, d, e, q, k, h, 'applied', ss, oa, $10, $11
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::bytea[], $8::int8[], $9::timestamptz[])
            AS u(t, s, d, e, q, k, h, ss, oa)
          ON CONFLICT DO NOTHING
@@ -103,6 +102,8 @@ async fn ledger_decisions(tx: &mut PgConnection, cands: &[Candidate<'_>]) -> Res
     .bind(cands.iter().map(|c| c.hash.to_vec()).collect::<Vec<_>>())
     .bind(cands.iter().map(|c| c.stream_seq.map(|s| s as i64)).collect::<Vec<_>>())
     .bind(cands.iter().map(|c| ts(c.ev.occurred_at_ms)).collect::<Vec<_>>())
+    .bind(fence.map(|f| i32::from(f.partition)))
+    .bind(fence.map(|f| f.epoch))
     .fetch_all(&mut *tx)
     .await?;
     let mut fresh: HashSet<LedgerKey> = inserted.into_iter().collect();
@@ -359,29 +360,6 @@ async fn load_rows(tx: &mut PgConnection, t: &plan::Touched) -> Result<Rows, sql
         into.extend(found.into_iter().map(|(t, s, k, d, q)| ((t, s, k), (d, q))));
     }
     Ok(rows)
-}
-
-async fn insert_quarantine(tx: &mut PgConnection, bad: &[BadRow]) -> Result<(), sqlx::Error> {
-    if bad.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO quarantine (tenant_id, store_id, device_id, stream, stream_seq, subject, reason, detail, payload)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::bytea[])
-         ON CONFLICT (stream, stream_seq) DO NOTHING",
-    )
-    .bind(bad.iter().map(|b| b.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.store_id.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.device_id.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.stream.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.stream_seq as i64).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.subject.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.reason).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.detail.clone()).collect::<Vec<_>>())
-    .bind(bad.iter().map(|b| b.payload.clone()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Records the sequence gaps this batch detected (the devices' rows are updated with the

@@ -57,7 +57,7 @@ pub async fn commit(pool: &PgPool, events: &[(EventEnvelope, u64)]) -> anyhow::R
         .into_iter()
         .map(|(addr, seq)| DeviceUpdate { addr, max_seq: seq, projected_watermark: seq, gaps: Vec::new() })
         .collect();
-    writer::commit(pool, &[], &cands, &devices).await?;
+    writer::commit(pool, None, &[], &cands, &devices).await?;
     Ok(())
 }
 

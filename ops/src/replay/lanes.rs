@@ -140,7 +140,8 @@ async fn lane(
     done: mpsc::UnboundedSender<anyhow::Result<Done>>,
     batch: usize,
 ) {
-    let engine = Engine { pool: &shared.pool, actors: &shared.actors, tenants: &shared.tenants };
+    let engine =
+        Engine { pool: &shared.pool, actors: &shared.actors, tenants: &shared.tenants, fence: None, partitions: None };
     while let Some(mut raws) = rx.recv().await {
         while raws.len() < batch {
             match rx.try_recv() {

@@ -1,0 +1,285 @@
+//! Partitions and their ownership (docs/architecture.md, "Partitions and ownership").
+//!
+//! Stores are split into a fixed number of partitions ([`tillsync_schemas::partition`]). Each
+//! partition is owned by one broker instance at a time: the holder of its lease in the lease
+//! bucket ([`lease`]), who also bumped its epoch in Postgres ([`fence`]). Only the owner pulls
+//! the partition's consumers ([`work`]); every commit it makes checks the epoch, so an instance
+//! that lost a partition (killed, paused, cut off) never commits for it again. Instances
+//! joining or leaving rebalance the partitions by themselves ([`assign`]).
+
+pub mod assign;
+pub mod fence;
+pub mod lease;
+mod work;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{Store, UpdateErrorKind};
+use futures::StreamExt;
+use tillsync_schemas::partition;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use fence::Fence;
+
+use crate::{metrics, Ctx};
+
+/// What the rest of the broker asks about ownership.
+pub struct Ownership {
+    pub count: u16,
+    pub instance: String,
+    held: RwLock<HashMap<u16, Fence>>,
+    fenced: mpsc::UnboundedSender<Fence>,
+}
+
+impl Ownership {
+    /// The ownership handle, and the receiver of fence refusals for [`run`].
+    pub fn new(count: u16, instance: String) -> (Ownership, mpsc::UnboundedReceiver<Fence>) {
+        let (fenced, rx) = mpsc::unbounded_channel();
+        (Ownership { count, instance, held: RwLock::new(HashMap::new()), fenced }, rx)
+    }
+
+    pub fn partition_of(&self, tenant: &str, store: &str) -> u16 {
+        partition::of(tenant, store, self.count)
+    }
+
+    /// The fence of a partition this instance owns.
+    pub fn fence(&self, p: u16) -> Option<Fence> {
+        self.held.read().unwrap().get(&p).copied()
+    }
+
+    pub fn owns_store(&self, tenant: &str, store: &str) -> bool {
+        self.fence(self.partition_of(tenant, store)).is_some()
+    }
+
+    /// Instance-wide duties (gauges over every store, the offline sweep) run on the owner of
+    /// partition 0, so exactly one instance reports them.
+    pub fn leads(&self) -> bool {
+        self.fence(0).is_some()
+    }
+
+    pub fn owned(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.held.read().unwrap().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A commit under `fence` was refused: the partition has a newer owner. Its work stops.
+    pub fn report_fenced(&self, fence: Fence) {
+        let _ = self.fenced.send(fence);
+    }
+
+    fn set(&self, fence: Fence) {
+        self.held.write().unwrap().insert(fence.partition, fence);
+    }
+
+    fn unset(&self, p: u16) {
+        self.held.write().unwrap().remove(&p);
+    }
+}
+
+/// A partition this instance runs.
+struct Running {
+    fence: Fence,
+    /// Revision of our lease key.
+    revision: u64,
+    renewed: Instant,
+    stop: CancellationToken,
+    work: JoinHandle<()>,
+    /// Handing over: the work was told to stop; the lease is kept until it has.
+    stopping: bool,
+}
+
+/// Keeps this instance's share of the partitions until shutdown, then hands them all over.
+pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
+    let me = ctx.partitions.instance.clone();
+    let ttl = ctx.config.lease_ttl();
+    let kv = loop {
+        match lease::bucket(&ctx.js, ctx.config.stream_replicas, ttl).await {
+            Ok(kv) => break kv,
+            Err(error) => tracing::warn!(%error, "Lease bucket unavailable; retrying in 1 s."),
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let mut observed = lease::Observed::new();
+    let mut running: HashMap<u16, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(ttl / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = None;
+    loop {
+        if watch.is_none() {
+            watch =
+                kv.watch_with_history(">").await.map_err(|e| tracing::warn!(error = %e, "Lease watch failed.")).ok();
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = tick.tick() => step(&ctx, &kv, &me, &mut observed, &mut running).await,
+            Some(f) = fenced.recv() => {
+                if running.get(&f.partition).is_some_and(|r| r.fence == f) {
+                    tracing::warn!(partition = f.partition, epoch = f.epoch, "Partition taken over (fenced); stopping its work.");
+                    lose(&ctx, &mut running, f.partition);
+                }
+            }
+            e = async { watch.as_mut().unwrap().next().await }, if watch.is_some() => match e {
+                Some(Ok(entry)) => observed.apply(&entry),
+                Some(Err(error)) => { tracing::warn!(%error, "Lease watch error; re-watching."); watch = None; }
+                None => watch = None,
+            },
+        }
+    }
+    // Shutdown: hand every partition over cleanly, so others take them without waiting a TTL.
+    for r in running.values() {
+        r.stop.cancel();
+    }
+    let ps: Vec<u16> = running.keys().copied().collect();
+    for p in ps {
+        let r = running.remove(&p).unwrap();
+        let _ = r.work.await;
+        hand_over(&ctx, &kv, r.fence, r.revision).await;
+    }
+    let _ = kv.delete(lease::member_key(&me)).await;
+    metrics::partitions_owned(0);
+}
+
+async fn step(
+    ctx: &Arc<Ctx>,
+    kv: &Store,
+    me: &str,
+    observed: &mut lease::Observed,
+    running: &mut HashMap<u16, Running>,
+) {
+    let ttl = ctx.config.lease_ttl();
+    match kv.put(lease::member_key(me), me.to_string().into_bytes().into()).await {
+        Ok(rev) => observed.set(&lease::member_key(me), rev, Some(me.to_string())),
+        Err(error) => tracing::warn!(%error, "Membership not renewed."),
+    }
+    renew(ctx, kv, me, observed, running).await;
+
+    // Handovers whose work has ended: release the epoch, then the lease.
+    let done: Vec<u16> = running.iter().filter(|(_, r)| r.stopping && r.work.is_finished()).map(|(p, _)| *p).collect();
+    for p in done {
+        let r = running.remove(&p).unwrap();
+        observed.set(&lease::owner_key(p), r.revision, None);
+        hand_over(ctx, kv, r.fence, r.revision).await;
+    }
+
+    let held: BTreeSet<u16> = running.keys().copied().collect();
+    let view = observed.view(ctx.config.partitions, ttl, Instant::now());
+    metrics::partitions_unowned(view.leases.iter().filter(|l| matches!(l, assign::Lease::Free(_))).count());
+    let plan = assign::plan(me, &view, &held, ttl);
+    for p in plan.release {
+        if let Some(r) = running.get_mut(&p) {
+            if !r.stopping {
+                tracing::info!(partition = p, "Handing partition over.");
+                r.stopping = true;
+                r.stop.cancel();
+            }
+        }
+    }
+    for p in plan.acquire {
+        if running.contains_key(&p) {
+            continue;
+        }
+        let key = lease::owner_key(p);
+        let revision = match lease::take(kv, p, me, observed.get(&key)).await {
+            Ok(rev) => rev,
+            Err(error) => {
+                tracing::debug!(%error, partition = p, "Lease not taken (someone was first).");
+                continue;
+            }
+        };
+        observed.set(&key, revision, Some(me.to_string()));
+        let fence = match fence::acquire(&ctx.pool, p, me).await {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::warn!(%error, partition = p, "Epoch not taken; giving the lease back.");
+                let _ = lease::give_up(kv, p, revision).await;
+                observed.set(&key, revision, None);
+                continue;
+            }
+        };
+        // Whatever this instance cached about these stores may be older than the last owner's
+        // commits: start from Postgres.
+        drop_actors(ctx, p);
+        ctx.partitions.set(fence);
+        let stop = ctx.cancel.child_token();
+        let work = tokio::spawn(work::run(ctx.clone(), fence, stop.clone()));
+        running.insert(p, Running { fence, revision, renewed: Instant::now(), stop, work, stopping: false });
+        metrics::partition_change("acquired");
+        tracing::info!(partition = p, epoch = fence.epoch, "Partition acquired.");
+    }
+    metrics::partitions_owned(running.values().filter(|r| !r.stopping).count());
+}
+
+/// Renews every held lease; a lease someone else took, or one not renewed within the TTL
+/// (this instance was cut off), is lost at once.
+async fn renew(
+    ctx: &Arc<Ctx>,
+    kv: &Store,
+    me: &str,
+    observed: &mut lease::Observed,
+    running: &mut HashMap<u16, Running>,
+) {
+    let ttl = ctx.config.lease_ttl();
+    let ps: Vec<u16> = running.keys().copied().collect();
+    for p in ps {
+        let (revision, renewed) = (running[&p].revision, running[&p].renewed);
+        match lease::renew(kv, p, me, revision).await {
+            Ok(rev) => {
+                let r = running.get_mut(&p).unwrap();
+                r.revision = rev;
+                r.renewed = Instant::now();
+                observed.set(&lease::owner_key(p), rev, Some(me.to_string()));
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(partition = p, "Lease taken by another instance; stopping the partition's work.");
+                lose(ctx, running, p);
+            }
+            Err(error) if renewed.elapsed() >= ttl => {
+                tracing::warn!(%error, partition = p, "Lease not renewed within its TTL; stopping the partition's work.");
+                lose(ctx, running, p);
+            }
+            Err(error) => tracing::debug!(%error, partition = p, "Lease renewal failed; retrying."),
+        }
+    }
+}
+
+/// Stops a partition's work without waiting: its epoch is no longer ours, so whatever it
+/// still tries to commit is refused by the fence.
+fn lose(ctx: &Arc<Ctx>, running: &mut HashMap<u16, Running>, p: u16) {
+    let Some(r) = running.remove(&p) else { return };
+    ctx.partitions.unset(p);
+    r.stop.cancel();
+    metrics::partition_change("lost");
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _ = r.work.await;
+        drop_actors(&ctx, p);
+    });
+}
+
+/// A handover after the work ended: nothing more will commit under the epoch.
+async fn hand_over(ctx: &Arc<Ctx>, kv: &Store, fence: Fence, revision: u64) {
+    let p = fence.partition;
+    ctx.partitions.unset(p);
+    drop_actors(ctx, p);
+    if let Err(error) = fence::release(&ctx.pool, fence).await {
+        tracing::warn!(%error, partition = p, "Epoch not marked released (the next owner bumps it anyway).");
+    }
+    if let Err(error) = lease::give_up(kv, p, revision).await {
+        tracing::warn!(%error, partition = p, "Lease not given back; it expires after its TTL.");
+    }
+    metrics::partition_change("released");
+    tracing::info!(partition = p, epoch = fence.epoch, "Partition handed over.");
+}
+
+fn drop_actors(ctx: &Ctx, p: u16) {
+    let count = ctx.partitions.count;
+    ctx.actors.drop_where(|a| partition::of(&a.tenant_id, &a.store_id, count) == p);
+}

@@ -1,0 +1,27 @@
+//! A partition's work while this instance owns it: its four consumers on the spine, each
+//! handing its batches to the part of the broker that commits them under the partition's fence.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Fence;
+use crate::spine;
+use crate::{commands, heartbeats, ingest, Ctx};
+
+/// Runs until `stop` fires (handover, loss, shutdown); each consumer finishes the batch it
+/// holds first.
+pub async fn run(ctx: Arc<Ctx>, fence: Fence, stop: CancellationToken) {
+    let c = &ctx;
+    let events =
+        spine::run(c, &stop, ingest::source(&c.config), fence, &c.slots.events, |b| ingest::handle_batch(c, fence, b));
+    let beats =
+        spine::run(c, &stop, heartbeats::SOURCE, fence, &c.slots.messages, |b| heartbeats::handle_batch(c, fence, b));
+    let intake = spine::run(c, &stop, commands::intake::SOURCE, fence, &c.slots.messages, |b| {
+        commands::intake::handle_batch(c, fence, b)
+    });
+    let acks = spine::run(c, &stop, commands::acks::SOURCE, fence, &c.slots.messages, |b| {
+        commands::acks::handle_batch(c, fence, b)
+    });
+    futures::join!(events, beats, intake, acks);
+}

@@ -1,0 +1,85 @@
+//! Quarantine: the durable record of a message the broker refused, with its coded reason and
+//! its bytes, for `tillsync quarantine` to show and redrive. Every consumer quarantines the same
+//! way; event batches write their refused messages in the batch's own transaction.
+
+use async_nats::jetstream::Message;
+use sqlx::{PgConnection, PgPool};
+use tillsync_schemas::{subject, WireError};
+
+use crate::metrics;
+use crate::partitions::{fence, Fence};
+
+/// A refused message, as recorded.
+#[derive(Debug, Clone)]
+pub struct BadRow {
+    pub stream: String,
+    pub stream_seq: u64,
+    /// The subject as published (without the partition token the stream added), so a redrive
+    /// publishes it where it first went.
+    pub subject: String,
+    pub reason: &'static str,
+    pub detail: String,
+    pub payload: Vec<u8>,
+    pub tenant_id: Option<String>,
+    pub store_id: Option<String>,
+    pub device_id: Option<String>,
+}
+
+/// The quarantine row of a refused message, with whatever address its subject gives.
+pub fn bad_row(stream: &str, subject_str: &str, stream_seq: u64, payload: &[u8], e: &WireError) -> BadRow {
+    let parsed = subject::parse(subject_str).ok();
+    BadRow {
+        stream: stream.into(),
+        stream_seq,
+        subject: parsed.as_ref().map(|p| p.published()).unwrap_or_else(|| subject_str.into()),
+        reason: e.reason.as_str(),
+        detail: e.detail.clone(),
+        payload: payload.to_vec(),
+        tenant_id: parsed.as_ref().map(|p| p.tenant_id.clone()),
+        store_id: parsed.as_ref().map(|p| p.store_id.clone()),
+        device_id: parsed.map(|p| p.last),
+    }
+}
+
+/// Inserts `bad` in the caller's transaction; a message quarantined before is left as it was.
+pub async fn insert(tx: &mut PgConnection, bad: &[BadRow]) -> Result<(), sqlx::Error> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO quarantine (tenant_id, store_id, device_id, stream, stream_seq, subject, reason, detail, payload)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::bytea[])
+         ON CONFLICT (stream, stream_seq) DO NOTHING",
+    )
+    .bind(bad.iter().map(|b| b.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.store_id.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.device_id.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.stream.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.stream_seq as i64).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.subject.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.reason).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.detail.clone()).collect::<Vec<_>>())
+    .bind(bad.iter().map(|b| b.payload.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Records one refused message under `fence` and counts it by reason. The caller terminates
+/// the JetStream message once this returns `Ok`.
+pub async fn record(
+    pool: &PgPool,
+    fence: Fence,
+    stream: &str,
+    msg: &Message,
+    e: &WireError,
+) -> Result<(), sqlx::Error> {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut tx = pool.begin().await?;
+    fence::check(&mut tx, fence).await?;
+    insert(&mut tx, &[bad_row(stream, &msg.subject, seq, &msg.payload, e)]).await?;
+    tx.commit().await?;
+    metrics::event_quarantined(e.reason.as_str());
+    tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");
+    Ok(())
+}

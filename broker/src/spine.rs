@@ -1,0 +1,217 @@
+//! The consumer spine: how every broker consumer (events, heartbeats, command intake, command
+//! acks) takes its messages. One shape for all of them:
+//!
+//! - one durable consumer per partition and stream (`broker-events-p3`), pulled only by the
+//!   instance that owns the partition, for as long as it owns it ([`run`]);
+//! - messages handed over in stream order, a batch at a time (what is waiting, up to a size,
+//!   lingering a little where that pays), so one store's messages never overtake each other;
+//! - every message [`admit`]ted the same way (its partition, then decode, then the tenant);
+//! - every message settled with one [`Settle`], only after its effect is committed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tillsync_schemas::{partition, subject, Reason, WireError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::partitions::Fence;
+use crate::tenants::Tenants;
+use crate::Ctx;
+
+/// How a message is settled with JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Its effect is committed.
+    Ack,
+    /// Refused for good (quarantined, or recorded as rejected): never redeliver.
+    Term,
+    /// Not committed: redeliver after this delay.
+    Nak(Duration),
+}
+
+impl Settle {
+    /// What a commit that failed and may succeed later settles to.
+    pub const RETRY: Settle = Settle::Nak(Duration::from_secs(2));
+}
+
+/// Settles `msg`. A failed ack is logged, not retried: JetStream redelivers the message and
+/// the ledger (or the command log) answers "already done".
+pub async fn settle(msg: &Message, how: Settle) {
+    let kind = match how {
+        Settle::Ack => AckKind::Ack,
+        Settle::Term => AckKind::Term,
+        Settle::Nak(d) => AckKind::Nak(Some(d)),
+    };
+    if let Err(error) = msg.ack_with(kind).await {
+        tracing::debug!(%error, subject = %msg.subject, ?how, "Settling failed; JetStream redelivers.");
+    }
+}
+
+/// One stream's consumers, as the spine runs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub stream: &'static str,
+    /// Consumer base name; partition `p` is consumed by `<base>-p<p>`.
+    pub base: &'static str,
+    /// Most messages handed over at once.
+    pub max_batch: usize,
+    /// How long a batch waits for more messages once it has one.
+    pub linger: Duration,
+}
+
+/// Hands `fence.partition`'s messages of `source` to `handle`, a batch at a time in stream
+/// order, until `stop` fires; a batch in hand is finished first. Re-subscribes a second after
+/// the subscription fails (a NATS node restarting, a stream leader moving). `slots` bounds how
+/// many batches of this kind the instance commits at once, across its partitions.
+pub async fn run<F, Fut>(
+    ctx: &Ctx,
+    stop: &CancellationToken,
+    source: Source,
+    fence: Fence,
+    slots: &Semaphore,
+    handle: F,
+) where
+    F: Fn(Vec<Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let name = tillsync_schemas::streams::partition_consumer(source.base, fence.partition);
+    while !stop.is_cancelled() {
+        if let Err(error) = pull(ctx, stop, source, &name, slots, &handle).await {
+            tracing::warn!(%error, consumer = %name, "Consumer stopped; restarting in 1 s.");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+async fn pull<F, Fut>(
+    ctx: &Ctx,
+    stop: &CancellationToken,
+    source: Source,
+    name: &str,
+    slots: &Semaphore,
+    handle: &F,
+) -> Result<(), String>
+where
+    F: Fn(Vec<Message>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let consumer = crate::streams::consumer(&ctx.js, source.stream, name).await.map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(source.max_batch.max(1) * 2)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, consumer = name, "Stream hiccup.");
+                    continue;
+                }
+                None => return Err(format!("{name}: message stream ended")),
+            },
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + source.linger;
+        while batch.len() < source.max_batch {
+            let next = if source.linger.is_zero() {
+                futures::FutureExt::now_or_never(messages.next()).flatten()
+            } else {
+                tokio::time::timeout_at(deadline, messages.next()).await.ok().flatten()
+            };
+            match next {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(_)) | None => break,
+            }
+        }
+        let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
+        handle(batch).await;
+    }
+}
+
+/// Why a message was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// Refused for good: quarantine it with this coded reason.
+    Bad(WireError),
+    /// Postgres could not answer: redeliver.
+    Db(sqlx::Error),
+}
+
+/// What admitting a message consults: the tenant list, and the partition count when the
+/// subject must carry its store's partition (the live broker; replay reads what was admitted).
+pub struct Gate<'a> {
+    pub pool: &'a PgPool,
+    pub tenants: &'a Tenants,
+    pub partitions: Option<u16>,
+}
+
+impl Ctx {
+    pub fn gate(&self) -> Gate<'_> {
+        Gate { pool: &self.pool, tenants: &self.tenants, partitions: Some(self.config.partitions) }
+    }
+}
+
+/// The admit step every consumer runs on each message: the partition token the stream added
+/// must be the store's partition (anything else was published around the stream's transform),
+/// the payload must decode for its subject, and the tenant must be provisioned.
+pub async fn admit<T>(
+    gate: &Gate<'_>,
+    subject_str: &str,
+    payload: &[u8],
+    decode: impl FnOnce(&str, &[u8]) -> Result<T, WireError>,
+    tenant_of: impl FnOnce(&T) -> &str,
+) -> Result<T, Refused> {
+    if let Some(n) = gate.partitions {
+        check_partition(subject_str, n).map_err(Refused::Bad)?;
+    }
+    let value = decode(subject_str, payload).map_err(Refused::Bad)?;
+    let tenant = tenant_of(&value);
+    match gate.tenants.exists(gate.pool, tenant).await {
+        Ok(true) => Ok(value),
+        Ok(false) => {
+            Err(Refused::Bad(WireError::new(Reason::UnknownTenant, format!("tenant {tenant:?} is not provisioned"))))
+        }
+        Err(e) => Err(Refused::Db(e)),
+    }
+}
+
+/// The subject's partition token names its store's partition.
+pub fn check_partition(subject_str: &str, partitions: u16) -> Result<(), WireError> {
+    let parsed = subject::parse(subject_str)?;
+    let want = partition::of(&parsed.tenant_id, &parsed.store_id, partitions);
+    match parsed.partition {
+        Some(p) if p == want => Ok(()),
+        got => Err(WireError::new(
+            Reason::BadSubject,
+            format!("subject {subject_str:?}: partition token {got:?}, but the store's partition is {want}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stores_own_partition_is_admitted() {
+        let p = partition::of("acme", "s1", 16);
+        assert!(check_partition(&format!("tillsync.ev.acme.s1.d1.{p}"), 16).is_ok());
+        let wrong = (p + 1) % 16;
+        let e = check_partition(&format!("tillsync.ev.acme.s1.d1.{wrong}"), 16).unwrap_err();
+        assert_eq!(e.reason, Reason::BadSubject);
+        assert_eq!(check_partition("tillsync.ev.acme.s1.d1", 16).unwrap_err().reason, Reason::BadSubject);
+    }
+}
