@@ -53,6 +53,11 @@ impl BrokerProc {
         BrokerProc { child: Some(child), http_addr: config.http_addr }
     }
 
+    /// The exit status once the process has ended by itself; `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
