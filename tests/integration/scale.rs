@@ -89,6 +89,17 @@ async fn three_brokers_started_at_once_all_come_up() {
     wait_spread(s.pool(), &[instance(0), instance(1), instance(2)]).await;
 }
 
+/// `NATS_URL` lists every node of the cluster, comma separated (as config.rs documents), so a
+/// broker can start while any one node is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_takes_every_cluster_node_in_nats_url() {
+    let mut s = Scale::start().await;
+    let urls = s.cluster.urls();
+    s.add_broker(|c| c.nats_url = urls);
+    s.ready(0).await;
+    wait_spread(s.pool(), &[instance(0)]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_brokers_keep_every_device_in_order() {
     let mut s = Scale::start().await;
