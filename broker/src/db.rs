@@ -17,6 +17,21 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
     pool_options(max).connect(url).await
 }
 
+/// The broker's pools end a transaction left open longer than `idle_tx`
+/// (`idle_in_transaction_session_timeout`): the broker never leaves one idle that long, but a
+/// paused broker (GC pause, SIGSTOP) can, holding its partition's fence row `FOR SHARE`, and
+/// the instance taking the partition over must not wait for it to wake up. Postgres rolls it
+/// back; the paused broker then finds the fence moved on.
+pub fn broker_options(url: &str, idle_tx: Duration) -> Result<PgConnectOptions, sqlx::Error> {
+    let ms = idle_tx.as_millis().max(1000).to_string();
+    Ok(PgConnectOptions::from_str(url)?.options([("idle_in_transaction_session_timeout", ms)]))
+}
+
+/// The broker's main pool ([`broker_options`]).
+pub async fn connect_broker(url: &str, max: u32, idle_tx: Duration) -> Result<PgPool, sqlx::Error> {
+    pool_options(max).connect_with(broker_options(url, idle_tx)?).await
+}
+
 /// A pool for the command path's batch statements, which reach every row by key.
 ///
 /// Each is prepared once per connection and keeps one generic plan
@@ -31,7 +46,12 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
 /// with the key, and win while the table is small). The test
 /// `commands::keyed_statements_planned_on_an_empty_inbox_still_probe_keys` holds them to it.
 pub async fn connect_keyed(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.options([
+    connect_keyed_with(PgConnectOptions::from_str(url)?, max).await
+}
+
+/// [`connect_keyed`] from connect options (the broker passes [`broker_options`]).
+pub async fn connect_keyed_with(options: PgConnectOptions, max: u32) -> Result<PgPool, sqlx::Error> {
+    let options = options.options([
         ("plan_cache_mode", "force_generic_plan"),
         ("enable_seqscan", "off"),
         ("enable_hashjoin", "off"),

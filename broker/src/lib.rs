@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use backon::{ExponentialBuilder, Retryable};
 use sqlx::PgPool;
 use tillsync_actors::{ActorConfig, ActorSystem};
 use tokio::sync::Semaphore;
@@ -77,15 +78,22 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let prometheus = metrics::install();
-        let pool = db::connect(&config.database_url, config.db_pool).await?;
+        let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl()).await?;
         db::migrate(&pool).await?;
         partitions::fence::check_count(&pool, config.partitions).await.map_err(BrokerError::Config)?;
         // Intake and ack lanes each hold one connection at most, plus the published marks.
-        let keyed = db::connect_keyed(&config.database_url, 2 * config.message_lanes as u32 + 1).await?;
+        let keyed_options = db::broker_options(&config.database_url, config.lease_ttl())?;
+        let keyed = db::connect_keyed_with(keyed_options, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
         let nats = nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
         let js = jetstream::new(nats.clone());
-        streams::ensure(&js, &config).await?;
+        // Instances starting together race to create the replicated streams, and a cluster
+        // answers some of those requests with timeouts: retry those, not a refusal (Config).
+        (|| streams::ensure(&js, &config))
+            .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(250)).with_max_times(8))
+            .when(|e| matches!(e, BrokerError::Stream(..)))
+            .notify(|error, after| tracing::warn!(%error, ?after, "Streams not ensured yet; retrying."))
+            .await?;
         let actor_config = ActorConfig {
             recent_ids: config.recent_ids,
             idle_after: Duration::from_secs(config.idle_passivate_s),

@@ -44,5 +44,24 @@ async fn connect_with(
             .await
             .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())))?;
     }
-    opts.connect(url).await.map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+    opts.connect(servers(url)?).await.map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+}
+
+/// The servers of a comma-separated `NATS_URL`: the client connects to any and fails over.
+pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BrokerError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e| BrokerError::Config(format!("NATS_URL: {u:?}: {e}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_list_of_servers_parses() {
+        let s = super::servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223").unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(super::servers("nats://127.0.0.1:x").is_err());
+    }
 }

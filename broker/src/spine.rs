@@ -105,6 +105,7 @@ where
     let consumer = crate::streams::consumer(&ctx.js, source.stream, name).await.map_err(|e| e.to_string())?;
     let mut messages = consumer
         .stream()
+        .group(crate::streams::OWNER_GROUP)
         .max_messages_per_batch(source.max_batch.max(1) * 2)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))

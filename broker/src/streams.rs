@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PriorityPolicy};
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType, SubjectTransform};
 use async_nats::jetstream::{self, Context};
 use tillsync_schemas::streams as names;
@@ -76,6 +76,15 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
     ]
 }
 
+/// The priority group every partition consumer is pulled through. The server pins one client
+/// (the owner's pull stream) and delivers to it alone, so an instance that lost the partition
+/// while paused gets nothing when it resumes, even before it notices the loss.
+pub const OWNER_GROUP: &str = "owner";
+
+/// How long the pinned owner may stop pulling before the server lets another client in. A new
+/// owner does not wait for it: it unpins the partition's consumers when it takes them.
+const PIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The durable pull consumer of one partition of a stream. Backoff spaces out redeliveries of
 /// a message whose processing keeps failing; MaxDeliver bounds them (the broker quarantines
 /// before that).
@@ -95,6 +104,9 @@ pub fn broker_consumer(c: &Config, base: &str, family: Family, partition: u16) -
         max_deliver: c.max_deliver,
         max_ack_pending: 20_000,
         num_replicas: c.stream_replicas,
+        priority_groups: vec![OWNER_GROUP.to_string()],
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_timeout: PIN_TIMEOUT,
         ..Default::default()
     }
 }
@@ -149,11 +161,53 @@ async fn retire_unpartitioned_consumer(js: &Context, stream: &str, name: &str) -
     Ok(())
 }
 
-pub async fn ensure_consumer(js: &Context, stream: &str, config: pull::Config) -> Result<(), BrokerError> {
+/// Creates the consumer, or updates an existing one to `config`, keeping where it starts (a
+/// takeover restarts a partition's consumer at its ack floor: [`restart_at_ack_floor`]).
+pub async fn ensure_consumer(js: &Context, stream: &str, mut config: pull::Config) -> Result<(), BrokerError> {
     let name = config.durable_name.clone().unwrap_or_default();
     let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
+    if let Ok(mut existing) = s.get_consumer::<pull::Config>(&name).await {
+        if let Ok(info) = existing.info().await {
+            config.deliver_policy = info.config.deliver_policy;
+        }
+    }
     s.create_consumer(config).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
     Ok(())
+}
+
+/// Readies a partition's consumer for a new owner. Any previous owner is unpinned. And
+/// messages the previous owner was handed and never acked would
+/// wait out the ack wait (30 s) and then arrive behind later ones. When there are any, the
+/// partition's consumer is recreated to start at its ack floor: they come again at once and in
+/// order (what was acked beyond the floor comes again too, and the ledger answers
+/// "duplicate"). The previous owner can no longer commit them: its epoch is fenced.
+pub async fn restart_at_ack_floor(
+    js: &Context,
+    c: &Config,
+    stream: &str,
+    base: &str,
+    family: Family,
+    partition: u16,
+) -> Result<bool, BrokerError> {
+    let name = names::partition_consumer(base, partition);
+    let err = |e: &dyn std::fmt::Display| BrokerError::Stream(format!("{stream}/{name}"), e.to_string());
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
+    let mut existing = s.get_consumer::<pull::Config>(&name).await.map_err(|e| err(&e))?;
+    let info = existing.info().await.map_err(|e| err(&e))?.clone();
+    if info.num_ack_pending == 0 {
+        // Whoever held the pin (a previous owner) loses it: the next pull, ours, takes it.
+        s.unpin_consumer(&name, OWNER_GROUP).await.map_err(|e| err(&e))?;
+        return Ok(false);
+    }
+    let start_sequence = info.ack_floor.stream_sequence + 1;
+    s.delete_consumer(&name).await.map_err(|e| err(&e))?;
+    let config = pull::Config {
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
+        ..broker_consumer(c, base, family, partition)
+    };
+    s.create_consumer(config).await.map_err(|e| err(&e))?;
+    tracing::info!(consumer = %name, start_sequence, unacked = info.num_ack_pending, "Restarted a taken-over consumer at its ack floor.");
+    Ok(true)
 }
 
 /// The durable consumer `name` on `stream`, already ensured.

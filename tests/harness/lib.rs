@@ -2,17 +2,20 @@
 //!
 //! - [`NatsServer`] starts its own `nats-server` with JetStream on a random port and a temp
 //!   store dir, kills it on drop, and can be stopped and restarted inside a test.
+//! - [`NatsCluster`] does the same for a JetStream cluster of several nodes.
 //! - [`TestDb`] creates a fresh Postgres database with the migrations applied, dropped after.
 //! - [`eventually`] polls with a timeout instead of sleeping.
 //! - [`BrokerProc`] and [`InProcBroker`] run the broker as a child process (for kill -9) or a task.
 
 mod broker;
+mod cluster;
 mod db;
 mod nats;
 mod poll;
 mod scrape;
 
 pub use broker::{bin_path, BrokerProc, InProcBroker};
+pub use cluster::NatsCluster;
 pub use db::TestDb;
 pub use nats::NatsServer;
 pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};

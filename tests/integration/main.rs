@@ -12,4 +12,6 @@ mod example;
 mod ingest;
 mod ops;
 mod resend;
+mod scale;
+mod scale_support;
 mod signals;

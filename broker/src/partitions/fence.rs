@@ -76,8 +76,11 @@ pub async fn release(pool: &PgPool, fence: Fence) -> Result<(), sqlx::Error> {
 /// is in the subjects the streams stored.
 pub async fn check_count(pool: &PgPool, partitions: u16) -> Result<(), String> {
     let (stored,): (i32,) = sqlx::query_as(
-        "WITH ins AS (INSERT INTO partition_settings (partitions) VALUES ($1) ON CONFLICT DO NOTHING RETURNING partitions)
-         SELECT partitions FROM ins UNION ALL SELECT partitions FROM partition_settings LIMIT 1",
+        // An upsert that always returns the stored row, also when another instance inserted it
+        // while this statement ran.
+        "INSERT INTO partition_settings (partitions) VALUES ($1)
+         ON CONFLICT (singleton) DO UPDATE SET partitions = partition_settings.partitions
+         RETURNING partitions",
     )
     .bind(i32::from(partitions))
     .fetch_one(pool)

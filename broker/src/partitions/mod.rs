@@ -109,7 +109,8 @@ pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
     };
     let mut observed = lease::Observed::new();
     let mut running: HashMap<u16, Running> = HashMap::new();
-    let mut tick = tokio::time::interval(ttl / 5);
+    // The first plan waits one interval, so the watch has delivered what the bucket holds.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 5, ttl / 5);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = None;
     loop {

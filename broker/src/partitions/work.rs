@@ -13,6 +13,13 @@ use crate::{commands, heartbeats, ingest, Ctx};
 /// holds first.
 pub async fn run(ctx: Arc<Ctx>, fence: Fence, stop: CancellationToken) {
     let c = &ctx;
+    for (stream, base, family) in crate::streams::PARTITIONED {
+        let r = crate::streams::restart_at_ack_floor(&c.js, &c.config, stream, base, family, fence.partition).await;
+        if let Err(error) = r {
+            // Not fatal: the unacked messages come again after the ack wait.
+            tracing::warn!(%error, partition = fence.partition, "Consumer not restarted at its ack floor.");
+        }
+    }
     let events =
         spine::run(c, &stop, ingest::source(&c.config), fence, &c.slots.events, |b| ingest::handle_batch(c, fence, b));
     let beats =
