@@ -29,6 +29,11 @@ async fn with_broker(tune: impl FnOnce(&mut Config)) -> (Stack, BrokerProc, Sock
     tune(&mut config);
     let broker = BrokerProc::start(&config);
     let addr = config.http_addr;
+    let partitions = f64::from(config.partitions);
+    scrape_until(addr, DEFAULT_TIMEOUT, "every partition owned", |m| {
+        metric(m, "tillsync_partitions_owned", "").filter(|v| *v == partitions)
+    })
+    .await;
     scrape_until(addr, DEFAULT_TIMEOUT, "the monitor's first refresh", |m| {
         metric(m, "tillsync_stream_bytes", EVENTS).filter(|v| !v.is_nan())
     })
