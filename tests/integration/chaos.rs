@@ -27,7 +27,9 @@ async fn chaos(args: &[&str]) -> (i32, Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minute_of_chaos_loses_nothing_and_commands_tell_the_truth() {
-    let (code, report) = chaos(&["--seconds", "60", "--seed", "7", "--faults", FAULTS, "--quiesce-s", "45"]).await;
+    // Two brokers sharing the partitions: kills and pauses move partitions between them.
+    let args = ["--seconds", "60", "--seed", "7", "--brokers", "2", "--faults", FAULTS, "--quiesce-s", "45"];
+    let (code, report) = chaos(&args).await;
     let pretty = serde_json::to_string_pretty(&report).unwrap();
     assert_eq!(report["violations"], 0, "{pretty}");
     assert_eq!(code, 0, "{pretty}");
