@@ -62,6 +62,9 @@ pub struct ScaleArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Keep the brokers' logs (else they are kept only when something went wrong).
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 /// One drain's figures.
@@ -105,7 +108,7 @@ pub async fn run(args: ScaleArgs, env: &mut Env) -> anyhow::Result<Report> {
     env.ensure_empty(&js, &config(env, &args, "postgres://unused/unused")).await?;
     // Each drain's broker logs in a directory of their own, kept when something went wrong.
     let logs = std::env::temp_dir().join(format!("tillsync-bench-scale-{}", std::process::id()));
-    let mut kept = false;
+    let mut kept = args.keep_logs;
     let (mut one, mut two, mut killed) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.runs {
         for (brokers, kill, runs) in [(1, false, &mut one), (2, false, &mut two), (2, true, &mut killed)] {
