@@ -15,3 +15,4 @@ mod resend;
 mod scale;
 mod scale_support;
 mod signals;
+mod upgrade;
