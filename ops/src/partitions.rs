@@ -79,8 +79,26 @@ impl Backlog {
 /// The events consumers' backlog summed, once each of the `partitions` has its consumer; `None`
 /// before (a partition without its consumer yet would hide its messages from the sum).
 pub async fn events_backlog(js: &jetstream::Context, partitions: u16) -> anyhow::Result<Option<Backlog>> {
-    let found = consumers(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER).await?;
-    Ok((0..partitions).all(|p| found.contains_key(&p)).then(|| Backlog::of(found.values())))
+    let found = by_name(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER, partitions).await?;
+    Ok((found.len() == usize::from(partitions)).then(|| Backlog::of(found.values())))
+}
+
+/// The partition consumers of `base` on `stream` for partitions `0..partitions`, each asked by
+/// name at once; a missing one is left out. Unlike a listing, which in a cluster waits up to
+/// seconds for a consumer being deleted or recreated (a new owner restarts a taken-over
+/// partition's consumer at its ack floor), each answers or is missing at once.
+pub async fn by_name(
+    js: &jetstream::Context,
+    stream: &str,
+    base: &str,
+    partitions: u16,
+) -> anyhow::Result<BTreeMap<u16, consumer::Info>> {
+    let s = js.get_stream_no_info(stream).await.with_context(|| format!("stream {stream}"))?;
+    let asks = (0..partitions).map(|p| {
+        let s = &s;
+        async move { (p, s.consumer_info(names::partition_consumer(base, p)).await) }
+    });
+    Ok(futures::future::join_all(asks).await.into_iter().filter_map(|(p, r)| Some((p, r.ok()?))).collect())
 }
 
 /// The partition count the broker recorded in Postgres on its first start; `None` before that.
