@@ -175,8 +175,10 @@ pub async fn ensure_consumer(js: &Context, stream: &str, mut config: pull::Confi
     Ok(())
 }
 
-/// Readies a partition's consumer for a new owner. Any previous owner is unpinned. And
-/// messages the previous owner was handed and never acked would
+/// Readies a partition's consumer for a new owner. After a handover the previous owner is
+/// unpinned. After a takeover (`force`) the consumer is always recreated: a dead owner's pull
+/// requests can outlive it on the server and would be handed the pin, and messages nobody acks.
+/// And messages the previous owner was handed and never acked would
 /// wait out the ack wait (30 s) and then arrive behind later ones. When there are any, the
 /// partition's consumer is recreated to start at its ack floor: they come again at once and in
 /// order (what was acked beyond the floor comes again too, and the ledger answers
@@ -188,13 +190,14 @@ pub async fn restart_at_ack_floor(
     base: &str,
     family: Family,
     partition: u16,
+    force: bool,
 ) -> Result<bool, BrokerError> {
     let name = names::partition_consumer(base, partition);
     let err = |e: &dyn std::fmt::Display| BrokerError::Stream(format!("{stream}/{name}"), e.to_string());
     let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
     let mut existing = s.get_consumer::<pull::Config>(&name).await.map_err(|e| err(&e))?;
     let info = existing.info().await.map_err(|e| err(&e))?.clone();
-    if info.num_ack_pending == 0 {
+    if info.num_ack_pending == 0 && !force {
         // Whoever held the pin (a previous owner) loses it: the next pull, ours, takes it.
         s.unpin_consumer(&name, OWNER_GROUP).await.map_err(|e| err(&e))?;
         return Ok(false);

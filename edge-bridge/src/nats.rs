@@ -61,8 +61,26 @@ pub async fn connect(
             .await
             .map_err(|e| BridgeError::Nats(format!("{}: {e}", creds.display())))?;
     }
-    let client = options.connect(config.nats_url.as_str()).await.map_err(|e| BridgeError::Nats(e.to_string()))?;
+    let client = options.connect(servers(&config.nats_url)?).await.map_err(|e| BridgeError::Nats(e.to_string()))?;
     Ok((client, rx))
+}
+
+/// The servers of a comma-separated NATS URL (a cluster's nodes): the client uses any.
+pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BridgeError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e| BridgeError::Nats(format!("NATS URL {u:?}: {e}"))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_url_list_parses() {
+        assert_eq!(super::servers("nats://a:4222,nats://b:4222").unwrap().len(), 2);
+        assert!(super::servers("nats://a:x").is_err());
+    }
 }
 
 /// Waits until connected; false if cancelled first.

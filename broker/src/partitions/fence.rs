@@ -36,7 +36,19 @@ pub async fn check(conn: &mut PgConnection, fence: Fence) -> Result<(), sqlx::Er
 
 /// Takes `partition` for `instance`: the next epoch, once commits under the previous one are done.
 pub async fn acquire(pool: &PgPool, partition: u16, instance: &str) -> Result<Fence, sqlx::Error> {
+    Ok(take(pool, partition, instance).await?.0)
+}
+
+/// [`acquire`], also telling whether the previous epoch was left unreleased: a takeover from
+/// an instance that was killed, paused or cut off, rather than a handover.
+pub async fn take(pool: &PgPool, partition: u16, instance: &str) -> Result<(Fence, bool), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Locking the row waits for commits in flight under the previous epoch (FOR SHARE).
+    let previous: Option<(bool,)> =
+        sqlx::query_as("SELECT released_at IS NULL FROM partition_owners WHERE partition = $1 FOR UPDATE")
+            .bind(i32::from(partition))
+            .fetch_optional(&mut *tx)
+            .await?;
     let (epoch,): (i64,) = sqlx::query_as(
         "INSERT INTO partition_owners (partition, epoch, instance_id) VALUES ($1, 1, $2)
          ON CONFLICT (partition) DO UPDATE SET epoch = partition_owners.epoch + 1, instance_id = $2,
@@ -54,7 +66,7 @@ pub async fn acquire(pool: &PgPool, partition: u16, instance: &str) -> Result<Fe
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Fence { partition, epoch })
+    Ok((Fence { partition, epoch }, previous.is_some_and(|(unreleased,)| unreleased)))
 }
 
 /// Marks `fence` released after its work ended (a handover, not a takeover).

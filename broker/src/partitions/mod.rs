@@ -196,7 +196,7 @@ async fn step(
             }
         };
         observed.set(&key, revision, Some(me.to_string()));
-        let fence = match fence::acquire(&ctx.pool, p, me).await {
+        let (fence, taken_over) = match fence::take(&ctx.pool, p, me).await {
             Ok(f) => f,
             Err(error) => {
                 tracing::warn!(%error, partition = p, "Epoch not taken; giving the lease back.");
@@ -210,7 +210,7 @@ async fn step(
         drop_actors(ctx, p);
         ctx.partitions.set(fence);
         let stop = ctx.cancel.child_token();
-        let work = tokio::spawn(work::run(ctx.clone(), fence, stop.clone()));
+        let work = tokio::spawn(work::run(ctx.clone(), fence, taken_over, stop.clone()));
         running.insert(p, Running { fence, revision, renewed: Instant::now(), stop, work, stopping: false });
         metrics::partition_change("acquired");
         tracing::info!(partition = p, epoch = fence.epoch, "Partition acquired.");

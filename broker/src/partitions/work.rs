@@ -11,10 +11,14 @@ use crate::{commands, heartbeats, ingest, Ctx};
 
 /// Runs until `stop` fires (handover, loss, shutdown); each consumer finishes the batch it
 /// holds first.
-pub async fn run(ctx: Arc<Ctx>, fence: Fence, stop: CancellationToken) {
+/// `taken_over`: the previous owner did not hand the partition over (killed, paused, cut off),
+/// so its consumers are recreated at their ack floor whatever they show
+/// ([`crate::streams::restart_at_ack_floor`]).
+pub async fn run(ctx: Arc<Ctx>, fence: Fence, taken_over: bool, stop: CancellationToken) {
     let c = &ctx;
     for (stream, base, family) in crate::streams::PARTITIONED {
-        let r = crate::streams::restart_at_ack_floor(&c.js, &c.config, stream, base, family, fence.partition).await;
+        let p = fence.partition;
+        let r = crate::streams::restart_at_ack_floor(&c.js, &c.config, stream, base, family, p, taken_over).await;
         if let Err(error) = r {
             // Not fatal: the unacked messages come again after the ack wait.
             tracing::warn!(%error, partition = fence.partition, "Consumer not restarted at its ack floor.");
