@@ -74,19 +74,19 @@ pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BridgeError> {
         .collect()
 }
 
+/// Waits until connected; false if cancelled first.
+pub async fn wait_connected(state: &mut watch::Receiver<bool>, cancel: &tokio_util::sync::CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        r = state.wait_for(|c| *c) => r.is_ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn a_cluster_url_list_parses() {
         assert_eq!(super::servers("nats://a:4222,nats://b:4222").unwrap().len(), 2);
         assert!(super::servers("nats://a:x").is_err());
-    }
-}
-
-/// Waits until connected; false if cancelled first.
-pub async fn wait_connected(state: &mut watch::Receiver<bool>, cancel: &tokio_util::sync::CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        r = state.wait_for(|c| *c) => r.is_ok(),
     }
 }
