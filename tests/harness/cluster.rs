@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use tempfile::TempDir;
 
+use crate::nats::{free_port, nats_bin};
 use crate::poll::eventually;
 
 /// How long a node (or the whole cluster) may take to form and elect JetStream leaders.
@@ -25,22 +26,6 @@ pub struct NatsCluster {
     bin: PathBuf,
     nodes: Vec<Node>,
     _dir: TempDir,
-}
-
-/// As in `nats.rs`: `TILLSYNC_NATS_SERVER`, else the pinned one, else `nats-server` on PATH.
-fn nats_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TILLSYNC_NATS_SERVER") {
-        return p.into();
-    }
-    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/nats-server");
-    if pinned.exists() {
-        return pinned;
-    }
-    "nats-server".into()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn node_config(i: usize, dir: &std::path::Path, port: u16, cluster_ports: &[u16]) -> String {

@@ -16,7 +16,7 @@ pub struct NatsServer {
 }
 
 /// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
-fn nats_bin() -> PathBuf {
+pub(crate) fn nats_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TILLSYNC_NATS_SERVER") {
         return p.into();
     }
@@ -27,7 +27,7 @@ fn nats_bin() -> PathBuf {
     "nats-server".into()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

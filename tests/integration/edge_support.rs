@@ -172,8 +172,8 @@ impl EdgeProc {
     /// SIGTERM, then waits up to `within` for the process to exit; true when it did.
     pub fn terminate(&mut self, within: Duration) -> bool {
         let Some(c) = self.child.as_mut() else { return true };
-        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        assert!(sent.map(|s| s.success()).unwrap_or(false), "kill -TERM {}", c.id());
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the bridge");
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if c.try_wait().ok().flatten().is_some() {

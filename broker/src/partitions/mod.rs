@@ -97,6 +97,9 @@ struct Running {
 pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
     let me = ctx.partitions.instance.clone();
     let ttl = ctx.config.lease_ttl();
+    // Every partition counts as unowned until the first plan has looked at the bucket, so a
+    // broker that never reaches it (no lease bucket, NATS down) fires TillsyncPartitionUnowned.
+    metrics::partitions_unowned(usize::from(ctx.config.partitions));
     let kv = loop {
         match lease::bucket(&ctx.js, ctx.config.stream_replicas, ttl).await {
             Ok(kv) => break kv,
