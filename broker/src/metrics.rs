@@ -143,7 +143,7 @@ fn describe() {
     describe_gauge!(PARTITIONS_OWNED, "Partitions this instance owns and works.");
     describe_gauge!(
         PARTITIONS_UNOWNED,
-        "Partitions with no live lease, as this instance sees the lease bucket (briefly non-zero during a handover)."
+        "Partitions with no live lease, as this instance sees the lease bucket (all until its first look, briefly non-zero during a handover)."
     );
     describe_counter!(
         PARTITION_CHANGES,
