@@ -45,17 +45,25 @@ log "building (cargo build --bins)"
 cargo build --quiet --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
-log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT (JetStream in $RUN_DIR/nats)"
-"$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
+# NATS with authorization on (docs/security.md): service keys once, devices activated below.
+AUTH="$RUN_DIR/auth"
+[ -f "$AUTH/nats-auth.conf" ] || "$BIN/tillsync" auth init --dir "$AUTH" >/dev/null
+cp "$AUTH/nats-auth.conf" "$RUN_DIR/nats.conf"
+log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT with authorization (JetStream in $RUN_DIR/nats)"
+"$NATS_BIN" -c "$RUN_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
 pids+=($!)
 export NATS_URL="nats://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
+# The CLI acts as the operator; the broker gets its own keys below.
+export NATS_CREDS="$AUTH/operator.nk"
 
 log "migrating $DB_URL"
 "$BIN/tillsync" migrate >/dev/null
 "$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
 
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
-RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
+NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \
+  TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
+  RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fs "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
@@ -63,6 +71,19 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 curl -fs "http://$HTTP_ADDR/readyz" >/dev/null || die "broker not ready; see $RUN_DIR/broker.log"
+
+log "activating the fleet's tills (tillsync devices add, then tillsync-edge activate)"
+mkdir -p "$RUN_DIR/edge"
+for s in $(seq 1 "$STORES"); do
+  for d in $(seq 1 "$DEVICES"); do
+    db="$RUN_DIR/edge/$TENANT-store-$s-till-$d.db"
+    [ -f "${db%.db}.identity.json" ] && continue
+    code=$("$BIN/tillsync" --json devices add --tenant "$TENANT" --store "store-$s" --device "till-$d" \
+      | sed -n 's/.*"code": "\([A-Z0-9-]*\)".*/\1/p')
+    "$BIN/tillsync-edge" activate --code "$code" --db "$db" >>"$RUN_DIR/fleet.log" 2>&1 \
+      || die "activating till-$d of store-$s failed; see $RUN_DIR/fleet.log"
+  done
+done
 
 log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each"
 "$BIN/tillsync-edge" simulate --nats-url "$NATS_URL" --tenant "$TENANT" --stores "$STORES" \

@@ -11,9 +11,28 @@ pub struct Config {
     /// NATS server URL(s), comma separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// NATS credentials file (JWT + nkey), when the server requires it.
+    /// NATS credentials: a `.creds` file (JWT + nkey) or an nkey seed file (`tillsync auth init`
+    /// writes `broker.nk`), when the server requires it.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
+    /// Answer NATS auth callouts as this user (nkey seed file of the callout account's user,
+    /// `auth-callout.nk`); needs --auth-issuer-seed. Unset: this instance answers none.
+    #[arg(long, env = "TILLSYNC_AUTH_CALLOUT_CREDS")]
+    pub auth_callout_creds: Option<std::path::PathBuf>,
+    /// Account nkey seed file the auth callout signs its answers with (`issuer.nk`); nats-server
+    /// names its public key as the callout issuer.
+    #[arg(long, env = "TILLSYNC_AUTH_ISSUER_SEED")]
+    pub auth_issuer_seed: Option<std::path::PathBuf>,
+    /// Account the callout places devices and portals in.
+    #[arg(long, env = "TILLSYNC_AUTH_ACCOUNT", default_value = "TILLSYNC")]
+    pub auth_account: String,
+    /// Lifetime of the user JWT the callout grants, seconds: a connection older than this
+    /// reconnects and is decided again (the bound on a revoked device when no disconnect works).
+    #[arg(long, env = "TILLSYNC_AUTH_TTL_S", default_value_t = 3600)]
+    pub auth_ttl_s: u64,
+    /// NATS system account credentials (`system.nk`), to disconnect revoked devices at once.
+    #[arg(long, env = "TILLSYNC_NATS_SYSTEM_CREDS")]
+    pub nats_system_creds: Option<std::path::PathBuf>,
     /// Postgres URL of the read-model database.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
@@ -124,6 +143,11 @@ impl Config {
                 "partitions must be in 1..=1024",
             ),
             (self.lease_ttl_s < 2 || self.lease_ttl_s > 60, "lease_ttl_s must be in 2..=60"),
+            (
+                self.auth_callout_creds.is_some() != self.auth_issuer_seed.is_some(),
+                "auth_callout_creds and auth_issuer_seed go together (both or neither)",
+            ),
+            (self.auth_ttl_s < 10, "auth_ttl_s must be at least 10"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -197,12 +221,22 @@ impl Config {
             ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
             ("TILLSYNC_PARTITIONS", self.partitions.to_string()),
             ("TILLSYNC_LEASE_TTL_S", self.lease_ttl_s.to_string()),
+            ("TILLSYNC_AUTH_ACCOUNT", self.auth_account.clone()),
+            ("TILLSYNC_AUTH_TTL_S", self.auth_ttl_s.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));
         }
-        if let Some(c) = &self.nats_creds {
-            env.push(("NATS_CREDS", c.display().to_string()));
+        let files = [
+            ("NATS_CREDS", &self.nats_creds),
+            ("TILLSYNC_AUTH_CALLOUT_CREDS", &self.auth_callout_creds),
+            ("TILLSYNC_AUTH_ISSUER_SEED", &self.auth_issuer_seed),
+            ("TILLSYNC_NATS_SYSTEM_CREDS", &self.nats_system_creds),
+        ];
+        for (name, path) in files {
+            if let Some(p) = path {
+                env.push((name, p.display().to_string()));
+            }
         }
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }

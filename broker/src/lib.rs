@@ -7,6 +7,7 @@
 //! JetStream. `Broker::start` returns once everything is ready; `Broker::shutdown` hands its
 //! partitions over, finishing in-flight work, then drains NATS and closes the pool.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod db;
@@ -134,6 +135,7 @@ impl Broker {
         tasks.spawn(instance::run(ctx.clone(), instance_id));
         tasks.spawn(monitor::run(ctx.clone()));
         tasks.spawn(repair::run(ctx.clone()));
+        auth::start(&ctx, &mut tasks).await?;
         metrics::broker_up(true);
         tracing::info!(%http_addr, "Broker started.");
         Ok(Broker { ctx, http_addr, tasks })

@@ -58,6 +58,11 @@ pub const PARTITIONS_OWNED: &str = "tillsync_partitions_owned";
 pub const PARTITIONS_UNOWNED: &str = "tillsync_partitions_unowned";
 pub const PARTITION_CHANGES: &str = "tillsync_partition_changes_total";
 pub const PARTITION_LAG: &str = "tillsync_partition_lag";
+pub const AUTH_DECISIONS: &str = "tillsync_auth_decisions_total";
+pub const AUTH_RESPONDER_UP: &str = "tillsync_auth_responder_up";
+pub const ACTIVATIONS: &str = "tillsync_activations_total";
+pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
+pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -153,6 +158,46 @@ fn describe() {
         PARTITION_LAG,
         "Messages not yet acked on an owned partition's consumers (pending plus unacked), by partition; 0 where another instance owns it."
     );
+    describe_counter!(
+        AUTH_DECISIONS,
+        "NATS connections this instance decided (auth callout), by result (allowed, refused) and reason."
+    );
+    describe_gauge!(
+        AUTH_RESPONDER_UP,
+        "1 while this instance answers NATS auth callouts, 0 while its callout connection is down; absent when not configured."
+    );
+    describe_counter!(
+        ACTIVATIONS,
+        "Activation requests answered, by result (activated, rotated, or the refusal code)."
+    );
+    describe_gauge!(
+        REVOCATIONS_PENDING,
+        "Revoked credentials whose live connection has not been disconnected yet (seen by the partition-0 owner)."
+    );
+    describe_counter!(
+        REVOCATION_KICKS,
+        "Disconnect requests for revoked credentials, by result (kicked, not_connected, failed)."
+    );
+}
+
+pub fn auth_decision(result: &'static str, reason: &'static str) {
+    counter!(AUTH_DECISIONS, "result" => result, "reason" => reason).increment(1);
+}
+
+pub fn auth_responder_up(up: bool) {
+    gauge!(AUTH_RESPONDER_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn activation(result: &str) {
+    counter!(ACTIVATIONS, "result" => result.to_string()).increment(1);
+}
+
+pub fn revocations_pending(n: i64) {
+    gauge!(REVOCATIONS_PENDING).set(n as f64);
+}
+
+pub fn revocation_kick(result: &'static str) {
+    counter!(REVOCATION_KICKS, "result" => result).increment(1);
 }
 
 pub fn partitions_owned(n: usize) {

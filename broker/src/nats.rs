@@ -39,12 +39,23 @@ async fn connect_with(
 ) -> Result<Client, BrokerError> {
     let mut opts = opts.name(name).max_reconnects(None);
     if let Some(path) = creds {
-        opts = opts
-            .credentials_file(path)
-            .await
-            .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())))?;
+        opts = credentials(opts, path).await?;
     }
     opts.connect(servers(url)?).await.map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+}
+
+/// A `.creds` file (user JWT and seed) or a bare nkey seed file (`tillsync auth init`).
+pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())))?;
+    if text.contains("BEGIN NATS USER JWT") {
+        return opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())));
+    }
+    let seed = crate::auth::read_seed(path)?.seed().map_err(|e| BrokerError::Config(e.to_string()))?;
+    Ok(opts.nkey(seed))
 }
 
 /// The servers of a comma-separated `NATS_URL`: the client connects to any and fails over.

@@ -12,14 +12,14 @@ use crate::handler::HandlerSpec;
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Tenant this device belongs to.
-    #[arg(long, env = "TILLSYNC_TENANT")]
+    /// Tenant this device belongs to (from the identity file when the bridge is activated).
+    #[arg(long, env = "TILLSYNC_TENANT", default_value = "")]
     pub tenant: String,
     /// Store of this device.
-    #[arg(long, env = "TILLSYNC_STORE")]
+    #[arg(long, env = "TILLSYNC_STORE", default_value = "")]
     pub store: String,
     /// This device's id (one bridge per POS device).
-    #[arg(long, env = "TILLSYNC_DEVICE")]
+    #[arg(long, env = "TILLSYNC_DEVICE", default_value = "")]
     pub device: String,
     /// NATS server URL(s), comma separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -27,6 +27,10 @@ pub struct Config {
     /// NATS credentials file (JWT + nkey), when the server requires it.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// Identity file written by `tillsync-edge activate` (default: next to --db, named
+    /// `<db stem>.identity.json`). When it exists the bridge authenticates with its nkey.
+    #[arg(long, env = "TILLSYNC_EDGE_IDENTITY")]
+    pub identity: Option<PathBuf>,
     /// SQLite file of the outbox and command ledger (created if missing).
     #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
     pub db: PathBuf,
@@ -124,11 +128,42 @@ impl Config {
         c
     }
 
+    pub fn identity_path(&self) -> PathBuf {
+        self.identity.clone().unwrap_or_else(|| crate::identity::default_path(&self.db))
+    }
+
+    /// Takes tenant, store and device from the identity file where not given; refuses a
+    /// configuration that names another device than the one activated.
+    pub fn resolve_identity(&mut self) -> Result<Option<crate::identity::Identity>, String> {
+        let path = self.identity_path();
+        let Some(id) = crate::identity::Identity::load(&path).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        for (given, held, what) in [
+            (&mut self.tenant, &id.tenant_id, "tenant"),
+            (&mut self.store, &id.store_id, "store"),
+            (&mut self.device, &id.device_id, "device"),
+        ] {
+            if given.is_empty() {
+                *given = held.clone();
+            } else if given != held {
+                return Err(format!(
+                    "{what} {given:?} differs from the activated identity's {held:?} ({})",
+                    path.display()
+                ));
+            }
+        }
+        Ok(Some(id))
+    }
+
     pub fn addr(&self) -> DeviceAddr {
         DeviceAddr::new(&self.tenant, &self.store, &self.device)
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.tenant.is_empty() || self.store.is_empty() || self.device.is_empty() {
+            return Err("tenant, store and device are not set: activate the bridge (`tillsync-edge activate --code ...`) or pass --tenant, --store and --device".into());
+        }
         self.addr().validate().map_err(|e| e.to_string())?;
         if !self.no_http && !self.http_addr.ip().is_loopback() {
             return Err(format!("http_addr {} must be a loopback address", self.http_addr));
@@ -197,6 +232,9 @@ impl Config {
         ];
         if let Some(p) = &self.nats_creds {
             env.push(("NATS_CREDS", p.display().to_string()));
+        }
+        if let Some(p) = &self.identity {
+            env.push(("TILLSYNC_EDGE_IDENTITY", p.display().to_string()));
         }
         if let Some(p) = &self.handler_exec {
             env.push(("TILLSYNC_EDGE_HANDLER_EXEC", p.display().to_string()));

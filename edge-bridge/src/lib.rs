@@ -19,6 +19,7 @@ pub mod error;
 pub mod handler;
 pub mod heartbeat;
 pub mod http_client;
+pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod nats;
@@ -84,7 +85,8 @@ impl std::fmt::Debug for Bridge {
 impl Bridge {
     /// Opens the outbox, starts the HTTP API and the background tasks. Returns at once even
     /// when NATS is unreachable: events are accepted from the first moment.
-    pub async fn start(config: Config) -> Result<Bridge, BridgeError> {
+    pub async fn start(mut config: Config) -> Result<Bridge, BridgeError> {
+        config.resolve_identity().map_err(BridgeError::Config)?;
         config.validate().map_err(BridgeError::Config)?;
         let addr = config.addr();
         let handler = config.handler_spec().map_err(BridgeError::Config)?;

@@ -18,10 +18,31 @@ struct Cli {
 enum Command {
     /// Run the bridge until SIGINT/SIGTERM.
     Run(Box<Config>),
+    /// Exchange a one-time activation code for this device's credentials (outbound only).
+    Activate(ActivateArgs),
     /// Show outbox depth, last ack and connection state.
     Status(StatusArgs),
     /// Run N simulated devices, each a full bridge, generating realistic POS traffic.
     Simulate(simulate::SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ActivateArgs {
+    /// The code `tillsync devices add` (or `devices rotate`) printed.
+    #[arg(long, env = "TILLSYNC_EDGE_ACTIVATION_CODE")]
+    code: String,
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// SQLite file of the bridge; the identity is written next to it.
+    #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
+    db: PathBuf,
+    /// Identity file to write (default: next to --db).
+    #[arg(long, env = "TILLSYNC_EDGE_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Run(config) => run(*config).await,
+            Command::Activate(args) => activate(args).await,
             Command::Status(args) => status(args).await,
             Command::Simulate(args) => simulate::run(args).await,
         }
@@ -68,6 +90,49 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// Exit codes: 0 activated, 3 refused by the broker (the code says why), 4 NATS or the broker
+/// unreachable, 1 anything else.
+async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
+    let path = args.identity.clone().unwrap_or_else(|| tillsync_edge::identity::default_path(&args.db));
+    let servers = tillsync_edge::nats::servers(&args.nats_url)?;
+    let options = async_nats::ConnectOptions::new().name("tillsync-edge/activate");
+    let result = tillsync_edge::identity::activate(options, servers, &args.nats_url, &args.code, &path).await;
+    let (exit, json) = match &result {
+        Ok(id) => {
+            let json = serde_json::json!({"result": "activated", "tenant_id": id.tenant_id, "store_id": id.store_id,
+                "device_id": id.device_id, "identity_file": path, "command_keys": id.command_keys.len()});
+            (0, json)
+        }
+        Err(e) => {
+            let exit = match e {
+                tillsync_edge::identity::ActivateError::Refused { .. } => 3,
+                tillsync_edge::identity::ActivateError::Connect { .. }
+                | tillsync_edge::identity::ActivateError::NoAnswer(_) => 4,
+                tillsync_edge::identity::ActivateError::Local(_) => 1,
+            };
+            (exit, serde_json::json!({"result": "refused", "code": e.code(), "error": e.to_string()}))
+        }
+    };
+    if args.json {
+        println!("{json}");
+    } else {
+        match &result {
+            Ok(id) => println!(
+                "Activated as {}/{}/{}; identity written to {} (mode 0600).",
+                id.tenant_id,
+                id.store_id,
+                id.device_id,
+                path.display()
+            ),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if exit != 0 {
+        std::process::exit(exit);
+    }
+    Ok(())
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {

@@ -5,12 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event};
+use std::path::PathBuf;
+
+use async_nats::{Auth, AuthError, ConnectOptions, Event};
 use rand::Rng;
 use tokio::sync::watch;
 
+use tillsync_schemas::identity;
+
 use crate::config::Config;
 use crate::error::BridgeError;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// Connects in the background (the bridge starts and takes events with the WAN down).
@@ -21,7 +26,8 @@ pub async fn connect(
     let (tx, rx) = watch::channel(false);
     let device = config.device.clone();
     let max_ms = config.backoff_max_ms.min(4_000);
-    let mut options = ConnectOptions::new()
+    let mut options = identity_auth(config.identity_path())
+        .custom_inbox_prefix(identity::device_inbox(&config.addr()))
         .name(format!("tillsync-edge/{}/{}/{}", config.tenant, config.store, config.device))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -63,6 +69,27 @@ pub async fn connect(
     }
     let client = options.connect(servers(&config.nats_url)?).await.map_err(|e| BridgeError::Nats(e.to_string()))?;
     Ok((client, rx))
+}
+
+/// Authenticates with the identity file's nkey when the bridge is activated, reading the file
+/// at every connect: after a rotation the next reconnect uses the new key, no restart.
+fn identity_auth(path: PathBuf) -> ConnectOptions {
+    if !path.exists() {
+        return ConnectOptions::new();
+    }
+    ConnectOptions::with_auth_callback(move |nonce| {
+        let path = path.clone();
+        async move {
+            let identity = Identity::load(&path)
+                .map_err(AuthError::new)?
+                .ok_or_else(|| AuthError::new(format!("identity file {} is gone", path.display())))?;
+            let key = nkeys::KeyPair::from_seed(&identity.seed).map_err(AuthError::new)?;
+            let mut auth = Auth::new();
+            auth.signature = Some(key.sign(&nonce).map_err(AuthError::new)?);
+            auth.nkey = Some(key.public_key());
+            Ok(auth)
+        }
+    })
 }
 
 /// The servers of a comma-separated NATS URL (a cluster's nodes): the client uses any.

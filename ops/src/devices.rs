@@ -1,5 +1,5 @@
-//! `tillsync devices list|add`: the fleet as the broker sees it (heartbeats and events), and
-//! provisioning a device ahead of its first connection.
+//! `tillsync devices list|add|rotate|revoke|show`: the fleet as the broker sees it (heartbeats
+//! and events), provisioning and activation codes, and each device's identity trail.
 
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::global::Global;
+use crate::identity;
 use crate::output::{emit, table, ts};
 
 #[derive(Debug, Args)]
@@ -28,15 +29,60 @@ enum DevicesCmd {
         #[arg(long)]
         offline: bool,
     },
-    /// Provision a device (the tenant must exist; see `tillsync tenants add`).
+    /// Provision a device and issue its one-time activation code (the tenant must exist; see
+    /// `tillsync tenants add`). Run again to issue a new code, e.g. after a revocation.
     Add {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        store: String,
-        #[arg(long)]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 24)]
+        expires_in_h: u32,
     },
+    /// Issue a rotation code: once the bridge activates with it, its old key is revoked and the
+    /// running bridge reconnects with the new one (no restart, no event lost).
+    Rotate {
+        #[command(flatten)]
+        device: DeviceArg,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 24)]
+        expires_in_h: u32,
+    },
+    /// Revoke a device's credentials (a lost or stolen till): disconnected within seconds,
+    /// refused afterwards; its unused codes are withdrawn. Its events wait in its outbox.
+    Revoke {
+        #[command(flatten)]
+        device: DeviceArg,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
+    /// A device's credentials and its identity audit trail (activations, rotations,
+    /// revocations, refused connections: who, when, from where).
+    Show {
+        #[command(flatten)]
+        device: DeviceArg,
+        /// Audit rows to show, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DeviceArg {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    device: String,
+}
+
+impl DeviceArg {
+    fn addr(&self) -> anyhow::Result<tillsync_schemas::DeviceAddr> {
+        let addr = tillsync_schemas::DeviceAddr::new(&self.tenant, &self.store, &self.device);
+        addr.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(addr)
+    }
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -74,6 +120,7 @@ struct Added {
     store_id: String,
     device_id: String,
     created: bool,
+    activation: identity::Issued,
 }
 
 pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -105,9 +152,9 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             emit(global.json, &rows, |r| human_list(r))?;
             ExitCode::SUCCESS
         }
-        DevicesCmd::Add { tenant, store, device } => {
-            let addr = tillsync_schemas::DeviceAddr::new(&tenant, &store, &device);
-            addr.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        DevicesCmd::Add { device, expires_in_h } => {
+            let addr = device.addr()?;
+            let (tenant, store, device) = (addr.tenant_id.clone(), addr.store_id.clone(), addr.device_id.clone());
             let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
                 .bind(&tenant)
                 .fetch_one(&pool)
@@ -124,12 +171,54 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             .fetch_one(&pool)
             .await
             .map(|r| sqlx::Row::get::<bool, _>(&r, "inserted"))?;
-            let out = Added { tenant_id: tenant, store_id: store, device_id: device, created };
+            let issued = identity::issue_code(&pool, &addr, "activate", expires_in_h).await?;
+            let out = Added { tenant_id: tenant, store_id: store, device_id: device, created, activation: issued };
             emit(global.json, &out, |a| {
                 let what = if a.created { "provisioned" } else { "already known; marked provisioned" };
-                format!("Device {}/{}/{} {what}.", a.tenant_id, a.store_id, a.device_id)
+                format!(
+                    "Device {}/{}/{} {what}.\n{}",
+                    a.tenant_id,
+                    a.store_id,
+                    a.device_id,
+                    identity::human_issued(&a.activation)
+                )
             })?;
             ExitCode::SUCCESS
+        }
+        DevicesCmd::Rotate { device, expires_in_h } => {
+            let addr = device.addr()?;
+            anyhow::ensure!(
+                identity::live_keys(&pool, &addr).await? > 0,
+                "{}/{}/{} holds no live credential to rotate; issue an activation code with `tillsync devices add`",
+                addr.tenant_id,
+                addr.store_id,
+                addr.device_id
+            );
+            let issued = identity::issue_code(&pool, &addr, "rotate", expires_in_h).await?;
+            emit(global.json, &issued, identity::human_issued)?;
+            ExitCode::SUCCESS
+        }
+        DevicesCmd::Revoke { device, reason } => {
+            let addr = device.addr()?;
+            let out = identity::revoke(&pool, &addr, &reason).await?;
+            emit(global.json, &out, |r| {
+                format!(
+                    "Revoked {} credential(s) and withdrew {} unused code(s) of {}/{}/{}; the broker disconnects it within seconds.\nIts events stay in its outbox until it is activated again (`tillsync devices add`).",
+                    r.credentials_revoked, r.codes_withdrawn, r.tenant_id, r.store_id, r.device_id
+                )
+            })?;
+            ExitCode::SUCCESS
+        }
+        DevicesCmd::Show { device, limit } => {
+            let addr = device.addr()?;
+            let shown = identity::show(&pool, &addr, limit).await?;
+            if shown.credentials.is_empty() && shown.audit.is_empty() {
+                eprintln!("error: no identity record of {}/{}/{}", addr.tenant_id, addr.store_id, addr.device_id);
+                ExitCode::from(4)
+            } else {
+                emit(global.json, &shown, identity::human_shown)?;
+                ExitCode::SUCCESS
+            }
         }
     };
     pool.close().await;

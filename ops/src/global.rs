@@ -7,7 +7,7 @@ pub struct Global {
     /// NATS server URL.
     #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// NATS credentials file.
+    /// NATS credentials: a .creds file, or an nkey seed file (`operator.nk` from `tillsync auth init`).
     #[arg(long, global = true, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
     /// Postgres URL of the read-model database.

@@ -10,6 +10,7 @@ mod commands;
 mod db;
 mod devices;
 mod global;
+mod identity;
 mod migrate;
 mod output;
 mod partitions;
@@ -54,8 +55,13 @@ enum Command {
     Status(status::StatusArgs),
     /// Quarantined messages: list, show one, redrive one once its cause is fixed.
     Quarantine(quarantine::QuarantineArgs),
-    /// Devices: list with online state and lag, or provision one.
+    /// Devices: list with online state and lag; provision one and issue its activation code;
+    /// rotate, revoke, or show its credentials and audit trail.
     Devices(devices::DevicesArgs),
+    /// Portal credentials: one tenant's command intake and status.
+    Portals(identity::PortalsArgs),
+    /// NATS authorization: generate the service keys and the nats-server config.
+    Auth(identity::AuthArgs),
     /// Tenants: list, or provision one.
     Tenants(tenants::TenantsArgs),
     /// A chaos run against private real processes with a checker (docs/chaos.md).
@@ -77,6 +83,8 @@ async fn main() -> ExitCode {
         Command::Status(args) => status::run(args, &cli.global).await,
         Command::Quarantine(args) => quarantine::run(args, &cli.global).await,
         Command::Devices(args) => devices::run(args, &cli.global).await,
+        Command::Portals(args) => identity::portals(args, &cli.global).await,
+        Command::Auth(args) => identity::auth_cmd(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
     };

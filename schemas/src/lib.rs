@@ -12,6 +12,7 @@ pub mod command;
 pub mod error;
 pub mod event;
 pub mod heartbeat;
+pub mod identity;
 pub mod ids;
 pub mod partition;
 pub mod resend;

@@ -7,6 +7,7 @@
 //! - [`eventually`] polls with a timeout instead of sleeping.
 //! - [`BrokerProc`] and [`InProcBroker`] run the broker as a child process (for kill -9) or a task.
 
+mod auth;
 mod broker;
 mod cluster;
 mod db;
@@ -14,6 +15,7 @@ mod nats;
 mod poll;
 mod scrape;
 
+pub use auth::{activation_code, code_for, AuthSetup};
 pub use broker::{bin_path, BrokerProc, InProcBroker};
 pub use cluster::NatsCluster;
 pub use db::TestDb;
@@ -33,17 +35,32 @@ pub fn init_tracing() {
 pub struct Stack {
     pub nats: NatsServer,
     pub db: TestDb,
+    /// Set when NATS runs with authorization ([`Stack::start_with_auth`]).
+    pub auth: Option<AuthSetup>,
 }
 
 impl Stack {
     pub async fn start() -> Stack {
         init_tracing();
         let (nats, db) = tokio::join!(NatsServer::start(), TestDb::new());
-        Stack { nats, db }
+        Stack { nats, db, auth: None }
+    }
+
+    /// The same with NATS authorization on: the broker answers auth callouts, bridges must be
+    /// activated, and `nats.client()` is the operator.
+    pub async fn start_with_auth() -> Stack {
+        init_tracing();
+        let auth = AuthSetup::new();
+        let (nats, db) = tokio::join!(NatsServer::start_with_auth(&auth), TestDb::new());
+        Stack { nats, db, auth: Some(auth) }
     }
 
     /// A broker config pointing at this stack's servers, with test-friendly timings.
     pub fn broker_config(&self) -> tillsync_broker::config::Config {
-        tillsync_broker::config::Config::for_tests(&self.nats.url(), &self.db.url)
+        let mut c = tillsync_broker::config::Config::for_tests(&self.nats.url(), &self.db.url);
+        if let Some(auth) = &self.auth {
+            auth.broker(&mut c);
+        }
+        c
     }
 }

@@ -13,6 +13,8 @@ pub struct NatsServer {
     port: u16,
     store: TempDir,
     child: Option<Child>,
+    /// With authorization: the server config and the operator's credentials.
+    auth: Option<(PathBuf, PathBuf)>,
 }
 
 /// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
@@ -33,7 +35,20 @@ pub(crate) fn free_port() -> u16 {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store: TempDir::new().unwrap(), child: None };
+        let mut s =
+            NatsServer { bin: nats_bin(), port: free_port(), store: TempDir::new().unwrap(), child: None, auth: None };
+        s.spawn().await;
+        s
+    }
+
+    /// A server with authorization on: service users from `auth`, everyone else decided by
+    /// a broker's auth callout (so nothing but the service users connects until one runs).
+    pub async fn start_with_auth(auth: &crate::AuthSetup) -> NatsServer {
+        let store = TempDir::new().unwrap();
+        let conf = store.path().join("server.conf");
+        std::fs::write(&conf, auth.server_conf()).unwrap();
+        let creds = auth.operator_creds();
+        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, auth: Some((conf, creds)) };
         s.spawn().await;
         s
     }
@@ -47,7 +62,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some((conf, _)) = &self.auth {
+            cmd.arg("-c").arg(conf);
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())
@@ -58,10 +77,11 @@ impl NatsServer {
             });
         self.child = Some(child);
         let url = self.url();
+        let creds = self.auth.as_ref().map(|(_, c)| c.clone());
         eventually(Duration::from_secs(15), "nats-server accepting connections with JetStream", || {
-            let url = url.clone();
+            let (url, creds) = (url.clone(), creds.clone());
             async move {
-                let client = async_nats::connect(&url).await.ok()?;
+                let client = connect_as(&url, creds.as_deref()).await.ok()?;
                 async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
             }
         })
@@ -82,13 +102,25 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// A client with every permission (the operator's user when authorization is on).
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        let creds = self.auth.as_ref().map(|(_, c)| c.as_path());
+        connect_as(&self.url(), creds).await.expect("connect to test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
     }
+}
+
+async fn connect_as(url: &str, creds: Option<&std::path::Path>) -> Result<async_nats::Client, String> {
+    let options = match creds {
+        Some(c) => {
+            tillsync_broker::nats::credentials(async_nats::ConnectOptions::new(), c).await.map_err(|e| e.to_string())?
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    options.connect(url).await.map_err(|e| e.to_string())
 }
 
 impl Drop for NatsServer {

@@ -11,6 +11,9 @@ use tillsync_schemas::{DeviceAddr, Outcome};
 use tillsync_tests::{eventually, eventually_eq, free_addr, http_get, metric, InProcBroker, Stack};
 
 use crate::common::*;
+// The end-to-end tests here run with NATS authorization on: activated bridges, the broker
+// answering auth callouts (docs/security.md).
+use crate::security::support::activated_config;
 use support::*;
 
 fn draft(body: tillsync_schemas::EventBody) -> EventDraft {
@@ -30,12 +33,12 @@ fn order_events(order: &str) -> Vec<tillsync_schemas::EventBody> {
 
 #[tokio::test]
 async fn an_event_submitted_to_the_edge_bridge_reaches_the_broker_and_lands_as_a_row() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let d = DeviceAddr::new("acme", "s1", "till-1");
-    let bridge = Bridge::start(config(&stack, &d, dir.path())).await.unwrap();
+    let bridge = Bridge::start(activated_config(&stack, &d, dir.path()).await).await.unwrap();
     let a = bridge.submit(draft(opened("o-1"))).await.unwrap();
     assert_eq!(a.seq, 1);
     bridge.submit(draft(item("o-1", "l-1", 2))).await.unwrap();
@@ -65,12 +68,12 @@ async fn an_event_submitted_to_the_edge_bridge_reaches_the_broker_and_lands_as_a
 
 #[tokio::test]
 async fn wan_down_1000_events_are_accepted_then_applied_exactly_once_and_in_order() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let d = DeviceAddr::new("acme", "s1", "till-1");
-    let bridge = Bridge::start(config(&stack, &d, dir.path())).await.unwrap();
+    let bridge = Bridge::start(activated_config(&stack, &d, dir.path()).await).await.unwrap();
     wait_connected(&bridge).await;
 
     stack.nats.stop();
@@ -124,12 +127,12 @@ async fn wan_down_1000_events_are_accepted_then_applied_exactly_once_and_in_orde
 #[tokio::test]
 async fn kill_9_of_the_bridge_mid_drain_loses_nothing_and_doubles_nothing() {
     const N: u64 = 1500;
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let dir = tempfile::tempdir().unwrap();
     let d = DeviceAddr::new("acme", "s1", "till-k");
-    let mut cfg = config(&stack, &d, dir.path());
+    let mut cfg = activated_config(&stack, &d, dir.path()).await;
     cfg.http_addr = free_addr();
     // One publish in flight at a time makes the drain long enough to kill it in the middle.
     cfg.publish_window = 1;
@@ -328,7 +331,7 @@ async fn a_full_outbox_refuses_with_a_code_a_status_and_a_metric() {
 
 #[tokio::test]
 async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acked() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
     let d = DeviceAddr::new("acme", "s1", "till-p");
     sqlx::query("INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)")
@@ -342,7 +345,7 @@ async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acke
     let js = stack.nats.jetstream().await;
     let dir = tempfile::tempdir().unwrap();
     let handler = recording_handler(dir.path());
-    let mut cfg = config(&stack, &d, dir.path());
+    let mut cfg = activated_config(&stack, &d, dir.path()).await;
     cfg.handler_exec = Some(handler.clone());
     let bridge = Bridge::start(cfg).await.unwrap();
 

@@ -14,5 +14,6 @@ mod ops;
 mod resend;
 mod scale;
 mod scale_support;
+mod security;
 mod signals;
 mod upgrade;

@@ -1,0 +1,97 @@
+//! `tillsync auth init`: the keys and the nats-server configuration for running NATS with
+//! authorization. Three accounts: `TILLSYNC` (JetStream; the broker and operator users, and
+//! every device and portal admitted by the callout), `AUTH` (the callout user) and `SYS` (the
+//! system account, for disconnecting revoked devices). Service users are nkeys named in the
+//! config and skip the callout; everyone else is decided by the broker.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+
+/// The account callout-admitted clients are placed in.
+pub const ACCOUNT: &str = "TILLSYNC";
+
+/// File names inside the directory `tillsync auth init` writes.
+pub const SERVER_CONF: &str = "nats-auth.conf";
+pub const BROKER: &str = "broker.nk";
+pub const OPERATOR: &str = "operator.nk";
+pub const CALLOUT: &str = "auth-callout.nk";
+pub const SYSTEM: &str = "system.nk";
+pub const ISSUER: &str = "issuer.nk";
+
+/// The files written, by role.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub dir: PathBuf,
+}
+
+impl Files {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// The server configuration for these keys (to `include` in nats-server.conf).
+pub fn server_conf(broker: &str, operator: &str, callout: &str, system: &str, issuer: &str) -> String {
+    format!(
+        "# tillsync: NATS authorization (written by `tillsync auth init`; docs/security.md).
+# Devices and portals are admitted by the broker's auth callout; the users below skip it.
+accounts {{
+  {ACCOUNT}: {{
+    jetstream: enabled
+    users: [ {{ nkey: {broker} }}, {{ nkey: {operator} }} ]
+  }}
+  AUTH: {{ users: [ {{ nkey: {callout} }} ] }}
+  SYS: {{ users: [ {{ nkey: {system} }} ] }}
+}}
+system_account: SYS
+authorization {{
+  auth_callout {{
+    issuer: {issuer}
+    account: AUTH
+    auth_users: [ {callout}, {broker}, {operator}, {system} ]
+  }}
+}}
+"
+    )
+}
+
+/// Generates every key into `dir` (mode 0600; the directory 0700) and the server config.
+/// Refuses to overwrite existing keys: replacing them locks every service out.
+pub fn generate(dir: &Path) -> std::io::Result<Files> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let keys = [
+        (BROKER, KeyPair::new_user()),
+        (OPERATOR, KeyPair::new_user()),
+        (CALLOUT, KeyPair::new_user()),
+        (SYSTEM, KeyPair::new_user()),
+        (ISSUER, KeyPair::new_account()),
+    ];
+    for (name, key) in &keys {
+        let seed = key.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(name))?;
+        writeln!(f, "{seed}")?;
+    }
+    let public = |i: usize| keys[i].1.public_key();
+    let conf = server_conf(&public(0), &public(1), &public(2), &public(3), &public(4));
+    std::fs::write(dir.join(SERVER_CONF), conf)?;
+    Ok(Files { dir: dir.to_path_buf() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_generated_config_names_every_service_user_once_per_account() {
+        let dir = std::env::temp_dir().join(format!("tillsync-auth-{}", uuid::Uuid::new_v4()));
+        let files = super::generate(&dir).unwrap();
+        let conf = std::fs::read_to_string(files.path(super::SERVER_CONF)).unwrap();
+        assert!(conf.contains("auth_callout"));
+        assert_eq!(conf.matches("nkey: U").count(), 4);
+        let issuer = super::super::read_seed(&files.path(super::ISSUER)).unwrap();
+        assert!(conf.contains(&issuer.public_key()));
+        assert!(super::generate(&dir).is_err(), "keys are never overwritten");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

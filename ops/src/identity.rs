@@ -1,0 +1,413 @@
+//! Device identity from the operator's side: activation codes (`devices add`, `devices
+//! rotate`), revocation, one device's credentials and audit trail (`devices show`), portal
+//! credentials (`portals`) and the NATS authorization setup (`auth init`). Every change is
+//! audited with the operator's name (`TILLSYNC_ACTOR`, else `$USER@host`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use sqlx::PgPool;
+use tillsync_broker::auth::{self, records};
+use tillsync_schemas::DeviceAddr;
+
+use crate::global::Global;
+use crate::output::{emit, table, ts};
+
+/// Who is acting, for the audit trail.
+pub fn actor() -> String {
+    if let Ok(a) = std::env::var("TILLSYNC_ACTOR") {
+        return a;
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+#[derive(Serialize)]
+pub struct Issued {
+    pub tenant_id: String,
+    pub store_id: String,
+    pub device_id: String,
+    pub purpose: &'static str,
+    /// Shown once; only its hash is stored.
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Issues a one-time code for a device (`activate` or `rotate`), valid `hours`.
+pub async fn issue_code(pool: &PgPool, d: &DeviceAddr, purpose: &'static str, hours: u32) -> anyhow::Result<Issued> {
+    anyhow::ensure!((1..=24 * 30).contains(&hours), "--expires-in-h must be in 1..=720");
+    let code = auth::new_code();
+    let by = actor();
+    let mut tx = pool.begin().await?;
+    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO activation_codes (code_hash, tenant_id, store_id, device_id, purpose, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(hours => $7)) RETURNING expires_at",
+    )
+    .bind(auth::code_hash(&code))
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .bind(purpose)
+    .bind(&by)
+    .bind(hours as i32)
+    .fetch_one(&mut *tx)
+    .await?;
+    let detail = format!("{purpose} code valid {hours} h");
+    let audit =
+        records::Audit { action: "code_issued", device: Some(d), actor: &by, detail: &detail, ..Default::default() };
+    records::audit(&mut *tx, &audit).await?;
+    tx.commit().await?;
+    Ok(Issued {
+        tenant_id: d.tenant_id.clone(),
+        store_id: d.store_id.clone(),
+        device_id: d.device_id.clone(),
+        purpose,
+        code,
+        expires_at,
+    })
+}
+
+pub fn human_issued(i: &Issued) -> String {
+    format!(
+        "{} code for {}/{}/{}: {}\nValid until {} (once). At the store run:\n  tillsync-edge activate --code {}\n",
+        if i.purpose == "rotate" { "Rotation" } else { "Activation" },
+        i.tenant_id,
+        i.store_id,
+        i.device_id,
+        i.code,
+        ts(Some(i.expires_at)),
+        i.code
+    )
+}
+
+/// Number of live credentials a device holds.
+pub async fn live_keys(pool: &PgPool, d: &DeviceAddr) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM credentials WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+#[derive(Serialize)]
+pub struct Revoked {
+    pub tenant_id: String,
+    pub store_id: String,
+    pub device_id: String,
+    pub credentials_revoked: u64,
+    pub codes_withdrawn: u64,
+}
+
+/// Revokes a device's credentials and withdraws its unused codes (a lost till's code must
+/// not activate a thief's bridge). The broker disconnects the live connection within seconds.
+pub async fn revoke(pool: &PgPool, d: &DeviceAddr, reason: &str) -> anyhow::Result<Revoked> {
+    let by = actor();
+    let mut tx = pool.begin().await?;
+    let credentials_revoked = records::revoke_device(&mut *tx, d, &by, reason).await?;
+    let codes_withdrawn = sqlx::query(
+        "UPDATE activation_codes SET expires_at = least(expires_at, now())
+         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND used_at IS NULL AND expires_at > now()",
+    )
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let detail = format!("{credentials_revoked} credential(s), {codes_withdrawn} unused code(s)");
+    let audit = records::Audit {
+        action: "revoked",
+        reason: Some(reason),
+        device: Some(d),
+        actor: &by,
+        detail: &detail,
+        ..Default::default()
+    };
+    records::audit(&mut *tx, &audit).await?;
+    tx.commit().await?;
+    Ok(Revoked {
+        tenant_id: d.tenant_id.clone(),
+        store_id: d.store_id.clone(),
+        device_id: d.device_id.clone(),
+        credentials_revoked,
+        codes_withdrawn,
+    })
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct KeyRow {
+    pub public_key: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoke_reason: Option<String>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    pub last_connect_at: Option<DateTime<Utc>>,
+    pub last_host: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub reason: Option<String>,
+    pub actor: String,
+    pub remote: Option<String>,
+    pub public_key: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+pub struct Shown {
+    pub tenant_id: String,
+    pub store_id: String,
+    pub device_id: String,
+    pub credentials: Vec<KeyRow>,
+    pub audit: Vec<AuditRow>,
+}
+
+/// A device's keys (newest first) and its last `limit` audit rows (newest first).
+pub async fn show(pool: &PgPool, d: &DeviceAddr, limit: i64) -> anyhow::Result<Shown> {
+    let credentials = sqlx::query_as(
+        "SELECT public_key, created_at, created_by, revoked_at, revoke_reason, kicked_at AS disconnected_at,
+                last_connect_at, last_host
+         FROM credentials WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 ORDER BY created_at DESC",
+    )
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .fetch_all(pool)
+    .await?;
+    // Refused connections of the device's keys are filed under the key; take those too.
+    let audit = sqlx::query_as(
+        "SELECT at, action, reason, actor, remote, public_key, detail FROM identity_audit a
+         WHERE (tenant_id = $1 AND store_id = $2 AND device_id = $3)
+            OR public_key IN (SELECT public_key FROM credentials WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3)
+         ORDER BY at DESC, id DESC LIMIT $4",
+    )
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(Shown {
+        tenant_id: d.tenant_id.clone(),
+        store_id: d.store_id.clone(),
+        device_id: d.device_id.clone(),
+        credentials,
+        audit,
+    })
+}
+
+pub fn human_shown(s: &Shown) -> String {
+    let short = |k: &str| format!("{}…", &k[..k.len().min(12)]);
+    let mut out = format!("Device {}/{}/{}\n\nCredentials:\n", s.tenant_id, s.store_id, s.device_id);
+    let keys: Vec<Vec<String>> = s
+        .credentials
+        .iter()
+        .map(|k| {
+            let state = match (&k.revoked_at, &k.disconnected_at) {
+                (None, _) => "live".to_string(),
+                (Some(_), Some(_)) => "revoked, disconnected".to_string(),
+                (Some(_), None) => "revoked".to_string(),
+            };
+            vec![
+                short(&k.public_key),
+                state,
+                ts(Some(k.created_at)),
+                ts(k.revoked_at),
+                ts(k.last_connect_at),
+                k.last_host.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["KEY", "STATE", "CREATED", "REVOKED", "LAST CONNECT", "FROM"], &keys));
+    out.push_str("\nAudit (newest first):\n");
+    let rows: Vec<Vec<String>> = s
+        .audit
+        .iter()
+        .map(|a| {
+            vec![
+                ts(Some(a.at)),
+                a.action.clone(),
+                a.reason.clone().unwrap_or_else(|| "-".into()),
+                a.actor.clone(),
+                a.remote.clone().unwrap_or_else(|| "-".into()),
+                a.detail.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["AT", "ACTION", "REASON", "BY", "FROM", "DETAIL"], &rows));
+    out
+}
+
+#[derive(Debug, Args)]
+pub struct PortalsArgs {
+    #[command(subcommand)]
+    cmd: PortalsCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum PortalsCmd {
+    /// Issue a portal credential for one tenant: an nkey seed written to --out (mode 0600).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// File to write the seed to (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke a portal credential by its public key.
+    Revoke {
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
+}
+
+#[derive(Serialize)]
+struct PortalIssued {
+    tenant_id: String,
+    public_key: String,
+    seed_file: PathBuf,
+}
+
+pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let pool = global.pool().await?;
+    let by = actor();
+    match args.cmd {
+        PortalsCmd::Add { tenant, out } => {
+            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+                .bind(&tenant)
+                .fetch_one(&pool)
+                .await?;
+            anyhow::ensure!(known, "unknown tenant {tenant:?}: add it first with `tillsync tenants add {tenant}`");
+            let key = nkeys::KeyPair::new_user();
+            write_private(&out, &key.seed().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO credentials (public_key, kind, tenant_id, created_by) VALUES ($1, 'portal', $2, $3)",
+            )
+            .bind(key.public_key())
+            .bind(&tenant)
+            .bind(&by)
+            .execute(&mut *tx)
+            .await?;
+            let pk = key.public_key();
+            let audit = records::Audit {
+                action: "portal_issued",
+                tenant: Some(&tenant),
+                public_key: Some(&pk),
+                actor: &by,
+                ..Default::default()
+            };
+            records::audit(&mut *tx, &audit).await?;
+            tx.commit().await?;
+            let issued = PortalIssued { tenant_id: tenant, public_key: pk, seed_file: out };
+            emit(global.json, &issued, |i| {
+                format!(
+                    "Portal credential for tenant {} ({}) written to {}.\nIt may publish tillsync.intake.{}.> and read tillsync.status.{}.> only.",
+                    i.tenant_id,
+                    i.public_key,
+                    i.seed_file.display(),
+                    i.tenant_id,
+                    i.tenant_id
+                )
+            })?;
+        }
+        PortalsCmd::Revoke { key, reason } => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE credentials SET revoked_at = now(), revoked_by = $2, revoke_reason = $3
+                 WHERE public_key = $1 AND kind = 'portal' AND revoked_at IS NULL",
+            )
+            .bind(&key)
+            .bind(&by)
+            .bind(&reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            anyhow::ensure!(n == 1, "no live portal credential has the key {key}");
+            let audit = records::Audit {
+                action: "revoked",
+                reason: Some(&reason),
+                public_key: Some(&key),
+                actor: &by,
+                ..Default::default()
+            };
+            records::audit(&mut *tx, &audit).await?;
+            tx.commit().await?;
+            emit(global.json, &serde_json::json!({"revoked": key}), |_| format!("Portal credential {key} revoked."))?;
+        }
+    }
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (it must not exist yet)", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    cmd: AuthCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCmd {
+    /// Generate the NATS service keys and the nats-server authorization config into DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let AuthCmd::Init { dir } = args.cmd;
+    let files = auth::setup::generate(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let out = serde_json::json!({
+        "dir": files.dir,
+        "server_config": files.path(auth::setup::SERVER_CONF),
+        "broker": files.path(auth::setup::BROKER),
+        "operator": files.path(auth::setup::OPERATOR),
+        "auth_callout": files.path(auth::setup::CALLOUT),
+        "system": files.path(auth::setup::SYSTEM),
+        "issuer": files.path(auth::setup::ISSUER),
+    });
+    emit(global.json, &out, |_| {
+        let p = |n: &str| files.path(n).display().to_string();
+        format!(
+            "Wrote NATS authorization keys to {} (mode 0600).\n\
+             nats-server:   include {}\n\
+             broker:        NATS_CREDS={} TILLSYNC_AUTH_CALLOUT_CREDS={} TILLSYNC_AUTH_ISSUER_SEED={} TILLSYNC_NATS_SYSTEM_CREDS={}\n\
+             tillsync CLI:  NATS_CREDS={}\n",
+            files.dir.display(),
+            p(auth::setup::SERVER_CONF),
+            p(auth::setup::BROKER),
+            p(auth::setup::CALLOUT),
+            p(auth::setup::ISSUER),
+            p(auth::setup::SYSTEM),
+            p(auth::setup::OPERATOR),
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

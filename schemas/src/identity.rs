@@ -1,0 +1,145 @@
+//! Device identity on the wire: activation (a one-time code exchanged for credentials), the
+//! private inbox prefixes NATS permissions confine each client to, and the subjects a device
+//! may touch. `docs/security.md` is the prose version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{streams, subject, DeviceAddr};
+
+/// The NATS user name a bridge connects with while activating (its password is the code).
+pub const ACTIVATION_USER: &str = "activate";
+
+/// Where a bridge asks for activation, named by the public key it proves at connect.
+pub fn activate_subject(public_key: &str) -> String {
+    format!("tillsync.activate.{public_key}")
+}
+
+/// What the broker subscribes to for activations.
+pub const ACTIVATE_SUBJECTS: &str = "tillsync.activate.*";
+
+/// Inbox prefix of an activating client: only the key that signed the connect reads it.
+pub fn activation_inbox(public_key: &str) -> String {
+    format!("_INBOX_ACT.{public_key}")
+}
+
+/// Inbox prefix of a device. Dotted, so no two devices' prefixes are prefixes of each other
+/// (`_INBOX_a_b_c` would be shared by tenant `a_b` store `c` and tenant `a` store `b_c`).
+pub fn device_inbox(addr: &DeviceAddr) -> String {
+    format!("_INBOX_DEV.{}.{}.{}", addr.tenant_id, addr.store_id, addr.device_id)
+}
+
+/// Inbox prefix of a tenant's portal.
+pub fn portal_inbox(tenant: &str) -> String {
+    format!("_INBOX_PORTAL.{tenant}")
+}
+
+/// The request a bridge sends to [`activate_subject`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateRequest {
+    pub code: String,
+}
+
+/// The broker's answer: the identity the key now holds, or a coded refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ActivateReply {
+    Activated {
+        tenant_id: String,
+        store_id: String,
+        device_id: String,
+        /// Public keys commands are signed with (current first, then the next one).
+        command_keys: Vec<String>,
+    },
+    Refused {
+        /// `code_unknown`, `code_used`, `code_expired`, `bad_request` or `unavailable`.
+        code: String,
+        detail: String,
+    },
+}
+
+/// Publish and subscribe allow-lists, as NATS permissions take them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowed {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// Exactly what a device may do (docs/protocol.md 2.3): publish its events, heartbeats and
+/// command acks; create, read and pull its own command consumer and ack its messages; read
+/// its own watermark; receive its watermarks, resend requests and replies.
+pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
+    let consumer = streams::device_commands_consumer(addr);
+    let commands = subject::commands(addr);
+    let api = |verb: &str| format!("$JS.API.CONSUMER.{verb}.{}.{consumer}", streams::COMMANDS);
+    Allowed {
+        publish: vec![
+            subject::events(addr),
+            subject::heartbeats(addr),
+            subject::command_acks(addr),
+            format!("{}.{commands}", api("CREATE")),
+            api("INFO"),
+            api("MSG.NEXT"),
+            format!("$JS.ACK.{}.{consumer}.>", streams::COMMANDS),
+            format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(addr)),
+        ],
+        subscribe: vec![subject::watermarks(addr), subject::resend_requests(addr), format!("{}.>", device_inbox(addr))],
+    }
+}
+
+/// A portal credential: one tenant's intake and status, nothing else.
+pub fn portal_allowed(tenant: &str) -> Allowed {
+    Allowed {
+        publish: vec![format!("tillsync.intake.{tenant}.>")],
+        subscribe: vec![format!("tillsync.status.{tenant}.>"), format!("{}.>", portal_inbox(tenant))],
+    }
+}
+
+/// A bridge holding only an activation code: its activation request and its reply.
+pub fn activation_allowed(public_key: &str) -> Allowed {
+    Allowed {
+        publish: vec![activate_subject(public_key)],
+        subscribe: vec![format!("{}.>", activation_inbox(public_key))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_confined_to_its_own_subjects() {
+        let a = device_allowed(&DeviceAddr::new("acme", "s1", "till-1"));
+        assert!(a.publish.contains(&"tillsync.ev.acme.s1.till-1".to_string()));
+        assert!(a.publish.contains(
+            &"$JS.API.CONSUMER.CREATE.TILLSYNC_COMMANDS.edge_acme_s1_till-1.tillsync.cmd.acme.s1.till-1".to_string()
+        ));
+        assert!(a.publish.contains(&"$JS.API.DIRECT.GET.TILLSYNC_WATERMARKS.tillsync.wm.acme.s1.till-1".to_string()));
+        assert!(a.subscribe.contains(&"_INBOX_DEV.acme.s1.till-1.>".to_string()));
+        // No wildcard reaches past the device's own tokens.
+        for s in a.publish.iter().chain(&a.subscribe) {
+            assert!(s.contains("till-1"), "{s} is not the device's own");
+        }
+    }
+
+    #[test]
+    fn inbox_prefixes_do_not_nest_across_tenants() {
+        let x = device_inbox(&DeviceAddr::new("a_b", "c", "d"));
+        let y = device_inbox(&DeviceAddr::new("a", "b_c", "d"));
+        assert_ne!(x, y);
+        assert!(!x.starts_with(&format!("{y}.")) && !y.starts_with(&format!("{x}.")));
+    }
+
+    #[test]
+    fn a_portal_gets_one_tenant() {
+        let p = portal_allowed("acme");
+        assert_eq!(p.publish, vec!["tillsync.intake.acme.>"]);
+        assert!(p.subscribe.iter().all(|s| s.contains("acme")));
+    }
+
+    #[test]
+    fn activation_replies_round_trip() {
+        let r = ActivateReply::Refused { code: "code_used".into(), detail: "x".into() };
+        let back: ActivateReply = crate::codec::decode(&crate::codec::encode(&r)).unwrap();
+        assert_eq!(back, r);
+    }
+}

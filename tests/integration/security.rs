@@ -1,0 +1,267 @@
+//! Device identity against a nats-server with authorization on (auth callout answered by the
+//! broker): confinement of devices and portals, activation codes, revocation and rotation.
+//! Every refusal is asserted from what the server reports and what the streams hold.
+
+#[path = "security_support.rs"]
+pub(crate) mod support;
+
+use tillsync_edge::identity::{default_path, Identity};
+use tillsync_edge::{Bridge, EventDraft};
+use tillsync_schemas::{identity, streams, subject, DeviceAddr};
+use tillsync_tests::{eventually, eventually_eq, InProcBroker, Stack};
+
+use crate::common::*;
+use support::*;
+
+#[tokio::test]
+async fn a_device_can_touch_only_its_own_subjects() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = DeviceAddr::new("acme", "s1", "till-1");
+    let b = DeviceAddr::new("acme", "s2", "till-2");
+    let a_config = activated_config(&stack, &a, &dir.path().join("a")).await;
+    let b_config = activated_config(&stack, &b, &dir.path().join("b")).await;
+    // B runs, so its command consumer and watermark exist.
+    let b_bridge = Bridge::start(b_config).await.unwrap();
+    b_bridge.submit(EventDraft::new(opened("o-b"))).await.unwrap();
+    eventually_eq(T, "B's event landed", 1, || stack.db.count("SELECT count(*) FROM orders WHERE order_id = 'o-b'"))
+        .await;
+
+    let mut probe = Probe::device(&stack, &default_path(&a_config.db)).await;
+    // Control: A's own publish is stored, so the refusals below are permissions, not a dead link.
+    let js = async_nats::jetstream::new(probe.client.clone());
+    js.publish(subject::heartbeats(&a), "x".into()).await.unwrap().await.expect("A's own heartbeat is acked");
+
+    for s in [subject::events(&b), subject::heartbeats(&b), subject::command_acks(&b)] {
+        probe.publish_refused(&s).await;
+    }
+    let b_consumer = streams::device_commands_consumer(&b);
+    let a_consumer = streams::device_commands_consumer(&a);
+    for s in [
+        format!("$JS.API.CONSUMER.MSG.NEXT.{}.{b_consumer}", streams::COMMANDS),
+        format!("$JS.API.CONSUMER.CREATE.{}.{b_consumer}.{}", streams::COMMANDS, subject::commands(&b)),
+        // Its own consumer name with B's filter: the filter is part of the permission.
+        format!("$JS.API.CONSUMER.CREATE.{}.{a_consumer}.{}", streams::COMMANDS, subject::commands(&b)),
+        format!("$JS.API.CONSUMER.CREATE.{}.{a_consumer}", streams::COMMANDS),
+        format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(&b)),
+        format!("$JS.API.DIRECT.GET.{}", streams::WATERMARKS),
+        "tillsync.intake.acme.s2.till-2".to_string(),
+    ] {
+        probe.publish_refused(&s).await;
+    }
+    // Subscribing to B's traffic is refused too.
+    for s in [subject::watermarks(&b), subject::commands(&b), format!("{}.>", identity::device_inbox(&b))] {
+        let _sub = probe.client.subscribe(s.clone()).await.unwrap();
+        probe.client.flush().await.unwrap();
+        probe.expect_violation(&format!("subscription to \"{s}\"")).await;
+    }
+    // Nothing A tried reached B's subjects.
+    assert_eq!(
+        stored_on(&stack, streams::EVENTS, &format!("{}.>", subject::events(&b))).await,
+        1,
+        "only B's own event"
+    );
+    assert_eq!(stored_on(&stack, streams::COMMAND_ACKS, &format!("{}.>", subject::command_acks(&b))).await, 0);
+    b_bridge.shutdown().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_portal_credential_reaches_one_tenant_only() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    add_tenant(&stack.db.pool, "beta").await;
+    let seed_file = stack.auth.as_ref().unwrap().scratch().join("portal-acme.nk");
+    let (exit, out) = cli(&stack, &["portals", "add", "--tenant", "acme", "--out", seed_file.to_str().unwrap()]).await;
+    assert_eq!(exit, 0, "{out}");
+    let seed = std::fs::read_to_string(&seed_file).unwrap().trim().to_string();
+    let mut portal = Probe::connect(&stack, &seed, identity::portal_inbox("acme")).await.expect("portal connects");
+
+    let js = async_nats::jetstream::new(portal.client.clone());
+    let own = subject::intake("acme", "s1", Some("till-1"));
+    js.publish(own.clone(), "not a command".into()).await.unwrap().await.expect("own tenant's intake is stored");
+    portal.publish_refused(&subject::intake("beta", "s1", Some("till-1"))).await;
+    portal.publish_refused(&subject::cancel("beta", "s1")).await;
+    let _mine = portal.client.subscribe("tillsync.status.acme.>").await.unwrap();
+    let theirs = "tillsync.status.beta.>";
+    let _sub = portal.client.subscribe(theirs).await.unwrap();
+    portal.client.flush().await.unwrap();
+    portal.expect_violation(&format!("subscription to \"{theirs}\"")).await;
+    assert_eq!(stored_on(&stack, streams::INTAKE, "tillsync.intake.beta.>").await, 0);
+
+    // A revoked portal key is refused at its next connect.
+    let key = nkeys::KeyPair::from_seed(&seed).unwrap().public_key();
+    let (exit, _) = cli(&stack, &["portals", "revoke", "--key", &key]).await;
+    assert_eq!(exit, 0);
+    assert!(Probe::connect(&stack, &seed, identity::portal_inbox("acme")).await.is_err(), "revoked portal refused");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_activation_code_works_once_and_every_refusal_is_coded_and_recorded() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeviceAddr::new("acme", "s1", "till-1");
+    let (exit, added) =
+        cli(&stack, &["devices", "add", "--tenant", "acme", "--store", "s1", "--device", "till-1"]).await;
+    assert_eq!(exit, 0, "{added}");
+    let code = added["activation"]["code"].as_str().expect("a code").to_string();
+    assert_eq!(
+        stack.db.count("SELECT count(*) FROM activation_codes WHERE code_hash = encode(sha256(convert_to(upper(replace($$CODE$$, '-', '')), 'UTF8')), 'hex')".replace("CODE", &code).as_str()).await,
+        1,
+        "only the code's hash is stored"
+    );
+    let first = activate(&stack, &dir.path().join("edge.db"), &code).await;
+    assert_eq!((first.exit, first.json["result"].as_str()), (0, Some("activated")), "{}", first.json);
+    let id_file = default_path(&dir.path().join("edge.db"));
+    let id = Identity::load(&id_file).unwrap().unwrap();
+    assert_eq!(id.addr(), d);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&id_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let other = tempfile::tempdir().unwrap();
+    let again = activate(&stack, &other.path().join("edge.db"), &code).await;
+    assert_eq!((again.exit, again.json["code"].as_str()), (3, Some("code_used")), "{}", again.json);
+    let expired = tillsync_tests::code_for(&stack.db.pool, &d, "activate", -1).await;
+    let late = activate(&stack, &other.path().join("edge.db"), &expired).await;
+    assert_eq!((late.exit, late.json["code"].as_str()), (3, Some("code_expired")), "{}", late.json);
+    let unknown = activate(&stack, &other.path().join("edge.db"), &tillsync_broker::auth::new_code()).await;
+    assert_eq!((unknown.exit, unknown.json["code"].as_str()), (3, Some("code_unknown")), "{}", unknown.json);
+    assert!(!default_path(&other.path().join("edge.db")).exists(), "no identity from a refused code");
+
+    let (exit, shown) =
+        cli(&stack, &["devices", "show", "--tenant", "acme", "--store", "s1", "--device", "till-1"]).await;
+    assert_eq!(exit, 0);
+    let actions: Vec<(String, String)> = shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap().into(), a["reason"].as_str().unwrap_or("-").into()))
+        .collect();
+    for want in [
+        ("activated", "-"),
+        ("activation_refused", "code_used"),
+        ("activation_refused", "code_expired"),
+        ("code_issued", "-"),
+    ] {
+        assert!(actions.contains(&(want.0.into(), want.1.into())), "{want:?} in {actions:?}");
+    }
+    assert_eq!(shown["credentials"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        shown["credentials"][0]["public_key"].as_str(),
+        Some(nkeys::KeyPair::from_seed(&id.seed).unwrap().public_key().as_str())
+    );
+    let refused_unknown = stack
+        .db
+        .count("SELECT count(*) FROM identity_audit WHERE action = 'activation_refused' AND reason = 'code_unknown'")
+        .await;
+    assert_eq!(refused_unknown, 1, "an unknown code is recorded too");
+    broker.stop().await;
+}
+
+/// A broker and one activated till `acme/s1/till-1` whose files live in `dir`.
+async fn one_till(stack: &Stack, dir: &std::path::Path) -> (InProcBroker, DeviceAddr, tillsync_edge::Config) {
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let d = DeviceAddr::new("acme", "s1", "till-1");
+    let config = activated_config(stack, &d, dir).await;
+    (broker, d, config)
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_cut_off_and_its_outbox_lands_once_after_reactivation() {
+    let (stack, dir) = (Stack::start_with_auth().await, tempfile::tempdir().unwrap());
+    let (broker, d, config) = one_till(&stack, dir.path()).await;
+    let bridge = Bridge::start(config.clone()).await.unwrap();
+    for i in 0..5 {
+        bridge.submit(EventDraft::new(opened(&format!("o-{i}")))).await.unwrap();
+    }
+    let db = &stack.db;
+    eventually_eq(T, "first events landed", 5, || db.count("SELECT count(*) FROM orders")).await;
+
+    let (exit, out) = cli(
+        &stack,
+        &["devices", "revoke", "--tenant", "acme", "--store", "s1", "--device", "till-1", "--reason", "till stolen"],
+    )
+    .await;
+    assert_eq!((exit, out["credentials_revoked"].as_u64()), (0, Some(1)), "{out}");
+    eventually(T, "bridge disconnected", || async {
+        bridge.status().await.ok().filter(|s| s.connection != "connected").map(|_| ())
+    })
+    .await;
+    eventually(T, "its reconnects refused and recorded", || async {
+        (db.count("SELECT count(*) FROM identity_audit WHERE action = 'connection_refused' AND reason = 'revoked'")
+            .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    // Sales go on at the till: accepted into the outbox, not into Postgres.
+    for i in 5..10 {
+        bridge.submit(EventDraft::new(opened(&format!("o-{i}")))).await.unwrap();
+    }
+    eventually(T, "new sales held in the outbox while cut off", || async {
+        bridge.status().await.ok().filter(|s| s.outbox.rows >= 5 && s.connection != "connected").map(|_| ())
+    })
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, 5, "nothing from a revoked device lands");
+
+    // Re-activated (new code, same running bridge): the outbox drains, every event once.
+    let code = tillsync_tests::activation_code(&db.pool, &d, 24).await;
+    assert_eq!(activate(&stack, &config.db, &code).await.exit, 0);
+    eventually_eq(T, "outbox drained after re-activation", 10, || db.count("SELECT count(*) FROM orders")).await;
+    assert_eq!(db.count("SELECT count(*) FROM processed_events").await, 10, "each event applied once");
+    assert_eq!(db.count("SELECT watermark FROM devices WHERE device_id = 'till-1'").await, 10);
+    let disconnected = db.count("SELECT count(*) FROM credentials WHERE kicked_at IS NOT NULL").await;
+    assert_eq!(disconnected, 1, "the broker disconnected the revoked key");
+    bridge.shutdown().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotation_replaces_the_key_while_sales_go_on() {
+    let (stack, dir) = (Stack::start_with_auth().await, tempfile::tempdir().unwrap());
+    let (broker, _, config) = one_till(&stack, dir.path()).await;
+    let old = Identity::load(&default_path(&config.db)).unwrap().unwrap();
+    let bridge = std::sync::Arc::new(Bridge::start(config.clone()).await.unwrap());
+    let selling = {
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                bridge.submit(EventDraft::new(opened(&format!("o-{i}")))).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let (exit, issued) =
+        cli(&stack, &["devices", "rotate", "--tenant", "acme", "--store", "s1", "--device", "till-1"]).await;
+    assert_eq!(exit, 0, "{issued}");
+    let rotated = activate(&stack, &config.db, issued["code"].as_str().unwrap()).await;
+    assert_eq!(rotated.exit, 0, "{}", rotated.json);
+    let new = Identity::load(&default_path(&config.db)).unwrap().unwrap();
+    assert_ne!(new.seed, old.seed);
+    selling.await.unwrap();
+    let db = &stack.db;
+    eventually_eq(T, "every sale landed", 60, || db.count("SELECT count(*) FROM orders")).await;
+    assert_eq!(db.count("SELECT count(*) FROM processed_events").await, 60);
+    let new_key = nkeys::KeyPair::from_seed(&new.seed).unwrap().public_key();
+    eventually(T, "the bridge reconnected with the new key", || async {
+        let q =
+            format!("SELECT count(*) FROM credentials WHERE public_key = '{new_key}' AND last_connect_at IS NOT NULL");
+        (db.count(&q).await == 1).then_some(())
+    })
+    .await;
+    let old_key = nkeys::KeyPair::from_seed(&old.seed).unwrap().public_key();
+    let q = format!("SELECT count(*) FROM credentials WHERE public_key = '{old_key}' AND revoked_at IS NOT NULL");
+    assert_eq!(db.count(&q).await, 1, "the old key is revoked");
+    assert_eq!(db.count("SELECT count(*) FROM identity_audit WHERE action = 'rotated'").await, 1);
+    match std::sync::Arc::try_unwrap(bridge) {
+        Ok(b) => b.shutdown().await,
+        Err(_) => panic!("bridge still shared"),
+    }
+    broker.stop().await;
+}

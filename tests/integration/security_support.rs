@@ -1,0 +1,137 @@
+//! Helpers for the identity tests: activating bridges the way a store does (the
+//! `tillsync-edge activate` binary), connecting as an activated device or a portal, and
+//! catching the permission violations nats-server reports.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use tillsync_edge::identity::Identity;
+use tillsync_edge::Config;
+use tillsync_schemas::{identity, DeviceAddr};
+use tillsync_tests::{bin_path, Stack};
+use tokio::sync::mpsc;
+
+pub const T: Duration = Duration::from_secs(20);
+
+/// What `tillsync-edge activate --json` printed, and its exit code.
+pub struct Activation {
+    pub exit: i32,
+    pub json: serde_json::Value,
+}
+
+/// Runs `tillsync-edge activate` for a bridge whose outbox is `db` (async: an in-process
+/// broker must keep answering meanwhile).
+pub async fn activate(stack: &Stack, db: &Path, code: &str) -> Activation {
+    let out = tokio::process::Command::new(bin_path("tillsync-edge"))
+        .args(["activate", "--json", "--code", code, "--nats-url", &stack.nats.url(), "--db"])
+        .arg(db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run tillsync-edge activate");
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("activate printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    Activation { exit: out.status.code().unwrap_or(-1), json }
+}
+
+/// A bridge config for `addr` in `dir`, activated with a fresh code (as a store would).
+pub async fn activated_config(stack: &Stack, addr: &DeviceAddr, dir: &Path) -> Config {
+    let config = Config::for_tests(addr, &stack.nats.url(), dir.join("edge.db"));
+    let code = tillsync_tests::activation_code(&stack.db.pool, addr, 24).await;
+    let a = activate(stack, &config.db, &code).await;
+    assert_eq!(a.exit, 0, "activation of {addr:?}: {}", a.json);
+    config
+}
+
+/// The `tillsync` CLI as the operator, with `--json`; returns exit code and stdout JSON.
+pub async fn cli(stack: &Stack, args: &[&str]) -> (i32, serde_json::Value) {
+    let creds = stack.auth.as_ref().map(|a| a.operator_creds()).expect("an auth stack");
+    let out = tokio::process::Command::new(bin_path("tillsync"))
+        .arg("--json")
+        .args(args)
+        .env("DATABASE_URL", &stack.db.url)
+        .env("NATS_URL", stack.nats.url())
+        .env("NATS_CREDS", creds)
+        .env("TILLSYNC_ACTOR", "ops-test")
+        .output()
+        .await
+        .expect("run tillsync");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    if !out.status.success() {
+        eprintln!("tillsync {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// A client holding a key, with the server's error events captured.
+pub struct Probe {
+    pub client: Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+impl Probe {
+    /// Connects with `seed` and `inbox` as the custom inbox prefix.
+    pub async fn connect(stack: &Stack, seed: &str, inbox: String) -> Result<Probe, async_nats::ConnectError> {
+        let (tx, errors) = mpsc::unbounded_channel();
+        let client = ConnectOptions::with_nkey(seed.to_string())
+            .custom_inbox_prefix(inbox)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(stack.nats.url())
+            .await?;
+        Ok(Probe { client, errors })
+    }
+
+    /// Connects as an activated device.
+    pub async fn device(stack: &Stack, identity_file: &Path) -> Probe {
+        let id = Identity::load(identity_file).unwrap().expect("identity file");
+        Probe::connect(stack, &id.seed, identity::device_inbox(&id.addr())).await.expect("device connects")
+    }
+
+    /// Publishes to `subject` and waits for the server to report the publish refused.
+    pub async fn publish_refused(&mut self, subject: &str) {
+        self.client.publish(subject.to_string(), "x".into()).await.unwrap();
+        self.client.flush().await.unwrap();
+        self.expect_violation(&format!("publish to \"{subject}\"")).await;
+    }
+
+    /// Waits for a permissions-violation error naming `what` (case-insensitive).
+    pub async fn expect_violation(&mut self, what: &str) {
+        let what = what.to_lowercase();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let e = tokio::time::timeout_at(deadline, self.errors.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no permissions violation for {what}"))
+                .expect("error channel open");
+            let e = e.to_lowercase();
+            if e.contains("permissions violation") && e.contains(&what) {
+                return;
+            }
+        }
+    }
+}
+
+/// How many messages a stream holds on exactly `subject` (as the operator sees it).
+pub async fn stored_on(stack: &Stack, stream: &str, subject: &str) -> u64 {
+    let js = stack.nats.jetstream().await;
+    let s = js.get_stream(stream).await.unwrap();
+    let info = s.info_with_subjects(subject).await.unwrap();
+    let n = {
+        use futures::StreamExt;
+        let mut info = info;
+        let mut total = 0;
+        while let Some(Ok((_, count))) = info.next().await {
+            total += count as u64;
+        }
+        total
+    };
+    n
+}
