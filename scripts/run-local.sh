@@ -54,8 +54,13 @@ log "migrating $DB_URL"
 "$BIN/tillsync" migrate >/dev/null
 "$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
 
+# The broker signs every command with this key; the simulated bridges trust its public key.
+SIGNING_KEY="$RUN_DIR/signing.nk"
+[ -f "$SIGNING_KEY" ] || "$BIN/tillsync" keys generate "$SIGNING_KEY" >/dev/null
+COMMAND_KEY="$("$BIN/tillsync" keys public "$SIGNING_KEY")"
+
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
-RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
+TILLSYNC_SIGNING_KEY_FILE="$SIGNING_KEY" RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fs "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
@@ -66,7 +71,7 @@ curl -fs "http://$HTTP_ADDR/readyz" >/dev/null || die "broker not ready; see $RU
 
 log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each"
 "$BIN/tillsync-edge" simulate --nats-url "$NATS_URL" --tenant "$TENANT" --stores "$STORES" \
-  --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" >"$RUN_DIR/fleet.log" 2>&1 &
+  --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" --command-keys "$COMMAND_KEY" >"$RUN_DIR/fleet.log" 2>&1 &
 pids+=($!)
 
 # Now and then, act as the portal: a settings patch to a whole store.

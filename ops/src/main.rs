@@ -10,6 +10,7 @@ mod commands;
 mod db;
 mod devices;
 mod global;
+mod keys;
 mod migrate;
 mod output;
 mod partitions;
@@ -60,6 +61,8 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// A chaos run against private real processes with a checker (docs/chaos.md).
     Chaos(chaos::ChaosArgs),
+    /// The broker's command signing keys: generate a seed file, or print a seed's public key.
+    Keys(keys::KeysArgs),
 }
 
 #[tokio::main]
@@ -79,6 +82,7 @@ async fn main() -> ExitCode {
         Command::Devices(args) => devices::run(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
+        Command::Keys(args) => keys::run(args),
     };
     match result {
         Ok(code) => code,
