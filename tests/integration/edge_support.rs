@@ -98,6 +98,32 @@ impl Delivery {
     }
 }
 
+/// Provisions `d` in the broker's database, so a portal command to it is accepted.
+pub async fn provision(stack: &Stack, d: &DeviceAddr) {
+    sqlx::query("INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)")
+        .bind(&d.tenant_id)
+        .bind(&d.store_id)
+        .bind(&d.device_id)
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+}
+
+/// Publishes an approved settings patch to `d` on intake, as the portal does; returns it.
+pub async fn send_via_portal(js: &async_nats::jetstream::Context, d: &DeviceAddr, revision: u64) -> CommandEnvelope {
+    let mut cmd = settings_patch(d, revision, tillsync_edge::now_ms(), 60_000);
+    cmd.approvals = vec![tillsync_schemas::Approval {
+        approver: "bob".into(),
+        role: "manager".into(),
+        approved_at_ms: tillsync_edge::now_ms(),
+    }];
+    let mut h = HeaderMap::new();
+    h.insert(streams::HEADER_MSG_ID, cmd.command_id.as_str());
+    let intake = subject::intake(&d.tenant_id, &d.store_id, Some(&d.device_id));
+    js.publish_with_headers(intake, h, codec::encode(&cmd).into()).await.unwrap().await.unwrap();
+    cmd
+}
+
 /// Every message stored in `stream` on `subject`, oldest first (an ephemeral consumer, no acks).
 pub async fn stored(
     js: &async_nats::jetstream::Context,
