@@ -60,9 +60,15 @@ log "migrating $DB_URL"
 "$BIN/tillsync" migrate >/dev/null
 "$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
 
+# The broker signs every command with this key; the simulated bridges trust its public key.
+SIGNING_KEY="$RUN_DIR/signing.nk"
+[ -f "$SIGNING_KEY" ] || "$BIN/tillsync" keys generate "$SIGNING_KEY" >/dev/null
+COMMAND_KEY="$("$BIN/tillsync" keys public "$SIGNING_KEY")"
+
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
 NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \
   TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
+  TILLSYNC_SIGNING_KEY_FILE="$SIGNING_KEY" \
   RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do

@@ -1,6 +1,7 @@
 //! Broker configuration: environment first, flags override, one `validate()` before start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -122,6 +123,14 @@ pub struct Config {
     /// and another instance takes the partition over, seconds. Renewed every fifth of it.
     #[arg(long, env = "TILLSYNC_LEASE_TTL_S", default_value_t = 5)]
     pub lease_ttl_s: u64,
+    /// File holding the nkey seed (`SU...`) that signs every command delivered to a device.
+    /// Required: bridges refuse unsigned commands.
+    #[arg(long, env = "TILLSYNC_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// File holding the next signing key's seed during a rotation: not used to sign, only
+    /// advertised so bridges can trust it before the switch.
+    #[arg(long, env = "TILLSYNC_SIGNING_KEY_NEXT_FILE")]
+    pub signing_key_next_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -188,6 +197,8 @@ impl Config {
         c.monitor_interval_ms = 250;
         // Fewer partitions: each is four durable consumers, created at start.
         c.partitions = 4;
+        // The public test key, which `tillsync_edge::Config::for_tests` trusts.
+        c.signing_key_file = Some(crate::signing::test_key_file());
         c
     }
 
@@ -238,6 +249,12 @@ impl Config {
                 env.push((name, p.display().to_string()));
             }
         }
+        if let Some(p) = &self.signing_key_file {
+            env.push(("TILLSYNC_SIGNING_KEY_FILE", p.display().to_string()));
+        }
+        if let Some(p) = &self.signing_key_next_file {
+            env.push(("TILLSYNC_SIGNING_KEY_NEXT_FILE", p.display().to_string()));
+        }
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }
@@ -252,6 +269,7 @@ mod tests {
         c.validate().unwrap();
         let env = c.to_env();
         assert!(env.iter().any(|(k, v)| k == "NATS_URL" && v == "nats://x:1"));
+        assert!(env.iter().any(|(k, _)| k == "TILLSYNC_SIGNING_KEY_FILE"));
     }
 
     #[test]

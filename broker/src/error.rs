@@ -4,6 +4,8 @@
 pub enum BrokerError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("command signing key: {0}")]
+    SigningKey(String),
     #[error("cannot connect to NATS at {url}: {source}")]
     NatsConnect {
         url: String,

@@ -24,6 +24,7 @@ pub mod partitions;
 pub mod ports;
 pub mod quarantine;
 pub mod repair;
+pub mod signing;
 pub mod spine;
 pub mod streams;
 pub mod tenants;
@@ -55,6 +56,8 @@ pub struct Ctx {
     pub tenants: tenants::Tenants,
     /// Marks command statuses published (batched).
     pub marks: commands::publish::Marks,
+    /// Signs every command delivery.
+    pub signer: Arc<signing::Signer>,
     /// The partitions this instance owns, and their fences.
     pub partitions: partitions::Ownership,
     pub slots: Slots,
@@ -78,6 +81,8 @@ impl Broker {
     /// Connects, migrates, ensures streams, starts the actors and every consumer task.
     pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
+        let signer = Arc::new(signing::Signer::load(&config)?);
+        tracing::info!(signing_key = %signer.public_key(), trusted = ?signer.trusted_public_keys(), "Commands are signed.");
         let prometheus = metrics::install();
         let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl()).await?;
         db::migrate(&pool).await?;
@@ -101,7 +106,7 @@ impl Broker {
             ..ActorConfig::default()
         };
         let marks = commands::publish::Marks::start(keyed.clone());
-        let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone(), marks.clone());
+        let pg_ports = ports::PgPorts::new(pool.clone()).with_commands(js.clone(), marks.clone(), signer.clone());
         let actors = ActorSystem::start(actor_config, Arc::new(pg_ports))
             .await
             .map_err(|e| BrokerError::Config(e.to_string()))?;
@@ -119,6 +124,7 @@ impl Broker {
             js,
             actors,
             marks,
+            signer,
             cancel: CancellationToken::new(),
         });
         let listener = tokio::net::TcpListener::bind(ctx.config.http_addr)

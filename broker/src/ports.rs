@@ -19,8 +19,13 @@ impl PgPorts {
     }
 
     /// Enables the command inbox ports, which publish through `js`.
-    pub fn with_commands(mut self, js: async_nats::jetstream::Context, marks: crate::commands::publish::Marks) -> Self {
-        self.commands = Some(CommandIo { pool: self.pool.clone(), js, marks });
+    pub fn with_commands(
+        mut self,
+        js: async_nats::jetstream::Context,
+        marks: crate::commands::publish::Marks,
+        signer: std::sync::Arc<crate::signing::Signer>,
+    ) -> Self {
+        self.commands = Some(CommandIo { pool: self.pool.clone(), js, marks, signer });
         self
     }
 

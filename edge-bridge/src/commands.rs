@@ -12,6 +12,8 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use sqlx::sqlite::SqlitePool;
 use tillsync_schemas::ack::codes;
+use tillsync_schemas::ids::check_uuid_or_ulid;
+use tillsync_schemas::signature::{self, SignatureError};
 use tillsync_schemas::{codec, streams, subject, CommandAck, CommandEnvelope, DeviceAddr, Outcome};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +75,8 @@ pub struct Executor {
     pub js: async_nats::jetstream::Context,
     pub pool: SqlitePool,
     pub handler: HandlerSpec,
+    /// Public keys whose command signatures are accepted ([`crate::Config::trusted_command_keys`]).
+    pub trusted_keys: Arc<Vec<String>>,
     pub handler_timeout: Duration,
     pub ack_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -147,6 +151,10 @@ impl Executor {
 
     async fn handle(&self, msg: &async_nats::jetstream::Message) -> Result<(), String> {
         let db = |e: sqlx::Error| format!("SQLite: {e}");
+        // Before anything else: nothing unverified reaches the ledger's dedupe or the handler.
+        if let Err(error) = self.verify(msg) {
+            return self.refuse_signature(msg, &error).await;
+        }
         let cmd = match codec::decode_command(&msg.subject, &msg.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -194,6 +202,34 @@ impl Executor {
         self.publish_ack(&cmd, outcome, &code, &detail).await
     }
 
+    fn verify(&self, msg: &async_nats::jetstream::Message) -> Result<(), SignatureError> {
+        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        let (key, sig) = (header(signature::HEADER_KEY), header(signature::HEADER_SIGNATURE));
+        signature::verify(&self.trusted_keys, key, sig, &msg.subject, &msg.payload)
+    }
+
+    /// Keeps the message in `refused_commands` and, when a command id can be read from it, acks
+    /// it `rejected` / `bad_signature`. The command ledger is left alone: it is keyed by
+    /// command_id, and a forged copy must not decide what the genuine command gets.
+    async fn refuse_signature(
+        &self,
+        msg: &async_nats::jetstream::Message,
+        error: &SignatureError,
+    ) -> Result<(), String> {
+        self.metrics.commands_bad_signature.increment(1);
+        let command_id = readable_command_id(&msg.payload);
+        tracing::warn!(%error, subject = %msg.subject, ?command_id, "Command refused: bad signature.");
+        let detail = error.to_string();
+        ledger::refuse(&self.pool, &msg.subject, codes::BAD_SIGNATURE, &detail, &msg.payload)
+            .await
+            .map_err(|e| format!("SQLite: {e}"))?;
+        let Some(command_id) = command_id else { return Ok(()) };
+        self.metrics.command(Outcome::Rejected.as_str()).increment(1);
+        // Its own Nats-Msg-Id: the genuine command's ack must not be dropped as its duplicate.
+        let msg_id = format!("{}:{}", ack_msg_id(&self.addr.device_id, &command_id), codes::BAD_SIGNATURE);
+        self.publish_ack_as(&msg_id, &command_id, Outcome::Rejected, codes::BAD_SIGNATURE, &detail).await
+    }
+
     async fn publish_ack(
         &self,
         cmd: &CommandEnvelope,
@@ -201,9 +237,21 @@ impl Executor {
         code: &str,
         detail: &str,
     ) -> Result<(), String> {
+        self.publish_ack_as(&ack_msg_id(&self.addr.device_id, &cmd.command_id), &cmd.command_id, outcome, code, detail)
+            .await
+    }
+
+    async fn publish_ack_as(
+        &self,
+        msg_id: &str,
+        command_id: &str,
+        outcome: Outcome,
+        code: &str,
+        detail: &str,
+    ) -> Result<(), String> {
         let ack = CommandAck {
             schema_version: tillsync_schemas::SCHEMA_VERSION,
-            command_id: cmd.command_id.clone(),
+            command_id: command_id.to_string(),
             tenant_id: self.addr.tenant_id.clone(),
             store_id: self.addr.store_id.clone(),
             device_id: self.addr.device_id.clone(),
@@ -213,7 +261,7 @@ impl Executor {
             at_ms: now_ms(),
         };
         let mut headers = HeaderMap::new();
-        headers.insert(streams::HEADER_MSG_ID, ack_msg_id(&self.addr.device_id, &cmd.command_id).as_str());
+        headers.insert(streams::HEADER_MSG_ID, msg_id);
         headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
         headers.insert(streams::HEADER_SCHEMA_VERSION, tillsync_schemas::SCHEMA_VERSION.to_string().as_str());
         let fut = self
@@ -227,6 +275,18 @@ impl Executor {
             Err(_) => Err("command ack: no publish ack in time".into()),
         }
     }
+}
+
+/// The command id of a refused message, if it has a valid one. Read without checking the rest
+/// of the envelope: a copy signed for another device names that device and would not decode
+/// for this subject, yet the portal should still hear why this device refused it.
+fn readable_command_id(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        command_id: String,
+    }
+    let id = codec::decode::<IdOnly>(payload).ok()?.command_id;
+    check_uuid_or_ulid("command_id", &id).ok().map(|_| id)
 }
 
 #[cfg(test)]
@@ -248,6 +308,16 @@ mod tests {
             approvals: vec![],
             if_match,
         }
+    }
+
+    #[test]
+    fn a_refused_message_yields_its_command_id_when_it_has_a_valid_one() {
+        let c = cmd(None);
+        assert_eq!(readable_command_id(&codec::encode(&c)), Some(c.command_id.clone()));
+        let mut bad = c.clone();
+        bad.command_id = "not-an-id".into();
+        assert_eq!(readable_command_id(&codec::encode(&bad)), None);
+        assert_eq!(readable_command_id(b"\xc1 garbage"), None);
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub struct Config {
     /// (and not moved) for this long, seconds; doubles per resend of the same row, up to 32x.
     #[arg(long, env = "TILLSYNC_EDGE_RESEND_AFTER_S", default_value_t = 30)]
     pub resend_after_s: u64,
+    /// Public nkeys (`U...`, comma separated) whose signatures on commands this bridge
+    /// accepts: the broker's signing key, and during a rotation its next key. With none, every
+    /// command is refused `bad_signature`.
+    #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS", value_delimiter = ',')]
+    pub command_keys: Vec<String>,
 }
 
 /// Parses a [`Config`] from arguments alone (tests, simulations).
@@ -125,6 +130,8 @@ impl Config {
         c.ack_timeout_ms = 2_000;
         c.handler_timeout_ms = 2_000;
         c.sqlite_sync = "normal".into();
+        // The key of the test seed every test broker signs with.
+        c.command_keys = vec![tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string()];
         c
     }
 
@@ -153,7 +160,18 @@ impl Config {
                 ));
             }
         }
+        for key in &id.command_keys {
+            if !self.command_keys.contains(key) {
+                self.command_keys.push(key.clone());
+            }
+        }
         Ok(Some(id))
+    }
+
+    /// The public keys whose command signatures this bridge accepts. Today only the configured
+    /// list; kept as the one place to ask, so other sources of trusted keys join here.
+    pub fn trusted_command_keys(&self) -> Vec<String> {
+        self.command_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect()
     }
 
     pub fn addr(&self) -> DeviceAddr {
@@ -169,6 +187,9 @@ impl Config {
             return Err(format!("http_addr {} must be a loopback address", self.http_addr));
         }
         self.handler_spec()?;
+        for key in self.trusted_command_keys() {
+            tillsync_schemas::signature::check_public_key(&key).map_err(|e| format!("command_keys: {e}"))?;
+        }
         let checks = [
             (self.outbox_max_rows == 0, "outbox_max_rows must be positive"),
             (self.outbox_max_bytes < 64 * 1024, "outbox_max_bytes must be at least 64 KiB"),
@@ -239,6 +260,9 @@ impl Config {
         if let Some(p) = &self.handler_exec {
             env.push(("TILLSYNC_EDGE_HANDLER_EXEC", p.display().to_string()));
         }
+        if !self.command_keys.is_empty() {
+            env.push(("TILLSYNC_EDGE_COMMAND_KEYS", self.command_keys.join(",")));
+        }
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }
@@ -252,6 +276,20 @@ mod tests {
         let c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://x:1", "/tmp/x.db");
         c.validate().unwrap();
         assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_DEVICE" && v == "till-1"));
+        let keys = tillsync_schemas::signature::TEST_PUBLIC_KEY;
+        assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_EDGE_COMMAND_KEYS" && v == keys));
+    }
+
+    #[test]
+    fn command_keys_are_comma_separated_public_keys() {
+        let key = tillsync_schemas::signature::TEST_PUBLIC_KEY;
+        let both = format!("{key},{key}");
+        let c =
+            Standalone::parse_from(["e", "--tenant", "a", "--store", "s", "--device", "d", "--command-keys", &both]);
+        assert_eq!(c.config.trusted_command_keys(), vec![key.to_string(), key.to_string()]);
+        let mut c = c.config;
+        c.command_keys = vec![tillsync_schemas::signature::TEST_SEED.to_string()];
+        assert!(c.validate().unwrap_err().contains("command_keys"));
     }
 
     #[test]

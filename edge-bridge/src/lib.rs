@@ -90,6 +90,14 @@ impl Bridge {
         config.validate().map_err(BridgeError::Config)?;
         let addr = config.addr();
         let handler = config.handler_spec().map_err(BridgeError::Config)?;
+        let trusted_keys = Arc::new(config.trusted_command_keys());
+        if trusted_keys.is_empty() {
+            // Started anyway: events still flow up; only commands are refused.
+            tracing::error!(
+                "No command keys: every command will be refused bad_signature. Set --command-keys \
+                 (TILLSYNC_EDGE_COMMAND_KEYS) to the broker's public signing key."
+            );
+        }
         let metrics = Arc::new(metrics::Metrics::new());
         let pool = db::open(&config.db, config.sqlite_sync == "full").await?;
         db::bind_identity(&pool, &addr).await?;
@@ -165,6 +173,7 @@ impl Bridge {
                 js: js.clone(),
                 pool,
                 handler,
+                trusted_keys: trusted_keys.clone(),
                 handler_timeout: config.handler_timeout(),
                 ack_timeout: config.ack_timeout(),
                 metrics: metrics.clone(),

@@ -20,6 +20,7 @@ pub const CONNECTED: &str = "tillsync_edge_nats_connected";
 pub const COMMANDS: &str = "tillsync_edge_commands_total";
 pub const COMMAND_DUPLICATES: &str = "tillsync_edge_command_duplicates_total";
 pub const COMMANDS_UNDECODABLE: &str = "tillsync_edge_commands_undecodable_total";
+pub const COMMANDS_BAD_SIGNATURE: &str = "tillsync_edge_commands_bad_signature_total";
 pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
 pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub connected: Gauge,
     pub command_duplicates: Counter,
     pub commands_undecodable: Counter,
+    pub commands_bad_signature: Counter,
     pub handler_latency: Histogram,
     pub heartbeats: Counter,
     pub heartbeat_failures: Counter,
@@ -82,6 +84,7 @@ impl Metrics {
             connected: g(CONNECTED),
             command_duplicates: c(COMMAND_DUPLICATES),
             commands_undecodable: c(COMMANDS_UNDECODABLE),
+            commands_bad_signature: c(COMMANDS_BAD_SIGNATURE),
             handler_latency: recorder.register_histogram(&Key::from_static_name(HANDLER_LATENCY), &META),
             heartbeats: c(HEARTBEATS),
             heartbeat_failures: c(HEARTBEAT_FAILURES),
@@ -145,6 +148,10 @@ fn describe(r: &PrometheusRecorder) {
     counter(COMMANDS, "Commands handled, by outcome (applied, failed, rejected).");
     counter(COMMAND_DUPLICATES, "Redelivered commands answered with their stored outcome.");
     counter(COMMANDS_UNDECODABLE, "Command messages refused as undecodable (kept in refused_commands).");
+    counter(
+        COMMANDS_BAD_SIGNATURE,
+        "Command messages refused as unsigned, signed by an untrusted key, altered or signed for another device.",
+    );
     r.describe_histogram(HANDLER_LATENCY.into(), Some(Unit::Seconds), "Command handler run time.".into());
     counter(HEARTBEATS, "Heartbeats published.");
     counter(HEARTBEAT_FAILURES, "Heartbeats that could not be published.");

@@ -38,6 +38,9 @@ pub struct SimArgs {
     /// Heartbeat interval of each device, seconds.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_s: u64,
+    /// Public keys whose command signatures the devices accept (the broker's signing key).
+    #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS", value_delimiter = ',')]
+    pub command_keys: Vec<String>,
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 5)]
     pub summary_s: u64,
@@ -55,6 +58,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
             let mut config = Config::new(&addr, &args.nats_url, db);
             config.nats_creds = args.nats_creds.clone();
             config.heartbeat_s = args.heartbeat_s;
+            config.command_keys = args.command_keys.clone();
             // Many files on one disk: crash safety is enough for a demo, power-loss safety costs fsyncs.
             config.sqlite_sync = "normal".into();
             bridges.push(std::sync::Arc::new(Bridge::start(config).await?));

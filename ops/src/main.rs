@@ -11,6 +11,7 @@ mod db;
 mod devices;
 mod global;
 mod identity;
+mod keys;
 mod migrate;
 mod output;
 mod partitions;
@@ -66,6 +67,8 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// A chaos run against private real processes with a checker (docs/chaos.md).
     Chaos(chaos::ChaosArgs),
+    /// The broker's command signing keys: generate a seed file, or print a seed's public key.
+    Keys(keys::KeysArgs),
 }
 
 #[tokio::main]
@@ -87,6 +90,7 @@ async fn main() -> ExitCode {
         Command::Auth(args) => identity::auth_cmd(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
+        Command::Keys(args) => keys::run(args),
     };
     match result {
         Ok(code) => code,

@@ -35,6 +35,9 @@ pub mod codes {
     pub const HANDLER_TIMEOUT: &str = "handler_timeout";
     pub const HANDLER_ERROR: &str = "handler_error";
     pub const UNSUPPORTED: &str = "unsupported";
+    /// The command is unsigned, signed by a key the device does not trust, altered, or signed
+    /// for another device.
+    pub const BAD_SIGNATURE: &str = "bad_signature";
 }
 
 /// `tillsync.cack.<tenant>.<store>.<device>`: one per command outcome; resent acks are idempotent.

@@ -3,7 +3,8 @@
 //! Everything that crosses NATS is defined here: the subject hierarchy (built only by the
 //! functions in [`subject`]), the envelopes for events, heartbeats, commands, command acks,
 //! ack watermarks, command status and resend requests, their MessagePack encoding ([`codec`]) and their
-//! validation with stable, coded reasons ([`error::Reason`]). `docs/protocol.md` is the prose
+//! validation with stable, coded reasons ([`error::Reason`]), and which bytes of a command the
+//! broker signs ([`signature`]). `docs/protocol.md` is the prose
 //! version of this crate for people writing a bridge in another language.
 
 pub mod ack;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod ids;
 pub mod partition;
 pub mod resend;
+pub mod signature;
 pub mod status;
 pub mod streams;
 pub mod subject;

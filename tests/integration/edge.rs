@@ -334,13 +334,7 @@ async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acke
     let stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
     let d = DeviceAddr::new("acme", "s1", "till-p");
-    sqlx::query("INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)")
-        .bind(&d.tenant_id)
-        .bind(&d.store_id)
-        .bind(&d.device_id)
-        .execute(&stack.db.pool)
-        .await
-        .unwrap();
+    provision(&stack, &d).await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let js = stack.nats.jetstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -349,16 +343,7 @@ async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acke
     cfg.handler_exec = Some(handler.clone());
     let bridge = Bridge::start(cfg).await.unwrap();
 
-    let mut cmd = settings_patch(&d, 5, tillsync_edge::now_ms(), 60_000);
-    cmd.approvals = vec![tillsync_schemas::Approval {
-        approver: "bob".into(),
-        role: "manager".into(),
-        approved_at_ms: tillsync_edge::now_ms(),
-    }];
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(tillsync_schemas::streams::HEADER_MSG_ID, cmd.command_id.as_str());
-    let intake = tillsync_schemas::subject::intake(&d.tenant_id, &d.store_id, Some(&d.device_id));
-    js.publish_with_headers(intake, h, tillsync_schemas::codec::encode(&cmd).into()).await.unwrap().await.unwrap();
+    let cmd = send_via_portal(&js, &d, 5).await;
 
     let q = format!("SELECT count(*) FROM command_inbox WHERE command_id = '{}' AND state = 'acked'", cmd.command_id);
     eventually_eq(T, "command acked in the broker's inbox", 1, || stack.db.count(&q)).await;

@@ -11,7 +11,9 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use tillsync_edge::{Bridge, Config, Status};
-use tillsync_schemas::{codec, streams, subject, CommandAck, CommandBody, CommandEnvelope, DeviceAddr, SCHEMA_VERSION};
+use tillsync_schemas::{
+    codec, signature, streams, subject, CommandAck, CommandBody, CommandEnvelope, DeviceAddr, SCHEMA_VERSION,
+};
 use tillsync_tests::{bin_path, eventually, Stack};
 
 pub const T: Duration = Duration::from_secs(20);
@@ -51,14 +53,75 @@ pub fn settings_patch(addr: &DeviceAddr, revision: u64, issued_at_ms: i64, ttl_m
     }
 }
 
-/// Publishes delivery `attempt` of a command on the device's command subject, as the broker does.
+/// Publishes delivery `attempt` of a command on the device's command subject, as the broker does
+/// (signed with the test key every test bridge trusts).
 pub async fn publish_command(js: &async_nats::jetstream::Context, cmd: &CommandEnvelope, attempt: u32) {
     let addr = DeviceAddr::new(&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref().unwrap());
+    let payload = codec::encode(cmd);
+    let sig = signature::sign(&test_key(), &subject::commands(&addr), &payload);
+    let msg =
+        Delivery { subject: subject::commands(&addr), payload, key: Some(test_key().public_key()), sig: Some(sig) };
+    msg.publish(js, &cmd.command_id, attempt).await;
+}
+
+/// The signing key of every test broker ([`signature::TEST_SEED`]).
+pub fn test_key() -> nkeys::KeyPair {
+    nkeys::KeyPair::from_seed(signature::TEST_SEED).unwrap()
+}
+
+/// A command message as it reaches a device, taken apart so a test can alter or move it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    /// `Tillsync-Key`, `Tillsync-Signature`; None leaves the header out.
+    pub key: Option<String>,
+    pub sig: Option<String>,
+}
+
+impl Delivery {
+    /// Publishes it as delivery `attempt` (the attempt makes the `Nats-Msg-Id`, so a second
+    /// attempt of the same bytes is stored again, as a broker republish is).
+    pub async fn publish(&self, js: &async_nats::jetstream::Context, command_id: &str, attempt: u32) {
+        let device = self.subject.rsplit('.').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(streams::HEADER_MSG_ID, format!("{command_id}:{device}:{attempt}").as_str());
+        h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
+        h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
+        if let Some(key) = &self.key {
+            h.insert(signature::HEADER_KEY, key.as_str());
+        }
+        if let Some(sig) = &self.sig {
+            h.insert(signature::HEADER_SIGNATURE, sig.as_str());
+        }
+        js.publish_with_headers(self.subject.clone(), h, self.payload.clone().into()).await.unwrap().await.unwrap();
+    }
+}
+
+/// Provisions `d` in the broker's database, so a portal command to it is accepted.
+pub async fn provision(stack: &Stack, d: &DeviceAddr) {
+    sqlx::query("INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)")
+        .bind(&d.tenant_id)
+        .bind(&d.store_id)
+        .bind(&d.device_id)
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
+}
+
+/// Publishes an approved settings patch to `d` on intake, as the portal does; returns it.
+pub async fn send_via_portal(js: &async_nats::jetstream::Context, d: &DeviceAddr, revision: u64) -> CommandEnvelope {
+    let mut cmd = settings_patch(d, revision, tillsync_edge::now_ms(), 60_000);
+    cmd.approvals = vec![tillsync_schemas::Approval {
+        approver: "bob".into(),
+        role: "manager".into(),
+        approved_at_ms: tillsync_edge::now_ms(),
+    }];
     let mut h = HeaderMap::new();
-    h.insert(streams::HEADER_MSG_ID, format!("{}:{}:{attempt}", cmd.command_id, addr.device_id).as_str());
-    h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
-    h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
-    js.publish_with_headers(subject::commands(&addr), h, codec::encode(cmd).into()).await.unwrap().await.unwrap();
+    h.insert(streams::HEADER_MSG_ID, cmd.command_id.as_str());
+    let intake = subject::intake(&d.tenant_id, &d.store_id, Some(&d.device_id));
+    js.publish_with_headers(intake, h, codec::encode(&cmd).into()).await.unwrap().await.unwrap();
+    cmd
 }
 
 /// Every message stored in `stream` on `subject`, oldest first (an ephemeral consumer, no acks).

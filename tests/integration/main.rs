@@ -16,4 +16,5 @@ mod scale;
 mod scale_support;
 mod security;
 mod signals;
+mod signed;
 mod upgrade;

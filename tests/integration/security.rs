@@ -120,6 +120,8 @@ async fn an_activation_code_works_once_and_every_refusal_is_coded_and_recorded()
     let id_file = default_path(&dir.path().join("edge.db"));
     let id = Identity::load(&id_file).unwrap().unwrap();
     assert_eq!(id.addr(), d);
+    let signing = tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string();
+    assert_eq!(id.command_keys, vec![signing], "activation hands over the command-signing key");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&id_file).unwrap().permissions().mode() & 0o777, 0o600);
 

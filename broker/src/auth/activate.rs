@@ -133,6 +133,6 @@ async fn provision(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, d: &DeviceAdd
 }
 
 /// The public keys commands are signed with, current first.
-fn command_keys(_ctx: &Ctx) -> Vec<String> {
-    Vec::new()
+fn command_keys(ctx: &Ctx) -> Vec<String> {
+    ctx.signer.trusted_public_keys()
 }

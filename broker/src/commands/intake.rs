@@ -176,7 +176,7 @@ async fn accept(ctx: &Arc<Ctx>, fence: Fence, gathered: Vec<(Message, CommandEnv
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
         tracing::warn!(%error, "Command status not published; the sweeper retries it.");
     }
-    let (seqs, published) = publish::first_deliveries(&ctx.js, &deliveries).await;
+    let (seqs, published) = publish::first_deliveries(&ctx.js, &ctx.signer, &deliveries).await;
     let copies: Vec<_> =
         deliveries.iter().zip(seqs).map(|((addr, cmd), seq)| (addr.clone(), cmd.command_id.clone(), seq)).collect();
     if let Err(error) = store::record_copies(&ctx.pool, &copies).await {

@@ -1,6 +1,8 @@
 //! The I/O behind the device actor's inbox ports: persist a transition, then publish it (the
 //! delivery, then its status), then count it.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::Context;
 use sqlx::PgPool;
 use tillsync_actors::policy::{CopyState, Publish};
@@ -9,13 +11,15 @@ use tillsync_schemas::{CommandState, DeviceAddr};
 
 use super::{copies, publish, store, CommandError};
 use crate::metrics;
+use crate::signing::Signer;
 
-/// What the inbox ports need: the database and JetStream.
+/// What the inbox ports need: the database, JetStream and the signing key.
 #[derive(Clone)]
 pub struct CommandIo {
     pub pool: PgPool,
     pub js: Context,
     pub marks: publish::Marks,
+    pub signer: Arc<Signer>,
 }
 
 impl CommandIo {
@@ -65,7 +69,7 @@ impl CommandIo {
         envelope: &[u8],
         attempt: u32,
     ) -> Result<bool, CommandError> {
-        let seq = publish::command(&self.js, a, envelope, attempt).await?;
+        let seq = publish::command(&self.js, &self.signer, a, envelope, attempt).await?;
         store::record_copies(&self.pool, &[(a.clone(), command_id.to_string(), seq)]).await?;
         Ok(true)
     }

@@ -5,11 +5,14 @@
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use sqlx::PgPool;
-use tillsync_schemas::{codec, streams, subject, CommandEnvelope, CommandStatus, DeviceAddr, SCHEMA_VERSION};
+use tillsync_schemas::{
+    codec, signature, streams, subject, CommandEnvelope, CommandStatus, DeviceAddr, SCHEMA_VERSION,
+};
 use tokio::sync::mpsc;
 
 use super::store::{self, LogRow};
 use super::CommandError;
+use crate::signing::Signer;
 
 /// `Nats-Msg-Id` of one delivery of a command to one device.
 pub fn delivery_msg_id(command_id: &str, device_id: &str, attempt: u32) -> String {
@@ -56,9 +59,15 @@ fn headers(msg_id: &str) -> HeaderMap {
 
 /// Publishes delivery `attempt` of a stored envelope to one device, with its device id filled
 /// in; returns its stream sequence.
-pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: u32) -> Result<u64, CommandError> {
+pub async fn command(
+    js: &Context,
+    signer: &Signer,
+    addr: &DeviceAddr,
+    envelope: &[u8],
+    attempt: u32,
+) -> Result<u64, CommandError> {
     let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
-    let (seqs, result) = pipelined(js, vec![delivery(addr, &cmd, attempt)]).await;
+    let (seqs, result) = pipelined(js, vec![delivery(signer, addr, &cmd, attempt)]).await;
     result?;
     seqs.first().copied().ok_or_else(|| CommandError::Publish("no PubAck".into()))
 }
@@ -67,18 +76,24 @@ pub async fn command(js: &Context, addr: &DeviceAddr, envelope: &[u8], attempt: 
 /// confirmed (a prefix) and the first failure; the sweeper publishes the rest again.
 pub async fn first_deliveries(
     js: &Context,
+    signer: &Signer,
     items: &[(DeviceAddr, &CommandEnvelope)],
 ) -> (Vec<u64>, Result<(), CommandError>) {
-    pipelined(js, items.iter().map(|(addr, cmd)| delivery(addr, cmd, 1)).collect()).await
+    pipelined(js, items.iter().map(|(addr, cmd)| delivery(signer, addr, cmd, 1)).collect()).await
 }
 
-/// Subject, headers and payload of delivery `attempt` of `cmd` to one device.
-fn delivery(addr: &DeviceAddr, cmd: &CommandEnvelope, attempt: u32) -> Outgoing {
+/// Subject, headers and payload of delivery `attempt` of `cmd` to one device, signed for that
+/// device's subject (the bridge refuses it otherwise).
+fn delivery(signer: &Signer, addr: &DeviceAddr, cmd: &CommandEnvelope, attempt: u32) -> Outgoing {
     let mut cmd = cmd.clone();
     cmd.device_id = Some(addr.device_id.clone());
+    let subject = subject::commands(addr);
+    let payload = codec::encode(&cmd);
     let mut h = headers(&delivery_msg_id(&cmd.command_id, &addr.device_id, attempt));
     h.insert(streams::HEADER_ATTEMPT, attempt.to_string().as_str());
-    (subject::commands(addr), h, codec::encode(&cmd))
+    h.insert(signature::HEADER_KEY, signer.public_key().as_str());
+    h.insert(signature::HEADER_SIGNATURE, signer.sign(&subject, &payload).as_str());
+    (subject, h, payload)
 }
 
 pub fn status_of(row: &LogRow) -> CommandStatus {

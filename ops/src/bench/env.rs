@@ -105,6 +105,8 @@ impl Env {
         c.http_addr = "127.0.0.1:0".parse().expect("static address");
         c.instance_id = Some(format!("bench-{}", std::process::id()));
         c.auto_tenants = false;
+        // The public test key: bench devices are simulated and never act on a command.
+        c.signing_key_file = Some(tillsync_broker::signing::test_key_file());
         if !self.nats.is_empty() {
             // Streams on a private cluster are replicated to three nodes, as in production.
             c.stream_replicas = self.nats.len().min(3);

@@ -70,6 +70,9 @@ impl Fleet {
             env.push(("DATABASE_URL".into(), pg.url()));
             env.push(("TILLSYNC_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
             env.push(("TILLSYNC_INSTANCE_ID".into(), format!("chaos-broker-{b}")));
+            // The public test key (chaos devices are private to the run); bridges trust it below.
+            let key = tillsync_broker::signing::test_key_file();
+            env.push(("TILLSYNC_SIGNING_KEY_FILE".into(), key.display().to_string()));
             env.push(("RUST_LOG".into(), "info".into()));
             broker_procs.push(Proc::new(&format!("broker-{b}"), &bins.broker, vec![], env, &logs));
         }
@@ -102,6 +105,8 @@ impl Fleet {
                     "2000",
                     "--sqlite-sync",
                     "normal",
+                    "--command-keys",
+                    tillsync_schemas::signature::TEST_PUBLIC_KEY,
                 ];
                 Proc::new(&d.device_id, &bins.edge, args.map(String::from).to_vec(), vec![], &logs)
             })

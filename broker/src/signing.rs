@@ -1,0 +1,110 @@
+//! The broker's command signing key ([`tillsync_schemas::signature`]): loaded once at start from
+//! `--signing-key-file`, it signs every delivery. A second key (`--signing-key-next-file`) is
+//! only advertised, so bridges can trust it before the broker switches to it (rotation).
+
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+use tillsync_schemas::signature;
+
+use crate::config::Config;
+use crate::error::BrokerError;
+
+pub struct Signer {
+    current: KeyPair,
+    /// Public key of the next key, trusted by bridges ahead of the switch; never signs here.
+    next: Option<String>,
+}
+
+impl std::fmt::Debug for Signer {
+    // The seed must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("current", &self.current.public_key()).field("next", &self.next).finish()
+    }
+}
+
+impl Signer {
+    /// Reads the key files named by the configuration; a broker without a usable key must not
+    /// start, since every bridge would refuse its commands.
+    pub fn load(config: &Config) -> Result<Signer, BrokerError> {
+        let path = config.signing_key_file.as_deref().ok_or_else(|| {
+            BrokerError::SigningKey(
+                "no signing key configured: set --signing-key-file or TILLSYNC_SIGNING_KEY_FILE to a file \
+                 holding an nkey seed (`tillsync keys generate FILE` writes one)"
+                    .into(),
+            )
+        })?;
+        let current = read_seed(path)?;
+        let next = match &config.signing_key_next_file {
+            Some(p) => Some(read_seed(p)?.public_key()),
+            None => None,
+        };
+        Ok(Signer { current, next })
+    }
+
+    /// The public key of the key that signs, sent in the `Tillsync-Key` header.
+    pub fn public_key(&self) -> String {
+        self.current.public_key()
+    }
+
+    /// The `Tillsync-Signature` of `payload` delivered on `subject`.
+    pub fn sign(&self, subject: &str, payload: &[u8]) -> String {
+        signature::sign(&self.current, subject, payload)
+    }
+
+    /// What bridges should trust: the current key and, during a rotation, the next one.
+    pub fn trusted_public_keys(&self) -> Vec<String> {
+        std::iter::once(self.current.public_key()).chain(self.next.clone()).collect()
+    }
+}
+
+fn read_seed(path: &Path) -> Result<KeyPair, BrokerError> {
+    let bad = |why: String| BrokerError::SigningKey(format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read the signing key file: {e}")))?;
+    KeyPair::from_seed(text.trim()).map_err(|e| bad(format!("not an nkey seed: {e}")))
+}
+
+/// A file holding [`signature::TEST_SEED`], shared by every broker a test run starts (the
+/// content is fixed, so concurrent writers agree; the rename makes each write atomic).
+pub fn test_key_file() -> PathBuf {
+    let path = std::env::temp_dir().join("tillsync-test-signing-key.nk");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(signature::TEST_SEED) {
+        let tmp = path.with_extension(format!("{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+        std::fs::write(&tmp, signature::TEST_SEED).expect("writing the test signing key");
+        std::fs::rename(&tmp, &path).expect("placing the test signing key");
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn loads_the_test_key_and_advertises_the_next() {
+        let mut c = Config::for_tests("nats://x:1", "postgres://y/z");
+        let signer = Signer::load(&c).unwrap();
+        assert_eq!(signer.trusted_public_keys(), vec![signature::TEST_PUBLIC_KEY.to_string()]);
+        let dir = tempfile::tempdir().unwrap();
+        let next = KeyPair::new_user();
+        std::fs::write(dir.path().join("next.nk"), next.seed().unwrap()).unwrap();
+        c.signing_key_next_file = Some(dir.path().join("next.nk"));
+        let signer = Signer::load(&c).unwrap();
+        assert_eq!(signer.public_key(), signature::TEST_PUBLIC_KEY);
+        assert_eq!(signer.trusted_public_keys(), vec![signature::TEST_PUBLIC_KEY.to_string(), next.public_key()]);
+    }
+
+    #[test]
+    fn refuses_a_missing_unreadable_or_invalid_key() {
+        let c = Config::parse_from(["tillsync-broker"]);
+        let mut c = Config { signing_key_file: None, ..c };
+        assert!(Signer::load(&c).unwrap_err().to_string().contains("TILLSYNC_SIGNING_KEY_FILE"));
+        c.signing_key_file = Some("/nonexistent/key.nk".into());
+        assert!(Signer::load(&c).unwrap_err().to_string().contains("cannot read"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.nk"), signature::TEST_PUBLIC_KEY).unwrap();
+        c.signing_key_file = Some(dir.path().join("bad.nk"));
+        assert!(Signer::load(&c).unwrap_err().to_string().contains("not an nkey seed"));
+    }
+}

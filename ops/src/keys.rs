@@ -1,0 +1,71 @@
+//! `tillsync keys generate|public`: the broker's command signing keys, nkey seeds in files
+//! (the same format `nsc` and the `nk` tool write), so an operator needs no other tool.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use nkeys::KeyPair;
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    cmd: KeysCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Write a new seed (`SU...`) to FILE, readable by its owner only, and print its public key
+    /// (give that to the bridges' --command-keys). Refuses to overwrite a file.
+    Generate { file: PathBuf },
+    /// Print the public key of the seed in FILE.
+    Public { file: PathBuf },
+}
+
+pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
+    let public = match args.cmd {
+        KeysCmd::Generate { file } => generate(&file)?,
+        KeysCmd::Public { file } => public(&file)?,
+    };
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(file: &Path) -> anyhow::Result<String> {
+    let key = KeyPair::new_user();
+    let seed = key.seed().context("a new key pair has a seed")?;
+    // create_new: an existing key is never replaced by accident (rotation makes a new file).
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    writeln!(f, "{seed}").with_context(|| format!("writing {}", file.display()))?;
+    Ok(key.public_key())
+}
+
+fn public(file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let key =
+        KeyPair::from_seed(text.trim()).map_err(|e| anyhow::anyhow!("{}: not an nkey seed: {e}", file.display()))?;
+    Ok(key.public_key())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("signing.nk");
+        let made = generate(&file).unwrap();
+        assert_eq!(public(&file).unwrap(), made);
+        assert!(generate(&file).is_err(), "an existing key file is not overwritten");
+        tillsync_schemas::signature::check_public_key(&made).unwrap();
+    }
+}
