@@ -14,6 +14,8 @@ pub struct Config {
     /// NATS credentials file (JWT + nkey), when the server requires it.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: crate::tls::TlsFiles,
     /// Postgres URL of the read-model database.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
@@ -107,6 +109,7 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
+        self.nats_tls.validate()?;
         let checks = [
             (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
             (self.db_pool < 2, "db_pool must be at least 2"),
@@ -204,6 +207,7 @@ impl Config {
         if let Some(c) = &self.nats_creds {
             env.push(("NATS_CREDS", c.display().to_string()));
         }
+        env.extend(self.nats_tls.to_env());
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }

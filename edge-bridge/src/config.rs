@@ -27,6 +27,8 @@ pub struct Config {
     /// NATS credentials file (JWT + nkey), when the server requires it.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: crate::tls::TlsFiles,
     /// SQLite file of the outbox and command ledger (created if missing).
     #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
     pub db: PathBuf,
@@ -134,6 +136,7 @@ impl Config {
             return Err(format!("http_addr {} must be a loopback address", self.http_addr));
         }
         self.handler_spec()?;
+        self.nats_tls.validate()?;
         let checks = [
             (self.outbox_max_rows == 0, "outbox_max_rows must be positive"),
             (self.outbox_max_bytes < 64 * 1024, "outbox_max_bytes must be at least 64 KiB"),
@@ -198,6 +201,7 @@ impl Config {
         if let Some(p) = &self.nats_creds {
             env.push(("NATS_CREDS", p.display().to_string()));
         }
+        env.extend(self.nats_tls.to_env());
         if let Some(p) = &self.handler_exec {
             env.push(("TILLSYNC_EDGE_HANDLER_EXEC", p.display().to_string()));
         }
