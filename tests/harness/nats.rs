@@ -13,6 +13,8 @@ pub struct NatsServer {
     port: u16,
     store: TempDir,
     child: Option<Child>,
+    /// Set by [`NatsServer::start_tls`]: the server's certificates, and the client's to reach it.
+    tls: Option<crate::tls::NatsTls>,
 }
 
 /// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
@@ -33,13 +35,24 @@ pub(crate) fn free_port() -> u16 {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store: TempDir::new().unwrap(), child: None };
+        NatsServer::start_with(None).await
+    }
+
+    /// A server that speaks only TLS with `certs`' server certificate and refuses clients
+    /// without a certificate signed by `certs`' CA (`verify: true`).
+    pub async fn start_tls(certs: &crate::Certs) -> NatsServer {
+        NatsServer::start_with(Some(crate::tls::NatsTls::new(certs))).await
+    }
+
+    async fn start_with(tls: Option<crate::tls::NatsTls>) -> NatsServer {
+        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store: TempDir::new().unwrap(), child: None, tls };
         s.spawn().await;
         s
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn store_dir(&self) -> &std::path::Path {
@@ -47,7 +60,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            cmd.arg("-c").arg(tls.write_config(self.store.path()));
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())
@@ -57,11 +74,11 @@ impl NatsServer {
                 panic!("cannot start {}: {e} (run ./scripts/test.sh, which installs it)", self.bin.display())
             });
         self.child = Some(child);
-        let url = self.url();
+        let (url, tls) = (self.url(), self.tls.clone());
         eventually(Duration::from_secs(15), "nats-server accepting connections with JetStream", || {
-            let url = url.clone();
+            let (url, tls) = (url.clone(), tls.clone());
             async move {
-                let client = async_nats::connect(&url).await.ok()?;
+                let client = crate::tls::NatsTls::options(tls.as_ref()).connect(&url).await.ok()?;
                 async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
             }
         })
@@ -83,7 +100,8 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        let options = crate::tls::NatsTls::options(self.tls.as_ref());
+        options.connect(self.url()).await.expect("connect to test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {

@@ -15,4 +15,5 @@ mod resend;
 mod scale;
 mod scale_support;
 mod signals;
+mod tls;
 mod upgrade;
