@@ -60,10 +60,9 @@ log "migrating $DB_URL"
 "$BIN/tillsync" migrate >/dev/null
 "$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
 
-# The broker signs every command with this key; the simulated bridges trust its public key.
-SIGNING_KEY="$RUN_DIR/signing.nk"
-[ -f "$SIGNING_KEY" ] || "$BIN/tillsync" keys generate "$SIGNING_KEY" >/dev/null
-COMMAND_KEY="$("$BIN/tillsync" keys public "$SIGNING_KEY")"
+# The broker signs every command with this key (from `tillsync auth init`); bridges receive its
+# public key when they activate.
+SIGNING_KEY="$AUTH/signing.nk"
 
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
 NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \

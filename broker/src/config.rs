@@ -34,6 +34,8 @@ pub struct Config {
     /// NATS system account credentials (`system.nk`), to disconnect revoked devices at once.
     #[arg(long, env = "TILLSYNC_NATS_SYSTEM_CREDS")]
     pub nats_system_creds: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: crate::tls::TlsFiles,
     /// Postgres URL of the read-model database.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
@@ -135,6 +137,7 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
+        self.nats_tls.validate()?;
         let checks = [
             (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
             (self.db_pool < 2, "db_pool must be at least 2"),
@@ -255,6 +258,7 @@ impl Config {
         if let Some(p) = &self.signing_key_next_file {
             env.push(("TILLSYNC_SIGNING_KEY_NEXT_FILE", p.display().to_string()));
         }
+        env.extend(self.nats_tls.to_env());
         env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }

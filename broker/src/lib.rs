@@ -28,6 +28,7 @@ pub mod signing;
 pub mod spine;
 pub mod streams;
 pub mod tenants;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,7 +92,9 @@ impl Broker {
         let keyed_options = db::broker_options(&config.database_url, config.lease_ttl())?;
         let keyed = db::connect_keyed_with(keyed_options, 2 * config.message_lanes as u32 + 1).await?;
         let instance_id = config.instance_id();
-        let nats = nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &instance_id).await?;
+        let nats =
+            nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &config.nats_tls, &instance_id)
+                .await?;
         let js = jetstream::new(nats.clone());
         // Instances starting together race to create the replicated streams, and a cluster
         // answers some of those requests with timeouts: retry those, not a refusal (Config).

@@ -4,14 +4,25 @@ use async_nats::{Client, ConnectOptions, Event};
 
 use crate::error::BrokerError;
 use crate::metrics;
+pub use crate::tls::TlsFiles;
 
-pub async fn connect(url: &str, creds: Option<&std::path::Path>, name: &str) -> Result<Client, BrokerError> {
-    connect_with(ConnectOptions::new(), url, creds, name).await
+pub async fn connect(
+    url: &str,
+    creds: Option<&std::path::Path>,
+    tls_files: &TlsFiles,
+    name: &str,
+) -> Result<Client, BrokerError> {
+    connect_with(ConnectOptions::new(), url, creds, tls_files, name).await
 }
 
 /// The broker's own connection: its state is `tillsync_nats_connected`, set by the client's
 /// connection events as they happen (a dropped TCP connection is seen at once), and logged.
-pub async fn connect_watched(url: &str, creds: Option<&std::path::Path>, name: &str) -> Result<Client, BrokerError> {
+pub async fn connect_watched(
+    url: &str,
+    creds: Option<&std::path::Path>,
+    tls_files: &TlsFiles,
+    name: &str,
+) -> Result<Client, BrokerError> {
     let opts = ConnectOptions::new().event_callback(|event| async move {
         match event {
             Event::Connected => {
@@ -26,7 +37,7 @@ pub async fn connect_watched(url: &str, creds: Option<&std::path::Path>, name: &
             other => tracing::debug!(event = %other, "NATS event."),
         }
     });
-    let client = connect_with(opts, url, creds, name).await?;
+    let client = connect_with(opts, url, creds, tls_files, name).await?;
     metrics::nats_connected(true);
     Ok(client)
 }
@@ -35,9 +46,10 @@ async fn connect_with(
     opts: ConnectOptions,
     url: &str,
     creds: Option<&std::path::Path>,
+    tls_files: &TlsFiles,
     name: &str,
 ) -> Result<Client, BrokerError> {
-    let mut opts = opts.name(name).max_reconnects(None);
+    let mut opts = crate::tls::apply(opts.name(name).max_reconnects(None), tls_files)?;
     if let Some(path) = creds {
         opts = credentials(opts, path).await?;
     }

@@ -31,6 +31,8 @@ pub struct Config {
     /// `<db stem>.identity.json`). When it exists the bridge authenticates with its nkey.
     #[arg(long, env = "TILLSYNC_EDGE_IDENTITY")]
     pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: crate::tls::TlsFiles,
     /// SQLite file of the outbox and command ledger (created if missing).
     #[arg(long, env = "TILLSYNC_EDGE_DB", default_value = "tillsync-edge.db")]
     pub db: PathBuf,
@@ -190,6 +192,7 @@ impl Config {
         for key in self.trusted_command_keys() {
             tillsync_schemas::signature::check_public_key(&key).map_err(|e| format!("command_keys: {e}"))?;
         }
+        self.nats_tls.validate()?;
         let checks = [
             (self.outbox_max_rows == 0, "outbox_max_rows must be positive"),
             (self.outbox_max_bytes < 64 * 1024, "outbox_max_bytes must be at least 64 KiB"),
@@ -257,6 +260,7 @@ impl Config {
         if let Some(p) = &self.identity {
             env.push(("TILLSYNC_EDGE_IDENTITY", p.display().to_string()));
         }
+        env.extend(self.nats_tls.to_env());
         if let Some(p) = &self.handler_exec {
             env.push(("TILLSYNC_EDGE_HANDLER_EXEC", p.display().to_string()));
         }

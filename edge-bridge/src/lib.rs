@@ -28,6 +28,7 @@ pub mod publisher;
 pub mod resend;
 pub mod simulate;
 pub mod status;
+pub mod tls;
 pub mod watermark;
 
 use std::net::SocketAddr;

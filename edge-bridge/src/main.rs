@@ -40,6 +40,8 @@ struct ActivateArgs {
     /// Identity file to write (default: next to --db).
     #[arg(long, env = "TILLSYNC_EDGE_IDENTITY")]
     identity: Option<PathBuf>,
+    #[command(flatten)]
+    nats_tls: tillsync_edge::tls::TlsFiles,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -97,7 +99,9 @@ pub async fn shutdown_signal() {
 async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
     let path = args.identity.clone().unwrap_or_else(|| tillsync_edge::identity::default_path(&args.db));
     let servers = tillsync_edge::nats::servers(&args.nats_url)?;
-    let options = async_nats::ConnectOptions::new().name("tillsync-edge/activate");
+    args.nats_tls.validate().map_err(anyhow::Error::msg)?;
+    let options =
+        tillsync_edge::tls::apply(async_nats::ConnectOptions::new().name("tillsync-edge/activate"), &args.nats_tls);
     let result = tillsync_edge::identity::activate(options, servers, &args.nats_url, &args.code, &path).await;
     let (exit, json) = match &result {
         Ok(id) => {

@@ -61,6 +61,7 @@ pub async fn connect(
                 }
             }
         });
+    options = crate::tls::apply(options, &config.nats_tls);
     if let Some(creds) = &config.nats_creds {
         options = options
             .credentials_file(creds)

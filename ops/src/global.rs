@@ -10,6 +10,8 @@ pub struct Global {
     /// NATS credentials: a .creds file, or an nkey seed file (`operator.nk` from `tillsync auth init`).
     #[arg(long, global = true, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: tillsync_broker::nats::TlsFiles,
     /// Postgres URL of the read-model database.
     #[arg(long, global = true, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
@@ -26,6 +28,7 @@ impl Global {
     }
 
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), "tillsync-cli").await?)
+        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
+            .await?)
     }
 }

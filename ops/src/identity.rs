@@ -392,13 +392,14 @@ pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCod
         "auth_callout": files.path(auth::setup::CALLOUT),
         "system": files.path(auth::setup::SYSTEM),
         "issuer": files.path(auth::setup::ISSUER),
+        "signing": files.path(auth::setup::SIGNING),
     });
     emit(global.json, &out, |_| {
         let p = |n: &str| files.path(n).display().to_string();
         format!(
             "Wrote NATS authorization keys to {} (mode 0600).\n\
              nats-server:   include {}\n\
-             broker:        NATS_CREDS={} TILLSYNC_AUTH_CALLOUT_CREDS={} TILLSYNC_AUTH_ISSUER_SEED={} TILLSYNC_NATS_SYSTEM_CREDS={}\n\
+             broker:        NATS_CREDS={} TILLSYNC_AUTH_CALLOUT_CREDS={} TILLSYNC_AUTH_ISSUER_SEED={} TILLSYNC_NATS_SYSTEM_CREDS={} TILLSYNC_SIGNING_KEY_FILE={}\n\
              tillsync CLI:  NATS_CREDS={}\n",
             files.dir.display(),
             p(auth::setup::SERVER_CONF),
@@ -406,6 +407,7 @@ pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCod
             p(auth::setup::CALLOUT),
             p(auth::setup::ISSUER),
             p(auth::setup::SYSTEM),
+            p(auth::setup::SIGNING),
             p(auth::setup::OPERATOR),
         )
     })?;

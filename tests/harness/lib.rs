@@ -4,6 +4,8 @@
 //!   store dir, kills it on drop, and can be stopped and restarted inside a test.
 //! - [`NatsCluster`] does the same for a JetStream cluster of several nodes.
 //! - [`TestDb`] creates a fresh Postgres database with the migrations applied, dropped after.
+//! - [`Certs`] makes a CA and server and client certificates for the TLS tests.
+//! - [`TlsPostgres`] runs a private Postgres cluster that accepts only TLS clients.
 //! - [`eventually`] polls with a timeout instead of sleeping.
 //! - [`BrokerProc`] and [`InProcBroker`] run the broker as a child process (for kill -9) or a task.
 
@@ -13,7 +15,9 @@ mod cluster;
 mod db;
 mod nats;
 mod poll;
+mod postgres;
 mod scrape;
+mod tls;
 
 pub use auth::{activation_code, code_for, AuthSetup};
 pub use broker::{bin_path, BrokerProc, InProcBroker};
@@ -21,7 +25,9 @@ pub use cluster::NatsCluster;
 pub use db::TestDb;
 pub use nats::NatsServer;
 pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};
+pub use postgres::TlsPostgres;
 pub use scrape::{free_addr, http_get, metric};
+pub use tls::Certs;
 
 /// Logs for a failing test: `RUST_LOG=debug cargo test ...`.
 pub fn init_tracing() {

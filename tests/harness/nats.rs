@@ -13,7 +13,9 @@ pub struct NatsServer {
     port: u16,
     store: TempDir,
     child: Option<Child>,
-    /// With authorization: the server config and the operator's credentials.
+    /// Set by [`NatsServer::start_tls`]: the server's certificates, and the client's to reach it.
+    tls: Option<crate::tls::NatsTls>,
+    /// Set by [`NatsServer::start_with_auth`]: the server config and the operator's credentials.
     auth: Option<(PathBuf, PathBuf)>,
 }
 
@@ -35,26 +37,33 @@ pub(crate) fn free_port() -> u16 {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let mut s =
-            NatsServer { bin: nats_bin(), port: free_port(), store: TempDir::new().unwrap(), child: None, auth: None };
-        s.spawn().await;
-        s
+        NatsServer::start_with(None, None).await
     }
 
     /// A server with authorization on: service users from `auth`, everyone else decided by
     /// a broker's auth callout (so nothing but the service users connects until one runs).
     pub async fn start_with_auth(auth: &crate::AuthSetup) -> NatsServer {
-        let store = TempDir::new().unwrap();
-        let conf = store.path().join("server.conf");
+        let conf = auth.scratch().join("nats-server.conf");
         std::fs::write(&conf, auth.server_conf()).unwrap();
-        let creds = auth.operator_creds();
-        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, auth: Some((conf, creds)) };
+        NatsServer::start_with(None, Some((conf, auth.operator_creds()))).await
+    }
+
+    /// A server that speaks only TLS with `certs`' server certificate and refuses clients
+    /// without a certificate signed by `certs`' CA (`verify: true`).
+    pub async fn start_tls(certs: &crate::Certs) -> NatsServer {
+        NatsServer::start_with(Some(crate::tls::NatsTls::new(certs)), None).await
+    }
+
+    async fn start_with(tls: Option<crate::tls::NatsTls>, auth: Option<(PathBuf, PathBuf)>) -> NatsServer {
+        let store = TempDir::new().unwrap();
+        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, tls, auth };
         s.spawn().await;
         s
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn store_dir(&self) -> &std::path::Path {
@@ -63,7 +72,9 @@ impl NatsServer {
 
     async fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
-        if let Some((conf, _)) = &self.auth {
+        if let Some(tls) = &self.tls {
+            cmd.arg("-c").arg(tls.write_config(self.store.path()));
+        } else if let Some((conf, _)) = &self.auth {
             cmd.arg("-c").arg(conf);
         }
         let child = cmd
@@ -76,12 +87,11 @@ impl NatsServer {
                 panic!("cannot start {}: {e} (run ./scripts/test.sh, which installs it)", self.bin.display())
             });
         self.child = Some(child);
-        let url = self.url();
-        let creds = self.auth.as_ref().map(|(_, c)| c.clone());
+        let (url, tls, creds) = (self.url(), self.tls.clone(), self.creds());
         eventually(Duration::from_secs(15), "nats-server accepting connections with JetStream", || {
-            let (url, creds) = (url.clone(), creds.clone());
+            let (url, tls, creds) = (url.clone(), tls.clone(), creds.clone());
             async move {
-                let client = connect_as(&url, creds.as_deref()).await.ok()?;
+                let client = connect_as(&url, tls.as_ref(), creds.as_deref()).await.ok()?;
                 async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
             }
         })
@@ -104,8 +114,12 @@ impl NatsServer {
 
     /// A client with every permission (the operator's user when authorization is on).
     pub async fn client(&self) -> async_nats::Client {
-        let creds = self.auth.as_ref().map(|(_, c)| c.as_path());
-        connect_as(&self.url(), creds).await.expect("connect to test nats-server")
+        let creds = self.creds();
+        connect_as(&self.url(), self.tls.as_ref(), creds.as_deref()).await.expect("connect to test nats-server")
+    }
+
+    fn creds(&self) -> Option<PathBuf> {
+        self.auth.as_ref().map(|(_, c)| c.clone())
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -113,13 +127,15 @@ impl NatsServer {
     }
 }
 
-async fn connect_as(url: &str, creds: Option<&std::path::Path>) -> Result<async_nats::Client, String> {
-    let options = match creds {
-        Some(c) => {
-            tillsync_broker::nats::credentials(async_nats::ConnectOptions::new(), c).await.map_err(|e| e.to_string())?
-        }
-        None => async_nats::ConnectOptions::new(),
-    };
+async fn connect_as(
+    url: &str,
+    tls: Option<&crate::tls::NatsTls>,
+    creds: Option<&std::path::Path>,
+) -> Result<async_nats::Client, String> {
+    let mut options = crate::tls::NatsTls::options(tls);
+    if let Some(c) = creds {
+        options = tillsync_broker::nats::credentials(options, c).await.map_err(|e| e.to_string())?;
+    }
     options.connect(url).await.map_err(|e| e.to_string())
 }
 

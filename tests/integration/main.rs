@@ -17,4 +17,5 @@ mod scale_support;
 mod security;
 mod signals;
 mod signed;
+mod tls;
 mod upgrade;

@@ -532,6 +532,9 @@ fn compose_file_is_complete_and_matches_the_broker() {
     let mut all = tillsync_broker::config::Config::for_tests("nats://x:4222", "postgres://x/y");
     all.instance_id = Some("x".into());
     all.nats_creds = Some("/x".into());
+    all.auth_callout_creds = Some("/x".into());
+    all.auth_issuer_seed = Some("/x".into());
+    all.nats_system_creds = Some("/x".into());
     let known: BTreeSet<String> = all.to_env().into_iter().map(|(k, _)| k).chain(["RUST_LOG".to_string()]).collect();
     let env = env_of(&compose["services"]["broker"]);
     let keys: BTreeSet<String> = env.iter().map(|(k, _)| k.clone()).collect();
@@ -573,9 +576,14 @@ fn compose_file_is_complete_and_matches_the_broker() {
             "nats-server".into()
         }
     });
+    // It includes the authorization `tillsync auth init` writes into the `auth` volume: check
+    // the two together, as the containers see them.
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("ops/nats/nats.conf"), etc.path().join("nats.conf")).unwrap();
+    tillsync_broker::auth::setup::generate(&etc.path().join("auth")).unwrap();
     let out = std::process::Command::new(&nats)
         .args(["-t", "-c"])
-        .arg(repo().join("ops/nats/nats.conf"))
+        .arg(etc.path().join("nats.conf"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", nats.display()));
     assert!(out.status.success(), "nats.conf: {}", String::from_utf8_lossy(&out.stderr));

@@ -98,7 +98,7 @@ pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
         ttl: Duration::from_secs(config.auth_ttl_s),
     };
     let name = format!("{}/auth", config.instance_id());
-    let client = crate::nats::connect(&config.nats_url, Some(creds), &name).await?;
+    let client = crate::nats::connect(&config.nats_url, Some(creds), &config.nats_tls, &name).await?;
     let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("auth callout subscription: {e}"));
     let sub = client.queue_subscribe(AUTH_SUBJECT, QUEUE.into()).await.map_err(|e| failed(&e))?;
     client.flush().await.map_err(|e| failed(&e))?;

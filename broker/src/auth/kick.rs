@@ -17,7 +17,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     let system = match &ctx.config.nats_system_creds {
         Some(creds) => {
             let name = format!("{}/system", ctx.config.instance_id());
-            match crate::nats::connect(&ctx.config.nats_url, Some(creds), &name).await {
+            match crate::nats::connect(&ctx.config.nats_url, Some(creds), &ctx.config.nats_tls, &name).await {
                 Ok(c) => Some(c),
                 Err(error) => {
                     tracing::error!(%error, "System account connection failed; revoked devices stay connected until their JWT expires.");

@@ -19,6 +19,8 @@ pub const OPERATOR: &str = "operator.nk";
 pub const CALLOUT: &str = "auth-callout.nk";
 pub const SYSTEM: &str = "system.nk";
 pub const ISSUER: &str = "issuer.nk";
+/// The command-signing key (`TILLSYNC_SIGNING_KEY_FILE`), generated with the others.
+pub const SIGNING: &str = "signing.nk";
 
 /// The files written, by role.
 #[derive(Debug, Clone)]
@@ -68,6 +70,7 @@ pub fn generate(dir: &Path) -> std::io::Result<Files> {
         (CALLOUT, KeyPair::new_user()),
         (SYSTEM, KeyPair::new_user()),
         (ISSUER, KeyPair::new_account()),
+        (SIGNING, KeyPair::new_user()),
     ];
     for (name, key) in &keys {
         let seed = key.seed().map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -101,6 +101,7 @@ impl Env {
         let mut c = <Config as clap::Parser>::parse_from(["tillsync-broker"]);
         c.nats_url = self.nats_url.clone();
         c.nats_creds = None;
+        c.nats_tls = Default::default();
         c.database_url = database_url.into();
         c.http_addr = "127.0.0.1:0".parse().expect("static address");
         c.instance_id = Some(format!("bench-{}", std::process::id()));
@@ -129,7 +130,7 @@ impl Env {
     }
 
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(tillsync_broker::nats::connect(&self.nats_url, None, "tillsync-bench").await?)
+        Ok(tillsync_broker::nats::connect(&self.nats_url, None, &Default::default(), "tillsync-bench").await?)
     }
 
     /// Creates the streams and checks the events stream holds nothing a benchmark would mix
