@@ -16,6 +16,7 @@ pub mod heartbeats;
 pub mod http;
 pub mod ingest;
 mod instance;
+pub mod keyfile;
 pub mod lanes;
 pub mod metrics;
 pub mod monitor;

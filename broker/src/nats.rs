@@ -66,7 +66,10 @@ pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result
             .await
             .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())));
     }
-    let seed = crate::auth::read_seed(path)?.seed().map_err(|e| BrokerError::Config(e.to_string()))?;
+    let seed = crate::keyfile::read_seed(path)
+        .map_err(BrokerError::Config)?
+        .seed()
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
     Ok(opts.nkey(seed))
 }
 

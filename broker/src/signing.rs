@@ -59,9 +59,7 @@ impl Signer {
 }
 
 fn read_seed(path: &Path) -> Result<KeyPair, BrokerError> {
-    let bad = |why: String| BrokerError::SigningKey(format!("{}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read the signing key file: {e}")))?;
-    KeyPair::from_seed(text.trim()).map_err(|e| bad(format!("not an nkey seed: {e}")))
+    crate::keyfile::read_seed(path).map_err(BrokerError::SigningKey)
 }
 
 /// A file holding [`signature::TEST_SEED`], shared by every broker a test run starts (the

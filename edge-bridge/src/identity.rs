@@ -123,7 +123,7 @@ pub async fn activate(
         ActivateReply::Refused { code, detail } => Err(ActivateError::Refused { code, detail }),
         ActivateReply::Activated { tenant_id, store_id, device_id, command_keys } => {
             let identity =
-                Identity { tenant_id, store_id, device_id, seed, command_keys, activated_at_ms: chrono_now_ms() };
+                Identity { tenant_id, store_id, device_id, seed, command_keys, activated_at_ms: crate::now_ms() };
             identity.save(path).map_err(|e| ActivateError::Local(format!("writing {}: {e}", path.display())))?;
             Ok(identity)
         }
@@ -138,10 +138,6 @@ fn writable(path: &Path) -> std::io::Result<()> {
     let probe = path.with_extension("tmp");
     std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe)?;
     std::fs::remove_file(probe)
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

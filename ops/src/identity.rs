@@ -43,19 +43,7 @@ pub async fn issue_code(pool: &PgPool, d: &DeviceAddr, purpose: &'static str, ho
     let code = auth::new_code();
     let by = actor();
     let mut tx = pool.begin().await?;
-    let expires_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO activation_codes (code_hash, tenant_id, store_id, device_id, purpose, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(hours => $7)) RETURNING expires_at",
-    )
-    .bind(auth::code_hash(&code))
-    .bind(&d.tenant_id)
-    .bind(&d.store_id)
-    .bind(&d.device_id)
-    .bind(purpose)
-    .bind(&by)
-    .bind(hours as i32)
-    .fetch_one(&mut *tx)
-    .await?;
+    let expires_at = records::insert_code(&mut tx, &code, d, purpose, &by, hours as i32).await?;
     let detail = format!("{purpose} code valid {hours} h");
     let audit =
         records::Audit { action: "code_issued", device: Some(d), actor: &by, detail: &detail, ..Default::default() };
@@ -292,7 +280,8 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
                 .await?;
             anyhow::ensure!(known, "unknown tenant {tenant:?}: add it first with `tillsync tenants add {tenant}`");
             let key = nkeys::KeyPair::new_user();
-            write_private(&out, &key.seed().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+            tillsync_broker::keyfile::write_new(&out, &key)
+                .map_err(|e| anyhow::anyhow!("{}: {e} (it must not exist yet)", out.display()))?;
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO credentials (public_key, kind, tenant_id, created_by) VALUES ($1, 'portal', $2, $3)",
@@ -351,19 +340,6 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
     }
     pool.close().await;
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e} (it must not exist yet)", path.display()))?;
-    writeln!(f, "{text}")?;
-    Ok(())
 }
 
 #[derive(Debug, Args)]

@@ -1,14 +1,13 @@
 //! `tillsync keys generate|public`: the broker's command signing keys, nkey seeds in files
 //! (the same format `nsc` and the `nk` tool write), so an operator needs no other tool.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use nkeys::KeyPair;
+use tillsync_broker::keyfile;
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -36,23 +35,13 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
 
 fn generate(file: &Path) -> anyhow::Result<String> {
     let key = KeyPair::new_user();
-    let seed = key.seed().context("a new key pair has a seed")?;
-    // create_new: an existing key is never replaced by accident (rotation makes a new file).
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {}", file.display()))?;
-    writeln!(f, "{seed}").with_context(|| format!("writing {}", file.display()))?;
+    // An existing key is never replaced by accident (rotation makes a new file).
+    keyfile::write_new(file, &key).with_context(|| format!("creating {} (it must not exist yet)", file.display()))?;
     Ok(key.public_key())
 }
 
 fn public(file: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let key =
-        KeyPair::from_seed(text.trim()).map_err(|e| anyhow::anyhow!("{}: not an nkey seed: {e}", file.display()))?;
-    Ok(key.public_key())
+    Ok(keyfile::read_seed(file).map_err(anyhow::Error::msg)?.public_key())
 }
 
 #[cfg(test)]

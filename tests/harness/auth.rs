@@ -64,18 +64,8 @@ pub async fn code_for(pool: &sqlx::PgPool, addr: &DeviceAddr, purpose: &str, hou
         .await
         .unwrap();
     let code = tillsync_broker::auth::new_code();
-    sqlx::query(
-        "INSERT INTO activation_codes (code_hash, tenant_id, store_id, device_id, purpose, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, 'test', now() + make_interval(hours => $6))",
-    )
-    .bind(tillsync_broker::auth::code_hash(&code))
-    .bind(&addr.tenant_id)
-    .bind(&addr.store_id)
-    .bind(&addr.device_id)
-    .bind(purpose)
-    .bind(hours)
-    .execute(pool)
-    .await
-    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    tillsync_broker::auth::records::insert_code(&mut tx, &code, addr, purpose, "test", hours).await.unwrap();
+    tx.commit().await.unwrap();
     code
 }

@@ -93,7 +93,7 @@ pub struct Responder {
 pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
     let (Some(creds), Some(seed)) = (&config.auth_callout_creds, &config.auth_issuer_seed) else { return Ok(None) };
     let issuer = Issuer {
-        key: super::read_seed(seed)?,
+        key: crate::keyfile::read_seed(seed).map_err(BrokerError::Config)?,
         account: config.auth_account.clone(),
         ttl: Duration::from_secs(config.auth_ttl_s),
     };

@@ -14,24 +14,9 @@ pub mod kick;
 pub mod records;
 pub mod setup;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use nkeys::KeyPair;
-
 use crate::{BrokerError, Ctx};
-
-/// Reads an nkey seed file (the seed alone, or the first line that is one).
-pub fn read_seed(path: &Path) -> Result<KeyPair, BrokerError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BrokerError::Config(format!("nkey seed file {}: {e}", path.display())))?;
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with('S') && l.len() == 58)
-        .ok_or_else(|| BrokerError::Config(format!("{} holds no nkey seed", path.display())))?;
-    KeyPair::from_seed(seed).map_err(|e| BrokerError::Config(format!("nkey seed in {}: {e}", path.display())))
-}
 
 /// Starts whatever identity tasks this instance's configuration asks for, subscribed before
 /// it returns.

@@ -123,6 +123,30 @@ pub async fn audit_refusal(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Stores a new code's hash for `device`, valid `hours`; returns when it expires.
+pub async fn insert_code(
+    tx: &mut Transaction<'_, Postgres>,
+    code: &str,
+    device: &DeviceAddr,
+    purpose: &str,
+    by: &str,
+    hours: i32,
+) -> Result<sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO activation_codes (code_hash, tenant_id, store_id, device_id, purpose, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(hours => $7)) RETURNING expires_at",
+    )
+    .bind(super::code_hash(code))
+    .bind(&device.tenant_id)
+    .bind(&device.store_id)
+    .bind(&device.device_id)
+    .bind(purpose)
+    .bind(by)
+    .bind(hours)
+    .fetch_one(&mut **tx)
+    .await
+}
+
 /// An activation code taken, or why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {

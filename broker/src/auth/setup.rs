@@ -4,7 +4,6 @@
 //! system account, for disconnecting revoked devices). Service users are nkeys named in the
 //! config and skip the callout; everyone else is decided by the broker.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
@@ -62,7 +61,7 @@ authorization {{
 /// Generates every key into `dir` (mode 0600; the directory 0700) and the server config.
 /// Refuses to overwrite existing keys: replacing them locks every service out.
 pub fn generate(dir: &Path) -> std::io::Result<Files> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let keys = [
         (BROKER, KeyPair::new_user()),
@@ -73,9 +72,7 @@ pub fn generate(dir: &Path) -> std::io::Result<Files> {
         (SIGNING, KeyPair::new_user()),
     ];
     for (name, key) in &keys {
-        let seed = key.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(name))?;
-        writeln!(f, "{seed}")?;
+        crate::keyfile::write_new(&dir.join(name), key)?;
     }
     let public = |i: usize| keys[i].1.public_key();
     let conf = server_conf(&public(0), &public(1), &public(2), &public(3), &public(4));
@@ -92,7 +89,7 @@ mod tests {
         let conf = std::fs::read_to_string(files.path(super::SERVER_CONF)).unwrap();
         assert!(conf.contains("auth_callout"));
         assert_eq!(conf.matches("nkey: U").count(), 4);
-        let issuer = super::super::read_seed(&files.path(super::ISSUER)).unwrap();
+        let issuer = crate::keyfile::read_seed(&files.path(super::ISSUER)).unwrap();
         assert!(conf.contains(&issuer.public_key()));
         assert!(super::generate(&dir).is_err(), "keys are never overwritten");
         std::fs::remove_dir_all(dir).unwrap();
