@@ -214,9 +214,12 @@ fn decode(subj: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
         Family::Heartbeats => codec::decode_heartbeat(subj, payload).map(serde_json::to_value),
         Family::Intake | Family::Commands => codec::decode_command(subj, payload).map(serde_json::to_value),
         Family::CommandAcks => codec::decode_command_ack(subj, payload).map(serde_json::to_value),
-        Family::Watermarks | Family::Status | Family::Resend => {
-            return Err(format!("{family:?} messages are never quarantined"))
-        }
+        Family::Watermarks
+        | Family::Status
+        | Family::Resend
+        | Family::Config
+        | Family::ConfigSnapshot
+        | Family::ConfigPublish => return Err(format!("{family:?} messages are never quarantined")),
     };
     value.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{streams, subject, DeviceAddr};
+use crate::{config, streams, subject, DeviceAddr};
 
 /// The NATS user name a bridge connects with while activating (its password is the code).
 pub const ACTIVATION_USER: &str = "activate";
@@ -71,6 +71,8 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
     let consumer = streams::device_commands_consumer(addr);
     let commands = subject::commands(addr);
     let api = |verb: &str| format!("$JS.API.CONSUMER.{verb}.{}.{consumer}", streams::COMMANDS);
+    let cfg_consumer = config::device_consumer(addr);
+    let cfg_api = |verb: &str| format!("$JS.API.CONSUMER.{verb}.{}.{cfg_consumer}", streams::CONFIG);
     Allowed {
         publish: vec![
             subject::events(addr),
@@ -81,6 +83,21 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
             api("MSG.NEXT"),
             format!("$JS.ACK.{}.{consumer}.>", streams::COMMANDS),
             format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(addr)),
+            // Configuration: its own cursor on its store's deltas, and its store's snapshot.
+            format!("{}.{}", cfg_api("CREATE"), config::delta_subject(&addr.tenant_id, &addr.store_id)),
+            cfg_api("DELETE"),
+            cfg_api("INFO"),
+            cfg_api("MSG.NEXT"),
+            format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                streams::CONFIG,
+                config::delta_subject(&addr.tenant_id, &addr.store_id)
+            ),
+            format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                streams::CONFIG_SNAPSHOTS,
+                config::snapshot_subject(&addr.tenant_id, &addr.store_id)
+            ),
         ],
         subscribe: vec![subject::watermarks(addr), subject::resend_requests(addr), format!("{}.>", device_inbox(addr))],
     }
@@ -89,7 +106,7 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
 /// A portal credential: one tenant's intake and status, nothing else.
 pub fn portal_allowed(tenant: &str) -> Allowed {
     Allowed {
-        publish: vec![format!("tillsync.intake.{tenant}.>")],
+        publish: vec![format!("tillsync.intake.{tenant}.>"), format!("tillsync.cfgpub.{tenant}.>")],
         subscribe: vec![format!("tillsync.status.{tenant}.>"), format!("{}.>", portal_inbox(tenant))],
     }
 }
@@ -115,9 +132,13 @@ mod tests {
         ));
         assert!(a.publish.contains(&"$JS.API.DIRECT.GET.TILLSYNC_WATERMARKS.tillsync.wm.acme.s1.till-1".to_string()));
         assert!(a.subscribe.contains(&"_INBOX_DEV.acme.s1.till-1.>".to_string()));
-        // No wildcard reaches past the device's own tokens.
+        assert!(a
+            .publish
+            .contains(&"$JS.API.DIRECT.GET.TILLSYNC_CONFIG_SNAPSHOTS.tillsync.cfgsnap.acme.s1._store".to_string()));
+        // No wildcard reaches past the device's own tokens; the store's configuration is shared
+        // by the store's devices.
         for s in a.publish.iter().chain(&a.subscribe) {
-            assert!(s.contains("till-1"), "{s} is not the device's own");
+            assert!(s.contains("till-1") || s.ends_with("acme.s1._store"), "{s} is not the device's own");
         }
     }
 
@@ -132,7 +153,7 @@ mod tests {
     #[test]
     fn a_portal_gets_one_tenant() {
         let p = portal_allowed("acme");
-        assert_eq!(p.publish, vec!["tillsync.intake.acme.>"]);
+        assert_eq!(p.publish, vec!["tillsync.intake.acme.>", "tillsync.cfgpub.acme.>"]);
         assert!(p.subscribe.iter().all(|s| s.contains("acme")));
     }
 

@@ -7,6 +7,10 @@ pub const COMMAND_ACKS: &str = "TILLSYNC_COMMAND_ACKS";
 pub const INTAKE: &str = "TILLSYNC_INTAKE";
 pub const STATUS: &str = "TILLSYNC_STATUS";
 pub const WATERMARKS: &str = "TILLSYNC_WATERMARKS";
+/// Configuration deltas, the last `config_deltas_kept` per store ([`crate::config`]).
+pub const CONFIG: &str = "TILLSYNC_CONFIG";
+/// The latest configuration snapshot of each store (one message per subject).
+pub const CONFIG_SNAPSHOTS: &str = "TILLSYNC_CONFIG_SNAPSHOTS";
 
 /// Durable consumer names used by the broker.
 pub const BROKER_EVENTS_CONSUMER: &str = "broker-events";

@@ -31,6 +31,13 @@ pub enum Family {
     Status,
     /// Resend requests down, broker to device (core NATS): "send this seq range again".
     Resend,
+    /// Configuration deltas down, one per store version (JetStream); the last token is `_store`.
+    Config,
+    /// The latest configuration snapshot of a store (JetStream, one per store).
+    ConfigSnapshot,
+    /// Configuration publish requests from the portal (request/reply); the last token is a
+    /// store or `_store` for every store of the tenant.
+    ConfigPublish,
 }
 
 impl Family {
@@ -43,6 +50,9 @@ impl Family {
         Family::Intake,
         Family::Status,
         Family::Resend,
+        Family::Config,
+        Family::ConfigSnapshot,
+        Family::ConfigPublish,
     ];
 
     pub fn token(self) -> &'static str {
@@ -55,6 +65,9 @@ impl Family {
             Family::Intake => "intake",
             Family::Status => "status",
             Family::Resend => "rs",
+            Family::Config => "cfg",
+            Family::ConfigSnapshot => "cfgsnap",
+            Family::ConfigPublish => "cfgpub",
         }
     }
 
@@ -187,7 +200,9 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
     let family = Family::ALL.iter().copied().find(|f| f.token() == fam).ok_or_else(|| bad("unknown family"))?;
     check_id("tenant token", tenant).map_err(|e| bad(&e.detail))?;
     check_id("store token", store).map_err(|e| bad(&e.detail))?;
-    if !(family == Family::Intake && (last == STORE_WIDE || last == CANCEL)) {
+    let store_wide_ok =
+        matches!(family, Family::Intake | Family::Config | Family::ConfigSnapshot | Family::ConfigPublish);
+    if !((store_wide_ok && last == STORE_WIDE) || (family == Family::Intake && last == CANCEL)) {
         check_id("last token", last).map_err(|e| bad(&e.detail))?;
     }
     Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into(), partition })
