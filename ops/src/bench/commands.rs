@@ -106,7 +106,7 @@ pub async fn run(args: CommandsArgs, env: &mut Env) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-async fn add_devices(url: &str, devices: usize) -> anyhow::Result<()> {
+pub(super) async fn add_devices(url: &str, devices: usize) -> anyhow::Result<()> {
     let pool = tillsync_broker::db::connect(url, 2).await?;
     let addrs: Vec<_> = (0..devices).map(data::device).collect();
     sqlx::query(

@@ -18,7 +18,7 @@ use tillsync_schemas::{codec, streams, subject, DeviceAddr, EventEnvelope, SCHEM
 
 pub const TENANT: &str = "bench";
 /// Devices per store.
-const PER_STORE: usize = 10;
+pub const PER_STORE: usize = 10;
 /// Unacked publishes in flight while preloading.
 const WINDOW: usize = 2_048;
 

@@ -10,6 +10,7 @@ mod actors;
 mod baseline;
 mod brokers;
 mod commands;
+mod config;
 mod cpu;
 mod data;
 mod diag;
@@ -45,6 +46,8 @@ pub enum Scenario {
     Latency(latency::LatencyArgs),
     /// Command round trips (intake -> device applies -> acked) through simulated bridges.
     Commands(commands::CommandsArgs),
+    /// Configuration publishes down to simulated bridges: publish-to-applied and bytes per device.
+    Config(config::ConfigArgs),
     /// Rebuild a fresh database from the stream through the ingest code path.
     Replay(replay::ReplayArgs),
     /// Memory and activation rate of resident device actors.
@@ -124,6 +127,7 @@ async fn scenario(s: Scenario, env: &mut Env) -> anyhow::Result<Report> {
         Scenario::Ingest(a) => ingest::run(a, env).await,
         Scenario::Latency(a) => latency::run(a, env).await,
         Scenario::Commands(a) => commands::run(a, env).await,
+        Scenario::Config(a) => config::run(a, env).await,
         Scenario::Replay(a) => replay::run(a, env).await,
         Scenario::Actors(a) => actors::run(a, env).await,
         Scenario::Scale(a) => scale::run(a, env).await,
