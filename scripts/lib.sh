@@ -103,3 +103,17 @@ ensure_rust() {
 ensure_promtool() {
   command -v promtool >/dev/null || apt_install prometheus
 }
+
+# Prints the path of cargo-deb (builds the tillsync-edge .deb), installing the pinned version
+# from crates.io when missing; dpkg and systemd-analyze (to check the package) from Debian.
+CARGO_DEB_PIN="3.8.0"
+ensure_cargo_deb() {
+  command -v dpkg-deb >/dev/null || apt_install dpkg
+  command -v systemd-analyze >/dev/null || apt_install systemd
+  local bin="$TOOLS/cargo/bin/cargo-deb"
+  if ! "$bin" --version 2>/dev/null | grep -q "$CARGO_DEB_PIN"; then
+    log "installing cargo-deb $CARGO_DEB_PIN from crates.io (a few minutes, once)"
+    cargo install -q --locked --root "$TOOLS/cargo" cargo-deb --version "$CARGO_DEB_PIN" >&2
+  fi
+  echo "$bin"
+}

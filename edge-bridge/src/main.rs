@@ -78,8 +78,17 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Exit codes: 0 stopped by a signal, 2 a configuration error (fix the settings: restarting
+/// cannot help, and the systemd unit does not), 1 anything else (retried by systemd).
 async fn run(config: Config) -> anyhow::Result<()> {
-    let bridge = Bridge::start(config).await.context("starting the edge bridge")?;
+    let bridge = match Bridge::start(config).await {
+        Ok(b) => b,
+        Err(e @ (tillsync_edge::BridgeError::Config(_) | tillsync_edge::BridgeError::WrongDevice { .. })) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("starting the edge bridge")),
+    };
     shutdown_signal().await;
     tracing::info!("Stopping.");
     bridge.shutdown().await;

@@ -11,6 +11,7 @@ mod edge;
 mod example;
 mod ingest;
 mod ops;
+mod package;
 mod resend;
 mod scale;
 mod scale_support;
