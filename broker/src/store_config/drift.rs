@@ -29,19 +29,20 @@ pub async fn run(ctx: Arc<Ctx>) {
     }
 }
 
-/// (tenant, devices behind, age in seconds of the oldest difference) for every tenant with a
-/// configured store.
+/// (tenant, devices behind, age in seconds of the oldest difference) for every tenant, so a
+/// tenant without configuration or drift exports 0.
 pub async fn by_tenant(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.tenant_id,
+        "SELECT t.tenant_id,
                 count(v.version) AS behind,
                 COALESCE(max(EXTRACT(EPOCH FROM now() - v.published_at)), 0)::float8 AS oldest
-         FROM config_stores c
+         FROM tenants t
+         LEFT JOIN config_stores c ON c.tenant_id = t.tenant_id
          LEFT JOIN devices d ON d.tenant_id = c.tenant_id AND d.store_id = c.store_id
               AND d.config_revision IS NOT NULL AND d.config_revision < c.version
          LEFT JOIN config_versions v ON v.tenant_id = d.tenant_id AND v.store_id = d.store_id
               AND v.version = d.config_revision + 1
-         GROUP BY c.tenant_id",
+         GROUP BY t.tenant_id",
     )
     .fetch_all(pool)
     .await
