@@ -258,6 +258,11 @@ async fn a_portal_publish_gets_its_reply() {
         PublishReply::Refused { code, .. } => assert_eq!(code, "wrong_tenant"),
         other => panic!("{other:?}"),
     }
+    let garbage = nats.request(publish_subject("acme", None), vec![0xc1, 0x00].into()).await.unwrap();
+    match codec::decode::<PublishReply>(&garbage.payload).unwrap() {
+        PublishReply::Refused { code, .. } => assert_eq!(code, "undecodable"),
+        other => panic!("{other:?}"),
+    }
     let refusals: i64 = sqlx::query_scalar("SELECT count(*) FROM config_refusals WHERE code = 'wrong_tenant'")
         .fetch_one(&stack.db.pool)
         .await

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tillsync_schemas::codec;
 use tillsync_schemas::config::{ChangeSet, PublishReply, Refusal, Refused};
 use tillsync_schemas::subject::{Family, STORE_WIDE};
+use tillsync_schemas::{codec, Reason};
 
 use super::publish::{publish, record_refusal, PublishError};
 use crate::{BrokerError, Ctx};
@@ -55,7 +55,9 @@ pub async fn answer(ctx: &Ctx, subject: &str, payload: &[u8]) -> PublishReply {
                 published_by: "portal".into(),
                 changes: vec![],
             };
-            return refuse(ctx, &cs, Refused::new(Refusal::Undecodable, e.to_string())).await;
+            // The codec takes at most MAX_MESSAGE_BYTES (64 KiB) per request.
+            let code = if e.reason == Reason::Oversize { Refusal::Oversize } else { Refusal::Undecodable };
+            return refuse(ctx, &cs, Refused::new(code, e.to_string())).await;
         }
     };
     if cs.published_by.trim().is_empty() {
