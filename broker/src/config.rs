@@ -125,6 +125,10 @@ pub struct Config {
     /// and another instance takes the partition over, seconds. Renewed every fifth of it.
     #[arg(long, env = "TILLSYNC_LEASE_TTL_S", default_value_t = 5)]
     pub lease_ttl_s: u64,
+    /// Configuration deltas kept per store on TILLSYNC_CONFIG: a device further behind, or
+    /// whose next delta is gone, takes the store's snapshot instead.
+    #[arg(long, env = "TILLSYNC_CONFIG_DELTAS_KEPT", default_value_t = tillsync_schemas::config::DEFAULT_DELTAS_KEPT)]
+    pub config_deltas_kept: u64,
     /// File holding the nkey seed (`SU...`) that signs every command delivered to a device.
     /// Required: bridges refuse unsigned commands.
     #[arg(long, env = "TILLSYNC_SIGNING_KEY_FILE")]
@@ -160,6 +164,10 @@ impl Config {
                 "auth_callout_creds and auth_issuer_seed go together (both or neither)",
             ),
             (self.auth_ttl_s < 10, "auth_ttl_s must be at least 10"),
+            (
+                self.config_deltas_kept == 0 || self.config_deltas_kept > 100_000,
+                "config_deltas_kept must be in 1..=100000",
+            ),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -237,6 +245,7 @@ impl Config {
             ("TILLSYNC_LEASE_TTL_S", self.lease_ttl_s.to_string()),
             ("TILLSYNC_AUTH_ACCOUNT", self.auth_account.clone()),
             ("TILLSYNC_AUTH_TTL_S", self.auth_ttl_s.to_string()),
+            ("TILLSYNC_CONFIG_DELTAS_KEPT", self.config_deltas_kept.to_string()),
         ];
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));

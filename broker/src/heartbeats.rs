@@ -1,5 +1,7 @@
-//! Heartbeats: update the device row (software version, outbox depth, ...) and mark devices
-//! offline after a configurable silence.
+//! Heartbeats: update the device row (software version, outbox depth, applied configuration
+//! version, ...) and mark devices offline after a configurable silence. A device's first
+//! heartbeat may bring a new store (it gets the tenant's configuration as its version 1); a
+//! heartbeat whose applied configuration moved up observes the publish-to-applied latency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use tillsync_schemas::{codec, streams as names, Heartbeat};
 
 use crate::partitions::{fence, Fence};
 use crate::spine::{self, Refused, Settle, Source};
-use crate::{metrics, quarantine, ts, Ctx};
+use crate::{metrics, quarantine, store_config, ts, Ctx};
 
 /// The heartbeat consumers of the spine. Only the latest heartbeat of a device is kept, so
 /// batches are small.
@@ -28,8 +30,9 @@ pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
                 .await;
         let how = match admitted {
             Ok(hb) => match apply(ctx, fence, &hb).await {
-                Ok(()) => {
+                Ok(before) => {
                     metrics::heartbeat();
+                    after_config(ctx, &hb, before).await;
                     Settle::Ack
                 }
                 Err(error) => not_recorded(ctx, fence, &error),
@@ -53,16 +56,39 @@ fn not_recorded(ctx: &Ctx, fence: Fence, error: &sqlx::Error) -> Settle {
     Settle::RETRY
 }
 
-async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<(), sqlx::Error> {
+/// What the device row said before a heartbeat: whether it existed, and the configuration
+/// version it had applied.
+struct Before {
+    existed: bool,
+    config_revision: Option<i64>,
+}
+
+/// Configuration follow-ups of a recorded heartbeat; failures are logged (the distributor
+/// gives new stores their version 1 anyway, within a second).
+async fn after_config(ctx: &Ctx, hb: &Heartbeat, before: Before) {
+    if !before.existed {
+        if let Err(error) = store_config::ensure_store(&ctx.pool, &hb.tenant_id, &hb.store_id).await {
+            tracing::warn!(%error, "New store's configuration not set up yet; the distributor retries.");
+        }
+    }
+    let was = before.config_revision.unwrap_or(0).max(0) as u64;
+    store_config::drift::applied(&ctx.pool, &hb.tenant_id, &hb.store_id, was, hb.config_revision).await;
+}
+
+async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<Before, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
     fence::check(&mut tx, fence).await?;
-    sqlx::query(
-        "INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, software_version, outbox_depth,
+    // Every part of one statement sees the rows as they were before it: `old` is the row
+    // before this heartbeat.
+    let (existed, config_revision): (bool, Option<i64>) = sqlx::query_as(
+        "WITH old AS (SELECT config_revision FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3)
+         INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, software_version, outbox_depth,
                               oldest_unsent_age_s, last_acked_seq, config_revision, uptime_s, last_heartbeat, online)
          VALUES ($1, $2, $3, now(), now(), $4, $5, $6, $7, $8, $9, $10, true)
          ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET
            last_seen = now(), software_version = $4, outbox_depth = $5, oldest_unsent_age_s = $6,
-           last_acked_seq = $7, config_revision = $8, uptime_s = $9, last_heartbeat = $10, online = true",
+           last_acked_seq = $7, config_revision = $8, uptime_s = $9, last_heartbeat = $10, online = true
+         RETURNING EXISTS (SELECT 1 FROM old), (SELECT config_revision FROM old)",
     )
     .bind(&hb.tenant_id)
     .bind(&hb.store_id)
@@ -74,9 +100,10 @@ async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<(), sqlx::Erro
     .bind(hb.config_revision as i64)
     .bind(hb.uptime_s as i64)
     .bind(ts(hb.at_ms))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(Before { existed, config_revision })
 }
 
 /// Marks silent devices offline and exports online/offline counts by tenant, on the lead

@@ -27,6 +27,7 @@ pub mod quarantine;
 pub mod repair;
 pub mod signing;
 pub mod spine;
+pub mod store_config;
 pub mod streams;
 pub mod tenants;
 pub mod tls;
@@ -146,6 +147,7 @@ impl Broker {
         tasks.spawn(monitor::run(ctx.clone()));
         tasks.spawn(repair::run(ctx.clone()));
         auth::start(&ctx, &mut tasks).await?;
+        store_config::start(&ctx, &mut tasks).await?;
         metrics::broker_up(true);
         tracing::info!(%http_addr, "Broker started.");
         Ok(Broker { ctx, http_addr, tasks })

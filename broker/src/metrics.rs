@@ -63,6 +63,11 @@ pub const AUTH_RESPONDER_UP: &str = "tillsync_auth_responder_up";
 pub const ACTIVATIONS: &str = "tillsync_activations_total";
 pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
 pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
+pub const CONFIG_PUBLISHES: &str = "tillsync_config_publishes_total";
+pub const CONFIG_UNDISTRIBUTED: &str = "tillsync_config_versions_undistributed";
+pub const CONFIG_DEVICES_BEHIND: &str = "tillsync_config_devices_behind";
+pub const CONFIG_DRIFT_OLDEST: &str = "tillsync_config_drift_oldest_seconds";
+pub const CONFIG_APPLY_LATENCY: &str = "tillsync_config_apply_latency_seconds";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -178,6 +183,46 @@ fn describe() {
         REVOCATION_KICKS,
         "Disconnect requests for revoked credentials, by result (kicked, not_connected, failed)."
     );
+    describe_counter!(
+        CONFIG_PUBLISHES,
+        "Configuration publishes, by result (published, refused) and code (none, or the refusal code)."
+    );
+    describe_gauge!(
+        CONFIG_UNDISTRIBUTED,
+        "Configuration versions committed and not yet on JetStream (seen by the partition-0 owner)."
+    );
+    describe_gauge!(
+        CONFIG_DEVICES_BEHIND,
+        "Devices whose applied configuration version is behind their store's, by tenant."
+    );
+    describe_gauge!(
+        CONFIG_DRIFT_OLDEST,
+        Unit::Seconds,
+        "Since when the longest-behind device differs (publish time of the first version it lacks), by tenant; 0 when none."
+    );
+    describe_histogram!(
+        CONFIG_APPLY_LATENCY,
+        Unit::Seconds,
+        "From a configuration version's publish to a heartbeat reporting it applied."
+    );
+}
+
+/// One publish, by result (`published`, `refused`) and code (`none` or the refusal code).
+pub fn config_publish(result: &'static str, code: &'static str) {
+    counter!(CONFIG_PUBLISHES, "result" => result, "code" => code).increment(1);
+}
+
+pub fn config_undistributed(n: i64) {
+    gauge!(CONFIG_UNDISTRIBUTED).set(n as f64);
+}
+
+pub fn config_drift(tenant: &str, behind: i64, oldest_secs: f64) {
+    gauge!(CONFIG_DEVICES_BEHIND, "tenant" => tenant.to_string()).set(behind as f64);
+    gauge!(CONFIG_DRIFT_OLDEST, "tenant" => tenant.to_string()).set(oldest_secs);
+}
+
+pub fn config_apply_latency(secs: f64) {
+    histogram!(CONFIG_APPLY_LATENCY).record(secs);
 }
 
 pub fn auth_decision(result: &'static str, reason: &'static str) {
@@ -375,7 +420,12 @@ fn register_at_zero() {
     }
     counter!(DB_RETRIES, "op" => "ingest").increment(0);
     counter!(COMMANDS_FAILED, "code" => MAX_ATTEMPTS_CODE).increment(0);
-    for name in [APPLY_LATENCY, EVENT_LAG, BATCH_SIZE, COMMAND_ROUND_TRIP] {
+    counter!(CONFIG_PUBLISHES, "result" => "published", "code" => "none").increment(0);
+    for r in tillsync_schemas::config::Refusal::ALL {
+        counter!(CONFIG_PUBLISHES, "result" => "refused", "code" => r.as_str()).increment(0);
+    }
+    config_undistributed(0);
+    for name in [APPLY_LATENCY, EVENT_LAG, BATCH_SIZE, COMMAND_ROUND_TRIP, CONFIG_APPLY_LATENCY] {
         let _ = histogram!(name);
     }
     register_command_counters();

@@ -14,6 +14,9 @@ use crate::error::BrokerError;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Largest message on the configuration streams: a delta or snapshot plus its headers.
+const CONFIG_MESSAGE_BYTES: i32 = tillsync_schemas::config::MAX_CONFIG_BYTES as i32 + 16 * 1024;
+
 /// The families whose streams are partitioned: the broker consumes them, a partition at a time.
 pub const PARTITIONED: [(&str, &str, Family); 4] = [
     (names::EVENTS, names::BROKER_EVENTS_CONSUMER, Family::Events),
@@ -72,6 +75,20 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
             max_messages_per_subject: 1,
             allow_direct: true,
             ..base(names::WATERMARKS, Family::Watermarks, DAY * 30)
+        },
+        // Configuration: the last deltas of each store (devices further behind take the
+        // snapshot), and each store's latest snapshot; bridges read both with direct gets.
+        StreamConfig {
+            max_messages_per_subject: c.config_deltas_kept as i64,
+            allow_direct: true,
+            max_message_size: CONFIG_MESSAGE_BYTES,
+            ..base(names::CONFIG, Family::Config, Duration::ZERO)
+        },
+        StreamConfig {
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            max_message_size: CONFIG_MESSAGE_BYTES,
+            ..base(names::CONFIG_SNAPSHOTS, Family::ConfigSnapshot, Duration::ZERO)
         },
     ]
 }

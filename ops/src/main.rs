@@ -1,7 +1,8 @@
 //! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 failure (the error is printed); 2 usage error (clap); 3 a check
-//! found differences or problems (e.g. `replay --verify` mismatches); 130 interrupted by Ctrl-C
+//! found differences or problems (e.g. `replay --verify` mismatches); 6 a configuration publish
+//! was refused (`config publish`); 130 interrupted by Ctrl-C
 //! (`replay` resumes with `--resume`). See docs/operations.md.
 
 mod bench;
@@ -18,6 +19,7 @@ mod partitions;
 mod quarantine;
 mod replay;
 mod status;
+mod store_config;
 mod tenants;
 
 use std::process::ExitCode;
@@ -69,6 +71,9 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// The broker's command signing keys: generate a seed file, or print a seed's public key.
     Keys(keys::KeysArgs),
+    /// Store configuration from head office: publish a change set, show or diff a store's
+    /// versions, list devices behind (exit 6: publish refused).
+    Config(store_config::ConfigArgs),
 }
 
 #[tokio::main]
@@ -91,6 +96,7 @@ async fn main() -> ExitCode {
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
         Command::Keys(args) => keys::run(args),
+        Command::Config(args) => store_config::run(args, &cli.global).await,
     };
     match result {
         Ok(code) => code,

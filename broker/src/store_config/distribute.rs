@@ -1,0 +1,213 @@
+//! Distribution: the owner of partition 0 puts every committed version on JetStream, in
+//! version order per store, then the store's snapshot at its newest distributed version.
+//! Woken by `NOTIFY tillsync_config`, with a poll every second as the fallback; a broker that
+//! died between a commit and its publish leaves the version undistributed, and the next round
+//! (on whichever instance leads) publishes it. `Nats-Msg-Id` makes a repeated publish harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use sqlx::postgres::PgListener;
+use sqlx::types::chrono::{DateTime, Utc};
+use sqlx::Row;
+use tillsync_schemas::config::{delta_subject, snapshot_subject, ConfigDelta, ConfigSnapshot};
+use tillsync_schemas::{streams as names, SCHEMA_VERSION};
+
+use super::model;
+use super::rows::{self, CHANNEL};
+use crate::{metrics, Ctx};
+
+const POLL: Duration = Duration::from_secs(1);
+/// Versions (and snapshots) handled per round; the next round continues at once when full.
+const ROUND: i64 = 500;
+
+/// Header carrying the configuration version on deltas and snapshots.
+pub const HEADER_CONFIG_VERSION: &str = "Tillsync-Config-Version";
+
+/// `Nats-Msg-Id` of a version's delta: `cfg:<tenant>:<store>:<version>`.
+pub fn delta_msg_id(tenant: &str, store: &str, version: u64) -> String {
+    format!("cfg:{tenant}:{store}:{version}")
+}
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = listen(&ctx).await;
+        }
+        if ctx.partitions.leads() {
+            match round(&ctx).await {
+                // A full round: more may wait, go again without sleeping.
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "Configuration not distributed this round; retrying."),
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            woke = notified(&mut listener) => {
+                if let Err(error) = woke {
+                    tracing::warn!(%error, "Configuration listener lost; polling until it is back.");
+                    listener = None;
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+async fn listen(ctx: &Ctx) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(&ctx.pool).await.ok()?;
+    l.listen(CHANNEL).await.ok()?;
+    Some(l)
+}
+
+async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// One round: new stores, undistributed deltas, then stale snapshots. True when a limit was
+/// reached (more work waits).
+async fn round(ctx: &Ctx) -> anyhow::Result<bool> {
+    adopt_new_stores(ctx).await?;
+    let deltas = publish_deltas(ctx).await?;
+    let snapshots = publish_snapshots(ctx).await?;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM config_versions WHERE distributed_at IS NULL")
+        .fetch_one(&ctx.pool)
+        .await?;
+    metrics::config_undistributed(waiting);
+    Ok(deltas >= ROUND as usize || snapshots >= ROUND as usize)
+}
+
+/// Stores with devices and no version, of tenants that have a configuration (devices added
+/// with `tillsync devices add` or activated): they get version 1.
+async fn adopt_new_stores(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    let stores: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT d.tenant_id, d.store_id FROM devices d
+         WHERE NOT EXISTS (SELECT 1 FROM config_stores c WHERE c.tenant_id = d.tenant_id AND c.store_id = d.store_id AND c.version > 0)
+           AND EXISTS (SELECT 1 FROM config_entities e WHERE e.tenant_id = d.tenant_id)
+         LIMIT 100",
+    )
+    .fetch_all(&ctx.pool)
+    .await?;
+    for (tenant, store) in stores {
+        super::ensure_store(&ctx.pool, &tenant, &store).await?;
+    }
+    Ok(())
+}
+
+/// Publishes undistributed versions in (store, version) order, each after the one before it
+/// was acked by JetStream, and records the stream sequence.
+async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
+    let pending = sqlx::query(
+        "SELECT tenant_id, store_id, version, publish_id, published_by, published_at FROM config_versions
+         WHERE distributed_at IS NULL ORDER BY tenant_id, store_id, version LIMIT $1",
+    )
+    .bind(ROUND)
+    .fetch_all(&ctx.pool)
+    .await?;
+    let n = pending.len();
+    for row in pending {
+        let (tenant, store): (String, String) = (row.get("tenant_id"), row.get("store_id"));
+        let version: i64 = row.get("version");
+        let published_at: DateTime<Utc> = row.get("published_at");
+        let delta = ConfigDelta {
+            schema_version: SCHEMA_VERSION,
+            version: version as u64,
+            publish_id: row.get("publish_id"),
+            published_by: row.get("published_by"),
+            published_at_ms: published_at.timestamp_millis(),
+            changes: rows::changes(&ctx.pool, &tenant, &store, version).await?,
+            tenant_id: tenant.clone(),
+            store_id: store.clone(),
+        };
+        let mut headers = headers(version as u64);
+        headers.insert(names::HEADER_MSG_ID, delta_msg_id(&tenant, &store, version as u64).as_str());
+        let ack = ctx
+            .js
+            .publish_with_headers(delta_subject(&tenant, &store), headers, tillsync_schemas::encode(&delta).into())
+            .await?
+            .await?;
+        sqlx::query(
+            "UPDATE config_versions SET delta_seq = $4, distributed_at = now()
+             WHERE tenant_id = $1 AND store_id = $2 AND version = $3",
+        )
+        .bind(&tenant)
+        .bind(&store)
+        .bind(version)
+        .bind(ack.sequence as i64)
+        .execute(&ctx.pool)
+        .await?;
+        tracing::debug!(tenant, store, version, seq = ack.sequence, "Configuration delta distributed.");
+    }
+    Ok(n)
+}
+
+fn headers(version: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(names::HEADER_CONTENT_TYPE, names::CONTENT_TYPE);
+    h.insert(HEADER_CONFIG_VERSION, version.to_string().as_str());
+    h
+}
+
+/// Publishes the snapshot of every store whose newest version is distributed and newer than
+/// its last snapshot. Version and state are read in one repeatable-read transaction, so the
+/// state is that version's even while another publish commits.
+async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
+    let stale: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.tenant_id, c.store_id FROM config_stores c
+         JOIN config_versions v ON v.tenant_id = c.tenant_id AND v.store_id = c.store_id AND v.version = c.version
+         WHERE c.snapshot_version < c.version AND v.distributed_at IS NOT NULL LIMIT $1",
+    )
+    .bind(ROUND)
+    .fetch_all(&ctx.pool)
+    .await?;
+    let n = stale.len();
+    for (tenant, store) in stale {
+        let mut tx = ctx.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let (version, delta_seq, published_at): (i64, Option<i64>, DateTime<Utc>) = sqlx::query_as(
+            "SELECT v.version, v.delta_seq, v.published_at FROM config_stores c
+             JOIN config_versions v ON v.tenant_id = c.tenant_id AND v.store_id = c.store_id AND v.version = c.version
+             WHERE c.tenant_id = $1 AND c.store_id = $2",
+        )
+        .bind(&tenant)
+        .bind(&store)
+        .fetch_one(&mut *tx)
+        .await?;
+        // A newer version committed since the list was read: its delta goes first, next round.
+        let Some(delta_seq) = delta_seq else { continue };
+        let state = rows::effective_state(&mut *tx, &tenant, &store).await?;
+        tx.commit().await?;
+        let snapshot = ConfigSnapshot {
+            schema_version: SCHEMA_VERSION,
+            tenant_id: tenant.clone(),
+            store_id: store.clone(),
+            version: version as u64,
+            delta_seq: delta_seq as u64,
+            published_at_ms: published_at.timestamp_millis(),
+            entities: model::as_changes(&state),
+        };
+        ctx.js
+            .publish_with_headers(
+                snapshot_subject(&tenant, &store),
+                headers(version as u64),
+                tillsync_schemas::encode(&snapshot).into(),
+            )
+            .await?
+            .await?;
+        sqlx::query(
+            "UPDATE config_stores SET snapshot_version = GREATEST(snapshot_version, $3) WHERE tenant_id = $1 AND store_id = $2",
+        )
+        .bind(&tenant)
+        .bind(&store)
+        .bind(version)
+        .execute(&ctx.pool)
+        .await?;
+    }
+    Ok(n)
+}
