@@ -6,6 +6,7 @@ mod chaos;
 mod commands;
 mod commands_truth;
 mod common;
+mod config_edge;
 mod converge;
 mod edge;
 mod example;
