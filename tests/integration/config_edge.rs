@@ -7,10 +7,12 @@ use std::process::{Child, Command, Stdio};
 
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::HeaderMap;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tillsync_edge::{config_cache, Bridge};
 use tillsync_schemas::config::{self, Change, ConfigDelta, ConfigSnapshot, EntityType};
-use tillsync_schemas::{codec, streams, DeviceAddr, Outcome};
+use tillsync_schemas::subject::Family;
+use tillsync_schemas::{codec, streams, subject, DeviceAddr, Outcome};
 use tillsync_tests::{bin_path, eventually, eventually_eq, http_get, metric, InProcBroker, Stack};
 
 use crate::common::add_tenant;
@@ -29,12 +31,12 @@ struct Distributor {
 impl Distributor {
     async fn new(js: async_nats::jetstream::Context, addr: &DeviceAddr) -> Distributor {
         for (name, subjects, per_subject) in [
-            (streams::CONFIG, "tillsync.cfg.>", config::DEFAULT_DELTAS_KEPT as i64),
-            (streams::CONFIG_SNAPSHOTS, "tillsync.cfgsnap.>", 1),
+            (streams::CONFIG, Family::Config, config::DEFAULT_DELTAS_KEPT as i64),
+            (streams::CONFIG_SNAPSHOTS, Family::ConfigSnapshot, 1),
         ] {
             js.get_or_create_stream(StreamConfig {
                 name: name.to_string(),
-                subjects: vec![subjects.to_string()],
+                subjects: vec![subjects.all_subjects()],
                 max_messages_per_subject: per_subject,
                 allow_direct: true,
                 storage: StorageType::File,
@@ -149,8 +151,12 @@ async fn first_boot_takes_the_snapshot_then_deltas_and_the_pos_reads_it_with_nat
     let handler = recording_handler(dir.path());
     let mut cfg = config(&stack, &d, dir.path());
     cfg.handler_exec = Some(handler.clone());
+    // Beats only at connect and on an applied version.
+    cfg.heartbeat_s = 3_600;
     let bridge = Bridge::start(cfg).await.unwrap();
     let api = bridge.http_addr().unwrap();
+    let nats = stack.nats.client().await;
+    let mut beats = nats.subscribe(subject::heartbeats(&d)).await.unwrap();
 
     eventually_eq(T, "first boot reaches version 2", 2, || version(&bridge)).await;
     assert_eq!((applied(&bridge, "snapshot"), applied(&bridge, "delta")), (Some(1.0), Some(0.0)));
@@ -170,6 +176,16 @@ async fn first_boot_takes_the_snapshot_then_deltas_and_the_pos_reads_it_with_nat
     .await;
     eventually_eq(T, "delta 3 applied", 3, || version(&bridge)).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
+    // The broker hears of the applied version at once, not at the next periodic heartbeat.
+    let beat = async {
+        loop {
+            let m = beats.next().await.expect("heartbeat subscription");
+            if codec::decode_heartbeat(&m.subject, &m.payload).unwrap().config_revision == 3 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(T, beat).await.expect("a heartbeat carrying version 3");
     hq.publish(vec![delete(EntityType::MenuItem, "fries")]).await;
     eventually_eq(T, "delta 4 applied", 4, || version(&bridge)).await;
     assert_eq!(applied(&bridge, "delta"), Some(2.0));
@@ -234,13 +250,14 @@ async fn a_bridge_behind_by_more_than_the_kept_deltas_takes_one_snapshot() {
     for n in 0..kept + 5 {
         hq.publish(vec![upsert(EntityType::Tender, &format!("t{}", n % 7), json!({"name": format!("T{n}")}))]).await;
     }
-    let last = hq.version;
+    let t5 = (0..kept + 5).rev().find(|n| n % 7 == 5).unwrap();
     for cfg in [cfg_a, cfg_g] {
+        let last = hq.version;
         let bridge = Bridge::start(cfg).await.unwrap();
         eventually_eq(T, "caught up", last, || version(&bridge)).await;
         assert_eq!((applied(&bridge, "snapshot"), applied(&bridge, "delta")), (Some(1.0), Some(0.0)));
         let (_, body) = get_json(bridge.http_addr().unwrap(), "/v1/config").await;
-        assert_eq!(body["entities"]["tender"]["t5"]["name"], format!("T{}", kept + 5 - 3));
+        assert_eq!(body["entities"]["tender"]["t5"]["name"], format!("T{t5}"));
         // And deltas again after that.
         hq.publish(vec![delete(EntityType::Tender, "cash")]).await;
         eventually_eq(T, "the next delta", hq.version, || version(&bridge)).await;
