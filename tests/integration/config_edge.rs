@@ -396,3 +396,35 @@ async fn kill_9_mid_apply_leaves_the_old_version_and_a_restart_reaches_the_new_o
         }
     }
 }
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_and_counted_without_holding_the_sync_back() {
+    let stack = Stack::start().await;
+    let d = DeviceAddr::new("acme", "s1", "till-h");
+    let mut hq = Distributor::new(stack.nats.jetstream().await, &d).await;
+    hq.publish(menu()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Fails until `<script>.ok` exists, then records what it gets.
+    let handler = dir.path().join("flaky.sh");
+    std::fs::write(&handler, "#!/bin/sh\n[ -f \"$0.ok\" ] || exit 1\ncat >> \"$0.log\"\necho >> \"$0.log\"\n").unwrap();
+    std::fs::set_permissions(&handler, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+        .unwrap();
+    let mut cfg = config(&stack, &d, dir.path());
+    cfg.handler_exec = Some(handler.clone());
+    let bridge = Bridge::start(cfg).await.unwrap();
+
+    eventually_eq(T, "version 1 applied while the handler fails", 1, || version(&bridge)).await;
+    let failures =
+        || async { metric(&bridge.metrics_text(), "tillsync_edge_config_handler_failures_total", "").unwrap_or(0.0) };
+    eventually(T, "handler failures counted", || async { (failures().await >= 2.0).then_some(()) }).await;
+    hq.publish(vec![delete(EntityType::Tender, "cash")]).await;
+    eventually_eq(T, "version 2 applied while the handler fails", 2, || version(&bridge)).await;
+    assert!(handled(&handler).is_empty());
+
+    std::fs::write(format!("{}.ok", handler.display()), b"").unwrap();
+    eventually_eq(T, "both versions handed over, in order", vec![json!(1), json!(2)], || async {
+        handled(&handler).iter().map(|h| h["version"].clone()).collect::<Vec<_>>()
+    })
+    .await;
+    bridge.shutdown().await;
+}
