@@ -127,6 +127,16 @@ fn menu() -> Vec<Change> {
     ]
 }
 
+/// A test's stack, with version 1 (the [`menu`]) published for `device`'s store, and a folder
+/// for its bridge.
+async fn world(device: &str) -> (Stack, DeviceAddr, Distributor, tempfile::TempDir) {
+    let stack = Stack::start().await;
+    let d = DeviceAddr::new("acme", "s1", device);
+    let mut hq = Distributor::new(stack.nats.jetstream().await, &d).await;
+    hq.publish(menu()).await;
+    (stack, d, hq, tempfile::tempdir().unwrap())
+}
+
 async fn version(bridge: &Bridge) -> u64 {
     bridge_status(bridge).await.config_revision
 }
@@ -268,11 +278,7 @@ async fn a_bridge_behind_by_more_than_the_kept_deltas_takes_one_snapshot() {
 
 #[tokio::test]
 async fn a_malformed_delta_is_refused_with_a_code_and_the_next_snapshot_moves_on() {
-    let stack = Stack::start().await;
-    let d = DeviceAddr::new("acme", "s1", "till-m");
-    let mut hq = Distributor::new(stack.nats.jetstream().await, &d).await;
-    hq.publish(menu()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (stack, d, mut hq, dir) = world("till-m").await;
     let bridge = Bridge::start(config(&stack, &d, dir.path())).await.unwrap();
     eventually_eq(T, "version 1", 1, || version(&bridge)).await;
 
@@ -350,11 +356,7 @@ async fn on_file(db: &Path) -> config_cache::Current {
 
 #[tokio::test]
 async fn kill_9_mid_apply_leaves_the_old_version_and_a_restart_reaches_the_new_one() {
-    let stack = Stack::start().await;
-    let d = DeviceAddr::new("acme", "s1", "till-k");
-    let mut hq = Distributor::new(stack.nats.jetstream().await, &d).await;
-    hq.publish(menu()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (stack, d, mut hq, dir) = world("till-k").await;
     let mut cfg = config(&stack, &d, dir.path());
     cfg.http_addr = tillsync_tests::free_addr();
     let db = cfg.db.clone();
@@ -399,11 +401,7 @@ async fn kill_9_mid_apply_leaves_the_old_version_and_a_restart_reaches_the_new_o
 
 #[tokio::test]
 async fn a_failing_handler_is_retried_and_counted_without_holding_the_sync_back() {
-    let stack = Stack::start().await;
-    let d = DeviceAddr::new("acme", "s1", "till-h");
-    let mut hq = Distributor::new(stack.nats.jetstream().await, &d).await;
-    hq.publish(menu()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (stack, d, mut hq, dir) = world("till-h").await;
     // Fails until `<script>.ok` exists, then records what it gets.
     let handler = dir.path().join("flaky.sh");
     std::fs::write(&handler, "#!/bin/sh\n[ -f \"$0.ok\" ] || exit 1\ncat >> \"$0.log\"\necho >> \"$0.log\"\n").unwrap();
