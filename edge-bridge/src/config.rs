@@ -91,6 +91,10 @@ pub struct Config {
     /// command is refused `bad_signature`.
     #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS", value_delimiter = ',')]
     pub command_keys: Vec<String>,
+    /// Take the configuration snapshot instead of the deltas when more than this many versions
+    /// behind (the broker keeps 100 deltas per store by default).
+    #[arg(long, env = "TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", default_value_t = 100)]
+    pub config_snapshot_after: u64,
 }
 
 /// Parses a [`Config`] from arguments alone (tests, simulations).
@@ -203,6 +207,7 @@ impl Config {
             (self.ack_timeout_ms == 0, "ack_timeout_ms must be positive"),
             (!matches!(self.sqlite_sync.as_str(), "full" | "normal"), "sqlite_sync must be full or normal"),
             (self.resend_after_s == 0, "resend_after_s must be positive"),
+            (self.config_snapshot_after == 0, "config_snapshot_after must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -253,6 +258,7 @@ impl Config {
             ("TILLSYNC_EDGE_ACK_TIMEOUT_MS", self.ack_timeout_ms.to_string()),
             ("TILLSYNC_EDGE_SQLITE_SYNC", self.sqlite_sync.clone()),
             ("TILLSYNC_EDGE_RESEND_AFTER_S", self.resend_after_s.to_string()),
+            ("TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", self.config_snapshot_after.to_string()),
         ];
         if let Some(p) = &self.nats_creds {
             env.push(("NATS_CREDS", p.display().to_string()));

@@ -60,7 +60,15 @@ fn fmt(a: &DeviceAddr) -> String {
     format!("{}/{}/{}", a.tenant_id, a.store_id, a.device_id)
 }
 
-/// The applied config revision (from the last applied settings_patch).
+/// Starts a write transaction with `BEGIN IMMEDIATE`: it takes the write lock at once, waiting
+/// on the busy timeout. A deferred transaction that reads and then writes fails with
+/// SQLITE_BUSY ("database is locked") at the write, without waiting, when another connection
+/// wrote in between; every write transaction of the bridge starts here.
+pub async fn begin_write(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// The applied configuration version (0 before the first; only configuration sync moves it).
 pub async fn config_revision(pool: &SqlitePool) -> Result<u64, sqlx::Error> {
     let rev: i64 = sqlx::query_scalar("SELECT config_revision FROM bridge_state WHERE id = 1").fetch_one(pool).await?;
     Ok(rev as u64)

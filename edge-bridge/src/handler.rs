@@ -1,5 +1,6 @@
-//! Applies a command to the POS: an HTTP POST of the command JSON to the local POS API, a
-//! program run with the command JSON on stdin, or nothing (demos). Always under a timeout.
+//! Applies a command (or hands over an applied configuration change set) to the POS: an HTTP
+//! POST of the JSON to the local POS API, a program run with the JSON on stdin, or nothing
+//! (demos). Always under a timeout.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,11 +66,16 @@ fn truncate(mut s: String) -> String {
 
 pub async fn apply(spec: &HandlerSpec, cmd: &CommandEnvelope, timeout: Duration) -> HandlerResult {
     let json = serde_json::to_vec(cmd).expect("commands always serialize");
+    apply_json(spec, &json, timeout).await
+}
+
+/// Hands any JSON document to the handler: a command, or an applied configuration change set.
+pub async fn apply_json(spec: &HandlerSpec, json: &[u8], timeout: Duration) -> HandlerResult {
     let run = async {
         match spec {
             HandlerSpec::None => HandlerResult::Applied,
-            HandlerSpec::Http(url) => post(url, &json).await,
-            HandlerSpec::Exec(path) => exec(path, &json).await,
+            HandlerSpec::Http(url) => post(url, json).await,
+            HandlerSpec::Exec(path) => exec(path, json).await,
         }
     };
     match tokio::time::timeout(timeout, run).await {

@@ -1,4 +1,5 @@
-//! Heartbeats: every `heartbeat_s` (and at each connect) the bridge publishes its health to
+//! Heartbeats: every `heartbeat_s`, at each connect and right after a configuration version is
+//! applied (so the broker learns the applied version at once), the bridge publishes its health to
 //! JetStream. Skipped while offline: a stale heartbeat has no value, the outbox does.
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Beater {
     pub cancel: CancellationToken,
     pub every: Duration,
     pub ack_timeout: Duration,
+    /// Notified to beat at once.
+    pub beat_now: Arc<tokio::sync::Notify>,
 }
 
 impl Beater {
@@ -32,6 +35,7 @@ impl Beater {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
                 changed = self.connected.changed() => {
                     if changed.is_err() { return; }
                     if !*self.connected.borrow() { continue; }

@@ -3,7 +3,7 @@
 //! published, so a crash at any point is recognised on redelivery.
 
 use sqlx::sqlite::SqlitePool;
-use tillsync_schemas::{CommandBody, CommandEnvelope, Outcome};
+use tillsync_schemas::{CommandEnvelope, Outcome};
 
 use crate::now_ms;
 
@@ -50,7 +50,8 @@ pub async fn start(pool: &SqlitePool, cmd: &CommandEnvelope) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Records the outcome; an applied settings_patch also moves the config revision, atomically.
+/// Records the outcome. A settings_patch does not move the applied configuration version: only
+/// configuration sync does ([`crate::config_cache`]), so `if_match` means one thing.
 pub async fn finish(
     pool: &SqlitePool,
     cmd: &CommandEnvelope,
@@ -59,7 +60,6 @@ pub async fn finish(
     detail: &str,
 ) -> Result<(), sqlx::Error> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO commands (command_id, kind, state, outcome, code, detail, received_at_ms, done_at_ms)
          VALUES (?, ?, 'done', ?, ?, ?, ?, ?)
@@ -73,15 +73,9 @@ pub async fn finish(
     .bind(detail)
     .bind(now)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    if let (Outcome::Applied, CommandBody::SettingsPatch { revision, .. }) = (outcome, &cmd.body) {
-        sqlx::query("UPDATE bridge_state SET config_revision = ? WHERE id = 1")
-            .bind(*revision as i64)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await
+    Ok(())
 }
 
 /// Keeps an undecodable command message, so a refusal is never silent.

@@ -6,13 +6,18 @@
 //! rows sent only after the publish ack; rows are pruned once the broker's watermark covers
 //! them; rows sent but not covered are sent again on reconnect, on a stalled watermark and on
 //! the broker's request ([`resend`]). Commands are consumed durably, deduped by command_id in SQLite, applied through a
-//! handler with a timeout and acked with their outcome. Heartbeats report health. Only
+//! handler with a timeout and acked with their outcome. Head office's configuration is kept in
+//! SQLite, version by version ([`config_sync`]), served to the POS and handed to the handler.
+//! Heartbeats report health. Only
 //! outbound connections; `docs/edge-bridge.md` is the operator's guide.
 
 pub mod api;
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod config_cache;
+pub mod config_handoff;
+pub mod config_sync;
 pub mod db;
 pub mod draft;
 pub mod error;
@@ -132,7 +137,36 @@ impl Bridge {
             Duration::from_millis(config.backoff_max_ms),
         );
 
+        let beat_now = Arc::new(tokio::sync::Notify::new());
+        let config_applied = Arc::new(tokio::sync::Notify::new());
         let mut tasks = JoinSet::new();
+        tasks.spawn(
+            config_sync::Syncer {
+                addr: addr.clone(),
+                js: js.clone(),
+                pool: pool.clone(),
+                db_path: config.db.clone(),
+                metrics: metrics.clone(),
+                connected: connected.clone(),
+                cancel: cancel.clone(),
+                backoff: backoff.clone(),
+                snapshot_after: config.config_snapshot_after,
+                applied: vec![beat_now.clone(), config_applied.clone()],
+            }
+            .run(),
+        );
+        tasks.spawn(
+            config_handoff::HandOff {
+                pool: pool.clone(),
+                handler: handler.clone(),
+                handler_timeout: config.handler_timeout(),
+                metrics: metrics.clone(),
+                cancel: cancel.clone(),
+                wake: config_applied,
+                backoff: backoff.clone(),
+            }
+            .run(),
+        );
         tasks.spawn(
             publisher::Publisher {
                 js: js.clone(),
@@ -193,6 +227,7 @@ impl Bridge {
                 cancel: cancel.clone(),
                 every: config.heartbeat_every(),
                 ack_timeout: config.ack_timeout(),
+                beat_now,
             }
             .run(),
         );

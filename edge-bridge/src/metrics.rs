@@ -25,6 +25,16 @@ pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
 pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
 pub const EVENTS_RESENT: &str = "tillsync_edge_events_resent_total";
+pub const CONFIG_VERSION: &str = "tillsync_edge_config_version";
+pub const CONFIG_APPLIED: &str = "tillsync_edge_config_applied_total";
+pub const CONFIG_BYTES: &str = "tillsync_edge_config_bytes_total";
+pub const CONFIG_REFUSED: &str = "tillsync_edge_config_refused_total";
+pub const CONFIG_LATENCY: &str = "tillsync_edge_config_publish_to_applied_seconds";
+pub const CONFIG_HANDED: &str = "tillsync_edge_config_handed_total";
+pub const CONFIG_HANDLER_FAILURES: &str = "tillsync_edge_config_handler_failures_total";
+
+/// How configuration arrives: one version's delta, or the whole snapshot.
+pub const CONFIG_VIA: &[&str] = &["delta", "snapshot"];
 
 /// Why rows were sent again: the NATS connection came (back) up, the watermark stalled, or
 /// the broker asked for a range.
@@ -53,6 +63,10 @@ pub struct Metrics {
     pub handler_latency: Histogram,
     pub heartbeats: Counter,
     pub heartbeat_failures: Counter,
+    pub config_version: Gauge,
+    pub config_latency: Histogram,
+    pub config_handed: Counter,
+    pub config_handler_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,12 +102,23 @@ impl Metrics {
             handler_latency: recorder.register_histogram(&Key::from_static_name(HANDLER_LATENCY), &META),
             heartbeats: c(HEARTBEATS),
             heartbeat_failures: c(HEARTBEAT_FAILURES),
+            config_version: g(CONFIG_VERSION),
+            config_latency: recorder.register_histogram(&Key::from_static_name(CONFIG_LATENCY), &META),
+            config_handed: c(CONFIG_HANDED),
+            config_handler_failures: c(CONFIG_HANDLER_FAILURES),
             recorder,
         };
         // Pre-register the refusal code operators alert on, so it shows as 0 before the first one.
         m.refused(crate::error::OUTBOX_FULL).increment(0);
         for reason in RESEND_REASONS {
             m.resent(reason).increment(0);
+        }
+        for via in CONFIG_VIA {
+            m.config_applied(via).increment(0);
+            m.config_bytes(via).increment(0);
+        }
+        for code in crate::config_sync::REFUSAL_CODES {
+            m.config_refused(code).increment(0);
         }
         m
     }
@@ -111,6 +136,21 @@ impl Metrics {
     /// Events rewound to be published again, by reason (one of [`RESEND_REASONS`]).
     pub fn resent(&self, reason: &'static str) -> Counter {
         self.labelled_counter(EVENTS_RESENT, "reason", reason)
+    }
+
+    /// Configuration change sets applied, by way (one of [`CONFIG_VIA`]).
+    pub fn config_applied(&self, via: &'static str) -> Counter {
+        self.labelled_counter(CONFIG_APPLIED, "via", via)
+    }
+
+    /// Encoded configuration bytes applied, by way (one of [`CONFIG_VIA`]).
+    pub fn config_bytes(&self, via: &'static str) -> Counter {
+        self.labelled_counter(CONFIG_BYTES, "via", via)
+    }
+
+    /// Configuration messages refused, by code ([`crate::config_sync::REFUSAL_CODES`]).
+    pub fn config_refused(&self, code: &'static str) -> Counter {
+        self.labelled_counter(CONFIG_REFUSED, "code", code)
     }
 
     fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
@@ -156,6 +196,20 @@ fn describe(r: &PrometheusRecorder) {
     counter(HEARTBEATS, "Heartbeats published.");
     counter(HEARTBEAT_FAILURES, "Heartbeats that could not be published.");
     counter(EVENTS_RESENT, "JetStream-acked events published again, by reason (reconnect, stall, request).");
+    gauge(CONFIG_VERSION, None, "The applied configuration version (0: none yet).");
+    counter(CONFIG_APPLIED, "Configuration change sets applied, by way (delta, snapshot).");
+    counter(CONFIG_BYTES, "Encoded bytes of the deltas and snapshots applied, by way (delta, snapshot).");
+    counter(
+        CONFIG_REFUSED,
+        "Configuration messages refused (kept in refused_config), by code (undecodable, wrong_store).",
+    );
+    r.describe_histogram(
+        CONFIG_LATENCY.into(),
+        Some(Unit::Seconds),
+        "From head office's publish to this bridge's commit of the version.".into(),
+    );
+    counter(CONFIG_HANDED, "Applied configuration change sets the handler took.");
+    counter(CONFIG_HANDLER_FAILURES, "Hand-offs of an applied configuration the handler failed; retried with backoff.");
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ impl Outbox {
                 });
             }
         }
-        let mut tx = self.pool.begin().await.map_err(storage)?;
+        let mut tx = crate::db::begin_write(&self.pool).await.map_err(storage)?;
         sqlx::query("UPDATE bridge_state SET last_seq = ? WHERE id = 1")
             .bind(seq as i64)
             .execute(&mut *tx)
@@ -237,7 +237,7 @@ impl Outbox {
     /// that was rewound while they were in flight must stay unsent.
     pub async fn mark_sent(&self, seqs: &[u64]) -> Result<(), sqlx::Error> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_write(&self.pool).await?;
         for (from, to) in crate::resend::runs(seqs) {
             sqlx::query("UPDATE outbox SET sent_at_ms = ? WHERE seq BETWEEN ? AND ? AND sent_at_ms IS NULL")
                 .bind(now)
@@ -272,7 +272,7 @@ impl Outbox {
             "UPDATE outbox SET sent_at_ms = NULL, resends = resends + 1
              WHERE sent_at_ms IS NOT NULL AND seq > ? AND {cond}"
         );
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_write(&self.pool).await?;
         let mut q = sqlx::query(&sql).bind(self.watermark() as i64);
         for b in binds {
             q = q.bind(*b);
@@ -332,7 +332,7 @@ impl Outbox {
 
     /// Deletes rows with seq <= `watermark` accepted before `cutoff_ms`, and old event ids.
     async fn prune_locked(&self, counts: &mut Counts, watermark: u64, cutoff_ms: i64) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_write(&self.pool).await?;
         let (n, bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*), coalesce(sum(length(envelope)), 0) FROM outbox WHERE seq <= ? AND accepted_at_ms <= ?",
         )

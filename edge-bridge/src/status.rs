@@ -22,6 +22,7 @@ pub struct Status {
     pub outbox: OutboxStats,
     /// Highest seq acked by JetStream in this run (0 before the first).
     pub last_sent_seq: u64,
+    /// The applied configuration version (0: none yet); commands' `if_match` refers to it.
     pub config_revision: u64,
     pub commands_applied: u64,
     /// Events published (JetStream-acked) by this run.
@@ -69,7 +70,7 @@ impl Status {
     pub fn render(&self) -> String {
         let o = &self.outbox;
         format!(
-            "device       {}/{}/{}\nconnection   {}\noutbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nresent       {} events sent again (reconnect, stall or broker request)\nconfig rev   {}\ncommands     {} applied\nuptime       {} s\nversion      {}",
+            "device       {}/{}/{}\nconnection   {}\noutbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nresent       {} events sent again (reconnect, stall or broker request)\nconfig       version {} applied\ncommands     {} applied\nuptime       {} s\nversion      {}",
             self.tenant_id,
             self.store_id,
             self.device_id,

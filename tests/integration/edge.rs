@@ -226,9 +226,10 @@ async fn a_command_queued_while_the_bridge_was_offline_is_applied_once_after_rec
     assert_eq!(got[0]["command_id"], cmd.command_id.as_str());
     assert_eq!(acks(&js, &d).await.len(), 1, "the re-ack was deduped by its Nats-Msg-Id");
     let s = bridge_status(&bridge).await;
-    assert_eq!((s.config_revision, s.commands_applied), (7, 1));
+    // Applied by the handler; a settings_patch does not move the configuration version.
+    assert_eq!((s.commands_applied, s.config_revision), (1, 0));
 
-    // A command that requires the old revision is refused without running the handler.
+    // A command that requires another configuration version is refused without running the handler.
     let mut stale = settings_patch(&d, 8, tillsync_edge::now_ms(), 60_000);
     stale.if_match = Some(6);
     publish_command(&js, &stale, 1).await;
@@ -257,7 +258,7 @@ async fn an_expired_command_is_refused() {
     let ack = the_ack(&js, &d, &cmd.command_id).await;
     assert_eq!((ack.outcome, ack.code.as_str()), (Outcome::Rejected, "expired"));
     assert!(handled(&handler).is_empty(), "the handler never saw the expired command");
-    assert_eq!(bridge_status(&bridge).await.config_revision, 0);
+    assert_eq!(bridge_status(&bridge).await.commands_applied, 0);
     assert_eq!(metric(&bridge.metrics_text(), "tillsync_edge_commands_total", "outcome=\"rejected\""), Some(1.0));
     bridge.shutdown().await;
     broker.stop().await;
@@ -281,7 +282,7 @@ async fn a_handler_that_times_out_gives_a_failed_ack_with_a_code() {
     let ack = the_ack(&js, &d, &cmd.command_id).await;
     assert_eq!((ack.outcome, ack.code.as_str()), (Outcome::Failed, "handler_timeout"));
     assert!(ack.detail.contains("300"), "{}", ack.detail);
-    assert_eq!(bridge_status(&bridge).await.config_revision, 0, "a failed patch does not move the revision");
+    assert_eq!(bridge_status(&bridge).await.commands_applied, 0, "a failed patch is not counted applied");
     bridge.shutdown().await;
     broker.stop().await;
 }
@@ -348,7 +349,7 @@ async fn a_portal_command_goes_through_the_broker_to_the_bridge_and_back_to_acke
     let q = format!("SELECT count(*) FROM command_inbox WHERE command_id = '{}' AND state = 'acked'", cmd.command_id);
     eventually_eq(T, "command acked in the broker's inbox", 1, || stack.db.count(&q)).await;
     assert_eq!(handled(&handler).len(), 1);
-    assert_eq!(bridge_status(&bridge).await.config_revision, 5);
+    assert_eq!(bridge_status(&bridge).await.commands_applied, 1);
     bridge.shutdown().await;
     broker.stop().await;
 }

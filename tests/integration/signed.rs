@@ -78,8 +78,10 @@ impl Fixture {
         metric(&self.bridge.metrics_text(), "tillsync_edge_commands_bad_signature_total", "")
     }
 
-    async fn config_revision(&self) -> u64 {
-        bridge_status(&self.bridge).await.config_revision
+    /// Commands the bridge's ledger holds as applied (settings_patch no longer moves the
+    /// configuration version: only configuration sync does).
+    async fn commands_applied(&self) -> u64 {
+        bridge_status(&self.bridge).await.commands_applied
     }
 }
 
@@ -110,7 +112,7 @@ async fn an_altered_command_is_refused_bad_signature_and_the_genuine_one_still_a
     assert!(handled(&f.handler).is_empty(), "the handler never saw the altered command");
     assert_eq!(f.bad_signatures(), Some(1.0));
     assert_eq!(f.refused_reasons().await, vec!["bad_signature"]);
-    assert_eq!(f.config_revision().await, 0);
+    assert_eq!(f.commands_applied().await, 0);
 
     // The forged copy decided nothing for its command id: the genuine copy is applied and its
     // ack is stored next to the refusal (its own Nats-Msg-Id).
@@ -118,7 +120,7 @@ async fn an_altered_command_is_refused_bad_signature_and_the_genuine_one_still_a
     let want = [(Outcome::Rejected, "bad_signature"), (Outcome::Applied, "ok")];
     f.wait_acks("the genuine copy applied", &original.command_id, &want).await;
     assert_eq!(handled(&f.handler).len(), 1);
-    assert_eq!(f.config_revision().await, 3);
+    assert_eq!(f.commands_applied().await, 1);
     f.stop().await;
 }
 
@@ -187,7 +189,7 @@ async fn a_replayed_signed_command_is_not_applied_twice_and_an_expired_one_is_re
     f.wait_acks("the expired command refused", &late.command_id, &[(Outcome::Rejected, "expired")]).await;
     assert_eq!(handled(&f.handler).len(), 1);
     assert_eq!(f.bad_signatures(), Some(0.0));
-    assert_eq!(f.config_revision().await, 8);
+    assert_eq!(f.commands_applied().await, 1, "applied once, the replay and the expired one not");
     f.stop().await;
 }
 
