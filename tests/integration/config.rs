@@ -1,0 +1,181 @@
+//! Configuration down, end to end: head office publishes over the portal subject, the broker
+//! versions and distributes, activated bridges (NATS with authorization on) apply and report.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tillsync_edge::Bridge;
+use tillsync_schemas::config::{self, ChangeRequest, ChangeSet, PublishReply};
+use tillsync_schemas::{codec, DeviceAddr};
+use tillsync_tests::{eventually_eq, http_get, metric, InProcBroker, Stack};
+
+use crate::common::*;
+use crate::security::support::{activated_config, Probe, T};
+
+fn upsert(t: &str, id: &str, body: serde_json::Value) -> ChangeRequest {
+    ChangeRequest { op: "upsert".into(), entity_type: t.into(), id: id.into(), body: Some(body) }
+}
+
+fn menu(tenant: &str, price: i64) -> ChangeSet {
+    ChangeSet {
+        tenant_id: tenant.into(),
+        store_id: None,
+        if_match: None,
+        published_by: "hq-test".into(),
+        changes: vec![
+            upsert("menu_category", "mains", json!({"name": "Mains"})),
+            upsert(
+                "menu_item",
+                "burger",
+                json!({"name": format!("{tenant} burger"), "price_minor": price, "category_id": "mains"}),
+            ),
+        ],
+    }
+}
+
+/// Publishes as the portal does; returns the version each store got.
+async fn publish(stack: &Stack, cs: &ChangeSet) -> BTreeMap<String, u64> {
+    let client = stack.nats.client().await;
+    let subject = config::publish_subject(&cs.tenant_id, cs.store_id.as_deref());
+    let reply = client.request(subject, codec::encode(cs).into()).await.expect("a publish reply");
+    match codec::decode::<PublishReply>(&reply.payload).unwrap() {
+        PublishReply::Published { versions, .. } => versions,
+        PublishReply::Refused { code, detail } => panic!("publish refused: {code} ({detail})"),
+    }
+}
+
+async fn applied(bridge: &Bridge) -> u64 {
+    bridge.status().await.map(|s| s.config_revision).unwrap_or(0)
+}
+
+/// The bridge's configuration as the POS reads it.
+async fn local_config(bridge: &Bridge) -> serde_json::Value {
+    let (code, body) = http_get(bridge.http_addr().unwrap(), "/v1/config").await.expect("local API answers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn bridge_metric(bridge: &Bridge, name: &str, labels: &str) -> f64 {
+    let (_, text) = http_get(bridge.http_addr().unwrap(), "/metrics").await.expect("metrics");
+    metric(&text, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_publish_reaches_every_bridge_of_the_store_and_the_broker_sees_it_applied() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = [
+        DeviceAddr::new("acme", "s1", "till-1"),
+        DeviceAddr::new("acme", "s1", "till-2"),
+        DeviceAddr::new("acme", "s2", "till-3"),
+    ];
+    let mut bridges = Vec::new();
+    for a in &addrs {
+        let cfg = activated_config(&stack, a, &dir.path().join(&a.device_id)).await;
+        bridges.push(Bridge::start(cfg).await.unwrap());
+    }
+    let versions = publish(&stack, &menu("acme", 950)).await;
+    assert_eq!(versions, BTreeMap::from([("s1".to_string(), 1), ("s2".to_string(), 1)]));
+    for b in &bridges {
+        eventually_eq(T, "first version applied (snapshot)", 1, || applied(b)).await;
+    }
+    let versions = publish(&stack, &menu("acme", 1050)).await;
+    assert_eq!(versions["s1"], 2);
+    for b in &bridges {
+        eventually_eq(T, "second version applied (delta)", 2, || applied(b)).await;
+        let c = local_config(b).await;
+        assert_eq!(c["version"], 2);
+        assert_eq!(c["entities"]["menu_item"]["burger"]["price_minor"], 1050, "{c}");
+    }
+    // The broker learns each applied version from the heartbeats.
+    for a in &addrs {
+        let q = format!("SELECT count(*) FROM devices WHERE device_id = '{}' AND config_revision = 2", a.device_id);
+        eventually_eq(T, "applied version reported to the broker", 1, || stack.db.count(&q)).await;
+    }
+    for b in bridges {
+        b.shutdown().await;
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_bridge_offline_across_150_versions_takes_one_snapshot_not_150_deltas() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = DeviceAddr::new("acme", "s1", "till-1");
+    let cfg = activated_config(&stack, &a, dir.path()).await;
+    let bridge = Bridge::start(cfg.clone()).await.unwrap();
+    publish(&stack, &menu("acme", 100)).await;
+    eventually_eq(T, "version 1 applied", 1, || applied(&bridge)).await;
+    bridge.shutdown().await;
+
+    for k in 0..150 {
+        let versions = publish(&stack, &menu("acme", 200 + k)).await;
+        assert_eq!(versions["s1"], 2 + k as u64, "gap-free versions");
+    }
+    let bridge = Bridge::start(cfg).await.unwrap();
+    eventually_eq(T, "caught up to version 151", 151, || applied(&bridge)).await;
+    assert_eq!(local_config(&bridge).await["entities"]["menu_item"]["burger"]["price_minor"], 349);
+    // Counters start at zero with the process: this run took one snapshot and no delta.
+    assert_eq!(bridge_metric(&bridge, "tillsync_edge_config_applied_total", "via=\"snapshot\"").await, 1.0);
+    assert_eq!(bridge_metric(&bridge, "tillsync_edge_config_applied_total", "via=\"delta\"").await, 0.0);
+    bridge.shutdown().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_b_configuration_never_reaches_tenant_a() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    add_tenant(&stack.db.pool, "beta").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Same store id in both tenants: only the tenant token keeps them apart.
+    let a = DeviceAddr::new("acme", "s1", "till-1");
+    let b = DeviceAddr::new("beta", "s1", "till-1");
+    let a_cfg = activated_config(&stack, &a, &dir.path().join("a")).await;
+    let b_cfg = activated_config(&stack, &b, &dir.path().join("b")).await;
+    let a_bridge = Bridge::start(a_cfg.clone()).await.unwrap();
+    let b_bridge = Bridge::start(b_cfg).await.unwrap();
+    publish(&stack, &menu("acme", 100)).await;
+    for k in 0..3 {
+        publish(&stack, &menu("beta", 900 + k)).await;
+    }
+    eventually_eq(T, "beta at its third version", 3, || applied(&b_bridge)).await;
+    eventually_eq(T, "acme at its first version", 1, || applied(&a_bridge)).await;
+    let c = local_config(&a_bridge).await;
+    assert_eq!(c["entities"]["menu_item"]["burger"]["name"], "acme burger", "{c}");
+    assert_eq!(c["version"], 1);
+
+    // Acme's device key cannot read beta's snapshot, deltas or consumer, even by asking.
+    let mut probe = Probe::device(&stack, &tillsync_edge::identity::default_path(&a_cfg.db)).await;
+    let beta_consumer = config::device_consumer(&b);
+    for s in [
+        format!(
+            "$JS.API.DIRECT.GET.{}.{}",
+            tillsync_schemas::streams::CONFIG_SNAPSHOTS,
+            config::snapshot_subject("beta", "s1")
+        ),
+        format!("$JS.API.DIRECT.GET.{}.{}", tillsync_schemas::streams::CONFIG, config::delta_subject("beta", "s1")),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{}.{beta_consumer}", tillsync_schemas::streams::CONFIG),
+        format!(
+            "$JS.API.CONSUMER.CREATE.{}.{}.{}",
+            tillsync_schemas::streams::CONFIG,
+            config::device_consumer(&a),
+            config::delta_subject("beta", "s1")
+        ),
+        config::publish_subject("acme", None),
+    ] {
+        probe.publish_refused(&s).await;
+    }
+    let _sub = probe.client.subscribe(config::delta_subject("beta", "s1")).await.unwrap();
+    probe.client.flush().await.unwrap();
+    probe.expect_violation(&format!("subscription to \"{}\"", config::delta_subject("beta", "s1"))).await;
+    a_bridge.shutdown().await;
+    b_bridge.shutdown().await;
+    broker.stop().await;
+}
