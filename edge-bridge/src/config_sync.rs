@@ -14,7 +14,7 @@ use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use futures::StreamExt;
 use sqlx::sqlite::SqlitePool;
 use tillsync_schemas::config::{self, ConfigDelta, ConfigSnapshot};
-use tillsync_schemas::{codec, streams, DeviceAddr};
+use tillsync_schemas::{streams, DeviceAddr};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +22,7 @@ use crate::backoff::Backoff;
 use crate::config_cache::{self, Applying, Position};
 use crate::metrics::Metrics;
 
-/// Header carrying the version on deltas and snapshots.
-pub const HEADER_VERSION: &str = "Tillsync-Config-Version";
+pub use tillsync_schemas::config::HEADER_VERSION;
 /// Refusal codes of a delta or snapshot the bridge cannot apply.
 pub const UNDECODABLE: &str = "undecodable";
 pub const WRONG_STORE: &str = "wrong_store";
@@ -239,7 +238,7 @@ impl Syncer {
         seq: u64,
         payload: &[u8],
     ) -> Result<Option<T>, String> {
-        let (code, detail) = match codec::decode::<T>(payload) {
+        let (code, detail) = match tillsync_schemas::config::decode::<T>(payload) {
             Ok(v) if v.addressed_to(&self.addr) => return Ok(Some(v)),
             Ok(_) => (WRONG_STORE, "names another tenant or store".to_string()),
             Err(e) => (UNDECODABLE, e.detail),
@@ -274,7 +273,7 @@ fn version_of(headers: &async_nats::HeaderMap, payload: &[u8]) -> Option<u64> {
     headers
         .get(HEADER_VERSION)
         .and_then(|v| v.as_str().parse().ok())
-        .or_else(|| codec::decode::<ConfigDelta>(payload).ok().map(|d| d.version))
+        .or_else(|| tillsync_schemas::config::decode::<ConfigDelta>(payload).ok().map(|d| d.version))
 }
 
 fn db(e: sqlx::Error) -> String {

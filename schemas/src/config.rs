@@ -26,6 +26,26 @@ pub const MAX_CONFIG_BYTES: usize = 900 * 1024;
 pub const MAX_CHANGES: usize = 10_000;
 /// Deltas kept per store on the config stream unless configured otherwise.
 pub const DEFAULT_DELTAS_KEPT: u64 = 100;
+/// Header carrying the configuration version on deltas and snapshots.
+pub const HEADER_VERSION: &str = "Tillsync-Config-Version";
+
+/// `Nats-Msg-Id` of a version's delta: `cfg:<tenant>:<store>:<version>`.
+pub fn delta_msg_id(tenant: &str, store: &str, version: u64) -> String {
+    format!("cfg:{tenant}:{store}:{version}")
+}
+
+/// Decodes a change set, delta or snapshot: like [`crate::codec::decode`], but these may be
+/// up to [`MAX_CONFIG_BYTES`] rather than the 64 KiB of other messages.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::WireError> {
+    use crate::Reason;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(crate::WireError::new(
+            Reason::Oversize,
+            format!("{} bytes, more than {MAX_CONFIG_BYTES}", bytes.len()),
+        ));
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| crate::WireError::new(Reason::Undecodable, e.to_string()))
+}
 
 /// What a configuration entity is. Tenant scope unless noted; only `setting` may be published
 /// for one store (`--store`): stores override availability only, and do that with events.
@@ -473,8 +493,15 @@ mod tests {
                 Change { entity_type: EntityType::Tender, id: "cheque".into(), body: None },
             ],
         };
-        let back: ConfigDelta = rmp_serde::from_slice(&crate::encode(&d)).unwrap();
+        let back: ConfigDelta = decode(&crate::encode(&d)).unwrap();
         assert_eq!(back, d);
+        // Larger than other messages may be, smaller than the limit: decodes.
+        let big = ConfigDelta { changes: vec![d.changes[0].clone(); 2_000], ..d.clone() };
+        let bytes = crate::encode(&big);
+        assert!(bytes.len() > crate::MAX_MESSAGE_BYTES && bytes.len() < MAX_CONFIG_BYTES);
+        assert_eq!(decode::<ConfigDelta>(&bytes).unwrap(), big);
+        assert_eq!(decode::<ConfigDelta>(&vec![0; MAX_CONFIG_BYTES + 1]).unwrap_err().reason, crate::Reason::Oversize);
+        assert_eq!(delta_msg_id("acme", "s1", 7), "cfg:acme:s1:7");
         assert_eq!(delta_subject("acme", "s1"), "tillsync.cfg.acme.s1._store");
         assert_eq!(snapshot_subject("acme", "s1"), "tillsync.cfgsnap.acme.s1._store");
         assert_eq!(publish_subject("acme", None), "tillsync.cfgpub.acme._store");

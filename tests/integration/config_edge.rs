@@ -101,7 +101,7 @@ impl Distributor {
 
     async fn put(&self, subject: String, msg_id: Option<&str>, payload: Vec<u8>) -> u64 {
         let mut headers = HeaderMap::new();
-        headers.insert("Tillsync-Config-Version", self.version.to_string().as_str());
+        headers.insert(tillsync_schemas::config::HEADER_VERSION, self.version.to_string().as_str());
         if let Some(id) = msg_id {
             headers.insert(streams::HEADER_MSG_ID, id);
         }

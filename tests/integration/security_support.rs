@@ -135,3 +135,27 @@ pub async fn stored_on(stack: &Stack, stream: &str, subject: &str) -> u64 {
     };
     n
 }
+
+/// Every event stored on `subject` (a filter on the events stream), decoded.
+pub async fn stored_events(stack: &Stack, subject: &str) -> Vec<tillsync_schemas::EventEnvelope> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    use futures::StreamExt;
+    let n = stored_on(stack, tillsync_schemas::streams::EVENTS, subject).await as usize;
+    let js = stack.nats.jetstream().await;
+    let stream = js.get_stream(tillsync_schemas::streams::EVENTS).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(n);
+    let mut out = Vec::with_capacity(n);
+    while let Some(m) = tokio::time::timeout(T, messages.next()).await.expect("stored events arrive") {
+        let m = m.unwrap();
+        out.push(tillsync_schemas::codec::decode(&m.payload).expect("an event envelope"));
+    }
+    out
+}

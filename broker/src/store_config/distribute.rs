@@ -22,13 +22,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// Versions (and snapshots) handled per round; the next round continues at once when full.
 const ROUND: i64 = 500;
 
-/// Header carrying the configuration version on deltas and snapshots.
-pub const HEADER_CONFIG_VERSION: &str = "Tillsync-Config-Version";
-
-/// `Nats-Msg-Id` of a version's delta: `cfg:<tenant>:<store>:<version>`.
-pub fn delta_msg_id(tenant: &str, store: &str, version: u64) -> String {
-    format!("cfg:{tenant}:{store}:{version}")
-}
+pub use tillsync_schemas::config::{delta_msg_id, HEADER_VERSION as HEADER_CONFIG_VERSION};
 
 pub async fn run(ctx: Arc<Ctx>) {
     let mut listener: Option<PgListener> = None;

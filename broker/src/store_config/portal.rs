@@ -45,7 +45,7 @@ async fn serve(ctx: &Ctx, msg: async_nats::Message) {
 /// The reply to one request: decoded, checked against its subject, published.
 pub async fn answer(ctx: &Ctx, subject: &str, payload: &[u8]) -> PublishReply {
     let (tenant, store) = subject_scope(subject);
-    let mut cs = match codec::decode::<ChangeSet>(payload) {
+    let mut cs = match tillsync_schemas::config::decode::<ChangeSet>(payload) {
         Ok(cs) => cs,
         Err(e) => {
             let cs = ChangeSet {
@@ -55,7 +55,6 @@ pub async fn answer(ctx: &Ctx, subject: &str, payload: &[u8]) -> PublishReply {
                 published_by: "portal".into(),
                 changes: vec![],
             };
-            // The codec takes at most MAX_MESSAGE_BYTES (64 KiB) per request.
             let code = if e.reason == Reason::Oversize { Refusal::Oversize } else { Refusal::Undecodable };
             return refuse(ctx, &cs, Refused::new(code, e.to_string())).await;
         }

@@ -235,7 +235,7 @@ async fn device(js: async_nats::jetstream::Context, i: usize, fleet: Arc<Mutex<F
     let addr: DeviceAddr = data::device(i);
     let snapshots = js.get_stream_no_info(names::CONFIG_SNAPSHOTS).await?;
     let raw = snapshots.direct_get_last_for_subject(config::snapshot_subject(&addr.tenant_id, &addr.store_id)).await?;
-    let snap: ConfigSnapshot = codec::decode(&raw.payload).context("snapshot")?;
+    let snap: ConfigSnapshot = config::decode(&raw.payload).context("snapshot")?;
     let mut held = snap.version;
     {
         let mut f = fleet.lock().expect("not poisoned");
@@ -257,7 +257,7 @@ async fn device(js: async_nats::jetstream::Context, i: usize, fleet: Arc<Mutex<F
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| anyhow::anyhow!("device {i}: {e}"))?;
         let now = Instant::now();
-        let delta: ConfigDelta = codec::decode(&m.payload).context("delta")?;
+        let delta: ConfigDelta = config::decode(&m.payload).context("delta")?;
         let mut f = fleet.lock().expect("not poisoned");
         f.delta_bytes[i] += m.payload.len() as u64;
         if delta.version <= held {
