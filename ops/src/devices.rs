@@ -171,6 +171,8 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             .fetch_one(&pool)
             .await
             .map(|r| sqlx::Row::get::<bool, _>(&r, "inserted"))?;
+            // A device of a new store finds its store's configuration waiting at first boot.
+            tillsync_broker::store_config::ensure_store(&pool, &tenant, &store).await?;
             let issued = identity::issue_code(&pool, &addr, "activate", expires_in_h).await?;
             let out = Added { tenant_id: tenant, store_id: store, device_id: device, created, activation: issued };
             emit(global.json, &out, |a| {

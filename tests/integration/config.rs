@@ -10,7 +10,7 @@ use tillsync_schemas::{codec, DeviceAddr};
 use tillsync_tests::{eventually_eq, http_get, metric, InProcBroker, Stack};
 
 use crate::common::*;
-use crate::security::support::{activated_config, Probe, T};
+use crate::security::support::{activated_config, cli, Probe, T};
 
 fn upsert(t: &str, id: &str, body: serde_json::Value) -> ChangeRequest {
     ChangeRequest { op: "upsert".into(), entity_type: t.into(), id: id.into(), body: Some(body) }
@@ -89,6 +89,11 @@ async fn a_publish_reaches_every_bridge_of_the_store_and_the_broker_sees_it_appl
         assert_eq!(c["version"], 2);
         assert_eq!(c["entities"]["menu_item"]["burger"]["price_minor"], 1050, "{c}");
     }
+    // A device added later in a new store finds that store's configuration waiting.
+    let (exit, out) = cli(&stack, &["devices", "add", "--tenant", "acme", "--store", "s9", "--device", "till-9"]).await;
+    assert_eq!(exit, 0, "{out}");
+    let q = "SELECT count(*) FROM config_versions WHERE tenant_id = 'acme' AND store_id = 's9' AND version = 1";
+    assert_eq!(stack.db.count(q).await, 1, "devices add gave the new store version 1");
     // The broker learns each applied version from the heartbeats.
     for a in &addrs {
         let q = format!("SELECT count(*) FROM devices WHERE device_id = '{}' AND config_revision = 2", a.device_id);
