@@ -18,6 +18,7 @@ pub mod ingest;
 mod instance;
 pub mod keyfile;
 pub mod lanes;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod nats;

@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use tillsync_broker::config::Config;
+use tillsync_broker::logging::{self, LogFormat};
 use tillsync_broker::Broker;
 
 /// mimalloc rather than the system allocator: the broker allocates and frees many small
@@ -19,21 +20,32 @@ struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "TILLSYNC_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
 }
 
+/// Exit codes: 0 stopped by a signal, 2 an invalid configuration, 1 anything else. Each
+/// failure is logged (in the chosen log format) with its cause chain, once.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format, "info", logging::Output::Stdout);
     if cli.print_config {
         println!("{:#?}", cli.config);
-        return Ok(());
+        return std::process::ExitCode::SUCCESS;
     }
-    cli.config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    Broker::run(cli.config, shutdown_signal()).await?;
-    Ok(())
+    if let Err(error) = cli.config.validate() {
+        tracing::error!(%error, "Invalid configuration; the broker did not start.");
+        return std::process::ExitCode::from(2);
+    }
+    match Broker::run(cli.config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{:#}", anyhow::Error::new(error)), "The broker stopped.");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,7 @@ pub mod heartbeat;
 pub mod http_client;
 pub mod identity;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod nats;
 pub mod outbox;

@@ -12,6 +12,9 @@ use tillsync_edge::{http_client, simulate, Bridge, Config, Status};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = "TILLSYNC_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: tillsync_edge::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,11 +64,8 @@ struct StatusArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    tillsync_edge::logging::init(cli.log_format, "info");
     // Two worker threads are plenty on a Pi and keep the footprint small.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

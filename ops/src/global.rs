@@ -18,6 +18,9 @@ pub struct Global {
     /// Print one JSON document instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines (stderr) as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = "TILLSYNC_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: tillsync_broker::logging::LogFormat,
 }
 
 impl Global {

@@ -78,11 +78,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    tillsync_broker::logging::init(cli.global.log_format, "warn", tillsync_broker::logging::Output::Stderr);
     let result = match cli.command {
         Command::Commands(args) => commands::run(args, &cli.global).await,
         Command::Bench(args) => bench::run(args, &cli.global).await,

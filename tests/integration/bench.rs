@@ -108,6 +108,14 @@ async fn bench_commands_reports_round_trips() {
 }
 
 #[tokio::test]
+async fn bench_config_reports_publish_to_applied_and_bytes_per_device() {
+    let v = bench(&["config", "--devices", "20", "--changes", "5", "--items", "50", "--interval-ms", "50"]).await;
+    assert_positive(&v, &["applied_p50_ms", "applied_p99_ms", "snapshot_bytes_per_device", "delta_bytes_per_device"]);
+    // A snapshot of 50 items weighs more than one small delta.
+    assert!(v["snapshot_bytes_per_device"].as_f64() > v["delta_bytes_per_version"].as_f64(), "{v}");
+}
+
+#[tokio::test]
 async fn bench_fsync_reports_both_publish_rates_and_their_ratio() {
     let v = bench(&["fsync", "--messages", "300", "--runs", "1"]).await;
     assert_eq!(v["scenario"], "fsync");

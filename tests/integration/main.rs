@@ -13,6 +13,7 @@ mod converge;
 mod edge;
 mod example;
 mod ingest;
+mod logs;
 mod ops;
 mod package;
 mod resend;

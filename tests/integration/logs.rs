@@ -1,0 +1,106 @@
+//! Log lines as operators take them: `--log-format json` gives one JSON object per line on
+//! every binary, and text into a pipe or a file carries no ANSI colour codes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tillsync_tests::bin_path;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Runs `bin args` with `env`, reads its log stream (stdout for the broker, stderr otherwise)
+/// until `lines` lines arrived or it exited, then kills it.
+async fn log_lines(bin: &str, args: &[&str], env: &[(&str, &str)], stdout: bool, lines: usize) -> Vec<String> {
+    let mut child = tokio::process::Command::new(bin_path(bin))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
+        .stderr(if stdout { Stdio::null() } else { Stdio::piped() })
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stream: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
+        if stdout { Box::new(child.stdout.take().unwrap()) } else { Box::new(child.stderr.take().unwrap()) };
+    let mut reader = BufReader::new(stream).lines();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < lines {
+        match tokio::time::timeout_at(deadline, reader.next_line()).await {
+            Ok(Ok(Some(l))) => out.push(l),
+            Ok(_) => break,
+            Err(_) => panic!("{bin} {args:?} wrote {} of {lines} log lines in 20 s: {out:?}", out.len()),
+        }
+    }
+    let _ = child.kill().await;
+    assert!(!out.is_empty(), "{bin} {args:?} wrote no log line");
+    out
+}
+
+fn bridge_args(dir: &std::path::Path, format: &str) -> Vec<String> {
+    let db = dir.join("edge.db").display().to_string();
+    ["--log-format", format, "run", "--no-http", "--tenant", "acme", "--store", "s1", "--device", "till-1", "--db", &db]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Nothing listens on port 1 of loopback: the bridge and the broker log their reconnecting.
+const NO_NATS: (&str, &str) = ("NATS_URL", "nats://127.0.0.1:1");
+
+fn assert_json(lines: &[String]) {
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "level and timestamp in {l}");
+    }
+}
+
+fn assert_plain(lines: &[String]) {
+    for l in lines {
+        assert!(!l.contains('\u{1b}'), "an ANSI escape in a piped log line: {l:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_bridge_logs_json_when_asked_and_plain_text_into_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = bridge_args(dir.path(), "json");
+    let json: Vec<&str> = json.iter().map(String::as_str).collect();
+    assert_json(&log_lines("tillsync-edge", &json, &[NO_NATS], false, 2).await);
+    let dir = tempfile::tempdir().unwrap();
+    let text = bridge_args(dir.path(), "text");
+    let text: Vec<&str> = text.iter().map(String::as_str).collect();
+    let lines = log_lines("tillsync-edge", &text, &[NO_NATS], false, 2).await;
+    assert_plain(&lines);
+    assert!(!lines[0].starts_with('{'), "text is not JSON: {}", lines[0]);
+}
+
+#[tokio::test]
+async fn the_broker_and_the_cli_log_json_when_asked() {
+    // The broker has no signing key and logs why it stopped; the variable sets the format as
+    // the flag does.
+    let env = [NO_NATS, ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"), ("TILLSYNC_LOG_FORMAT", "json")];
+    assert_json(&log_lines("tillsync-broker", &[], &env, true, 1).await);
+    let env = [NO_NATS, ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"), ("TILLSYNC_LOG_FORMAT", "text")];
+    assert_plain(&log_lines("tillsync-broker", &[], &env, true, 1).await);
+    // The CLI logs warnings and errors only by default; RUST_LOG asks for more.
+    let env = [NO_NATS, ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"), ("RUST_LOG", "debug")];
+    assert_json(&log_lines("tillsync", &["--log-format", "json", "status"], &env, false, 1).await);
+}
+
+#[tokio::test]
+async fn an_invalid_broker_configuration_is_logged_once_and_exits_2() {
+    let out = tokio::process::Command::new(bin_path("tillsync-broker"))
+        .env("TILLSYNC_INGEST_LANES", "0")
+        .env("TILLSYNC_LOG_FORMAT", "json")
+        .env(NO_NATS.0, NO_NATS.1)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = stdout.lines().map(String::from).collect();
+    assert_json(&lines);
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stdout}");
+    assert!(errors[0].contains("ingest_lanes"), "names the setting: {}", errors[0]);
+}
