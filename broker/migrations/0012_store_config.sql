@@ -30,6 +30,7 @@ CREATE TABLE config_stores (
     store_id          text NOT NULL,
     version           bigint NOT NULL DEFAULT 0,
     snapshot_version  bigint NOT NULL DEFAULT 0,
+    snapshot_at       timestamptz,
     PRIMARY KEY (tenant_id, store_id)
 );
 

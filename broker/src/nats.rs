@@ -56,6 +56,23 @@ async fn connect_with(
     opts.connect(servers(url)?).await.map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
 }
 
+/// Returns once the server has processed everything this client sent before, subscriptions
+/// included: `Client::flush` only writes the socket, so a request from another connection
+/// right after it can still find no subscriber ("no responders"). The server handles one
+/// connection's operations in order, so a message to itself coming back proves it.
+pub async fn settled(client: &Client) -> Result<(), String> {
+    use futures::StreamExt;
+    let subject = client.new_inbox();
+    let mut probe = client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+    client.publish(subject, bytes::Bytes::new()).await.map_err(|e| e.to_string())?;
+    let back = tokio::time::timeout(std::time::Duration::from_secs(10), probe.next()).await;
+    let _ = probe.unsubscribe().await;
+    match back {
+        Ok(Some(_)) => Ok(()),
+        _ => Err("no round trip through the NATS server within 10 s".into()),
+    }
+}
+
 /// A `.creds` file (user JWT and seed) or a bare nkey seed file (`tillsync auth init`).
 pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
     let text = std::fs::read_to_string(path)

@@ -125,9 +125,12 @@ async fn a_bridge_offline_across_150_versions_takes_one_snapshot_not_150_deltas(
     let bridge = Bridge::start(cfg).await.unwrap();
     eventually_eq(T, "caught up to version 151", 151, || applied(&bridge)).await;
     assert_eq!(local_config(&bridge).await["entities"]["menu_item"]["burger"]["price_minor"], 349);
-    // Counters start at zero with the process: this run took one snapshot and no delta.
+    // Counters start at zero with the process: this run took one snapshot, then at most the
+    // deltas the snapshot lagged behind (the broker refreshes a snapshot every 2 s or 20
+    // versions, so it may trail the newest version by up to 20).
     assert_eq!(bridge_metric(&bridge, "tillsync_edge_config_applied_total", "via=\"snapshot\"").await, 1.0);
-    assert_eq!(bridge_metric(&bridge, "tillsync_edge_config_applied_total", "via=\"delta\"").await, 0.0);
+    let deltas = bridge_metric(&bridge, "tillsync_edge_config_applied_total", "via=\"delta\"").await;
+    assert!(deltas <= 20.0, "{deltas} deltas after the snapshot");
     bridge.shutdown().await;
     broker.stop().await;
 }

@@ -19,7 +19,7 @@ const QUEUE: &str = "tillsync-activate";
 pub async fn subscribe(nats: &async_nats::Client) -> Result<async_nats::Subscriber, BrokerError> {
     let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("activation subscription: {e}"));
     let sub = nats.queue_subscribe(identity::ACTIVATE_SUBJECTS, QUEUE.into()).await.map_err(|e| failed(&e))?;
-    nats.flush().await.map_err(|e| failed(&e))?;
+    crate::nats::settled(nats).await.map_err(|e| failed(&e))?;
     Ok(sub)
 }
 

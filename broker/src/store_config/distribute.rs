@@ -21,6 +21,10 @@ use crate::{metrics, Ctx};
 const POLL: Duration = Duration::from_secs(1);
 /// Versions (and snapshots) handled per round; the next round continues at once when full.
 const ROUND: i64 = 500;
+/// A store's snapshot is refreshed at most this often...
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
+/// ...unless it is this many versions behind the store (well inside the deltas kept).
+const SNAPSHOT_LAG: i64 = 20;
 
 pub use tillsync_schemas::config::{delta_msg_id, HEADER_VERSION as HEADER_CONFIG_VERSION};
 
@@ -94,8 +98,12 @@ async fn adopt_new_stores(ctx: &Ctx) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Publishes undistributed versions in (store, version) order, each after the one before it
-/// was acked by JetStream, and records the stream sequence.
+/// Publishes undistributed versions in (store, version) order and records their stream
+/// sequences. Every delta of the round is sent before any PubAck is awaited: one connection
+/// keeps them in order on the stream, and a round of a hundred stores costs one round trip
+/// rather than a hundred. The acks are taken in order up to the first failure; what follows
+/// it stays undistributed and is sent again next round (its `Nats-Msg-Id` makes a copy
+/// already stored a no-op, and a device that meets a gap takes the snapshot).
 async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
     let pending = sqlx::query(
         "SELECT tenant_id, store_id, version, publish_id, published_by, published_at FROM config_versions
@@ -105,40 +113,62 @@ async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
     .fetch_all(&ctx.pool)
     .await?;
     let n = pending.len();
-    for row in pending {
-        let (tenant, store): (String, String) = (row.get("tenant_id"), row.get("store_id"));
-        let version: i64 = row.get("version");
+    if n == 0 {
+        return Ok(0);
+    }
+    let keys: Vec<(String, String, i64)> =
+        pending.iter().map(|r| (r.get("tenant_id"), r.get("store_id"), r.get("version"))).collect();
+    let mut changes = rows::changes_of(&ctx.pool, &keys).await?;
+    let mut acks = Vec::with_capacity(n);
+    for (row, (tenant, store, version)) in pending.iter().zip(&keys) {
         let published_at: DateTime<Utc> = row.get("published_at");
         let delta = ConfigDelta {
             schema_version: SCHEMA_VERSION,
-            version: version as u64,
+            version: *version as u64,
             publish_id: row.get("publish_id"),
             published_by: row.get("published_by"),
             published_at_ms: published_at.timestamp_millis(),
-            changes: rows::changes(&ctx.pool, &tenant, &store, version).await?,
+            changes: changes.remove(&(tenant.clone(), store.clone(), *version)).unwrap_or_default(),
             tenant_id: tenant.clone(),
             store_id: store.clone(),
         };
-        let mut headers = headers(version as u64);
-        headers.insert(names::HEADER_MSG_ID, delta_msg_id(&tenant, &store, version as u64).as_str());
-        let ack = ctx
-            .js
-            .publish_with_headers(delta_subject(&tenant, &store), headers, tillsync_schemas::encode(&delta).into())
-            .await?
-            .await?;
-        sqlx::query(
-            "UPDATE config_versions SET delta_seq = $4, distributed_at = now()
-             WHERE tenant_id = $1 AND store_id = $2 AND version = $3",
-        )
-        .bind(&tenant)
-        .bind(&store)
-        .bind(version)
-        .bind(ack.sequence as i64)
-        .execute(&ctx.pool)
-        .await?;
-        tracing::debug!(tenant, store, version, seq = ack.sequence, "Configuration delta distributed.");
+        let mut headers = headers(*version as u64);
+        headers.insert(names::HEADER_MSG_ID, delta_msg_id(tenant, store, *version as u64).as_str());
+        let subject = delta_subject(tenant, store);
+        acks.push(ctx.js.publish_with_headers(subject, headers, tillsync_schemas::encode(&delta).into()).await?);
     }
-    Ok(n)
+    let (mut ts, mut ss, mut vs, mut seqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut failed = None;
+    for ((tenant, store, version), ack) in keys.into_iter().zip(acks) {
+        match ack.await {
+            Ok(ack) => {
+                ts.push(tenant);
+                ss.push(store);
+                vs.push(version);
+                seqs.push(ack.sequence as i64);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE config_versions v SET delta_seq = p.seq, distributed_at = now()
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS p(t, s, v, seq)
+         WHERE v.tenant_id = p.t AND v.store_id = p.s AND v.version = p.v",
+    )
+    .bind(&ts)
+    .bind(&ss)
+    .bind(&vs)
+    .bind(&seqs)
+    .execute(&ctx.pool)
+    .await?;
+    tracing::debug!(deltas = ts.len(), "Configuration deltas distributed.");
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
 }
 
 fn headers(version: u64) -> HeaderMap {
@@ -149,15 +179,23 @@ fn headers(version: u64) -> HeaderMap {
 }
 
 /// Publishes the snapshot of every store whose newest version is distributed and newer than
-/// its last snapshot. Version and state are read in one repeatable-read transaction, so the
+/// its last snapshot, at most every [`SNAPSHOT_EVERY`] per store unless it lags
+/// [`SNAPSHOT_LAG`] versions: online devices live on deltas, and a snapshot (the whole
+/// configuration) per version would cost a hundred times a delta. A device that takes a
+/// lagging snapshot catches up on the deltas after it, which the stream keeps. Version and state are read in one repeatable-read transaction, so the
 /// state is that version's even while another publish commits.
 async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
     let stale: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.tenant_id, c.store_id FROM config_stores c
          JOIN config_versions v ON v.tenant_id = c.tenant_id AND v.store_id = c.store_id AND v.version = c.version
-         WHERE c.snapshot_version < c.version AND v.distributed_at IS NOT NULL LIMIT $1",
+         WHERE c.snapshot_version < c.version AND v.distributed_at IS NOT NULL
+           AND (c.snapshot_at IS NULL OR c.snapshot_at < now() - $2 * interval '1 millisecond'
+                OR c.snapshot_version <= c.version - $3)
+         LIMIT $1",
     )
     .bind(ROUND)
+    .bind(SNAPSHOT_EVERY.as_millis() as f64)
+    .bind(SNAPSHOT_LAG)
     .fetch_all(&ctx.pool)
     .await?;
     let n = stale.len();
@@ -195,7 +233,8 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
             .await?
             .await?;
         sqlx::query(
-            "UPDATE config_stores SET snapshot_version = GREATEST(snapshot_version, $3) WHERE tenant_id = $1 AND store_id = $2",
+            "UPDATE config_stores SET snapshot_version = GREATEST(snapshot_version, $3), snapshot_at = now()
+             WHERE tenant_id = $1 AND store_id = $2",
         )
         .bind(&tenant)
         .bind(&store)

@@ -19,7 +19,7 @@ const QUEUE: &str = "tillsync-cfgpub";
 pub async fn subscribe(nats: &async_nats::Client) -> Result<async_nats::Subscriber, BrokerError> {
     let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("config publish subscription: {e}"));
     let sub = nats.queue_subscribe(Family::ConfigPublish.all_subjects(), QUEUE.into()).await.map_err(|e| failed(&e))?;
-    nats.flush().await.map_err(|e| failed(&e))?;
+    crate::nats::settled(nats).await.map_err(|e| failed(&e))?;
     Ok(sub)
 }
 

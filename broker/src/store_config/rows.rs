@@ -265,6 +265,37 @@ pub async fn changes(
         .collect())
 }
 
+/// The changes of many versions at once, keyed by (tenant, store, version), each in order.
+pub async fn changes_of(
+    db: impl PgExecutor<'_>,
+    keys: &[(String, String, i64)],
+) -> Result<std::collections::HashMap<(String, String, i64), Vec<Change>>, sqlx::Error> {
+    let ts: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let ss: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let vs: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    let rows = sqlx::query(
+        "SELECT c.tenant_id, c.store_id, c.version, c.entity_type, c.entity_id, c.body FROM config_changes c
+         JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS p(t, s, v)
+           ON c.tenant_id = p.t AND c.store_id = p.s AND c.version = p.v
+         ORDER BY c.tenant_id, c.store_id, c.version, c.ord",
+    )
+    .bind(&ts)
+    .bind(&ss)
+    .bind(&vs)
+    .fetch_all(db)
+    .await?;
+    let mut out: std::collections::HashMap<_, Vec<Change>> = std::collections::HashMap::new();
+    for r in rows {
+        let Some(t) = entity_type(r.get("entity_type")) else { continue };
+        out.entry((r.get("tenant_id"), r.get("store_id"), r.get("version"))).or_default().push(Change {
+            entity_type: t,
+            id: r.get("entity_id"),
+            body: r.get("body"),
+        });
+    }
+    Ok(out)
+}
+
 /// A store's current version (0: none).
 pub async fn current_version(db: impl PgExecutor<'_>, tenant: &str, store: &str) -> Result<i64, sqlx::Error> {
     let v: Option<i64> = sqlx::query_scalar("SELECT version FROM config_stores WHERE tenant_id = $1 AND store_id = $2")
