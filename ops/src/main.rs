@@ -78,6 +78,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    sigpipe::reset();
     let cli = Cli::parse();
     tillsync_broker::logging::init(cli.global.log_format, "warn", tillsync_broker::logging::Output::Stderr);
     let result = match cli.command {

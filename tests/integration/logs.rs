@@ -104,3 +104,22 @@ async fn an_invalid_broker_configuration_is_logged_once_and_exits_2() {
     assert_eq!(errors.len(), 1, "one error line: {stdout}");
     assert!(errors[0].contains("ingest_lanes"), "names the setting: {}", errors[0]);
 }
+
+#[tokio::test]
+async fn a_cli_whose_reader_went_away_ends_quietly() {
+    // `tillsync status --json | head -0`: the reader is gone before the report is written.
+    let mut child = tokio::process::Command::new(bin_path("tillsync"))
+        .args(["--json", "status"])
+        .env(NO_NATS.0, NO_NATS.1)
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `cat` would: {:?}", out.status);
+}
