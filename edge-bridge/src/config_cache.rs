@@ -5,7 +5,7 @@
 //! (`GET /v1/config`, `GET /v1/config/changes`), so the POS has its configuration with NATS down.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use sqlx::sqlite::SqlitePool;
@@ -181,7 +181,7 @@ async fn pause_for_tests(db_path: &Path) {
     };
     let mut marker = db_path.as_os_str().to_owned();
     marker.push(".applying");
-    let _ = std::fs::write(PathBuf::from(marker), b"");
+    let _ = std::fs::write(std::path::PathBuf::from(marker), b"");
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
 }
 

@@ -21,6 +21,9 @@ use crate::{metrics, Ctx};
 const POLL: Duration = Duration::from_secs(1);
 /// Versions (and snapshots) handled per round; the next round continues at once when full.
 const ROUND: i64 = 500;
+/// Snapshots per round: each is a query of the store's whole configuration, and the deltas of
+/// the next round (what online devices wait for) must not queue behind a hundred of them.
+const SNAPSHOTS_PER_ROUND: i64 = 10;
 /// A store's snapshot is refreshed at most this often...
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// ...unless it is this many versions behind the store (well inside the deltas kept).
@@ -78,7 +81,7 @@ async fn round(ctx: &Ctx) -> anyhow::Result<bool> {
         .fetch_one(&ctx.pool)
         .await?;
     metrics::config_undistributed(waiting);
-    Ok(deltas >= ROUND as usize || snapshots >= ROUND as usize)
+    Ok(deltas >= ROUND as usize || snapshots >= SNAPSHOTS_PER_ROUND as usize)
 }
 
 /// Stores with devices and no version, of tenants that have a configuration (devices added
@@ -193,7 +196,7 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
                 OR c.snapshot_version <= c.version - $3)
          LIMIT $1",
     )
-    .bind(ROUND)
+    .bind(SNAPSHOTS_PER_ROUND)
     .bind(SNAPSHOT_EVERY.as_millis() as f64)
     .bind(SNAPSHOT_LAG)
     .fetch_all(&ctx.pool)
