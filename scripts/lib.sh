@@ -110,6 +110,8 @@ CARGO_DEB_PIN="3.8.0"
 ensure_cargo_deb() {
   command -v dpkg-deb >/dev/null || apt_install dpkg
   command -v systemd-analyze >/dev/null || apt_install systemd
+  local sys; sys="$(command -v cargo-deb || true)"
+  if [ -n "$sys" ] && "$sys" --version 2>/dev/null | grep -q "$CARGO_DEB_PIN"; then echo "$sys"; return; fi
   local bin="$TOOLS/cargo/bin/cargo-deb"
   if ! "$bin" --version 2>/dev/null | grep -q "$CARGO_DEB_PIN"; then
     log "installing cargo-deb $CARGO_DEB_PIN from crates.io (a few minutes, once)"
