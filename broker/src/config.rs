@@ -103,6 +103,8 @@ pub struct Config {
     pub auto_tenants: bool,
     /// Fault injection for tests: abort the process right after the first batch commits,
     /// before anything is acked.
+    /// Debug builds only: a release binary has no such switch to flip by mistake.
+    #[cfg(debug_assertions)]
     #[arg(long, env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT", default_value_t = false, hide = true)]
     pub fault_crash_after_commit: bool,
     /// How often the monitor refreshes the gauges it reads (streams, consumers, gaps,
@@ -213,6 +215,19 @@ impl Config {
         c
     }
 
+    /// What `--print-config` prints: every setting as the variable that sets it, passwords in
+    /// URLs masked, test-only switches left out.
+    pub fn printable(&self) -> std::collections::BTreeMap<String, String> {
+        self.to_env()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("TILLSYNC_FAULT_"))
+            .map(|(k, v)| {
+                let v = if k.ends_with("_URL") { mask_passwords(&v) } else { v };
+                (k, v)
+            })
+            .collect()
+    }
+
     /// The same configuration as environment variables, for starting the binary.
     pub fn to_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
@@ -237,7 +252,6 @@ impl Config {
             ("TILLSYNC_COMMAND_RETRY_MS", self.command_retry_ms.to_string()),
             ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
             ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
-            ("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()),
             ("TILLSYNC_MONITOR_INTERVAL_MS", self.monitor_interval_ms.to_string()),
             ("TILLSYNC_WATERMARK_STALL_S", self.watermark_stall_s.to_string()),
             ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
@@ -247,6 +261,8 @@ impl Config {
             ("TILLSYNC_AUTH_TTL_S", self.auth_ttl_s.to_string()),
             ("TILLSYNC_CONFIG_DELTAS_KEPT", self.config_deltas_kept.to_string()),
         ];
+        #[cfg(debug_assertions)]
+        env.push(("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()));
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));
         }
@@ -272,9 +288,41 @@ impl Config {
     }
 }
 
+/// `scheme://user:secret@host/db?password=secret` (comma-separated lists too) with `****` for
+/// each secret.
+fn mask_passwords(urls: &str) -> String {
+    let mask = |u: &str| match url::Url::parse(u) {
+        Ok(mut p) => {
+            if p.password().is_some() {
+                let _ = p.set_password(Some("****"));
+            }
+            let pairs: Vec<(String, String)> = p
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") { "****".to_string() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                p.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            p.to_string()
+        }
+        Err(_) => u.to_string(),
+    };
+    urls.split(',').map(mask).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_urls_hide_their_passwords() {
+        let m = mask_passwords("postgres://tillsync:s3cret@db:5432/tillsync?sslmode=require&password=s3cret");
+        assert!(!m.contains("s3cret") && m.contains("tillsync:****@db") && m.contains("sslmode=require"), "{m}");
+        assert_eq!(mask_passwords("nats://a:1,nats://u:p@b:2"), "nats://a:1,nats://u:****@b:2");
+    }
 
     #[test]
     fn defaults_validate_and_round_trip_through_env() {

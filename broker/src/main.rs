@@ -1,6 +1,8 @@
 //! `tillsync-broker`: the cloud service. Configuration comes from the environment (see
 //! `tillsync-broker --help`); SIGTERM or Ctrl-C shut it down gracefully.
 
+use std::io::Write as _;
+
 use clap::Parser;
 use tillsync_broker::config::Config;
 use tillsync_broker::logging::{self, LogFormat};
@@ -17,7 +19,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     config: Config,
-    /// Print the effective configuration and exit.
+    /// Check the configuration, print it as JSON (each setting under the variable that sets
+    /// it, passwords masked) and exit: 0, or 2 when invalid.
     #[arg(long)]
     print_config: bool,
     /// Log lines as `text` (colour only on a terminal) or `json` (one object per line).
@@ -32,7 +35,14 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info", logging::Output::Stdout);
     if cli.print_config {
-        println!("{:#?}", cli.config);
+        // Only a configuration the broker would start with is printed.
+        if let Err(error) = cli.config.validate() {
+            eprintln!("error: invalid configuration: {error}");
+            return std::process::ExitCode::from(2);
+        }
+        let text = serde_json::to_string_pretty(&cli.config.printable()).expect("strings serialize");
+        // A reader that went away (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{text}");
         return std::process::ExitCode::SUCCESS;
     }
     if let Err(error) = cli.config.validate() {

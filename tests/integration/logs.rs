@@ -123,3 +123,26 @@ async fn a_cli_whose_reader_went_away_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `cat` would: {:?}", out.status);
 }
+
+#[tokio::test]
+async fn print_config_checks_masks_passwords_and_leaves_out_test_switches() {
+    let run = |env: Vec<(&'static str, &'static str)>| async move {
+        tokio::process::Command::new(bin_path("tillsync-broker"))
+            .arg("--print-config")
+            .envs(env)
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = run(vec![("DATABASE_URL", "postgres://tillsync:s3cret@db:5432/tillsync?sslmode=require")]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(v["DATABASE_URL"], "postgres://tillsync:****@db:5432/tillsync?sslmode=require");
+    assert_eq!(v["TILLSYNC_INGEST_LANES"], "4");
+    assert!(!stdout.contains("s3cret") && !stdout.contains("FAULT"), "{stdout}");
+    let out = run(vec![("TILLSYNC_INGEST_LANES", "0")]).await;
+    assert_eq!(out.status.code(), Some(2), "an invalid configuration is not printed as if fine");
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest_lanes"));
+}

@@ -298,6 +298,7 @@ pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<jetstream::Message
             }
         }
     };
+    #[cfg(debug_assertions)]
     if ctx.config.fault_crash_after_commit && report.is_some() {
         tracing::error!("Fault injection: aborting after commit, before ack.");
         std::process::abort();
