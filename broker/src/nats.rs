@@ -73,6 +73,38 @@ pub async fn settled(client: &Client) -> Result<(), String> {
     }
 }
 
+/// A queue subscription the server holds before this returns ([`settled`]): a responder the
+/// broker promises when it reports started. `what` names it in errors.
+pub async fn responder(
+    client: &Client,
+    subject: impl async_nats::subject::ToSubject,
+    queue: &str,
+    what: &str,
+) -> Result<async_nats::Subscriber, BrokerError> {
+    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("{what} subscription: {e}"));
+    let sub = client.queue_subscribe(subject, queue.to_string()).await.map_err(|e| failed(&e))?;
+    settled(client).await.map_err(|e| failed(&e))?;
+    Ok(sub)
+}
+
+/// Answers the requests of a [`responder`] eight at a time until cancelled; an ended
+/// subscription is logged, since this instance then answers none.
+pub async fn serve<F, Fut>(
+    cancel: &tokio_util::sync::CancellationToken,
+    sub: async_nats::Subscriber,
+    what: &str,
+    answer: F,
+) where
+    F: FnMut(async_nats::Message) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = sub.for_each_concurrent(8, answer) => tracing::error!("{what} subscription ended: this instance answers none."),
+    }
+}
+
 /// A `.creds` file (user JWT and seed) or a bare nkey seed file (`tillsync auth init`).
 pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
     let text = std::fs::read_to_string(path)

@@ -4,7 +4,6 @@
 //! how rotation replaces a key), records it, and answers with the device's identity and the
 //! keys its commands are signed with.
 
-use futures::StreamExt;
 use std::sync::Arc;
 use tillsync_schemas::identity::{self, ActivateReply, ActivateRequest};
 use tillsync_schemas::{codec, DeviceAddr};
@@ -17,21 +16,11 @@ const QUEUE: &str = "tillsync-activate";
 /// Subscribes before the broker reports started (like the callout), so an activation right
 /// after start is answered.
 pub async fn subscribe(nats: &async_nats::Client) -> Result<async_nats::Subscriber, BrokerError> {
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("activation subscription: {e}"));
-    let sub = nats.queue_subscribe(identity::ACTIVATE_SUBJECTS, QUEUE.into()).await.map_err(|e| failed(&e))?;
-    crate::nats::settled(nats).await.map_err(|e| failed(&e))?;
-    Ok(sub)
+    crate::nats::responder(nats, identity::ACTIVATE_SUBJECTS, QUEUE, "Activation").await
 }
 
 pub async fn run(ctx: Arc<Ctx>, sub: async_nats::Subscriber) {
-    let serve = sub.for_each_concurrent(8, |msg| {
-        let ctx = ctx.clone();
-        async move { serve(&ctx, msg).await }
-    });
-    tokio::select! {
-        _ = ctx.cancel.cancelled() => {}
-        _ = serve => tracing::error!("Activation subscription ended: this instance answers no activations."),
-    }
+    crate::nats::serve(&ctx.cancel, sub, "Activation", |msg| serve(&ctx, msg)).await
 }
 
 async fn serve(ctx: &Ctx, msg: async_nats::Message) {

@@ -99,9 +99,7 @@ pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
     };
     let name = format!("{}/auth", config.instance_id());
     let client = crate::nats::connect(&config.nats_url, Some(creds), &config.nats_tls, &name).await?;
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("auth callout subscription: {e}"));
-    let sub = client.queue_subscribe(AUTH_SUBJECT, QUEUE.into()).await.map_err(|e| failed(&e))?;
-    crate::nats::settled(&client).await.map_err(|e| failed(&e))?;
+    let sub = crate::nats::responder(&client, AUTH_SUBJECT, QUEUE, "Auth callout").await?;
     tracing::info!(account = %issuer.account, "Answering NATS auth callouts.");
     Ok(Some(Responder { client, sub, issuer: Arc::new(issuer) }))
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use futures::FutureExt as _;
 use sqlx::postgres::PgListener;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -28,16 +29,26 @@ const SNAPSHOTS_PER_ROUND: i64 = 10;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// ...unless it is this many versions behind the store (well inside the deltas kept).
 const SNAPSHOT_LAG: i64 = 20;
+/// How often stores with devices but no configuration version are looked for.
+const ADOPT_EVERY: Duration = Duration::from_secs(30);
 
 pub use tillsync_schemas::config::{delta_msg_id, HEADER_VERSION as HEADER_CONFIG_VERSION};
 
 pub async fn run(ctx: Arc<Ctx>) {
     let mut listener: Option<PgListener> = None;
+    // `devices add` and a store's first heartbeat give a new store its version 1; the sweep
+    // catches what they missed (a failed attempt), so it need not scan devices every round.
+    let mut adopt = tokio::time::interval(ADOPT_EVERY);
     loop {
         if listener.is_none() {
             listener = listen(&ctx).await;
         }
         if ctx.partitions.leads() {
+            if adopt.tick().now_or_never().is_some() {
+                if let Err(error) = adopt_new_stores(&ctx).await {
+                    tracing::warn!(%error, "New stores not given their configuration this round; retrying.");
+                }
+            }
             match round(&ctx).await {
                 // A full round: more may wait, go again without sleeping.
                 Ok(true) => continue,
@@ -74,7 +85,6 @@ async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> 
 /// One round: new stores, undistributed deltas, then stale snapshots. True when a limit was
 /// reached (more work waits).
 async fn round(ctx: &Ctx) -> anyhow::Result<bool> {
-    adopt_new_stores(ctx).await?;
     let deltas = publish_deltas(ctx).await?;
     let snapshots = publish_snapshots(ctx).await?;
     let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM config_versions WHERE distributed_at IS NULL")

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tillsync_schemas::config::{ChangeSet, PublishReply, Refusal, Refused};
 use tillsync_schemas::subject::{Family, STORE_WIDE};
 use tillsync_schemas::{codec, Reason};
@@ -17,21 +16,11 @@ const QUEUE: &str = "tillsync-cfgpub";
 
 /// Subscribes before the broker reports started, so a publish right after start is answered.
 pub async fn subscribe(nats: &async_nats::Client) -> Result<async_nats::Subscriber, BrokerError> {
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("config publish subscription: {e}"));
-    let sub = nats.queue_subscribe(Family::ConfigPublish.all_subjects(), QUEUE.into()).await.map_err(|e| failed(&e))?;
-    crate::nats::settled(nats).await.map_err(|e| failed(&e))?;
-    Ok(sub)
+    crate::nats::responder(nats, Family::ConfigPublish.all_subjects(), QUEUE, "Config publish").await
 }
 
 pub async fn run(ctx: Arc<Ctx>, sub: async_nats::Subscriber) {
-    let serve = sub.for_each_concurrent(8, |msg| {
-        let ctx = ctx.clone();
-        async move { serve(&ctx, msg).await }
-    });
-    tokio::select! {
-        _ = ctx.cancel.cancelled() => {}
-        _ = serve => tracing::error!("Config publish subscription ended: this instance answers no portal publishes."),
-    }
+    crate::nats::serve(&ctx.cancel, sub, "Config publish", |msg| serve(&ctx, msg)).await
 }
 
 async fn serve(ctx: &Ctx, msg: async_nats::Message) {

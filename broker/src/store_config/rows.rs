@@ -240,31 +240,6 @@ pub async fn notify(tx: &mut Tx<'_>, tenant: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The changes of one version, in order.
-pub async fn changes(
-    db: impl PgExecutor<'_>,
-    tenant: &str,
-    store: &str,
-    version: i64,
-) -> Result<Vec<Change>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT entity_type, entity_id, body FROM config_changes
-         WHERE tenant_id = $1 AND store_id = $2 AND version = $3 ORDER BY ord",
-    )
-    .bind(tenant)
-    .bind(store)
-    .bind(version)
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let t = entity_type(r.get("entity_type"))?;
-            Some(Change { entity_type: t, id: r.get("entity_id"), body: r.get("body") })
-        })
-        .collect())
-}
-
 /// The changes of many versions at once, keyed by (tenant, store, version), each in order.
 pub async fn changes_of(
     db: impl PgExecutor<'_>,
