@@ -104,6 +104,13 @@ ensure_promtool() {
   command -v promtool >/dev/null || apt_install prometheus
 }
 
+# Debian's postgres_exporter and node_exporter: the suite runs them to check the dashboard's
+# Postgres and disk panels (tests/integration/dashboards.rs).
+ensure_exporters() {
+  [ -x /usr/bin/prometheus-postgres-exporter ] || apt_install prometheus-postgres-exporter
+  [ -x /usr/bin/prometheus-node-exporter ] || apt_install prometheus-node-exporter
+}
+
 # Prints the path of cargo-deb (builds the tillsync-edge .deb), installing the pinned version
 # from crates.io when missing; dpkg and systemd-analyze (to check the package) from Debian.
 CARGO_DEB_PIN="3.8.0"

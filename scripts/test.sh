@@ -10,6 +10,7 @@ ensure_venv
 export TILLSYNC_PYTHON="$TOOLS/venv/bin/python"
 ensure_promtool
 export TILLSYNC_PROMTOOL="$(command -v promtool)"
+ensure_exporters
 export TILLSYNC_CARGO_DEB="$(ensure_cargo_deb)"
 log "nats-server: $("$TILLSYNC_NATS_SERVER" --version)"
 log "postgres:    $TILLSYNC_TEST_DATABASE_URL"

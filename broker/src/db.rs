@@ -9,12 +9,24 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 /// The cloud schema, embedded in every binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// Connect options from `url`, named for `pg_stat_activity` (`application_name`, unless the
+/// URL sets one), so a DBA can tell the broker's connections from the CLI's and a replay's.
+/// `client_min_messages = warning`: Postgres's NOTICEs (the migrator's "relation
+/// _sqlx_migrations already exists, skipping" on every start) are not news to an operator,
+/// and sqlx logs each at INFO.
+pub fn options(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    let options =
+        if options.get_application_name().is_some() { options } else { options.application_name(application_name) };
+    Ok(options.options([("client_min_messages", "warning")]))
+}
+
 fn pool_options(max: u32) -> PgPoolOptions {
     PgPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(10))
 }
 
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    pool_options(max).connect(url).await
+    pool_options(max).connect_with(options(url, "tillsync")?).await
 }
 
 /// The broker's pools end a transaction left open longer than `idle_tx`
@@ -22,14 +34,14 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
 /// paused broker (GC pause, SIGSTOP) can, holding its partition's fence row `FOR SHARE`, and
 /// the instance taking the partition over must not wait for it to wake up. Postgres rolls it
 /// back; the paused broker then finds the fence moved on.
-pub fn broker_options(url: &str, idle_tx: Duration) -> Result<PgConnectOptions, sqlx::Error> {
+pub fn broker_options(url: &str, idle_tx: Duration, instance_id: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let ms = idle_tx.as_millis().max(1000).to_string();
-    Ok(PgConnectOptions::from_str(url)?.options([("idle_in_transaction_session_timeout", ms)]))
+    Ok(options(url, &format!("tillsync-broker {instance_id}"))?.options([("idle_in_transaction_session_timeout", ms)]))
 }
 
 /// The broker's main pool ([`broker_options`]).
-pub async fn connect_broker(url: &str, max: u32, idle_tx: Duration) -> Result<PgPool, sqlx::Error> {
-    pool_options(max).connect_with(broker_options(url, idle_tx)?).await
+pub async fn connect_broker(url: &str, max: u32, idle_tx: Duration, instance_id: &str) -> Result<PgPool, sqlx::Error> {
+    pool_options(max).connect_with(broker_options(url, idle_tx, instance_id)?).await
 }
 
 /// A pool for the command path's batch statements, which reach every row by key.
@@ -46,7 +58,7 @@ pub async fn connect_broker(url: &str, max: u32, idle_tx: Duration) -> Result<Pg
 /// with the key, and win while the table is small). The test
 /// `commands::keyed_statements_planned_on_an_empty_inbox_still_probe_keys` holds them to it.
 pub async fn connect_keyed(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    connect_keyed_with(PgConnectOptions::from_str(url)?, max).await
+    connect_keyed_with(options(url, "tillsync")?, max).await
 }
 
 /// [`connect_keyed`] from connect options (the broker passes [`broker_options`]).

@@ -88,13 +88,13 @@ impl Broker {
         let signer = Arc::new(signing::Signer::load(&config)?);
         tracing::info!(signing_key = %signer.public_key(), trusted = ?signer.trusted_public_keys(), "Commands are signed.");
         let prometheus = metrics::install();
-        let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl()).await?;
+        let instance_id = config.instance_id();
+        let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl(), &instance_id).await?;
         db::migrate(&pool).await?;
         partitions::fence::check_count(&pool, config.partitions).await.map_err(BrokerError::Config)?;
         // Intake and ack lanes each hold one connection at most, plus the published marks.
-        let keyed_options = db::broker_options(&config.database_url, config.lease_ttl())?;
+        let keyed_options = db::broker_options(&config.database_url, config.lease_ttl(), &instance_id)?;
         let keyed = db::connect_keyed_with(keyed_options, 2 * config.message_lanes as u32 + 1).await?;
-        let instance_id = config.instance_id();
         let nats =
             nats::connect_watched(&config.nats_url, config.nats_creds.as_deref(), &config.nats_tls, &instance_id)
                 .await?;

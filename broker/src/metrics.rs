@@ -71,6 +71,13 @@ pub const CONFIG_APPLY_LATENCY: &str = "tillsync_config_apply_latency_seconds";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+/// Lags that include a store's time offline (an event's age at commit, a command's round trip,
+/// a configuration's apply): stores are offline for hours, and a histogram that ends at 300 s
+/// would show a day-long outage as "over 5 minutes". Up to 24 h.
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    28800.0, 43200.0, 86400.0,
+];
 const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 /// Installs the global recorder (once per process) and describes every metric.
@@ -81,6 +88,11 @@ pub fn install() -> PrometheusHandle {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| {
+                    [EVENT_LAG, COMMAND_ROUND_TRIP, CONFIG_APPLY_LATENCY]
+                        .into_iter()
+                        .try_fold(b, |b, name| b.set_buckets_for_metric(Matcher::Full(name.into()), LAG_BUCKETS))
+                })
                 .expect("static buckets are valid")
                 .install_recorder()
                 .expect("the metrics recorder is installed once");

@@ -67,11 +67,15 @@ enum CommandsCmd {
         /// Longest wait for the broker's answer, seconds.
         #[arg(long, default_value_t = 30)]
         wait_s: u64,
+        #[command(flatten)]
+        nats: crate::global::NatsArgs,
     },
 }
 
 #[derive(Debug, Args)]
 struct SendArgs {
+    #[command(flatten)]
+    nats: crate::global::NatsArgs,
     #[arg(long)]
     tenant: String,
     #[arg(long)]
@@ -145,8 +149,8 @@ pub async fn run(args: CommandsArgs, global: &Global) -> anyhow::Result<ExitCode
         }
         CommandsCmd::Show { command_id, tenant } => show(global, &command_id, tenant).await,
         CommandsCmd::Send(a) => send(global, *a).await,
-        CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s } => {
-            cancel::run(global, &command_id, tenant, &requested_by, wait_s).await
+        CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s, nats } => {
+            cancel::run(global, &nats, &command_id, tenant, &requested_by, wait_s).await
         }
     }
 }
@@ -510,7 +514,7 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
     };
     // Structure only: the approval policy is the broker's to enforce (and to report).
     cmd.validate().map_err(|e| anyhow::anyhow!("invalid command: {e}"))?;
-    let client = global.nats().await?;
+    let client = a.nats.connect().await?;
     let mut statuses_sub = if a.wait {
         let sub = client.subscribe(subject::status(&cmd.tenant_id, &cmd.store_id, &cmd.command_id)).await?;
         client.flush().await?;

@@ -2,10 +2,8 @@
 //! of the live one (every connection's `search_path` set to it), always in UTC so timestamps
 //! compare as text.
 
-use std::str::FromStr;
-
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// A schema name safe to interpolate: lower-case letters, digits and `_`, not starting with a digit.
 pub fn check_schema(name: &str) -> anyhow::Result<()> {
@@ -32,7 +30,9 @@ pub async fn rebuild_pool(url: &str, schema: Option<&str>, max: u32) -> anyhow::
 }
 
 async fn connect(url: &str, schema: Option<&str>, max: u32, async_commit: bool) -> anyhow::Result<PgPool> {
-    let mut opts = PgConnectOptions::from_str(url).with_context(|| format!("bad database URL {url}"))?;
+    let app = if async_commit { "tillsync replay" } else { "tillsync-cli" };
+    let mut opts =
+        tillsync_broker::db::options(url, app).with_context(|| format!("bad database URL {}", redact(url)))?;
     opts = opts.options([("TimeZone", "UTC")]);
     if let Some(s) = schema {
         check_schema(s)?;

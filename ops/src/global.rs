@@ -1,21 +1,13 @@
-//! Options every subcommand shares.
+//! Options every subcommand shares, and the NATS options of those that talk to NATS.
 
 use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// NATS server URL.
-    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// NATS credentials: a .creds file, or an nkey seed file (`operator.nk` from `tillsync auth init`).
-    #[arg(long, global = true, env = "NATS_CREDS")]
-    pub nats_creds: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub nats_tls: tillsync_broker::nats::TlsFiles,
     /// Postgres URL of the read-model database.
     #[arg(long, global = true, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
     pub database_url: String,
-    /// Print one JSON document instead of human-readable text.
+    /// Print one JSON document instead of human-readable text (on failure: a JSON error object).
     #[arg(long, global = true)]
     pub json: bool,
     /// Log lines (stderr) as `text` (colour only on a terminal) or `json` (one object per line).
@@ -25,13 +17,28 @@ pub struct Global {
 
 impl Global {
     pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        tillsync_broker::db::connect(&self.database_url, 4)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres at {}: {e}", self.database_url))
+        crate::db::pool(&self.database_url, None, 4).await
     }
+}
 
-    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
-            .await?)
+/// Where NATS is and how to log in: flattened only into the subcommands that talk to NATS, so
+/// the others' `--help` does not offer options they would ignore.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials: a .creds file, or an nkey seed file (`operator.nk` from `tillsync auth init`).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats_tls: tillsync_broker::nats::TlsFiles,
+}
+
+impl NatsArgs {
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", self.nats_url))
     }
 }

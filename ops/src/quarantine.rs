@@ -53,6 +53,8 @@ enum QuarantineCmd {
         /// Redrive even when the recorded cause (unknown_tenant) still holds.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        nats: crate::global::NatsArgs,
     },
 }
 
@@ -170,12 +172,12 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             emit(global.json, &shown, human_show)?;
             ExitCode::SUCCESS
         }
-        QuarantineCmd::Redrive { id, operator, note, force } => {
+        QuarantineCmd::Redrive { id, operator, note, force, nats } => {
             let operator = operator
                 .or_else(|| std::env::var("USER").ok())
                 .filter(|o| !o.is_empty())
                 .unwrap_or_else(|| "unknown".into());
-            let out = redrive(&pool, global, id, &operator, &note, force).await?;
+            let out = redrive(&pool, &nats, id, &operator, &note, force).await?;
             emit(global.json, &out, |r| {
                 format!(
                     "Quarantine #{} redriven on {} as {} seq {}{} (audit #{}, by {}).",
@@ -236,7 +238,7 @@ fn redrive_msg_id(subj: &str, payload: &[u8], id: i64, attempt: i32) -> String {
 
 async fn redrive(
     pool: &sqlx::PgPool,
-    global: &Global,
+    nats: &crate::global::NatsArgs,
     id: i64,
     operator: &str,
     note: &str,
@@ -260,7 +262,7 @@ async fn redrive(
     headers.insert(names::HEADER_MSG_ID, msg_id.as_str());
     headers.insert(names::HEADER_CONTENT_TYPE, names::CONTENT_TYPE);
     headers.insert(HEADER_REDRIVE, id.to_string().as_str());
-    let js = async_nats::jetstream::new(global.nats().await?);
+    let js = async_nats::jetstream::new(nats.connect().await?);
     let ack = js
         .publish_with_headers(row.subject.clone(), headers, payload.into())
         .await

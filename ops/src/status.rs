@@ -27,6 +27,8 @@ const LISTED: i64 = 10;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    nats: crate::global::NatsArgs,
     /// An open gap in a device's seqs older than this is a problem, seconds.
     #[arg(long, default_value_t = 300)]
     gap_age_s: u64,
@@ -164,7 +166,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let silent_after_s = args.lease_ttl_s + partitions::SILENT_MARGIN_S;
     let mut status = Status::default();
     let (nats, db) = tokio::join!(
-        tokio::time::timeout(within, jetstream(global)),
+        tokio::time::timeout(within, jetstream(&args.nats)),
         tokio::time::timeout(within, database(global, &args, silent_after_s))
     );
     let (mut js_parts, mut db_parts) = (None, None);
@@ -177,7 +179,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
         }
         Err(e) => {
             status.nats.error = Some(e.clone());
-            status.problems.push(format!("NATS unreachable at {}: {e}", global.nats_url));
+            status.problems.push(format!("NATS unreachable at {}: {e}", args.nats.nats_url));
         }
     }
     match flatten(db, within) {
@@ -219,8 +221,8 @@ struct JsFacts {
 
 /// Streams and the broker's consumers, and which streams are missing. A consumer missing for
 /// an owned partition is found when the owners are known ([`partitions::assemble`]).
-async fn jetstream(global: &Global) -> anyhow::Result<JsFacts> {
-    let js = async_nats::jetstream::new(global.nats().await?);
+async fn jetstream(nats: &crate::global::NatsArgs) -> anyhow::Result<JsFacts> {
+    let js = async_nats::jetstream::new(nats.connect().await?);
     let mut missing = Vec::new();
     let mut streams = Vec::new();
     for name in STREAMS {

@@ -146,3 +146,58 @@ async fn print_config_checks_masks_passwords_and_leaves_out_test_switches() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ingest_lanes"));
 }
+
+/// Names, one per connection: a DBA reading `pg_stat_activity` tells the broker's
+/// connections (with its instance id) from the CLI's.
+async fn application_names(db: &tillsync_tests::TestDb) -> Vec<String> {
+    let db_name = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    sqlx::query_scalar("SELECT application_name FROM pg_stat_activity WHERE datname = $1")
+        .bind(db_name)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_connections_are_named_and_its_notices_stay_out_of_the_logs() {
+    let stack = tillsync_tests::Stack::start().await;
+    let config = stack.broker_config();
+    let unnamed = |names: &[String]| names.iter().filter(|n| n.is_empty()).count();
+    // The test's own pool is unnamed; the broker adds named connections only.
+    let unnamed_before = unnamed(&application_names(&stack.db).await);
+    // The database is already migrated, so the broker's migration at start draws Postgres's
+    // "relation _sqlx_migrations already exists, skipping" notice, which sqlx logs at INFO.
+    let mut child = tokio::process::Command::new(bin_path("tillsync-broker"))
+        .envs(config.to_env())
+        .env("RUST_LOG", "info")
+        .env("TILLSYNC_INSTANCE_ID", "broker-named")
+        .env("TILLSYNC_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let names = tillsync_tests::eventually(Duration::from_secs(30), "the broker's named connections", || async {
+        let names = application_names(&stack.db).await;
+        names.iter().any(|n| n == "tillsync-broker broker-named").then_some(names)
+    })
+    .await;
+    assert!(unnamed(&names) <= unnamed_before, "the broker opened an unnamed connection: {names:?}");
+    let _ = child.kill().await;
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("\"INFO\""), "RUST_LOG=info gave INFO lines: {log}");
+    assert!(!log.contains("already exists"), "a Postgres notice was logged: {log}");
+
+    // The CLI: `tillsync migrate` on a migrated database, with INFO asked for.
+    let out = tokio::process::Command::new(bin_path("tillsync"))
+        .arg("migrate")
+        .env("DATABASE_URL", &stack.db.url)
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("already exists"), "a Postgres notice was logged: {log}");
+}

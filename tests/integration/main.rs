@@ -10,6 +10,7 @@ mod config;
 mod config_cloud;
 mod config_edge;
 mod converge;
+mod dashboards;
 mod edge;
 mod example;
 mod ingest;

@@ -368,12 +368,12 @@ async fn every_json_output_parses() {
     broker.stop().await;
 }
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// `TILLSYNC_PROMTOOL`, else `promtool` on PATH; missing is a failure (scripts/test.sh installs it).
-fn promtool() -> PathBuf {
+pub(crate) fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("TILLSYNC_PROMTOOL") {
         return p.into();
     }
@@ -382,7 +382,7 @@ fn promtool() -> PathBuf {
         .expect("promtool not found: install Debian's `prometheus` package or run ./scripts/test.sh")
 }
 
-fn run_promtool(args: &[&str]) {
+pub(crate) fn run_promtool(args: &[&str]) {
     let out = std::process::Command::new(promtool()).args(args).current_dir(repo()).output().expect("run promtool");
     assert!(
         out.status.success(),
@@ -408,6 +408,9 @@ async fn promtool_accepts_the_live_metrics() {
     {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
+    // Lag histograms reach 24 h; the apply latency (no store outage in it) ends at 300 s.
+    assert!(body.contains(r#"tillsync_event_lag_seconds_bucket{le="86400"#), "event lag buckets end before 24 h");
+    assert!(!body.contains(r#"tillsync_apply_latency_seconds_bucket{le="86400"#));
     let mut child = tokio::process::Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -19,7 +19,7 @@ use sqlx::{ConnectOptions, Executor};
 use tillsync_broker::config::Config;
 use tillsync_schemas::streams as names;
 
-use crate::global::Global;
+use crate::global::{Global, NatsArgs};
 
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tillsync";
@@ -56,10 +56,10 @@ fn explicit(value: &str, default: &str, var: &str) -> bool {
 }
 
 impl Env {
-    pub async fn start(global: &Global) -> anyhow::Result<Env> {
+    pub async fn start(global: &Global, nats_args: &NatsArgs) -> anyhow::Result<Env> {
         let admin_url = admin_url(global).await?;
-        let (nats_url, nats) = if explicit(&global.nats_url, DEFAULT_NATS_URL, "NATS_URL") {
-            (global.nats_url.clone(), Vec::new())
+        let (nats_url, nats) = if explicit(&nats_args.nats_url, DEFAULT_NATS_URL, "NATS_URL") {
+            (nats_args.nats_url.clone(), Vec::new())
         } else {
             let (url, proc_) = start_nats(None).await?;
             (url, vec![proc_])

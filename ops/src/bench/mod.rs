@@ -34,6 +34,9 @@ use report::Report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Without --nats-url or NATS_URL the bench starts its own nats-server.
+    #[command(flatten)]
+    pub nats: crate::global::NatsArgs,
     #[command(subcommand)]
     pub scenario: Scenario,
 }
@@ -107,7 +110,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
     }
     let mut env = match args.scenario {
         Scenario::Scale(_) => Env::start_cluster(global, scale::NODES).await?,
-        _ => Env::start(global).await?,
+        _ => Env::start(global, &args.nats).await?,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // On Ctrl-C or SIGTERM the databases are still dropped and the private nats-server killed.

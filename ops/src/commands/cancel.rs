@@ -40,6 +40,7 @@ struct Cancelled {
 
 pub async fn run(
     global: &Global,
+    nats: &crate::global::NatsArgs,
     command_id: &str,
     tenant: Option<String>,
     by: &str,
@@ -87,7 +88,7 @@ pub async fn run(
         awaited.push(None); // rejected at intake: one answer for the command
     }
     if !awaited.is_empty() {
-        let answers = request(global, &tenant_id, &store_id, command_id, by, awaited, wait_s).await?;
+        let answers = request(nats, &tenant_id, &store_id, command_id, by, awaited, wait_s).await?;
         out.copies.extend(answers);
     }
     out.copies.sort_by(|a, b| a.device_id.cmp(&b.device_id));
@@ -97,7 +98,7 @@ pub async fn run(
 
 /// Publishes the cancel and waits for the broker's answer about each awaited copy.
 async fn request(
-    global: &Global,
+    nats: &crate::global::NatsArgs,
     tenant_id: &str,
     store_id: &str,
     command_id: &str,
@@ -105,7 +106,7 @@ async fn request(
     mut awaited: Vec<Option<String>>,
     wait_s: u64,
 ) -> anyhow::Result<Vec<Answer>> {
-    let client = global.nats().await?;
+    let client = nats.connect().await?;
     let mut sub = client.subscribe(subject::status(tenant_id, store_id, command_id)).await?;
     client.flush().await?;
     let req = CommandCancel {

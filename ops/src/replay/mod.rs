@@ -29,6 +29,8 @@ use crate::global::Global;
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["target_database_url", "target_schema", "into_live"])))]
 pub struct ReplayArgs {
+    #[command(flatten)]
+    nats: crate::global::NatsArgs,
     /// Replay into this database (migrated first).
     #[arg(long)]
     target_database_url: Option<String>,
@@ -155,7 +157,7 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
         }
     }
 
-    let js = async_nats::jetstream::new(global.nats().await?);
+    let js = async_nats::jetstream::new(args.nats.connect().await?);
     let src = Source::open(&js, &filter_subject, start).await?;
     let total = src.total;
     let pb = progress_bar(total, global.json);
