@@ -68,6 +68,7 @@ pub const CONFIG_UNDISTRIBUTED: &str = "tillsync_config_versions_undistributed";
 pub const CONFIG_DEVICES_BEHIND: &str = "tillsync_config_devices_behind";
 pub const CONFIG_DRIFT_OLDEST: &str = "tillsync_config_drift_oldest_seconds";
 pub const CONFIG_APPLY_LATENCY: &str = "tillsync_config_apply_latency_seconds";
+pub const CONFIG_SNAPSHOTS_LOST: &str = "tillsync_config_snapshots_lost_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -217,11 +218,19 @@ fn describe() {
         Unit::Seconds,
         "From a configuration version's publish to a heartbeat reporting it applied."
     );
+    describe_counter!(
+        CONFIG_SNAPSHOTS_LOST,
+        "Stores whose configuration snapshot was missing from JetStream and was republished."
+    );
 }
 
 /// One publish, by result (`published`, `refused`) and code (`none` or the refusal code).
 pub fn config_publish(result: &'static str, code: &'static str) {
     counter!(CONFIG_PUBLISHES, "result" => result, "code" => code).increment(1);
+}
+
+pub fn config_snapshots_lost(n: u64) {
+    counter!(CONFIG_SNAPSHOTS_LOST).increment(n);
 }
 
 pub fn config_undistributed(n: i64) {
@@ -433,6 +442,7 @@ fn register_at_zero() {
     counter!(DB_RETRIES, "op" => "ingest").increment(0);
     counter!(COMMANDS_FAILED, "code" => MAX_ATTEMPTS_CODE).increment(0);
     counter!(CONFIG_PUBLISHES, "result" => "published", "code" => "none").increment(0);
+    counter!(CONFIG_SNAPSHOTS_LOST).increment(0);
     for r in tillsync_schemas::config::Refusal::ALL {
         counter!(CONFIG_PUBLISHES, "result" => "refused", "code" => r.as_str()).increment(0);
     }

@@ -428,3 +428,40 @@ async fn the_cli_publishes_shows_diffs_and_lists_drift() {
     assert!(everyone.stdout.contains("till-1"), "{}", everyone.stdout);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_nats_lost_is_republished_at_the_stores_version() {
+    let stack = Stack::start().await;
+    let pool = &stack.db.pool;
+    add_tenant(pool, "acme").await;
+    add_device(pool, "s1", "till-1").await;
+    add_device(pool, "s2", "till-2").await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let js = stack.nats.jetstream().await;
+    store_config::publish(pool, &tenant_wide(menu())).await.unwrap();
+    distributed(pool).await;
+    let before = snapshot(&js, "s1").await;
+    let stream = js.get_stream(streams::CONFIG_SNAPSHOTS).await.unwrap();
+    let s2_seq = stream.direct_get_last_for_subject(snapshot_subject("acme", "s2")).await.unwrap().sequence;
+    broker.stop().await;
+
+    // The fault: NATS no longer holds s1's snapshot (a lost write or a recreated stream leaves
+    // it so), while Postgres records it as published. A till on first boot would find none.
+    stream.purge().filter(snapshot_subject("acme", "s1")).await.unwrap();
+    assert!(stream.direct_get_last_for_subject(snapshot_subject("acme", "s1")).await.is_err());
+
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let again = eventually(DEFAULT_TIMEOUT, "s1's snapshot back on JetStream", || async {
+        let m = stream.direct_get_last_for_subject(snapshot_subject("acme", "s1")).await.ok()?;
+        Some(codec::decode::<ConfigSnapshot>(&m.payload).unwrap())
+    })
+    .await;
+    assert_eq!((again.version, again.delta_seq), (before.version, before.delta_seq));
+    assert_eq!(again.entities, before.entities);
+    // Only the lost one is published again.
+    let s2_now = stream.direct_get_last_for_subject(snapshot_subject("acme", "s2")).await.unwrap().sequence;
+    assert_eq!(s2_now, s2_seq, "s2's snapshot was not lost and is not republished");
+    let lost = metric(&metrics_text(&broker).await, "tillsync_config_snapshots_lost_total", "").unwrap_or(0.0);
+    assert!(lost >= 1.0, "the republish is counted: {lost}");
+    broker.stop().await;
+}

@@ -5,11 +5,13 @@
 //!   in one transaction, or records why not (the CLI, the portal and the bench call it);
 //! - [`distribute`] puts versions on JetStream (deltas, then the store's snapshot);
 //! - [`portal`] answers publishes on `tillsync.cfgpub.>`;
+//! - [`lost`] finds snapshots NATS no longer holds, so the distributor republishes them;
 //! - [`drift`] compares what devices applied with what they should run;
 //! - [`model`] is the pure part, [`rows`] the SQL.
 
 pub mod distribute;
 pub mod drift;
+pub mod lost;
 pub mod model;
 pub mod portal;
 pub mod publish;

@@ -1,0 +1,52 @@
+//! Snapshots NATS no longer holds. The distributor republishes a store's snapshot only when
+//! its version moves, so a snapshot lost by NATS (a stream recreated, a lost write, a node's
+//! storage gone) would leave every device on first boot waiting for head office's next
+//! publish. Every [`CHECK_EVERY`] the distributing instance lists the snapshot stream's
+//! subjects (one paged request, not one per store) and marks each store whose subject is
+//! missing as never snapshotted; the next round republishes it at its newest version.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use tillsync_schemas::config::snapshot_subject;
+use tillsync_schemas::streams as names;
+
+use crate::{metrics, Ctx};
+
+pub const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Marks the stores whose snapshot is missing from JetStream; returns how many.
+pub async fn mark_lost(ctx: &Ctx) -> anyhow::Result<usize> {
+    // Stores first, subjects second: a snapshot recorded before this read was stored before it
+    // (the row moves only after the PubAck), so the listing below holds it.
+    let stores: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, store_id FROM config_stores WHERE snapshot_version > 0")
+            .fetch_all(&ctx.pool)
+            .await?;
+    if stores.is_empty() {
+        return Ok(0);
+    }
+    let stream = ctx.js.get_stream_no_info(names::CONFIG_SNAPSHOTS).await?;
+    let held: HashSet<String> = stream
+        .info_with_subjects(snapshot_subject("*", "*"))
+        .await?
+        .map_ok(|(subject, _)| subject)
+        .try_collect()
+        .await?;
+    let lost: Vec<&(String, String)> = stores.iter().filter(|(t, s)| !held.contains(&snapshot_subject(t, s))).collect();
+    for (tenant, store) in &lost {
+        sqlx::query(
+            "UPDATE config_stores SET snapshot_version = 0, snapshot_at = NULL WHERE tenant_id = $1 AND store_id = $2",
+        )
+        .bind(tenant)
+        .bind(store)
+        .execute(&ctx.pool)
+        .await?;
+    }
+    if !lost.is_empty() {
+        metrics::config_snapshots_lost(lost.len() as u64);
+        tracing::warn!(stores = lost.len(), first = ?lost[0], "Configuration snapshots missing from JetStream; republishing them.");
+    }
+    Ok(lost.len())
+}
