@@ -9,6 +9,7 @@ mod common;
 mod config;
 mod config_cloud;
 mod config_edge;
+mod config_scale;
 mod converge;
 mod dashboards;
 mod edge;
