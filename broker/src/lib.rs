@@ -144,6 +144,7 @@ impl Broker {
         tasks.spawn(partitions::run(ctx.clone(), fenced));
         tasks.spawn(heartbeats::sweep_offline(ctx.clone()));
         tasks.spawn(commands::sweep::run(ctx.clone()));
+        tasks.spawn(commands::misnamed::run(ctx.clone()));
         tasks.spawn(instance::run(ctx.clone(), instance_id));
         tasks.spawn(monitor::run(ctx.clone()));
         tasks.spawn(repair::run(ctx.clone()));

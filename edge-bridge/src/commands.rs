@@ -127,6 +127,15 @@ impl Executor {
             .get_or_create_consumer(&name, self.consumer_config())
             .await
             .map_err(|e| format!("consumer {name}: {e}"))?;
+        // An existing consumer of this name is taken as it is: one that reads another
+        // device's subject (left by a bridge from before names carried id lengths) must not
+        // be read from. The broker deletes such consumers; until then, refuse it.
+        let reads = &consumer.cached_info().config.filter_subject;
+        if *reads != subject::commands(&self.addr) {
+            return Err(format!(
+                "consumer {name} reads {reads}, not this device's commands; waiting for it to be replaced"
+            ));
+        }
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         self.backoff.reset();
         loop {

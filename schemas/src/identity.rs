@@ -128,7 +128,8 @@ mod tests {
         let a = device_allowed(&DeviceAddr::new("acme", "s1", "till-1"));
         assert!(a.publish.contains(&"tillsync.ev.acme.s1.till-1".to_string()));
         assert!(a.publish.contains(
-            &"$JS.API.CONSUMER.CREATE.TILLSYNC_COMMANDS.edge_acme_s1_till-1.tillsync.cmd.acme.s1.till-1".to_string()
+            &"$JS.API.CONSUMER.CREATE.TILLSYNC_COMMANDS.edge_4_acme_2_s1_till-1.tillsync.cmd.acme.s1.till-1"
+                .to_string()
         ));
         assert!(a.publish.contains(&"$JS.API.DIRECT.GET.TILLSYNC_WATERMARKS.tillsync.wm.acme.s1.till-1".to_string()));
         assert!(a.subscribe.contains(&"_INBOX_DEV.acme.s1.till-1.>".to_string()));

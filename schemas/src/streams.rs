@@ -28,9 +28,27 @@ pub fn partition_consumer(base: &str, partition: u16) -> String {
 /// instance heartbeats (`member.<instance_id>`).
 pub const PARTITIONS_BUCKET: &str = "tillsync_partitions";
 
-/// Durable consumer name of one device's command consumer.
+/// Durable consumer name of one device's command consumer:
+/// `edge_<len>_<tenant>_<len>_<store>_<device>`. Ids may contain `_`, so without the lengths
+/// ("a_b", "c") and ("a", "b_c") would share a consumer, and with it the permission to read it,
+/// across tenants.
 pub fn device_commands_consumer(addr: &crate::DeviceAddr) -> String {
-    format!("edge_{}_{}_{}", addr.tenant_id, addr.store_id, addr.device_id)
+    let (t, s) = (&addr.tenant_id, &addr.store_id);
+    format!("edge_{}_{t}_{}_{s}_{}", t.len(), s.len(), addr.device_id)
+}
+
+/// An `edge_` consumer on the commands stream whose name is not the one its filter subject's
+/// device uses: one named as before the lengths were added (`edge_<tenant>_<store>_<device>`),
+/// which could even read as another device's current name. No device may use it; the broker
+/// deletes it.
+pub fn is_misnamed_commands_consumer(name: &str, filter_subject: &str) -> bool {
+    if !name.starts_with("edge_") {
+        return false;
+    }
+    match crate::subject::parse(filter_subject) {
+        Ok(p) if p.family == crate::subject::Family::Commands => device_commands_consumer(&p.device_addr()) != name,
+        _ => true,
+    }
 }
 
 /// Header names.
@@ -65,5 +83,25 @@ mod tests {
     fn resends_get_their_own_msg_id() {
         assert_eq!(event_resend_msg_id("till-1", "e1", 0), "till-1:e1");
         assert_eq!(event_resend_msg_id("till-1", "e1", 2), "till-1:e1:r2");
+    }
+
+    #[test]
+    fn command_consumers_of_ids_with_underscores_stay_apart() {
+        let a = crate::DeviceAddr::new("a_b", "c", "d");
+        let b = crate::DeviceAddr::new("a", "b_c", "d");
+        assert_ne!(device_commands_consumer(&a), device_commands_consumer(&b));
+        assert_eq!(device_commands_consumer(&a), "edge_3_a_b_1_c_d");
+    }
+
+    #[test]
+    fn a_consumer_is_misnamed_unless_its_filter_subjects_device_uses_that_name() {
+        let d = crate::DeviceAddr::new("acme", "s1", "till-1");
+        let filter = crate::subject::commands(&d);
+        assert!(!is_misnamed_commands_consumer(&device_commands_consumer(&d), &filter));
+        assert!(is_misnamed_commands_consumer("edge_acme_s1_till-1", &filter));
+        // A legacy name of tenant "4" that reads as a current name of ("acme", "s1", "d").
+        let other = crate::subject::commands(&crate::DeviceAddr::new("4", "acme", "2_s1_d"));
+        assert!(is_misnamed_commands_consumer("edge_4_acme_2_s1_d", &other));
+        assert!(!is_misnamed_commands_consumer("broker-events-p0", "tillsync.ev.*.*.*.0"));
     }
 }

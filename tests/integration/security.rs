@@ -5,6 +5,7 @@
 #[path = "security_support.rs"]
 pub(crate) mod support;
 
+use futures::StreamExt as _;
 use tillsync_edge::identity::{default_path, Identity};
 use tillsync_edge::{Bridge, EventDraft};
 use tillsync_schemas::{identity, streams, subject, DeviceAddr};
@@ -266,5 +267,42 @@ async fn a_rotation_replaces_the_key_while_sales_go_on() {
         Ok(b) => b.shutdown().await,
         Err(_) => panic!("bridge still shared"),
     }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn command_consumers_no_device_may_use_are_deleted() {
+    let stack = Stack::start().await;
+    let js = stack.nats.jetstream().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let commands = js.get_stream(streams::COMMANDS).await.unwrap();
+    let mine = DeviceAddr::new("acme", "s1", "till-1");
+    // A legacy name of tenant "4" that reads as the current name of ("acme", "s1", "d").
+    let tenant_4 = DeviceAddr::new("4", "acme", "2_s1_d");
+    let consumers = [
+        ("legacy", "edge_acme_s1_till-1".to_string(), subject::commands(&mine)),
+        ("legacy, colliding", "edge_4_acme_2_s1_d".to_string(), subject::commands(&tenant_4)),
+        ("current", streams::device_commands_consumer(&mine), subject::commands(&mine)),
+    ];
+    for (_, name, filter) in &consumers {
+        let config = async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter.clone(),
+            ..Default::default()
+        };
+        commands.create_consumer(config).await.unwrap();
+    }
+    // The broker checks at start; poll its effect.
+    let names = || async {
+        let mut names: Vec<String> = commands.consumer_names().map(|n| n.unwrap()).collect().await;
+        names.retain(|n| n.starts_with("edge_"));
+        names
+    };
+    let left = eventually(T, "misnamed consumers deleted", || async {
+        let left = names().await;
+        (left.len() == 1).then_some(left)
+    })
+    .await;
+    assert_eq!(left, vec![consumers[2].1.clone()], "only the current consumer is left");
     broker.stop().await;
 }

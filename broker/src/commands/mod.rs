@@ -10,6 +10,7 @@
 //! - [`acks`] records device acks, a batch per statement, with the transitions they make, and
 //!   the applies that came after the portal was told a command ended (corrections).
 //! - [`cancel`] cancels what has not been applied, on the portal's request.
+//! - [`misnamed`] deletes device command consumers no device may use.
 //! - [`sweep`] wakes device actors for due checks and expiries (actors are passivated when
 //!   idle, so no timer lives in them), republishes status messages a crash left unpublished,
 //!   deletes copies of ended commands and exports the inbox gauges.
@@ -24,6 +25,7 @@ pub mod copies;
 pub mod intake;
 pub mod intake_store;
 pub mod io;
+pub mod misnamed;
 pub mod publish;
 pub mod store;
 pub mod sweep;
