@@ -39,6 +39,9 @@ pub enum Decision {
 
 pub const INTERRUPTED: &str = "interrupted";
 
+/// How long the device's command consumer outlives its last pull: 30 days (docs/edge-bridge.md).
+pub const INACTIVE_THRESHOLD: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The pure part: ledger entry, expiry, if-match.
 pub fn decide(entry: Option<&Entry>, cmd: &CommandEnvelope, now_ms: i64, config_revision: u64) -> Decision {
     match entry {
@@ -114,6 +117,11 @@ impl Executor {
             // Longer than any handler run, so JetStream never redelivers a command mid-apply.
             ack_wait: self.handler_timeout + Duration::from_secs(30),
             max_ack_pending: 16,
+            // A till gone for good (or decommissioned while offline) must not leave its consumer
+            // on the server forever. One back after longer than this gets a new consumer that
+            // starts at the beginning of its subject: commands still in the stream come again
+            // and the ledger answers those it applied with their stored outcome.
+            inactive_threshold: INACTIVE_THRESHOLD,
             ..Default::default()
         }
     }
@@ -123,10 +131,10 @@ impl Executor {
         let stream =
             self.js.get_stream_no_info(streams::COMMANDS).await.map_err(|e| format!("commands stream: {e}"))?;
         let name = streams::device_commands_consumer(&self.addr);
-        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(&name, self.consumer_config())
-            .await
-            .map_err(|e| format!("consumer {name}: {e}"))?;
+        // Create-or-update (not get-or-create): a consumer made by an older bridge picks up the
+        // current config's updatable fields (the inactivity threshold) on the next connect.
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.create_consumer(self.consumer_config()).await.map_err(|e| format!("consumer {name}: {e}"))?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         self.backoff.reset();
         loop {
