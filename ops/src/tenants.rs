@@ -204,7 +204,9 @@ async fn decommission_tenant(
         tillsync_broker::auth::records::audit(&mut *tx, &audit).await?;
     }
     tx.commit().await?;
+    let disconnected = decommission::wait_disconnected(pool, tenant, None).await?;
     for d in &mut devices {
+        d.disconnected = disconnected;
         decommission::delete_consumers(&js, d).await?;
     }
     Ok(Ok(Decommissioned {

@@ -13,6 +13,7 @@ mod converge;
 mod dashboards;
 mod edge;
 mod example;
+mod hygiene;
 mod ingest;
 mod logs;
 mod ops;

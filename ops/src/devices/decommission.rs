@@ -33,6 +33,9 @@ pub struct Device {
     pub codes_withdrawn: u64,
     /// Unfinished commands cancelled (the portal hears `cancelled`).
     pub commands_cancelled: u64,
+    /// The broker confirmed it disconnected the device's live connection (or it had none)
+    /// before its consumers were deleted; false when it did not within 15 s.
+    pub disconnected: bool,
     /// JetStream consumers deleted now, and those already gone.
     pub consumers_deleted: Vec<String>,
     pub consumers_absent: Vec<String>,
@@ -79,6 +82,7 @@ pub async fn mark(tx: &mut sqlx::PgConnection, d: &DeviceAddr, by: &str, why: &s
         credentials_revoked: 0,
         codes_withdrawn: 0,
         commands_cancelled: 0,
+        disconnected: false,
         consumers_deleted: vec![],
         consumers_absent: vec![],
     };
@@ -101,6 +105,36 @@ pub async fn mark(tx: &mut sqlx::PgConnection, d: &DeviceAddr, by: &str, why: &s
     let detail = format!("device decommissioned by {by}: {why}");
     out.commands_cancelled = tillsync_broker::commands::cancel::withdraw_device(tx, d, &detail).await?;
     Ok(out)
+}
+
+/// Waits until the broker has disconnected every revoked, once-connected credential of
+/// `tenant` (or of one device): a consumer deleted while its bridge is still connected would
+/// be made again by that bridge. False after 15 s (no broker running, or no authorization).
+pub async fn wait_disconnected(pool: &PgPool, tenant: &str, device: Option<&DeviceAddr>) -> anyhow::Result<bool> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM credentials WHERE tenant_id = $1 AND kind = 'device'
+               AND ($2::text IS NULL OR (store_id = $2 AND device_id = $3))
+               AND revoked_at IS NOT NULL AND kicked_at IS NULL AND last_connect_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(device.map(|d| &d.store_id))
+        .bind(device.map(|d| &d.device_id))
+        .fetch_one(pool)
+        .await?;
+        if left == 0 {
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "warning: the broker has not confirmed the disconnect of {left} connection(s) within 15 s; if a \
+                 consumer comes back, run this again"
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Deletes the device's command and configuration consumers; one already gone is fine.
@@ -161,6 +195,7 @@ pub async fn device(
     let mut tx = pool.begin().await?;
     let mut out = mark(&mut tx, d, &identity::actor(), why).await?;
     tx.commit().await?;
+    out.disconnected = wait_disconnected(pool, &d.tenant_id, Some(d)).await?;
     delete_consumers(&js, &mut out).await?;
     Ok(Ok(out))
 }

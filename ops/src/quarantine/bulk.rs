@@ -293,7 +293,7 @@ impl Progress {
     }
 
     fn tick(&self, n: usize) {
-        if self.on && n > 0 && n % 250 == 0 {
+        if self.on && n > 0 && n.is_multiple_of(250) {
             eprint!("\rredriving {n}/{}", self.total);
         }
     }
