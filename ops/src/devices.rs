@@ -68,14 +68,8 @@ enum DevicesCmd {
     Decommission {
         #[command(flatten)]
         device: DeviceArg,
-        /// Do not ask for confirmation (needed without a terminal).
-        #[arg(long)]
-        yes: bool,
-        /// Why, for the audit trail.
-        #[arg(long, default_value = "decommissioned by an operator")]
-        reason: String,
         #[command(flatten)]
-        nats: crate::global::NatsArgs,
+        opts: decommission::Options,
     },
     /// A device's credentials and its identity audit trail (activations, rotations,
     /// revocations, refused connections: who, when, from where).
@@ -240,9 +234,9 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             })?;
             ExitCode::SUCCESS
         }
-        DevicesCmd::Decommission { device, yes, reason, nats } => {
+        DevicesCmd::Decommission { device, opts } => {
             let addr = device.addr()?;
-            match decommission::device(&pool, &nats, &addr, yes, &reason).await? {
+            match decommission::device(&pool, &addr, &opts).await? {
                 Ok(out) => {
                     emit(global.json, &out, decommission::human)?;
                     ExitCode::SUCCESS

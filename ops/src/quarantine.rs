@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
-use clap::{ArgGroup, Args, Subcommand};
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use tillsync_schemas::subject::{self, Family};
 use tillsync_schemas::{codec, streams as names};
@@ -49,11 +49,7 @@ enum QuarantineCmd {
     Show { id: i64 },
     /// Publish a message again on its original subject, once the cause is fixed: one by id, or
     /// every pending message (never redriven, not dismissed) the selectors match.
-    #[command(group(ArgGroup::new("which").required(true).multiple(true).args(["id", "reason", "tenant", "since"])))]
     Redrive {
-        /// One message, by id.
-        #[arg(conflicts_with_all = ["reason", "tenant", "since"])]
-        id: Option<i64>,
         #[command(flatten)]
         select: Selection,
         /// Who redrives (recorded in the audit trail).
@@ -75,11 +71,7 @@ enum QuarantineCmd {
     /// Mark messages never to be redriven (e.g. a mistyped tenant's heartbeats): one by id, or
     /// every pending message the selectors match. The rows stay; `list --pending`, bulk
     /// redrive and `status` leave them out.
-    #[command(group(ArgGroup::new("which").required(true).multiple(true).args(["id", "reason", "tenant", "since"])))]
     Dismiss {
-        /// One message, by id.
-        #[arg(conflicts_with_all = ["reason", "tenant", "since"])]
-        id: Option<i64>,
         #[command(flatten)]
         select: Selection,
         /// Who dismisses (recorded on each row).
@@ -212,7 +204,7 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             emit(global.json, &shown, human_show)?;
             ExitCode::SUCCESS
         }
-        QuarantineCmd::Redrive { id: Some(id), operator, note, force, dry_run, nats, .. } => {
+        QuarantineCmd::Redrive { select: Selection { id: Some(id), .. }, operator, note, force, dry_run, nats } => {
             let operator = operator_name(operator);
             if dry_run {
                 let plan = bulk::plan_one(&pool, id, force).await?;
@@ -224,13 +216,13 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             emit(global.json, &out, human_redriven)?;
             ExitCode::SUCCESS
         }
-        QuarantineCmd::Redrive { id: None, select, operator, note, force, dry_run, nats } => {
+        QuarantineCmd::Redrive { select, operator, note, force, dry_run, nats } => {
             let operator = operator_name(operator);
             bulk::redrive(&pool, global, &select, &nats, &operator, &note, force, dry_run).await?
         }
-        QuarantineCmd::Dismiss { id, select, operator, note, dry_run } => {
+        QuarantineCmd::Dismiss { select, operator, note, dry_run } => {
             let operator = operator_name(operator);
-            bulk::dismiss(&pool, global, id, &select, &operator, &note, dry_run).await?
+            bulk::dismiss(&pool, global, &select, &operator, &note, dry_run).await?
         }
     };
     pool.close().await;

@@ -37,14 +37,8 @@ enum TenantsCmd {
     /// activations refused. Its records are kept. Asks to type the tenant back unless --yes.
     Decommission {
         tenant: String,
-        /// Do not ask for confirmation (needed without a terminal).
-        #[arg(long)]
-        yes: bool,
-        /// Why, for the audit trail.
-        #[arg(long, default_value = "decommissioned by an operator")]
-        reason: String,
         #[command(flatten)]
-        nats: crate::global::NatsArgs,
+        opts: decommission::Options,
     },
 }
 
@@ -129,12 +123,10 @@ pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode>
                 table(&["TENANT", "NAME", "CREATED", "DEVICES", "DECOMMISSIONED"], &cells)
             })?;
         }
-        TenantsCmd::Decommission { tenant, yes, reason, nats } => {
-            match decommission_tenant(&pool, &nats, &tenant, yes, &reason).await? {
-                Ok(out) => emit(global.json, &out, human_decommissioned)?,
-                Err(c) => code = c,
-            }
-        }
+        TenantsCmd::Decommission { tenant, opts } => match decommission_tenant(&pool, &tenant, &opts).await? {
+            Ok(out) => emit(global.json, &out, human_decommissioned)?,
+            Err(c) => code = c,
+        },
     }
     pool.close().await;
     Ok(code)
@@ -142,11 +134,10 @@ pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode>
 
 async fn decommission_tenant(
     pool: &sqlx::PgPool,
-    nats: &crate::global::NatsArgs,
     tenant: &str,
-    yes: bool,
-    why: &str,
+    opts: &decommission::Options,
 ) -> anyhow::Result<Result<Decommissioned, ExitCode>> {
+    let why = opts.reason.as_str();
     let known: Option<bool> =
         sqlx::query_scalar("SELECT decommissioned_at IS NOT NULL FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
@@ -156,10 +147,10 @@ async fn decommission_tenant(
         eprintln!("error: no tenant {tenant}");
         return Ok(Err(ExitCode::from(4)));
     };
-    if !yes && !already && !decommission::confirm("tenant", tenant)? {
+    if !opts.yes && !already && !decommission::confirm("tenant", tenant)? {
         return Ok(Err(ExitCode::from(decommission::NOT_CONFIRMED)));
     }
-    let js = async_nats::jetstream::new(nats.connect().await?);
+    let js = async_nats::jetstream::new(opts.nats.connect().await?);
     let by = identity::actor();
     let mut tx = pool.begin().await?;
     let (at, first_by): (DateTime<Utc>, String) = sqlx::query_as(

@@ -17,6 +17,19 @@ use tillsync_schemas::{config, streams, DeviceAddr};
 
 use crate::identity;
 
+/// What both decommission commands take besides what they decommission.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Do not ask for confirmation (needed without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Why, for the audit trail.
+    #[arg(long, default_value = "decommissioned by an operator")]
+    pub reason: String,
+    #[command(flatten)]
+    pub nats: crate::global::NatsArgs,
+}
+
 /// Exit code when the operator did not confirm (no terminal and no `--yes`, or a wrong answer).
 pub const NOT_CONFIRMED: u8 = 2;
 
@@ -167,13 +180,7 @@ fn is_absent(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
 }
 
 /// `devices decommission`: confirm, mark, delete consumers.
-pub async fn device(
-    pool: &PgPool,
-    nats: &crate::global::NatsArgs,
-    d: &DeviceAddr,
-    yes: bool,
-    why: &str,
-) -> anyhow::Result<Result<Device, ExitCode>> {
+pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Result<Result<Device, ExitCode>> {
     let id = format!("{}/{}/{}", d.tenant_id, d.store_id, d.device_id);
     let known: Option<bool> = sqlx::query_scalar(
         "SELECT decommissioned_at IS NOT NULL FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3",
@@ -188,12 +195,12 @@ pub async fn device(
         return Ok(Err(ExitCode::from(4)));
     };
     // Nothing left to lose when it was done before: the rerun only retries consumer deletion.
-    if !yes && !already && !confirm("device", &id)? {
+    if !opts.yes && !already && !confirm("device", &id)? {
         return Ok(Err(ExitCode::from(NOT_CONFIRMED)));
     }
-    let js = async_nats::jetstream::new(nats.connect().await?);
+    let js = async_nats::jetstream::new(opts.nats.connect().await?);
     let mut tx = pool.begin().await?;
-    let mut out = mark(&mut tx, d, &identity::actor(), why).await?;
+    let mut out = mark(&mut tx, d, &identity::actor(), &opts.reason).await?;
     tx.commit().await?;
     out.disconnected = wait_disconnected(pool, &d.tenant_id, Some(d)).await?;
     delete_consumers(&js, &mut out).await?;

@@ -9,18 +9,23 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use serde::Serialize;
 
 use super::{held_back, load, publish, Summary, SUMMARY_COLS};
 use crate::global::Global;
 use crate::output::{emit, table, ts};
 
-/// Which pending messages a bulk redrive or dismissal takes. At least one selector (or an id)
-/// is required (clap's usage error, exit 2), so a bare `redrive` never sweeps the whole
-/// quarantine.
+/// One message by id, or the pending messages a bulk redrive or dismissal takes. An id or at
+/// least one selector is required (clap's usage error, exit 2), so a bare `redrive` never
+/// sweeps the whole quarantine.
 #[derive(Debug, Args)]
+#[group(skip)]
+#[command(group(ArgGroup::new("which").required(true).multiple(true).args(["id", "reason", "tenant", "since"])))]
 pub struct Selection {
+    /// One message, by id.
+    #[arg(conflicts_with_all = ["reason", "tenant", "since"])]
+    pub id: Option<i64>,
     /// Only this reason code (e.g. unknown_tenant).
     #[arg(long)]
     reason: Option<String>,
@@ -229,14 +234,13 @@ pub struct Dismissed {
 pub async fn dismiss(
     pool: &sqlx::PgPool,
     global: &Global,
-    id: Option<i64>,
     select: &Selection,
     operator: &str,
     note: &str,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!note.trim().is_empty(), "--note must say why the messages are dismissed");
-    let (ids, already) = match id {
+    let (ids, already) = match select.id {
         Some(id) => {
             let (row, _) = load(pool, id).await?;
             if row.dismissed_at.is_some() {
