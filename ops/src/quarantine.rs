@@ -100,6 +100,9 @@ struct Summary {
     received_at: DateTime<Utc>,
     redrive_count: i32,
     redriven_at: Option<DateTime<Utc>>,
+    /// Refused heartbeats folded into this row (the payload is the latest one's).
+    repeats: i32,
+    last_received_at: Option<DateTime<Utc>>,
     dismissed_at: Option<DateTime<Utc>>,
     dismissed_by: Option<String>,
     dismiss_note: Option<String>,
@@ -142,7 +145,8 @@ struct Redriven {
 }
 
 const SUMMARY_COLS: &str = "id, tenant_id, store_id, device_id, stream, stream_seq, subject, reason, detail, \
-                            received_at, redrive_count, redriven_at, dismissed_at, dismissed_by, dismiss_note";
+                            received_at, redrive_count, redriven_at, repeats, last_received_at, dismissed_at, dismissed_by, \
+                            dismiss_note";
 
 pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
@@ -406,6 +410,9 @@ fn human_show(s: &Shown) -> String {
         ts(r.redriven_at),
         s.payload_len
     );
+    if r.repeats > 0 {
+        out += &format!("repeats:       {} more, the last at {}\n", r.repeats, ts(r.last_received_at));
+    }
     if let Some(at) = r.dismissed_at {
         out += &format!(
             "dismissed:     {} by {}: {}\n",

@@ -385,3 +385,46 @@ async fn replay_refuses_an_existing_rebuild_and_drops_a_schema_it_could_not_fill
     assert_eq!(stack.db.count("SELECT count(*) FROM other_app.t").await, 0, "still there");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_heartbeats_of_an_unknown_tenant_keep_one_row_that_redrives_the_latest() {
+    let (stack, broker, js) = live().await;
+    let d = DeviceAddr::new("acne", "s1", "till-4");
+    let db = &stack.db;
+    // One at a time: the stream keeps only a device's newest heartbeat.
+    for uptime_s in 1..=4 {
+        let hb = tillsync_schemas::Heartbeat {
+            schema_version: tillsync_schemas::SCHEMA_VERSION,
+            tenant_id: d.tenant_id.clone(),
+            store_id: d.store_id.clone(),
+            device_id: d.device_id.clone(),
+            at_ms: tillsync_broker::now_ms(),
+            software_version: "test".into(),
+            outbox_depth: 0,
+            oldest_unsent_age_s: 0,
+            last_acked_seq: 0,
+            config_revision: 0,
+            uptime_s,
+        };
+        let ack = js.publish(subject::heartbeats(&d), tillsync_schemas::codec::encode(&hb).into()).await.unwrap();
+        let seq = ack.await.unwrap().sequence as i64;
+        eventually_eq(T, "the heartbeat quarantined", seq, || {
+            db.count("SELECT coalesce(max(stream_seq), 0) FROM quarantine")
+        })
+        .await;
+    }
+    eventually_eq(T, "four heartbeats on one row", 3, || {
+        db.count("SELECT coalesce(sum(repeats), 0)::int8 FROM quarantine")
+    })
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM quarantine").await, 1);
+
+    tillsync(&stack, &["tenants", "add", "acne"]).await.ok();
+    let v = tillsync(&stack, &["quarantine", "redrive", "--tenant", "acne", "--json"]).await.ok().json();
+    assert_eq!(v["redriven"], json!(1), "{v}");
+    eventually_eq(T, "the latest heartbeat applied", 4, || {
+        db.count("SELECT coalesce(max(uptime_s), 0) FROM devices WHERE tenant_id = 'acne'")
+    })
+    .await;
+    broker.stop().await;
+}

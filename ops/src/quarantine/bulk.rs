@@ -32,7 +32,8 @@ pub struct Selection {
     /// Only this tenant (as named by the message's subject).
     #[arg(long)]
     tenant: Option<String>,
-    /// Only messages received at or after this time (RFC 3339, or Unix milliseconds).
+    /// Only messages received at or after this time (RFC 3339, or Unix milliseconds; a row of
+    /// repeated heartbeats counts by its latest).
     #[arg(long)]
     since: Option<String>,
     /// At most this many messages, oldest first.
@@ -53,7 +54,7 @@ impl Selection {
         Ok(sqlx::query_as(&format!(
             "SELECT {SUMMARY_COLS} FROM quarantine_pending
              WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
-               AND ($3::timestamptz IS NULL OR received_at >= $3)
+               AND ($3::timestamptz IS NULL OR coalesce(last_received_at, received_at) >= $3)
              ORDER BY id LIMIT $4"
         ))
         .bind(&self.reason)
