@@ -322,3 +322,35 @@ fn gaps(r: &DeviceRow) -> String {
         _ => format!("{} (0 open)", r.gaps),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decommissioned_device_shows_as_such_whatever_its_last_heartbeat_said() {
+        let row = |online, decommissioned_at| DeviceRow {
+            tenant_id: "a".into(),
+            store_id: "s".into(),
+            device_id: "d".into(),
+            provisioned: true,
+            online,
+            decommissioned_at,
+            last_seen: None,
+            software_version: None,
+            outbox_depth: None,
+            unsent_age_s: None,
+            device_seq: None,
+            lag: 0,
+            watermark_wait_s: None,
+            last_seq: 0,
+            watermark: 0,
+            gaps: 0,
+            open_gaps: 0,
+            oldest_gap_age_s: None,
+        };
+        assert_eq!(state(&row(true, None)), "online");
+        assert_eq!(state(&row(false, None)), "offline");
+        assert_eq!(state(&row(true, Some(Utc::now()))), "decommissioned");
+    }
+}

@@ -309,3 +309,32 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn since(s: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        Selection { id: None, reason: None, tenant: None, since: Some(s.into()), limit: 1 }.since()
+    }
+
+    #[test]
+    fn since_takes_rfc3339_or_unix_ms() {
+        let t = since("2026-12-01T10:00:00Z").unwrap().unwrap();
+        assert_eq!(since(&t.timestamp_millis().to_string()).unwrap(), Some(t));
+        assert_eq!(since("2026-12-01T11:00:00+01:00").unwrap(), Some(t));
+        let e = since("2h").unwrap_err().to_string();
+        assert!(e.contains("--since"), "{e}");
+    }
+
+    #[test]
+    fn a_dry_run_summary_counts_what_would_be_skipped() {
+        let mut r = Redrives { dry_run: true, selected: 3, ..Default::default() };
+        r.skipped.insert("unknown_tenant", 2);
+        let text = human_plan(&r);
+        assert!(
+            text.contains("3 selected, 1 would be redriven, skipped: 2 unknown_tenant. Nothing changed."),
+            "{text}"
+        );
+    }
+}
