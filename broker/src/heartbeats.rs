@@ -130,7 +130,8 @@ pub async fn sweep_offline(ctx: Arc<Ctx>) {
             continue;
         }
         let counts: Result<Vec<(String, i64, i64)>, _> = sqlx::query_as(
-            "SELECT tenant_id, count(*) FILTER (WHERE online), count(*) FILTER (WHERE NOT online) FROM devices GROUP BY tenant_id",
+            "SELECT tenant_id, count(*) FILTER (WHERE online), count(*) FILTER (WHERE NOT online) FROM devices
+             WHERE decommissioned_at IS NULL GROUP BY tenant_id",
         )
         .fetch_all(&ctx.pool)
         .await;

@@ -174,13 +174,16 @@ async fn by_tenant(pool: &sqlx::PgPool, stall_s: u64) -> Result<Vec<TenantSignal
         "SELECT t.tenant_id,
                 coalesce(g.open, 0) AS open_gaps,
                 coalesce(g.oldest_s, 0)::float8 AS oldest_gap_s,
-                (SELECT count(*) FROM devices d WHERE d.tenant_id = t.tenant_id
+                (SELECT count(*) FROM devices d WHERE d.tenant_id = t.tenant_id AND d.decommissioned_at IS NULL
                    AND d.watermark_wait_since < now() - make_interval(secs => $1)) AS stalled,
-                EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = t.tenant_id) AS has_devices
+                EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = t.tenant_id AND d.decommissioned_at IS NULL)
+                  AS has_devices
          FROM tenants t
          LEFT JOIN LATERAL (
            SELECT count(*) AS open, EXTRACT(EPOCH FROM now() - min(detected_at)) AS oldest_s
-           FROM device_gaps WHERE tenant_id = t.tenant_id AND filled_at IS NULL
+           FROM device_gaps g WHERE g.tenant_id = t.tenant_id AND g.filled_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = g.tenant_id AND d.store_id = g.store_id
+                               AND d.device_id = g.device_id AND d.decommissioned_at IS NOT NULL)
          ) g ON true",
     )
     .bind(stall_s as f64)

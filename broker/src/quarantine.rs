@@ -65,8 +65,31 @@ pub async fn insert(tx: &mut PgConnection, bad: &[BadRow]) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Folds a refused heartbeat into the pending row of the same subject and reason, if there is
+/// one (see `migrations/0013_hygiene.sql`): the latest payload and stream seq, one more repeat.
+/// False when there is none (or its stream seq is already on another row): insert it instead.
+async fn collapse(tx: &mut PgConnection, bad: &BadRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE quarantine SET stream_seq = $2, payload = $3, detail = $4, repeats = repeats + 1,
+                               last_received_at = now()
+         WHERE id = (SELECT id FROM quarantine WHERE subject = $5 AND reason = $6 AND stream = $1
+                       AND redrive_count = 0 AND dismissed_at IS NULL ORDER BY id DESC LIMIT 1)
+           AND NOT EXISTS (SELECT 1 FROM quarantine WHERE stream = $1 AND stream_seq = $2)",
+    )
+    .bind(&bad.stream)
+    .bind(bad.stream_seq as i64)
+    .bind(&bad.payload)
+    .bind(&bad.detail)
+    .bind(&bad.subject)
+    .bind(bad.reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Records one refused message under `fence` and counts it by reason. The caller terminates
-/// the JetStream message once this returns `Ok`.
+/// the JetStream message once this returns `Ok`. A heartbeat repeating a pending one is
+/// folded into it ([`collapse`]).
 pub async fn record(
     pool: &PgPool,
     fence: Fence,
@@ -77,7 +100,10 @@ pub async fn record(
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let mut tx = pool.begin().await?;
     fence::check(&mut tx, fence).await?;
-    insert(&mut tx, &[bad_row(stream, &msg.subject, seq, &msg.payload, e)]).await?;
+    let bad = bad_row(stream, &msg.subject, seq, &msg.payload, e);
+    if !(stream == tillsync_schemas::streams::HEARTBEATS && collapse(&mut tx, &bad).await?) {
+        insert(&mut tx, &[bad]).await?;
+    }
     tx.commit().await?;
     metrics::event_quarantined(e.reason.as_str());
     tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");

@@ -39,6 +39,9 @@ pub enum Decision {
 
 pub const INTERRUPTED: &str = "interrupted";
 
+/// How long the device's command consumer outlives its last pull: 30 days (docs/edge-bridge.md).
+pub const INACTIVE_THRESHOLD: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The pure part: ledger entry, expiry, if-match.
 pub fn decide(entry: Option<&Entry>, cmd: &CommandEnvelope, now_ms: i64, config_revision: u64) -> Decision {
     match entry {
@@ -114,6 +117,11 @@ impl Executor {
             // Longer than any handler run, so JetStream never redelivers a command mid-apply.
             ack_wait: self.handler_timeout + Duration::from_secs(30),
             max_ack_pending: 16,
+            // A till gone for good (or decommissioned while offline) must not leave its consumer
+            // on the server forever. One back after longer than this gets a new consumer that
+            // starts at the beginning of its subject: commands still in the stream come again
+            // and the ledger answers those it applied with their stored outcome.
+            inactive_threshold: INACTIVE_THRESHOLD,
             ..Default::default()
         }
     }
@@ -123,19 +131,22 @@ impl Executor {
         let stream =
             self.js.get_stream_no_info(streams::COMMANDS).await.map_err(|e| format!("commands stream: {e}"))?;
         let name = streams::device_commands_consumer(&self.addr);
-        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(&name, self.consumer_config())
-            .await
-            .map_err(|e| format!("consumer {name}: {e}"))?;
-        // An existing consumer of this name is taken as it is: one that reads another
-        // device's subject (left by a bridge from before names carried id lengths) must not
-        // be read from. The broker deletes such consumers; until then, refuse it.
-        let reads = &consumer.cached_info().config.filter_subject;
-        if *reads != subject::commands(&self.addr) {
-            return Err(format!(
-                "consumer {name} reads {reads}, not this device's commands; waiting for it to be replaced"
-            ));
+        // A consumer of this name that reads another device's subject (left by a bridge from
+        // before names carried id lengths) must not be taken over: updating its filter would
+        // keep its place in the stream and skip this device's older commands. The broker
+        // deletes such consumers; until then, refuse it.
+        if let Ok(info) = stream.consumer_info(&name).await {
+            let reads = &info.config.filter_subject;
+            if *reads != subject::commands(&self.addr) {
+                return Err(format!(
+                    "consumer {name} reads {reads}, not this device's commands; waiting for it to be replaced"
+                ));
+            }
         }
+        // Create-or-update (not get-or-create): a consumer made by an older bridge picks up the
+        // current config's updatable fields (the inactivity threshold) on the next connect.
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.create_consumer(self.consumer_config()).await.map_err(|e| format!("consumer {name}: {e}"))?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         self.backoff.reset();
         loop {

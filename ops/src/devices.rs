@@ -1,5 +1,8 @@
-//! `tillsync devices list|add|rotate|revoke|show`: the fleet as the broker sees it (heartbeats
-//! and events), provisioning and activation codes, and each device's identity trail.
+//! `tillsync devices list|add|rotate|revoke|show|decommission`: the fleet as the broker sees
+//! it (heartbeats and events), provisioning and activation codes, each device's identity
+//! trail, and taking a device out of service ([`decommission`]).
+
+pub mod decommission;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,9 @@ enum DevicesCmd {
         /// Only devices currently offline.
         #[arg(long)]
         offline: bool,
+        /// Also decommissioned devices (left out by default).
+        #[arg(long)]
+        decommissioned: bool,
     },
     /// Provision a device and issue its one-time activation code (the tenant must exist; see
     /// `tillsync tenants add`). Run again to issue a new code, e.g. after a revocation.
@@ -55,6 +61,15 @@ enum DevicesCmd {
         /// Why, for the audit trail.
         #[arg(long, default_value = "revoked by an operator")]
         reason: String,
+    },
+    /// Take a device out of service for good: revoke its credentials, cancel its unfinished
+    /// commands, delete its JetStream consumers, refuse its activation from now on. Its
+    /// records (orders, payments, ...) are kept. Asks to type the device back unless --yes.
+    Decommission {
+        #[command(flatten)]
+        device: DeviceArg,
+        #[command(flatten)]
+        opts: decommission::Options,
     },
     /// A device's credentials and its identity audit trail (activations, rotations,
     /// revocations, refused connections: who, when, from where).
@@ -92,6 +107,7 @@ struct DeviceRow {
     device_id: String,
     provisioned: bool,
     online: bool,
+    decommissioned_at: Option<DateTime<Utc>>,
     last_seen: Option<DateTime<Utc>>,
     software_version: Option<String>,
     /// Events the device still holds unsent (from its last heartbeat).
@@ -126,9 +142,10 @@ struct Added {
 pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
     let code = match args.cmd {
-        DevicesCmd::List { tenant, store, offline } => {
+        DevicesCmd::List { tenant, store, offline, decommissioned } => {
             let rows: Vec<DeviceRow> = sqlx::query_as(
-                "SELECT d.tenant_id, d.store_id, d.device_id, d.provisioned, d.online, d.last_seen, d.software_version,
+                "SELECT d.tenant_id, d.store_id, d.device_id, d.provisioned, d.online, d.decommissioned_at, d.last_seen,
+                        d.software_version,
                         d.outbox_depth, d.oldest_unsent_age_s AS unsent_age_s, CASE WHEN d.last_acked_seq IS NULL THEN NULL
                           ELSE d.last_acked_seq + coalesce(d.outbox_depth, 0) END AS device_seq,
                         greatest(coalesce(d.last_acked_seq, 0) + coalesce(d.outbox_depth, 0) - d.watermark, 0) AS lag,
@@ -141,12 +158,13 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
                      AND device_id = d.device_id AND filled_at IS NULL
                  ) g ON true
                  WHERE ($1::text IS NULL OR d.tenant_id = $1) AND ($2::text IS NULL OR d.store_id = $2)
-                   AND (NOT $3 OR NOT d.online)
+                   AND (NOT $3 OR NOT d.online) AND ($4 OR d.decommissioned_at IS NULL)
                  ORDER BY d.tenant_id, d.store_id, d.device_id",
             )
             .bind(tenant)
             .bind(store)
             .bind(offline)
+            .bind(decommissioned)
             .fetch_all(&pool)
             .await?;
             emit(global.json, &rows, |r| human_list(r))?;
@@ -160,6 +178,11 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
                 .fetch_one(&pool)
                 .await?;
             anyhow::ensure!(known, "unknown tenant {tenant:?}: add it first with `tillsync tenants add {tenant}`");
+            anyhow::ensure!(
+                !tillsync_broker::auth::records::decommissioned(&pool, &addr).await?,
+                "{tenant}/{store}/{device} (or its tenant) was decommissioned; a decommissioned device is never \
+                 activated again: give the replacement till a new device id"
+            );
             let created = sqlx::query(
                 "INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)
                  ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET provisioned = true
@@ -211,6 +234,16 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             })?;
             ExitCode::SUCCESS
         }
+        DevicesCmd::Decommission { device, opts } => {
+            let addr = device.addr()?;
+            match decommission::device(&pool, &addr, &opts).await? {
+                Ok(out) => {
+                    emit(global.json, &out, decommission::human)?;
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
         DevicesCmd::Show { device, limit } => {
             let addr = device.addr()?;
             let shown = identity::show(&pool, &addr, limit).await?;
@@ -234,7 +267,7 @@ fn human_list(rows: &[DeviceRow]) -> String {
         .map(|r| {
             vec![
                 format!("{}/{}/{}", r.tenant_id, r.store_id, r.device_id),
-                if r.online { "online" } else { "offline" }.into(),
+                state(r).into(),
                 ts(r.last_seen),
                 opt(r.outbox_depth),
                 opt(r.unsent_age_s),
@@ -266,6 +299,14 @@ fn human_list(rows: &[DeviceRow]) -> String {
     out
 }
 
+fn state(r: &DeviceRow) -> &'static str {
+    match (r.decommissioned_at, r.online) {
+        (Some(_), _) => "decommissioned",
+        (None, true) => "online",
+        (None, false) => "offline",
+    }
+}
+
 /// The lag, and for how long the watermark has waited for it.
 fn lag(r: &DeviceRow) -> String {
     match r.watermark_wait_s {
@@ -279,5 +320,37 @@ fn gaps(r: &DeviceRow) -> String {
     match r.oldest_gap_age_s {
         Some(age) if r.open_gaps > 0 => format!("{} ({} open, oldest {age:.0} s)", r.gaps, r.open_gaps),
         _ => format!("{} (0 open)", r.gaps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decommissioned_device_shows_as_such_whatever_its_last_heartbeat_said() {
+        let row = |online, decommissioned_at| DeviceRow {
+            tenant_id: "a".into(),
+            store_id: "s".into(),
+            device_id: "d".into(),
+            provisioned: true,
+            online,
+            decommissioned_at,
+            last_seen: None,
+            software_version: None,
+            outbox_depth: None,
+            unsent_age_s: None,
+            device_seq: None,
+            lag: 0,
+            watermark_wait_s: None,
+            last_seq: 0,
+            watermark: 0,
+            gaps: 0,
+            open_gaps: 0,
+            oldest_gap_age_s: None,
+        };
+        assert_eq!(state(&row(true, None)), "online");
+        assert_eq!(state(&row(false, None)), "offline");
+        assert_eq!(state(&row(true, Some(Utc::now()))), "decommissioned");
     }
 }

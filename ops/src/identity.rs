@@ -98,7 +98,20 @@ pub struct Revoked {
 pub async fn revoke(pool: &PgPool, d: &DeviceAddr, reason: &str) -> anyhow::Result<Revoked> {
     let by = actor();
     let mut tx = pool.begin().await?;
-    let credentials_revoked = records::revoke_device(&mut *tx, d, &by, reason).await?;
+    let out = revoke_in(&mut tx, d, &by, "revoked", reason).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`revoke`] in the caller's transaction, audited as `action` (`revoked`, `decommissioned`).
+pub async fn revoke_in(
+    tx: &mut sqlx::PgConnection,
+    d: &DeviceAddr,
+    by: &str,
+    action: &str,
+    reason: &str,
+) -> anyhow::Result<Revoked> {
+    let credentials_revoked = records::revoke_device(&mut *tx, d, by, reason).await?;
     let codes_withdrawn = sqlx::query(
         "UPDATE activation_codes SET expires_at = least(expires_at, now())
          WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND used_at IS NULL AND expires_at > now()",
@@ -111,15 +124,14 @@ pub async fn revoke(pool: &PgPool, d: &DeviceAddr, reason: &str) -> anyhow::Resu
     .rows_affected();
     let detail = format!("{credentials_revoked} credential(s), {codes_withdrawn} unused code(s)");
     let audit = records::Audit {
-        action: "revoked",
+        action,
         reason: Some(reason),
         device: Some(d),
-        actor: &by,
+        actor: by,
         detail: &detail,
         ..Default::default()
     };
     records::audit(&mut *tx, &audit).await?;
-    tx.commit().await?;
     Ok(Revoked {
         tenant_id: d.tenant_id.clone(),
         store_id: d.store_id.clone(),

@@ -1,6 +1,10 @@
-//! `tillsync quarantine list|show|redrive`. A quarantined message is kept whole (subject and
-//! payload); once its cause is fixed (a tenant provisioned, a bridge upgraded) `redrive`
-//! publishes it again on its original subject and records who did it, when and why.
+//! `tillsync quarantine list|show|redrive|dismiss`. A quarantined message is kept whole
+//! (subject and payload); once its cause is fixed (a tenant provisioned, a bridge upgraded)
+//! `redrive` publishes it again on its original subject and records who did it, when and why.
+//! `dismiss` marks messages never to be redriven (with who and why). Both take one id or a
+//! selection of pending messages ([`bulk`]).
+
+mod bulk;
 
 use std::process::ExitCode;
 
@@ -14,6 +18,8 @@ use tillsync_schemas::{codec, streams as names};
 
 use crate::global::Global;
 use crate::output::{emit, hex, table, ts};
+
+pub use bulk::Selection;
 
 /// Header naming the quarantine row a redriven message came from.
 pub const HEADER_REDRIVE: &str = "Tillsync-Redrive-Of";
@@ -33,7 +39,7 @@ enum QuarantineCmd {
         reason: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
-        /// Only messages never redriven.
+        /// Only messages never redriven and not dismissed.
         #[arg(long)]
         pending: bool,
         #[arg(long, default_value_t = 50)]
@@ -41,20 +47,42 @@ enum QuarantineCmd {
     },
     /// One message: every column, the payload as hex, an attempt to decode it, its redrives.
     Show { id: i64 },
-    /// Publish the message again on its original subject, once the cause is fixed.
+    /// Publish a message again on its original subject, once the cause is fixed: one by id, or
+    /// every pending message (never redriven, not dismissed) the selectors match.
     Redrive {
-        id: i64,
+        #[command(flatten)]
+        select: Selection,
         /// Who redrives (recorded in the audit trail).
         #[arg(long, env = "TILLSYNC_OPERATOR")]
         operator: Option<String>,
         /// Why (recorded in the audit trail).
         #[arg(long, default_value = "")]
         note: String,
-        /// Redrive even when the recorded cause (unknown_tenant) still holds.
+        /// Redrive even when the recorded cause (unknown_tenant) still holds, or the message
+        /// was dismissed.
         #[arg(long)]
         force: bool,
+        /// Print what would be redriven and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         nats: crate::global::NatsArgs,
+    },
+    /// Mark messages never to be redriven (e.g. a mistyped tenant's heartbeats): one by id, or
+    /// every pending message the selectors match. The rows stay; `list --pending`, bulk
+    /// redrive and `status` leave them out.
+    Dismiss {
+        #[command(flatten)]
+        select: Selection,
+        /// Who dismisses (recorded on each row).
+        #[arg(long, env = "TILLSYNC_OPERATOR")]
+        operator: Option<String>,
+        /// Why (recorded on each row).
+        #[arg(long)]
+        note: String,
+        /// Print what would be dismissed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -72,6 +100,12 @@ struct Summary {
     received_at: DateTime<Utc>,
     redrive_count: i32,
     redriven_at: Option<DateTime<Utc>>,
+    /// Refused heartbeats folded into this row (the payload is the latest one's).
+    repeats: i32,
+    last_received_at: Option<DateTime<Utc>>,
+    dismissed_at: Option<DateTime<Utc>>,
+    dismissed_by: Option<String>,
+    dismiss_note: Option<String>,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -111,7 +145,8 @@ struct Redriven {
 }
 
 const SUMMARY_COLS: &str = "id, tenant_id, store_id, device_id, stream, stream_seq, subject, reason, detail, \
-                            received_at, redrive_count, redriven_at";
+                            received_at, redrive_count, redriven_at, repeats, last_received_at, dismissed_at, dismissed_by, \
+                            dismiss_note";
 
 pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
@@ -120,7 +155,7 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             let rows: Vec<Summary> = sqlx::query_as(&format!(
                 "SELECT {SUMMARY_COLS} FROM quarantine
                  WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
-                   AND (NOT $3 OR redrive_count = 0)
+                   AND (NOT $3 OR (redrive_count = 0 AND dismissed_at IS NULL))
                  ORDER BY id DESC LIMIT $4"
             ))
             .bind(reason)
@@ -139,11 +174,12 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
                             r.reason.clone(),
                             r.subject.clone(),
                             r.redrive_count.to_string(),
+                            if r.dismissed_at.is_some() { "dismissed" } else { "-" }.into(),
                             r.detail.chars().take(60).collect(),
                         ]
                     })
                     .collect();
-                table(&["ID", "RECEIVED", "REASON", "SUBJECT", "REDRIVES", "DETAIL"], &cells)
+                table(&["ID", "RECEIVED", "REASON", "SUBJECT", "REDRIVES", "DISMISSED", "DETAIL"], &cells)
             })?;
             ExitCode::SUCCESS
         }
@@ -172,29 +208,47 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             emit(global.json, &shown, human_show)?;
             ExitCode::SUCCESS
         }
-        QuarantineCmd::Redrive { id, operator, note, force, nats } => {
-            let operator = operator
-                .or_else(|| std::env::var("USER").ok())
-                .filter(|o| !o.is_empty())
-                .unwrap_or_else(|| "unknown".into());
-            let out = redrive(&pool, &nats, id, &operator, &note, force).await?;
-            emit(global.json, &out, |r| {
-                format!(
-                    "Quarantine #{} redriven on {} as {} seq {}{} (audit #{}, by {}).",
-                    r.quarantine_id,
-                    r.subject,
-                    r.stream,
-                    r.new_stream_seq,
-                    if r.duplicate { ", already published by an earlier attempt" } else { "" },
-                    r.redrive_id,
-                    r.operator
-                )
-            })?;
+        QuarantineCmd::Redrive { select: Selection { id: Some(id), .. }, operator, note, force, dry_run, nats } => {
+            let operator = operator_name(operator);
+            if dry_run {
+                let plan = bulk::plan_one(&pool, id, force).await?;
+                emit(global.json, &plan, bulk::human_plan)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let js = async_nats::jetstream::new(nats.connect().await?);
+            let out = redrive(&pool, &js, id, &operator, &note, force).await?;
+            emit(global.json, &out, human_redriven)?;
             ExitCode::SUCCESS
+        }
+        QuarantineCmd::Redrive { select, operator, note, force, dry_run, nats } => {
+            let operator = operator_name(operator);
+            bulk::redrive(&pool, global, &select, &nats, &operator, &note, force, dry_run).await?
+        }
+        QuarantineCmd::Dismiss { select, operator, note, dry_run } => {
+            let operator = operator_name(operator);
+            bulk::dismiss(&pool, global, &select, &operator, &note, dry_run).await?
         }
     };
     pool.close().await;
     Ok(code)
+}
+
+/// The operator named on the command line or in the environment, else `$USER`.
+fn operator_name(given: Option<String>) -> String {
+    given.or_else(|| std::env::var("USER").ok()).filter(|o| !o.is_empty()).unwrap_or_else(|| "unknown".into())
+}
+
+fn human_redriven(r: &Redriven) -> String {
+    format!(
+        "Quarantine #{} redriven on {} as {} seq {}{} (audit #{}, by {}).",
+        r.quarantine_id,
+        r.subject,
+        r.stream,
+        r.new_stream_seq,
+        if r.duplicate { ", already published by an earlier attempt" } else { "" },
+        r.redrive_id,
+        r.operator
+    )
 }
 
 async fn load(pool: &sqlx::PgPool, id: i64) -> anyhow::Result<(Summary, Vec<u8>)> {
@@ -236,33 +290,70 @@ fn redrive_msg_id(subj: &str, payload: &[u8], id: i64, attempt: i32) -> String {
     }
 }
 
+/// Why a message would be quarantined again (or was dismissed), so it is not redriven
+/// without `--force`: a code (`dismissed`, `unknown_tenant`) and a sentence; `None` when
+/// nothing holds it back. `known` caches tenant look-ups over a bulk run.
+async fn held_back(
+    pool: &sqlx::PgPool,
+    row: &Summary,
+    known: &mut std::collections::HashMap<String, bool>,
+) -> anyhow::Result<Option<(&'static str, String)>> {
+    if row.dismissed_at.is_some() {
+        return Ok(Some(("dismissed", format!("dismissed by {}", row.dismissed_by.as_deref().unwrap_or("?")))));
+    }
+    if row.reason != tillsync_schemas::Reason::UnknownTenant.as_str() {
+        return Ok(None);
+    }
+    let tenant = row.tenant_id.clone().unwrap_or_default();
+    let exists = match known.get(&tenant) {
+        Some(k) => *k,
+        None => {
+            let k: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+                .bind(&tenant)
+                .fetch_one(pool)
+                .await?;
+            *known.entry(tenant.clone()).or_insert(k)
+        }
+    };
+    Ok((!exists).then(|| ("unknown_tenant", format!("tenant {tenant:?} is still unknown"))))
+}
+
 async fn redrive(
     pool: &sqlx::PgPool,
-    nats: &crate::global::NatsArgs,
+    js: &async_nats::jetstream::Context,
     id: i64,
     operator: &str,
     note: &str,
     force: bool,
 ) -> anyhow::Result<Redriven> {
     let (row, payload) = load(pool, id).await?;
-    if row.reason == tillsync_schemas::Reason::UnknownTenant.as_str() && !force {
-        let tenant = row.tenant_id.clone().unwrap_or_default();
-        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-            .bind(&tenant)
-            .fetch_one(pool)
-            .await?;
-        anyhow::ensure!(
-            known,
-            "tenant {tenant:?} is still unknown, so the message would be quarantined again: \
-             run `tillsync tenants add {tenant}` first (or pass --force)"
-        );
+    if !force {
+        if let Some((_, why)) = held_back(pool, &row, &mut Default::default()).await? {
+            let hint = match &row.tenant_id {
+                Some(t) if row.dismissed_at.is_none() => format!("run `tillsync tenants add {t}` first"),
+                _ => "it was dismissed on purpose".into(),
+            };
+            anyhow::bail!("quarantine #{id}: {why}, so it would not be redriven: {hint} (or pass --force)");
+        }
     }
+    publish(pool, js, row, payload, operator, note).await
+}
+
+/// Publishes a loaded message again and records the redrive (audit row, count).
+async fn publish(
+    pool: &sqlx::PgPool,
+    js: &async_nats::jetstream::Context,
+    row: Summary,
+    payload: Vec<u8>,
+    operator: &str,
+    note: &str,
+) -> anyhow::Result<Redriven> {
+    let id = row.id;
     let msg_id = redrive_msg_id(&row.subject, &payload, id, row.redrive_count + 1);
     let mut headers = HeaderMap::new();
     headers.insert(names::HEADER_MSG_ID, msg_id.as_str());
     headers.insert(names::HEADER_CONTENT_TYPE, names::CONTENT_TYPE);
     headers.insert(HEADER_REDRIVE, id.to_string().as_str());
-    let js = async_nats::jetstream::new(nats.connect().await?);
     let ack = js
         .publish_with_headers(row.subject.clone(), headers, payload.into())
         .await
@@ -319,6 +410,17 @@ fn human_show(s: &Shown) -> String {
         ts(r.redriven_at),
         s.payload_len
     );
+    if r.repeats > 0 {
+        out += &format!("repeats:       {} more, the last at {}\n", r.repeats, ts(r.last_received_at));
+    }
+    if let Some(at) = r.dismissed_at {
+        out += &format!(
+            "dismissed:     {} by {}: {}\n",
+            ts(Some(at)),
+            opt(&r.dismissed_by),
+            r.dismiss_note.as_deref().unwrap_or("")
+        );
+    }
     for chunk in s.payload_hex.as_bytes().chunks(64) {
         out += &format!("  {}\n", String::from_utf8_lossy(chunk));
     }

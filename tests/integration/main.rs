@@ -14,6 +14,7 @@ mod converge;
 mod dashboards;
 mod edge;
 mod example;
+mod hygiene;
 mod ingest;
 mod logs;
 mod ops;

@@ -57,22 +57,14 @@ pub async fn activate(ctx: &Ctx, key: &str, code: &str) -> Result<ActivateReply,
     let from = host.clone().unwrap_or_default();
     let mut tx = ctx.pool.begin().await?;
     let (device, purpose) = match records::take_code(&mut tx, &hash, &from).await? {
+        Taken::Code { device, .. } if records::decommissioned(&mut *tx, &device).await? => {
+            tx.rollback().await?;
+            return refuse(ctx, &hash, key, host.as_deref(), "decommissioned").await;
+        }
         Taken::Code { device, purpose } => (device, purpose),
         Taken::Refused(code) => {
             tx.rollback().await?;
-            let device = records::code_device(&ctx.pool, &hash).await?;
-            let audit = Audit {
-                action: "activation_refused",
-                reason: Some(code),
-                device: device.as_ref(),
-                public_key: Some(key),
-                actor: "bridge",
-                remote: host.as_deref(),
-                ..Default::default()
-            };
-            records::audit(&ctx.pool, &audit).await?;
-            tracing::info!(code, key, "Activation refused.");
-            return Ok(refused(code, refusal_detail(code)));
+            return refuse(ctx, &hash, key, host.as_deref(), code).await;
         }
     };
     let replaced = records::revoke_device(&mut *tx, &device, "activation", "replaced by a new activation").await?;
@@ -100,8 +92,32 @@ pub async fn activate(ctx: &Ctx, key: &str, code: &str) -> Result<ActivateReply,
     })
 }
 
+/// Audits a refused activation under the code's device, and answers with the refusal.
+async fn refuse(
+    ctx: &Ctx,
+    hash: &str,
+    key: &str,
+    host: Option<&str>,
+    code: &'static str,
+) -> Result<ActivateReply, sqlx::Error> {
+    let device = records::code_device(&ctx.pool, hash).await?;
+    let audit = Audit {
+        action: "activation_refused",
+        reason: Some(code),
+        device: device.as_ref(),
+        public_key: Some(key),
+        actor: "bridge",
+        remote: host,
+        ..Default::default()
+    };
+    records::audit(&ctx.pool, &audit).await?;
+    tracing::info!(code, key, "Activation refused.");
+    Ok(refused(code, refusal_detail(code)))
+}
+
 fn refusal_detail(code: &str) -> &'static str {
     match code {
+        "decommissioned" => "this device (or its tenant) was decommissioned; it cannot be activated again",
         "code_used" => "this activation code was already used; issue a new one with `tillsync devices add`",
         "code_expired" => "this activation code has expired; issue a new one with `tillsync devices add`",
         _ => "no such activation code; check it, or issue one with `tillsync devices add`",

@@ -199,6 +199,21 @@ pub async fn code_device(pool: &PgPool, hash: &str) -> Result<Option<DeviceAddr>
     }))
 }
 
+/// True when the device or its tenant was decommissioned (`tillsync devices|tenants
+/// decommission`): it is never activated again.
+pub async fn decommissioned<'e, E: sqlx::PgExecutor<'e>>(db: E, d: &DeviceAddr) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3
+                          AND decommissioned_at IS NOT NULL)
+             OR EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1 AND decommissioned_at IS NOT NULL)",
+    )
+    .bind(&d.tenant_id)
+    .bind(&d.store_id)
+    .bind(&d.device_id)
+    .fetch_one(db)
+    .await
+}
+
 /// Revokes every live credential of a device; returns how many.
 pub async fn revoke_device<'e, E: sqlx::PgExecutor<'e>>(
     db: E,

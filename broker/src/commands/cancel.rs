@@ -15,9 +15,9 @@ use async_nats::jetstream::Message;
 use sqlx::PgPool;
 use tillsync_schemas::command::{CANCELLED, CANCEL_REFUSED};
 use tillsync_schemas::subject::{self, Family};
-use tillsync_schemas::{codec, streams as names, CommandCancel, CommandState, Reason, WireError};
+use tillsync_schemas::{codec, streams as names, CommandCancel, CommandState, DeviceAddr, Reason, WireError};
 
-use super::store::{insert_log, Copies, LogRow, NewLog, BY_PORTAL};
+use super::store::{insert_log, Copies, LogRow, NewLog, BY_BROKER, BY_PORTAL};
 use super::{copies, publish, CommandError};
 use crate::{metrics, Ctx};
 
@@ -189,4 +189,39 @@ fn log<'a>(
         detail,
         actor: BY_PORTAL,
     }
+}
+
+/// Cancels every unfinished inbox entry of one device that is being decommissioned, in the
+/// caller's transaction; returns how many. Each gets a `cancelled` log row, left unpublished
+/// for the sweeper to tell the portal, and its copies are left listed for the sweeper to
+/// delete: the CLI that calls this holds no broker state. The broker's own transitions only
+/// move entries still `queued` or `delivered`, so none undoes this.
+pub async fn withdraw_device(tx: &mut sqlx::PgConnection, a: &DeviceAddr, detail: &str) -> Result<u64, sqlx::Error> {
+    let entries: Vec<(String, i32)> = sqlx::query_as(
+        "UPDATE command_inbox SET state = $4, last_code = $5, next_attempt_at = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 AND state IN ('queued', 'delivered')
+         RETURNING command_id, attempts",
+    )
+    .bind(&a.tenant_id)
+    .bind(&a.store_id)
+    .bind(&a.device_id)
+    .bind(CommandState::Cancelled.as_str())
+    .bind(CANCELLED)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (command_id, attempts) in &entries {
+        let row = NewLog {
+            tenant_id: &a.tenant_id,
+            store_id: &a.store_id,
+            command_id,
+            device_id: Some(&a.device_id),
+            state: CommandState::Cancelled,
+            attempt: (*attempts).max(0) as u32,
+            code: Some(CANCELLED),
+            detail,
+            actor: BY_BROKER,
+        };
+        insert_log(&mut *tx, row).await?;
+    }
+    Ok(entries.len() as u64)
 }

@@ -29,7 +29,7 @@ fn queued_detail(c: &CommandRow<'_>) -> String {
 
 /// Accepts commands in one statement (one round trip, one commit), one result per command in
 /// order. Each command's target devices are the named one if known, else every known device
-/// of its store; only if there are some and its id is new is it recorded, with an inbox entry
+/// of its store (a decommissioned device is not known); only if there are some and its id is new is it recorded, with an inbox entry
 /// and a `queued` log row per device. Inbox entries are numbered in the order given, so a
 /// device's commands keep their issue order. A command id repeated within the batch is a
 /// duplicate of its first occurrence.
@@ -81,7 +81,7 @@ pub async fn accept_many(
                       AND q.state = 'queued') AS direct
            FROM input n
            JOIN devices d ON d.tenant_id = n.tenant_id AND d.store_id = n.store_id
-                         AND (n.device_id IS NULL OR d.device_id = n.device_id)
+                         AND (n.device_id IS NULL OR d.device_id = n.device_id) AND d.decommissioned_at IS NULL
          ), cmd AS (
            INSERT INTO {COMMAND_COLUMNS}
            SELECT n.tenant_id, n.store_id, n.command_id, n.device_id, n.kind, n.envelope, n.requested_by,

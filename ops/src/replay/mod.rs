@@ -34,9 +34,14 @@ pub struct ReplayArgs {
     /// Replay into this database (migrated first).
     #[arg(long)]
     target_database_url: Option<String>,
-    /// Replay into this schema of the live database (created and migrated first).
+    /// Replay into this schema of the live database (created and migrated first). One that
+    /// already holds tillsync tables is refused unless --resume or --replace; one this run
+    /// created is dropped again when the replay fails before committing any progress.
     #[arg(long)]
     target_schema: Option<String>,
+    /// With --target-schema: drop the schema (an earlier rebuild) and start afresh.
+    #[arg(long, requires = "target_schema", conflicts_with = "resume")]
+    replace: bool,
     /// Replay into the live database itself: every event is a duplicate, nothing changes.
     #[arg(long)]
     into_live: bool,
@@ -136,7 +141,36 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let name = args.name.clone().unwrap_or_else(|| filter_subject.clone());
 
     let live = crate::db::pool(&global.database_url, None, 4).await?;
-    let (target, target_label) = open_target(&args, global).await?;
+    let (target, target_label, created) = match open_target(&args, global).await {
+        Ok(t) => t,
+        Err(e) if e.is::<SchemaInUse>() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e),
+    };
+    let result = rebuild(&args, global, live, target.clone(), target_label, filter, filter_subject, name).await;
+    if let Some(schema) = created {
+        if !matches!(&result, Ok(code) if *code != ExitCode::from(INTERRUPTED)) {
+            target.close().await;
+            drop_if_no_progress(&global.database_url, &schema).await?;
+        }
+    }
+    result
+}
+
+/// The replay proper, into an open target.
+#[allow(clippy::too_many_arguments)]
+async fn rebuild(
+    args: &ReplayArgs,
+    global: &Global,
+    live: PgPool,
+    target: PgPool,
+    target_label: String,
+    filter: Filter,
+    filter_subject: String,
+    name: String,
+) -> anyhow::Result<ExitCode> {
     crate::db::migrate(&target).await.context("migrating the target")?;
     if !args.into_live {
         copy_provisioning(&live, &target).await?;
@@ -243,19 +277,97 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     })
 }
 
-async fn open_target(args: &ReplayArgs, global: &Global) -> anyhow::Result<(PgPool, String)> {
+/// A target schema that holds tables already, without `--resume` or `--replace` (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SchemaInUse(String);
+
+/// The target's pool, a label for it, and the schema this run created (none when it reuses
+/// one, or the target is a database).
+async fn open_target(args: &ReplayArgs, global: &Global) -> anyhow::Result<(PgPool, String, Option<String>)> {
     // One connection per lane, one for progress and the actors' state loads.
     let size = args.lanes as u32 + 2;
     if let Some(url) = &args.target_database_url {
         anyhow::ensure!(url != &global.database_url, "the target database is the live one: use --into-live");
-        return Ok((crate::db::rebuild_pool(url, None, size).await?, format!("database {}", crate::db::redact(url))));
+        let pool = crate::db::rebuild_pool(url, None, size).await?;
+        return Ok((pool, format!("database {}", crate::db::redact(url)), None));
     }
     if let Some(schema) = &args.target_schema {
-        crate::db::create_schema(&global.database_url, schema).await?;
+        let created = prepare_schema(&global.database_url, schema, args.resume, args.replace).await?;
         let pool = crate::db::rebuild_pool(&global.database_url, Some(schema), size).await?;
-        return Ok((pool, format!("schema {schema}")));
+        return Ok((pool, format!("schema {schema}"), created.then(|| schema.clone())));
     }
-    Ok((crate::db::pool(&global.database_url, None, size).await?, "live".into()))
+    Ok((crate::db::pool(&global.database_url, None, size).await?, "live".into(), None))
+}
+
+/// Makes `schema` ready for a replay: kept for `--resume`, dropped and made anew for
+/// `--replace`, created when missing. An earlier rebuild is never reused by accident (its
+/// rows would mix with this one's), and a schema that is not a tillsync rebuild is never
+/// dropped. True when this run created it.
+async fn prepare_schema(url: &str, schema: &str, resume: bool, replace: bool) -> anyhow::Result<bool> {
+    crate::db::check_schema(schema)?;
+    let admin = crate::db::pool(url, None, 1).await?;
+    let (exists, tables, ours): (bool, i64, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                (SELECT count(*) FROM pg_tables WHERE schemaname = $1),
+                to_regclass(quote_ident($1) || '.replay_progress') IS NOT NULL",
+    )
+    .bind(schema)
+    .fetch_one(&admin)
+    .await?;
+    let created = match (exists, tables > 0) {
+        (false, _) => true,
+        (true, false) => false,
+        (true, true) if resume && ours => false,
+        (true, true) if replace && ours => {
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await?;
+            true
+        }
+        (true, true) if !ours => {
+            admin.close().await;
+            return Err(SchemaInUse(format!(
+                "schema {schema} holds {tables} table(s) that are not a tillsync rebuild: pick another --target-schema"
+            ))
+            .into());
+        }
+        (true, true) => {
+            admin.close().await;
+            return Err(SchemaInUse(format!(
+                "schema {schema} already holds a tillsync rebuild: pass --resume to continue it, --replace to \
+                 drop it and start afresh, or pick another --target-schema"
+            ))
+            .into());
+        }
+    };
+    if created {
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await?;
+    }
+    admin.close().await;
+    Ok(created)
+}
+
+/// After a failed or interrupted replay into a schema it created: drops the schema when no
+/// batch was committed (nothing to resume), else keeps it for `--resume`.
+async fn drop_if_no_progress(url: &str, schema: &str) -> anyhow::Result<()> {
+    let admin = crate::db::pool(url, None, 1).await?;
+    let table: bool = sqlx::query_scalar("SELECT to_regclass(quote_ident($1) || '.replay_progress') IS NOT NULL")
+        .bind(schema)
+        .fetch_one(&admin)
+        .await?;
+    let progress = table
+        && sqlx::query_scalar::<_, bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.replay_progress WHERE last_stream_seq > 0)"
+        ))
+        .fetch_one(&admin)
+        .await?;
+    if progress {
+        eprintln!("Schema {schema} is kept: it holds committed progress; run again with --resume to continue.");
+    } else {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&admin).await?;
+        eprintln!("Schema {schema} dropped: the replay created it and committed nothing into it.");
+    }
+    admin.close().await;
+    Ok(())
 }
 
 /// Tenants (and provisioned devices) come from live: without them every event would be
