@@ -139,7 +139,9 @@ fn postgres(e: &sqlx::Error, database_url: &str) -> Option<(&'static str, String
 }
 
 /// The chain as one line, each cause once: a cause whose text the line already holds (an
-/// outer message that quoted its source) is left out, and so is a repeated `: ` segment.
+/// outer message that quoted its source) is left out, and of a `: ` segment said twice (a
+/// message that quoted its source's text, not the source) only the later one stays, as it
+/// stands next to its own detail.
 pub fn once(chain: impl Iterator<Item = String>) -> String {
     let mut kept: Vec<String> = Vec::new();
     for text in chain {
@@ -147,14 +149,10 @@ pub fn once(chain: impl Iterator<Item = String>) -> String {
             kept.push(text);
         }
     }
-    let mut segments: Vec<&str> = Vec::new();
     let joined = kept.join(": ");
-    for s in joined.split(": ") {
-        if !segments.contains(&s) {
-            segments.push(s);
-        }
-    }
-    segments.join(": ")
+    let segments: Vec<&str> = joined.split(": ").collect();
+    let later = |i: usize| segments[i + 1..].contains(&segments[i]);
+    (0..segments.len()).filter(|i| !later(*i)).map(|i| segments[i]).collect::<Vec<_>>().join(": ")
 }
 
 #[cfg(test)]
@@ -172,6 +170,10 @@ mod tests {
         );
         let quoted = anyhow::anyhow!("pool timed out").context("cannot connect: pool timed out");
         assert_eq!(once(quoted.chain().map(|c| c.to_string())), "cannot connect: pool timed out");
+        let twice = anyhow::anyhow!(
+            "cannot connect to X: cannot connect to X: authorization violation: nats: authorization violation"
+        );
+        assert_eq!(once(twice.chain().map(|c| c.to_string())), "cannot connect to X: nats: authorization violation");
         let nested = anyhow::anyhow!("root").context("middle").context("top");
         assert_eq!(once(nested.chain().map(|c| c.to_string())), "top: middle: root");
     }

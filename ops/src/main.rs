@@ -90,7 +90,9 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage(e),
     };
-    tillsync_broker::logging::init(cli.global.log_format, "warn", tillsync_broker::logging::Output::Stderr);
+    // async-nats logs a failed connect at ERROR; the CLI reports that failure itself, once.
+    let filter = "warn,async_nats::connector=off";
+    tillsync_broker::logging::init(cli.global.log_format, filter, tillsync_broker::logging::Output::Stderr);
     let result = match cli.command {
         Command::Commands(args) => commands::run(args, &cli.global).await,
         Command::Bench(args) => bench::run(args, &cli.global).await,

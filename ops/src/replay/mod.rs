@@ -131,6 +131,11 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let filter = Filter { tenant: args.tenant.clone(), store: args.store.clone(), device: args.device.clone() };
     let filter_subject = filter.subject().map_err(|e| Usage(format!("{e:#}")))?;
     let name = args.name.clone().unwrap_or_else(|| filter_subject.clone());
+    let mut start = match (args.from_seq, &args.from_time) {
+        (Some(n), _) => Start::Seq(n),
+        (None, Some(t)) => Start::Time(source::parse_time(t).map_err(|e| Usage(format!("{e:#}")))?),
+        (None, None) => Start::All,
+    };
 
     let live = crate::db::pool(&global.database_url, None, 4).await?;
     let (target, target_label) = open_target(&args, global).await?;
@@ -139,11 +144,6 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
         copy_provisioning(&live, &target).await?;
     }
 
-    let mut start = match (args.from_seq, &args.from_time) {
-        (Some(n), _) => Start::Seq(n),
-        (None, Some(t)) => Start::Time(source::parse_time(t).map_err(|e| Usage(format!("{e:#}")))?),
-        (None, None) => Start::All,
-    };
     if args.resume {
         if let Some((subject, last)) = saved_progress(&target, &name).await? {
             if subject != filter_subject {
