@@ -4,9 +4,10 @@
 //! cancelling one ([`cancel`]).
 //!
 //! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled); 1
-//! error or wait timed out; 3 with `--wait`, the command ended rejected, failed, expired or
-//! cancelled; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a copy
-//! (already applied, or otherwise ended).
+//! error, an unknown tenant (`send` checks before publishing) or wait timed out; 3 with
+//! `--wait`, the command ended rejected, failed, expired or cancelled, or the broker
+//! quarantined it; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a
+//! copy (already applied, or otherwise ended).
 
 mod cancel;
 

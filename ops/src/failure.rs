@@ -51,8 +51,15 @@ pub struct Failure {
 impl Failure {
     /// The failure `error` is; `database_url` is named (password masked) in Postgres hints.
     pub fn of(error: &anyhow::Error, database_url: &str) -> Failure {
-        let message = once(error.chain().map(|e| e.to_string()));
+        let mut message = once(error.chain().map(|e| e.to_string()));
         let (code, exit, hint) = classify(error, &message, database_url);
+        // sqlx keeps retrying until its pool times out and then says only that: one more
+        // attempt names what went wrong.
+        if error.chain().any(|c| matches!(c.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::PoolTimedOut))) {
+            if let Some(cause) = tcp_probe(database_url) {
+                message = format!("{message} ({cause})");
+            }
+        }
         Failure { code, exit, message, hint }
     }
 
@@ -136,6 +143,23 @@ fn postgres(e: &sqlx::Error, database_url: &str) -> Option<(&'static str, String
         },
         _ => None,
     }
+}
+
+/// Why a TCP connection to the database's host and port fails, if it does.
+fn tcp_probe(database_url: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let opts: sqlx::postgres::PgConnectOptions = database_url.parse().ok()?;
+    let (host, port) = (opts.get_host(), opts.get_port());
+    if host.starts_with('/') {
+        return None; // a Unix socket directory
+    }
+    let at = format!("{host}:{port}");
+    let addr = match at.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next()?,
+        Err(e) => return Some(format!("{at}: {e}")),
+    };
+    let e = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).err()?;
+    Some(format!("{at}: {e}"))
 }
 
 /// The chain as one line, each cause once: a cause whose text the line already holds (an

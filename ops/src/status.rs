@@ -224,7 +224,7 @@ fn flatten<T>(
 
 fn with_hint(problem: String, hint: &Option<String>) -> String {
     match hint {
-        Some(h) => format!("{problem} ({h})"),
+        Some(h) => format!("{problem}; hint: {h}"),
         None => problem,
     }
 }

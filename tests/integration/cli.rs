@@ -114,13 +114,18 @@ async fn a_send_the_broker_quarantines_stops_the_wait() {
     InProcBroker::start(stack.broker_config()).await.stop().await;
     add_tenant(&stack.db.pool, "acme").await;
     let (nats, db) = (stack.nats.url(), stack.db.url.clone());
+    // Nobody answers: the wait ends with what was heard, in words.
+    let run = cli(&nats, &db, &[&send("acme", &["--wait", "--wait-s", "2"])[..], &["--json"]].concat()).await;
+    let e = error_object(&run, "wait_timed_out", 1);
+    assert!(e["message"].as_str().unwrap().ends_with("within 2 s (no status message arrived)"), "{e}");
+    assert!(e["hint"].as_str().unwrap().contains("tillsync status"), "{e}");
     let waiting = tokio::spawn(async move { cli(&nats, &db, &send("acme", &["--wait", "--wait-s", "60"])).await });
     let js = stack.nats.jetstream().await;
     eventually(DEFAULT_TIMEOUT, "the command is on intake", || {
         let js = js.clone();
         async move {
             let mut s = js.get_stream(streams::INTAKE).await.ok()?;
-            (s.info().await.ok()?.state.messages == 1).then_some(())
+            (s.info().await.ok()?.state.messages == 2).then_some(())
         }
     })
     .await;
@@ -148,6 +153,8 @@ async fn postgres_down_and_not_migrated_name_the_fix() {
     assert!(hint.contains("DATABASE_URL or --database-url"), "{hint}");
     assert!(!run.stderr.contains("secret") && !run.stdout.contains("secret"), "the password stays hidden");
     assert_eq!(run.stderr.matches("pool timed out").count(), 1, "{}", run.stderr);
+    let message = e["message"].as_str().unwrap();
+    assert!(message.to_lowercase().contains("connection refused"), "the cause is named: {message}");
 
     // An empty database: every table is missing.
     let empty = format!("tillsync_empty_{}", uuid::Uuid::new_v4().simple());
@@ -158,8 +165,14 @@ async fn postgres_down_and_not_migrated_name_the_fix() {
     assert!(run.stderr.contains("hint: the database is not migrated: run `tillsync migrate`"), "{}", run.stderr);
     let run = cli(&nats, &url, &["commands", "show", "x", "--json"]).await;
     error_object(&run, "not_migrated", 1);
+    let status = cli(&nats, &url, &["status", "--json", "--timeout-s", "5"]).await;
+    assert_eq!(status.code, 3, "{}", status.stderr);
+    let hint = status.json()["postgres"]["hint"].clone();
+    assert!(hint.as_str().is_some_and(|h| h.contains("run `tillsync migrate`")), "{hint}");
     cli(&nats, &url, &["migrate"]).await.ok();
     assert_eq!(cli(&nats, &url, &["tenants", "list"]).await.code, 0);
+    let missing = format!("{}/no_such_database_{}", stack.db.url.rsplit_once('/').unwrap().0, closed_port());
+    error_object(&cli(&nats, &missing, &["tenants", "list", "--json"]).await, "postgres_no_database", 1);
     let drop = format!("DROP DATABASE {empty} WITH (FORCE)");
     sqlx::query(&drop).execute(&stack.db.pool).await.unwrap();
 }
@@ -177,6 +190,15 @@ async fn a_nats_failure_is_said_once_with_the_fix() {
     assert!(run.stderr.contains("hint: is nats-server running there? set NATS_URL or --nats-url"), "{}", run.stderr);
     let run = cli(&down, &stack.db.url, &[&send("acme", &[])[..], &["--json"]].concat()).await;
     error_object(&run, "nats_unreachable", 1);
+    let status = cli(&down, &stack.db.url, &["status", "--json", "--timeout-s", "5"]).await;
+    assert_eq!(status.code, 3, "{}", status.stderr);
+    let v = status.json();
+    assert!(v["nats"]["hint"].as_str().is_some_and(|h| h.contains("--nats-url")), "{v}");
+    let problem = format!("NATS unreachable at {down}: ");
+    let said: Vec<&Value> =
+        v["problems"].as_array().unwrap().iter().filter(|p| p.as_str().unwrap().contains(&problem)).collect();
+    assert_eq!(said.len(), 1, "{v}");
+    assert_eq!(said[0].as_str().unwrap().matches(&down).count(), 1, "the URL once: {v}");
 }
 
 #[tokio::test]
