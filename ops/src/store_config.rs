@@ -127,7 +127,11 @@ fn change_set(flags: &Flags, text: &str) -> Result<ChangeSet, Refused> {
     if file.store_id.is_some() && file.store_id != flags.store {
         return Err(Refused::new(
             Refusal::WrongTenant,
-            format!("the file names store {:?}, --store is {:?}", file.store_id, flags.store),
+            format!(
+                "the file names store {}, --store is {}",
+                file.store_id.as_deref().unwrap_or("(none)"),
+                flags.store.as_deref().unwrap_or("not given")
+            ),
         ));
     }
     Ok(ChangeSet {
