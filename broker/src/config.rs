@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
@@ -99,13 +100,20 @@ pub struct Config {
     #[arg(long, env = "TILLSYNC_OFFLINE_AFTER_S", default_value_t = 90)]
     pub offline_after_s: u64,
     /// Accept events and commands for tenants not yet in the tenants table (demo only).
-    #[arg(long, env = "TILLSYNC_AUTO_TENANTS", default_value_t = false)]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(long, env = "TILLSYNC_AUTO_TENANTS", default_value_t = false, value_parser = BoolishValueParser::new())]
     pub auto_tenants: bool,
     /// Fault injection for tests: abort the process right after the first batch commits,
     /// before anything is acked.
     /// Debug builds only: a release binary has no such switch to flip by mistake.
     #[cfg(debug_assertions)]
-    #[arg(long, env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT", default_value_t = false, hide = true)]
+    #[arg(
+        long,
+        env = "TILLSYNC_FAULT_CRASH_AFTER_COMMIT",
+        default_value_t = false,
+        value_parser = BoolishValueParser::new(),
+        hide = true
+    )]
     pub fault_crash_after_commit: bool,
     /// How often the monitor refreshes the gauges it reads (streams, consumers, gaps,
     /// watermark stalls), milliseconds.
@@ -331,6 +339,21 @@ mod tests {
         let env = c.to_env();
         assert!(env.iter().any(|(k, v)| k == "NATS_URL" && v == "nats://x:1"));
         assert!(env.iter().any(|(k, _)| k == "TILLSYNC_SIGNING_KEY_FILE"));
+    }
+
+    /// A variable's value goes through the same value parser as a default value, which is
+    /// what this sets (no process environment to race other tests on).
+    #[test]
+    fn boolean_variables_take_the_usual_spellings() {
+        use clap::CommandFactory;
+        let parse = |v: &'static str| {
+            let cmd = Config::command().mut_arg("auto_tenants", |a| a.default_value(v));
+            cmd.try_get_matches_from(["tillsync-broker"]).ok().and_then(|m| m.get_one::<bool>("auto_tenants").copied())
+        };
+        for (v, want) in [("true", true), ("1", true), ("yes", true), ("on", true), ("0", false), ("no", false)] {
+            assert_eq!(parse(v), Some(want), "{v}");
+        }
+        assert_eq!(parse("maybe"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser};
 use tillsync_schemas::DeviceAddr;
 
@@ -39,8 +40,9 @@ pub struct Config {
     /// Loopback address of the POS API and /metrics.
     #[arg(long, env = "TILLSYNC_EDGE_HTTP_ADDR", default_value = "127.0.0.1:8787")]
     pub http_addr: SocketAddr,
-    /// Do not serve the HTTP API (library use, simulations).
-    #[arg(long, env = "TILLSYNC_EDGE_NO_HTTP", default_value_t = false)]
+    /// Do not serve the HTTP API (library use, simulations). The variable takes true/false,
+    /// 1/0, yes/no, on/off.
+    #[arg(long, env = "TILLSYNC_EDGE_NO_HTTP", default_value_t = false, value_parser = BoolishValueParser::new())]
     pub no_http: bool,
     /// Command handler: `none` (applies as a no-op) or `http://127.0.0.1:PORT/path` (POST JSON).
     #[arg(long, env = "TILLSYNC_EDGE_HANDLER", default_value = "none")]
@@ -288,6 +290,22 @@ mod tests {
         assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_DEVICE" && v == "till-1"));
         let keys = tillsync_schemas::signature::TEST_PUBLIC_KEY;
         assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_EDGE_COMMAND_KEYS" && v == keys));
+    }
+
+    /// A variable's value goes through the same value parser as a default value (set here,
+    /// so no process environment races other tests).
+    #[test]
+    fn boolean_variables_take_the_usual_spellings() {
+        use clap::CommandFactory;
+        let parse = |v: &'static str| {
+            let cmd = Standalone::command().mut_arg("no_http", |a| a.default_value(v));
+            let m = cmd.try_get_matches_from(["e", "--tenant", "a", "--store", "s", "--device", "d"]);
+            m.ok().and_then(|m| m.get_one::<bool>("no_http").copied())
+        };
+        for (v, want) in [("yes", true), ("1", true), ("on", true), ("false", false), ("off", false), ("0", false)] {
+            assert_eq!(parse(v), Some(want), "{v}");
+        }
+        assert_eq!(parse("maybe"), None);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! cancelling one ([`cancel`]).
 //!
 //! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled); 1
-//! error or wait timed out; 3 with `--wait`, the command ended rejected, failed, expired or
-//! cancelled; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a copy
-//! (already applied, or otherwise ended).
+//! error, an unknown tenant (`send` checks before publishing) or wait timed out; 3 with
+//! `--wait`, the command ended rejected, failed, expired or cancelled, or the broker
+//! quarantined it; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a
+//! copy (already applied, or otherwise ended).
 
 mod cancel;
 
@@ -19,10 +20,12 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde::Serialize;
+use tillsync_schemas::command::COMMAND_KINDS;
 use tillsync_schemas::{
-    codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION,
+    codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandState, CommandStatus, SCHEMA_VERSION,
 };
 
+use crate::failure::{Known, NotFound, Usage, PROBLEMS};
 use crate::global::Global;
 use crate::output::{emit, table, ts};
 
@@ -36,21 +39,27 @@ pub struct CommandsArgs {
 enum CommandsCmd {
     /// Commands per device with their state, newest first (rejected ones too).
     List {
+        /// Only this tenant's commands.
         #[arg(long)]
         tenant: Option<String>,
+        /// Only this store's commands.
         #[arg(long)]
         store: Option<String>,
+        /// Only this device's copies.
         #[arg(long)]
         device: Option<String>,
-        /// queued, delivered, acked, failed, expired, rejected or cancelled.
-        #[arg(long)]
+        /// Only copies in this state.
+        #[arg(long, value_parser = states())]
         state: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// One command: what was sent, its per-device inbox entries, every transition and every ack.
     Show {
+        /// The command's id (as `send` printed it, or from `list`).
         command_id: String,
+        /// The tenant, when the id exists in more than one.
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -58,7 +67,9 @@ enum CommandsCmd {
     Send(Box<SendArgs>),
     /// Cancel a command on every device that has not applied it, as the portal does.
     Cancel {
+        /// The command's id.
         command_id: String,
+        /// The tenant, when the id exists in more than one.
         #[arg(long)]
         tenant: Option<String>,
         /// Who asks for the cancel (recorded in the command's history).
@@ -76,32 +87,40 @@ enum CommandsCmd {
 struct SendArgs {
     #[command(flatten)]
     nats: crate::global::NatsArgs,
+    /// The tenant; it must exist (`tillsync tenants add`), else the broker quarantines the command.
     #[arg(long)]
     tenant: String,
+    /// The store the command is for.
     #[arg(long)]
     store: String,
     /// Target device; without it the command goes to every device of the store.
     #[arg(long)]
     device: Option<String>,
-    /// refund_order, void_order, set_order_status, apply_menu_publish, settings_patch, user_upsert.
-    #[arg(long)]
+    /// What the command does.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(COMMAND_KINDS))]
     kind: String,
     /// The whole payload as JSON, instead of the per-kind flags.
     #[arg(long)]
     payload_json: Option<String>,
+    /// The order (refund_order, void_order, set_order_status).
     #[arg(long)]
     order_id: Option<String>,
+    /// The payment to refund (refund_order).
     #[arg(long)]
     payment_id: Option<String>,
+    /// Amount to refund in minor units, e.g. cents (refund_order).
     #[arg(long)]
     amount_minor: Option<i64>,
+    /// ISO 4217 currency of the amount (refund_order).
     #[arg(long)]
     currency: Option<String>,
+    /// Why (refund_order, void_order).
     #[arg(long)]
     reason: Option<String>,
     /// New order status (set_order_status).
     #[arg(long)]
     status: Option<String>,
+    /// The menu to apply (apply_menu_publish).
     #[arg(long)]
     menu_id: Option<String>,
     /// Menu version (apply_menu_publish).
@@ -111,15 +130,18 @@ struct SendArgs {
     #[arg(long)]
     revision: Option<u64>,
     /// A setting to patch, `key=value` (repeatable; settings_patch).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     settings: Vec<String>,
+    /// The user to create or update (user_upsert).
     #[arg(long)]
     user_id: Option<String>,
+    /// The user's name as the till shows it (user_upsert).
     #[arg(long)]
     display_name: Option<String>,
     /// The user's role (user_upsert).
     #[arg(long)]
     user_role: Option<String>,
+    /// Who asks for the command (recorded with it).
     #[arg(long)]
     requested_by: String,
     /// An approver (repeat for two; refunds, voids and status changes need two).
@@ -134,7 +156,9 @@ struct SendArgs {
     /// Apply only if the device's current revision of the target equals this.
     #[arg(long)]
     if_match: Option<u64>,
-    /// Follow the status messages until every device's entry is final.
+    /// Follow the status messages until every device's entry is final: exit 0 when every
+    /// device acked, 3 when the command ended otherwise (rejected, failed, expired, cancelled,
+    /// or quarantined by the broker), 1 when no final state came within `--wait-s`.
     #[arg(long)]
     wait: bool,
     /// Longest wait with `--wait`, seconds.
@@ -177,12 +201,6 @@ async fn list(
     state: Option<String>,
     limit: i64,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(s) = &state {
-        anyhow::ensure!(
-            tillsync_schemas::CommandState::parse(s).is_some(),
-            "unknown state {s:?}: queued, delivered, acked, failed, expired, rejected or cancelled"
-        );
-    }
     let pool = global.pool().await?;
     let rows: Vec<ListRow> = sqlx::query_as(
         "SELECT * FROM (
@@ -308,10 +326,11 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
     .fetch_all(&pool)
     .await?;
     if found.is_empty() {
-        eprintln!("no command {command_id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default());
-        return Ok(ExitCode::from(4));
+        return Err(no_command(command_id, tenant.as_deref()).into());
     }
-    anyhow::ensure!(found.len() == 1, "command {command_id} exists in {} tenants: pass --tenant", found.len());
+    if found.len() > 1 {
+        return Err(Usage(format!("command {command_id} exists in {} tenants: pass --tenant", found.len())).into());
+    }
     let command = found.remove(0);
     let t = command.tenant_id.clone();
     let inbox: Vec<InboxRow> = of_command(
@@ -343,6 +362,11 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
     let shown = Shown { command, envelope, inbox, log, acks };
     emit(global.json, &shown, human_show)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// No command `id` (in `tenant`): exit 4.
+pub(crate) fn no_command(id: &str, tenant: Option<&str>) -> NotFound {
+    NotFound(format!("no command {id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default()))
 }
 
 /// The rows of one command in a per-command table (`$1` tenant, `$2` command id).
@@ -448,7 +472,7 @@ fn human_show(s: &Shown) -> String {
 /// The command body from `--payload-json` or the per-kind flags.
 fn body(a: &SendArgs) -> anyhow::Result<CommandBody> {
     let payload = match &a.payload_json {
-        Some(j) => serde_json::from_str(j).context("--payload-json is not JSON")?,
+        Some(j) => serde_json::from_str(j).map_err(|e| Usage(format!("--payload-json is not JSON: {e}")))?,
         None => {
             let mut p = serde_json::Map::new();
             let mut put = |k: &str, v: Option<serde_json::Value>| {
@@ -471,8 +495,10 @@ fn body(a: &SendArgs) -> anyhow::Result<CommandBody> {
             if a.kind == "settings_patch" {
                 let mut settings = BTreeMap::new();
                 for kv in &a.settings {
-                    let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv:?}: expected KEY=VALUE"))?;
-                    settings.insert(k.to_string(), v.to_string());
+                    // `key_value` let only KEY=VALUE through.
+                    if let Some((k, v)) = kv.split_once('=') {
+                        settings.insert(k.to_string(), v.to_string());
+                    }
                 }
                 p.insert("settings".into(), serde_json::to_value(settings)?);
             }
@@ -480,7 +506,7 @@ fn body(a: &SendArgs) -> anyhow::Result<CommandBody> {
         }
     };
     serde_json::from_value(serde_json::json!({ "kind": a.kind, "payload": payload }))
-        .with_context(|| format!("cannot build a {} command from the given flags", a.kind))
+        .map_err(|e| Usage(format!("cannot build a {} command from the given flags: {e}", a.kind)).into())
 }
 
 #[derive(Serialize)]
@@ -489,8 +515,18 @@ struct Sent {
     subject: String,
     /// With `--wait`: every status message received, in order.
     statuses: Vec<CommandStatus>,
-    /// With `--wait`: the final state per device (or `rejected` for the whole command).
+    /// With `--wait`: the final state per device (or `rejected` or `quarantined` for the
+    /// whole command, keyed `(command)`).
     outcome: BTreeMap<String, String>,
+    /// With `--wait`, when the broker quarantined the command: the quarantine row.
+    quarantine: Option<Quarantined>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Quarantined {
+    id: i64,
+    reason: String,
+    detail: String,
 }
 
 async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
@@ -513,7 +549,9 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
         if_match: a.if_match,
     };
     // Structure only: the approval policy is the broker's to enforce (and to report).
-    cmd.validate().map_err(|e| anyhow::anyhow!("invalid command: {e}"))?;
+    cmd.validate().map_err(|e| Usage(format!("invalid command: {e}")))?;
+    let pool = global.pool().await?;
+    known_tenant(&pool, &cmd.tenant_id).await?;
     let client = a.nats.connect().await?;
     let mut statuses_sub = if a.wait {
         let sub = client.subscribe(subject::status(&cmd.tenant_id, &cmd.store_id, &cmd.command_id)).await?;
@@ -527,13 +565,19 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(streams::HEADER_MSG_ID, cmd.command_id.as_str());
     h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
-    js.publish_with_headers(subj.clone(), h, codec::encode(&cmd).into())
+    let ack = js
+        .publish_with_headers(subj.clone(), h, codec::encode(&cmd).into())
         .await
         .context("publishing on intake")?
         .await
         .context("intake stream did not confirm (is the broker's TILLSYNC_INTAKE stream there?)")?;
-    let mut sent =
-        Sent { command_id: cmd.command_id.clone(), subject: subj, statuses: Vec::new(), outcome: BTreeMap::new() };
+    let mut sent = Sent {
+        command_id: cmd.command_id.clone(),
+        subject: subj,
+        statuses: Vec::new(),
+        outcome: BTreeMap::new(),
+        quarantine: None,
+    };
     if !global.json {
         println!("{}", cmd.command_id);
     }
@@ -543,13 +587,68 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait_s);
-    let mut latest: BTreeMap<String, tillsync_schemas::CommandState> = BTreeMap::new();
+    let code = wait(global, &pool, sub, ack.sequence, a.wait_s, &mut sent).await?;
+    pool.close().await;
+    if global.json {
+        emit(true, &sent, |_| String::new())?;
+    }
+    Ok(code)
+}
+
+/// Refuses a tenant the broker would quarantine the command of, before anything is published.
+async fn known_tenant(pool: &sqlx::PgPool, tenant: &str) -> anyhow::Result<()> {
+    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await?;
+    if known {
+        return Ok(());
+    }
+    Err(Known {
+        code: "unknown_tenant",
+        message: format!("unknown tenant {tenant}: the broker would quarantine the command, nothing was sent"),
+        hint: format!("add the tenant first: tillsync tenants add {tenant}"),
+    }
+    .into())
+}
+
+/// Follows the command's status messages until every device's copy is final, or the broker
+/// quarantines it at intake (found in `quarantine` by its intake stream sequence, as no
+/// status is published for a command the broker could not attribute to a known tenant).
+async fn wait(
+    global: &Global,
+    pool: &sqlx::PgPool,
+    sub: &mut async_nats::Subscriber,
+    intake_seq: u64,
+    wait_s: u64,
+    sent: &mut Sent,
+) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+    let mut latest: BTreeMap<String, CommandState> = BTreeMap::new();
+    let mut look = tokio::time::interval(Duration::from_millis(500));
     loop {
-        let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => anyhow::bail!("status subscription ended"),
-            Err(_) => anyhow::bail!("no final state within {} s (latest: {latest:?})", a.wait_s),
+        let msg = tokio::select! {
+            m = tokio::time::timeout_at(deadline, sub.next()) => match m {
+                Ok(Some(m)) => m,
+                Ok(None) => anyhow::bail!("the status subscription ended (NATS connection lost)"),
+                Err(_) => return Err(timed_out(&sent.command_id, wait_s, &latest).into()),
+            },
+            _ = look.tick() => {
+                if let Some(q) = quarantined(pool, intake_seq).await? {
+                    if !global.json {
+                        println!("(command)  quarantined  {}  {}", q.reason, q.detail);
+                    }
+                    eprintln!(
+                        "hint: the broker quarantined the command ({}): `tillsync quarantine show {}`, fix the \
+                         cause, then `tillsync quarantine redrive {}`",
+                        q.reason, q.id, q.id
+                    );
+                    sent.outcome = BTreeMap::from([("(command)".to_string(), "quarantined".to_string())]);
+                    sent.quarantine = Some(q);
+                    return Ok(ExitCode::from(PROBLEMS));
+                }
+                continue;
+            }
         };
         let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
         if !global.json {
@@ -563,7 +662,7 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
             );
         }
         latest.insert(st.device_id.clone().unwrap_or_else(|| "(store)".into()), st.state);
-        let rejected = st.state == tillsync_schemas::CommandState::Rejected;
+        let rejected = st.state == CommandState::Rejected;
         sent.statuses.push(st);
         // Queued statuses of every device are published before any delivery, so once all
         // devices seen are final, the command is.
@@ -572,9 +671,45 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     sent.outcome = latest.iter().map(|(d, s)| (d.clone(), s.as_str().to_string())).collect();
-    if global.json {
-        emit(true, &sent, |_| String::new())?;
+    let all_acked = latest.values().all(|s| *s == CommandState::Acked);
+    Ok(if all_acked { ExitCode::SUCCESS } else { ExitCode::from(PROBLEMS) })
+}
+
+/// The quarantine row of the intake message at `seq`, once the broker wrote it.
+async fn quarantined(pool: &sqlx::PgPool, seq: u64) -> sqlx::Result<Option<Quarantined>> {
+    sqlx::query_as("SELECT id, reason, detail FROM quarantine WHERE stream = $1 AND stream_seq = $2")
+        .bind(streams::INTAKE)
+        .bind(seq as i64)
+        .fetch_optional(pool)
+        .await
+}
+
+/// No final state in time: what was last heard of each copy, in words.
+fn timed_out(command_id: &str, wait_s: u64, latest: &BTreeMap<String, CommandState>) -> Known {
+    let heard = if latest.is_empty() {
+        "no status message arrived".to_string()
+    } else {
+        let each: Vec<String> = latest.iter().map(|(d, s)| format!("{d} {}", s.as_str())).collect();
+        format!("last heard: {}", each.join(", "))
+    };
+    Known {
+        code: "wait_timed_out",
+        message: format!("no final state for command {command_id} within {wait_s} s ({heard})"),
+        hint: format!(
+            "is the broker running (`tillsync status`)? `tillsync commands show {command_id}` shows what it recorded"
+        ),
     }
-    let all_acked = latest.values().all(|s| *s == tillsync_schemas::CommandState::Acked);
-    Ok(if all_acked { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// `--state`: one of the command states.
+fn states() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(CommandState::ALL.iter().map(|s| s.as_str()))
+}
+
+/// `--set KEY=VALUE`, checked as clap parses it.
+fn key_value(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err("expected KEY=VALUE".into()),
+    }
 }

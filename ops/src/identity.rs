@@ -259,6 +259,7 @@ pub struct PortalsArgs {
 enum PortalsCmd {
     /// Issue a portal credential for one tenant: an nkey seed written to --out (mode 0600).
     Add {
+        /// The tenant whose intake and status the credential may use (must exist).
         #[arg(long)]
         tenant: String,
         /// File to write the seed to (must not exist).
@@ -267,8 +268,10 @@ enum PortalsCmd {
     },
     /// Revoke a portal credential by its public key.
     Revoke {
+        /// The credential's public key (`U...`, as `portals add` printed it).
         #[arg(long)]
         key: String,
+        /// Why, recorded in the audit trail.
         #[arg(long, default_value = "revoked by an operator")]
         reason: String,
     },
@@ -364,6 +367,7 @@ pub struct AuthArgs {
 enum AuthCmd {
     /// Generate the NATS service keys and the nats-server authorization config into DIR.
     Init {
+        /// Directory for the keys and `nats-server.conf` (created; existing keys are kept).
         #[arg(long)]
         dir: PathBuf,
     },

@@ -19,9 +19,15 @@ pub struct KeysArgs {
 enum KeysCmd {
     /// Write a new seed (`SU...`) to FILE, readable by its owner only, and print its public key
     /// (give that to the bridges' --command-keys). Refuses to overwrite a file.
-    Generate { file: PathBuf },
+    Generate {
+        /// Where to write the seed; must not exist.
+        file: PathBuf,
+    },
     /// Print the public key of the seed in FILE.
-    Public { file: PathBuf },
+    Public {
+        /// A seed file written by `keys generate` (or `nk`).
+        file: PathBuf,
+    },
 }
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {

@@ -65,11 +65,12 @@ struct Status {
     problems: Vec<String>,
 }
 
-/// Whether a server answered; `error` says why not.
+/// Whether a server answered; `error` says why not, `hint` what to do about it.
 #[derive(Serialize, Default)]
 struct Reach {
     reachable: bool,
     error: Option<String>,
+    hint: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -170,19 +171,22 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
         tokio::time::timeout(within, database(global, &args, silent_after_s))
     );
     let (mut js_parts, mut db_parts) = (None, None);
-    match flatten(nats, within) {
+    match flatten(nats, within, &global.database_url) {
         Ok(js) => {
             status.nats.reachable = true;
             (status.streams, status.consumers) = (js.streams, js.consumers);
             status.problems.extend(js.missing);
             js_parts = Some(js.partitions);
         }
-        Err(e) => {
-            status.nats.error = Some(e.clone());
-            status.problems.push(format!("NATS unreachable at {}: {e}", args.nats.nats_url));
+        Err((e, hint)) => {
+            // The URL once: the connect error starts with it too.
+            let url = &args.nats.nats_url;
+            let e = e.strip_prefix(&format!("cannot connect to NATS at {url}: ")).map_or(e.clone(), str::to_string);
+            status.problems.push(with_hint(format!("NATS unreachable at {url}: {e}"), &hint));
+            (status.nats.error, status.nats.hint) = (Some(e), hint);
         }
     }
-    match flatten(db, within) {
+    match flatten(db, within, &global.database_url) {
         Ok(db) => {
             status.postgres.reachable = true;
             (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, db.quarantined);
@@ -190,9 +194,9 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
             status.resident_actors = status.brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
             db_parts = Some(db.partitions);
         }
-        Err(e) => {
-            status.postgres.error = Some(e.clone());
-            status.problems.push(format!("Postgres unreachable: {e}"));
+        Err((e, hint)) => {
+            status.problems.push(with_hint(format!("Postgres: {e}"), &hint));
+            (status.postgres.error, status.postgres.hint) = (Some(e), hint);
         }
     }
     status.partitions = partitions::assemble(db_parts.as_ref(), js_parts.as_ref(), silent_after_s);
@@ -202,12 +206,26 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
     Ok(if status.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-/// A bounded call's outcome as one error string.
-fn flatten<T>(r: Result<anyhow::Result<T>, tokio::time::error::Elapsed>, within: Duration) -> Result<T, String> {
+/// A bounded call's outcome: the error as one line (each cause once) and the fix, if known.
+fn flatten<T>(
+    r: Result<anyhow::Result<T>, tokio::time::error::Elapsed>,
+    within: Duration,
+    database_url: &str,
+) -> Result<T, (String, Option<String>)> {
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err(format!("no answer within {} s", within.as_secs())),
+        Ok(Err(e)) => {
+            let f = crate::failure::Failure::of(&e, database_url);
+            Err((f.message, f.hint))
+        }
+        Err(_) => Err((format!("no answer within {} s", within.as_secs()), None)),
+    }
+}
+
+fn with_hint(problem: String, hint: &Option<String>) -> String {
+    match hint {
+        Some(h) => format!("{problem}; hint: {h}"),
+        None => problem,
     }
 }
 
@@ -384,10 +402,8 @@ fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
 }
 
 fn human(s: &Status) -> String {
-    let reach = |r: &Reach| match &r.error {
-        None => "reachable".to_string(),
-        Some(e) => format!("UNREACHABLE ({e})"),
-    };
+    // Why not is said once, in its PROBLEM line.
+    let reach = |r: &Reach| if r.error.is_none() { "reachable" } else { "UNREACHABLE (see PROBLEM below)" };
     let mut out = format!("NATS: {}\nPostgres: {}\n\nSTREAMS\n", reach(&s.nats), reach(&s.postgres));
     let rows: Vec<Vec<String>> = s
         .streams

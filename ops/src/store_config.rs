@@ -29,6 +29,7 @@ enum ConfigCmd {
     /// Publish a change set (a JSON file): every store of the tenant, or one store's settings,
     /// gets its next version. Exit 6 when refused.
     Publish {
+        /// The tenant whose stores get the change set.
         #[arg(long)]
         tenant: String,
         /// Publish for this store only (settings only).
@@ -45,24 +46,32 @@ enum ConfigCmd {
     },
     /// A store's configuration at a version (default: its newest).
     Show {
+        /// The store's tenant.
         #[arg(long)]
         tenant: String,
+        /// The store.
         #[arg(long)]
         store: String,
+        /// The version to show (default: the newest).
         #[arg(long)]
         version: Option<u64>,
     },
     /// What differs in a store's configuration between two versions.
     Diff {
+        /// The store's tenant.
         #[arg(long)]
         tenant: String,
+        /// The store.
         #[arg(long)]
         store: String,
+        /// The older version.
         from: u64,
+        /// The newer version.
         to: u64,
     },
     /// Per device: the version it should run, the one it applied, and since when they differ.
     Status {
+        /// Only this tenant's devices.
         #[arg(long)]
         tenant: Option<String>,
         /// Only devices behind their store's version.
@@ -118,7 +127,11 @@ fn change_set(flags: &Flags, text: &str) -> Result<ChangeSet, Refused> {
     if file.store_id.is_some() && file.store_id != flags.store {
         return Err(Refused::new(
             Refusal::WrongTenant,
-            format!("the file names store {:?}, --store is {:?}", file.store_id, flags.store),
+            format!(
+                "the file names store {}, --store is {}",
+                file.store_id.as_deref().unwrap_or("(none)"),
+                flags.store.as_deref().unwrap_or("not given")
+            ),
         ));
     }
     Ok(ChangeSet {

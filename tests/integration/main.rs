@@ -3,6 +3,7 @@
 
 mod bench;
 mod chaos;
+mod cli;
 mod commands;
 mod commands_truth;
 mod common;

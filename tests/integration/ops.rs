@@ -28,6 +28,15 @@ impl Run {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 
+    /// What a finished `tillsync` process printed and how it ended.
+    pub fn of(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub fn ok(self) -> Run {
         assert_eq!(self.code, 0, "tillsync failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
@@ -45,11 +54,7 @@ pub(crate) async fn tillsync(stack: &Stack, args: &[&str]) -> Run {
         .output()
         .await
         .expect("run tillsync");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(out)
 }
 
 /// Waits until the broker has settled every message of the events stream.

@@ -41,6 +41,7 @@ pub struct LatencyArgs {
     /// every device actor activating, is part of the figures).
     #[arg(long, default_value_t = 0.0)]
     pub warmup: f64,
+    /// Seed of the generated data.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }

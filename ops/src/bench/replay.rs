@@ -26,8 +26,10 @@ pub struct ReplayArgs {
     /// Messages in the stream to replay (duplicates included).
     #[arg(long, default_value_t = 100_000)]
     pub events: usize,
+    /// Devices the events come from.
     #[arg(long, default_value_t = 1_000)]
     pub devices: usize,
+    /// Share of the messages that are re-sent copies of earlier events.
     #[arg(long, default_value_t = 0.1)]
     pub dup_ratio: f64,
     /// Lanes of stores committing concurrently (as `tillsync replay --lanes`; 1: one batch at
@@ -40,6 +42,7 @@ pub struct ReplayArgs {
     /// Also time the live broker on the same data and report the ratio.
     #[arg(long)]
     pub compare: bool,
+    /// Seed of the generated data.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }

@@ -55,12 +55,12 @@ pub async fn run(
     .fetch_all(&pool)
     .await?;
     let (tenant_id, store_id) = match &found[..] {
-        [] => {
-            eprintln!("no command {command_id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default());
-            return Ok(ExitCode::from(4));
-        }
+        [] => return Err(super::no_command(command_id, tenant.as_deref()).into()),
         [one] => one.clone(),
-        _ => anyhow::bail!("command {command_id} exists in {} tenants: pass --tenant", found.len()),
+        _ => {
+            let many = format!("command {command_id} exists in {} tenants: pass --tenant", found.len());
+            return Err(crate::failure::Usage(many).into());
+        }
     };
     let copies: Vec<(String, String)> =
         sqlx::query_as("SELECT device_id, state FROM command_inbox WHERE tenant_id = $1 AND command_id = $2")
@@ -133,7 +133,7 @@ async fn request(
         let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
             Ok(Some(m)) => m,
             Ok(None) => anyhow::bail!("status subscription ended"),
-            Err(_) => anyhow::bail!("no answer from the broker within {wait_s} s for {awaited:?} (is it running?)"),
+            Err(_) => return Err(unanswered(command_id, wait_s, &awaited).into()),
         };
         let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
         let cancelled = st.state == CommandState::Cancelled;
@@ -145,6 +145,18 @@ async fn request(
         answers.push(Answer { device_id: st.device_id, state: st.state, cancelled, detail: st.detail });
     }
     Ok(answers)
+}
+
+/// No answer in time about the copies in `awaited` (`None`: the command as a whole).
+fn unanswered(command_id: &str, wait_s: u64, awaited: &[Option<String>]) -> crate::failure::Known {
+    let copies: Vec<&str> = awaited.iter().map(|d| d.as_deref().unwrap_or("(command)")).collect();
+    crate::failure::Known {
+        code: "wait_timed_out",
+        message: format!("no answer from the broker within {wait_s} s about {}", copies.join(", ")),
+        hint: format!(
+            "is the broker running (`tillsync status`)? `tillsync commands show {command_id}` shows what it recorded"
+        ),
+    }
 }
 
 fn human(c: &Cancelled) -> String {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::source::{Filter, Source, Start};
 use self::verify::Verification;
+use crate::failure::Usage;
 use crate::global::Global;
 
 #[derive(Debug, Args)]
@@ -49,10 +50,10 @@ pub struct ReplayArgs {
     #[arg(long)]
     tenant: Option<String>,
     /// Only this store's events (needs --tenant).
-    #[arg(long)]
+    #[arg(long, requires = "tenant")]
     store: Option<String>,
     /// Only this device's events (needs --tenant and --store).
-    #[arg(long)]
+    #[arg(long, requires = "store")]
     device: Option<String>,
     /// Start at this stream sequence.
     #[arg(long, conflicts_with = "from_time")]
@@ -75,7 +76,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     lanes: u16,
     /// Afterwards compare the target's read models with the live ones and print every difference.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "into_live")]
     verify: bool,
 }
 
@@ -132,24 +133,22 @@ struct Summary {
 const INTERRUPTED: u8 = 130;
 
 pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        !(args.verify && args.into_live),
-        "--verify compares a rebuilt target with live; with --into-live the target is live"
-    );
     let filter = Filter { tenant: args.tenant.clone(), store: args.store.clone(), device: args.device.clone() };
-    let filter_subject = filter.subject()?;
+    let filter_subject = filter.subject().map_err(|e| Usage(format!("{e:#}")))?;
     let name = args.name.clone().unwrap_or_else(|| filter_subject.clone());
+    let start = match (args.from_seq, &args.from_time) {
+        (Some(n), _) => Start::Seq(n),
+        (None, Some(t)) => Start::Time(source::parse_time(t).map_err(|e| Usage(format!("{e:#}")))?),
+        (None, None) => Start::All,
+    };
 
     let live = crate::db::pool(&global.database_url, None, 4).await?;
     let (target, target_label, created) = match open_target(&args, global).await {
         Ok(t) => t,
-        Err(e) if e.is::<SchemaInUse>() => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(e) if e.is::<SchemaInUse>() => return Err(Usage(e.to_string()).into()),
         Err(e) => return Err(e),
     };
-    let result = rebuild(&args, global, live, target.clone(), target_label, filter, filter_subject, name).await;
+    let result = rebuild(&args, global, live, target.clone(), target_label, filter, filter_subject, name, start).await;
     if let Some(schema) = created {
         if !matches!(&result, Ok(code) if *code != ExitCode::from(INTERRUPTED)) {
             target.close().await;
@@ -170,23 +169,21 @@ async fn rebuild(
     filter: Filter,
     filter_subject: String,
     name: String,
+    mut start: Start,
 ) -> anyhow::Result<ExitCode> {
     crate::db::migrate(&target).await.context("migrating the target")?;
     if !args.into_live {
         copy_provisioning(&live, &target).await?;
     }
 
-    let mut start = match (args.from_seq, &args.from_time) {
-        (Some(n), _) => Start::Seq(n),
-        (None, Some(t)) => Start::Time(source::parse_time(t)?),
-        (None, None) => Start::All,
-    };
     if args.resume {
         if let Some((subject, last)) = saved_progress(&target, &name).await? {
-            anyhow::ensure!(
-                subject == filter_subject,
-                "replay {name:?} was for {subject}, not {filter_subject}: pass the same filters or another --name"
-            );
+            if subject != filter_subject {
+                let other = format!(
+                    "replay {name} was for {subject}, not {filter_subject}: pass the same filters or another --name"
+                );
+                return Err(Usage(other).into());
+            }
             start = Start::Seq(last + 1);
         }
     }
@@ -469,6 +466,11 @@ fn progress_bar(total: u64, json: bool) -> ProgressBar {
     pb
 }
 
+/// `reason n, reason n` for a person.
+fn per_reason(counts: &BTreeMap<String, u64>) -> String {
+    counts.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ")
+}
+
 fn human(s: &Summary) -> String {
     let t = &s.tally;
     let mut out = format!(
@@ -485,7 +487,7 @@ fn human(s: &Summary) -> String {
         t.conflicts,
         t.stale,
         t.quarantined_total(),
-        if t.quarantined.is_empty() { String::new() } else { format!(" {:?}", t.quarantined) },
+        if t.quarantined.is_empty() { String::new() } else { format!(" ({})", per_reason(&t.quarantined)) },
     );
     match s.unchanged {
         Some(true) => out += &format!("{} duplicates, nothing changed.\n", t.duplicates),
