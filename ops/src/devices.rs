@@ -24,8 +24,10 @@ pub struct DevicesArgs {
 enum DevicesCmd {
     /// Devices with online state, last seen, outbox depth, lag and gaps.
     List {
+        /// Only this tenant's devices.
         #[arg(long)]
         tenant: Option<String>,
+        /// Only this store's devices.
         #[arg(long)]
         store: Option<String>,
         /// Only devices currently offline.
@@ -84,10 +86,13 @@ enum DevicesCmd {
 
 #[derive(Debug, Args)]
 struct DeviceArg {
+    /// The device's tenant.
     #[arg(long)]
     tenant: String,
+    /// The device's store.
     #[arg(long)]
     store: String,
+    /// The device's id.
     #[arg(long)]
     device: String,
 }
@@ -236,24 +241,19 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         }
         DevicesCmd::Decommission { device, opts } => {
             let addr = device.addr()?;
-            match decommission::device(&pool, &addr, &opts).await? {
-                Ok(out) => {
-                    emit(global.json, &out, decommission::human)?;
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            }
+            let out = decommission::device(&pool, &addr, &opts).await?;
+            emit(global.json, &out, decommission::human)?;
+            ExitCode::SUCCESS
         }
         DevicesCmd::Show { device, limit } => {
             let addr = device.addr()?;
             let shown = identity::show(&pool, &addr, limit).await?;
             if shown.credentials.is_empty() && shown.audit.is_empty() {
-                eprintln!("error: no identity record of {}/{}/{}", addr.tenant_id, addr.store_id, addr.device_id);
-                ExitCode::from(4)
-            } else {
-                emit(global.json, &shown, identity::human_shown)?;
-                ExitCode::SUCCESS
+                let what = format!("no identity record of {}/{}/{}", addr.tenant_id, addr.store_id, addr.device_id);
+                return Err(crate::failure::NotFound(what).into());
             }
+            emit(global.json, &shown, identity::human_shown)?;
+            ExitCode::SUCCESS
         }
     };
     pool.close().await;

@@ -37,8 +37,8 @@ pub struct NatsArgs {
 
 impl NatsArgs {
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", self.nats_url))
+        // The broker's error already names the URL.
+        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
+            .await?)
     }
 }

@@ -37,16 +37,21 @@ enum QuarantineCmd {
         /// Only this reason code (e.g. unknown_tenant, undecodable).
         #[arg(long)]
         reason: Option<String>,
+        /// Only this tenant's messages.
         #[arg(long)]
         tenant: Option<String>,
         /// Only messages never redriven and not dismissed.
         #[arg(long)]
         pending: bool,
+        /// At most this many rows.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// One message: every column, the payload as hex, an attempt to decode it, its redrives.
-    Show { id: i64 },
+    Show {
+        /// The quarantine id (`tillsync quarantine list`).
+        id: i64,
+    },
     /// Publish a message again on its original subject, once the cause is fixed: one by id, or
     /// every pending message (never redriven, not dismissed) the selectors match.
     Redrive {
@@ -256,7 +261,7 @@ async fn load(pool: &sqlx::PgPool, id: i64) -> anyhow::Result<(Summary, Vec<u8>)
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    let row = row.with_context(|| format!("no quarantined message #{id}"))?;
+    let row = row.ok_or_else(|| crate::failure::NotFound(format!("no quarantined message #{id}")))?;
     let payload: Vec<u8> =
         sqlx::query_scalar("SELECT payload FROM quarantine WHERE id = $1").bind(id).fetch_one(pool).await?;
     Ok((row, payload))

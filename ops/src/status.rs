@@ -24,6 +24,10 @@ use partitions::{DbPartitions, JsPartitions, Partitions};
 const ALIVE_WITHIN_S: i64 = 30;
 /// Open gaps and stalled devices listed by name (the counts cover all of them).
 const LISTED: i64 = 10;
+/// A gap row `g` of a device not decommissioned: a decommissioned till's gaps never fill, and
+/// are no problem.
+const LIVE_DEVICE: &str = "NOT EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = g.tenant_id
+    AND d.store_id = g.store_id AND d.device_id = g.device_id AND d.decommissioned_at IS NOT NULL)";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -303,11 +307,12 @@ async fn database(global: &Global, args: &StatusArgs, silent_after_s: u64) -> an
     .await?;
     let tenants = sqlx::query_as(
         "SELECT tenant_id, count(*) FILTER (WHERE online) AS online, count(*) FILTER (WHERE NOT online) AS offline
-         FROM devices GROUP BY tenant_id ORDER BY tenant_id",
+         FROM devices WHERE decommissioned_at IS NULL GROUP BY tenant_id ORDER BY tenant_id",
     )
     .fetch_all(&pool)
     .await?;
-    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine").fetch_one(&pool).await?;
+    // Pending only: redriven and dismissed messages are dealt with.
+    let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine_pending").fetch_one(&pool).await?;
     let gaps = gaps(&pool, args.gap_age_s).await?;
     let watermarks = stalls(&pool, args.stall_s).await?;
     let partitions = partitions::read(&pool, silent_after_s).await?;
@@ -316,18 +321,18 @@ async fn database(global: &Global, args: &StatusArgs, silent_after_s: u64) -> an
 }
 
 async fn gaps(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Gaps, sqlx::Error> {
-    let (open, older_than_threshold, oldest_age_s): (i64, i64, Option<f64>) = sqlx::query_as(
+    let (open, older_than_threshold, oldest_age_s): (i64, i64, Option<f64>) = sqlx::query_as(&format!(
         "SELECT count(*), count(*) FILTER (WHERE detected_at < now() - make_interval(secs => $1)),
                 EXTRACT(EPOCH FROM now() - min(detected_at))::float8
-         FROM device_gaps WHERE filled_at IS NULL",
-    )
+         FROM device_gaps g WHERE filled_at IS NULL AND {LIVE_DEVICE}"
+    ))
     .bind(threshold_s as f64)
     .fetch_one(pool)
     .await?;
-    let oldest = sqlx::query_as(
+    let oldest = sqlx::query_as(&format!(
         "SELECT tenant_id, store_id, device_id, from_seq, to_seq, EXTRACT(EPOCH FROM now() - detected_at)::float8 AS age_s
-         FROM device_gaps WHERE filled_at IS NULL ORDER BY detected_at LIMIT $1",
-    )
+         FROM device_gaps g WHERE filled_at IS NULL AND {LIVE_DEVICE} ORDER BY detected_at LIMIT $1"
+    ))
     .bind(LISTED)
     .fetch_all(pool)
     .await?;
@@ -335,7 +340,7 @@ async fn gaps(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Gaps, sqlx::Error
 }
 
 async fn stalls(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Watermarks, sqlx::Error> {
-    let waiting = "watermark_wait_since < now() - make_interval(secs => $1)";
+    let waiting = "watermark_wait_since < now() - make_interval(secs => $1) AND decommissioned_at IS NULL";
     let stalled: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM devices WHERE {waiting}"))
         .bind(threshold_s as f64)
         .fetch_one(pool)
@@ -461,7 +466,7 @@ fn human(s: &Status) -> String {
         s.tenants.iter().map(|t| vec![t.tenant_id.clone(), t.online.to_string(), t.offline.to_string()]).collect();
     out += &table(&["TENANT", "ONLINE", "OFFLINE"], &rows);
     out += &gaps_and_stalls(s);
-    out += &format!("\nquarantined messages: {}\n", s.quarantined);
+    out += &format!("\nquarantined messages pending: {}\n", s.quarantined);
     for p in &s.problems {
         out += &format!("PROBLEM: {p}\n");
     }

@@ -24,6 +24,7 @@ pub struct TenantsArgs {
 enum TenantsCmd {
     /// Provision a tenant (idempotent).
     Add {
+        /// The tenant id: letters, digits, `_` and `-`, up to 64.
         tenant: String,
         /// Display name.
         #[arg(long, default_value = "")]
@@ -36,6 +37,7 @@ enum TenantsCmd {
     /// revoked, commands cancelled, consumers deleted), its portal credentials revoked, its
     /// activations refused. Its records are kept. Asks to type the tenant back unless --yes.
     Decommission {
+        /// The tenant to decommission, with every device of it.
         tenant: String,
         #[command(flatten)]
         opts: decommission::Options,
@@ -70,7 +72,6 @@ struct Added {
 
 pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
-    let mut code = ExitCode::SUCCESS;
     match args.cmd {
         TenantsCmd::Add { tenant, name } => {
             tillsync_schemas::ids::check_id("tenant_id", &tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -123,32 +124,29 @@ pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode>
                 table(&["TENANT", "NAME", "CREATED", "DEVICES", "DECOMMISSIONED"], &cells)
             })?;
         }
-        TenantsCmd::Decommission { tenant, opts } => match decommission_tenant(&pool, &tenant, &opts).await? {
-            Ok(out) => emit(global.json, &out, human_decommissioned)?,
-            Err(c) => code = c,
-        },
+        TenantsCmd::Decommission { tenant, opts } => {
+            let out = decommission_tenant(&pool, &tenant, &opts).await?;
+            emit(global.json, &out, human_decommissioned)?;
+        }
     }
     pool.close().await;
-    Ok(code)
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn decommission_tenant(
     pool: &sqlx::PgPool,
     tenant: &str,
     opts: &decommission::Options,
-) -> anyhow::Result<Result<Decommissioned, ExitCode>> {
+) -> anyhow::Result<Decommissioned> {
     let why = opts.reason.as_str();
     let known: Option<bool> =
         sqlx::query_scalar("SELECT decommissioned_at IS NOT NULL FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(pool)
             .await?;
-    let Some(already) = known else {
-        eprintln!("error: no tenant {tenant}");
-        return Ok(Err(ExitCode::from(4)));
-    };
-    if !opts.yes && !already && !decommission::confirm("tenant", tenant)? {
-        return Ok(Err(ExitCode::from(decommission::NOT_CONFIRMED)));
+    let Some(already) = known else { return Err(crate::failure::NotFound(format!("no tenant {tenant}")).into()) };
+    if !opts.yes && !already {
+        decommission::confirm("tenant", tenant)?;
     }
     let js = async_nats::jetstream::new(opts.nats.connect().await?);
     let by = identity::actor();
@@ -200,14 +198,14 @@ async fn decommission_tenant(
         d.disconnected = disconnected;
         decommission::delete_consumers(&js, d).await?;
     }
-    Ok(Ok(Decommissioned {
+    Ok(Decommissioned {
         tenant_id: tenant.to_string(),
         already,
         decommissioned_at: at,
         decommissioned_by: first_by,
         portal_credentials_revoked,
         devices,
-    }))
+    })
 }
 
 fn human_decommissioned(t: &Decommissioned) -> String {

@@ -7,7 +7,6 @@
 //! Running it again only deletes consumers still there, and says it was already done.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -15,6 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tillsync_schemas::{config, streams, DeviceAddr};
 
+use crate::failure::{NotFound, Usage};
 use crate::identity;
 
 /// What both decommission commands take besides what they decommission.
@@ -29,9 +29,6 @@ pub struct Options {
     #[command(flatten)]
     pub nats: crate::global::NatsArgs,
 }
-
-/// Exit code when the operator did not confirm (no terminal and no `--yes`, or a wrong answer).
-pub const NOT_CONFIRMED: u8 = 2;
 
 #[derive(Serialize)]
 pub struct Device {
@@ -55,21 +52,20 @@ pub struct Device {
 }
 
 /// Asks the operator to type `id` back. Without a terminal (a script) and without `--yes`,
-/// refuses: decommissioning is not undone.
-pub fn confirm(what: &str, id: &str) -> anyhow::Result<bool> {
+/// refuses: decommissioning is not undone. Refusals are usage errors (exit 2), nothing changed.
+pub fn confirm(what: &str, id: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
-        eprintln!("error: decommissioning {what} {id} cannot be undone: pass --yes (no terminal to confirm on)");
-        return Ok(false);
+        let why = format!("decommissioning {what} {id} cannot be undone: pass --yes (no terminal to confirm on)");
+        return Err(Usage(why).into());
     }
     eprint!("Decommission {what} {id}? Its credentials are revoked and its consumers deleted, for good.\nType {id} to confirm: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if answer.trim() != id {
-        eprintln!("error: not confirmed; nothing changed");
-        return Ok(false);
+        return Err(Usage("not confirmed; nothing changed".into()).into());
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The Postgres part of one device's decommissioning, in the caller's transaction (audited
@@ -180,7 +176,7 @@ fn is_absent(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
 }
 
 /// `devices decommission`: confirm, mark, delete consumers.
-pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Result<Result<Device, ExitCode>> {
+pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Result<Device> {
     let id = format!("{}/{}/{}", d.tenant_id, d.store_id, d.device_id);
     let known: Option<bool> = sqlx::query_scalar(
         "SELECT decommissioned_at IS NOT NULL FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3",
@@ -190,13 +186,10 @@ pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Re
     .bind(&d.device_id)
     .fetch_optional(pool)
     .await?;
-    let Some(already) = known else {
-        eprintln!("error: no device {id}");
-        return Ok(Err(ExitCode::from(4)));
-    };
+    let Some(already) = known else { return Err(NotFound(format!("no device {id}")).into()) };
     // Nothing left to lose when it was done before: the rerun only retries consumer deletion.
-    if !opts.yes && !already && !confirm("device", &id)? {
-        return Ok(Err(ExitCode::from(NOT_CONFIRMED)));
+    if !opts.yes && !already {
+        confirm("device", &id)?;
     }
     let js = async_nats::jetstream::new(opts.nats.connect().await?);
     let mut tx = pool.begin().await?;
@@ -204,7 +197,7 @@ pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Re
     tx.commit().await?;
     out.disconnected = wait_disconnected(pool, &d.tenant_id, Some(d)).await?;
     delete_consumers(&js, &mut out).await?;
-    Ok(Ok(out))
+    Ok(out)
 }
 
 pub fn human(d: &Device) -> String {
