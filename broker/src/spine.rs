@@ -107,7 +107,8 @@ where
         .stream()
         .group(crate::streams::OWNER_GROUP)
         .max_messages_per_batch(source.max_batch.max(1) * 2)
-        .heartbeat(Duration::from_secs(5))
+        // A missed heartbeat (two) ends an unanswered pull within 4 s (see [`stalled`]).
+        .heartbeat(Duration::from_secs(2))
         .expires(Duration::from_secs(30))
         .messages()
         .await
@@ -117,6 +118,11 @@ where
             _ = stop.cancelled() => return Ok(()),
             m = messages.next() => match m {
                 Some(Ok(m)) => m,
+                // async-nats pulls again only when its batch runs low or the pull request
+                // expires (30 s, plus 5 s of grace): a pull request nobody answers (sent while a
+                // just-recreated consumer had no leader yet: "no responders", or silence) would
+                // stall the partition for 35 s. Start a new pull instead.
+                Some(Err(error)) if stalled(&error) => return Err(format!("{name}: {error}")),
                 Some(Err(error)) => {
                     tracing::debug!(%error, consumer = name, "Stream hiccup.");
                     continue;
@@ -140,6 +146,12 @@ where
         let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
         handle(batch).await;
     }
+}
+
+/// Errors after which the pull request is answered by no one: pull again.
+fn stalled(error: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+    matches!(error.kind(), Kind::MissingHeartbeat | Kind::NoResponders | Kind::ConsumerDeleted)
 }
 
 /// Why a message was not admitted.

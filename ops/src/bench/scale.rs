@@ -233,6 +233,10 @@ async fn measure(
         wait_ledger(pool, (args.kill_at * unique as f64) as i64).await?;
         takeover = Some(kill_one(pool, procs).await?);
     }
+    // Every unique event in the ledger, then every consumer settled: a consumer recreated at
+    // its ack floor can report nothing pending for a moment while its new leader counts, and
+    // the consumers alone would then call the drain done early.
+    wait_ledger(pool, unique).await?;
     wait_left(js, pool, 0).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = watch.stop(args.events as f64).await;
