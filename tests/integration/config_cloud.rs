@@ -465,3 +465,38 @@ async fn a_snapshot_nats_lost_is_republished_at_the_stores_version() {
     assert!(lost >= 1.0, "the republish is counted: {lost}");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_never_replaces_a_newer_one() {
+    let stack = Stack::start().await;
+    let pool = &stack.db.pool;
+    add_tenant(pool, "acme").await;
+    add_device(pool, "s1", "till-1").await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let js = stack.nats.jetstream().await;
+    store_config::publish(pool, &tenant_wide(menu())).await.unwrap();
+    distributed(pool).await;
+    broker.stop().await;
+    store_config::publish(pool, &tenant_wide(vec![delete("tender", "cash")])).await.unwrap();
+
+    // What an instance that took partition 0 over could have stored while this one was
+    // paused: a snapshot newer than the state this one is about to read.
+    let mut newer = snapshot(&js, "s1").await;
+    newer.version = 99;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(tillsync_schemas::config::HEADER_VERSION, "99");
+    let stored = js
+        .publish_with_headers(snapshot_subject("acme", "s1"), headers, tillsync_schemas::encode(&newer).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    distributed(pool).await;
+    let stream = js.get_stream(streams::CONFIG_SNAPSHOTS).await.unwrap();
+    let last = stream.direct_get_last_for_subject(snapshot_subject("acme", "s1")).await.unwrap();
+    assert_eq!(last.sequence, stored.sequence, "version 2's snapshot did not replace version 99's");
+    assert_eq!(deltas(&js).await.iter().map(|d| d.version).collect::<Vec<_>>(), vec![1, 2]);
+    broker.stop().await;
+}

@@ -234,6 +234,18 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
         let Some(delta_seq) = delta_seq else { continue };
         let state = rows::effective_state(&mut *tx, &tenant, &store).await?;
         tx.commit().await?;
+        // Never replace a newer snapshot: an instance that lost partition 0 while paused could
+        // wake here with an older state. It publishes only over the snapshot it saw, and only
+        // if that one is older; JetStream refuses the publish if another landed meanwhile.
+        let held = stored_snapshot(ctx, &tenant, &store).await?;
+        if held.is_some_and(|(_, v)| v >= version as u64) {
+            mark_snapshot(ctx, &tenant, &store, version).await?;
+            continue;
+        }
+        let mut headers = headers(version as u64);
+        if let Some((seq, _)) = held {
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.to_string().as_str());
+        }
         let snapshot = ConfigSnapshot {
             schema_version: SCHEMA_VERSION,
             tenant_id: tenant.clone(),
@@ -243,23 +255,48 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
             published_at_ms: published_at.timestamp_millis(),
             entities: model::as_changes(&state),
         };
-        ctx.js
+        let stored = ctx
+            .js
             .publish_with_headers(
                 snapshot_subject(&tenant, &store),
-                headers(version as u64),
+                headers,
                 tillsync_schemas::encode(&snapshot).into(),
             )
             .await?
-            .await?;
-        sqlx::query(
-            "UPDATE config_stores SET snapshot_version = GREATEST(snapshot_version, $3), snapshot_at = now()
-             WHERE tenant_id = $1 AND store_id = $2",
-        )
-        .bind(&tenant)
-        .bind(&store)
-        .bind(version)
-        .execute(&ctx.pool)
-        .await?;
+            .await;
+        match stored {
+            Ok(_) => {}
+            // Another snapshot landed since the look: the next round looks again.
+            Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => continue,
+            Err(e) => return Err(e.into()),
+        }
+        mark_snapshot(ctx, &tenant, &store, version).await?;
     }
     Ok(n)
+}
+
+/// The stream sequence and version of the snapshot JetStream holds for a store, if any.
+async fn stored_snapshot(ctx: &Ctx, tenant: &str, store: &str) -> anyhow::Result<Option<(u64, u64)>> {
+    let stream = ctx.js.get_stream_no_info(names::CONFIG_SNAPSHOTS).await?;
+    match stream.direct_get_last_for_subject(snapshot_subject(tenant, store)).await {
+        Ok(m) => {
+            let version = m.headers.get(HEADER_CONFIG_VERSION).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
+            Ok(Some((m.sequence, version)))
+        }
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn mark_snapshot(ctx: &Ctx, tenant: &str, store: &str, version: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE config_stores SET snapshot_version = GREATEST(snapshot_version, $3), snapshot_at = now()
+         WHERE tenant_id = $1 AND store_id = $2",
+    )
+    .bind(tenant)
+    .bind(store)
+    .bind(version)
+    .execute(&ctx.pool)
+    .await?;
+    Ok(())
 }
