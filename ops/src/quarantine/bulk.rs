@@ -276,7 +276,11 @@ pub async fn dismiss(
     }
     emit(global.json, &out, |d| {
         if d.dry_run {
-            format!("Dry run: {} message(s) would be dismissed: {:?}. Nothing changed.", d.ids.len(), d.ids)
+            let ids: Vec<String> = d.ids.iter().map(|id| format!("#{id}")).collect();
+            match ids.len() {
+                0 => "Dry run: no message would be dismissed. Nothing changed.".to_string(),
+                n => format!("Dry run: {n} message(s) would be dismissed: {}. Nothing changed.", ids.join(", ")),
+            }
         } else if d.already > 0 {
             "Already dismissed; nothing changed.".to_string()
         } else {
