@@ -68,6 +68,20 @@ impl TlsPostgres {
         pg
     }
 
+    /// From now on TCP connections need the `postgres` user's password, `password`
+    /// (scram-sha-256); the local socket stays trusted.
+    pub async fn require_password(&self, password: &str) {
+        let url = self.url("sslmode=require");
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        sqlx::query(&format!("ALTER USER postgres PASSWORD '{password}'")).execute(&mut c).await.unwrap();
+        std::fs::write(
+            self.path("data/pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        sqlx::query("SELECT pg_reload_conf()").execute(&mut c).await.unwrap();
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

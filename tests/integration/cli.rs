@@ -253,3 +253,19 @@ async fn boolean_variables_take_yes_no_one_zero_on_off() {
     }
     assert_eq!(print("maybe").await.0, Some(2));
 }
+
+#[tokio::test]
+async fn a_wrong_postgres_password_names_the_fix() {
+    let certs = tillsync_tests::Certs::generate();
+    let pg = tillsync_tests::TlsPostgres::start(&certs);
+    pg.require_password("right").await;
+    let url = pg.url("sslmode=require").replace("postgres@", "postgres:wrong@");
+    let run = cli("nats://127.0.0.1:1", &url, &["tenants", "list", "--json"]).await;
+    let e = error_object(&run, "postgres_unauthorized", 1);
+    let hint = e["hint"].as_str().unwrap();
+    assert!(hint.contains("check the user and password in DATABASE_URL"), "{hint}");
+    assert!(!run.stderr.contains("wrong") && !run.stdout.contains(":wrong@"), "the password stays hidden");
+    // The right password gets in (to a database not migrated: the next fix is named).
+    let run = cli("nats://127.0.0.1:1", &url.replace(":wrong@", ":right@"), &["tenants", "list", "--json"]).await;
+    error_object(&run, "not_migrated", 1);
+}
