@@ -79,7 +79,7 @@ pub struct Executor {
     pub pool: SqlitePool,
     pub handler: HandlerSpec,
     /// Public keys whose command signatures are accepted ([`crate::Config::trusted_command_keys`]).
-    pub trusted_keys: Arc<Vec<String>>,
+    pub trusted_keys: crate::command_keys::TrustedKeys,
     pub handler_timeout: Duration,
     pub ack_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -225,7 +225,7 @@ impl Executor {
     fn verify(&self, msg: &async_nats::jetstream::Message) -> Result<(), SignatureError> {
         let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
         let (key, sig) = (header(signature::HEADER_KEY), header(signature::HEADER_SIGNATURE));
-        signature::verify(&self.trusted_keys, key, sig, &msg.subject, &msg.payload)
+        signature::verify(&self.trusted_keys.read().expect("trusted keys lock"), key, sig, &msg.subject, &msg.payload)
     }
 
     /// Keeps the message in `refused_commands` and, when a command id can be read from it, acks

@@ -93,6 +93,10 @@ pub struct Config {
     /// command is refused `bad_signature`.
     #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS", value_delimiter = ',')]
     pub command_keys: Vec<String>,
+    /// Ask the broker which keys sign commands this often, seconds, and once connected: a key
+    /// rotation reaches the bridge without a change here (docs/security.md). 0: never ask.
+    #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS_REFRESH_S", default_value_t = 300)]
+    pub command_keys_refresh_s: u64,
     /// Take the configuration snapshot instead of the deltas when more than this many versions
     /// behind (the broker keeps 100 deltas per store by default).
     #[arg(long, env = "TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", default_value_t = 100)]
@@ -260,6 +264,7 @@ impl Config {
             ("TILLSYNC_EDGE_ACK_TIMEOUT_MS", self.ack_timeout_ms.to_string()),
             ("TILLSYNC_EDGE_SQLITE_SYNC", self.sqlite_sync.clone()),
             ("TILLSYNC_EDGE_RESEND_AFTER_S", self.resend_after_s.to_string()),
+            ("TILLSYNC_EDGE_COMMAND_KEYS_REFRESH_S", self.command_keys_refresh_s.to_string()),
             ("TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", self.config_snapshot_after.to_string()),
         ];
         if let Some(p) = &self.nats_creds {

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod command_keys;
 pub mod commands;
 pub mod config;
 pub mod config_cache;
@@ -97,8 +98,8 @@ impl Bridge {
         config.validate().map_err(BridgeError::Config)?;
         let addr = config.addr();
         let handler = config.handler_spec().map_err(BridgeError::Config)?;
-        let trusted_keys = Arc::new(config.trusted_command_keys());
-        if trusted_keys.is_empty() {
+        let trusted_keys: command_keys::TrustedKeys = Arc::new(std::sync::RwLock::new(config.trusted_command_keys()));
+        if trusted_keys.read().expect("trusted keys lock").is_empty() {
             // Started anyway: events still flow up; only commands are refused.
             tracing::error!(
                 "No command keys: every command will be refused bad_signature. Set --command-keys \
@@ -203,6 +204,20 @@ impl Bridge {
             }
             .run(),
         );
+        if config.command_keys_refresh_s > 0 {
+            tasks.spawn(
+                command_keys::Refresher {
+                    addr: addr.clone(),
+                    client: client.clone(),
+                    trusted: trusted_keys.clone(),
+                    identity: Some(config.identity_path()),
+                    every: Duration::from_secs(config.command_keys_refresh_s),
+                    connected: connected.clone(),
+                    cancel: cancel.clone(),
+                }
+                .run(),
+            );
+        }
         tasks.spawn(
             commands::Executor {
                 addr: addr.clone(),

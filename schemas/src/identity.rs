@@ -78,6 +78,7 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
             subject::events(addr),
             subject::heartbeats(addr),
             subject::command_acks(addr),
+            crate::command_keys::subject(addr),
             format!("{}.{commands}", api("CREATE")),
             api("INFO"),
             api("MSG.NEXT"),

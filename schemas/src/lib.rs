@@ -10,6 +10,7 @@
 pub mod ack;
 pub mod codec;
 pub mod command;
+pub mod command_keys;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -306,3 +306,61 @@ async fn command_consumers_no_device_may_use_are_deleted() {
     assert_eq!(left, vec![consumers[2].1.clone()], "only the current consumer is left");
     broker.stop().await;
 }
+
+/// Key rotation as docs/security.md runs it, with the bridge's settings untouched: the bridge
+/// learns the next key from the broker, keeps it across the switch, and applies a command
+/// signed with it; its identity file follows, so a restart would keep trusting it.
+#[tokio::test]
+async fn a_key_rotation_reaches_the_bridge_without_touching_its_settings() {
+    let stack = Stack::start_with_auth().await;
+    let dir = tempfile::tempdir().unwrap();
+    let next = nkeys::KeyPair::new_user();
+    let next_file = dir.path().join("next.nk");
+    std::fs::write(&next_file, next.seed().unwrap()).unwrap();
+    let d = DeviceAddr::new("acme", "s1", "till-1");
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let mut config = activated_config(&stack, &d, &dir.path().join("d")).await;
+    config.command_keys = Vec::new(); // only what activation and the broker say
+    config.command_keys_refresh_s = 1;
+    let identity_file = config.identity_path();
+    let keys_on_file = || Identity::load(&identity_file).unwrap().unwrap().command_keys;
+    assert_eq!(keys_on_file(), vec![tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string()]);
+    let bridge = Bridge::start(config).await.unwrap();
+
+    // Step 1: the broker trusts the next key too; the bridge learns both.
+    broker.stop().await;
+    let mut c = stack.broker_config();
+    c.signing_key_next_file = Some(next_file.clone());
+    let broker = InProcBroker::start(c).await;
+    let both = vec![tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string(), next.public_key()];
+    eventually(T, "the bridge trusts both keys", || async { (keys_on_file() == both).then_some(()) }).await;
+
+    // Step 3: the brokers sign with the next key and still vouch for the old one, whose
+    // copies may wait in device streams: the bridge keeps both.
+    broker.stop().await;
+    let mut c = stack.broker_config();
+    let old_file = c.signing_key_file.clone();
+    (c.signing_key_file, c.signing_key_next_file) = (Some(next_file.clone()), old_file);
+    let broker = InProcBroker::start(c).await;
+    let swapped = vec![next.public_key(), tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string()];
+    eventually(T, "the bridge trusts the next key and still the old", || async {
+        (keys_on_file() == swapped).then_some(())
+    })
+    .await;
+
+    // Step 4: the old key is dropped; the bridge follows and applies commands signed with the new.
+    broker.stop().await;
+    let mut c = stack.broker_config();
+    c.signing_key_file = Some(next_file);
+    let broker = InProcBroker::start(c).await;
+    eventually(T, "the bridge trusts the next key alone", || async {
+        (keys_on_file() == vec![next.public_key()]).then_some(())
+    })
+    .await;
+    let cmd = crate::edge::support::send_via_portal(&stack.nats.jetstream().await, &d, 1).await;
+    let acked =
+        format!("SELECT count(*) FROM command_inbox WHERE command_id = '{}' AND state = 'acked'", cmd.command_id);
+    eventually_eq(T, "the command signed with the next key is applied", 1, || stack.db.count(&acked)).await;
+    bridge.shutdown().await;
+    broker.stop().await;
+}

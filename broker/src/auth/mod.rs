@@ -5,11 +5,13 @@
 //! - [`callout`] answers `$SYS.REQ.USER.AUTH` on the callout connection (every instance, one
 //!   queue group, so any live instance admits devices);
 //! - [`activate`] exchanges one-time activation codes for device credentials;
+//! - [`keys`] tells bridges which keys sign their commands (key rotation);
 //! - [`kick`] disconnects revoked credentials' live connections (the partition-0 owner);
 //! - [`records`] is the SQL behind them; [`setup`] generates the keys and the server config.
 
 pub mod activate;
 pub mod callout;
+pub mod keys;
 pub mod kick;
 pub mod records;
 pub mod setup;
@@ -23,6 +25,8 @@ use crate::{BrokerError, Ctx};
 pub async fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), BrokerError> {
     let activations = activate::subscribe(&ctx.nats).await?;
     tasks.spawn(activate::run(ctx.clone(), activations));
+    let keys = keys::subscribe(&ctx.nats).await?;
+    tasks.spawn(keys::run(ctx.clone(), keys));
     if let Some(responder) = callout::start(&ctx.config).await? {
         tasks.spawn(callout::run(ctx.clone(), responder));
     }
