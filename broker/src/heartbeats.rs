@@ -109,34 +109,23 @@ async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<Before, sqlx::
 /// Marks silent devices offline and exports online/offline counts by tenant, on the lead
 /// instance only ([`crate::partitions::Ownership::leads`]): both cover every store.
 pub async fn sweep_offline(ctx: Arc<Ctx>) {
-    let silence = ctx.config.offline_after_s as f64;
-    let mut tick = tokio::time::interval(Duration::from_secs((ctx.config.offline_after_s / 3).clamp(1, 30)));
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !ctx.partitions.leads() {
-            continue;
-        }
-        let marked = sqlx::query(
-            "UPDATE devices SET online = false WHERE online AND last_seen < now() - make_interval(secs => $1)",
-        )
-        .bind(silence)
+    let period = Duration::from_secs((ctx.config.offline_after_s / 3).clamp(1, 30));
+    crate::partitions::duty::every(&ctx, period, "Offline sweep", || sweep_once(&ctx)).await
+}
+
+async fn sweep_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET online = false WHERE online AND last_seen < now() - make_interval(secs => $1)")
+        .bind(ctx.config.offline_after_s as f64)
         .execute(&ctx.pool)
-        .await;
-        if let Err(error) = marked {
-            tracing::warn!(%error, "Offline sweep failed.");
-            continue;
-        }
-        let counts: Result<Vec<(String, i64, i64)>, _> = sqlx::query_as(
-            "SELECT tenant_id, count(*) FILTER (WHERE online), count(*) FILTER (WHERE NOT online) FROM devices
-             WHERE decommissioned_at IS NULL GROUP BY tenant_id",
-        )
-        .fetch_all(&ctx.pool)
-        .await;
-        for (tenant, on, off) in counts.unwrap_or_default() {
-            metrics::devices_by_state(&tenant, on, off);
-        }
+        .await?;
+    let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FILTER (WHERE online), count(*) FILTER (WHERE NOT online) FROM devices
+         WHERE decommissioned_at IS NULL GROUP BY tenant_id",
+    )
+    .fetch_all(&ctx.pool)
+    .await?;
+    for (tenant, on, off) in counts {
+        metrics::devices_by_state(&tenant, on, off);
     }
+    Ok(())
 }

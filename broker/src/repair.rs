@@ -84,21 +84,8 @@ pub async fn run(ctx: Arc<Ctx>) {
         metrics::resend_requested(why, 0);
     }
     let bound = Duration::from_secs(ctx.config.gap_repair_after_s);
-    let mut tick = tokio::time::interval(interval(bound));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // It looks at every store's devices: one instance, the lead, asks.
-        if !ctx.partitions.leads() {
-            continue;
-        }
-        if let Err(error) = repair(&ctx, bound.as_secs_f64()).await {
-            tracing::warn!(%error, "Gap repair failed; retrying next tick.");
-        }
-    }
+    // It looks at every store's devices: one instance, the lead, asks.
+    crate::partitions::duty::every(&ctx, interval(bound), "Gap repair", || repair(&ctx, bound.as_secs_f64())).await
 }
 
 async fn repair(ctx: &Ctx, bound_s: f64) -> Result<(), sqlx::Error> {

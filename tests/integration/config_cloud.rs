@@ -57,7 +57,7 @@ async fn versions(pool: &PgPool) -> Vec<(String, i64, String)> {
 }
 
 /// Every delta on the config stream, in stream order.
-async fn deltas(js: &jetstream::Context) -> Vec<ConfigDelta> {
+pub(crate) async fn deltas(js: &jetstream::Context) -> Vec<ConfigDelta> {
     let mut stream = js.get_stream(streams::CONFIG).await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
@@ -71,7 +71,11 @@ async fn deltas(js: &jetstream::Context) -> Vec<ConfigDelta> {
 
 /// Waits until every committed version is on the stream and every store's snapshot is current.
 async fn distributed(pool: &PgPool) {
-    eventually(DEFAULT_TIMEOUT, "every version and snapshot distributed", || async {
+    distributed_within(pool, DEFAULT_TIMEOUT).await
+}
+
+pub(crate) async fn distributed_within(pool: &PgPool, timeout: std::time::Duration) {
+    eventually(timeout, "every version and snapshot distributed", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM config_versions WHERE distributed_at IS NULL)
                   + (SELECT count(*) FROM config_stores WHERE snapshot_version < version)",

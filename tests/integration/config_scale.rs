@@ -10,9 +10,8 @@ use async_nats::jetstream;
 use serde_json::json;
 use sqlx::PgPool;
 use tillsync_broker::store_config;
-use tillsync_schemas::config::{snapshot_subject, ChangeRequest, ChangeSet, ConfigDelta, ConfigSnapshot};
+use tillsync_schemas::config::{snapshot_subject, ChangeRequest, ChangeSet, ConfigSnapshot};
 use tillsync_schemas::{codec, streams, DeviceAddr};
-use tillsync_tests::eventually;
 
 use crate::scale_support::*;
 
@@ -52,14 +51,9 @@ async fn distributor(pool: &PgPool) -> Option<String> {
 
 /// Per store, the versions of its deltas in stream order.
 async fn versions_on_stream(js: &jetstream::Context) -> BTreeMap<String, Vec<u64>> {
-    let mut stream = js.get_stream(streams::CONFIG).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for seq in 1..=last {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            let d: ConfigDelta = codec::decode(&m.payload).unwrap();
-            out.entry(d.store_id).or_default().push(d.version);
-        }
+    for d in crate::config_cloud::deltas(js).await {
+        out.entry(d.store_id).or_default().push(d.version);
     }
     out
 }
@@ -96,17 +90,7 @@ async fn configuration_keeps_flowing_in_order_when_its_distributor_is_killed() {
         store_config::publish(&pool, &price_change(i)).await.unwrap();
     }
     let survivor = instance(1 - n);
-    eventually(DRAIN, "the survivor distributes every version and snapshot", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM config_versions WHERE distributed_at IS NULL)
-                  + (SELECT count(*) FROM config_stores WHERE snapshot_version < version)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        (waiting == 0).then_some(())
-    })
-    .await;
+    crate::config_cloud::distributed_within(&pool, DRAIN).await;
     eprintln!("every version distributed {:?} after killing {victim}", killed_at.elapsed());
     assert_eq!(distributor(&pool).await.as_deref(), Some(survivor.as_str()));
 
@@ -114,6 +98,7 @@ async fn configuration_keeps_flowing_in_order_when_its_distributor_is_killed() {
     let js = s.cluster.jetstream().await;
     let on_stream = versions_on_stream(&js).await;
     let want: Vec<u64> = (1..=PUBLISHES).collect();
+    let snapshots = js.get_stream(streams::CONFIG_SNAPSHOTS).await.unwrap();
     let mut problems = Vec::new();
     for store in &stores {
         let got = on_stream.get(store).cloned().unwrap_or_default();
@@ -123,7 +108,6 @@ async fn configuration_keeps_flowing_in_order_when_its_distributor_is_killed() {
         if !lost.is_empty() || !doubled.is_empty() || reordered > 0 {
             problems.push(format!("{store}: lost {lost:?}, doubled {doubled:?}, {reordered} out of order"));
         }
-        let snapshots = js.get_stream(streams::CONFIG_SNAPSHOTS).await.unwrap();
         let m = snapshots.direct_get_last_for_subject(snapshot_subject(TENANT, store)).await.unwrap();
         let snap: ConfigSnapshot = codec::decode(&m.payload).unwrap();
         if snap.version != PUBLISHES {

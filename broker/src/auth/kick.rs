@@ -27,18 +27,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         None => None,
     };
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
-            _ = tokio::time::sleep(EVERY) => {}
-        }
-        if !ctx.partitions.leads() {
-            continue;
-        }
-        if let Err(error) = step(&ctx, system.as_ref()).await {
-            tracing::warn!(%error, "Revocation disconnects not done this round.");
-        }
-    }
+    crate::partitions::duty::every(&ctx, EVERY, "Revocation disconnects", || step(&ctx, system.as_ref())).await;
     if let Some(c) = system {
         let _ = c.drain().await;
     }

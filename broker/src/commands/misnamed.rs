@@ -16,21 +16,7 @@ use crate::Ctx;
 const EVERY: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: std::sync::Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut last: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !ctx.partitions.leads() || last.is_some_and(|at| at.elapsed() < EVERY) {
-            continue;
-        }
-        match remove(&ctx).await {
-            Ok(()) => last = Some(tokio::time::Instant::now()),
-            Err(error) => tracing::warn!(%error, "Misnamed command consumers not checked; retrying."),
-        }
-    }
+    crate::partitions::duty::every(&ctx, EVERY, "Deleting misnamed command consumers", || remove(&ctx)).await
 }
 
 /// Deletes every misnamed `edge_` consumer of the commands stream.

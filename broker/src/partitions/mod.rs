@@ -8,6 +8,7 @@
 //! joining or leaving rebalance the partitions by themselves ([`assign`]).
 
 pub mod assign;
+pub mod duty;
 pub mod fence;
 pub mod lease;
 mod work;

@@ -39,7 +39,6 @@ pub async fn run(ctx: Arc<Ctx>) {
     // `devices add` and a store's first heartbeat give a new store its version 1; the sweep
     // catches what they missed (a failed attempt), so it need not scan devices every round.
     let mut adopt = tokio::time::interval(ADOPT_EVERY);
-    let mut check_snapshots = tokio::time::interval(super::lost::CHECK_EVERY);
     loop {
         if listener.is_none() {
             listener = listen(&ctx).await;
@@ -48,11 +47,6 @@ pub async fn run(ctx: Arc<Ctx>) {
             if adopt.tick().now_or_never().is_some() {
                 if let Err(error) = adopt_new_stores(&ctx).await {
                     tracing::warn!(%error, "New stores not given their configuration this round; retrying.");
-                }
-            }
-            if check_snapshots.tick().now_or_never().is_some() {
-                if let Err(error) = super::lost::mark_lost(&ctx).await {
-                    tracing::warn!(%error, "Stored configuration snapshots not checked; retrying.");
                 }
             }
             match round(&ctx).await {

@@ -6,27 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::partitions::duty::every;
 use crate::{metrics, Ctx};
 
 pub async fn run(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.monitor_interval_ms));
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
+    let period = Duration::from_millis(ctx.config.monitor_interval_ms);
+    every(&ctx, period, "Measuring configuration drift", || async {
+        for (tenant, behind, oldest) in by_tenant(&ctx.pool).await? {
+            metrics::config_drift(&tenant, behind, oldest);
         }
-        if !ctx.partitions.leads() {
-            continue;
-        }
-        match by_tenant(&ctx.pool).await {
-            Ok(rows) => {
-                for (tenant, behind, oldest) in rows {
-                    metrics::config_drift(&tenant, behind, oldest);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "Configuration drift not measured this round."),
-        }
-    }
+        Ok::<_, sqlx::Error>(())
+    })
+    .await
 }
 
 /// (tenant, devices behind, age in seconds of the oldest difference) for every tenant, so a

@@ -14,7 +14,12 @@ use tillsync_schemas::streams as names;
 
 use crate::{metrics, Ctx};
 
-pub const CHECK_EVERY: Duration = Duration::from_secs(60);
+const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: std::sync::Arc<Ctx>) {
+    let what = "Checking stored configuration snapshots";
+    crate::partitions::duty::every(&ctx, CHECK_EVERY, what, || async { mark_lost(&ctx).await.map(|_| ()) }).await
+}
 
 /// Marks the stores whose snapshot is missing from JetStream; returns how many.
 pub async fn mark_lost(ctx: &Ctx) -> anyhow::Result<usize> {
@@ -35,15 +40,16 @@ pub async fn mark_lost(ctx: &Ctx) -> anyhow::Result<usize> {
         .try_collect()
         .await?;
     let lost: Vec<&(String, String)> = stores.iter().filter(|(t, s)| !held.contains(&snapshot_subject(t, s))).collect();
-    for (tenant, store) in &lost {
-        sqlx::query(
-            "UPDATE config_stores SET snapshot_version = 0, snapshot_at = NULL WHERE tenant_id = $1 AND store_id = $2",
-        )
-        .bind(tenant)
-        .bind(store)
-        .execute(&ctx.pool)
-        .await?;
-    }
+    let (tenants, stores): (Vec<&str>, Vec<&str>) = lost.iter().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
+    sqlx::query(
+        "UPDATE config_stores c SET snapshot_version = 0, snapshot_at = NULL
+         FROM unnest($1::text[], $2::text[]) AS l(tenant_id, store_id)
+         WHERE c.tenant_id = l.tenant_id AND c.store_id = l.store_id",
+    )
+    .bind(&tenants)
+    .bind(&stores)
+    .execute(&ctx.pool)
+    .await?;
     if !lost.is_empty() {
         metrics::config_snapshots_lost(lost.len() as u64);
         tracing::warn!(stores = lost.len(), first = ?lost[0], "Configuration snapshots missing from JetStream; republishing them.");

@@ -30,5 +30,6 @@ pub async fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) -> Resu
     tasks.spawn(portal::run(ctx.clone(), requests));
     tasks.spawn(distribute::run(ctx.clone()));
     tasks.spawn(drift::run(ctx.clone()));
+    tasks.spawn(lost::run(ctx.clone()));
     Ok(())
 }
