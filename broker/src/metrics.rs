@@ -441,6 +441,8 @@ fn register_at_zero() {
     }
     counter!(DB_RETRIES, "op" => "ingest").increment(0);
     counter!(COMMANDS_FAILED, "code" => MAX_ATTEMPTS_CODE).increment(0);
+    // From zero, so `increase` sees the first refusal (alert TillsyncCommandsBadSignature).
+    counter!(COMMANDS_FAILED, "code" => "bad_signature").increment(0);
     counter!(CONFIG_PUBLISHES, "result" => "published", "code" => "none").increment(0);
     counter!(CONFIG_SNAPSHOTS_LOST).increment(0);
     for r in tillsync_schemas::config::Refusal::ALL {

@@ -23,6 +23,7 @@ pub struct Refresher {
     /// The identity file to keep in step, when the bridge was activated.
     pub identity: Option<PathBuf>,
     pub every: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub connected: watch::Receiver<bool>,
     pub cancel: CancellationToken,
 }
@@ -34,6 +35,7 @@ impl Refresher {
                 return;
             }
             if let Err(error) = self.refresh().await {
+                self.metrics.command_keys_refresh_failures.increment(1);
                 tracing::warn!(%error, "Command keys not refreshed; keeping the ones trusted now.");
             }
             tokio::select! {

@@ -212,6 +212,7 @@ impl Bridge {
                     trusted: trusted_keys.clone(),
                     identity: Some(config.identity_path()),
                     every: Duration::from_secs(config.command_keys_refresh_s),
+                    metrics: metrics.clone(),
                     connected: connected.clone(),
                     cancel: cancel.clone(),
                 }

@@ -21,6 +21,7 @@ pub const COMMANDS: &str = "tillsync_edge_commands_total";
 pub const COMMAND_DUPLICATES: &str = "tillsync_edge_command_duplicates_total";
 pub const COMMANDS_UNDECODABLE: &str = "tillsync_edge_commands_undecodable_total";
 pub const COMMANDS_BAD_SIGNATURE: &str = "tillsync_edge_commands_bad_signature_total";
+pub const COMMAND_KEYS_REFRESH_FAILURES: &str = "tillsync_edge_command_keys_refresh_failures_total";
 pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
 pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
@@ -60,6 +61,7 @@ pub struct Metrics {
     pub command_duplicates: Counter,
     pub commands_undecodable: Counter,
     pub commands_bad_signature: Counter,
+    pub command_keys_refresh_failures: Counter,
     pub handler_latency: Histogram,
     pub heartbeats: Counter,
     pub heartbeat_failures: Counter,
@@ -99,6 +101,7 @@ impl Metrics {
             command_duplicates: c(COMMAND_DUPLICATES),
             commands_undecodable: c(COMMANDS_UNDECODABLE),
             commands_bad_signature: c(COMMANDS_BAD_SIGNATURE),
+            command_keys_refresh_failures: c(COMMAND_KEYS_REFRESH_FAILURES),
             handler_latency: recorder.register_histogram(&Key::from_static_name(HANDLER_LATENCY), &META),
             heartbeats: c(HEARTBEATS),
             heartbeat_failures: c(HEARTBEAT_FAILURES),

@@ -364,3 +364,39 @@ async fn a_key_rotation_reaches_the_bridge_without_touching_its_settings() {
     bridge.shutdown().await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_bridge_does_not_read_a_consumer_of_its_name_that_another_subject_feeds() {
+    let stack = Stack::start().await;
+    let js = stack.nats.jetstream().await;
+    InProcBroker::start(stack.broker_config()).await.stop().await; // the streams, then no broker to tidy up
+    let mine = DeviceAddr::new("acme", "s1", "till-1");
+    let other = DeviceAddr::new("beta", "s9", "till-9");
+    let commands = js.get_stream(streams::COMMANDS).await.unwrap();
+    let name = streams::device_commands_consumer(&mine);
+    let config = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: subject::commands(&other),
+        ..Default::default()
+    };
+    commands.create_consumer(config).await.unwrap();
+    js.publish(subject::commands(&other), "beta's command".into()).await.unwrap().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(tillsync_edge::Config::for_tests(&mine, &stack.nats.url(), dir.path().join("edge.db")))
+        .await
+        .unwrap();
+    eventually(T, "the bridge connected", || async {
+        let text = bridge.metrics_text();
+        (tillsync_tests::metric(&text, "tillsync_edge_nats_connected", "") == Some(1.0)).then_some(())
+    })
+    .await;
+    // A refusal leaves nothing to wait for: watch 2 s, several retries at the test backoff
+    // (50 ms to 1 s), for a delivery that must not come.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    let info = commands.consumer_info(&name).await.unwrap();
+    assert_eq!(info.config.filter_subject, subject::commands(&other), "the consumer was not taken over");
+    assert_eq!(info.delivered.stream_sequence, 0, "beta's command was never delivered to acme's bridge");
+    bridge.shutdown().await;
+}
