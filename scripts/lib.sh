@@ -4,7 +4,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
-RUN_DIR="$ROOT/.run"
+RUN_DIR="${TILLSYNC_RUN_DIR:-$ROOT/.run}"
 NATS_SERVER_PIN="2.15.1"
 MIN_NATS="2.10.0"
 

@@ -2,8 +2,22 @@
 # Command 1: run tillsync locally. Ensures nats-server >= 2.10 and Postgres, builds, migrates,
 # starts the broker and a small simulated store fleet, and shows what flows until Ctrl-C.
 # After Ctrl-C nothing it started is left running.
+#
+#   ./scripts/run-local.sh               # until Ctrl-C
+#   ./scripts/run-local.sh --smoke 90    # exit 0 once events are applied, devices are online and
+#                                        # a command is acked (exit 1 if not within 90 s); the
+#                                        # test suite runs this (tests/integration/readme.rs)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+
+SMOKE_S=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE_S="${2:?--smoke takes a number of seconds}"; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument: $1 (try --help)" ;;
+  esac
+done
 
 NATS_PORT="${TILLSYNC_DEMO_NATS_PORT:-14222}"
 HTTP_ADDR="${TILLSYNC_HTTP_ADDR:-127.0.0.1:9464}"
@@ -11,6 +25,7 @@ TENANT="${TILLSYNC_DEMO_TENANT:-demo}"
 STORES="${TILLSYNC_DEMO_STORES:-3}"
 DEVICES="${TILLSYNC_DEMO_DEVICES_PER_STORE:-2}"
 RATE="${TILLSYNC_DEMO_RATE:-5}"
+DB_NAME="${TILLSYNC_DEMO_DATABASE:-tillsync}"
 
 pids=()
 started_pg=""
@@ -35,15 +50,19 @@ mkdir -p "$RUN_DIR"
 NATS_BIN="$(ensure_nats_server)"
 ADMIN_URL="$(ensure_postgres)"
 case "$ADMIN_URL" in *:15432/*) started_pg=1 ;; esac
-DB_URL="${ADMIN_URL%/*}/tillsync"
-if ! psql "$ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'tillsync'" | grep -q 1; then
-  log "creating database tillsync"
-  psql "$ADMIN_URL" -qc "CREATE DATABASE tillsync" >/dev/null
+DB_URL="${ADMIN_URL%/*}/$DB_NAME"
+if ! psql "$ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
+  log "creating database $DB_NAME"
+  psql "$ADMIN_URL" -qc "CREATE DATABASE \"$DB_NAME\"" >/dev/null
 fi
 
-log "building (cargo build --bins)"
-cargo build --quiet --bins
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+if [ -n "${TILLSYNC_BIN_DIR:-}" ]; then
+  BIN="$TILLSYNC_BIN_DIR"   # binaries built already (the test suite's smoke run)
+else
+  log "building (cargo build --bins)"
+  cargo build --quiet --bins
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+fi
 
 # NATS with authorization on (docs/security.md): service keys once, devices activated below.
 AUTH="$RUN_DIR/auth"
@@ -53,21 +72,19 @@ log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1
 "$NATS_BIN" -c "$RUN_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
 pids+=($!)
 export NATS_URL="nats://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
-# The CLI acts as the operator; the broker gets its own keys below.
-export NATS_CREDS="$AUTH/operator.nk"
+# The CLI acts as the operator (the variable goes only to `tillsync`); the broker gets its own
+# keys below and every till connects with the key it was activated with.
+OPERATOR_CREDS="$AUTH/operator.nk"
+cli() { NATS_CREDS="$OPERATOR_CREDS" "$BIN/tillsync" "$@"; }
 
 log "migrating $DB_URL"
-"$BIN/tillsync" migrate >/dev/null
-"$BIN/tillsync" tenants add "$TENANT" >/dev/null 2>&1 || true
-
-# The broker signs every command with this key (from `tillsync auth init`); bridges receive its
-# public key when they activate.
-SIGNING_KEY="$AUTH/signing.nk"
+cli migrate >/dev/null
+cli tenants add "$TENANT" >/dev/null 2>&1 || true
 
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
 NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \
   TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
-  TILLSYNC_SIGNING_KEY_FILE="$SIGNING_KEY" \
+  TILLSYNC_SIGNING_KEY_FILE="$AUTH/signing.nk" \
   RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -77,36 +94,42 @@ for _ in $(seq 1 100); do
 done
 curl -fs "http://$HTTP_ADDR/readyz" >/dev/null || die "broker not ready; see $RUN_DIR/broker.log"
 
-log "activating the fleet's tills (tillsync devices add, then tillsync-edge activate)"
+log "activating the fleet's tills (tillsync devices add, then tillsync-edge activate; $RUN_DIR/activate.log)"
 mkdir -p "$RUN_DIR/edge"
 for s in $(seq 1 "$STORES"); do
   for d in $(seq 1 "$DEVICES"); do
     db="$RUN_DIR/edge/$TENANT-store-$s-till-$d.db"
     [ -f "${db%.db}.identity.json" ] && continue
-    code=$("$BIN/tillsync" --json devices add --tenant "$TENANT" --store "store-$s" --device "till-$d" \
+    code=$(cli --json devices add --tenant "$TENANT" --store "store-$s" --device "till-$d" \
       | sed -n 's/.*"code": "\([A-Z0-9-]*\)".*/\1/p')
-    "$BIN/tillsync-edge" activate --code "$code" --db "$db" >>"$RUN_DIR/fleet.log" 2>&1 \
-      || die "activating till-$d of store-$s failed; see $RUN_DIR/fleet.log"
+    [ -n "$code" ] || die "tillsync devices add gave no code for till-$d of store-$s"
+    "$BIN/tillsync-edge" activate --code "$code" --db "$db" >>"$RUN_DIR/activate.log" 2>&1 \
+      || die "activating till-$d of store-$s failed; see $RUN_DIR/activate.log"
   done
 done
 
-log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each"
+log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each ($RUN_DIR/fleet.log)"
 "$BIN/tillsync-edge" simulate --nats-url "$NATS_URL" --tenant "$TENANT" --stores "$STORES" \
-  --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" >"$RUN_DIR/fleet.log" 2>&1 &
+  --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" >>"$RUN_DIR/fleet.log" 2>&1 &
 pids+=($!)
 
-# Now and then, act as the portal: a settings patch to a whole store.
+# Now and then, act as the portal: a settings patch to a whole store. Its children go with it.
 (
-  while sleep 10; do
-    "$BIN/tillsync" commands send --tenant "$TENANT" --store store-1 --kind settings_patch \
+  trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM
+  while true; do
+    cli commands send --tenant "$TENANT" --store store-1 --kind settings_patch \
       --payload-json '{"revision": 1, "settings": {"tip_mode": "off"}}' \
-      --requested-by alice --approver bob --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 || true
+      --requested-by alice --approver bob --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 &
+    wait $! || true
+    sleep 10 &
+    wait $!
   done
 ) &
 pids+=($!)
 
 log "flowing; Ctrl-C to stop"
 q() { psql "$DB_URL" -Atqc "$1" 2>/dev/null || echo "?"; }
+started=$SECONDS
 while true; do
   sleep 2
   applied=$(q "SELECT count(*) FROM processed_events WHERE outcome = 'applied'")
@@ -123,4 +146,12 @@ while true; do
     # (and stop quietly) before calling their exit a failure.
     kill -0 "${pids[$i]}" 2>/dev/null || { sleep 0.5; die "a component exited; see $RUN_DIR/*.log"; }
   done
+  if [ -n "$SMOKE_S" ]; then
+    if [ "${applied:-0}" -gt 0 ] 2>/dev/null && [ "${online:-0}" -gt 0 ] 2>/dev/null && [ "${acked:-0}" -gt 0 ] 2>/dev/null; then
+      log "smoke: events applied, devices online and a command acked after $((SECONDS - started)) s"
+      exit 0
+    fi
+    [ $((SECONDS - started)) -lt "$SMOKE_S" ] \
+      || die "smoke: not all of events applied ($applied), devices online ($online), commands acked ($acked) within $SMOKE_S s; see $RUN_DIR/*.log"
+  fi
 done

@@ -105,21 +105,20 @@ pub async fn serve<F, Fut>(
     }
 }
 
-/// A `.creds` file (user JWT and seed) or a bare nkey seed file (`tillsync auth init`).
+/// A `.creds` file (user JWT and seed) or a bare nkey seed file (`tillsync auth init`), read as
+/// the CLI and the bridge read them ([`tillsync_schemas::creds`]).
 pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())))?;
-    if text.contains("BEGIN NATS USER JWT") {
-        return opts
-            .credentials_file(path)
-            .await
-            .map_err(|e| BrokerError::Config(format!("credentials file {}: {e}", path.display())));
+    use tillsync_schemas::creds::{self, Creds};
+    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("credentials file {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+    match creds::kind(&text) {
+        Some(Creds::Jwt) => opts.credentials_file(path).await.map_err(|e| failed(&e)),
+        Some(Creds::Seed(seed)) => {
+            nkeys::KeyPair::from_seed(seed).map_err(|e| failed(&e))?;
+            Ok(opts.nkey(seed.to_string()))
+        }
+        None => Err(failed(&"neither a .creds file nor an nkey seed")),
     }
-    let seed = crate::keyfile::read_seed(path)
-        .map_err(BrokerError::Config)?
-        .seed()
-        .map_err(|e| BrokerError::Config(e.to_string()))?;
-    Ok(opts.nkey(seed))
 }
 
 /// The servers of a comma-separated `NATS_URL`: the client connects to any and fails over.

@@ -25,7 +25,8 @@ pub struct Config {
     /// NATS server URL(s), comma separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// NATS credentials file (JWT + nkey), when the server requires it.
+    /// NATS credentials: a .creds file or an nkey seed file, when the server requires it and the
+    /// bridge is not activated (an identity file's key wins).
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// Identity file written by `tillsync-edge activate` (default: next to --db, named

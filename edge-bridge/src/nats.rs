@@ -11,6 +11,7 @@ use async_nats::{Auth, AuthError, ConnectOptions, Event};
 use rand::Rng;
 use tokio::sync::watch;
 
+use tillsync_schemas::creds::Creds;
 use tillsync_schemas::identity;
 
 use crate::config::Config;
@@ -62,14 +63,33 @@ pub async fn connect(
             }
         });
     options = crate::tls::apply(options, &config.nats_tls);
-    if let Some(creds) = &config.nats_creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .map_err(|e| BridgeError::Nats(format!("{}: {e}", creds.display())))?;
+    match &config.nats_creds {
+        // An activated bridge is its own device: a credentials file meant for the CLI or the
+        // broker (run-local exports one) must not make it connect as someone else.
+        Some(creds) if config.identity_path().exists() => tracing::warn!(
+            creds = %creds.display(),
+            identity = %config.identity_path().display(),
+            "NATS_CREDS ignored: the bridge is activated and connects with its identity file's key."
+        ),
+        Some(creds) => options = credentials(options, creds).await?,
+        None => {}
     }
     let client = options.connect(servers(&config.nats_url)?).await.map_err(|e| BridgeError::Nats(e.to_string()))?;
     Ok((client, rx))
+}
+
+/// A `.creds` file or a bare nkey seed file, as the broker and the CLI take them.
+async fn credentials(options: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BridgeError> {
+    let failed = |e: &dyn std::fmt::Display| BridgeError::Nats(format!("NATS_CREDS {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+    match tillsync_schemas::creds::kind(&text) {
+        Some(Creds::Jwt) => options.credentials_file(path).await.map_err(|e| failed(&e)),
+        Some(Creds::Seed(seed)) => {
+            nkeys::KeyPair::from_seed(seed).map_err(|e| failed(&e))?;
+            Ok(options.nkey(seed.to_string()))
+        }
+        None => Err(failed(&"neither a .creds file nor an nkey seed")),
+    }
 }
 
 /// Authenticates with the identity file's nkey when the bridge is activated, reading the file

@@ -32,7 +32,8 @@ pub struct SimArgs {
     /// NATS server URL(s).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// NATS credentials file.
+    /// NATS credentials (a .creds or nkey seed file) for devices that are not activated; an
+    /// activated device connects with its identity file.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// Heartbeat interval of each device, seconds.

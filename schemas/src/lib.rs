@@ -12,6 +12,7 @@ pub mod codec;
 pub mod command;
 pub mod command_keys;
 pub mod config;
+pub mod creds;
 pub mod error;
 pub mod event;
 pub mod heartbeat;
