@@ -11,7 +11,8 @@ use nkeys::KeyPair;
 /// Reads the seed in `path` (the seed alone, or the first line that is one).
 pub fn read_seed(path: &Path) -> Result<KeyPair, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let seed = tillsync_schemas::creds::seed_line(&text).ok_or_else(|| format!("{}: not an nkey seed", path.display()))?;
+    let seed =
+        tillsync_schemas::creds::seed_line(&text).ok_or_else(|| format!("{}: not an nkey seed", path.display()))?;
     KeyPair::from_seed(seed).map_err(|e| format!("{}: not an nkey seed: {e}", path.display()))
 }
 

@@ -20,7 +20,6 @@ mod ingest;
 mod logs;
 mod ops;
 mod package;
-mod readme;
 mod resend;
 mod scale;
 mod scale_support;
