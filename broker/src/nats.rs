@@ -111,13 +111,9 @@ pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result
     use tillsync_schemas::creds::{self, Creds};
     let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("credentials file {}: {e}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
-    match creds::kind(&text) {
-        Some(Creds::Jwt) => opts.credentials_file(path).await.map_err(|e| failed(&e)),
-        Some(Creds::Seed(seed)) => {
-            nkeys::KeyPair::from_seed(seed).map_err(|e| failed(&e))?;
-            Ok(opts.nkey(seed.to_string()))
-        }
-        None => Err(failed(&"neither a .creds file nor an nkey seed")),
+    match creds::kind(&text).map_err(|e| failed(&e))? {
+        Creds::Jwt => opts.credentials_file(path).await.map_err(|e| failed(&e)),
+        Creds::Seed(seed) => Ok(opts.nkey(seed.to_string())),
     }
 }
 

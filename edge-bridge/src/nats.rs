@@ -63,12 +63,13 @@ pub async fn connect(
             }
         });
     options = crate::tls::apply(options, &config.nats_tls);
+    let identity = config.identity_path();
     match &config.nats_creds {
         // An activated bridge is its own device: a credentials file meant for the CLI or the
         // broker (run-local exports one) must not make it connect as someone else.
-        Some(creds) if config.identity_path().exists() => tracing::warn!(
+        Some(creds) if identity.exists() => tracing::warn!(
             creds = %creds.display(),
-            identity = %config.identity_path().display(),
+            identity = %identity.display(),
             "NATS_CREDS ignored: the bridge is activated and connects with its identity file's key."
         ),
         Some(creds) => options = credentials(options, creds).await?,
@@ -82,13 +83,9 @@ pub async fn connect(
 async fn credentials(options: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BridgeError> {
     let failed = |e: &dyn std::fmt::Display| BridgeError::Nats(format!("NATS_CREDS {}: {e}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
-    match tillsync_schemas::creds::kind(&text) {
-        Some(Creds::Jwt) => options.credentials_file(path).await.map_err(|e| failed(&e)),
-        Some(Creds::Seed(seed)) => {
-            nkeys::KeyPair::from_seed(seed).map_err(|e| failed(&e))?;
-            Ok(options.nkey(seed.to_string()))
-        }
-        None => Err(failed(&"neither a .creds file nor an nkey seed")),
+    match tillsync_schemas::creds::kind(&text).map_err(|e| failed(&e))? {
+        Creds::Jwt => options.credentials_file(path).await.map_err(|e| failed(&e)),
+        Creds::Seed(seed) => Ok(options.nkey(seed.to_string())),
     }
 }
 

@@ -11,12 +11,15 @@ pub enum Creds<'a> {
     Seed(&'a str),
 }
 
-/// Which kind `text` is, or `None` when it is neither.
-pub fn kind(text: &str) -> Option<Creds<'_>> {
+/// Which kind `text` is: a seed only when it parses as one, so every caller refuses a
+/// mangled seed with the same words before it reaches a NATS server.
+pub fn kind(text: &str) -> Result<Creds<'_>, String> {
     if text.contains("BEGIN NATS USER JWT") {
-        return Some(Creds::Jwt);
+        return Ok(Creds::Jwt);
     }
-    seed_line(text).map(Creds::Seed)
+    let seed = seed_line(text).ok_or("neither a .creds file nor an nkey seed")?;
+    nkeys::KeyPair::from_seed(seed).map_err(|e| format!("not an nkey seed: {e}"))?;
+    Ok(Creds::Seed(seed))
 }
 
 /// The first line of `text` shaped like an nkey seed (`S` and 57 more characters).
@@ -31,9 +34,10 @@ mod tests {
     #[test]
     fn a_creds_file_and_a_seed_file_are_told_apart() {
         let seed = nkeys::KeyPair::new_user().seed().unwrap();
-        assert_eq!(kind(&format!("{seed}\n")), Some(Creds::Seed(seed.as_str())));
+        assert_eq!(kind(&format!("{seed}\n")), Ok(Creds::Seed(seed.as_str())));
         let creds = format!("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n\n{seed}\n");
-        assert_eq!(kind(&creds), Some(Creds::Jwt));
-        assert_eq!(kind("hello"), None);
+        assert_eq!(kind(&creds), Ok(Creds::Jwt));
+        assert!(kind("hello").is_err());
+        assert!(kind(&format!("S{}", "A".repeat(57))).unwrap_err().contains("not an nkey seed"));
     }
 }
