@@ -28,6 +28,7 @@ RATE="${TILLSYNC_DEMO_RATE:-5}"
 DB_NAME="${TILLSYNC_DEMO_DATABASE:-tillsync}"
 
 pids=()
+names=()   # names[i] is what pids[i] runs, for the message when one exits
 started_pg=""
 cleanup() {
   trap - INT TERM EXIT
@@ -70,7 +71,7 @@ AUTH="$RUN_DIR/auth"
 cp "$AUTH/nats-auth.conf" "$RUN_DIR/nats.conf"
 log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT with authorization (JetStream in $RUN_DIR/nats)"
 "$NATS_BIN" -c "$RUN_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=("nats-server (nats.log)")
 export NATS_URL="nats://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
 # The CLI acts as the operator (the variable goes only to `tillsync`); the broker gets its own
 # keys below and every till connects with the key it was activated with.
@@ -86,7 +87,7 @@ NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk"
   TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
   TILLSYNC_SIGNING_KEY_FILE="$AUTH/signing.nk" \
   RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=("tillsync-broker (broker.log)")
 for _ in $(seq 1 100); do
   curl -fs "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
   kill -0 "${pids[-1]}" 2>/dev/null || die "broker exited; see $RUN_DIR/broker.log"
@@ -111,7 +112,7 @@ done
 log "starting a simulated fleet: $STORES stores x $DEVICES devices, $RATE events/s each ($RUN_DIR/fleet.log)"
 "$BIN/tillsync-edge" simulate --nats-url "$NATS_URL" --tenant "$TENANT" --stores "$STORES" \
   --devices-per-store "$DEVICES" --rate "$RATE" --data-dir "$RUN_DIR/edge" >>"$RUN_DIR/fleet.log" 2>&1 &
-pids+=($!)
+pids+=($!); names+=("tillsync-edge simulate (fleet.log)")
 
 # Now and then, act as the portal: a settings patch to a whole store. Its children go with it.
 (
@@ -125,7 +126,7 @@ pids+=($!)
     wait $!
   done
 ) &
-pids+=($!)
+pids+=($!); names+=("the portal loop (portal.log)")
 
 log "flowing; Ctrl-C to stop"
 q() { psql "$DB_URL" -Atqc "$1" 2>/dev/null || echo "?"; }
@@ -144,7 +145,7 @@ while true; do
   for i in "${!pids[@]}"; do
     # Ctrl-C reaches the components too: give this script's own INT trap the chance to run
     # (and stop quietly) before calling their exit a failure.
-    kill -0 "${pids[$i]}" 2>/dev/null || { sleep 0.5; die "a component exited; see $RUN_DIR/*.log"; }
+    kill -0 "${pids[$i]}" 2>/dev/null || { sleep 0.5; die "${names[$i]} exited; see $RUN_DIR"; }
   done
   if [ -n "$SMOKE_S" ]; then
     if [ "${applied:-0}" -gt 0 ] 2>/dev/null && [ "${online:-0}" -gt 0 ] 2>/dev/null && [ "${acked:-0}" -gt 0 ] 2>/dev/null; then

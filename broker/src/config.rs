@@ -115,6 +115,20 @@ pub struct Config {
         hide = true
     )]
     pub fault_crash_after_commit: bool,
+    /// Fault injection for tests: create the streams without `deny_delete` and `deny_purge`,
+    /// so a test (or the chaos run's nemesis) can delete acknowledged messages to play NATS
+    /// write loss. JetStream cannot take those flags back, so it works only on streams this
+    /// switch created.
+    /// Debug builds only.
+    #[cfg(debug_assertions)]
+    #[arg(
+        long,
+        env = "TILLSYNC_FAULT_STREAMS_DELETABLE",
+        default_value_t = false,
+        value_parser = BoolishValueParser::new(),
+        hide = true
+    )]
+    pub fault_streams_deletable: bool,
     /// How often the monitor refreshes the gauges it reads (streams, consumers, gaps,
     /// watermark stalls), milliseconds.
     #[arg(long, env = "TILLSYNC_MONITOR_INTERVAL_MS", default_value_t = 2_000)]
@@ -271,6 +285,8 @@ impl Config {
         ];
         #[cfg(debug_assertions)]
         env.push(("TILLSYNC_FAULT_CRASH_AFTER_COMMIT", self.fault_crash_after_commit.to_string()));
+        #[cfg(debug_assertions)]
+        env.push(("TILLSYNC_FAULT_STREAMS_DELETABLE", self.fault_streams_deletable.to_string()));
         if let Some(id) = &self.instance_id {
             env.push(("TILLSYNC_INSTANCE_ID", id.clone()));
         }

@@ -34,10 +34,16 @@ async fn metrics(State(s): State<AppState>) -> ([(axum::http::HeaderName, &'stat
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&s.prometheus))
 }
 
+/// Answers within about a second whatever is down: each check is bounded
+/// ([`crate::monitor::POSTGRES_PROBE`]) and they run together, so a probe with a short timeout
+/// gets a 503 naming what is unavailable rather than no answer.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     let nats_ok = s.ctx.nats.connection_state() == async_nats::connection::State::Connected;
-    let db_ok = sqlx::query("SELECT 1").execute(&s.ctx.pool).await.is_ok();
-    let streams_ok = nats_ok && s.ctx.js.get_stream(tillsync_schemas::streams::EVENTS).await.is_ok();
+    let streams = async {
+        let get = s.ctx.js.get_stream(tillsync_schemas::streams::EVENTS);
+        nats_ok && matches!(tokio::time::timeout(crate::monitor::POSTGRES_PROBE, get).await, Ok(Ok(_)))
+    };
+    let (db_ok, streams_ok) = tokio::join!(crate::monitor::postgres_up(&s.ctx.pool), streams);
     let body = format!("nats: {}\npostgres: {}\nstreams: {}\n", ok(nats_ok), ok(db_ok), ok(streams_ok));
     let code = if nats_ok && db_ok && streams_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, body)

@@ -26,6 +26,7 @@ pub mod partitions;
 pub mod ports;
 pub mod quarantine;
 pub mod repair;
+pub mod replies;
 pub mod signing;
 pub mod spine;
 pub mod store_config;

@@ -48,6 +48,7 @@ pub const STREAM_BYTES: &str = "tillsync_stream_bytes";
 pub const STREAM_MAX_BYTES: &str = "tillsync_stream_max_bytes";
 pub const STREAM_MESSAGES: &str = "tillsync_stream_messages";
 pub const NATS_CONNECTED: &str = "tillsync_nats_connected";
+pub const POSTGRES_UP: &str = "tillsync_postgres_up";
 pub const RESEND_REQUESTS: &str = "tillsync_resend_requests_total";
 pub const COMMAND_REPUBLISHED: &str = "tillsync_command_republished_total";
 pub const COMMANDS_CANCELLED: &str = "tillsync_commands_cancelled_total";
@@ -60,6 +61,9 @@ pub const PARTITION_CHANGES: &str = "tillsync_partition_changes_total";
 pub const PARTITION_LAG: &str = "tillsync_partition_lag";
 pub const AUTH_DECISIONS: &str = "tillsync_auth_decisions_total";
 pub const AUTH_RESPONDER_UP: &str = "tillsync_auth_responder_up";
+pub const REPLIES_REFUSED: &str = "tillsync_replies_refused_total";
+/// The broker's responders, as `tillsync_replies_refused_total` labels them.
+pub const RESPONDERS: [&str; 3] = ["activation", "command_keys", "config_publish"];
 pub const ACTIVATIONS: &str = "tillsync_activations_total";
 pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
 pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
@@ -151,6 +155,7 @@ fn describe() {
     );
     describe_gauge!(STREAM_MESSAGES, "Messages stored in each tillsync stream (NaN while NATS is disconnected).");
     describe_gauge!(NATS_CONNECTED, "1 while the broker's NATS connection is up, 0 while it is down.");
+    describe_gauge!(POSTGRES_UP, "1 while the broker's last Postgres probe (SELECT 1 within 1 s) succeeded.");
     describe_counter!(RESEND_REQUESTS, "Resend requests sent to devices, by why (gap, behind).");
     describe_counter!(
         COMMAND_REPUBLISHED,
@@ -179,6 +184,10 @@ fn describe() {
     describe_counter!(
         AUTH_DECISIONS,
         "NATS connections this instance decided (auth callout), by result (allowed, refused) and reason."
+    );
+    describe_counter!(
+        REPLIES_REFUSED,
+        "Requests not acted on because their reply subject pointed outside the requester's inbox, by responder."
     );
     describe_gauge!(
         AUTH_RESPONDER_UP,
@@ -248,6 +257,10 @@ pub fn config_apply_latency(secs: f64) {
 
 pub fn auth_decision(result: &'static str, reason: &'static str) {
     counter!(AUTH_DECISIONS, "result" => result, "reason" => reason).increment(1);
+}
+
+pub fn reply_refused(responder: &'static str) {
+    counter!(REPLIES_REFUSED, "responder" => responder).increment(1);
 }
 
 pub fn auth_responder_up(up: bool) {
@@ -405,6 +418,16 @@ pub fn consumer_unknown(consumer: &str) {
 pub fn nats_connected(up: bool) {
     gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
 }
+pub fn postgres_up(up: bool) {
+    gauge!(POSTGRES_UP).set(if up { 1.0 } else { 0.0 });
+}
+/// A tenant's gap and stall gauges while Postgres cannot be read: NaN, not the last value.
+pub fn tenant_signals_unknown(tenant: &str) {
+    for name in [DEVICE_GAPS_OPEN, DEVICE_GAP_OLDEST] {
+        gauge!(name, "tenant" => tenant.to_string()).set(f64::NAN);
+    }
+    gauge!(WATERMARKS_STALLED, "tenant" => tenant.to_string()).set(f64::NAN);
+}
 
 /// Every counter (and histogram) exists from the start, at 0, with the label values known in
 /// advance, so rates, ratios and `absent()`-free alerts have a series on a healthy system.
@@ -458,6 +481,13 @@ fn register_at_zero() {
     }
     partitions_owned(0);
     nats_connected(false);
+    for responder in RESPONDERS {
+        counter!(REPLIES_REFUSED, "responder" => responder).increment(0);
+    }
+    // From zero, so `increase` sees the first (alert TillsyncAuthUnavailable).
+    counter!(AUTH_DECISIONS, "result" => "refused", "reason" => "unavailable").increment(0);
+    // Connected at start (the broker migrated); the monitor probes from its first tick on.
+    postgres_up(true);
 }
 
 /// Where /metrics is served: the handle renders the text format.

@@ -32,17 +32,37 @@ const BROKER_CONSUMERS: [(&str, &str); 4] = [
 pub async fn run(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.monitor_interval_ms));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The tenants whose gap and stall gauges this instance exports, so they can read NaN
+    // while Postgres cannot be read.
+    let mut tenants: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let postgres = postgres_up(&ctx.pool);
         if ctx.partitions.leads() {
-            tokio::join!(refresh_jetstream(&ctx), refresh_devices(&ctx));
+            let (up, (), read) = tokio::join!(postgres, refresh_jetstream(&ctx), refresh_devices(&ctx));
+            metrics::postgres_up(up);
+            match read {
+                Some(read) => tenants = read,
+                None => tenants.iter().for_each(|t| metrics::tenant_signals_unknown(t)),
+            }
         } else {
-            refresh_jetstream(&ctx).await;
+            let (up, ()) = tokio::join!(postgres, refresh_jetstream(&ctx));
+            metrics::postgres_up(up);
         }
     }
+}
+
+/// How long a Postgres probe may take: inside a readiness probe's usual timeout, and far
+/// below the pool's acquire timeout, which would hide "connection refused" for 10 s.
+pub const POSTGRES_PROBE: Duration = Duration::from_secs(1);
+
+/// `SELECT 1` answered within [`POSTGRES_PROBE`].
+pub async fn postgres_up(pool: &sqlx::PgPool) -> bool {
+    let probe = sqlx::query("SELECT 1").execute(pool);
+    matches!(tokio::time::timeout(POSTGRES_PROBE, probe).await, Ok(Ok(_)))
 }
 
 /// JetStream answers within its request timeout (5 s) or not at all; the whole refresh is
@@ -114,12 +134,14 @@ async fn read_jetstream(ctx: &Ctx, streams: &[String]) {
     }
 }
 
-async fn refresh_devices(ctx: &Ctx) {
+/// The tenants whose gauges were refreshed, or `None` when Postgres could not be read.
+async fn refresh_devices(ctx: &Ctx) -> Option<Vec<String>> {
     if let Err(error) = track_watermarks(&ctx.pool).await {
         tracing::warn!(%error, "Watermark stall tracking failed; retrying next refresh.");
     }
     match by_tenant(&ctx.pool, ctx.config.watermark_stall_s).await {
         Ok(rows) => {
+            let tenants = rows.iter().map(|t| t.tenant_id.clone()).collect();
             for t in rows {
                 metrics::device_gaps(&t.tenant_id, t.open_gaps, t.oldest_gap_s);
                 metrics::watermarks_stalled(&t.tenant_id, t.stalled);
@@ -129,8 +151,12 @@ async fn refresh_devices(ctx: &Ctx) {
                     metrics::devices_by_state(&t.tenant_id, 0, 0);
                 }
             }
+            Some(tenants)
         }
-        Err(error) => tracing::warn!(%error, "Gap and stall gauges not refreshed."),
+        Err(error) => {
+            tracing::warn!(%error, "Gap and stall gauges not refreshed; they read NaN until Postgres answers.");
+            None
+        }
     }
 }
 

@@ -38,6 +38,14 @@ fn partitioned(mut sc: StreamConfig, family: Family, partitions: u16) -> StreamC
 
 /// The stream configurations this broker runs with.
 pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
+    #[cfg(debug_assertions)]
+    let deny = !c.fault_streams_deletable;
+    #[cfg(not(debug_assertions))]
+    let deny = true;
+    // No client can purge a stream or delete its messages through the JetStream API, even by
+    // pointing some responder's answer at `$JS.API.STREAM.PURGE.<name>` (docs/security.md);
+    // retention limits and consumers' acks still remove messages. JetStream will not take
+    // either flag back.
     let base = |name: &str, family: Family, max_age: Duration| StreamConfig {
         name: name.to_string(),
         subjects: vec![family.all_subjects()],
@@ -46,6 +54,8 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
         duplicate_window: Duration::from_secs(c.duplicate_window_s),
         max_age,
         max_message_size: tillsync_schemas::MAX_MESSAGE_BYTES as i32 + 1024,
+        deny_purge: deny,
+        deny_delete: deny,
         ..Default::default()
     };
     vec![
@@ -66,8 +76,12 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
             c.partitions,
         ),
         partitioned(base(names::INTAKE, Family::Intake, DAY * 7), Family::Intake, c.partitions),
-        // Commands live a little longer than the longest TTL so an offline device still finds them.
-        base(names::COMMANDS, Family::Commands, Duration::from_secs(c.command_max_ttl_s) + DAY),
+        // Commands live a little longer than the longest TTL so an offline device still finds
+        // them. The broker deletes the copies of finished commands, so messages may be deleted.
+        StreamConfig {
+            deny_delete: false,
+            ..base(names::COMMANDS, Family::Commands, Duration::from_secs(c.command_max_ttl_s) + DAY)
+        },
         partitioned(base(names::COMMAND_ACKS, Family::CommandAcks, DAY * 7), Family::CommandAcks, c.partitions),
         base(names::STATUS, Family::Status, DAY * 7),
         // Bridges read the last watermark of their device with a direct get.

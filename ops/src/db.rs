@@ -41,6 +41,12 @@ async fn connect(url: &str, schema: Option<&str>, max: u32, async_commit: bool) 
     if async_commit {
         opts = opts.options([("synchronous_commit", "off")]);
     }
+    // One direct attempt first: the pool retries a refused connection until its acquire
+    // timeout and then says only "timed out", losing the cause an operator needs.
+    let first = sqlx::ConnectOptions::connect(&opts)
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", redact(url)))?;
+    let _ = sqlx::Connection::close(first).await;
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(std::time::Duration::from_secs(10))

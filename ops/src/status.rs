@@ -63,9 +63,11 @@ struct Status {
     resident_actors: i64,
     partitions: Partitions,
     tenants: Vec<TenantDevices>,
-    quarantined: i64,
-    gaps: Gaps,
-    watermarks: Watermarks,
+    /// These three are read from Postgres: `null` when it did not answer, never a 0 that
+    /// nobody read.
+    quarantined: Option<i64>,
+    gaps: Option<Gaps>,
+    watermarks: Option<Watermarks>,
     problems: Vec<String>,
 }
 
@@ -193,8 +195,8 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
     match flatten(db, within, &global.database_url) {
         Ok(db) => {
             status.postgres.reachable = true;
-            (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, db.quarantined);
-            (status.gaps, status.watermarks) = (db.gaps, db.watermarks);
+            (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, Some(db.quarantined));
+            (status.gaps, status.watermarks) = (Some(db.gaps), Some(db.watermarks));
             status.resident_actors = status.brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
             db_parts = Some(db.partitions);
         }
@@ -375,8 +377,7 @@ fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
         out.push(format!("no broker instance reported in the last {ALIVE_WITHIN_S} s"));
     }
     out.extend(partitions::problems(&s.partitions));
-    let g = &s.gaps;
-    if g.older_than_threshold > 0 {
+    if let Some(g) = s.gaps.as_ref().filter(|g| g.older_than_threshold > 0) {
         let first = g.oldest.first().map(|r| {
             format!(" (oldest: {}/{}/{} seq {}..{})", r.tenant_id, r.store_id, r.device_id, r.from_seq, r.to_seq)
         });
@@ -388,8 +389,7 @@ fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
             first.unwrap_or_default()
         ));
     }
-    let w = &s.watermarks;
-    if w.stalled > 0 {
+    if let Some(w) = s.watermarks.as_ref().filter(|w| w.stalled > 0) {
         let first = w.longest.first().map(|r| {
             format!(
                 " (longest: {}/{}/{} at {} waits for {} since {:.0} s)",
@@ -466,15 +466,24 @@ fn human(s: &Status) -> String {
         s.tenants.iter().map(|t| vec![t.tenant_id.clone(), t.online.to_string(), t.offline.to_string()]).collect();
     out += &table(&["TENANT", "ONLINE", "OFFLINE"], &rows);
     out += &gaps_and_stalls(s);
-    out += &format!("\nquarantined messages pending: {}\n", s.quarantined);
+    out += &format!("\nquarantined messages pending: {}\n", known(s.quarantined));
     for p in &s.problems {
         out += &format!("PROBLEM: {p}\n");
     }
     out
 }
 
+/// A count read from Postgres, or "unknown" when it was not read.
+fn known(n: Option<i64>) -> String {
+    n.map_or_else(|| UNKNOWN.to_string(), |n| n.to_string())
+}
+
+const UNKNOWN: &str = "unknown (Postgres did not answer)";
+
 fn gaps_and_stalls(s: &Status) -> String {
-    let g = &s.gaps;
+    let (Some(g), Some(w)) = (&s.gaps, &s.watermarks) else {
+        return format!("\nOPEN GAPS: {UNKNOWN}\n\nSTALLED WATERMARKS: {UNKNOWN}\n");
+    };
     let oldest = g.oldest_age_s.map(|a| format!(", the oldest {a:.0} s")).unwrap_or_default();
     let mut out =
         format!("\nOPEN GAPS: {}{oldest}; {} older than {} s\n", g.open, g.older_than_threshold, g.threshold_s);
@@ -492,7 +501,6 @@ fn gaps_and_stalls(s: &Status) -> String {
     if !rows.is_empty() {
         out += &table(&["DEVICE", "MISSING SEQS", "AGE S"], &rows);
     }
-    let w = &s.watermarks;
     out += &format!("\nSTALLED WATERMARKS (waiting > {} s): {}\n", w.threshold_s, w.stalled);
     let rows: Vec<Vec<String>> = w
         .longest
@@ -548,10 +556,13 @@ mod tests {
     #[test]
     fn only_gaps_past_the_threshold_and_stalls_are_problems() {
         let mut s = healthy();
-        s.gaps = Gaps { open: 2, older_than_threshold: 0, threshold_s: 300, oldest_age_s: Some(12.0), oldest: vec![] };
+        let gaps =
+            Gaps { open: 2, older_than_threshold: 0, threshold_s: 300, oldest_age_s: Some(12.0), oldest: vec![] };
+        s.gaps = Some(gaps);
+        s.watermarks = Some(Watermarks::default());
         assert!(problems(&s, 0.8).is_empty());
-        s.gaps.older_than_threshold = 1;
-        s.watermarks.stalled = 1;
+        s.gaps.as_mut().unwrap().older_than_threshold = 1;
+        s.watermarks.as_mut().unwrap().stalled = 1;
         let p = problems(&s, 0.8);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("1 open gap(s) older than 300 s"), "{p:?}");
@@ -565,5 +576,18 @@ mod tests {
         assert_eq!(problems(&s, 0.8).len(), 1);
         s.postgres.reachable = false;
         assert!(problems(&s, 0.8).is_empty());
+    }
+
+    #[test]
+    fn what_postgres_did_not_answer_is_unknown_not_zero() {
+        let mut s = Status::default();
+        s.postgres.error = Some("connection refused".into());
+        let text = human(&s);
+        assert!(text.contains("OPEN GAPS: unknown (Postgres did not answer)"), "{text}");
+        assert!(text.contains("STALLED WATERMARKS: unknown"), "{text}");
+        assert!(text.contains("quarantined messages pending: unknown"), "{text}");
+        assert!(!text.contains("OPEN GAPS: 0"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["gaps"].is_null() && json["watermarks"].is_null() && json["quarantined"].is_null(), "{json}");
     }
 }

@@ -33,6 +33,23 @@ pub fn portal_inbox(tenant: &str) -> String {
     format!("_INBOX_PORTAL.{tenant}")
 }
 
+/// The standard inbox prefix of NATS clients. Under authorization only the operator and the
+/// broker may subscribe to it; without authorization every client uses it.
+pub const DEFAULT_INBOX: &str = "_INBOX";
+
+/// Whether a responder may answer a request whose requester's own inbox prefix is
+/// `own_inbox` on `reply`. nats-server does not check reply subjects, so a requester could
+/// point the answer at any subject the responder may publish to (a JetStream API call, another
+/// tenant's stream): an answer goes only to a literal subject under the requester's own inbox
+/// or the standard `_INBOX.` prefix, whose subjects no stream stores.
+pub fn may_reply(reply: &str, own_inbox: &str) -> bool {
+    let under = |prefix: &str| reply.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'));
+    let Some(rest) = under(own_inbox).or_else(|| under(DEFAULT_INBOX)) else { return false };
+    !rest.is_empty()
+        && rest.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
+        && !reply.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// The request a bridge sends to [`activate_subject`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivateRequest {
@@ -141,6 +158,29 @@ mod tests {
         // by the store's devices.
         for s in a.publish.iter().chain(&a.subscribe) {
             assert!(s.contains("till-1") || s.ends_with("acme.s1._store"), "{s} is not the device's own");
+        }
+    }
+
+    #[test]
+    fn replies_go_only_under_the_requesters_inbox() {
+        let own = device_inbox(&DeviceAddr::new("acme", "s1", "till-1"));
+        assert!(may_reply("_INBOX_DEV.acme.s1.till-1.abc.1", &own));
+        assert!(may_reply("_INBOX.abc123.1", &own));
+        for bad in [
+            "$JS.API.STREAM.PURGE.TILLSYNC_EVENTS",
+            "tillsync.cfgsnap.other._store",
+            "_INBOX_DEV.acme.s1.till-2.abc",
+            "_INBOX_DEV.acme.s1.till-1",
+            "_INBOX_DEV.acme.s1.till-1.",
+            "_INBOX_DEV.acme.s1.till-1.>",
+            "_INBOX_DEV.acme.s1.till-1.*",
+            "_INBOX_DEV.acme.s1.till-1..x",
+            "_INBOXX.abc",
+            "_INBOX_DEV.acme.s1.till-10.abc",
+            "_INBOX.a b",
+            "",
+        ] {
+            assert!(!may_reply(bad, &own), "{bad}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! A private Postgres cluster that speaks TLS, for the tests of `sslmode`: `initdb` into a temp
+//! A private Postgres cluster that speaks TLS, for the tests of `sslmode` and of Postgres
+//! outages ([`TlsPostgres::stop`]): `initdb` into a temp
 //! dir, `ssl = on` with a [`Certs`] server certificate, only `hostssl` lines in pg_hba.conf (so a
 //! client that did not negotiate TLS is turned away), `pg_ctl` on a free loopback port, and
 //! `pg_ctl stop` of this data directory on drop. As root the binaries run as the postgres user,
@@ -56,16 +57,29 @@ impl TlsPostgres {
             pg.path("server.pem").display(),
             pg.path("server.key").display(),
         );
-        let log = pg.path("postgres.log");
-        run(pg
+        std::fs::write(pg.path("options"), opts).unwrap();
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the cluster (again, after [`TlsPostgres::stop`]) on the same port and data.
+    pub fn start_again(&mut self) {
+        let opts = std::fs::read_to_string(self.path("options")).unwrap();
+        let log = self.path("postgres.log");
+        run(self
             .cmd("pg_ctl")
             .arg("-D")
-            .arg(pg.path("data"))
+            .arg(self.path("data"))
             .arg("-l")
             .arg(&log)
             .args(["-w", "-t", "30", "-o", &opts, "start"]));
-        pg.started = true;
-        pg
+        self.started = true;
+    }
+
+    /// A real outage: `pg_ctl stop -m immediate`, so connections break and new ones are refused.
+    pub fn stop(&mut self) {
+        run(self.cmd("pg_ctl").arg("-D").arg(self.path("data")).args(["-m", "immediate", "-w", "stop"]));
+        self.started = false;
     }
 
     /// From now on TCP connections need the `postgres` user's password, `password`

@@ -152,7 +152,8 @@ async fn postgres_down_and_not_migrated_name_the_fix() {
     assert!(hint.contains("is Postgres running at postgres://postgres:***@127.0.0.1:"), "{hint}");
     assert!(hint.contains("DATABASE_URL or --database-url"), "{hint}");
     assert!(!run.stderr.contains("secret") && !run.stdout.contains("secret"), "the password stays hidden");
-    assert_eq!(run.stderr.matches("pool timed out").count(), 1, "{}", run.stderr);
+    // One direct attempt names the cause at once, rather than a pool timing out 10 s later.
+    assert!(!run.stderr.contains("pool timed out"), "{}", run.stderr);
     let message = e["message"].as_str().unwrap();
     assert!(message.to_lowercase().contains("connection refused"), "the cause is named: {message}");
 

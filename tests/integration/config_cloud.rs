@@ -440,7 +440,10 @@ async fn a_snapshot_nats_lost_is_republished_at_the_stores_version() {
     add_tenant(pool, "acme").await;
     add_device(pool, "s1", "till-1").await;
     add_device(pool, "s2", "till-2").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
+    // The fault below purges a snapshot, which the streams otherwise deny.
+    let mut config = stack.broker_config();
+    config.fault_streams_deletable = true;
+    let broker = InProcBroker::start(config.clone()).await;
     let js = stack.nats.jetstream().await;
     store_config::publish(pool, &tenant_wide(menu())).await.unwrap();
     distributed(pool).await;
@@ -454,7 +457,7 @@ async fn a_snapshot_nats_lost_is_republished_at_the_stores_version() {
     stream.purge().filter(snapshot_subject("acme", "s1")).await.unwrap();
     assert!(stream.direct_get_last_for_subject(snapshot_subject("acme", "s1")).await.is_err());
 
-    let broker = InProcBroker::start(stack.broker_config()).await;
+    let broker = InProcBroker::start(config).await;
     let again = eventually(DEFAULT_TIMEOUT, "s1's snapshot back on JetStream", || async {
         let m = stream.direct_get_last_for_subject(snapshot_subject("acme", "s1")).await.ok()?;
         Some(codec::decode::<ConfigSnapshot>(&m.payload).unwrap())

@@ -1,6 +1,7 @@
 //! tillsync's integration tests: one binary, a module per area, real nats-server and Postgres
 //! started per test by the harness in `tests/harness`.
 
+mod adversary;
 mod bench;
 mod chaos;
 mod cli;
@@ -19,7 +20,9 @@ mod hygiene;
 mod ingest;
 mod logs;
 mod ops;
+mod outages;
 mod package;
+mod readme;
 mod resend;
 mod scale;
 mod scale_support;

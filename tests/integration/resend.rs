@@ -21,6 +21,8 @@ async fn stopped_broker(gap_repair_after_s: u64) -> (Stack, Context, tillsync_br
     add_tenant(&stack.db.pool, "acme").await;
     let mut cfg = stack.broker_config();
     cfg.gap_repair_after_s = gap_repair_after_s;
+    // These tests play NATS write loss by deleting acknowledged events.
+    cfg.fault_streams_deletable = true;
     let js = stack.nats.jetstream().await;
     tillsync_broker::streams::ensure(&js, &cfg).await.unwrap();
     (stack, js, cfg)

@@ -75,11 +75,7 @@ async fn a_portal_credential_reaches_one_tenant_only() {
     let broker = InProcBroker::start(stack.broker_config()).await;
     add_tenant(&stack.db.pool, "acme").await;
     add_tenant(&stack.db.pool, "beta").await;
-    let seed_file = stack.auth.as_ref().unwrap().scratch().join("portal-acme.nk");
-    let (exit, out) = cli(&stack, &["portals", "add", "--tenant", "acme", "--out", seed_file.to_str().unwrap()]).await;
-    assert_eq!(exit, 0, "{out}");
-    let seed = std::fs::read_to_string(&seed_file).unwrap().trim().to_string();
-    let mut portal = Probe::connect(&stack, &seed, identity::portal_inbox("acme")).await.expect("portal connects");
+    let (mut portal, seed) = Probe::portal(&stack, "acme").await;
 
     let js = async_nats::jetstream::new(portal.client.clone());
     let own = subject::intake("acme", "s1", Some("till-1"));

@@ -90,6 +90,17 @@ impl Probe {
     }
 
     /// Connects as an activated device.
+    /// A new portal credential of `tenant` (`tillsync portals add`), connected, and its seed.
+    pub async fn portal(stack: &Stack, tenant: &str) -> (Probe, String) {
+        let seed_file = stack.auth.as_ref().unwrap().scratch().join(format!("portal-{tenant}.nk"));
+        let (exit, out) =
+            cli(stack, &["portals", "add", "--tenant", tenant, "--out", seed_file.to_str().unwrap()]).await;
+        assert_eq!(exit, 0, "{out}");
+        let seed = std::fs::read_to_string(&seed_file).unwrap().trim().to_string();
+        let probe = Probe::connect(stack, &seed, identity::portal_inbox(tenant)).await.expect("portal connects");
+        (probe, seed)
+    }
+
     pub async fn device(stack: &Stack, identity_file: &Path) -> Probe {
         let id = Identity::load(identity_file).unwrap().expect("identity file");
         Probe::connect(stack, &id.seed, identity::device_inbox(&id.addr())).await.expect("device connects")

@@ -24,8 +24,10 @@ pub async fn run(ctx: Arc<Ctx>, sub: async_nats::Subscriber) {
 }
 
 async fn serve(ctx: &Ctx, msg: async_nats::Message) {
-    let Some(reply) = msg.reply.clone() else { return };
     let key = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+    let who = crate::replies::Requester { public_key: Some(&key), ..Default::default() };
+    let inbox = identity::activation_inbox(&key);
+    let Some(reply) = crate::replies::checked(ctx, "activation", &msg, &inbox, who).await else { return };
     let answer = match codec::decode::<ActivateRequest>(&msg.payload) {
         Ok(request) => activate(ctx, &key, &request.code).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "Activation failed on Postgres.");

@@ -27,6 +27,10 @@ pub const AUTH_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 const QUEUE: &str = "tillsync-auth";
 /// Requests answered at once: a NATS restart reconnects the whole fleet together.
 const CONCURRENCY: usize = 32;
+/// A decision (Postgres reads and the audit row) must be made well inside nats-server's
+/// callout timeout (2 s by default): past it the server has refused the client as an
+/// authorization violation, and the `unavailable` answer reaches nobody.
+const DECIDE_WITHIN: Duration = Duration::from_secs(1);
 
 /// The parts of the server's authorization request tillsync reads. Defaults everywhere: the
 /// server leaves out empty fields.
@@ -139,12 +143,18 @@ async fn answer(ctx: &Ctx, client: &async_nats::Client, issuer: &Issuer, msg: as
             return tracing::warn!(%error, "Undecodable auth request ignored (the server times the client out).")
         }
     };
-    let verdict = match decide_with_db(ctx, &request).await {
-        Ok(v) => v,
-        Err(error) => {
-            // Refuse rather than guess; the client retries and Postgres is back by then.
-            tracing::warn!(%error, "Postgres unavailable during auth; refusing the connection.");
-            Verdict::Refuse { reason: "unavailable", detail: error.to_string(), device: None }
+    let verdict = match tokio::time::timeout(DECIDE_WITHIN, decide_with_db(ctx, &request)).await {
+        Ok(Ok(v)) => v,
+        failed => {
+            // Refuse rather than guess, and in time: an answer after nats-server's callout
+            // timeout reaches nobody. The client retries and Postgres is back by then.
+            let detail = match failed {
+                Ok(Err(error)) => format!("try again: Postgres unavailable ({error})"),
+                _ => format!("try again: no decision within {DECIDE_WITHIN:?}"),
+            };
+            metrics::auth_decision("refused", "unavailable");
+            tracing::warn!(%detail, "Cannot decide a NATS connection; refusing it as unavailable.");
+            Verdict::Refuse { reason: "unavailable", detail, device: None }
         }
     };
     let response = match respond(issuer, &request, &verdict) {

@@ -22,7 +22,11 @@ pub async fn run(ctx: Arc<Ctx>, sub: async_nats::Subscriber) {
 }
 
 async fn serve(ctx: &Ctx, msg: async_nats::Message) {
-    let Some(reply) = msg.reply.clone() else { return };
+    // tillsync.keys.<tenant>.<store>.<device>: NATS lets a device ask only on its own.
+    let Some(addr) = device_of(msg.subject.as_str()) else { return };
+    let who = crate::replies::Requester { device: Some(&addr), ..Default::default() };
+    let inbox = tillsync_schemas::identity::device_inbox(&addr);
+    let Some(reply) = crate::replies::checked(ctx, "command_keys", &msg, &inbox, who).await else { return };
     let keys = ctx.signer.trusted_public_keys();
     let answer = CommandKeys {
         signature: ctx.signer.sign(msg.subject.as_str(), &CommandKeys::signed(&keys)),
@@ -32,4 +36,10 @@ async fn serve(ctx: &Ctx, msg: async_nats::Message) {
     if let Err(error) = ctx.nats.publish(reply, codec::encode(&answer).into()).await {
         tracing::warn!(%error, "Command keys reply not sent; the bridge asks again.");
     }
+}
+
+fn device_of(subject: &str) -> Option<tillsync_schemas::DeviceAddr> {
+    let mut t = subject.strip_prefix("tillsync.keys.")?.split('.');
+    let (tenant, store, device) = (t.next()?, t.next()?, t.next()?);
+    t.next().is_none().then(|| tillsync_schemas::DeviceAddr::new(tenant, store, device))
 }

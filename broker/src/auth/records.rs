@@ -123,6 +123,30 @@ pub async fn audit_refusal(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// A request whose reply pointed outside its requester's inbox ([`crate::replies`]): at most
+/// one row a minute per responder (`reason`) and requester, keys aside, since a stranger can
+/// make fresh keys for free.
+pub async fn audit_reply_refused(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Error> {
+    let tenant = a.device.map(|d| d.tenant_id.as_str()).or(a.tenant);
+    sqlx::query(
+        "INSERT INTO identity_audit (action, reason, tenant_id, store_id, device_id, public_key, actor, remote, detail)
+         SELECT 'reply_refused', $1, $2, $3, $4, $5, 'nats', NULL, $6
+         WHERE NOT EXISTS (
+           SELECT 1 FROM identity_audit WHERE action = 'reply_refused' AND at > now() - interval '1 minute'
+             AND reason = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND store_id IS NOT DISTINCT FROM $3
+             AND device_id IS NOT DISTINCT FROM $4)",
+    )
+    .bind(a.reason)
+    .bind(tenant)
+    .bind(a.device.map(|d| d.store_id.as_str()))
+    .bind(a.device.map(|d| d.device_id.as_str()))
+    .bind(a.public_key)
+    .bind(a.detail)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Stores a new code's hash for `device`, valid `hours`; returns when it expires.
 pub async fn insert_code(
     tx: &mut Transaction<'_, Postgres>,

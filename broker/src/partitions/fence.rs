@@ -52,7 +52,7 @@ pub async fn take(pool: &PgPool, partition: u16, instance: &str) -> Result<(Fenc
     let (epoch,): (i64,) = sqlx::query_as(
         "INSERT INTO partition_owners (partition, epoch, instance_id) VALUES ($1, 1, $2)
          ON CONFLICT (partition) DO UPDATE SET epoch = partition_owners.epoch + 1, instance_id = $2,
-           acquired_at = clock_timestamp(), released_at = NULL
+           acquired_at = clock_timestamp(), released_at = NULL, lost_at = NULL
          RETURNING epoch",
     )
     .bind(i32::from(partition))
@@ -82,6 +82,20 @@ pub async fn release(pool: &PgPool, fence: Fence) -> Result<(), sqlx::Error> {
         .await?;
     }
     tx.commit().await
+}
+
+/// Marks `fence` lost: its owner could not renew the lease and stopped its work. Only what
+/// `tillsync status` shows changes; the fence itself holds until the next owner bumps it.
+pub async fn mark_lost(pool: &PgPool, fence: Fence) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE partition_owners SET lost_at = clock_timestamp()
+         WHERE partition = $1 AND epoch = $2 AND released_at IS NULL AND lost_at IS NULL",
+    )
+    .bind(i32::from(fence.partition))
+    .bind(fence.epoch)
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Records the partition count on first start and refuses any other later: a store's partition

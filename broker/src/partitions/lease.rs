@@ -29,19 +29,40 @@ pub fn member_key(instance: &str) -> String {
 
 /// The bucket, created on first use. Keys nobody renews (instances long gone) age out.
 pub async fn bucket(js: &Context, replicas: usize, ttl: Duration) -> Result<Store, String> {
-    if let Ok(kv) = js.get_key_value(PARTITIONS_BUCKET).await {
-        return Ok(kv);
+    let kv = match js.get_key_value(PARTITIONS_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: PARTITIONS_BUCKET.to_string(),
+                description: "tillsync partition leases and broker instances".into(),
+                history: 1,
+                max_age: (ttl * 120).max(Duration::from_secs(600)),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("lease bucket {PARTITIONS_BUCKET}: {e}"))?,
+    };
+    deny_purge(js).await?;
+    Ok(kv)
+}
+
+/// The bucket's stream refuses API purges (the key-value client has no such option): a purge,
+/// even one a client provokes by pointing a direct get's answer at
+/// `$JS.API.STREAM.PURGE.KV_tillsync_partitions`, would leave every partition unowned at once.
+/// JetStream only denies purges on a stream without roll-ups; leases use put, create, update
+/// and delete, never the key-value purge (a roll-up), so the bucket gives roll-ups up.
+async fn deny_purge(js: &Context) -> Result<(), String> {
+    let name = format!("KV_{PARTITIONS_BUCKET}");
+    let failed = |e: &dyn std::fmt::Display| format!("lease bucket {PARTITIONS_BUCKET}: deny_purge: {e}");
+    let mut stream = js.get_stream(&name).await.map_err(|e| failed(&e))?;
+    let mut config = stream.info().await.map_err(|e| failed(&e))?.config.clone();
+    if !config.deny_purge || config.allow_rollup {
+        config.allow_rollup = false;
+        config.deny_purge = true;
+        js.update_stream(config).await.map_err(|e| failed(&e))?;
     }
-    js.create_key_value(kv::Config {
-        bucket: PARTITIONS_BUCKET.to_string(),
-        description: "tillsync partition leases and broker instances".into(),
-        history: 1,
-        max_age: (ttl * 120).max(Duration::from_secs(600)),
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("lease bucket {PARTITIONS_BUCKET}: {e}"))
+    Ok(())
 }
 
 /// One key as last observed: its revision, its value (`None`: deleted) and when this instance

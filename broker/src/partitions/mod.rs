@@ -160,11 +160,16 @@ async fn step(
     running: &mut HashMap<u16, Running>,
 ) {
     let ttl = ctx.config.lease_ttl();
-    match kv.put(lease::member_key(me), me.to_string().into_bytes().into()).await {
-        Ok(rev) => observed.set(&lease::member_key(me), rev, Some(me.to_string())),
-        Err(error) => tracing::warn!(%error, "Membership not renewed."),
+    let bound = kv_bound(ttl);
+    let member = kv.put(lease::member_key(me), me.to_string().into_bytes().into());
+    let (member, ()) = tokio::join!(tokio::time::timeout(bound, member), renew(ctx, kv, me, observed, running));
+    match member {
+        Ok(Ok(rev)) => observed.set(&lease::member_key(me), rev, Some(me.to_string())),
+        // Debug only: while NATS is down this fails every round; tillsync_nats_connected and
+        // the lost leases (one line a round) say so.
+        Ok(Err(error)) => tracing::debug!(%error, "Membership not renewed."),
+        Err(_) => tracing::debug!("Membership not renewed within {bound:?}."),
     }
-    renew(ctx, kv, me, observed, running).await;
 
     // Handovers whose work has ended: release the epoch, then the lease.
     let done: Vec<u16> = running.iter().filter(|(_, r)| r.stopping && r.work.is_finished()).map(|(p, _)| *p).collect();
@@ -192,7 +197,8 @@ async fn step(
             continue;
         }
         let key = lease::owner_key(p);
-        let revision = match lease::take(kv, p, me, observed.get(&key)).await {
+        let take = tokio::time::timeout(bound, lease::take(kv, p, me, observed.get(&key)));
+        let revision = match take.await.unwrap_or_else(|_| Err(format!("no answer within {bound:?}"))) {
             Ok(rev) => rev,
             Err(error) => {
                 tracing::debug!(%error, partition = p, "Lease not taken (someone was first).");
@@ -222,8 +228,10 @@ async fn step(
     metrics::partitions_owned(running.values().filter(|r| !r.stopping).count());
 }
 
-/// Renews every held lease; a lease someone else took, or one not renewed within the TTL
-/// (this instance was cut off), is lost at once.
+/// Renews every held lease at once, each renewal bounded by [`kv_bound`]. A lease someone
+/// else took is lost at once; so is one whose next renewal could not land before its TTL ends
+/// (this instance is cut off), so every partition is given up within one TTL of its last
+/// renewal, not one after another. The losses of one round are logged in one line.
 async fn renew(
     ctx: &Arc<Ctx>,
     kv: &Store,
@@ -232,27 +240,52 @@ async fn renew(
     running: &mut HashMap<u16, Running>,
 ) {
     let ttl = ctx.config.lease_ttl();
-    let ps: Vec<u16> = running.keys().copied().collect();
-    for p in ps {
-        let (revision, renewed) = (running[&p].revision, running[&p].renewed);
-        match lease::renew(kv, p, me, revision).await {
+    let bound = kv_bound(ttl);
+    let held: Vec<(u16, u64)> = running.iter().map(|(p, r)| (*p, r.revision)).collect();
+    let results = futures::future::join_all(held.into_iter().map(|(p, revision)| async move {
+        let result = match tokio::time::timeout(bound, lease::renew(kv, p, me, revision)).await {
+            Ok(Ok(rev)) => Ok(rev),
+            Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(None),
+            Ok(Err(e)) => Err(Some(e.to_string())),
+            Err(_) => Err(Some(format!("no answer within {bound:?}"))),
+        };
+        (p, result)
+    }))
+    .await;
+    let (mut taken, mut expired, mut cause) = (Vec::new(), Vec::new(), None);
+    for (p, result) in results {
+        match result {
             Ok(rev) => {
                 let r = running.get_mut(&p).unwrap();
                 r.revision = rev;
                 r.renewed = Instant::now();
                 observed.set(&lease::owner_key(p), rev, Some(me.to_string()));
             }
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(partition = p, "Lease taken by another instance; stopping the partition's work.");
-                lose(ctx, running, p);
+            Err(None) => taken.push(p),
+            Err(Some(error)) if running[&p].renewed.elapsed() + bound >= ttl => {
+                expired.push(p);
+                cause = Some(error);
             }
-            Err(error) if renewed.elapsed() >= ttl => {
-                tracing::warn!(%error, partition = p, "Lease not renewed within its TTL; stopping the partition's work.");
-                lose(ctx, running, p);
-            }
-            Err(error) => tracing::debug!(%error, partition = p, "Lease renewal failed; retrying."),
+            Err(Some(error)) => tracing::debug!(%error, partition = p, "Lease renewal failed; retrying."),
         }
     }
+    if !taken.is_empty() {
+        tracing::warn!(partitions = ?taken, "Leases taken by another instance; stopping those partitions' work.");
+    }
+    if !expired.is_empty() {
+        let error = cause.unwrap_or_default();
+        tracing::warn!(%error, partitions = ?expired, "Leases not renewed within their TTL; stopping those partitions' work.");
+    }
+    for p in taken.into_iter().chain(expired) {
+        lose(ctx, running, p);
+    }
+}
+
+/// How long one lease-bucket operation may take: a quarter of the TTL, so a round of renewals
+/// ends in time to give a partition up before its lease expires (the client's own request
+/// timeout, 5 s, is as long as the whole TTL).
+fn kv_bound(ttl: Duration) -> Duration {
+    ttl / 4
 }
 
 /// Stops a partition's work without waiting: its epoch is no longer ours, so whatever it
@@ -262,6 +295,14 @@ fn lose(ctx: &Arc<Ctx>, running: &mut HashMap<u16, Running>, p: u16) {
     ctx.partitions.unset(p);
     r.stop.cancel();
     metrics::partition_change("lost");
+    metrics::partitions_owned(running.values().filter(|r| !r.stopping).count());
+    // Said at once, not after the work has ended: work stuck in a NATS call may take a while.
+    let (pool, fence) = (ctx.pool.clone(), r.fence);
+    tokio::spawn(async move {
+        if let Err(error) = fence::mark_lost(&pool, fence).await {
+            tracing::debug!(%error, partition = p, "Lost partition not marked (status shows its owner until a takeover).");
+        }
+    });
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let _ = r.work.await;

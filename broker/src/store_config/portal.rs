@@ -24,7 +24,10 @@ pub async fn run(ctx: Arc<Ctx>, sub: async_nats::Subscriber) {
 }
 
 async fn serve(ctx: &Ctx, msg: async_nats::Message) {
-    let Some(reply) = msg.reply.clone() else { return };
+    let tenant = subject_scope(msg.subject.as_str()).0.to_string();
+    let who = crate::replies::Requester { tenant: Some(&tenant), ..Default::default() };
+    let inbox = tillsync_schemas::identity::portal_inbox(&tenant);
+    let Some(reply) = crate::replies::checked(ctx, "config_publish", &msg, &inbox, who).await else { return };
     let answer = answer(ctx, msg.subject.as_str(), &msg.payload).await;
     if let Err(error) = ctx.nats.publish(reply, codec::encode(&answer).into()).await {
         tracing::warn!(%error, "Config publish reply not sent; the portal sees a timeout and can check the versions.");

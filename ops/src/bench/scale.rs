@@ -31,7 +31,6 @@ use super::ingest::{fresh, verify, wait_left};
 use super::report::{round3, Report};
 use super::{data, median, owners};
 use crate::chaos::procs::{free_port, sibling_bin, Proc};
-use crate::partitions;
 
 /// Nodes of the private NATS cluster.
 pub const NODES: usize = 3;
@@ -185,9 +184,12 @@ async fn drain(
 }
 
 /// An empty events stream with no broker consumers, and no lease left from the last drain.
+/// The stream denies purges (docs/security.md), so it is deleted, consumers with it; the
+/// brokers started next create it again.
 async fn reset(js: &jetstream::Context) -> anyhow::Result<()> {
-    js.get_stream(names::EVENTS).await?.purge().await.map_err(|e| anyhow::anyhow!("purging: {e}"))?;
-    partitions::delete(js, names::EVENTS, names::BROKER_EVENTS_CONSUMER).await?;
+    if js.get_stream(names::EVENTS).await.is_ok() {
+        js.delete_stream(names::EVENTS).await.map_err(|e| anyhow::anyhow!("deleting {}: {e}", names::EVENTS))?;
+    }
     let _ = js.delete_key_value(names::PARTITIONS_BUCKET).await;
     Ok(())
 }

@@ -16,6 +16,9 @@ const BROKER_ENV: &[(&str, &str)] = &[
     ("TILLSYNC_OFFLINE_AFTER_S", "10"),
     ("TILLSYNC_ACK_WAIT_S", "5"),
     ("TILLSYNC_DB_POOL", "4"),
+    // The nemesis plays NATS write loss by deleting acknowledged events, which the streams
+    // otherwise deny (a debug build's switch; docs/chaos.md).
+    ("TILLSYNC_FAULT_STREAMS_DELETABLE", "true"),
 ];
 
 #[derive(Debug)]

@@ -233,6 +233,14 @@ async fn execute(step: &Step, fleet: &Arc<Mutex<Fleet>>, js: &async_nats::jetstr
 async fn delete_unread_events(js: &async_nats::jetstream::Context, seed: u64) -> u64 {
     let Ok(mut stream) = js.get_stream(streams::EVENTS).await else { return 0 };
     let Ok(info) = stream.info().await else { return 0 };
+    if info.config.deny_delete {
+        tracing::error!(
+            "delete-events deleted nothing: {} denies deletes. Only a debug build's broker makes \
+             streams the nemesis may delete from (TILLSYNC_FAULT_STREAMS_DELETABLE); see docs/chaos.md.",
+            streams::EVENTS
+        );
+        return 0;
+    }
     let last = info.state.last_sequence;
     let Ok(consumers) = partitions::consumers(js, streams::EVENTS, streams::BROKER_EVENTS_CONSUMER).await else {
         return 0;

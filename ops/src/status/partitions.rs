@@ -15,7 +15,8 @@ use crate::partitions::{ranges, CONSUMERS};
 /// reports every 2 s, so two missed reports and some clock skew fit in it.
 pub const SILENT_MARGIN_S: u64 = 5;
 
-/// A partition's current owner, from Postgres.
+/// A partition's current owner, from Postgres. One that gave the partition up because it
+/// could not renew its lease (`lost_at`) owns it no longer: the partition is unowned.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OwnerRow {
     pub partition: i32,
@@ -59,7 +60,7 @@ pub async fn read(pool: &sqlx::PgPool, silent_after_s: u64) -> Result<DbPartitio
         "SELECT o.partition, o.epoch, o.instance_id, o.acquired_at, b.last_seen,
                 coalesce(b.last_seen > now() - make_interval(secs => $1), false) AS reporting
          FROM partition_owners o LEFT JOIN broker_instances b USING (instance_id)
-         WHERE o.released_at IS NULL ORDER BY o.partition",
+         WHERE o.released_at IS NULL AND o.lost_at IS NULL ORDER BY o.partition",
     )
     .bind(silent_after_s as f64)
     .fetch_all(pool)

@@ -1,0 +1,179 @@
+//! Attacks on the trust boundary, tried for real against nats-server with authorization on and
+//! the broker answering its callouts (docs/security.md, "Threat model"). Each test asserts the
+//! attack changed nothing and was counted and recorded.
+//!
+//! Reply subjects: nats-server does not check where a request's answer goes, so a requester
+//! can name `$JS.API.STREAM.PURGE.<stream>` or another tenant's subject as its reply and have
+//! the responder (the broker, or JetStream answering a direct get) publish there.
+
+use tillsync_edge::identity::default_path;
+use tillsync_edge::{Bridge, EventDraft};
+use tillsync_schemas::config::{publish_subject, snapshot_subject};
+use tillsync_schemas::{codec, identity, streams, subject, DeviceAddr};
+use tillsync_tests::{eventually, eventually_eq, http_get, metric, InProcBroker, Stack};
+
+use crate::common::*;
+use crate::security::support::*;
+
+/// Every stream tillsync keeps, the partition lease bucket's included.
+fn all_streams() -> Vec<String> {
+    let mut v: Vec<String> = [
+        streams::EVENTS,
+        streams::HEARTBEATS,
+        streams::INTAKE,
+        streams::COMMANDS,
+        streams::COMMAND_ACKS,
+        streams::STATUS,
+        streams::WATERMARKS,
+        streams::CONFIG,
+        streams::CONFIG_SNAPSHOTS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("KV_{}", streams::PARTITIONS_BUCKET));
+    v
+}
+
+/// Messages each stream holds, as the operator sees them.
+async fn counts(stack: &Stack) -> Vec<(String, u64)> {
+    let js = stack.nats.jetstream().await;
+    let mut out = Vec::new();
+    for name in all_streams() {
+        let mut s = js.get_stream(&name).await.unwrap_or_else(|e| panic!("stream {name}: {e}"));
+        out.push((name, s.info().await.unwrap().state.messages));
+    }
+    out
+}
+
+fn purges() -> Vec<String> {
+    all_streams().into_iter().map(|s| format!("$JS.API.STREAM.PURGE.{s}")).collect()
+}
+
+async fn refused(broker: &InProcBroker, responder: &str) -> f64 {
+    let (_, text) = http_get(broker.broker.http_addr, "/metrics").await.unwrap();
+    metric(&text, "tillsync_replies_refused_total", &format!("responder=\"{responder}\"")).unwrap_or(-1.0)
+}
+
+/// A running stack with one activated till that has sold something (so every stream the
+/// attacks aim at holds messages) and the counts of what the streams hold.
+async fn stack_with_a_sale(dir: &std::path::Path) -> (Stack, InProcBroker, tillsync_edge::Config) {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let till = DeviceAddr::new("acme", "s1", "till-1");
+    let config = activated_config(&stack, &till, dir).await;
+    let bridge = Bridge::start(config.clone()).await.unwrap();
+    bridge.submit(EventDraft::new(opened("o-1"))).await.unwrap();
+    eventually_eq(T, "the sale landed", 1, || stack.db.count("SELECT count(*) FROM orders WHERE order_id = 'o-1'"))
+        .await;
+    let js = stack.nats.jetstream().await;
+    eventually(T, "the till's watermark is stored", || async {
+        let s = js.get_stream(streams::WATERMARKS).await.ok()?;
+        s.direct_get_last_for_subject(subject::watermarks(&till)).await.ok()
+    })
+    .await;
+    bridge.shutdown().await;
+    (stack, broker, config)
+}
+
+/// A stranger on the network: a fresh key and a code-shaped password reach the activation
+/// responder, whose answer once purged every stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, broker, _) = stack_with_a_sale(dir.path()).await;
+    let before = counts(&stack).await;
+
+    let key = nkeys::KeyPair::new_user();
+    let public = key.public_key();
+    let client = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+        .user_and_password(identity::ACTIVATION_USER.into(), "ABCDEFGHIJKLMNOPQRST".into())
+        .custom_inbox_prefix(identity::activation_inbox(&public))
+        .connect(stack.nats.url())
+        .await
+        .expect("a code-shaped password gets the activation user");
+    let request = codec::encode(&identity::ActivateRequest { code: "ABCDEFGHIJKLMNOPQRST".into() });
+    for purge in purges() {
+        client.publish_with_reply(identity::activate_subject(&public), purge, request.clone().into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let n = purges().len() as f64;
+    eventually(T, "every misdirected activation refused", || async {
+        (refused(&broker, "activation").await == n).then_some(())
+    })
+    .await;
+    assert_eq!(counts(&stack).await, before, "no stream lost a message");
+    // Recorded, and bounded: one row a minute for this responder, however many tries.
+    let rows = || stack.db.count("SELECT count(*) FROM identity_audit WHERE action = 'reply_refused'");
+    eventually_eq(T, "one audit row", 1, rows).await;
+    // The same request with its own inbox is answered (refused as a bad code): the check is
+    // about the reply, not the requester.
+    let answer = client.request(identity::activate_subject(&public), request.into()).await.unwrap();
+    let reply: identity::ActivateReply = codec::decode(&answer.payload).unwrap();
+    assert!(matches!(reply, identity::ActivateReply::Refused { .. }), "{reply:?}");
+    broker.stop().await;
+}
+
+/// A device: its command-key request answered by the broker, and a direct get of its own
+/// watermark answered by JetStream itself, both aimed at purges.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devices_replies_aimed_at_purges_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, broker, config) = stack_with_a_sale(dir.path()).await;
+    let till = DeviceAddr::new("acme", "s1", "till-1");
+    let before = counts(&stack).await;
+    let probe = Probe::device(&stack, &default_path(&config.db)).await;
+    let keys = tillsync_schemas::command_keys::subject(&till);
+    let direct_get = format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(&till));
+    for purge in purges() {
+        probe.client.publish_with_reply(keys.clone(), purge.clone(), "".into()).await.unwrap();
+        probe.client.publish_with_reply(direct_get.clone(), purge, "".into()).await.unwrap();
+    }
+    probe.client.flush().await.unwrap();
+    let n = purges().len() as f64;
+    eventually(T, "every misdirected key request refused", || async {
+        (refused(&broker, "command_keys").await == n).then_some(())
+    })
+    .await;
+    // JetStream's own answers went out too; give them the same time to have done harm.
+    let own = probe.client.request(direct_get, "".into()).await.expect("its own watermark, to its own inbox");
+    assert!(!own.payload.is_empty());
+    assert_eq!(counts(&stack).await, before, "no stream lost a message");
+    let rows = || {
+        stack.db.count("SELECT count(*) FROM identity_audit WHERE action = 'reply_refused' AND device_id = 'till-1'")
+    };
+    eventually_eq(T, "one audit row", 1, rows).await;
+    broker.stop().await;
+}
+
+/// A tenant's portal pointing its configuration-publish answer at another tenant's snapshot
+/// subject (kept one per subject): the answer once replaced that tenant's snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_and_not_acted_on() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    add_tenant(&stack.db.pool, "acme").await;
+    add_tenant(&stack.db.pool, "beta").await;
+    let (portal, _) = Probe::portal(&stack, "acme").await;
+    let victim = snapshot_subject("beta", "s1");
+    let change = tillsync_schemas::config::ChangeSet {
+        tenant_id: "acme".into(),
+        store_id: None,
+        if_match: None,
+        published_by: "mallory".into(),
+        changes: vec![],
+    };
+    let body = codec::encode(&change);
+    portal.client.publish_with_reply(publish_subject("acme", None), victim.clone(), body.into()).await.unwrap();
+    portal.client.flush().await.unwrap();
+    eventually(T, "the misdirected publish refused", || async {
+        (refused(&broker, "config_publish").await == 1.0).then_some(())
+    })
+    .await;
+    let js = stack.nats.jetstream().await;
+    let snapshots = js.get_stream(streams::CONFIG_SNAPSHOTS).await.unwrap();
+    assert!(snapshots.direct_get_last_for_subject(&victim).await.is_err(), "nothing landed on beta's snapshot");
+    let rows = || stack.db.count("SELECT count(*) FROM identity_audit WHERE action = 'reply_refused'");
+    eventually_eq(T, "one audit row", 1, rows).await;
+    broker.stop().await;
+}
