@@ -25,6 +25,7 @@ pub const COMMAND_KEYS_REFRESH_FAILURES: &str = "tillsync_edge_command_keys_refr
 pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
 pub const HEARTBEATS: &str = "tillsync_edge_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "tillsync_edge_heartbeat_failures_total";
+pub const WATERMARKS_REFUSED: &str = "tillsync_edge_watermarks_refused_total";
 pub const EVENTS_RESENT: &str = "tillsync_edge_events_resent_total";
 pub const CONFIG_VERSION: &str = "tillsync_edge_config_version";
 pub const CONFIG_APPLIED: &str = "tillsync_edge_config_applied_total";
@@ -116,6 +117,9 @@ impl Metrics {
         for reason in RESEND_REASONS {
             m.resent(reason).increment(0);
         }
+        for reason in crate::outbox::WATERMARK_REFUSALS {
+            m.watermark_refused(reason).increment(0);
+        }
         for via in CONFIG_VIA {
             m.config_applied(via).increment(0);
             m.config_bytes(via).increment(0);
@@ -139,6 +143,11 @@ impl Metrics {
     /// Events rewound to be published again, by reason (one of [`RESEND_REASONS`]).
     pub fn resent(&self, reason: &'static str) -> Counter {
         self.labelled_counter(EVENTS_RESENT, "reason", reason)
+    }
+
+    /// Watermarks refused, by reason ([`crate::outbox::WATERMARK_REFUSALS`]).
+    pub fn watermark_refused(&self, reason: &'static str) -> Counter {
+        self.labelled_counter(WATERMARKS_REFUSED, "reason", reason)
     }
 
     /// Configuration change sets applied, by way (one of [`CONFIG_VIA`]).
@@ -186,6 +195,10 @@ fn describe(r: &PrometheusRecorder) {
     gauge(OUTBOX_UNACKED, Some(Unit::Count), "Events not yet covered by the broker's watermark.");
     gauge(OLDEST_UNSENT, Some(Unit::Seconds), "Age of the oldest event not yet published.");
     gauge(WATERMARK, None, "The broker's ack watermark for this device.");
+    counter(
+        WATERMARKS_REFUSED,
+        "Watermarks refused, by reason (other_device: names another tenant, store or device; ahead_of_outbox: above every seq assigned while events are unconfirmed).",
+    );
     gauge(LAST_SEQ, None, "Highest seq assigned.");
     gauge(CONNECTED, None, "1 while connected to NATS.");
     counter(COMMANDS, "Commands handled, by outcome (applied, failed, rejected).");

@@ -17,6 +17,20 @@ use crate::error::{BridgeError, SubmitError};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
+/// Why a watermark was refused: it names another device (or tenant, or store).
+pub const WATERMARK_OTHER_DEVICE: &str = "other_device";
+/// Why a watermark was refused: it is above every seq this bridge assigned while the outbox
+/// holds events it does not cover.
+pub const WATERMARK_AHEAD: &str = "ahead_of_outbox";
+pub const WATERMARK_REFUSALS: &[&str] = &[WATERMARK_OTHER_DEVICE, WATERMARK_AHEAD];
+
+/// What became of a watermark: taken (newer or not), or refused and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watermarked {
+    Taken,
+    Refused,
+}
+
 /// Where an accepted event went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Accepted {
@@ -115,6 +129,10 @@ impl Outbox {
         outbox.metrics.watermark.set(watermark as f64);
         outbox.publish_gauges(rows as u64, bytes as u64, last_seq as u64);
         Ok(outbox)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn addr(&self) -> &DeviceAddr {
@@ -297,14 +315,32 @@ impl Outbox {
         self.counts.lock().await.last_seq
     }
 
-    /// Takes a newer watermark from the broker: persists it and prunes what it covers.
-    pub async fn apply_watermark(&self, seq: u64) -> Result<(), sqlx::Error> {
+    /// Takes a newer watermark from the broker: persists it and prunes what it covers. A
+    /// watermark above the last seq this file assigned while it still holds rows the current
+    /// watermark does not cover is refused: taking it would delete sales nobody has.
+    pub async fn apply_watermark(&self, seq: u64) -> Result<Watermarked, sqlx::Error> {
         let mut counts = self.counts.lock().await;
         let current = self.watermark();
         if seq > current {
             if seq > counts.last_seq {
-                // The broker has seen seqs this file never assigned: the file was lost or
-                // replaced. Continuing above the watermark keeps new events from colliding.
+                let (uncovered,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE seq > ?")
+                    .bind(current as i64)
+                    .fetch_one(&self.pool)
+                    .await?;
+                if uncovered > 0 {
+                    tracing::error!(
+                        watermark = seq,
+                        last_seq = counts.last_seq,
+                        uncovered,
+                        "Refused a watermark above every seq this bridge assigned while it holds events the \
+                         broker has not confirmed: it did not come from the broker about these events."
+                    );
+                    self.metrics.watermark_refused(WATERMARK_AHEAD).increment(1);
+                    return Ok(Watermarked::Refused);
+                }
+                // The broker has seen seqs this file never assigned and the file holds nothing
+                // unconfirmed: it was lost or replaced. Continuing above the watermark keeps new
+                // events from colliding.
                 tracing::error!(
                     watermark = seq,
                     last_seq = counts.last_seq,
@@ -327,7 +363,7 @@ impl Outbox {
         }
         let cutoff = now_ms().saturating_sub(self.limits.retention_ms);
         self.prune_locked(&mut counts, self.watermark(), cutoff).await?;
-        Ok(())
+        Ok(Watermarked::Taken)
     }
 
     /// Deletes rows with seq <= `watermark` accepted before `cutoff_ms`, and old event ids.
@@ -465,6 +501,23 @@ mod tests {
         let ob = outbox(dir.path(), 10).await;
         ob.apply_watermark(40).await.unwrap();
         assert_eq!(ob.submit(opened("o-1")).await.unwrap().seq, 41);
+    }
+
+    #[tokio::test]
+    async fn a_watermark_ahead_of_unconfirmed_rows_is_refused_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 10).await;
+        for i in 1..=3 {
+            ob.submit(opened(&format!("o-{i}"))).await.unwrap();
+        }
+        assert_eq!(ob.apply_watermark(1).await.unwrap(), Watermarked::Taken);
+        assert_eq!(ob.apply_watermark(1_500).await.unwrap(), Watermarked::Refused);
+        assert_eq!(ob.watermark(), 1);
+        assert_eq!(ob.unsent(10).await.unwrap().len(), 2, "seqs 2 and 3 are kept");
+        assert_eq!(ob.submit(opened("o-4")).await.unwrap().seq, 4, "the counter did not jump");
+        assert!(ob.metrics.render().contains(r#"tillsync_edge_watermarks_refused_total{reason="ahead_of_outbox"} 1"#));
+        assert_eq!(ob.apply_watermark(3).await.unwrap(), Watermarked::Taken);
+        assert_eq!(ob.unsent(10).await.unwrap().len(), 1, "only seq 4 is left");
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use tillsync_schemas::{codec, streams, subject, Watermark};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, WATERMARK_OTHER_DEVICE};
 
 /// How often the stored watermark is re-read even without a reconnect (covers missed messages).
 const REREAD_EVERY: Duration = Duration::from_secs(15);
@@ -93,7 +93,17 @@ impl Follower {
                 return;
             }
         };
-        if wm.device_id != self.outbox.addr().device_id {
+        // Device ids repeat across tenants and stores: only the whole address is this device.
+        let own = self.outbox.addr();
+        if (&wm.tenant_id, &wm.store_id, &wm.device_id) != (&own.tenant_id, &own.store_id, &own.device_id) {
+            tracing::warn!(
+                tenant_id = %wm.tenant_id,
+                store_id = %wm.store_id,
+                device_id = %wm.device_id,
+                seq = wm.seq,
+                "Refused a watermark naming another device."
+            );
+            self.outbox.metrics().watermark_refused(WATERMARK_OTHER_DEVICE).increment(1);
             return;
         }
         if let Err(error) = self.outbox.apply_watermark(wm.seq).await {

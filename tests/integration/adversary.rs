@@ -177,3 +177,74 @@ async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_an
     eventually_eq(T, "one audit row", 1, rows).await;
     broker.stop().await;
 }
+
+/// Another tenant's till with the same device id aims JetStream's answer to a direct get of its
+/// own watermark at the victim's watermark subject, so the victim reads a watermark for
+/// `till-1` that is not its own: it once deleted the victim's unconfirmed sales.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watermark_another_tenants_till_plants_deletes_no_sale() {
+    let (acme_dir, beta_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let victim = DeviceAddr::new("acme", "s1", "till-1");
+    let thief = DeviceAddr::new("beta", "s1", "till-1");
+    let victim_config = activated_config(&stack, &victim, acme_dir.path()).await;
+    let thief_config = activated_config(&stack, &thief, beta_dir.path()).await;
+    let thief_bridge = Bridge::start(thief_config.clone()).await.unwrap();
+    for i in 1..=5 {
+        thief_bridge.submit(EventDraft::new(opened(&format!("b-{i}")))).await.unwrap();
+    }
+    let js = stack.nats.jetstream().await;
+    let watermarks = js.get_stream(streams::WATERMARKS).await.unwrap();
+    let wm_of = |addr: DeviceAddr| {
+        let watermarks = watermarks.clone();
+        async move {
+            let m = watermarks.direct_get_last_for_subject(subject::watermarks(&addr)).await.ok()?;
+            codec::decode::<tillsync_schemas::Watermark>(&m.payload).ok()
+        }
+    };
+    eventually(T, "the thief's watermark reaches 5", || async { wm_of(thief.clone()).await.filter(|w| w.seq == 5) })
+        .await;
+    thief_bridge.shutdown().await;
+    // Both connect while a broker answers the callout; connections outlive the broker.
+    let probe = Probe::device(&stack, &default_path(&thief_config.db)).await;
+    let bridge = Bridge::start(victim_config.clone()).await.unwrap();
+    eventually(T, "the victim is connected", || async {
+        (bridge.status().await.ok()?.connection == "connected").then_some(())
+    })
+    .await;
+
+    // The victim sells while no broker confirms anything: three sales wait in its outbox.
+    broker.stop().await;
+    for i in 1..=3 {
+        bridge.submit(EventDraft::new(opened(&format!("a-{i}")))).await.unwrap();
+    }
+    eventually(T, "the three are published", || async {
+        (bridge.status().await.ok()?.outbox.unsent == 0).then_some(())
+    })
+    .await;
+
+    let direct_get = format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(&thief));
+    probe.client.publish_with_reply(direct_get, subject::watermarks(&victim), "".into()).await.unwrap();
+    probe.client.flush().await.unwrap();
+    let planted = eventually(T, "the planted watermark is stored on the victim's subject", || async {
+        wm_of(victim.clone()).await
+    })
+    .await;
+    assert_eq!((planted.tenant_id.as_str(), planted.seq), ("beta", 5), "the attack is real");
+    eventually(T, "the victim refuses it", || async {
+        let n = metric(&bridge.metrics_text(), "tillsync_edge_watermarks_refused_total", "reason=\"other_device\"")?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    let stats = bridge.status().await.unwrap().outbox;
+    assert_eq!((stats.rows, stats.watermark, stats.last_seq), (3, 0, 3), "nothing deleted, no seq skipped");
+    // The broker comes back: every sale lands, once.
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    eventually_eq(T, "the victim's three sales", 3, || {
+        stack.db.count("SELECT count(*) FROM orders WHERE tenant_id = 'acme' AND order_id LIKE 'a-%'")
+    })
+    .await;
+    bridge.shutdown().await;
+    broker.stop().await;
+}

@@ -128,6 +128,16 @@ pub async fn audit_refusal(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Err
 /// make fresh keys for free.
 pub async fn audit_reply_refused(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Error> {
     let tenant = a.device.map(|d| d.tenant_id.as_str()).or(a.tenant);
+    let mut tx = pool.begin().await?;
+    // Refusals arrive in bursts, answered concurrently: without the lock each of a burst sees
+    // no row yet and inserts one.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(concat_ws('/', 'reply_refused', $1, $2, $3, $4)))")
+        .bind(a.reason)
+        .bind(tenant)
+        .bind(a.device.map(|d| d.store_id.as_str()))
+        .bind(a.device.map(|d| d.device_id.as_str()))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO identity_audit (action, reason, tenant_id, store_id, device_id, public_key, actor, remote, detail)
          SELECT 'reply_refused', $1, $2, $3, $4, $5, 'nats', NULL, $6
@@ -142,9 +152,9 @@ pub async fn audit_reply_refused(pool: &PgPool, a: &Audit<'_>) -> Result<(), sql
     .bind(a.device.map(|d| d.device_id.as_str()))
     .bind(a.public_key)
     .bind(a.detail)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Stores a new code's hash for `device`, valid `hours`; returns when it expires.
