@@ -68,13 +68,10 @@ pub fn decide(entry: Option<&Entry>, cmd: &CommandEnvelope, now_ms: i64, config_
     Decision::Run
 }
 
-/// `Nats-Msg-Id` of a command ack: a re-ack within JetStream's duplicate window stores nothing new.
-pub fn ack_msg_id(device_id: &str, command_id: &str) -> String {
-    format!("{device_id}:{command_id}:ack")
-}
-
 pub struct Executor {
     pub addr: DeviceAddr,
+    /// The start of this device's `Nats-Msg-Id`s ([`streams::msg_id_prefix`]).
+    pub msg_id_prefix: String,
     pub js: async_nats::jetstream::Context,
     pub pool: SqlitePool,
     pub handler: HandlerSpec,
@@ -246,7 +243,7 @@ impl Executor {
         let Some(command_id) = command_id else { return Ok(()) };
         self.metrics.command(Outcome::Rejected.as_str()).increment(1);
         // Its own Nats-Msg-Id: the genuine command's ack must not be dropped as its duplicate.
-        let msg_id = format!("{}:{}", ack_msg_id(&self.addr.device_id, &command_id), codes::BAD_SIGNATURE);
+        let msg_id = format!("{}:{}", streams::ack_msg_id(&self.msg_id_prefix, &command_id), codes::BAD_SIGNATURE);
         self.publish_ack_as(&msg_id, &command_id, Outcome::Rejected, codes::BAD_SIGNATURE, &detail).await
     }
 
@@ -257,8 +254,14 @@ impl Executor {
         code: &str,
         detail: &str,
     ) -> Result<(), String> {
-        self.publish_ack_as(&ack_msg_id(&self.addr.device_id, &cmd.command_id), &cmd.command_id, outcome, code, detail)
-            .await
+        self.publish_ack_as(
+            &streams::ack_msg_id(&self.msg_id_prefix, &cmd.command_id),
+            &cmd.command_id,
+            outcome,
+            code,
+            detail,
+        )
+        .await
     }
 
     async fn publish_ack_as(

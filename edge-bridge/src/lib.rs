@@ -222,6 +222,7 @@ impl Bridge {
         tasks.spawn(
             commands::Executor {
                 addr: addr.clone(),
+                msg_id_prefix: outbox.msg_id_prefix().to_string(),
                 js: js.clone(),
                 pool,
                 handler,

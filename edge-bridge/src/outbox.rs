@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePool;
-use tillsync_schemas::{codec, DeviceAddr};
+use tillsync_schemas::{codec, streams, DeviceAddr};
 use tokio::sync::{Mutex, Notify};
 
 use crate::draft::EventDraft;
@@ -88,6 +88,8 @@ struct Counts {
 pub struct Outbox {
     pool: SqlitePool,
     addr: DeviceAddr,
+    /// The start of this device's `Nats-Msg-Id`s ([`streams::msg_id_prefix`]).
+    msg_id_prefix: String,
     limits: Limits,
     counts: Mutex<Counts>,
     watermark: AtomicU64,
@@ -113,11 +115,20 @@ impl Outbox {
     ) -> Result<Outbox, BridgeError> {
         let (rows, bytes): (i64, i64) =
             sqlx::query_as("SELECT count(*), coalesce(sum(length(envelope)), 0) FROM outbox").fetch_one(&pool).await?;
-        let (last_seq, watermark): (i64, i64) =
-            sqlx::query_as("SELECT last_seq, watermark FROM bridge_state WHERE id = 1").fetch_one(&pool).await?;
+        let (last_seq, watermark, mut nonce): (i64, i64, String) =
+            sqlx::query_as("SELECT last_seq, watermark, msg_id_nonce FROM bridge_state WHERE id = 1")
+                .fetch_one(&pool)
+                .await?;
+        if nonce.is_empty() {
+            // Drawn once per file and kept: a retry after a restart must reuse its msg id.
+            nonce = uuid::Uuid::new_v4().simple().to_string();
+            sqlx::query("UPDATE bridge_state SET msg_id_nonce = ? WHERE id = 1").bind(&nonce).execute(&pool).await?;
+        }
+        let msg_id_prefix = streams::msg_id_prefix(&addr, &nonce);
         let outbox = Outbox {
             pool,
             addr,
+            msg_id_prefix,
             limits,
             counts: Mutex::new(Counts { rows: rows as u64, bytes: bytes as u64, last_seq: last_seq as u64 }),
             watermark: AtomicU64::new(watermark as u64),
@@ -133,6 +144,10 @@ impl Outbox {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn msg_id_prefix(&self) -> &str {
+        &self.msg_id_prefix
     }
 
     pub fn addr(&self) -> &DeviceAddr {

@@ -90,7 +90,7 @@ impl Publisher {
             let mut headers = HeaderMap::new();
             headers.insert(
                 streams::HEADER_MSG_ID,
-                streams::event_resend_msg_id(&self.outbox.addr().device_id, &row.event_id, row.resends).as_str(),
+                streams::event_resend_msg_id(self.outbox.msg_id_prefix(), &row.event_id, row.resends).as_str(),
             );
             headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
             headers.insert(streams::HEADER_SCHEMA_VERSION, tillsync_schemas::SCHEMA_VERSION.to_string().as_str());

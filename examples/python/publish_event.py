@@ -167,7 +167,9 @@ async def publish(args, envelope: dict, data: bytes) -> int:
             "Content-Type": CONTENT_TYPE,
             "Tillsync-Schema-Version": str(SCHEMA_VERSION),
             # JetStream drops a re-publish with the same id inside the duplicate window.
-            "Nats-Msg-Id": f"{args.device}:{envelope['event_id']}",
+            # The id starts with the device's address and a nonce only it knows (docs/protocol.md
+            # section 5), so no other client can publish that id first.
+            "Nats-Msg-Id": f"{args.tenant}.{args.store}.{args.device}.{args.msg_id_nonce}:{envelope['event_id']}",
         }
         ack = await js.publish(ev_subject, data, stream=EVENTS_STREAM, headers=headers)
         note = " (duplicate: already stored)" if ack.duplicate else ""
@@ -192,6 +194,12 @@ def parse_args(argv):
     p.add_argument("--seq", type=int, required=True, help="device-local seq: 1, 2, 3, ... without gaps")
     p.add_argument("--kind", choices=["order_opened", "order_item_added"], default="order_opened")
     p.add_argument("--event-id", help="UUIDv7 or ULID; default: a new UUIDv7 (reuse it to retry)")
+    p.add_argument(
+        "--msg-id-nonce",
+        default=os.environ.get("TILLSYNC_MSG_ID_NONCE") or secrets.token_hex(16),
+        help="the secret part of the Nats-Msg-Id; a real bridge draws one and keeps it; pass the same one to retry "
+        "(default: $TILLSYNC_MSG_ID_NONCE, else a new random one)",
+    )
     p.add_argument("--occurred-at-ms", type=int, help="Unix ms; default: now")
     p.add_argument("--order-id", help="default: derived from the event id")
     p.add_argument("--currency", default="EUR")

@@ -290,7 +290,10 @@ fn decode(subj: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
 /// the same redrive reuses it, so JetStream stores it once.
 fn redrive_msg_id(subj: &str, payload: &[u8], id: i64, attempt: i32) -> String {
     match codec::decode_event(subj, payload) {
-        Ok(ev) => format!("{}:redrive-{id}-{attempt}", names::event_msg_id(&ev.device_id, &ev.event_id)),
+        Ok(ev) => format!(
+            "{}:redrive-{id}-{attempt}",
+            names::event_msg_id(&names::msg_id_prefix(&ev.addr(), "redrive"), &ev.event_id)
+        ),
         Err(_) => format!("redrive:{id}:{attempt}"),
     }
 }

@@ -1,5 +1,7 @@
 //! JetStream stream names. The broker creates them; bridges and the operator CLI address them.
 
+use crate::DeviceAddr;
+
 pub const EVENTS: &str = "TILLSYNC_EVENTS";
 pub const HEARTBEATS: &str = "TILLSYNC_HEARTBEATS";
 pub const COMMANDS: &str = "TILLSYNC_COMMANDS";
@@ -58,21 +60,37 @@ pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 pub const HEADER_ATTEMPT: &str = "Tillsync-Attempt";
 pub const CONTENT_TYPE: &str = "application/vnd.tillsync+msgpack";
 
-/// `Nats-Msg-Id` of an event: `<device_id>:<event_id>`.
-pub fn event_msg_id(device_id: &str, event_id: &str) -> String {
-    format!("{device_id}:{event_id}")
+/// The start of every `Nats-Msg-Id` a device sets: `<tenant>.<store>.<device>.<nonce>`, the
+/// nonce being random per outbox and kept with it. JetStream dedupes by msg id across a whole
+/// stream whatever the subject, and any client picks the header freely, so an id made of names
+/// alone (`till-2:<command>:ack`) could be published first by another till and the real one
+/// dropped as its duplicate. Only the broker reads these streams, so no other client learns a
+/// device's nonce.
+pub fn msg_id_prefix(addr: &DeviceAddr, nonce: &str) -> String {
+    format!("{}.{}.{}.{nonce}", addr.tenant_id, addr.store_id, addr.device_id)
+}
+
+/// `Nats-Msg-Id` of an event: `<prefix>:<event_id>` ([`msg_id_prefix`]).
+pub fn event_msg_id(prefix: &str, event_id: &str) -> String {
+    format!("{prefix}:{event_id}")
 }
 
 /// `Nats-Msg-Id` of an event's `resend`-th resend (0: the first send, [`event_msg_id`]):
-/// `<device_id>:<event_id>:r<resend>`. JetStream remembers a msg id for its whole duplicate
+/// `<prefix>:<event_id>:r<resend>`. JetStream remembers a msg id for its whole duplicate
 /// window even after the message itself was lost or deleted, so a resend under the first id
 /// would be swallowed as a duplicate; a new id per resend lands, and the broker's ledger
 /// (keyed by event_id, not msg id) dedupes it.
-pub fn event_resend_msg_id(device_id: &str, event_id: &str, resend: u32) -> String {
+pub fn event_resend_msg_id(prefix: &str, event_id: &str, resend: u32) -> String {
     match resend {
-        0 => event_msg_id(device_id, event_id),
-        n => format!("{device_id}:{event_id}:r{n}"),
+        0 => event_msg_id(prefix, event_id),
+        n => format!("{prefix}:{event_id}:r{n}"),
     }
+}
+
+/// `Nats-Msg-Id` of a command ack: `<prefix>:<command_id>:ack`; a re-ack within JetStream's
+/// duplicate window stores nothing new.
+pub fn ack_msg_id(prefix: &str, command_id: &str) -> String {
+    format!("{prefix}:{command_id}:ack")
 }
 
 #[cfg(test)]
@@ -81,8 +99,11 @@ mod tests {
 
     #[test]
     fn resends_get_their_own_msg_id() {
-        assert_eq!(event_resend_msg_id("till-1", "e1", 0), "till-1:e1");
-        assert_eq!(event_resend_msg_id("till-1", "e1", 2), "till-1:e1:r2");
+        let prefix = msg_id_prefix(&DeviceAddr::new("acme", "s1", "till-1"), "n0nce");
+        assert_eq!(prefix, "acme.s1.till-1.n0nce");
+        assert_eq!(event_resend_msg_id(&prefix, "e1", 0), "acme.s1.till-1.n0nce:e1");
+        assert_eq!(event_resend_msg_id(&prefix, "e1", 2), "acme.s1.till-1.n0nce:e1:r2");
+        assert_eq!(ack_msg_id(&prefix, "c1"), "acme.s1.till-1.n0nce:c1:ack");
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub async fn publish(js: &async_nats::jetstream::Context, ev: &EventEnvelope) {
 /// Like [`publish`], returning JetStream's refusal (e.g. "maximum bytes exceeded") as text.
 pub async fn try_publish(js: &async_nats::jetstream::Context, ev: &EventEnvelope) -> Result<(), String> {
     let mut h = HeaderMap::new();
-    h.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
+    h.insert(
+        streams::HEADER_MSG_ID,
+        streams::event_msg_id(&streams::msg_id_prefix(&ev.addr(), "test"), &ev.event_id).as_str(),
+    );
     h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
     let ack = js.publish_with_headers(subject::events(&ev.addr()), h, codec::encode(ev).into()).await;
     ack.map_err(|e| e.to_string())?.await.map(|_| ()).map_err(|e| e.to_string())

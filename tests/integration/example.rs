@@ -67,7 +67,20 @@ async fn python_example_event_lands_as_a_row() {
     add_tenant(&stack.db.pool, "acme").await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let url = stack.nats.url();
-    let base = ["--nats-url", &url, "--tenant", "acme", "--store", "s1", "--device", "py-1", "--seq", "1"];
+    let base = [
+        "--nats-url",
+        &url,
+        "--tenant",
+        "acme",
+        "--store",
+        "s1",
+        "--device",
+        "py-1",
+        "--seq",
+        "1",
+        "--msg-id-nonce",
+        "n0nce",
+    ];
 
     let mut args = base.to_vec();
     args.extend(["--order-id", "py-o-1", "--table", "7", "--wait-watermark"]);
@@ -100,7 +113,10 @@ async fn python_example_event_lands_as_a_row() {
     let on = tillsync_schemas::partition::stored_subject(&subject::events(&addr), "acme", "s1", partitions);
     let stored = stream.get_last_raw_message_by_subject(&on).await.unwrap();
     let header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_string());
-    assert_eq!(header(streams::HEADER_MSG_ID), Some(streams::event_msg_id("py-1", &event_id)));
+    assert_eq!(
+        header(streams::HEADER_MSG_ID),
+        Some(streams::event_msg_id(&streams::msg_id_prefix(&addr, "n0nce"), &event_id))
+    );
     assert_eq!(header(streams::HEADER_CONTENT_TYPE).as_deref(), Some(streams::CONTENT_TYPE));
     assert_eq!(header(streams::HEADER_SCHEMA_VERSION), Some(tillsync_schemas::SCHEMA_VERSION.to_string()));
     let ev = codec::decode_event(&stored.subject, &stored.payload).expect("the broker's codec accepts it");

@@ -55,7 +55,11 @@ async fn lose(js: &Context, d: &DeviceAddr, lose: impl Fn(u64) -> bool) -> usize
         let Ok(m) = stream.get_raw_message(seq).await else { continue };
         let ev = codec::decode_event(&m.subject, &m.payload).unwrap();
         let msg_id = m.headers.get(streams::HEADER_MSG_ID).map(|v| v.to_string());
-        if lose(ev.seq) && msg_id == Some(streams::event_msg_id(&d.device_id, &ev.event_id)) {
+        if lose(ev.seq)
+            && msg_id.is_some_and(|id| {
+                id.starts_with(&streams::msg_id_prefix(d, "")) && id.ends_with(&format!(":{}", ev.event_id))
+            })
+        {
             assert!(stream.delete_message(seq).await.unwrap());
             lost += 1;
         }
@@ -103,6 +107,7 @@ async fn jetstream_swallows_a_resend_under_the_msg_id_of_a_deleted_message() {
     let (_stack, js, _) = stopped_broker(3600).await;
     let d = DeviceAddr::new("acme", "s1", "till-1");
     let ev = event(&d, 1, opened("o-1"));
+    let prefix = streams::msg_id_prefix(&d, "test");
     let send = |msg_id: String| {
         let js = js.clone();
         let bytes = codec::encode(&ev);
@@ -113,13 +118,13 @@ async fn jetstream_swallows_a_resend_under_the_msg_id_of_a_deleted_message() {
             js.publish_with_headers(subject, h, bytes.into()).await.unwrap().await.unwrap()
         }
     };
-    let first = send(streams::event_msg_id(&d.device_id, &ev.event_id)).await;
+    let first = send(streams::event_msg_id(&prefix, &ev.event_id)).await;
     assert!(!first.duplicate);
     let stream = js.get_stream(streams::EVENTS).await.unwrap();
     assert!(stream.delete_message(first.sequence).await.unwrap());
-    let same_id = send(streams::event_msg_id(&d.device_id, &ev.event_id)).await;
+    let same_id = send(streams::event_msg_id(&prefix, &ev.event_id)).await;
     assert!(same_id.duplicate, "the duplicate window outlives the deleted message: a same-id resend never lands");
-    let resend = send(streams::event_resend_msg_id(&d.device_id, &ev.event_id, 1)).await;
+    let resend = send(streams::event_resend_msg_id(&prefix, &ev.event_id, 1)).await;
     assert!(!resend.duplicate, "a resend under its own msg id lands");
 }
 

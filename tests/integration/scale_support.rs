@@ -204,7 +204,10 @@ async fn publish_until_acked(js: &async_nats::jetstream::Context, ev: &tillsync_
     let mut tries = 0;
     loop {
         let mut h = HeaderMap::new();
-        h.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
+        h.insert(
+            streams::HEADER_MSG_ID,
+            streams::event_msg_id(&streams::msg_id_prefix(&ev.addr(), "test"), &ev.event_id).as_str(),
+        );
         h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
         let sent = js.publish_with_headers(subject::events(&ev.addr()), h, payload.clone().into()).await;
         if let Ok(ack) = sent {

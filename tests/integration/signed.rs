@@ -206,3 +206,27 @@ async fn a_bridge_without_command_keys_fails_a_portal_command_with_bad_signature
     assert_eq!(f.bad_signatures(), Some(1.0));
     f.stop().await;
 }
+
+/// A neighbour in the same store knows a store-wide command's id, and JetStream dedupes acks by
+/// `Nats-Msg-Id` across the whole stream whatever the subject. Acks published first on the
+/// neighbour's own subject under every name-only form of till-a's ack id once made till-a's
+/// real ack a dropped duplicate; the nonce in till-a's id (docs/protocol.md section 5) means
+/// none of them is its id.
+#[tokio::test]
+async fn a_neighbour_publishing_till_as_ack_id_first_drops_nothing() {
+    let f = Fixture::start(None).await;
+    let original = settings_patch(&f.a, 3, tillsync_edge::now_ms(), 60_000);
+    let genuine = signed(&original, &f.a, &f.a);
+    let neighbour = DeviceAddr::new("acme", "s1", "till-b");
+    let id = &original.command_id;
+    for guess in [format!("till-a:{id}:ack"), format!("acme.s1.till-a:{id}:ack"), format!("acme.s1.till-a.:{id}:ack")] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(tillsync_schemas::streams::HEADER_MSG_ID, guess.as_str());
+        let ack = f.js.publish_with_headers(subject::command_acks(&neighbour), h, "x".into()).await.unwrap();
+        assert!(!ack.await.unwrap().duplicate);
+    }
+    genuine.publish(&f.js, id, 1).await;
+    f.wait_acks("till-a's real ack is stored", id, &[(Outcome::Applied, "ok")]).await;
+    assert_eq!(handled(&f.handler).len(), 1);
+    f.stop().await;
+}

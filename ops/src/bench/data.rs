@@ -182,7 +182,10 @@ pub struct Outgoing {
 pub fn outgoing(ev: &EventEnvelope, duplicate: bool) -> Outgoing {
     let mut headers = HeaderMap::new();
     if !duplicate {
-        headers.insert(streams::HEADER_MSG_ID, streams::event_msg_id(&ev.device_id, &ev.event_id).as_str());
+        headers.insert(
+            streams::HEADER_MSG_ID,
+            streams::event_msg_id(&streams::msg_id_prefix(&ev.addr(), "bench"), &ev.event_id).as_str(),
+        );
     }
     headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);
     Outgoing { subject: subject::events(&ev.addr()), headers, payload: codec::encode(ev).into() }
