@@ -319,11 +319,20 @@ fn mask_passwords(urls: &str) -> String {
         Ok(mut p) => {
             if p.password().is_some() {
                 let _ = p.set_password(Some("****"));
+            } else if p.scheme().starts_with("nats") || p.scheme() == "tls" {
+                // `nats://TOKEN@host`: a NATS URL's user without a password is a token.
+                if !p.username().is_empty() {
+                    let _ = p.set_username("****");
+                }
             }
+            let secret = |k: &str| {
+                let k = k.to_ascii_lowercase();
+                ["password", "token", "secret"].iter().any(|s| k.contains(s))
+            };
             let pairs: Vec<(String, String)> = p
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k.eq_ignore_ascii_case("password") { "****".to_string() } else { v.into_owned() };
+                    let v = if secret(&k) { "****".to_string() } else { v.into_owned() };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -346,6 +355,9 @@ mod tests {
         let m = mask_passwords("postgres://tillsync:s3cret@db:5432/tillsync?sslmode=require&password=s3cret");
         assert!(!m.contains("s3cret") && m.contains("tillsync:****@db") && m.contains("sslmode=require"), "{m}");
         assert_eq!(mask_passwords("nats://a:1,nats://u:p@b:2"), "nats://a:1,nats://u:****@b:2");
+        assert_eq!(mask_passwords("nats://t0ken@b:2,tls://t0ken@c:3"), "nats://****@b:2,tls://****@c:3");
+        let m = mask_passwords("postgres://u@db/t?sslmode=verify-full&sslpassword=k3y&sslkey=/k.pem");
+        assert!(!m.contains("k3y") && m.contains("postgres://u@db") && m.contains("sslkey=%2Fk.pem"), "{m}");
     }
 
     #[test]

@@ -248,3 +248,42 @@ async fn a_watermark_another_tenants_till_plants_deletes_no_sale() {
     bridge.shutdown().await;
     broker.stop().await;
 }
+
+/// A stranger with fresh keys: activation connects with guessed codes and connects with
+/// unknown keys, each try a new key. They once added rows per try; now each action and reason
+/// is one row per address a minute that counts the tries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
+    const TRIES: i64 = 30;
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    for _ in 0..TRIES {
+        let key = nkeys::KeyPair::new_user();
+        let public = key.public_key();
+        let code = tillsync_broker::auth::new_code();
+        let client = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+            .user_and_password(identity::ACTIVATION_USER.into(), code.clone())
+            .custom_inbox_prefix(identity::activation_inbox(&public))
+            .connect(stack.nats.url())
+            .await
+            .expect("a code-shaped password gets the activation user");
+        let request = codec::encode(&identity::ActivateRequest { code });
+        let answer = client.request(identity::activate_subject(&public), request.into()).await.unwrap();
+        let reply: identity::ActivateReply = codec::decode(&answer.payload).unwrap();
+        assert!(matches!(reply, identity::ActivateReply::Refused { .. }), "{reply:?}");
+        let unknown = nkeys::KeyPair::new_user();
+        let refused = async_nats::ConnectOptions::with_nkey(unknown.seed().unwrap()).connect(stack.nats.url()).await;
+        assert!(refused.is_err(), "an unknown key is refused");
+    }
+    let db = &stack.db;
+    for (action, reason) in
+        [("activation_connect", ""), ("activation_refused", "code_unknown"), ("connection_refused", "unknown_key")]
+    {
+        let filter = format!("action = '{action}' AND coalesce(reason, '') = '{reason}'");
+        let tries = db.count(&format!("SELECT coalesce(sum(tries), 0) FROM identity_audit WHERE {filter}")).await;
+        let rows = db.count(&format!("SELECT count(*) FROM identity_audit WHERE {filter}")).await;
+        assert_eq!(tries, TRIES, "{action}: every try counted");
+        assert!((1..=2).contains(&rows), "{action}: {rows} rows for {TRIES} tries (one a minute)");
+    }
+    broker.stop().await;
+}

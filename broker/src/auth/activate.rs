@@ -103,6 +103,12 @@ async fn refuse(
     code: &'static str,
 ) -> Result<ActivateReply, sqlx::Error> {
     let device = records::code_device(&ctx.pool, hash).await?;
+    if device.is_none() {
+        // A code nobody issued: a guess, counted per address.
+        records::audit_attempt(&ctx.pool, "activation_refused", Some(code), host.unwrap_or(""), "").await?;
+        tracing::info!(code, key, "Activation refused.");
+        return Ok(refused(code, refusal_detail(code)));
+    }
     let audit = Audit {
         action: "activation_refused",
         reason: Some(code),

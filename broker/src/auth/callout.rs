@@ -177,14 +177,7 @@ async fn decide_with_db(ctx: &Ctx, request: &AuthRequest) -> Result<Verdict, sql
         if !opts.pass.as_deref().is_some_and(super::looks_like_code) {
             return refuse(ctx, "bad_code", "activation needs a code as the password", None, Some(&key), &host).await;
         }
-        let audit = Audit {
-            action: "activation_connect",
-            public_key: Some(&key),
-            actor: "nats",
-            remote: Some(&host),
-            ..Default::default()
-        };
-        records::audit(&ctx.pool, &audit).await?;
+        records::audit_attempt(&ctx.pool, "activation_connect", None, &host, "").await?;
         metrics::auth_decision("allowed", "activation");
         let name = format!("activate:{key}");
         return Ok(Verdict::Allow { name, allowed: identity::activation_allowed(&key), holder: None });
@@ -222,6 +215,11 @@ async fn refuse(
 ) -> Result<Verdict, sqlx::Error> {
     metrics::auth_decision("refused", reason);
     tracing::info!(reason, key, host, "NATS connection refused.");
+    if device.is_none() && reason != "revoked" {
+        // Nobody's credential: counted per address, since fresh keys are free.
+        records::audit_attempt(&ctx.pool, "connection_refused", Some(reason), host, detail).await?;
+        return Ok(Verdict::Refuse { reason, detail: detail.to_string(), device: None });
+    }
     let audit = Audit {
         action: "connection_refused",
         reason: Some(reason),
@@ -240,8 +238,13 @@ async fn refuse(
 pub fn proven_key(request: &AuthRequest) -> Result<String, &'static str> {
     let opts = &request.connect_opts;
     let (Some(key), Some(sig)) = (&opts.nkey, &opts.sig) else { return Err("credentials_required") };
-    let sig =
-        data_encoding::BASE64URL_NOPAD.decode(sig.trim_end_matches('=').as_bytes()).map_err(|_| "bad_signature")?;
+    // nats-server accepts the signature in URL-safe or standard base64, padded or not (nats.py
+    // sends standard base64), so the callout does too.
+    let unpadded = sig.trim_end_matches('=').as_bytes();
+    let sig = data_encoding::BASE64URL_NOPAD
+        .decode(unpadded)
+        .or_else(|_| data_encoding::BASE64_NOPAD.decode(unpadded))
+        .map_err(|_| "bad_signature")?;
     let pair = KeyPair::from_public_key(key).map_err(|_| "bad_signature")?;
     if !key.starts_with('U') || request.client_info.nonce.is_empty() {
         return Err("bad_signature");
@@ -300,6 +303,11 @@ mod tests {
         let key = KeyPair::new_user();
         let req = request_signed_by(&key, "nonce-1");
         assert_eq!(proven_key(&req), Ok(key.public_key()));
+        for standard in [data_encoding::BASE64, data_encoding::BASE64_NOPAD] {
+            let mut std_sig = req.clone();
+            std_sig.connect_opts.sig = Some(standard.encode(&key.sign(b"nonce-1").unwrap()));
+            assert_eq!(proven_key(&std_sig), Ok(key.public_key()), "standard base64, as nats.py sends it");
+        }
         let mut replayed = req.clone();
         replayed.client_info.nonce = "nonce-2".into();
         assert_eq!(proven_key(&replayed), Err("bad_signature"));

@@ -100,6 +100,30 @@ pub async fn audit<'e, E: sqlx::PgExecutor<'e>>(db: E, a: &Audit<'_>) -> Result<
     Ok(())
 }
 
+/// An attempt no known credential stands behind (a stranger's), counted in one row per action,
+/// reason and source address a minute (`tries`), whatever key it came with.
+pub async fn audit_attempt(
+    pool: &PgPool,
+    action: &str,
+    reason: Option<&str>,
+    remote: &str,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO identity_audit (action, reason, actor, remote, detail, minute)
+         VALUES ($1, $2, 'nats', $3, $4, date_trunc('minute', now()))
+         ON CONFLICT (action, coalesce(reason, ''), coalesce(remote, ''), minute) WHERE minute IS NOT NULL
+         DO UPDATE SET tries = identity_audit.tries + 1, at = clock_timestamp()",
+    )
+    .bind(action)
+    .bind(reason)
+    .bind(remote)
+    .bind(detail)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A refused connection, recorded at most once a minute per key (or per host for keyless
 /// attempts): a revoked till retries forever and must not flood the table.
 pub async fn audit_refusal(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Error> {
