@@ -149,6 +149,8 @@ pub struct KeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<String>,
     pub disconnected_at: Option<DateTime<Utc>>,
+    /// Connections the revocation closed (on every NATS node).
+    pub connections_closed: Option<i32>,
     pub last_connect_at: Option<DateTime<Utc>>,
     pub last_host: Option<String>,
 }
@@ -177,7 +179,7 @@ pub struct Shown {
 pub async fn show(pool: &PgPool, d: &DeviceAddr, limit: i64) -> anyhow::Result<Shown> {
     let credentials = sqlx::query_as(
         "SELECT public_key, created_at, created_by, revoked_at, revoke_reason, kicked_at AS disconnected_at,
-                last_connect_at, last_host
+                kicked_connections AS connections_closed, last_connect_at, last_host
          FROM credentials WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3 ORDER BY created_at DESC",
     )
     .bind(&d.tenant_id)
@@ -216,7 +218,11 @@ pub fn human_shown(s: &Shown) -> String {
         .map(|k| {
             let state = match (&k.revoked_at, &k.disconnected_at) {
                 (None, _) => "live".to_string(),
-                (Some(_), Some(_)) => "revoked, disconnected".to_string(),
+                (Some(_), Some(_)) => match k.connections_closed {
+                    Some(1) => "revoked, 1 connection closed".to_string(),
+                    Some(n) => format!("revoked, {n} connections closed"),
+                    None => "revoked, disconnected".to_string(),
+                },
                 (Some(_), None) => "revoked".to_string(),
             };
             vec![

@@ -396,3 +396,33 @@ async fn a_bridge_does_not_read_a_consumer_of_its_name_that_another_subject_feed
     assert_eq!(info.delivered.stream_sequence, 0, "beta's command was never delivered to acme's bridge");
     bridge.shutdown().await;
 }
+
+/// One stolen identity used twice at once: a revocation closes both connections, not only the
+/// last one the callout admitted, and `devices show` says how many it closed.
+#[tokio::test]
+async fn a_revocation_closes_every_connection_of_the_key() {
+    let (stack, dir) = (Stack::start_with_auth().await, tempfile::tempdir().unwrap());
+    let (broker, _d, config) = one_till(&stack, dir.path()).await;
+    let first = Probe::device(&stack, &default_path(&config.db)).await;
+    let second = Probe::device(&stack, &default_path(&config.db)).await;
+    let (exit, out) = cli(
+        &stack,
+        &["devices", "revoke", "--tenant", "acme", "--store", "s1", "--device", "till-1", "--reason", "till stolen"],
+    )
+    .await;
+    assert_eq!(exit, 0, "{out}");
+    for (name, probe) in [("first", &first), ("second", &second)] {
+        eventually(T, &format!("the {name} connection closed"), || async {
+            (probe.client.connection_state() != async_nats::connection::State::Connected).then_some(())
+        })
+        .await;
+    }
+    let show = ["devices", "show", "--tenant", "acme", "--store", "s1", "--device", "till-1"];
+    let closed = eventually(T, "devices show counts both", || async {
+        let (_, shown) = cli(&stack, &show).await;
+        shown["credentials"][0]["connections_closed"].as_i64()
+    })
+    .await;
+    assert_eq!(closed, 2);
+    broker.stop().await;
+}

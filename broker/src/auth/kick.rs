@@ -1,13 +1,11 @@
 //! Disconnecting revoked credentials. `tillsync devices revoke` only writes Postgres; the owner
 //! of partition 0 finds revoked keys not yet disconnected and asks the NATS server that
-//! admitted each one's last connection to close it (`$SYS.REQ.SERVER.<id>.KICK`, a system
-//! account request). The client reconnects, the callout refuses it: revoked within seconds.
+//! admitted each of their connections (`credential_connections`, every node) to close it
+//! (`$SYS.REQ.SERVER.<id>.KICK`, a system account request). The client reconnects, the callout refuses it: revoked within seconds.
 //! Without a system account connection, the user JWT's expiry (`--auth-ttl-s`) is the bound.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use sqlx::Row;
 
 use crate::{metrics, Ctx};
 
@@ -34,6 +32,12 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 async fn step(ctx: &Ctx, system: Option<&async_nats::Client>) -> Result<(), sqlx::Error> {
+    // A connection cannot outlive its user JWT: older records name nothing that is still open.
+    let window = ctx.config.auth_ttl_s as f64 + 60.0;
+    sqlx::query("DELETE FROM credential_connections WHERE at < now() - make_interval(secs => $1)")
+        .bind(window)
+        .execute(&ctx.pool)
+        .await?;
     let pending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM credentials WHERE revoked_at IS NOT NULL AND kicked_at IS NULL AND last_connect_at IS NOT NULL",
     )
@@ -41,29 +45,42 @@ async fn step(ctx: &Ctx, system: Option<&async_nats::Client>) -> Result<(), sqlx
     .await?;
     metrics::revocations_pending(pending);
     let Some(system) = system else { return Ok(()) };
-    let rows = sqlx::query(
-        "SELECT public_key, last_server_id, last_client_id FROM credentials
-         WHERE revoked_at IS NOT NULL AND kicked_at IS NULL ORDER BY revoked_at LIMIT 100",
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT public_key FROM credentials WHERE revoked_at IS NOT NULL AND kicked_at IS NULL ORDER BY revoked_at LIMIT 100",
     )
     .fetch_all(&ctx.pool)
     .await?;
-    for row in rows {
-        let key: String = row.get("public_key");
-        let server: Option<String> = row.get("last_server_id");
-        let client: Option<i64> = row.get("last_client_id");
-        let result = match (server, client) {
-            (Some(server), Some(cid)) => kick(system, &server, cid).await,
-            _ => "not_connected",
-        };
-        metrics::revocation_kick(result);
-        if result == "failed" {
+    for key in keys {
+        let connections: Vec<(String, i64)> =
+            sqlx::query_as("SELECT server_id, client_id FROM credential_connections WHERE public_key = $1")
+                .bind(&key)
+                .fetch_all(&ctx.pool)
+                .await?;
+        // Every connection the key was admitted with, on whichever node: a stolen identity may
+        // be in use twice.
+        let (mut closed, mut failed) = (0, false);
+        for (server, cid) in &connections {
+            let result = kick(system, server, *cid).await;
+            metrics::revocation_kick(result);
+            match result {
+                "kicked" => closed += 1,
+                "failed" => failed = true,
+                _ => {}
+            }
+        }
+        if connections.is_empty() {
+            metrics::revocation_kick("not_connected");
+        }
+        if failed {
             continue;
         }
-        tracing::info!(key, result, "Revoked credential disconnected.");
-        sqlx::query("UPDATE credentials SET kicked_at = now() WHERE public_key = $1")
+        tracing::info!(key, closed, "Revoked credential disconnected.");
+        sqlx::query("UPDATE credentials SET kicked_at = now(), kicked_connections = $2 WHERE public_key = $1;")
             .bind(&key)
+            .bind(closed)
             .execute(&ctx.pool)
             .await?;
+        sqlx::query("DELETE FROM credential_connections WHERE public_key = $1").bind(&key).execute(&ctx.pool).await?;
     }
     Ok(())
 }

@@ -28,12 +28,20 @@ pub enum Lookup {
 }
 
 /// Looks a key up and, when it is live, records the connection being admitted (for a later
-/// disconnect). One statement: a revoke committed first makes it match nothing.
+/// disconnect: the last one on `credentials`, every one in `credential_connections`). One
+/// statement: a revoke committed first makes it match nothing.
 pub async fn admit(pool: &PgPool, key: &str, origin: &Origin) -> Result<Lookup, sqlx::Error> {
     let live = sqlx::query(
-        "UPDATE credentials SET last_server_id = $2, last_client_id = $3, last_host = $4, last_connect_at = now()
-         WHERE public_key = $1 AND revoked_at IS NULL
-         RETURNING kind, tenant_id, store_id, device_id",
+        "WITH live AS (
+           UPDATE credentials SET last_server_id = $2, last_client_id = $3, last_host = $4, last_connect_at = now()
+           WHERE public_key = $1 AND revoked_at IS NULL
+           RETURNING kind, tenant_id, store_id, device_id
+         ), seen AS (
+           INSERT INTO credential_connections (public_key, server_id, client_id)
+           SELECT $1, $2, $3 FROM live
+           ON CONFLICT (public_key, server_id, client_id) DO UPDATE SET at = now()
+         )
+         SELECT * FROM live",
     )
     .bind(key)
     .bind(&origin.server_id)
