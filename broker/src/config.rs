@@ -103,6 +103,10 @@ pub struct Config {
     /// The variable takes true/false, 1/0, yes/no, on/off.
     #[arg(long, env = "TILLSYNC_AUTO_TENANTS", default_value_t = false, value_parser = BoolishValueParser::new())]
     pub auto_tenants: bool,
+    /// Accept plain text (a `nats://` URL without NATS_CA_FILE, Postgres without
+    /// sslmode=require) to a host other than this one; logged at warn on every start.
+    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = BoolishValueParser::new())]
+    pub allow_plaintext: bool,
     /// Fault injection for tests: abort the process right after the first batch commits,
     /// before anything is acked.
     /// Debug builds only: a release binary has no such switch to flip by mistake.
@@ -166,6 +170,7 @@ pub struct Config {
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.nats_tls.validate()?;
+        self.plaintext()?;
         let checks = [
             (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
             (self.db_pool < 2, "db_pool must be at least 2"),
@@ -237,6 +242,13 @@ impl Config {
         c
     }
 
+    /// What would cross the network in clear: an error unless `allow_plaintext`, else the
+    /// warnings to log at start.
+    pub fn plaintext(&self) -> Result<Vec<String>, String> {
+        let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
+        tillsync_schemas::transport::check(&self.nats_url, tls_forced, Some(&self.database_url), self.allow_plaintext)
+    }
+
     /// What `--print-config` prints: every setting as the variable that sets it, passwords in
     /// URLs masked, test-only switches left out.
     pub fn printable(&self) -> std::collections::BTreeMap<String, String> {
@@ -274,6 +286,7 @@ impl Config {
             ("TILLSYNC_COMMAND_RETRY_MS", self.command_retry_ms.to_string()),
             ("TILLSYNC_OFFLINE_AFTER_S", self.offline_after_s.to_string()),
             ("TILLSYNC_AUTO_TENANTS", self.auto_tenants.to_string()),
+            ("TILLSYNC_ALLOW_PLAINTEXT", self.allow_plaintext.to_string()),
             ("TILLSYNC_MONITOR_INTERVAL_MS", self.monitor_interval_ms.to_string()),
             ("TILLSYNC_WATERMARK_STALL_S", self.watermark_stall_s.to_string()),
             ("TILLSYNC_GAP_REPAIR_AFTER_S", self.gap_repair_after_s.to_string()),
@@ -362,10 +375,10 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_round_trip_through_env() {
-        let c = Config::for_tests("nats://x:1", "postgres://y/z");
+        let c = Config::for_tests("nats://127.0.0.1:1", "postgres://127.0.0.1/z");
         c.validate().unwrap();
         let env = c.to_env();
-        assert!(env.iter().any(|(k, v)| k == "NATS_URL" && v == "nats://x:1"));
+        assert!(env.iter().any(|(k, v)| k == "NATS_URL" && v == "nats://127.0.0.1:1"));
         assert!(env.iter().any(|(k, _)| k == "TILLSYNC_SIGNING_KEY_FILE"));
     }
 

@@ -49,6 +49,9 @@ async fn main() -> std::process::ExitCode {
         tracing::error!(%error, "Invalid configuration; the broker did not start.");
         return std::process::ExitCode::from(2);
     }
+    for warning in cli.config.plaintext().unwrap_or_default() {
+        tracing::warn!(%warning, "Plain text allowed by TILLSYNC_ALLOW_PLAINTEXT.");
+    }
     match Broker::run(cli.config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

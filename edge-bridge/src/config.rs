@@ -45,6 +45,10 @@ pub struct Config {
     /// 1/0, yes/no, on/off.
     #[arg(long, env = "TILLSYNC_EDGE_NO_HTTP", default_value_t = false, value_parser = BoolishValueParser::new())]
     pub no_http: bool,
+    /// Accept a `nats://` URL to a host other than this one without NATS_CA_FILE (the one-time
+    /// code, sales and commands in clear); logged at warn on every start.
+    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = BoolishValueParser::new())]
+    pub allow_plaintext: bool,
     /// Command handler: `none` (applies as a no-op) or `http://127.0.0.1:PORT/path` (POST JSON).
     #[arg(long, env = "TILLSYNC_EDGE_HANDLER", default_value = "none")]
     pub handler: String,
@@ -191,6 +195,12 @@ impl Config {
         DeviceAddr::new(&self.tenant, &self.store, &self.device)
     }
 
+    /// Plain text to another host: an error unless `allow_plaintext`, else warnings to log.
+    pub fn plaintext(&self) -> Result<Vec<String>, String> {
+        let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
+        tillsync_schemas::transport::check(&self.nats_url, tls_forced, None, self.allow_plaintext)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.tenant.is_empty() || self.store.is_empty() || self.device.is_empty() {
             return Err("tenant, store and device are not set: activate the bridge (`tillsync-edge activate --code ...`) or pass --tenant, --store and --device".into());
@@ -204,6 +214,7 @@ impl Config {
             tillsync_schemas::signature::check_public_key(&key).map_err(|e| format!("command_keys: {e}"))?;
         }
         self.nats_tls.validate()?;
+        self.plaintext()?;
         let checks = [
             (self.outbox_max_rows == 0, "outbox_max_rows must be positive"),
             (self.outbox_max_bytes < 64 * 1024, "outbox_max_bytes must be at least 64 KiB"),
@@ -252,6 +263,7 @@ impl Config {
             ("TILLSYNC_EDGE_DB", self.db.display().to_string()),
             ("TILLSYNC_EDGE_HTTP_ADDR", self.http_addr.to_string()),
             ("TILLSYNC_EDGE_NO_HTTP", self.no_http.to_string()),
+            ("TILLSYNC_ALLOW_PLAINTEXT", self.allow_plaintext.to_string()),
             ("TILLSYNC_EDGE_HANDLER", self.handler.clone()),
             ("TILLSYNC_EDGE_HANDLER_TIMEOUT_MS", self.handler_timeout_ms.to_string()),
             ("TILLSYNC_EDGE_OUTBOX_MAX_ROWS", self.outbox_max_rows.to_string()),

@@ -96,6 +96,9 @@ impl Bridge {
     pub async fn start(mut config: Config) -> Result<Bridge, BridgeError> {
         config.resolve_identity().map_err(BridgeError::Config)?;
         config.validate().map_err(BridgeError::Config)?;
+        for warning in config.plaintext().unwrap_or_default() {
+            tracing::warn!(%warning, "Plain text allowed by --allow-plaintext.");
+        }
         let addr = config.addr();
         let handler = config.handler_spec().map_err(BridgeError::Config)?;
         let trusted_keys: command_keys::TrustedKeys = Arc::new(std::sync::RwLock::new(config.trusted_command_keys()));

@@ -45,6 +45,9 @@ struct ActivateArgs {
     identity: Option<PathBuf>,
     #[command(flatten)]
     nats_tls: tillsync_edge::tls::TlsFiles,
+    /// Send the code over a `nats://` URL to another host without TLS (logged at warn).
+    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    allow_plaintext: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -103,12 +106,22 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Exit codes: 0 activated, 3 refused by the broker (the code says why), 4 NATS or the broker
-/// unreachable, 1 anything else.
+/// Exit codes: 0 activated, 2 plain text to another host without --allow-plaintext, 3 refused
+/// by the broker (the code says why), 4 NATS or the broker unreachable, 1 anything else.
 async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
     let path = args.identity.clone().unwrap_or_else(|| tillsync_edge::identity::default_path(&args.db));
     let servers = tillsync_edge::nats::servers(&args.nats_url)?;
     args.nats_tls.validate().map_err(anyhow::Error::msg)?;
+    let tls_forced = args.nats_tls.ca.is_some() || args.nats_tls.cert.is_some();
+    match tillsync_schemas::transport::check(&args.nats_url, tls_forced, None, args.allow_plaintext) {
+        Ok(warnings) => {
+            warnings.iter().for_each(|w| tracing::warn!(warning = %w, "Plain text allowed by --allow-plaintext."))
+        }
+        Err(refused) => {
+            eprintln!("error: {refused}");
+            std::process::exit(2);
+        }
+    }
     let options =
         tillsync_edge::tls::apply(async_nats::ConnectOptions::new().name("tillsync-edge/activate"), &args.nats_tls);
     let result = tillsync_edge::identity::activate(options, servers, &args.nats_url, &args.code, &path).await;

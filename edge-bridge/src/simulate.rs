@@ -42,6 +42,9 @@ pub struct SimArgs {
     /// Public keys whose command signatures the devices accept (the broker's signing key).
     #[arg(long, env = "TILLSYNC_EDGE_COMMAND_KEYS", value_delimiter = ',')]
     pub command_keys: Vec<String>,
+    /// Accept a `nats://` URL to another host without TLS (logged at warn by each device).
+    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_plaintext: bool,
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 5)]
     pub summary_s: u64,
@@ -59,6 +62,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
             let mut config = Config::new(&addr, &args.nats_url, db);
             config.nats_creds = args.nats_creds.clone();
             config.heartbeat_s = args.heartbeat_s;
+            config.allow_plaintext = args.allow_plaintext;
             config.command_keys = args.command_keys.clone();
             // Many files on one disk: crash safety is enough for a demo, power-loss safety costs fsyncs.
             config.sqlite_sync = "normal".into();

@@ -33,10 +33,19 @@ pub struct NatsArgs {
     pub nats_creds: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub nats_tls: tillsync_broker::nats::TlsFiles,
+    /// Accept a `nats://` URL to another host without TLS (logged at warn).
+    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_plaintext: bool,
 }
 
 impl NatsArgs {
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
+        let warnings = tillsync_schemas::transport::check(&self.nats_url, tls_forced, None, self.allow_plaintext)
+            .map_err(anyhow::Error::msg)?;
+        for warning in warnings {
+            tracing::warn!(%warning, "Plain text allowed by --allow-plaintext.");
+        }
         // The broker's error already names the URL.
         Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
             .await?)

@@ -24,6 +24,7 @@ pub mod signature;
 pub mod status;
 pub mod streams;
 pub mod subject;
+pub mod transport;
 
 pub use ack::{CommandAck, Outcome, Watermark};
 pub use codec::{decode_command, decode_command_ack, decode_event, decode_heartbeat, encode};

@@ -426,3 +426,32 @@ async fn a_revocation_closes_every_connection_of_the_key() {
     assert_eq!(closed, 2);
     broker.stop().await;
 }
+
+/// Plain text to another host is refused before any connection is tried (exit 2, naming the
+/// host and the switch), and accepted when the operator says so. `.invalid` never resolves, and
+/// nothing here connects anywhere.
+#[test]
+fn plain_text_to_another_host_is_refused_unless_allowed() {
+    let run = |bin: &str, args: &[&str], allow: bool| {
+        let out = std::process::Command::new(tillsync_tests::bin_path(bin))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TILLSYNC_ALLOW_PLAINTEXT", allow.to_string())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let broker = ["--print-config", "--nats-url", "nats://nats.invalid:4222"];
+    let (code, err) = run("tillsync-broker", &broker, false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nats://nats.invalid:4222") && err.contains("--allow-plaintext"), "{err}");
+    let db = ["--print-config", "--database-url", "postgres://u:pw@db.invalid/t"];
+    let (code, err) = run("tillsync-broker", &db, false);
+    assert!(code == Some(2) && err.contains("postgres://db.invalid") && !err.contains("pw"), "{err}");
+    assert_eq!(run("tillsync-broker", &broker, true).0, Some(0), "allowed when told");
+    let activate = ["activate", "--nats-url", "nats://nats.invalid:4222", "--code", "ABCDEFGHIJKLMNOPQRST"];
+    let (code, err) = run("tillsync-edge", &activate, false);
+    assert_eq!(code, Some(2), "the one-time code is not sent in clear: {err}");
+    assert!(err.contains("--allow-plaintext"), "{err}");
+}

@@ -115,17 +115,24 @@ impl Probe {
 
     /// Waits for a permissions-violation error naming `what` (case-insensitive).
     pub async fn expect_violation(&mut self, what: &str) {
-        let what = what.to_lowercase();
+        self.expect_error(&["permissions violation", what]).await
+    }
+
+    /// Waits for a server error containing every one of `parts` (case-insensitive).
+    pub async fn expect_error(&mut self, parts: &[&str]) {
+        let parts: Vec<String> = parts.iter().map(|p| p.to_lowercase()).collect();
         let deadline = tokio::time::Instant::now() + T;
+        let mut seen = Vec::new();
         loop {
             let e = tokio::time::timeout_at(deadline, self.errors.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no permissions violation for {what}"))
+                .unwrap_or_else(|_| panic!("no server error with {parts:?}; saw {seen:?}"))
                 .expect("error channel open");
             let e = e.to_lowercase();
-            if e.contains("permissions violation") && e.contains(&what) {
+            if parts.iter().all(|p| e.contains(p)) {
                 return;
             }
+            seen.push(e);
         }
     }
 }
