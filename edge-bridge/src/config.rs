@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        let c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://x:1", "/tmp/x.db");
+        let c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://127.0.0.1:1", "/tmp/x.db");
         c.validate().unwrap();
         assert!(c.to_env().iter().any(|(k, v)| k == "TILLSYNC_DEVICE" && v == "till-1"));
         let keys = tillsync_schemas::signature::TEST_PUBLIC_KEY;
@@ -340,10 +340,10 @@ mod tests {
 
     #[test]
     fn refuses_non_loopback_http_and_bad_ids() {
-        let mut c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://x:1", "/tmp/x.db");
+        let mut c = Config::for_tests(&DeviceAddr::new("acme", "s1", "till-1"), "nats://127.0.0.1:1", "/tmp/x.db");
         c.http_addr = "0.0.0.0:8787".parse().unwrap();
         assert!(c.validate().unwrap_err().contains("loopback"));
-        let c = Config::for_tests(&DeviceAddr::new("acme", "s.1", "till-1"), "nats://x:1", "/tmp/x.db");
+        let c = Config::for_tests(&DeviceAddr::new("acme", "s.1", "till-1"), "nats://127.0.0.1:1", "/tmp/x.db");
         assert!(c.validate().is_err());
     }
 }
