@@ -168,34 +168,35 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks every setting, naming the variable that sets a wrong one.
     pub fn validate(&self) -> Result<(), String> {
         self.nats_tls.validate()?;
         self.plaintext()?;
         let checks = [
-            (self.batch_size == 0 || self.batch_size > 10_000, "batch_size must be in 1..=10000"),
-            (self.db_pool < 2, "db_pool must be at least 2"),
-            (self.ingest_lanes == 0 || self.ingest_lanes > 64, "ingest_lanes must be in 1..=64"),
-            (self.message_lanes == 0 || self.message_lanes > 64, "message_lanes must be in 1..=64"),
-            (self.stream_replicas == 0 || self.stream_replicas > 5, "stream_replicas must be in 1..=5"),
-            (self.max_deliver < 2, "max_deliver must be at least 2"),
-            (self.recent_ids == 0, "recent_ids must be positive"),
-            (self.command_max_attempts == 0, "command_max_attempts must be positive"),
-            (self.duplicate_window_s == 0, "duplicate_window_s must be positive"),
-            (self.monitor_interval_ms < 50, "monitor_interval_ms must be at least 50"),
-            (self.gap_repair_after_s == 0, "gap_repair_after_s must be positive"),
+            (self.batch_size == 0 || self.batch_size > 10_000, "TILLSYNC_BATCH_SIZE must be in 1..=10000"),
+            (self.db_pool < 2, "TILLSYNC_DB_POOL must be at least 2"),
+            (self.ingest_lanes == 0 || self.ingest_lanes > 64, "TILLSYNC_INGEST_LANES must be in 1..=64"),
+            (self.message_lanes == 0 || self.message_lanes > 64, "TILLSYNC_MESSAGE_LANES must be in 1..=64"),
+            (self.stream_replicas == 0 || self.stream_replicas > 5, "TILLSYNC_STREAM_REPLICAS must be in 1..=5"),
+            (self.max_deliver < 2, "TILLSYNC_MAX_DELIVER must be at least 2"),
+            (self.recent_ids == 0, "TILLSYNC_RECENT_IDS must be positive"),
+            (self.command_max_attempts == 0, "TILLSYNC_COMMAND_MAX_ATTEMPTS must be positive"),
+            (self.duplicate_window_s == 0, "TILLSYNC_DUPLICATE_WINDOW_S must be positive"),
+            (self.monitor_interval_ms < 50, "TILLSYNC_MONITOR_INTERVAL_MS must be at least 50"),
+            (self.gap_repair_after_s == 0, "TILLSYNC_GAP_REPAIR_AFTER_S must be positive"),
             (
                 self.partitions == 0 || self.partitions > tillsync_schemas::partition::MAX_PARTITIONS,
-                "partitions must be in 1..=1024",
+                "TILLSYNC_PARTITIONS must be in 1..=1024",
             ),
-            (self.lease_ttl_s < 2 || self.lease_ttl_s > 60, "lease_ttl_s must be in 2..=60"),
+            (self.lease_ttl_s < 2 || self.lease_ttl_s > 60, "TILLSYNC_LEASE_TTL_S must be in 2..=60"),
             (
                 self.auth_callout_creds.is_some() != self.auth_issuer_seed.is_some(),
-                "auth_callout_creds and auth_issuer_seed go together (both or neither)",
+                "TILLSYNC_AUTH_CALLOUT_CREDS and TILLSYNC_AUTH_ISSUER_SEED go together (both or neither)",
             ),
-            (self.auth_ttl_s < 10, "auth_ttl_s must be at least 10"),
+            (self.auth_ttl_s < 10, "TILLSYNC_AUTH_TTL_S must be at least 10"),
             (
                 self.config_deltas_kept == 0 || self.config_deltas_kept > 100_000,
-                "config_deltas_kept must be in 1..=100000",
+                "TILLSYNC_CONFIG_DELTAS_KEPT must be in 1..=100000",
             ),
         ];
         match checks.iter().find(|(bad, _)| *bad) {

@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
     logging::init(cli.log_format, "info", logging::Output::Stdout);
     if cli.print_config {
         // Only a configuration the broker would start with is printed.
-        if let Err(error) = cli.config.validate() {
+        if let Err(error) = startable(&cli.config) {
             eprintln!("error: invalid configuration: {error}");
             return std::process::ExitCode::from(2);
         }
@@ -45,7 +45,7 @@ async fn main() -> std::process::ExitCode {
         let _ = writeln!(std::io::stdout(), "{text}");
         return std::process::ExitCode::SUCCESS;
     }
-    if let Err(error) = cli.config.validate() {
+    if let Err(error) = startable(&cli.config) {
         tracing::error!(%error, "Invalid configuration; the broker did not start.");
         return std::process::ExitCode::from(2);
     }
@@ -59,6 +59,13 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The settings are valid and the signing key files read: a broker that could not sign would
+/// see every command refused, so a missing key is a configuration error (exit 2) too.
+fn startable(config: &tillsync_broker::config::Config) -> Result<(), String> {
+    config.validate()?;
+    tillsync_broker::signing::Signer::load(config).map(|_| ()).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

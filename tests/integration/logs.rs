@@ -102,7 +102,7 @@ async fn an_invalid_broker_configuration_is_logged_once_and_exits_2() {
     assert_json(&lines);
     let errors: Vec<&String> = lines.iter().filter(|l| l.contains("\"ERROR\"")).collect();
     assert_eq!(errors.len(), 1, "one error line: {stdout}");
-    assert!(errors[0].contains("ingest_lanes"), "names the setting: {}", errors[0]);
+    assert!(errors[0].contains("TILLSYNC_INGEST_LANES"), "names the variable: {}", errors[0]);
 }
 
 #[tokio::test]
@@ -129,6 +129,7 @@ async fn print_config_checks_masks_passwords_and_leaves_out_test_switches() {
     let run = |env: Vec<(&'static str, &'static str)>| async move {
         tokio::process::Command::new(bin_path("tillsync-broker"))
             .arg("--print-config")
+            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::signing::test_key_file())
             .envs(env)
             .output()
             .await
@@ -144,7 +145,12 @@ async fn print_config_checks_masks_passwords_and_leaves_out_test_switches() {
     let out = run(vec![("TILLSYNC_INGEST_LANES", "0")]).await;
     assert_eq!(out.status.code(), Some(2), "an invalid configuration is not printed as if fine");
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest_lanes"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TILLSYNC_INGEST_LANES"));
+    // A signing key the broker could not read is refused here too, not at start with exit 1.
+    let out = run(vec![("TILLSYNC_SIGNING_KEY_FILE", "/nonexistent/signing.nk")]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/signing.nk"));
 }
 
 /// Names, one per connection: a DBA reading `pg_stat_activity` tells the broker's

@@ -438,6 +438,7 @@ fn plain_text_to_another_host_is_refused_unless_allowed() {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TILLSYNC_ALLOW_PLAINTEXT", allow.to_string())
+            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::signing::test_key_file())
             .output()
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
