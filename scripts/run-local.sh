@@ -82,6 +82,27 @@ log "migrating $DB_URL"
 cli migrate >/dev/null
 cli tenants add "$TENANT" >/dev/null 2>&1 || true
 
+# Two approvers of the tenant, each with their own key (approvals are signatures, see
+# docs/operations.md): seeds made once under the run dir, registered again on a rerun only if
+# the database lost them or holds another key for them. The portal loop signs as bob; a refund
+# or a void needs both: --approve-as bob=... --approve-as carol=...
+APPROVERS="$RUN_DIR/approvers"
+mkdir -p "$APPROVERS"
+register_approver() {
+  local who="$1" key="$APPROVERS/$1.nk" out
+  [ -f "$key" ] || cli keys generate "$key" >/dev/null
+  out=$(cli approvers add --tenant "$TENANT" "$who" --key-file "$key" 2>&1) && return 0
+  case "$out" in
+    *"already registered with this very key"*) ;;
+    *"already registered with another key"*)
+      cli approvers revoke --tenant "$TENANT" "$who" >/dev/null
+      cli approvers add --tenant "$TENANT" "$who" --key-file "$key" >/dev/null ;;
+    *) die "tillsync approvers add $who failed: $out" ;;
+  esac
+}
+register_approver bob
+register_approver carol
+
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
 NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \
   TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
@@ -120,7 +141,7 @@ pids+=($!); names+=("tillsync-edge simulate (fleet.log)")
   while true; do
     cli commands send --tenant "$TENANT" --store store-1 --kind settings_patch \
       --payload-json '{"revision": 1, "settings": {"tip_mode": "off"}}' \
-      --requested-by alice --approver bob --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 &
+      --requested-by alice --approve-as "bob=$APPROVERS/bob.nk" --ttl-s 300 >>"$RUN_DIR/portal.log" 2>&1 &
     wait $! || true
     sleep 10 &
     wait $!

@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use tillsync_schemas::{CommandEnvelope, CommandState, Outcome, Reason, WireError};
+use tillsync_schemas::approval::{self, Decision};
+use tillsync_schemas::{CommandDecision, CommandEnvelope, CommandState, Outcome, Reason, WireError};
 
 /// Code of a command that ran out of delivery attempts.
 pub const MAX_ATTEMPTS_CODE: &str = "max_attempts";
@@ -17,24 +18,85 @@ pub const MAX_RETRY_MS: u64 = 10 * 60 * 1000;
 /// slow ack lane can be behind, and this leaves it time.
 pub const ACK_GRACE_RETRIES: i64 = 4;
 
+/// What a command's approvals add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approvals {
+    /// As many distinct, verified approvers as its kind needs: the command may be delivered.
+    Enough,
+    /// Every approval verifies but there are fewer than the kind needs: it waits in
+    /// `pending_approval` for the rest (`tillsync commands approve`).
+    Pending { have: usize, need: usize },
+}
+
 /// The approval policy: refunds, voids and order changes need two distinct approvers, other
-/// kinds one; the requester never approves their own command.
-pub fn check_approvals(cmd: &CommandEnvelope) -> Result<(), WireError> {
-    if cmd.approvals.iter().any(|a| a.approver == cmd.requested_by) {
-        return Err(WireError::new(
-            Reason::SelfApproval,
-            format!("{} requested the command and cannot approve it", cmd.requested_by),
-        ));
-    }
+/// kinds one; the requester never approves their own command; an approval counts only as a
+/// signature over this command by the key registered for that approver in the tenant
+/// (`key_of`, `None` for someone not registered or revoked). A names-only approval is refused.
+pub fn check_approvals<'k>(
+    cmd: &CommandEnvelope,
+    key_of: impl Fn(&str) -> Option<&'k str>,
+) -> Result<Approvals, WireError> {
     let mut seen = HashSet::new();
-    if let Some(dup) = cmd.approvals.iter().find(|a| !seen.insert(a.approver.as_str())) {
-        return Err(WireError::new(Reason::DuplicateApprover, format!("{} approved more than once", dup.approver)));
+    for a in &cmd.approvals {
+        if a.approver == cmd.requested_by {
+            return Err(self_approval(&a.approver));
+        }
+        if !seen.insert(a.approver.as_str()) {
+            return Err(WireError::new(Reason::DuplicateApprover, format!("{} approved more than once", a.approver)));
+        }
+        let Some(signature) = a.signature.as_deref() else {
+            return Err(WireError::new(
+                Reason::UnsignedApproval,
+                format!(
+                    "the approval of {} carries no signature: approvals are signed by registered approvers",
+                    a.approver
+                ),
+            ));
+        };
+        check_signature(cmd, &a.approver, Decision::Approve, signature, key_of(&a.approver))?;
     }
     let need = cmd.body.required_approvals();
-    if seen.len() < need {
+    Ok(if seen.len() >= need { Approvals::Enough } else { Approvals::Pending { have: seen.len(), need } })
+}
+
+/// An approver's decision about a recorded command (`approved`: who approved it so far).
+pub fn check_decision(
+    cmd: &CommandEnvelope,
+    approved: &[String],
+    d: &CommandDecision,
+    key: Option<&str>,
+) -> Result<(), WireError> {
+    if d.approver == cmd.requested_by {
+        return Err(self_approval(&d.approver));
+    }
+    check_signature(cmd, &d.approver, d.decision, &d.signature, key)?;
+    if approved.contains(&d.approver) {
+        return Err(WireError::new(Reason::DuplicateApprover, format!("{} approved already", d.approver)));
+    }
+    Ok(())
+}
+
+fn self_approval(who: &str) -> WireError {
+    WireError::new(Reason::SelfApproval, format!("{who} requested the command and cannot approve it"))
+}
+
+fn check_signature(
+    cmd: &CommandEnvelope,
+    approver: &str,
+    decision: Decision,
+    signature: &str,
+    key: Option<&str>,
+) -> Result<(), WireError> {
+    let Some(key) = key else {
         return Err(WireError::new(
-            Reason::MissingApproval,
-            format!("{} needs {need} distinct approvers, has {}", cmd.body.kind(), seen.len()),
+            Reason::UnknownApprover,
+            format!("{approver} is not a registered approver of tenant {} (tillsync approvers add)", cmd.tenant_id),
+        ));
+    };
+    if !approval::verify(key, cmd, approver, decision, signature) {
+        return Err(WireError::new(
+            Reason::BadApprovalSignature,
+            format!("the signature of {approver} does not verify over this command with their registered key"),
         ));
     }
     Ok(())
@@ -61,10 +123,15 @@ pub fn check_expiry(cmd: &CommandEnvelope, now_ms: i64, max_ttl_ms: i64) -> Resu
     Ok(())
 }
 
-/// Every intake rule that needs no database: approvals, then expiry.
-pub fn check_intake(cmd: &CommandEnvelope, now_ms: i64, max_ttl_ms: i64) -> Result<(), WireError> {
-    check_approvals(cmd)?;
-    check_expiry(cmd, now_ms, max_ttl_ms)
+/// Every intake rule: expiry, then approvals (`key_of` as in [`check_approvals`]).
+pub fn check_intake<'k>(
+    cmd: &CommandEnvelope,
+    now_ms: i64,
+    max_ttl_ms: i64,
+    key_of: impl Fn(&str) -> Option<&'k str>,
+) -> Result<Approvals, WireError> {
+    check_expiry(cmd, now_ms, max_ttl_ms)?;
+    check_approvals(cmd, key_of)
 }
 
 /// Wait after delivery `attempt` (1-based) before the next: `first_ms` doubling, capped.
@@ -337,7 +404,7 @@ mod tests {
     use super::*;
 
     fn cmd(body: CommandBody, approvers: &[&str]) -> CommandEnvelope {
-        CommandEnvelope {
+        let mut c = CommandEnvelope {
             schema_version: SCHEMA_VERSION,
             command_id: "01890a5d-ac96-774b-bcce-b302099a8057".into(),
             tenant_id: "acme".into(),
@@ -347,12 +414,33 @@ mod tests {
             issued_at_ms: 1_000,
             expires_at_ms: 61_000,
             requested_by: "req".into(),
-            approvals: approvers
-                .iter()
-                .map(|a| Approval { approver: (*a).into(), role: "manager".into(), approved_at_ms: 1_000 })
-                .collect(),
+            approvals: vec![],
             if_match: None,
-        }
+        };
+        c.approvals = approvers.iter().map(|a| signed(&c, a)).collect();
+        c
+    }
+
+    /// `a`'s approval signed with the test key of that name ("approver-a"/"approver-b"), else
+    /// with approver-a's key.
+    fn signed(c: &CommandEnvelope, a: &str) -> Approval {
+        let key = approval::test_key(usize::from(a == "approver-b"));
+        let signature = Some(approval::sign(&key, c, a, Decision::Approve));
+        Approval { approver: a.into(), role: "manager".into(), approved_at_ms: 1_000, signature }
+    }
+
+    /// The registry of the tests: the two test approvers, and "req" registered too (a
+    /// requester may be an approver of other commands).
+    fn key_of(a: &str) -> Option<&'static str> {
+        static KEYS: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+        let keys = KEYS.get_or_init(|| {
+            vec![
+                ("approver-a", approval::test_key(0).public_key()),
+                ("approver-b", approval::test_key(1).public_key()),
+                ("req", approval::test_key(0).public_key()),
+            ]
+        });
+        keys.iter().find(|(n, _)| *n == a).map(|(_, k)| k.as_str())
     }
 
     fn void() -> CommandBody {
@@ -363,40 +451,86 @@ mod tests {
         CommandBody::ApplyMenuPublish { menu_id: "m".into(), version: 1 }
     }
 
-    fn reason(r: Result<(), WireError>) -> Option<Reason> {
+    fn reason<T>(r: Result<T, WireError>) -> Option<Reason> {
         r.err().map(|e| e.reason)
     }
 
+    fn check(c: &CommandEnvelope) -> Result<Approvals, WireError> {
+        check_approvals(c, key_of)
+    }
+
+    const A: &str = "approver-a";
+    const B: &str = "approver-b";
+
     #[test]
     fn approvals() {
-        assert_eq!(reason(check_approvals(&cmd(void(), &["a", "b"]))), None);
-        assert_eq!(reason(check_approvals(&cmd(void(), &["a"]))), Some(Reason::MissingApproval));
-        assert_eq!(reason(check_approvals(&cmd(void(), &[]))), Some(Reason::MissingApproval));
-        assert_eq!(reason(check_approvals(&cmd(void(), &["a", "a"]))), Some(Reason::DuplicateApprover));
-        assert_eq!(reason(check_approvals(&cmd(void(), &["a", "req"]))), Some(Reason::SelfApproval));
-        assert_eq!(reason(check_approvals(&cmd(menu(), &["a"]))), None);
-        assert_eq!(reason(check_approvals(&cmd(menu(), &[]))), Some(Reason::MissingApproval));
-        assert_eq!(reason(check_approvals(&cmd(menu(), &["req"]))), Some(Reason::SelfApproval));
-        let refund = CommandBody::RefundOrder {
-            order_id: "o".into(),
-            payment_id: "p".into(),
-            amount_minor: 1,
-            currency: "EUR".into(),
-            reason: "r".into(),
-        };
-        assert_eq!(reason(check_approvals(&cmd(refund, &["a"]))), Some(Reason::MissingApproval));
+        assert_eq!(check(&cmd(void(), &[A, B])), Ok(Approvals::Enough));
+        assert_eq!(check(&cmd(void(), &[A])), Ok(Approvals::Pending { have: 1, need: 2 }));
+        assert_eq!(check(&cmd(void(), &[])), Ok(Approvals::Pending { have: 0, need: 2 }));
+        assert_eq!(reason(check(&cmd(void(), &[A, A]))), Some(Reason::DuplicateApprover));
+        assert_eq!(reason(check(&cmd(void(), &[A, "req"]))), Some(Reason::SelfApproval));
+        assert_eq!(check(&cmd(menu(), &[A])), Ok(Approvals::Enough));
+        assert_eq!(check(&cmd(menu(), &[])), Ok(Approvals::Pending { have: 0, need: 1 }));
+        assert_eq!(reason(check(&cmd(menu(), &["req"]))), Some(Reason::SelfApproval));
         let status = CommandBody::SetOrderStatus { order_id: "o".into(), status: "closed".into() };
-        assert_eq!(reason(check_approvals(&cmd(status, &["a", "b"]))), None);
+        assert_eq!(check(&cmd(status, &[A, B])), Ok(Approvals::Enough));
+    }
+
+    #[test]
+    fn an_approval_is_a_registered_key_signing_this_very_command() {
+        // Names only: the protocol 1.x envelope.
+        let mut c = cmd(void(), &[A, B]);
+        c.approvals[1].signature = None;
+        assert_eq!(reason(check(&c)), Some(Reason::UnsignedApproval));
+        // Signed by someone not registered.
+        let c = cmd(void(), &[A, "mallory"]);
+        assert_eq!(reason(check(&c)), Some(Reason::UnknownApprover));
+        // B's name on A's signature.
+        let mut c = cmd(void(), &[A, B]);
+        c.approvals[1].signature = c.approvals[0].signature.clone();
+        assert_eq!(reason(check(&c)), Some(Reason::BadApprovalSignature));
+        // Approved for one order, sent for another.
+        let mut c = cmd(void(), &[A, B]);
+        c.body = CommandBody::VoidOrder { order_id: "o2".into(), reason: "x".into() };
+        assert_eq!(reason(check(&c)), Some(Reason::BadApprovalSignature));
+    }
+
+    #[test]
+    fn a_decision_counts_once_per_registered_approver_who_did_not_ask() {
+        let c = cmd(void(), &[]);
+        let decide = |who: &str, key: usize, decision| CommandDecision {
+            schema_version: SCHEMA_VERSION,
+            command_id: c.command_id.clone(),
+            tenant_id: "acme".into(),
+            store_id: "s1".into(),
+            approver: who.into(),
+            decision,
+            signature: approval::sign(&approval::test_key(key), &c, who, decision),
+            at_ms: 2_000,
+        };
+        assert_eq!(check_decision(&c, &[], &decide(A, 0, Decision::Approve), key_of(A)), Ok(()));
+        assert_eq!(check_decision(&c, &[], &decide(A, 0, Decision::Reject), key_of(A)), Ok(()));
+        let again = check_decision(&c, &[A.into()], &decide(A, 0, Decision::Approve), key_of(A));
+        assert_eq!(reason(again), Some(Reason::DuplicateApprover));
+        let forged = check_decision(&c, &[], &decide(B, 0, Decision::Approve), key_of(B));
+        assert_eq!(reason(forged), Some(Reason::BadApprovalSignature));
+        let own = check_decision(&c, &[], &decide("req", 0, Decision::Approve), key_of("req"));
+        assert_eq!(reason(own), Some(Reason::SelfApproval));
+        let stranger = check_decision(&c, &[], &decide("mallory", 0, Decision::Approve), None);
+        assert_eq!(reason(stranger), Some(Reason::UnknownApprover));
     }
 
     #[test]
     fn expiry_and_ttl() {
-        let c = cmd(menu(), &["a"]);
+        let c = cmd(menu(), &[A]);
         assert_eq!(reason(check_expiry(&c, 2_000, 86_400_000)), None);
         assert_eq!(reason(check_expiry(&c, 61_000, 86_400_000)), Some(Reason::Expired));
         assert_eq!(reason(check_expiry(&c, 2_000, 30_000)), Some(Reason::TtlTooLong));
-        assert_eq!(reason(check_intake(&c, 70_000, 1)), Some(Reason::Expired));
-        assert_eq!(reason(check_intake(&cmd(void(), &["a"]), 70_000, 1)), Some(Reason::MissingApproval));
+        assert_eq!(reason(check_intake(&c, 70_000, 1, key_of)), Some(Reason::Expired));
+        assert_eq!(
+            check_intake(&cmd(void(), &[A]), 2_000, 86_400_000, key_of),
+            Ok(Approvals::Pending { have: 1, need: 2 })
+        );
     }
 
     #[test]

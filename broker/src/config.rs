@@ -402,6 +402,6 @@ mod tests {
     fn rejects_zero_batch() {
         let mut c = Config::for_tests("a", "b");
         c.batch_size = 0;
-        assert!(c.validate().unwrap_err().contains("batch_size"));
+        assert!(c.validate().unwrap_err().contains("TILLSYNC_BATCH_SIZE"));
     }
 }

@@ -55,6 +55,8 @@ pub const COMMANDS_CANCELLED: &str = "tillsync_commands_cancelled_total";
 pub const COMMAND_CANCELS_REFUSED: &str = "tillsync_command_cancels_refused_total";
 pub const COMMAND_APPLIED_AFTER_FINAL: &str = "tillsync_command_applied_after_final_total";
 pub const COMMAND_COPIES_DELETED: &str = "tillsync_command_copies_deleted_total";
+pub const COMMANDS_PENDING_APPROVAL: &str = "tillsync_commands_pending_approval_total";
+pub const APPROVAL_DECISIONS: &str = "tillsync_approval_decisions_total";
 pub const PARTITIONS_OWNED: &str = "tillsync_partitions_owned";
 pub const PARTITIONS_UNOWNED: &str = "tillsync_partitions_unowned";
 pub const PARTITION_CHANGES: &str = "tillsync_partition_changes_total";
@@ -168,6 +170,11 @@ fn describe() {
         "Commands applied by their device after the portal was told they ended."
     );
     describe_counter!(COMMAND_COPIES_DELETED, "Copies of ended commands deleted from TILLSYNC_COMMANDS.");
+    describe_counter!(COMMANDS_PENDING_APPROVAL, "Commands recorded to wait for approvals they did not arrive with.");
+    describe_counter!(
+        APPROVAL_DECISIONS,
+        "Approvers' decisions about waiting commands, by decision and outcome (counted, or the refusal code)."
+    );
     describe_gauge!(PARTITIONS_OWNED, "Partitions this instance owns and works.");
     describe_gauge!(
         PARTITIONS_UNOWNED,
@@ -304,8 +311,11 @@ fn register_command_counters() {
     for why in ["final", "unknown"] {
         counter!(COMMAND_CANCELS_REFUSED, "why" => why).absolute(0);
     }
-    for name in [COMMANDS_CANCELLED, COMMAND_APPLIED_AFTER_FINAL, COMMAND_COPIES_DELETED] {
+    for name in [COMMANDS_CANCELLED, COMMAND_APPLIED_AFTER_FINAL, COMMAND_COPIES_DELETED, COMMANDS_PENDING_APPROVAL] {
         counter!(name).absolute(0);
+    }
+    for decision in ["approve", "reject"] {
+        counter!(APPROVAL_DECISIONS, "decision" => decision, "outcome" => "counted").absolute(0);
     }
 }
 
@@ -500,6 +510,12 @@ pub fn render(handle: &PrometheusHandle) -> String {
 pub struct HttpAddr(pub SocketAddr);
 pub fn command_republished(why: &'static str) {
     counter!(COMMAND_REPUBLISHED, "why" => why).increment(1);
+}
+pub fn command_pending_approval() {
+    counter!(COMMANDS_PENDING_APPROVAL).increment(1);
+}
+pub fn approval_decision(decision: &'static str, outcome: &'static str) {
+    counter!(APPROVAL_DECISIONS, "decision" => decision, "outcome" => outcome).increment(1);
 }
 pub fn command_cancelled() {
     counter!(COMMANDS_CANCELLED).increment(1);

@@ -1,14 +1,18 @@
-//! `tillsync commands list|show|send|cancel`: the command inbox as the broker recorded it, one
-//! command's whole history, sending a command the way the portal does (built, approved,
-//! published on intake; `--wait` follows its status messages to a final state), and
-//! cancelling one ([`cancel`]).
+//! `tillsync commands list|show|send|approve|reject|cancel`: the command inbox as the broker
+//! recorded it, one command's whole history with its approvers' decisions, sending a command
+//! the way the portal does (built, signed by the approvers given, published on intake; `--wait`
+//! follows its status messages to a final state), an approver's decision about a command
+//! waiting for approval ([`approve`]), and cancelling one ([`cancel`]).
 //!
-//! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled); 1
-//! error, an unknown tenant (`send` checks before publishing) or wait timed out; 3 with
-//! `--wait`, the command ended rejected, failed, expired or cancelled, or the broker
-//! quarantined it; 4 `show` or `cancel` found no such command; 5 `cancel` came too late for a
-//! copy (already applied, or otherwise ended).
+//! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled;
+//! `approve|reject`: the decision counted); 1 error, an unknown tenant (`send` checks before
+//! publishing) or wait timed out; 2 usage (also `send --approver`: approvals are signed now);
+//! 3 with `--wait`, the command ended rejected, failed, expired or cancelled, or the broker
+//! quarantined it; `approve|reject` refused; 4 `show`, `approve`, `reject` or `cancel` found no
+//! such command; 5 `cancel` came too late for a copy (already applied, or otherwise ended),
+//! `approve|reject` of a command that no longer waits for approval.
 
+mod approve;
 mod cancel;
 
 use std::collections::BTreeMap;
@@ -20,6 +24,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde::Serialize;
+use tillsync_schemas::approval::{self, Decision};
 use tillsync_schemas::command::COMMAND_KINDS;
 use tillsync_schemas::{
     codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandState, CommandStatus, SCHEMA_VERSION,
@@ -63,8 +68,15 @@ enum CommandsCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Build, approve and publish a command on intake, as the portal does; prints its id.
+    /// Build, sign the approvals of and publish a command on intake, as the portal does; prints
+    /// its id. With fewer approvals than its kind needs it waits in `pending_approval`.
     Send(Box<SendArgs>),
+    /// Approve a command waiting in `pending_approval`, as a registered approver, signed with
+    /// the approver's key; prints the command first, then what the broker answered.
+    Approve(approve::DecideArgs),
+    /// Reject a command waiting in `pending_approval` (it ends `rejected`, code
+    /// `approval_rejected`), as a registered approver, signed with the approver's key.
+    Reject(approve::DecideArgs),
     /// Cancel a command on every device that has not applied it, as the portal does.
     Cancel {
         /// The command's id.
@@ -144,8 +156,13 @@ struct SendArgs {
     /// Who asks for the command (recorded with it).
     #[arg(long)]
     requested_by: String,
-    /// An approver (repeat for two; refunds, voids and status changes need two).
-    #[arg(long = "approver")]
+    /// An approver and their seed file: the approval is signed with it (repeat for two;
+    /// refunds, voids and status changes need two). Missing approvals can follow with
+    /// `tillsync commands approve`; meanwhile the command waits in `pending_approval`.
+    #[arg(long = "approve-as", value_name = "APPROVER=SEEDFILE", value_parser = approve_as)]
+    approve_as: Vec<ApproveAs>,
+    /// Names-only approvals are no longer accepted: refused with a pointer to --approve-as.
+    #[arg(long = "approver", hide = true)]
     approvers: Vec<String>,
     /// Role recorded with each approval.
     #[arg(long, default_value = "manager")]
@@ -173,6 +190,8 @@ pub async fn run(args: CommandsArgs, global: &Global) -> anyhow::Result<ExitCode
         }
         CommandsCmd::Show { command_id, tenant } => show(global, &command_id, tenant).await,
         CommandsCmd::Send(a) => send(global, *a).await,
+        CommandsCmd::Approve(a) => approve::run(global, &a, Decision::Approve).await,
+        CommandsCmd::Reject(a) => approve::run(global, &a, Decision::Reject).await,
         CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s, nats } => {
             cancel::run(global, &nats, &command_id, tenant, &requested_by, wait_s).await
         }
@@ -205,11 +224,21 @@ async fn list(
     let rows: Vec<ListRow> = sqlx::query_as(
         "SELECT * FROM (
            SELECT c.tenant_id, c.store_id, c.command_id, c.kind, coalesce(i.device_id, c.device_id) AS device_id,
-                  coalesce(i.state, CASE WHEN c.rejected_code IS NOT NULL THEN 'rejected' ELSE 'queued' END) AS state,
-                  coalesce(i.attempts, 0) AS attempts, coalesce(i.last_code, c.rejected_code) AS code,
+                  coalesce(i.state, CASE WHEN c.rejected_code IS NOT NULL THEN 'rejected'
+                                         WHEN c.pending_approval THEN 'pending_approval'
+                                         ELSE coalesce(l.state, 'queued') END) AS state,
+                  coalesce(i.attempts, 0) AS attempts, coalesce(i.last_code, c.rejected_code, l.code) AS code,
                   c.received_at, c.expires_at, coalesce(i.inbox_seq, 0) AS seq
            FROM commands c
            LEFT JOIN command_inbox i ON i.tenant_id = c.tenant_id AND i.command_id = c.command_id
+           -- A command without inbox entries (waiting for approval, or ended while waiting):
+           -- its last command-wide transition.
+           LEFT JOIN LATERAL (
+             SELECT state, code FROM command_log l
+             WHERE i.command_id IS NULL AND l.tenant_id = c.tenant_id AND l.command_id = c.command_id
+               AND l.device_id IS NULL
+             ORDER BY l.id DESC LIMIT 1
+           ) l ON true
          ) r
          WHERE ($1::text IS NULL OR r.tenant_id = $1) AND ($2::text IS NULL OR r.store_id = $2)
            AND ($3::text IS NULL OR r.device_id = $3) AND ($4::text IS NULL OR r.state = $4)
@@ -261,8 +290,20 @@ struct CommandRow {
     expires_at: DateTime<Utc>,
     received_at: DateTime<Utc>,
     rejected_code: Option<String>,
+    /// Waiting for the approvals its kind needs (`tillsync commands approve`).
+    pending_approval: bool,
     #[serde(skip)]
     envelope: Vec<u8>,
+}
+
+/// An approver's decision about the command after it was recorded (`commands approve|reject`).
+#[derive(Serialize, sqlx::FromRow)]
+struct DecisionRow {
+    at: DateTime<Utc>,
+    approver_id: String,
+    decision: String,
+    /// `None`: counted; else why the broker refused it.
+    code: Option<String>,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -312,13 +353,15 @@ struct Shown {
     inbox: Vec<InboxRow>,
     log: Vec<LogRow>,
     acks: Vec<AckRow>,
+    /// Decisions of approvers after the command was recorded, counted or refused.
+    decisions: Vec<DecisionRow>,
 }
 
 async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
     let mut found: Vec<CommandRow> = sqlx::query_as(
         "SELECT tenant_id, store_id, command_id, device_id, kind, requested_by, approvers, issued_at, expires_at,
-                received_at, rejected_code, envelope
+                received_at, rejected_code, pending_approval, envelope
          FROM commands WHERE command_id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
     .bind(command_id)
@@ -358,8 +401,16 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
         command_id,
     )
     .await?;
+    let decisions: Vec<DecisionRow> = of_command(
+        &pool,
+        "SELECT at, approver_id, decision, code FROM command_decisions
+         WHERE tenant_id = $1 AND command_id = $2 ORDER BY id",
+        &t,
+        command_id,
+    )
+    .await?;
     let envelope = codec::decode::<CommandEnvelope>(&command.envelope).ok();
-    let shown = Shown { command, envelope, inbox, log, acks };
+    let shown = Shown { command, envelope, inbox, log, acks, decisions };
     emit(global.json, &shown, human_show)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -387,13 +438,24 @@ fn human_show(s: &Shown) -> String {
         c.device_id.as_deref().unwrap_or("(every device of the store)"),
         c.kind,
         c.requested_by,
-        if c.approvers.is_empty() { "nobody".to_string() } else { c.approvers.join(", ") },
+        match approved_by(s) {
+            names if names.is_empty() => "nobody".to_string(),
+            names => names.join(", "),
+        },
         ts(Some(c.issued_at)),
         ts(Some(c.expires_at)),
         ts(Some(c.received_at)),
     );
     if let Some(code) = &c.rejected_code {
         out.push_str(&format!("REJECTED  {code}\n"));
+    }
+    if c.pending_approval {
+        let need = s.envelope.as_ref().map_or(0, |e| e.body.required_approvals());
+        let have = approved_by(s).len();
+        out.push_str(&format!(
+            "PENDING   approval: {have} of {need} approver(s); `tillsync commands approve {} --approver A --key-file FILE`\n",
+            c.command_id
+        ));
     }
     if let Some(body) = s.envelope.as_ref().and_then(|e| serde_json::to_string(&e.body).ok()) {
         out.push_str(&format!("body      {body}\n"));
@@ -466,7 +528,34 @@ fn human_show(s: &Shown) -> String {
             .collect();
         out.push_str(&table(&["RECEIVED", "DEVICE", "OUTCOME", "CODE", "EFFECT", "DETAIL"], &rows));
     }
+    if !s.decisions.is_empty() {
+        out.push_str("\nDecisions\n");
+        let rows: Vec<Vec<String>> = s
+            .decisions
+            .iter()
+            .map(|d| {
+                vec![
+                    ts(Some(d.at)),
+                    d.approver_id.clone(),
+                    d.decision.clone(),
+                    d.code.as_deref().map_or_else(|| "counted".to_string(), |c| format!("refused: {c}")),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["AT", "APPROVER", "DECISION", "RESULT"], &rows));
+    }
     out
+}
+
+/// Approvers counted: those the command arrived with, then those whose approval counted since.
+fn approved_by(s: &Shown) -> Vec<&str> {
+    let mut names: Vec<&str> = s.command.approvers.iter().map(String::as_str).collect();
+    for d in &s.decisions {
+        if d.decision == Decision::Approve.as_str() && d.code.is_none() && !names.contains(&d.approver_id.as_str()) {
+            names.push(&d.approver_id);
+        }
+    }
+    names
 }
 
 /// The command body from `--payload-json` or the per-kind flags.
@@ -530,8 +619,25 @@ struct Quarantined {
 }
 
 async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
+    if let Some(name) = a.approvers.first() {
+        return Err(Usage(format!(
+            "--approver {name}: approvals are signed now, a name alone is refused (unsigned_approval); \
+             sign with the approver's key: --approve-as {name}=SEEDFILE, or send without and let the approver \
+             run `tillsync commands approve ID --approver {name} --key-file SEEDFILE`"
+        ))
+        .into());
+    }
+    check_approve_as(&a.approve_as, &a.requested_by)?;
+    let keys = a
+        .approve_as
+        .iter()
+        .map(|ap| {
+            tillsync_broker::keyfile::read_seed(&ap.key_file)
+                .map_err(|e| anyhow::anyhow!("--approve-as {}: {e}", ap.approver))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let now = chrono::Utc::now().timestamp_millis();
-    let cmd = CommandEnvelope {
+    let mut cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Uuid::now_v7().to_string(),
         tenant_id: a.tenant.clone(),
@@ -541,13 +647,21 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
         issued_at_ms: now,
         expires_at_ms: now + a.ttl_s.saturating_mul(1000),
         requested_by: a.requested_by.clone(),
-        approvals: a
-            .approvers
-            .iter()
-            .map(|ap| Approval { approver: ap.clone(), role: a.approver_role.clone(), approved_at_ms: now })
-            .collect(),
+        approvals: Vec::new(),
         if_match: a.if_match,
     };
+    // Each signs the command as built, approvals empty (what `approval::sign` covers anyway).
+    cmd.approvals = a
+        .approve_as
+        .iter()
+        .zip(&keys)
+        .map(|(ap, key)| Approval {
+            approver: ap.approver.clone(),
+            role: a.approver_role.clone(),
+            approved_at_ms: now,
+            signature: Some(approval::sign(key, &cmd, &ap.approver, Decision::Approve)),
+        })
+        .collect();
     // Structure only: the approval policy is the broker's to enforce (and to report).
     cmd.validate().map_err(|e| Usage(format!("invalid command: {e}")))?;
     let pool = global.pool().await?;
@@ -580,6 +694,16 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
     };
     if !global.json {
         println!("{}", cmd.command_id);
+    }
+    let need = cmd.body.required_approvals();
+    if cmd.approvals.len() < need {
+        eprintln!(
+            "note: {} needs {need} approver(s) and carries {}: it waits in pending_approval until \
+             `tillsync commands approve {} --approver A --key-file SEEDFILE`",
+            cmd.body.kind(),
+            cmd.approvals.len(),
+            cmd.command_id
+        );
     }
     let Some(sub) = statuses_sub.as_mut() else {
         if global.json {
@@ -651,6 +775,13 @@ async fn wait(
             }
         };
         let Ok(st) = codec::decode::<CommandStatus>(&msg.payload) else { continue };
+        if st.state == CommandState::PendingApproval && st.code.is_none() && !latest.contains_key(COMMAND) {
+            eprintln!(
+                "pending approval: approve with `tillsync commands approve {} --approver A --key-file SEEDFILE`; \
+                 waiting up to --wait-s for a final state",
+                sent.command_id
+            );
+        }
         if !global.json {
             println!(
                 "{}  {:<9} attempt {}  {}{}",
@@ -661,7 +792,16 @@ async fn wait(
                 if st.detail.is_empty() { String::new() } else { format!("  {}", st.detail) },
             );
         }
-        latest.insert(st.device_id.clone().unwrap_or_else(|| "(store)".into()), st.state);
+        match (st.state, &st.device_id) {
+            // Waiting for approval is the whole command's state, until a copy is queued.
+            (CommandState::PendingApproval, _) => {
+                latest.insert(COMMAND.into(), st.state);
+            }
+            (_, device) => {
+                latest.remove(COMMAND);
+                latest.insert(device.clone().unwrap_or_else(|| "(store)".into()), st.state);
+            }
+        }
         let rejected = st.state == CommandState::Rejected;
         sent.statuses.push(st);
         // Queued statuses of every device are published before any delivery, so once all
@@ -674,6 +814,9 @@ async fn wait(
     let all_acked = latest.values().all(|s| *s == CommandState::Acked);
     Ok(if all_acked { ExitCode::SUCCESS } else { ExitCode::from(PROBLEMS) })
 }
+
+/// Key of `wait`'s state of the whole command while it waits for approval.
+const COMMAND: &str = "(command)";
 
 /// The quarantine row of the intake message at `seq`, once the broker wrote it.
 async fn quarantined(pool: &sqlx::PgPool, seq: u64) -> sqlx::Result<Option<Quarantined>> {
@@ -706,10 +849,71 @@ fn states() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(CommandState::ALL.iter().map(|s| s.as_str()))
 }
 
+/// `--approve-as APPROVER=SEEDFILE`.
+#[derive(Debug, Clone, PartialEq)]
+struct ApproveAs {
+    approver: String,
+    key_file: std::path::PathBuf,
+}
+
+/// `--approve-as APPROVER=SEEDFILE`, checked as clap parses it.
+fn approve_as(s: &str) -> Result<ApproveAs, String> {
+    let Some((approver, file)) = s.split_once('=') else {
+        return Err("expected APPROVER=SEEDFILE".into());
+    };
+    tillsync_schemas::ids::check_id("approver", approver).map_err(|e| e.to_string())?;
+    if file.is_empty() {
+        return Err("expected APPROVER=SEEDFILE: the seed file is missing".into());
+    }
+    Ok(ApproveAs { approver: approver.to_string(), key_file: file.into() })
+}
+
+/// What the broker would refuse anyway among the `--approve-as`: the requester approving, an
+/// approver twice.
+fn check_approve_as(approve_as: &[ApproveAs], requested_by: &str) -> Result<(), Usage> {
+    let mut seen = std::collections::HashSet::new();
+    for ap in approve_as {
+        if ap.approver == requested_by {
+            return Err(Usage(format!(
+                "--approve-as {}: {requested_by} requests the command and cannot approve it",
+                ap.approver
+            )));
+        }
+        if !seen.insert(ap.approver.as_str()) {
+            return Err(Usage(format!("--approve-as {}: the same approver twice counts once", ap.approver)));
+        }
+    }
+    Ok(())
+}
+
 /// `--set KEY=VALUE`, checked as clap parses it.
 fn key_value(s: &str) -> Result<String, String> {
     match s.split_once('=') {
         Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
         _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approve_as_takes_an_approver_and_a_seed_file() {
+        let bob = approve_as("bob=/keys/bob.nk").unwrap();
+        assert_eq!(bob, ApproveAs { approver: "bob".into(), key_file: "/keys/bob.nk".into() });
+        // Only the first `=` splits: a file name may hold one.
+        assert_eq!(approve_as("a-1=k=v.nk").unwrap().key_file, std::path::PathBuf::from("k=v.nk"));
+        for bad in ["bob", "bob=", "=file", "b b=file", "bob.x=file"] {
+            assert!(approve_as(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_requester_and_a_repeated_approver_are_refused() {
+        let ap = |n: &str| ApproveAs { approver: n.into(), key_file: "k".into() };
+        assert!(check_approve_as(&[ap("bob"), ap("carol")], "alice").is_ok());
+        assert!(check_approve_as(&[ap("alice")], "alice").is_err());
+        assert!(check_approve_as(&[ap("bob"), ap("bob")], "alice").is_err());
     }
 }

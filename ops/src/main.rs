@@ -1,12 +1,15 @@
 //! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 failure (the error is printed, with a hint); 2 usage error (also an
-//! unconfirmed decommission, a replay target schema already in use); 3 a
-//! check found differences or problems (e.g. `replay --verify` mismatches, `status`, `commands
-//! send --wait` not acked); 4 no such thing; 5 `commands cancel` too late; 6 a configuration
-//! publish was refused (`config publish`); 130 interrupted by Ctrl-C (`replay` resumes with
-//! `--resume`). Failures are mapped in [`failure`]; the table is in docs/operations.md.
+//! unconfirmed decommission, a replay target schema already in use); 3 a check found
+//! differences or problems (e.g. `replay --verify` mismatches, `status`, `commands send --wait`
+//! not acked, `commands approve|reject` refused); 4 no such thing; 5 `commands cancel` too
+//! late, `commands approve|reject` of a command no longer waiting for approval; 6 a
+//! configuration publish was refused (`config publish`); 130 interrupted by Ctrl-C (`replay`
+//! resumes with `--resume`). Failures are mapped in [`failure`]; the table is in
+//! docs/operations.md.
 
+mod approvers;
 mod bench;
 mod chaos;
 mod commands;
@@ -72,6 +75,9 @@ enum Command {
     Auth(identity::AuthArgs),
     /// Tenants: list, provision one, or decommission one with all its devices.
     Tenants(tenants::TenantsArgs),
+    /// Approvers of a tenant, whose signed approvals count: register one with its key, list,
+    /// revoke.
+    Approvers(approvers::ApproversArgs),
     /// A chaos run against private real processes with a checker (docs/chaos.md).
     Chaos(chaos::ChaosArgs),
     /// The broker's command signing keys: generate a seed file, or print a seed's public key.
@@ -106,6 +112,7 @@ async fn main() -> ExitCode {
         Command::Portals(args) => identity::portals(args, &cli.global).await,
         Command::Auth(args) => identity::auth_cmd(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
+        Command::Approvers(args) => approvers::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
         Command::Keys(args) => keys::run(args),
         Command::Config(args) => store_config::run(args, &cli.global).await,
@@ -174,6 +181,16 @@ mod tests {
         assert_eq!(kind(&[&send[..], &["--kind", "void_order"]].concat()), None);
         let set = [&send[..], &["--kind", "settings_patch", "--set", "novalue"]].concat();
         assert_eq!(kind(&set), Some(ErrorKind::ValueValidation));
+        let signed = [&send[..], &["--kind", "void_order", "--approve-as"]].concat();
+        assert_eq!(kind(&[&signed[..], &["bob"]].concat()), Some(ErrorKind::ValueValidation));
+        assert_eq!(kind(&[&signed[..], &["bob=bob.nk"]].concat()), None);
+        let add = ["tillsync", "approvers", "add", "--tenant", "t", "bob"];
+        assert_eq!(kind(&add), Some(ErrorKind::MissingRequiredArgument));
+        let both = [&add[..], &["--key-file", "k", "--public-key", "U"]].concat();
+        assert_eq!(kind(&both), Some(ErrorKind::ArgumentConflict));
+        let approve = ["tillsync", "commands", "approve", "c1", "--approver", "bob"];
+        assert_eq!(kind(&approve), Some(ErrorKind::MissingRequiredArgument));
+        assert_eq!(kind(&[&approve[..], &["--key-file", "k"]].concat()), None);
         let replay = ["tillsync", "replay", "--into-live"];
         assert_eq!(kind(&[&replay[..], &["--store", "s"]].concat()), Some(ErrorKind::MissingRequiredArgument));
         let device = [&replay[..], &["--tenant", "t", "--device", "d"]].concat();

@@ -34,9 +34,14 @@ pub struct CommandEnvelope {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
+    /// A registered approver of the tenant (`tillsync approvers add`).
     pub approver: String,
     pub role: String,
     pub approved_at_ms: i64,
+    /// The approver's signature over this command ([`crate::approval`]). Without one the
+    /// approval is refused (`unsigned_approval`): a name alone proves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +127,9 @@ impl CommandEnvelope {
         for a in &self.approvals {
             check_id("approver", &a.approver)?;
             check_id("role", &a.role)?;
+            if a.signature.as_ref().is_some_and(|s| s.len() > crate::approval::MAX_SIGNATURE_CHARS) {
+                return Err(WireError::new(Reason::InvalidField, "approval signature too long"));
+            }
         }
         if self.expires_at_ms <= self.issued_at_ms {
             return Err(WireError::new(Reason::InvalidField, "expires_at_ms must be after issued_at_ms"));

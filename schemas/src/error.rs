@@ -26,6 +26,17 @@ pub enum Reason {
     ApplyFailed,
     /// A cancel names a command the broker does not know in that store.
     UnknownCommand,
+    /// An approval without a signature: the names-only envelope of protocol 1.x.
+    UnsignedApproval,
+    /// An approval by someone who is not a registered, unrevoked approver of the tenant.
+    UnknownApprover,
+    /// An approval whose signature does not verify with the approver's registered key over
+    /// this very command.
+    BadApprovalSignature,
+    /// A registered approver rejected the command.
+    ApprovalRejected,
+    /// An approval decision for a command that no longer waits for one.
+    NotPendingApproval,
 }
 
 impl Reason {
@@ -49,6 +60,11 @@ impl Reason {
         Reason::DuplicateApprover,
         Reason::ApplyFailed,
         Reason::UnknownCommand,
+        Reason::UnsignedApproval,
+        Reason::UnknownApprover,
+        Reason::BadApprovalSignature,
+        Reason::ApprovalRejected,
+        Reason::NotPendingApproval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +87,11 @@ impl Reason {
             Reason::DuplicateApprover => "duplicate_approver",
             Reason::ApplyFailed => "apply_failed",
             Reason::UnknownCommand => "unknown_command",
+            Reason::UnsignedApproval => "unsigned_approval",
+            Reason::UnknownApprover => "unknown_approver",
+            Reason::BadApprovalSignature => "bad_approval_signature",
+            Reason::ApprovalRejected => "approval_rejected",
+            Reason::NotPendingApproval => "not_pending_approval",
         }
     }
 

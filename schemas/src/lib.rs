@@ -8,6 +8,7 @@
 //! version of this crate for people writing a bridge in another language.
 
 pub mod ack;
+pub mod approval;
 pub mod codec;
 pub mod command;
 pub mod command_keys;
@@ -27,6 +28,7 @@ pub mod subject;
 pub mod transport;
 
 pub use ack::{CommandAck, Outcome, Watermark};
+pub use approval::{CommandDecision, Decision};
 pub use codec::{decode_command, decode_command_ack, decode_event, decode_heartbeat, encode};
 pub use command::{Approval, CommandBody, CommandCancel, CommandEnvelope};
 pub use error::{Reason, WireError};

@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A command's state. `queued -> delivered -> acked | failed`; any unfinished state ->
-/// `expired` or `cancelled`; `rejected` at intake.
+/// A command's state. `[pending_approval ->] queued -> delivered -> acked | failed`; any
+/// unfinished state -> `expired` or `cancelled`; `rejected` at intake or by an approver (or
+/// when it expires still waiting for approval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandState {
+    /// Recorded, waiting for the approvals its kind needs; nothing is delivered yet.
+    PendingApproval,
     Queued,
     Delivered,
     Acked,
@@ -19,6 +22,7 @@ pub enum CommandState {
 
 impl CommandState {
     pub const ALL: &'static [CommandState] = &[
+        CommandState::PendingApproval,
         CommandState::Queued,
         CommandState::Delivered,
         CommandState::Acked,
@@ -30,6 +34,7 @@ impl CommandState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            CommandState::PendingApproval => "pending_approval",
             CommandState::Queued => "queued",
             CommandState::Delivered => "delivered",
             CommandState::Acked => "acked",
@@ -46,7 +51,7 @@ impl CommandState {
 
     /// Final states never change again.
     pub fn is_final(self) -> bool {
-        !matches!(self, CommandState::Queued | CommandState::Delivered)
+        !matches!(self, CommandState::PendingApproval | CommandState::Queued | CommandState::Delivered)
     }
 }
 

@@ -11,6 +11,8 @@ pub const ROOT: &str = "tillsync";
 pub const STORE_WIDE: &str = "_store";
 /// Last token of a cancel request on the intake subject.
 pub const CANCEL: &str = "_cancel";
+/// Last token of an approver's decision on the intake subject.
+pub const APPROVE: &str = "_approve";
 
 /// What travels on a subject family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +155,12 @@ pub fn cancel(tenant: &str, store: &str) -> String {
     format!("{ROOT}.{}.{tenant}.{store}.{CANCEL}", Family::Intake.token())
 }
 
+/// Decision subject of a store's commands: `tillsync.intake.<tenant>.<store>._approve`, on the
+/// intake stream like a cancel, so a decision is durable and ordered after its command.
+pub fn approve(tenant: &str, store: &str) -> String {
+    format!("{ROOT}.{}.{tenant}.{store}.{APPROVE}", Family::Intake.token())
+}
+
 /// Status subject of one command, for the portal: `tillsync.status.<tenant>.<store>.<command_id>`.
 pub fn status(tenant: &str, store: &str, command_id: &str) -> String {
     format!("{ROOT}.{}.{tenant}.{store}.{command_id}", Family::Status.token())
@@ -202,7 +210,7 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
     check_id("store token", store).map_err(|e| bad(&e.detail))?;
     let store_wide_ok =
         matches!(family, Family::Intake | Family::Config | Family::ConfigSnapshot | Family::ConfigPublish);
-    if !((store_wide_ok && last == STORE_WIDE) || (family == Family::Intake && last == CANCEL)) {
+    if !((store_wide_ok && last == STORE_WIDE) || (family == Family::Intake && (last == CANCEL || last == APPROVE))) {
         check_id("last token", last).map_err(|e| bad(&e.detail))?;
     }
     Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into(), partition })

@@ -81,8 +81,18 @@ fn command_refund() {
         expires_at_ms: 1_700_003_600_000,
         requested_by: "alice".into(),
         approvals: vec![
-            Approval { approver: "bob".into(), role: "manager".into(), approved_at_ms: 1_700_000_000_500 },
-            Approval { approver: "carol".into(), role: "finance".into(), approved_at_ms: 1_700_000_000_900 },
+            Approval {
+                approver: "bob".into(),
+                role: "manager".into(),
+                approved_at_ms: 1_700_000_000_500,
+                signature: None,
+            },
+            Approval {
+                approver: "carol".into(),
+                role: "finance".into(),
+                approved_at_ms: 1_700_000_000_900,
+                signature: None,
+            },
         ],
         if_match: None,
     };
@@ -103,7 +113,12 @@ fn command_settings_patch_store_wide() {
         issued_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_003_600_000,
         requested_by: "alice".into(),
-        approvals: vec![Approval { approver: "bob".into(), role: "manager".into(), approved_at_ms: 1_700_000_000_500 }],
+        approvals: vec![Approval {
+            approver: "bob".into(),
+            role: "manager".into(),
+            approved_at_ms: 1_700_000_000_500,
+            signature: None,
+        }],
         if_match: Some(6),
     };
     golden("command_settings_patch.msgpack", &encode(&cmd));

@@ -63,6 +63,7 @@ pub async fn code_for(pool: &sqlx::PgPool, addr: &DeviceAddr, purpose: &str, hou
         .execute(pool)
         .await
         .unwrap();
+    crate::register_test_approvers(pool, &addr.tenant_id).await;
     let code = tillsync_broker::auth::new_code();
     let mut tx = pool.begin().await.unwrap();
     tillsync_broker::auth::records::insert_code(&mut tx, &code, addr, purpose, "test", hours).await.unwrap();

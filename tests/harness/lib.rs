@@ -9,6 +9,7 @@
 //! - [`eventually`] polls with a timeout instead of sleeping.
 //! - [`BrokerProc`] and [`InProcBroker`] run the broker as a child process (for kill -9) or a task.
 
+mod approvers;
 mod auth;
 mod broker;
 mod cluster;
@@ -19,11 +20,12 @@ mod postgres;
 mod scrape;
 mod tls;
 
+pub use approvers::{approval_by, approve, approver_key, register_test_approvers, APPROVERS};
 pub use auth::{activation_code, code_for, AuthSetup};
 pub use broker::{bin_path, BrokerProc, InProcBroker};
 pub use cluster::NatsCluster;
 pub use db::TestDb;
-pub use nats::NatsServer;
+pub use nats::{free_port, nats_bin, NatsServer};
 pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};
 pub use postgres::TlsPostgres;
 pub use scrape::{free_addr, http_get, metric};

@@ -20,7 +20,7 @@ pub struct NatsServer {
 }
 
 /// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
-pub(crate) fn nats_bin() -> PathBuf {
+pub fn nats_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TILLSYNC_NATS_SERVER") {
         return p.into();
     }
@@ -31,7 +31,7 @@ pub(crate) fn nats_bin() -> PathBuf {
     "nats-server".into()
 }
 
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

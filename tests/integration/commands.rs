@@ -17,8 +17,8 @@ use sqlx::PgPool;
 use tillsync_broker::config::Config;
 use tillsync_schemas::subject::Family;
 use tillsync_schemas::{
-    codec, streams, subject, Approval, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus,
-    DeviceAddr, Heartbeat, Outcome, SCHEMA_VERSION,
+    codec, streams, subject, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus, DeviceAddr,
+    Heartbeat, Outcome, SCHEMA_VERSION,
 };
 use tillsync_tests::{eventually, eventually_eq, http_get, metric, BrokerProc, InProcBroker, Stack};
 
@@ -38,7 +38,7 @@ pub(crate) fn command(
     ttl_ms: i64,
 ) -> CommandEnvelope {
     let now = tillsync_broker::now_ms();
-    CommandEnvelope {
+    let mut cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Uuid::new_v4().to_string(),
         tenant_id: tenant.into(),
@@ -48,12 +48,11 @@ pub(crate) fn command(
         issued_at_ms: now,
         expires_at_ms: now + ttl_ms,
         requested_by: "requester".into(),
-        approvals: approvers
-            .iter()
-            .map(|a| Approval { approver: (*a).into(), role: "manager".into(), approved_at_ms: now })
-            .collect(),
+        approvals: vec![],
         if_match: None,
-    }
+    };
+    tillsync_tests::approve(&mut cmd, approvers);
+    cmd
 }
 
 fn refund() -> CommandBody {
@@ -98,6 +97,7 @@ pub(crate) async fn provision(pool: &PgPool, a: &DeviceAddr) {
     .execute(pool)
     .await
     .unwrap();
+    tillsync_tests::register_test_approvers(pool, &a.tenant_id).await;
 }
 
 pub(crate) async fn inbox(pool: &PgPool, command_id: &str, device: &str) -> Option<(String, i32, Option<String>)> {
@@ -174,6 +174,11 @@ impl Statuses {
             .collect()
     }
 
+    /// Every status of one command, in arrival order.
+    pub(crate) fn all(&self, command_id: &str) -> Vec<CommandStatus> {
+        self.0.lock().unwrap().iter().filter(|s| s.command_id == command_id).cloned().collect()
+    }
+
     pub(crate) async fn wait(&self, command_id: &str, state: CommandState) -> CommandStatus {
         let what = format!("status {} for {command_id}", state.as_str());
         eventually(T, &what, || async {
@@ -187,7 +192,7 @@ impl Statuses {
 // The fake edge
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Apply and ack.
     Apply,
     /// Apply but lose the ack (the broker redelivers).
@@ -206,7 +211,7 @@ struct EdgeState {
     acks: HashMap<String, CommandAck>,
 }
 
-struct FakeEdge {
+pub(crate) struct FakeEdge {
     addr: DeviceAddr,
     mode: Arc<Mutex<Mode>>,
     state: Arc<Mutex<EdgeState>>,
@@ -214,7 +219,7 @@ struct FakeEdge {
 }
 
 impl FakeEdge {
-    async fn start(stack: &Stack, addr: &DeviceAddr, mode: Mode) -> FakeEdge {
+    pub(crate) async fn start(stack: &Stack, addr: &DeviceAddr, mode: Mode) -> FakeEdge {
         let client = stack.nats.client().await;
         let js = async_nats::jetstream::new(client);
         let mode = Arc::new(Mutex::new(mode));
@@ -292,11 +297,11 @@ impl FakeEdge {
         st.arrivals.iter().filter(|(c, _)| seen.insert(c.clone())).map(|(c, _)| c.clone()).collect()
     }
 
-    fn arrival_count(&self) -> usize {
+    pub(crate) fn arrival_count(&self) -> usize {
         self.state.lock().unwrap().arrivals.len()
     }
 
-    fn applied(&self, command_id: &str) -> u32 {
+    pub(crate) fn applied(&self, command_id: &str) -> u32 {
         self.state.lock().unwrap().applied.get(command_id).copied().unwrap_or(0)
     }
 }
@@ -476,7 +481,7 @@ async fn a_backlog_is_taken_in_batches_keeping_issue_order_duplicates_and_refusa
     // with a resend and a refusal among them, three acks of `held` and an ack of nothing.
     let cmds: Vec<CommandEnvelope> =
         (0..40).map(|_| command("cmd-batch", "s1", Some("till-1"), menu(), &["alice"], 60_000)).collect();
-    let refused = command("cmd-batch", "s1", Some("till-1"), refund(), &["alice"], 60_000);
+    let refused = command("cmd-batch", "s1", Some("till-1"), refund(), &["alice", "alice"], 60_000);
     for (i, c) in cmds.iter().enumerate() {
         send(&js, c).await;
         match i {
@@ -671,12 +676,20 @@ async fn policy_rejections_are_recorded_reported_and_never_delivered() {
     let statuses = Statuses::watch(&stack.nats.client().await, "cmd-policy").await;
     let js = stack.nats.jetstream().await;
 
+    // A names-only approval (protocol 1.x), a signature by nobody registered, bob's name on
+    // alice's signature.
+    let mut unsigned = command("cmd-policy", "s1", Some("till-1"), refund(), &["alice", "bob"], 60_000);
+    unsigned.approvals[1].signature = None;
+    let stranger = command("cmd-policy", "s1", Some("till-1"), menu(), &["mallory"], 60_000);
+    let mut forged = command("cmd-policy", "s1", Some("till-1"), refund(), &["alice", "bob"], 60_000);
+    forged.approvals[1].signature = forged.approvals[0].signature.clone();
     let mut cases = vec![
-        ("missing_approval", command("cmd-policy", "s1", Some("till-1"), refund(), &["alice"], 60_000)),
+        ("unsigned_approval", unsigned),
+        ("unknown_approver", stranger),
+        ("bad_approval_signature", forged),
         ("duplicate_approver", command("cmd-policy", "s1", Some("till-1"), void(), &["alice", "alice"], 60_000)),
         ("self_approval", command("cmd-policy", "s1", Some("till-1"), void(), &["alice", "requester"], 60_000)),
         ("self_approval", command("cmd-policy", "s1", Some("till-1"), menu(), &["requester"], 60_000)),
-        ("missing_approval", command("cmd-policy", "s1", Some("till-1"), menu(), &[], 60_000)),
         ("unknown_device", command("cmd-policy", "s1", Some("till-9"), menu(), &["alice"], 60_000)),
         ("unknown_device", command("cmd-policy", "s-empty", None, menu(), &["alice"], 60_000)),
         ("ttl_too_long", command("cmd-policy", "s1", Some("till-1"), menu(), &["alice"], 7_200_000)),
@@ -717,8 +730,18 @@ async fn policy_rejections_are_recorded_reported_and_never_delivered() {
         let statuses = &statuses;
         async move { statuses.wait(&id, CommandState::Rejected).await.detail }
     };
-    assert!(detail(5).await.starts_with("device \"till-9\" is not known"));
-    assert!(detail(6).await.starts_with("store \"s-empty\" has no known device"));
+    assert!(detail(6).await.starts_with("device \"till-9\" is not known"));
+    assert!(detail(7).await.starts_with("store \"s-empty\" has no known device"));
+
+    // Too few approvals is no refusal: the command waits, recorded and reported, undelivered.
+    let short = command("cmd-policy", "s1", Some("till-1"), refund(), &["alice"], 60_000);
+    let none = command("cmd-policy", "s1", Some("till-1"), menu(), &[], 60_000);
+    for c in [&short, &none] {
+        send(&js, c).await;
+        let s = statuses.wait(&c.command_id, CommandState::PendingApproval).await;
+        assert_eq!(s.code, None);
+        assert!(s.detail.contains("tillsync commands approve"), "{}", s.detail);
+    }
 
     // Never delivered: nothing in any inbox, and a later valid command is the edge's first.
     assert_eq!(stack.db.count("SELECT count(*) FROM command_inbox").await, 0);
@@ -728,8 +751,16 @@ async fn policy_rejections_are_recorded_reported_and_never_delivered() {
     assert_eq!(edge.arrival_count(), 1);
 
     let http = broker.broker.http_addr;
-    for code in ["missing_approval", "duplicate_approver", "self_approval", "unknown_device", "ttl_too_long", "expired"]
-    {
+    for code in [
+        "unsigned_approval",
+        "unknown_approver",
+        "bad_approval_signature",
+        "duplicate_approver",
+        "self_approval",
+        "unknown_device",
+        "ttl_too_long",
+        "expired",
+    ] {
         metric_at_least(http, "tillsync_commands_rejected_total", &format!("reason=\"{code}\""), 1.0).await;
     }
     broker.stop().await;
@@ -1000,9 +1031,23 @@ async fn cli_sends_waits_shows_and_lists() {
     let edge = FakeEdge::start(&stack, &d, Mode::Apply).await;
     online(&stack.db.pool, &d).await;
 
+    // The approvers' seed files: alice and bob are registered (test keys), carol is added here.
+    let keys = tempfile::tempdir().unwrap();
+    let seed_file = |name: &str, seed: &str| {
+        let path = keys.path().join(format!("{name}.nk"));
+        std::fs::write(&path, seed).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let alice = seed_file("alice", tillsync_schemas::approval::TEST_APPROVERS[0].1);
+    let bob = seed_file("bob", tillsync_schemas::approval::TEST_APPROVERS[1].1);
+    let carol = keys.path().join("carol.nk").to_str().unwrap().to_string();
+    assert_eq!(cli(&stack, &["keys", "generate", &carol]).await.0, 0);
+
     let base =
         ["commands", "send", "--tenant", "cmd-cli", "--store", "s1", "--device", "till-1", "--requested-by", "rita"];
-    let menu = ["--kind", "apply_menu_publish", "--menu-id", "spring", "--version", "4", "--approver", "alice"];
+    let approve_as = format!("alice={alice}");
+    let menu = ["--kind", "apply_menu_publish", "--menu-id", "spring", "--version", "4", "--approve-as", &approve_as];
     let args: Vec<&str> = base.iter().chain(&menu).chain(&["--wait", "--wait-s", "15", "--json"]).copied().collect();
     let (code, out) = cli(&stack, &args).await;
     assert_eq!(code, 0, "{out}");
@@ -1021,18 +1066,59 @@ async fn cli_sends_waits_shows_and_lists() {
     assert_eq!(code, 0);
     assert!(out.contains("History") && out.contains("acked"), "{out}");
 
-    // A void needs two approvers: the broker rejects it and --wait exits 3.
-    let void = ["--kind", "void_order", "--order-id", "o-1", "--reason", "test", "--approver", "alice", "--wait"];
-    let args: Vec<&str> = base.iter().chain(&void).copied().collect();
-    let (code, out) = cli(&stack, &args).await;
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("rejected") && out.contains("missing_approval"), "{out}");
+    // Names alone are refused before anything is sent.
+    let named: Vec<&str> = base
+        .iter()
+        .chain(&["--kind", "apply_menu_publish", "--menu-id", "m", "--version", "1"])
+        .chain(&["--approver", "alice"])
+        .copied()
+        .collect();
+    assert_eq!(cli(&stack, &named).await.0, 2);
 
+    // A void with one approval waits; carol, registered here, gives the second: delivered.
+    let void = ["--kind", "void_order", "--order-id", "o-1", "--reason", "test", "--approve-as", &approve_as, "--json"];
+    let send_void = || async {
+        let args: Vec<&str> = base.iter().chain(&void).copied().collect();
+        let (code, out) = cli(&stack, &args).await;
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["command_id"].as_str().unwrap().to_string()
+    };
+    let waiting = send_void().await;
+    let pending = ["commands", "list", "--tenant", "cmd-cli", "--state", "pending_approval", "--json"];
+    eventually_eq(T, "one command pending approval", 1, || async {
+        let (_, out) = cli(&stack, &pending).await;
+        serde_json::from_str::<serde_json::Value>(&out).map_or(0, |v| v.as_array().map_or(0, Vec::len))
+    })
+    .await;
+    let (code, out) = cli(&stack, &["approvers", "add", "--tenant", "cmd-cli", "carol", "--key-file", &carol]).await;
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&stack, &["approvers", "list", "--tenant", "cmd-cli", "--json"]).await;
+    assert!(out.contains("\"carol\""), "{out}");
+    let (code, out) =
+        cli(&stack, &["commands", "approve", &waiting, "--approver", "carol", "--key-file", &carol]).await;
+    assert_eq!(code, 0, "{out}");
+    eventually_eq(T, "the approved void applied", 1, || async { edge.applied(&waiting) }).await;
+    // Approving again: it no longer waits.
+    let again = cli(&stack, &["commands", "approve", &waiting, "--approver", "bob", "--key-file", &bob]).await;
+    assert_eq!(again.0, 5, "{}", again.1);
+
+    // bob rejects the next one: rejected, never delivered.
+    let rejected = send_void().await;
+    let (code, out) = cli(&stack, &["commands", "reject", &rejected, "--approver", "bob", "--key-file", &bob]).await;
+    assert_eq!(code, 0, "{out}");
     let (code, out) = cli(&stack, &["commands", "list", "--tenant", "cmd-cli", "--state", "rejected", "--json"]).await;
     assert_eq!(code, 0);
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
-    assert_eq!(rows[0]["code"], "missing_approval");
+    assert_eq!(rows[0]["code"], "approval_rejected");
+    assert_eq!(edge.applied(&rejected), 0);
+
+    // A revoked approver's signature counts for nothing (refused before sending: exit 3).
+    assert_eq!(cli(&stack, &["approvers", "revoke", "--tenant", "cmd-cli", "carol"]).await.0, 0);
+    let third = send_void().await;
+    let late = cli(&stack, &["commands", "approve", &third, "--approver", "carol", "--key-file", &carol]).await;
+    assert_eq!(late.0, 3, "{}", late.1);
+    assert_eq!(cli(&stack, &["approvers", "revoke", "--tenant", "cmd-cli", "nobody"]).await.0, 4);
 
     let (code, _) = cli(&stack, &["commands", "show", &uuid::Uuid::new_v4().to_string()]).await;
     assert_eq!(code, 4, "not found");

@@ -68,12 +68,14 @@ pub async fn publish_raw(js: &async_nats::jetstream::Context, subject: String, b
     js.publish(subject, bytes.into()).await.unwrap().await.unwrap();
 }
 
+/// Adds the tenant with the test approvers alice and bob registered.
 pub async fn add_tenant(pool: &sqlx::PgPool, tenant: &str) {
     sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(tenant)
         .execute(pool)
         .await
         .unwrap();
+    tillsync_tests::register_test_approvers(pool, tenant).await;
 }
 
 /// The info of every partition consumer of `base` (`broker-events-p0`, ...) on `stream`.

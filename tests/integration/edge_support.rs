@@ -107,16 +107,13 @@ pub async fn provision(stack: &Stack, d: &DeviceAddr) {
         .execute(&stack.db.pool)
         .await
         .unwrap();
+    tillsync_tests::register_test_approvers(&stack.db.pool, &d.tenant_id).await;
 }
 
 /// Publishes an approved settings patch to `d` on intake, as the portal does; returns it.
 pub async fn send_via_portal(js: &async_nats::jetstream::Context, d: &DeviceAddr, revision: u64) -> CommandEnvelope {
     let mut cmd = settings_patch(d, revision, tillsync_edge::now_ms(), 60_000);
-    cmd.approvals = vec![tillsync_schemas::Approval {
-        approver: "bob".into(),
-        role: "manager".into(),
-        approved_at_ms: tillsync_edge::now_ms(),
-    }];
+    tillsync_tests::approve(&mut cmd, &["bob"]);
     let mut h = HeaderMap::new();
     h.insert(streams::HEADER_MSG_ID, cmd.command_id.as_str());
     let intake = subject::intake(&d.tenant_id, &d.store_id, Some(&d.device_id));

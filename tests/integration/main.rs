@@ -2,6 +2,7 @@
 //! started per test by the harness in `tests/harness`.
 
 mod adversary;
+mod approvals;
 mod bench;
 mod chaos;
 mod cli;

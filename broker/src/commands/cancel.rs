@@ -88,7 +88,8 @@ fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
     Ok(req)
 }
 
-async fn quarantine(ctx: &Ctx, fence: Fence, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
+/// Quarantines a cancel or decision message; `Ok(true)`: terminate it.
+pub(super) async fn quarantine(ctx: &Ctx, fence: Fence, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
     crate::quarantine::record(&ctx.pool, fence, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
     Ok(true)
@@ -110,15 +111,21 @@ pub async fn cancel(
     if let Some(f) = fence {
         crate::partitions::fence::check(&mut tx, f).await?;
     }
-    let known: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM commands WHERE tenant_id = $1 AND store_id = $2 AND command_id = $3")
-            .bind(&req.tenant_id)
-            .bind(&req.store_id)
-            .bind(&req.command_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if known.is_none() {
-        return Ok(None);
+    let known: Option<bool> = sqlx::query_scalar(
+        "SELECT pending_approval FROM commands WHERE tenant_id = $1 AND store_id = $2 AND command_id = $3",
+    )
+    .bind(&req.tenant_id)
+    .bind(&req.store_id)
+    .bind(&req.command_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(pending) = known else { return Ok(None) };
+    let by = format!("cancel requested by {}", req.requested_by);
+    if pending && super::store::end_pending(&mut tx, &req.tenant_id, &req.command_id, CANCELLED).await? {
+        // Waiting for approval: never delivered, so cancelled outright.
+        let row = insert_log(&mut tx, log(req, None, CommandState::Cancelled, 0, CANCELLED, &by)).await?;
+        tx.commit().await?;
+        return Ok(Some(vec![(row, vec![])]));
     }
     let entries: Vec<Entry> = sqlx::query_as(
         "SELECT device_id, state, attempts, copies FROM command_inbox
@@ -128,11 +135,10 @@ pub async fn cancel(
     .bind(&req.command_id)
     .fetch_all(&mut *tx)
     .await?;
-    let by = format!("cancel requested by {}", req.requested_by);
     let mut out = Vec::new();
     if entries.is_empty() {
-        // Rejected at intake: never delivered, nothing to cancel.
-        let detail = format!("{by}: the command was rejected at intake");
+        // Rejected at intake (or by an approver): never delivered, nothing to cancel.
+        let detail = format!("{by}: the command was rejected");
         let row = insert_log(&mut tx, log(req, None, CommandState::Rejected, 0, CANCEL_REFUSED, &detail)).await?;
         out.push((row, vec![]));
     }

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use serde::Deserialize;
-use tillsync_actors::policy;
+use tillsync_actors::policy::{self, Approvals};
 use tillsync_schemas::ids::check_uuid_or_ulid;
 use tillsync_schemas::{
     codec, streams as names, subject, CommandEnvelope, CommandState, DeviceAddr, Reason, WireError,
 };
 
 use super::intake_store::{self, Accepted};
-use super::store::{self, CommandRow};
+use super::store::{self, CommandRow, OverPending};
 use super::{publish, CommandError};
 use crate::partitions::Fence;
 use crate::spine::{self, Settle, Source};
@@ -45,6 +45,13 @@ pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
             // After the commands before it, so a cancel always finds what it cancels.
             accept(ctx, fence, std::mem::take(&mut gathered)).await;
             let outcome = super::cancel::handle(ctx, fence, &msg).await;
+            finish(ctx, fence, &msg, outcome).await;
+            continue;
+        }
+        if super::approvals::is_decision(&msg.subject) {
+            // Likewise: a decision always finds the command it decides.
+            accept(ctx, fence, std::mem::take(&mut gathered)).await;
+            let outcome = super::approvals::handle(ctx, fence, &msg).await;
             finish(ctx, fence, &msg, outcome).await;
             continue;
         }
@@ -83,6 +90,8 @@ enum Refusal {
     Quarantine(WireError),
     /// Recorded as a rejected command, with a status.
     Reject(Box<CommandEnvelope>, WireError),
+    /// Recorded as waiting for approvals, with a status; delivered once approved.
+    Hold(Box<CommandEnvelope>, Approvals),
 }
 
 impl Refusal {
@@ -91,7 +100,10 @@ impl Refusal {
         match self {
             Refusal::Undecoded(e) => refuse_undecoded(ctx, fence, msg, e).await,
             Refusal::Quarantine(e) => quarantine(ctx, fence, msg, &e).await,
-            Refusal::Reject(cmd, e) => reject(ctx, fence, &CommandRow::of(&cmd, &msg.payload), &e).await,
+            Refusal::Reject(cmd, e) => {
+                reject(ctx, fence, &CommandRow::of(&cmd, &msg.payload), &e, OverPending::Leave).await
+            }
+            Refusal::Hold(cmd, approvals) => hold(ctx, fence, &cmd, &msg.payload, approvals).await,
         }
     }
 }
@@ -110,10 +122,13 @@ async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refus
         return Ok(Err(Refusal::Quarantine(e)));
     }
     let max_ttl_ms = (ctx.config.command_max_ttl_s as i64).saturating_mul(1000);
-    if let Err(e) = policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms) {
-        return Ok(Err(Refusal::Reject(Box::new(cmd), e)));
-    }
-    Ok(Ok(cmd))
+    let names: Vec<&str> = cmd.approvals.iter().map(|a| a.approver.as_str()).collect();
+    let keys = super::approvals::keys(&ctx.pool, &cmd.tenant_id, &names).await?;
+    Ok(match policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms, |a| keys.get(a).map(String::as_str)) {
+        Ok(Approvals::Enough) => Ok(cmd),
+        Ok(pending) => Err(Refusal::Hold(Box::new(cmd), pending)),
+        Err(e) => Err(Refusal::Reject(Box::new(cmd), e)),
+    })
 }
 
 /// Accepts the gathered commands in one statement, rejects those with no known device,
@@ -167,7 +182,8 @@ async fn accept(ctx: &Arc<Ctx>, fence: Fence, gathered: Vec<(Message, CommandEnv
                     None => format!("store {:?} has no known device", cmd.store_id),
                 };
                 let e = WireError::new(Reason::UnknownDevice, format!("{what} (provision with `tillsync devices add`)"));
-                reject(ctx, fence, row, &e).await
+                // Also when this is the approved release of a command waiting for approval.
+                reject(ctx, fence, row, &e, OverPending::End).await
             }
         });
     }
@@ -198,8 +214,14 @@ async fn accept(ctx: &Arc<Ctx>, fence: Fence, gathered: Vec<(Message, CommandEnv
 }
 
 /// Records a rejected command and publishes its status; `Ok(false)`: ack the message.
-async fn reject(ctx: &Ctx, fence: Fence, row: &CommandRow<'_>, e: &WireError) -> Result<bool, CommandError> {
-    let Some(log) = store::reject(&ctx.pool, fence, row, e.reason.as_str(), &e.detail).await? else {
+async fn reject(
+    ctx: &Ctx,
+    fence: Fence,
+    row: &CommandRow<'_>,
+    e: &WireError,
+    over: OverPending,
+) -> Result<bool, CommandError> {
+    let Some(log) = store::reject(&ctx.pool, fence, row, e.reason.as_str(), &e.detail, over).await? else {
         return Ok(false);
     };
     metrics::command_rejected(e.reason.as_str());
@@ -271,7 +293,33 @@ async fn refuse_undecoded(ctx: &Ctx, fence: Fence, msg: &Message, e: WireError) 
         issued_at_ms: p.issued_at_ms,
         expires_at_ms: p.expires_at_ms,
     };
-    reject(ctx, fence, &row, &e).await
+    reject(ctx, fence, &row, &e, OverPending::Leave).await
+}
+
+/// Records a command that waits for approvals and tells the portal; `Ok(false)`: ack.
+async fn hold(
+    ctx: &Ctx,
+    fence: Fence,
+    cmd: &CommandEnvelope,
+    payload: &[u8],
+    approvals: Approvals,
+) -> Result<bool, CommandError> {
+    let Approvals::Pending { have, need } = approvals else { return Ok(false) };
+    let detail = format!(
+        "{} requested by {}: {have} of {need} approvals; approvers run `tillsync commands approve {}`",
+        cmd.body.kind(),
+        cmd.requested_by,
+        cmd.command_id
+    );
+    let Some(log) = store::hold(&ctx.pool, fence, &CommandRow::of(cmd, payload), &detail).await? else {
+        return Ok(false);
+    };
+    metrics::command_pending_approval();
+    tracing::info!(command_id = %cmd.command_id, kind = cmd.body.kind(), have, need, "Command waits for approval.");
+    if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &[log]).await {
+        tracing::warn!(%error, "Pending-approval status not published; the sweeper retries it.");
+    }
+    Ok(false)
 }
 
 /// Quarantines a message; `Ok(true)`: terminate it.

@@ -30,7 +30,8 @@ fn queued_detail(c: &CommandRow<'_>) -> String {
 /// Accepts commands in one statement (one round trip, one commit), one result per command in
 /// order. Each command's target devices are the named one if known, else every known device
 /// of its store (a decommissioned device is not known); only if there are some and its id is new is it recorded, with an inbox entry
-/// and a `queued` log row per device. Inbox entries are numbered in the order given, so a
+/// and a `queued` log row per device. A command waiting for approval (same id, store and
+/// device) is released by its approved envelope: recorded as new from here on. Inbox entries are numbered in the order given, so a
 /// device's commands keep their issue order. A command id repeated within the batch is a
 /// duplicate of its first occurrence.
 ///
@@ -87,7 +88,10 @@ pub async fn accept_many(
            SELECT n.tenant_id, n.store_id, n.command_id, n.device_id, n.kind, n.envelope, n.requested_by,
                   coalesce(($13::text[])[n.lo:n.hi], '{{}}'), n.issued_at, n.expires_at, $14, NULL
            FROM input n WHERE EXISTS (SELECT 1 FROM targets t WHERE t.ord = n.ord) ORDER BY n.ord
-           ON CONFLICT (tenant_id, command_id) DO NOTHING
+           ON CONFLICT (tenant_id, command_id) DO UPDATE
+             SET envelope = EXCLUDED.envelope, approvers = EXCLUDED.approvers, pending_approval = false
+             WHERE commands.pending_approval AND commands.store_id = EXCLUDED.store_id
+               AND commands.device_id IS NOT DISTINCT FROM EXCLUDED.device_id
            RETURNING tenant_id, command_id
          ), new AS (
            SELECT n.ord, n.tenant_id, n.store_id, n.command_id, n.expires_at, n.detail, n.direct_next, t.device_id,

@@ -9,6 +9,8 @@
 //!   [`copies`] checks a published copy is still there and deletes the copies of what ended.
 //! - [`acks`] records device acks, a batch per statement, with the transitions they make, and
 //!   the applies that came after the portal was told a command ended (corrections).
+//! - [`approvals`] counts approvers' signed decisions about commands waiting for approval and
+//!   releases a command once it has enough.
 //! - [`cancel`] cancels what has not been applied, on the portal's request.
 //! - [`misnamed`] deletes device command consumers no device may use.
 //! - [`sweep`] wakes device actors for due checks and expiries (actors are passivated when
@@ -20,6 +22,7 @@
 
 pub mod ack_store;
 pub mod acks;
+pub mod approvals;
 pub mod cancel;
 pub mod copies;
 pub mod intake;

@@ -172,6 +172,35 @@ async fn insert_command(
     Ok(inserted == 1)
 }
 
+/// Ends a command waiting for approval with `code` (rejected by an approver, expired, no
+/// device left at release); `false` when it no longer waits (released, ended before).
+pub async fn end_pending(
+    tx: &mut PgConnection,
+    tenant: &str,
+    command_id: &str,
+    code: &str,
+) -> Result<bool, sqlx::Error> {
+    let ended = sqlx::query(
+        "UPDATE commands SET pending_approval = false, rejected_code = $3
+         WHERE tenant_id = $1 AND command_id = $2 AND pending_approval",
+    )
+    .bind(tenant)
+    .bind(command_id)
+    .bind(code)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(ended == 1)
+}
+
+/// Whether a refusal may end a command of the same id that waits for approval: only one about
+/// that very command (its release found no device), never a new message reusing its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverPending {
+    Leave,
+    End,
+}
+
 /// Records a command refused at intake. `None` for a duplicate.
 pub async fn reject(
     pool: &PgPool,
@@ -179,10 +208,13 @@ pub async fn reject(
     c: &CommandRow<'_>,
     code: &str,
     detail: &str,
+    over: OverPending,
 ) -> Result<Option<LogRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     crate::partitions::fence::check(&mut tx, fence).await?;
-    if !insert_command(&mut tx, c, Some(code)).await? {
+    let recorded = insert_command(&mut tx, c, Some(code)).await?
+        || (over == OverPending::End && end_pending(&mut tx, c.tenant_id, c.command_id, code).await?);
+    if !recorded {
         return Ok(None);
     }
     let log = NewLog {
@@ -195,6 +227,40 @@ pub async fn reject(
         code: Some(code),
         detail,
         actor: BY_BROKER,
+    };
+    let row = insert_log(&mut tx, log).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// Records a command that waits for approvals: the command row marked `pending_approval`,
+/// no inbox entry, and a `pending_approval` log row. `None` for a command id seen before.
+pub async fn hold(
+    pool: &PgPool,
+    fence: Fence,
+    c: &CommandRow<'_>,
+    detail: &str,
+) -> Result<Option<LogRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    crate::partitions::fence::check(&mut tx, fence).await?;
+    if !insert_command(&mut tx, c, None).await? {
+        return Ok(None);
+    }
+    sqlx::query("UPDATE commands SET pending_approval = true WHERE tenant_id = $1 AND command_id = $2")
+        .bind(c.tenant_id)
+        .bind(c.command_id)
+        .execute(&mut *tx)
+        .await?;
+    let log = NewLog {
+        tenant_id: c.tenant_id,
+        store_id: c.store_id,
+        command_id: c.command_id,
+        device_id: None,
+        state: CommandState::PendingApproval,
+        attempt: 0,
+        code: None,
+        detail,
+        actor: BY_PORTAL,
     };
     let row = insert_log(&mut tx, log).await?;
     tx.commit().await?;
@@ -457,6 +523,39 @@ pub async fn finish(
 
 type LogTuple =
     (i64, String, String, String, Option<String>, String, i32, Option<String>, String, DateTime<Utc>, Option<String>);
+
+/// Ends commands that expired still waiting for approval: `rejected` with code `expired`
+/// (never delivered), a log row each, left for the caller to publish. At most `limit`.
+pub async fn expire_pending(pool: &PgPool, limit: i64) -> Result<Vec<LogRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ended: Vec<(String, String, String)> = sqlx::query_as(
+        "UPDATE commands SET pending_approval = false, rejected_code = 'expired'
+         WHERE (tenant_id, command_id) IN (
+           SELECT tenant_id, command_id FROM commands WHERE pending_approval AND expires_at <= now()
+           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING tenant_id, store_id, command_id",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows = Vec::with_capacity(ended.len());
+    for (tenant_id, store_id, command_id) in &ended {
+        let log = NewLog {
+            tenant_id,
+            store_id,
+            command_id,
+            device_id: None,
+            state: CommandState::Rejected,
+            attempt: 0,
+            code: Some(tillsync_actors::policy::EXPIRED_CODE),
+            detail: "expired waiting for approval",
+            actor: BY_BROKER,
+        };
+        rows.push(insert_log(&mut tx, log).await?);
+    }
+    tx.commit().await?;
+    Ok(rows)
+}
 
 /// Log rows whose status never went out (the broker stopped in between), oldest first.
 pub async fn unpublished(pool: &PgPool, older_than_ms: i64, limit: i64) -> Result<Vec<LogRow>, sqlx::Error> {

@@ -2,8 +2,8 @@
 //! idle and the broker may be killed at any moment, so check and expiry deadlines live in
 //! Postgres (`next_attempt_at`, `expires_at`, indexed) and this task wakes the actors of devices
 //! with something due. It also resends status messages a crash left unpublished, deletes the
-//! stream copies of commands that ended (those an ack ended, and any a failure left behind)
-//! and exports the inbox gauges by tenant.
+//! stream copies of commands that ended (those an ack ended, and any a failure left behind),
+//! ends commands that expired waiting for approval, and exports the inbox gauges by tenant.
 //!
 //! Every instance wakes the devices of the partitions it owns (their actors live there); the
 //! rest covers every store and is idempotent, and runs on the lead instance only.
@@ -40,6 +40,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         wake_due(&ctx).await;
         if last_slow.elapsed() >= SLOW_EVERY && ctx.partitions.leads() {
             last_slow = Instant::now();
+            expire_pending(&ctx).await;
             resend_unpublished(&ctx).await;
             purge_copies(&ctx).await;
             export_gauges(&ctx).await;
@@ -56,6 +57,21 @@ async fn wake_due(ctx: &Ctx) {
             }
         }
         Err(error) => tracing::warn!(%error, "Command sweep query failed."),
+    }
+}
+
+/// Commands that expired waiting for approval end `rejected` (`expired`); the portal hears
+/// it here, or from the outbox pass if this publish fails.
+async fn expire_pending(ctx: &Ctx) {
+    match store::expire_pending(&ctx.pool, 500).await {
+        Ok(rows) if !rows.is_empty() => {
+            tracing::info!(count = rows.len(), "Commands expired waiting for approval.");
+            if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
+                tracing::warn!(%error, "Expiry status not published; the sweeper retries it.");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "Pending-approval expiry query failed."),
     }
 }
 

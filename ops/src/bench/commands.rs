@@ -1,6 +1,6 @@
 //! `bench commands`: command round trips through the broker and simulated edge bridges.
 //!
-//! The portal side publishes `settings_patch` commands (one approver, not the requester) to
+//! The portal side publishes `settings_patch` commands (one signed test approver, not the requester) to
 //! intake at a fixed open-loop rate, with `Nats-Msg-Id` = command id. The simulated bridges
 //! are one JetStream consumer over every device's command subject that acks each command as
 //! `applied` right away. The round trip ends when the broker's `acked` status for the command
@@ -21,8 +21,8 @@ use tillsync_broker::Broker;
 use tillsync_schemas::ack::codes;
 use tillsync_schemas::subject::{self, Family};
 use tillsync_schemas::{
-    codec, streams as names, Approval, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus,
-    Heartbeat, Outcome, SCHEMA_VERSION,
+    codec, streams as names, CommandAck, CommandBody, CommandEnvelope, CommandState, CommandStatus, Heartbeat, Outcome,
+    SCHEMA_VERSION,
 };
 
 use super::env::Env;
@@ -217,7 +217,7 @@ async fn bridges(
 fn command(k: usize, devices: usize) -> CommandEnvelope {
     let addr = data::device(k % devices);
     let now = tillsync_broker::now_ms();
-    CommandEnvelope {
+    let mut cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Uuid::now_v7().to_string(),
         tenant_id: addr.tenant_id,
@@ -230,9 +230,11 @@ fn command(k: usize, devices: usize) -> CommandEnvelope {
         issued_at_ms: now,
         expires_at_ms: now + 600_000,
         requested_by: "bench-portal".into(),
-        approvals: vec![Approval { approver: "bench-approver".into(), role: "manager".into(), approved_at_ms: now }],
+        approvals: Vec::new(),
         if_match: None,
-    }
+    };
+    cmd.approvals = crate::approvers::test_approvals(&cmd, 1, now);
+    cmd
 }
 
 async fn round_trips(

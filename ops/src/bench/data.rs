@@ -211,12 +211,14 @@ pub async fn preload(js: &jetstream::Context, msgs: &[Msg]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Inserts the bench tenant, so its events are not quarantined as `unknown_tenant`.
+/// Inserts the bench tenant, so its events are not quarantined as `unknown_tenant`, with the
+/// test approvers `bench commands` signs with.
 pub async fn add_tenant(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO tenants (tenant_id, name) VALUES ($1, 'benchmark') ON CONFLICT DO NOTHING")
         .bind(TENANT)
         .execute(pool)
         .await?;
+    crate::approvers::add_test_approvers(pool, TENANT).await?;
     Ok(())
 }
 

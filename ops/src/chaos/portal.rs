@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tillsync_schemas::{
-    codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION,
-};
+use tillsync_schemas::{codec, streams, subject, CommandBody, CommandEnvelope, CommandStatus, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{now_ms, SentCommand, StatusSeen};
 use super::Device;
 
 /// A command body for `device`, with the approvals its kind needs (two for money and order
-/// changes, one otherwise) and a TTL: mostly long, sometimes short enough to expire while a
+/// changes, one otherwise), signed by the test approvers registered in the chaos tenant, and a TTL: mostly long, sometimes short enough to expire while a
 /// bridge is offline.
 pub fn build(device: &Device, n: u64, rng: &mut StdRng) -> CommandEnvelope {
     let order = format!("{}-o{}", device.device_id, rng.random_range(1..=5));
@@ -46,7 +44,7 @@ pub fn build(device: &Device, n: u64, rng: &mut StdRng) -> CommandEnvelope {
     };
     let now = now_ms();
     let ttl_ms = if rng.random_bool(0.2) { 20_000 } else { 600_000 };
-    CommandEnvelope {
+    let mut cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
         tenant_id: device.tenant_id.clone(),
@@ -56,11 +54,11 @@ pub fn build(device: &Device, n: u64, rng: &mut StdRng) -> CommandEnvelope {
         issued_at_ms: now,
         expires_at_ms: now + ttl_ms,
         requested_by: "chaos-portal".into(),
-        approvals: (1..=approvers)
-            .map(|i| Approval { approver: format!("manager-{i}"), role: "manager".into(), approved_at_ms: now })
-            .collect(),
+        approvals: Vec::new(),
         if_match: None,
-    }
+    };
+    cmd.approvals = crate::approvers::test_approvals(&cmd, approvers, now);
+    cmd
 }
 
 /// Sends a command every `every` to the next device until `stop`. Each is published until

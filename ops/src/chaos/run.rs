@@ -92,12 +92,14 @@ pub async fn execute(args: &ChaosArgs, dir: &Path) -> anyhow::Result<Report> {
     })
 }
 
-/// Migrates the private database, adds the tenant and provisions the devices (so commands to
-/// a device not heard from yet are queued, not rejected).
+/// Migrates the private database, adds the tenant with the test approvers the portal signs
+/// with and provisions the devices (so commands to a device not heard from yet are queued, not
+/// rejected).
 async fn provision(url: &str, devices: &[Device]) -> anyhow::Result<()> {
     let pool = crate::db::pool(url, None, 2).await?;
     crate::db::migrate(&pool).await?;
     sqlx::query("INSERT INTO tenants (tenant_id, name) VALUES ($1, 'chaos run')").bind(TENANT).execute(&pool).await?;
+    crate::approvers::add_test_approvers(&pool, TENANT).await?;
     for d in devices {
         sqlx::query("INSERT INTO devices (tenant_id, store_id, device_id, provisioned) VALUES ($1, $2, $3, true)")
             .bind(&d.tenant_id)
