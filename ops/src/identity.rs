@@ -3,7 +3,7 @@
 //! credentials (`portals`) and the NATS authorization setup (`auth init`). Every change is
 //! audited with the operator's name (`TILLSYNC_ACTOR`, else `$USER@host`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -377,10 +377,28 @@ enum AuthCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Generate cluster route security into DIR: a route CA, the nodes' certificate and key, and
+    /// `routes.conf` (route user and password, mutual TLS, the routes) to include inside the
+    /// `cluster {}` block of every node. A node without them is refused by the others.
+    Routes {
+        /// Directory to write into (the one `auth init` wrote; existing route files are kept).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where nats-server sees DIR (the config names the certificate files by this path).
+        #[arg(long)]
+        nats_dir: Option<PathBuf>,
+        /// Every node's route address, HOST:PORT (repeat for each node; the certificate is
+        /// issued for these host names).
+        #[arg(long = "route", value_name = "HOST:PORT", required = true)]
+        routes: Vec<String>,
+    },
 }
 
 pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    let AuthCmd::Init { dir } = args.cmd;
+    let dir = match args.cmd {
+        AuthCmd::Init { dir } => dir,
+        AuthCmd::Routes { dir, nats_dir, routes } => return auth_routes(&dir, nats_dir, &routes, global),
+    };
     let files = auth::setup::generate(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let out = serde_json::json!({
         "dir": files.dir,
@@ -407,6 +425,28 @@ pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCod
             p(auth::setup::SYSTEM),
             p(auth::setup::SIGNING),
             p(auth::setup::OPERATOR),
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn auth_routes(dir: &Path, nats_dir: Option<PathBuf>, routes: &[String], global: &Global) -> anyhow::Result<ExitCode> {
+    use auth::routes as r;
+    let nats_dir = nats_dir.unwrap_or_else(|| dir.to_path_buf());
+    let conf = r::generate(dir, &nats_dir, routes).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let out = serde_json::json!({
+        "routes_config": conf,
+        "ca": dir.join(r::ROUTE_CA),
+        "cert": dir.join(r::ROUTE_CERT),
+        "key": dir.join(r::ROUTE_KEY),
+        "routes": routes,
+    });
+    emit(global.json, &out, |_| {
+        format!(
+            "Wrote cluster route security to {} (mode 0600).\n\
+             nats-server, inside cluster {{}} of every node:  include {}\n",
+            dir.display(),
+            nats_dir.join(r::ROUTES_CONF).display(),
         )
     })?;
     Ok(ExitCode::SUCCESS)

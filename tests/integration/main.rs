@@ -25,6 +25,7 @@ mod outages;
 mod package;
 mod readme;
 mod resend;
+mod routes;
 mod scale;
 mod scale_support;
 mod security;

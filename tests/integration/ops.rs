@@ -588,7 +588,13 @@ fn compose_file_is_complete_and_matches_the_broker() {
     // the two together, as the containers see them.
     let etc = tempfile::tempdir().unwrap();
     std::fs::copy(repo().join("ops/nats/nats.conf"), etc.path().join("nats.conf")).unwrap();
-    tillsync_broker::auth::setup::generate(&etc.path().join("auth")).unwrap();
+    let auth = etc.path().join("auth");
+    tillsync_broker::auth::setup::generate(&auth).unwrap();
+    let routes = ["nats:6222", "nats-2:6222", "nats-3:6222"].map(String::from);
+    tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
+    // The compose file writes the same files with the same command.
+    let init = compose["services"]["auth-init"]["entrypoint"][2].as_str().unwrap();
+    assert!(init.contains("tillsync auth routes") && routes.iter().all(|r| init.contains(r)), "{init}");
     let out = std::process::Command::new(&nats)
         .args(["-t", "-c"])
         .arg(etc.path().join("nats.conf"))

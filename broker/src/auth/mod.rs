@@ -14,6 +14,7 @@ pub mod callout;
 pub mod keys;
 pub mod kick;
 pub mod records;
+pub mod routes;
 pub mod setup;
 
 use std::sync::Arc;

@@ -1,0 +1,109 @@
+//! Cluster routes are authenticated and encrypted: three nodes with the `routes.conf` that
+//! `tillsync auth routes` writes form a cluster, and a node that reaches their cluster port
+//! without the route credentials (none at all, or the password without the certificate) is
+//! refused: it never becomes a route, and nodes stay at two peers each.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use tillsync_tests::{eventually, free_port, http_get, nats_bin, DEFAULT_TIMEOUT};
+
+/// A nats-server process, killed when dropped.
+struct Node {
+    child: Child,
+    http: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a node named `name` with `cluster` as the body of its `cluster {}` block.
+fn node(dir: &Path, name: &str, cluster_port: u16, cluster: &str) -> Node {
+    let (port, http) = (free_port(), free_port());
+    let log = dir.join(format!("{name}.log"));
+    let conf = dir.join(format!("{name}.conf"));
+    let text = format!(
+        "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{http}\"\nlog_file: \"{log}\"\n\
+         jetstream {{ store_dir: \"{store}\" }}\n\
+         cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{cluster_port}\"\n{cluster}\n}}\n",
+        log = log.display(),
+        store = dir.join(name).display(),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let child = Command::new(nats_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start nats-server: {e} (run ./scripts/test.sh)"));
+    Node { child, http: ([127, 0, 0, 1], http).into(), log }
+}
+
+/// The server names this node has routes to (a route pool counts once per peer).
+async fn peers(n: &Node) -> Option<Vec<String>> {
+    let (_, body) = http_get(n.http, "/routez").await?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut names: Vec<String> =
+        v["routes"].as_array()?.iter().filter_map(|r| r["remote_name"].as_str().map(str::to_string)).collect();
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+#[tokio::test]
+async fn a_node_without_the_route_credentials_is_refused_by_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let conf = tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
+    // nats-server resolves an include relative to the including file: the configs are in dir.
+    let include = "  include \"auth/routes.conf\"";
+    let nodes: Vec<Node> = (0..3).map(|i| node(dir.path(), &format!("n{i}"), ports[i], include)).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        let want: Vec<String> = (0..3).filter(|j| *j != i).map(|j| format!("n{j}")).collect();
+        let what = format!("n{i} routed to the other two");
+        eventually(DEFAULT_TIMEOUT, &what, || async { peers(n).await.filter(|p| *p == want) }).await;
+    }
+
+    // Three intruders: no credentials at all; the password (copied from a route URL) without
+    // a certificate; the password with a certificate of another route CA.
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let password = text.split("nats-route://route:").nth(1).unwrap().split('@').next().unwrap().to_string();
+    let other = dir.path().join("other");
+    let other_conf = tillsync_broker::auth::routes::generate(&other, &other, &routes).unwrap();
+    let other_password = std::fs::read_to_string(&other_conf)
+        .unwrap()
+        .split("nats-route://route:")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    let to_n0 = |creds: &str| format!("  routes: [\"nats-route://{creds}{}\"]", routes[0]);
+    let intruders = [
+        ("plain", to_n0("")),
+        ("password", to_n0(&format!("route:{password}@"))),
+        ("other-ca", std::fs::read_to_string(&other_conf).unwrap().replace(&other_password, &password)),
+    ];
+    let refusals = |n: &Node| {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        log.lines().filter(|l| l.contains("[ERR]") && (l.contains("TLS") || l.contains("Authorization"))).count()
+    };
+    for (name, cluster) in intruders {
+        let before = refusals(&nodes[0]);
+        let intruder = node(dir.path(), name, free_port(), &cluster);
+        let what = format!("n0 refusing {name}");
+        eventually(DEFAULT_TIMEOUT, &what, || async { (refusals(&nodes[0]) > before).then_some(()) }).await;
+        assert_eq!(peers(&intruder).await, Some(vec![]), "{name} joined the cluster");
+        let seen = peers(&nodes[0]).await.unwrap();
+        assert_eq!(seen, vec!["n1".to_string(), "n2".to_string()], "{name} became a route of n0");
+    }
+}
