@@ -61,6 +61,18 @@ pub struct Config {
     /// Size limit of the events stream, bytes.
     #[arg(long, env = "TILLSYNC_EVENTS_MAX_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
     pub events_max_bytes: i64,
+    /// Most events of one device the events stream keeps: past it, the device's oldest are
+    /// dropped (not other devices'), so no device can fill the stream for everyone. An event
+    /// dropped before it was applied is a gap the bridge repairs from its outbox.
+    #[arg(long, env = "TILLSYNC_EVENTS_MAX_PER_DEVICE", default_value_t = 100_000)]
+    pub events_max_per_device: i64,
+    /// Events a device may publish per second, averaged over 10 s of publish time; a device
+    /// over it is cut off (its credentials revoked, reason `flooding`). Needs authorization.
+    #[arg(long, env = "TILLSYNC_DEVICE_MAX_EVENTS_PER_S", default_value_t = 500)]
+    pub device_max_events_per_s: u64,
+    /// Event bytes a device may publish per second, averaged likewise; over it: cut off.
+    #[arg(long, env = "TILLSYNC_DEVICE_MAX_BYTES_PER_S", default_value_t = 1024 * 1024)]
+    pub device_max_bytes_per_s: u64,
     /// Largest group-commit batch, events.
     #[arg(long, env = "TILLSYNC_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -174,6 +186,15 @@ impl Config {
         self.plaintext()?;
         let checks = [
             (self.batch_size == 0 || self.batch_size > 10_000, "TILLSYNC_BATCH_SIZE must be in 1..=10000"),
+            (
+                self.events_max_per_device < 1
+                    || self.events_max_per_device as u64
+                        <= self.device_max_events_per_s * crate::flood::WINDOW_S as u64,
+                "TILLSYNC_EVENTS_MAX_PER_DEVICE must be more than 10 x TILLSYNC_DEVICE_MAX_EVENTS_PER_S, \
+                 so the stream keeps a flood long enough for the broker to see it",
+            ),
+            (self.device_max_events_per_s == 0, "TILLSYNC_DEVICE_MAX_EVENTS_PER_S must be positive"),
+            (self.device_max_bytes_per_s == 0, "TILLSYNC_DEVICE_MAX_BYTES_PER_S must be positive"),
             (self.db_pool < 2, "TILLSYNC_DB_POOL must be at least 2"),
             (self.ingest_lanes == 0 || self.ingest_lanes > 64, "TILLSYNC_INGEST_LANES must be in 1..=64"),
             (self.message_lanes == 0 || self.message_lanes > 64, "TILLSYNC_MESSAGE_LANES must be in 1..=64"),
@@ -274,6 +295,9 @@ impl Config {
             ("TILLSYNC_DUPLICATE_WINDOW_S", self.duplicate_window_s.to_string()),
             ("TILLSYNC_EVENTS_MAX_AGE_DAYS", self.events_max_age_days.to_string()),
             ("TILLSYNC_EVENTS_MAX_BYTES", self.events_max_bytes.to_string()),
+            ("TILLSYNC_EVENTS_MAX_PER_DEVICE", self.events_max_per_device.to_string()),
+            ("TILLSYNC_DEVICE_MAX_EVENTS_PER_S", self.device_max_events_per_s.to_string()),
+            ("TILLSYNC_DEVICE_MAX_BYTES_PER_S", self.device_max_bytes_per_s.to_string()),
             ("TILLSYNC_BATCH_SIZE", self.batch_size.to_string()),
             ("TILLSYNC_LINGER_MS", self.linger_ms.to_string()),
             ("TILLSYNC_INGEST_LANES", self.ingest_lanes.to_string()),

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod flood;
 pub mod heartbeats;
 pub mod http;
 pub mod ingest;
@@ -66,6 +67,9 @@ pub struct Ctx {
     /// The partitions this instance owns, and their fences.
     pub partitions: partitions::Ownership,
     pub slots: Slots,
+    /// Counts each device's events to cut off a flooding one; `None` when this instance
+    /// answers no auth callouts (no authorization: no credentials to revoke).
+    pub flood: Option<flood::Guard>,
     pub cancel: CancellationToken,
 }
 
@@ -120,7 +124,14 @@ impl Broker {
         let (ownership, fenced) = partitions::Ownership::new(config.partitions, instance_id.clone());
         let slots =
             Slots { events: Semaphore::new(config.ingest_lanes), messages: Semaphore::new(config.message_lanes) };
+        let flood = config.auth_callout_creds.is_some().then(|| {
+            flood::Guard::new(flood::Limits {
+                events_per_s: config.device_max_events_per_s,
+                bytes_per_s: config.device_max_bytes_per_s,
+            })
+        });
         let ctx = Arc::new(Ctx {
+            flood,
             tenants: tenants::Tenants::new(config.auto_tenants),
             partitions: ownership,
             slots,

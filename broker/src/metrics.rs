@@ -68,6 +68,7 @@ pub const REPLIES_REFUSED: &str = "tillsync_replies_refused_total";
 pub const RESPONDERS: [&str; 3] = ["activation", "command_keys", "config_publish"];
 pub const ACTIVATIONS: &str = "tillsync_activations_total";
 pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
+pub const DEVICES_CUT_OFF: &str = "tillsync_devices_cut_off_total";
 pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
 pub const CONFIG_PUBLISHES: &str = "tillsync_config_publishes_total";
 pub const CONFIG_UNDISTRIBUTED: &str = "tillsync_config_versions_undistributed";
@@ -170,6 +171,10 @@ fn describe() {
         "Commands applied by their device after the portal was told they ended."
     );
     describe_counter!(COMMAND_COPIES_DELETED, "Copies of ended commands deleted from TILLSYNC_COMMANDS.");
+    describe_counter!(
+        DEVICES_CUT_OFF,
+        "Devices cut off (credentials revoked) for publishing events over their limit, by limit (events, bytes)."
+    );
     describe_counter!(COMMANDS_PENDING_APPROVAL, "Commands recorded to wait for approvals they did not arrive with.");
     describe_counter!(
         APPROVAL_DECISIONS,
@@ -313,6 +318,9 @@ fn register_command_counters() {
     }
     for name in [COMMANDS_CANCELLED, COMMAND_APPLIED_AFTER_FINAL, COMMAND_COPIES_DELETED, COMMANDS_PENDING_APPROVAL] {
         counter!(name).absolute(0);
+    }
+    for limit in ["events", "bytes"] {
+        counter!(DEVICES_CUT_OFF, "limit" => limit).absolute(0);
     }
     for decision in ["approve", "reject"] {
         counter!(APPROVAL_DECISIONS, "decision" => decision, "outcome" => "counted").absolute(0);
@@ -510,6 +518,9 @@ pub fn render(handle: &PrometheusHandle) -> String {
 pub struct HttpAddr(pub SocketAddr);
 pub fn command_republished(why: &'static str) {
     counter!(COMMAND_REPUBLISHED, "why" => why).increment(1);
+}
+pub fn device_cut_off(limit: &'static str) {
+    counter!(DEVICES_CUT_OFF, "limit" => limit).increment(1);
 }
 pub fn command_pending_approval() {
     counter!(COMMANDS_PENDING_APPROVAL).increment(1);

@@ -60,9 +60,13 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
     };
     vec![
         // Full means refuse new events (bridges keep them in their outbox), never drop sales.
+        // Each device keeps at most its own last `events_max_per_device` (older ones of that
+        // device only are dropped; one not yet applied comes back through gap repair), so one
+        // device cannot fill the stream for every tenant.
         partitioned(
             StreamConfig {
                 max_bytes: c.events_max_bytes,
+                max_messages_per_subject: c.events_max_per_device,
                 discard: DiscardPolicy::New,
                 ..base(names::EVENTS, Family::Events, DAY * c.events_max_age_days as u32)
             },

@@ -287,3 +287,62 @@ async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
     }
     broker.stop().await;
 }
+
+/// One till floods its own events subject with junk as fast as it can: it is cut off (its key
+/// revoked with reason `flooding`, its connection closed, recorded, counted), the stream keeps
+/// at most `TILLSYNC_EVENTS_MAX_PER_DEVICE` of its messages, and another tenant's sales sent
+/// meanwhile all land.
+#[tokio::test]
+async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on() {
+    let stack = Stack::start_with_auth().await;
+    let mut config = stack.broker_config();
+    config.device_max_events_per_s = 20; // 200 within the 10 s window
+    config.events_max_per_device = 300; // more than the window allows, so the flood is seen
+    let broker = InProcBroker::start(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = DeviceAddr::new("acme", "s1", "till-1");
+    let b = DeviceAddr::new("other", "s1", "till-1");
+    let a_config = activated_config(&stack, &a, &dir.path().join("a")).await;
+    let b_config = activated_config(&stack, &b, &dir.path().join("b")).await;
+    let b_bridge = Bridge::start(b_config).await.unwrap();
+
+    let flooder = Probe::device(&stack, &default_path(&a_config.db)).await;
+    let client = flooder.client.clone();
+    let to = subject::events(&a);
+    let flood = tokio::spawn(async move {
+        let js = async_nats::jetstream::new(client);
+        let junk: Vec<u8> = vec![0xc1; 1024];
+        for _ in 0..1_000 {
+            if js.publish(to.clone(), junk.clone().into()).await.is_err() {
+                break;
+            }
+        }
+    });
+    for i in 0..20 {
+        b_bridge.submit(EventDraft::new(opened(&format!("o-b-{i}")))).await.unwrap();
+    }
+
+    let revoked = "SELECT count(*) FROM credentials WHERE tenant_id = 'acme' AND revoke_reason = 'flooding'";
+    eventually_eq(T, "the flooding till's key revoked", 1, || stack.db.count(revoked)).await;
+    let audit = "SELECT count(*) FROM identity_audit WHERE action = 'cut_off' AND reason = 'flooding' AND device_id = 'till-1' AND tenant_id = 'acme'";
+    assert_eq!(stack.db.count(audit).await, 1);
+    eventually(T, "the flooding till disconnected", || async {
+        (flooder.client.connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await;
+    let kicked = "SELECT count(*) FROM credentials WHERE tenant_id = 'acme' AND kicked_at IS NOT NULL";
+    eventually_eq(T, "the kick recorded", 1, || stack.db.count(kicked)).await;
+    let http = broker.broker.http_addr;
+    eventually(T, "cut-off counted", || async {
+        let text = http_get(http, "/metrics").await?.1;
+        metric(&text, "tillsync_devices_cut_off_total", "limit=\"events\"").filter(|v| *v >= 1.0)
+    })
+    .await;
+    let held = stored_on(&stack, streams::EVENTS, &format!("{}.>", subject::events(&a))).await;
+    assert!(held <= 300, "the stream holds {held} of the flooding till's messages, more than its 300");
+    let landed = "SELECT count(*) FROM orders WHERE tenant_id = 'other' AND order_id LIKE 'o-b-%'";
+    eventually_eq(T, "every sale of the other tenant applied", 20, || stack.db.count(landed)).await;
+    flood.abort();
+    b_bridge.shutdown().await;
+    broker.stop().await;
+}
