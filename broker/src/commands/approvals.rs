@@ -128,16 +128,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
 fn decode(subj: &str, payload: &[u8]) -> Result<CommandDecision, WireError> {
     let d: CommandDecision = codec::decode(payload)?;
     d.validate()?;
-    let parsed = subject::parse(subj)?;
-    if parsed.tenant_id != d.tenant_id || parsed.store_id != d.store_id {
-        return Err(WireError::new(
-            Reason::SubjectMismatch,
-            format!(
-                "subject names {}/{} but the decision names {}/{}",
-                parsed.tenant_id, parsed.store_id, d.tenant_id, d.store_id
-            ),
-        ));
-    }
+    super::cancel::check_store_subject(subj, &d.tenant_id, &d.store_id, "decision")?;
     Ok(d)
 }
 

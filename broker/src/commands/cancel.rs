@@ -75,17 +75,20 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
 fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
     let req: CommandCancel = codec::decode(payload)?;
     req.validate()?;
+    check_store_subject(subj, &req.tenant_id, &req.store_id, "cancel")?;
+    Ok(req)
+}
+
+/// A store-level intake message (cancel, decision) names the tenant and store of its subject.
+pub(super) fn check_store_subject(subj: &str, tenant: &str, store: &str, what: &str) -> Result<(), WireError> {
     let parsed = subject::parse(subj)?;
-    if parsed.tenant_id != req.tenant_id || parsed.store_id != req.store_id {
+    if parsed.tenant_id != tenant || parsed.store_id != store {
         return Err(WireError::new(
             Reason::SubjectMismatch,
-            format!(
-                "subject names {}/{} but the cancel names {}/{}",
-                parsed.tenant_id, parsed.store_id, req.tenant_id, req.store_id
-            ),
+            format!("subject names {}/{} but the {what} names {tenant}/{store}", parsed.tenant_id, parsed.store_id),
         ));
     }
-    Ok(req)
+    Ok(())
 }
 
 /// Quarantines a cancel or decision message; `Ok(true)`: terminate it.

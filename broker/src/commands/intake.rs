@@ -90,8 +90,9 @@ enum Refusal {
     Quarantine(WireError),
     /// Recorded as a rejected command, with a status.
     Reject(Box<CommandEnvelope>, WireError),
-    /// Recorded as waiting for approvals, with a status; delivered once approved.
-    Hold(Box<CommandEnvelope>, Approvals),
+    /// Recorded as waiting for approvals (it has `have` of `need`), with a status; delivered
+    /// once approved.
+    Hold { cmd: Box<CommandEnvelope>, have: usize, need: usize },
 }
 
 impl Refusal {
@@ -103,7 +104,7 @@ impl Refusal {
             Refusal::Reject(cmd, e) => {
                 reject(ctx, fence, &CommandRow::of(&cmd, &msg.payload), &e, OverPending::Leave).await
             }
-            Refusal::Hold(cmd, approvals) => hold(ctx, fence, &cmd, &msg.payload, approvals).await,
+            Refusal::Hold { cmd, have, need } => hold(ctx, fence, &cmd, &msg.payload, have, need).await,
         }
     }
 }
@@ -126,7 +127,7 @@ async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refus
     let keys = super::approvals::keys(&ctx.pool, &cmd.tenant_id, &names).await?;
     Ok(match policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms, |a| keys.get(a).map(String::as_str)) {
         Ok(Approvals::Enough) => Ok(cmd),
-        Ok(pending) => Err(Refusal::Hold(Box::new(cmd), pending)),
+        Ok(Approvals::Pending { have, need }) => Err(Refusal::Hold { cmd: Box::new(cmd), have, need }),
         Err(e) => Err(Refusal::Reject(Box::new(cmd), e)),
     })
 }
@@ -302,9 +303,9 @@ async fn hold(
     fence: Fence,
     cmd: &CommandEnvelope,
     payload: &[u8],
-    approvals: Approvals,
+    have: usize,
+    need: usize,
 ) -> Result<bool, CommandError> {
-    let Approvals::Pending { have, need } = approvals else { return Ok(false) };
     let detail = format!(
         "{} requested by {}: {have} of {need} approvals; approvers run `tillsync commands approve {}`",
         cmd.body.kind(),
