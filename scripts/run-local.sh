@@ -66,13 +66,19 @@ else
 fi
 
 # NATS with authorization on (docs/security.md): service keys once, devices activated below.
+# Clients connect only over TLS with the one client certificate `auth tls` made (each made once;
+# a run dir from before TLS gets the TLS files added).
 AUTH="$RUN_DIR/auth"
 [ -f "$AUTH/nats-auth.conf" ] || "$BIN/tillsync" auth init --dir "$AUTH" >/dev/null
-cp "$AUTH/nats-auth.conf" "$RUN_DIR/nats.conf"
-log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT with authorization (JetStream in $RUN_DIR/nats)"
+[ -f "$AUTH/tls.conf" ] || "$BIN/tillsync" auth tls --dir "$AUTH" --host 127.0.0.1 --host localhost >/dev/null
+# nats-server resolves an include relative to the including file, here $RUN_DIR.
+printf 'include "auth/nats-auth.conf"\ninclude "auth/tls.conf"\n' >"$RUN_DIR/nats.conf"
+log "starting nats-server $("$NATS_BIN" --version | sed 's/.*v/v/') on 127.0.0.1:$NATS_PORT with TLS and authorization (JetStream in $RUN_DIR/nats)"
 "$NATS_BIN" -c "$RUN_DIR/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
 pids+=($!); names+=("nats-server (nats.log)")
-export NATS_URL="nats://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
+export NATS_URL="tls://127.0.0.1:$NATS_PORT" DATABASE_URL="$DB_URL" TILLSYNC_HTTP_ADDR="$HTTP_ADDR"
+# Read by the broker, `tillsync` and `tillsync-edge` alike.
+export NATS_CA_FILE="$AUTH/ca.pem" NATS_CERT_FILE="$AUTH/client.pem" NATS_KEY_FILE="$AUTH/client-key.pem"
 # The CLI acts as the operator (the variable goes only to `tillsync`); the broker gets its own
 # keys below and every till connects with the key it was activated with.
 OPERATOR_CREDS="$AUTH/operator.nk"
@@ -104,9 +110,12 @@ register_approver bob
 register_approver carol
 
 log "starting tillsync-broker (metrics on http://$HTTP_ADDR/metrics)"
+# Every demo till activates from 127.0.0.1 within a minute, and an activation connect spends its
+# address's budget (docs/security.md, "Limits"): the budget covers the whole fleet twice.
 NATS_CREDS="$AUTH/broker.nk" TILLSYNC_AUTH_CALLOUT_CREDS="$AUTH/auth-callout.nk" \
   TILLSYNC_AUTH_ISSUER_SEED="$AUTH/issuer.nk" TILLSYNC_NATS_SYSTEM_CREDS="$AUTH/system.nk" \
   TILLSYNC_SIGNING_KEY_FILE="$AUTH/signing.nk" \
+  TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN="${TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN:-$(( STORES * DEVICES * 2 > 60 ? STORES * DEVICES * 2 : 60 ))}" \
   RUST_LOG="${RUST_LOG:-info}" "$BIN/tillsync-broker" >"$RUN_DIR/broker.log" 2>&1 &
 pids+=($!); names+=("tillsync-broker (broker.log)")
 for _ in $(seq 1 100); do

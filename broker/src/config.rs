@@ -32,6 +32,13 @@ pub struct Config {
     /// reconnects and is decided again (the bound on a revoked device when no disconnect works).
     #[arg(long, env = "TILLSYNC_AUTH_TTL_S", default_value_t = 3600)]
     pub auth_ttl_s: u64,
+    /// Refused NATS connection attempts (no proven key, bad signature, unknown or revoked key, a
+    /// password that is no code) and activation-user connects one source address may make per
+    /// minute: a burst of this many, then one every 60/N s. Past it, the address's activation
+    /// connects and unknown keys are refused as `rate_limited`; live credentials from it still
+    /// connect and never count. 0: no limit.
+    #[arg(long, env = "TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN", default_value_t = 60)]
+    pub auth_max_refusals_per_address_per_min: u32,
     /// NATS system account credentials (`system.nk`), to disconnect revoked devices at once.
     #[arg(long, env = "TILLSYNC_NATS_SYSTEM_CREDS")]
     pub nats_system_creds: Option<std::path::PathBuf>,
@@ -216,6 +223,10 @@ impl Config {
             ),
             (self.auth_ttl_s < 10, "TILLSYNC_AUTH_TTL_S must be at least 10"),
             (
+                self.auth_max_refusals_per_address_per_min > 100_000,
+                "TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN must be in 0..=100000 (0: no limit)",
+            ),
+            (
                 self.config_deltas_kept == 0 || self.config_deltas_kept > 100_000,
                 "TILLSYNC_CONFIG_DELTAS_KEPT must be in 1..=100000",
             ),
@@ -319,6 +330,7 @@ impl Config {
             ("TILLSYNC_LEASE_TTL_S", self.lease_ttl_s.to_string()),
             ("TILLSYNC_AUTH_ACCOUNT", self.auth_account.clone()),
             ("TILLSYNC_AUTH_TTL_S", self.auth_ttl_s.to_string()),
+            ("TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN", self.auth_max_refusals_per_address_per_min.to_string()),
             ("TILLSYNC_CONFIG_DELTAS_KEPT", self.config_deltas_kept.to_string()),
         ];
         #[cfg(debug_assertions)]
@@ -420,6 +432,16 @@ mod tests {
             assert_eq!(parse(v), Some(want), "{v}");
         }
         assert_eq!(parse("maybe"), None);
+    }
+
+    #[test]
+    fn rejects_an_address_budget_too_large_to_bound_anything() {
+        let mut c = Config::for_tests("a", "b");
+        c.auth_max_refusals_per_address_per_min = 0;
+        c.validate().unwrap();
+        c.auth_max_refusals_per_address_per_min = 1_000_000;
+        assert!(c.validate().unwrap_err().contains("TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN"));
+        assert_eq!(c.printable()["TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN"], "1000000");
     }
 
     #[test]

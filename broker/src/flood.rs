@@ -1,6 +1,6 @@
-//! Cutting off a flooding device. Every event message is counted against its device, by the
-//! second JetStream stored it (not when the broker reads it: a backlog drained after an outage
-//! is not a flood). A device over `TILLSYNC_DEVICE_MAX_EVENTS_PER_S` or
+//! Cutting off a flooding device. Every event and command-ack message is counted against its
+//! device (one allowance for both), by the second JetStream stored it (not when the broker
+//! reads it: a backlog drained after an outage is not a flood). A device over `TILLSYNC_DEVICE_MAX_EVENTS_PER_S` or
 //! `TILLSYNC_DEVICE_MAX_BYTES_PER_S`, averaged over [`WINDOW_S`] seconds, has its credentials
 //! revoked with reason `flooding`; the kick duty closes its connections within a second and the
 //! auth callout refuses it from then on. Junk counts as much as sales: it is the load that
@@ -14,6 +14,20 @@ use tillsync_schemas::DeviceAddr;
 
 use crate::auth::records;
 use crate::{metrics, Ctx};
+
+/// Counts a batch of events or command acks against each device's allowance and cuts off any
+/// device that went over; nothing when this instance does not watch ([`Ctx::flood`]).
+pub async fn watch(ctx: &Ctx, batch: &[async_nats::jetstream::Message]) {
+    let Some(guard) = &ctx.flood else { return };
+    let now_s = crate::now_ms() / 1000;
+    guard.maybe_prune(now_s);
+    for m in batch {
+        let stored_s = m.info().map_or(now_s, |i| i.published.unix_timestamp());
+        if let Some((device, over)) = guard.observe(&m.subject, stored_s, m.payload.len()) {
+            cut_off(ctx, device, over, guard.limits()).await;
+        }
+    }
+}
 
 /// Seconds of publish time a device's rate is averaged over.
 pub const WINDOW_S: i64 = 10;

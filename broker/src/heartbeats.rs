@@ -32,6 +32,14 @@ pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
             Ok(hb) => match apply(ctx, fence, &hb).await {
                 Ok(before) => {
                     metrics::heartbeat();
+                    let refused = newly_refused(&hb, &before);
+                    if refused > 0 {
+                        tracing::error!(
+                            tenant_id = %hb.tenant_id, store_id = %hb.store_id, device_id = %hb.device_id, refused,
+                            "A bridge refused watermarks that did not come from the broker about its events."
+                        );
+                        metrics::bridge_watermarks_refused(refused);
+                    }
                     after_config(ctx, &hb, before).await;
                     Settle::Ack
                 }
@@ -61,6 +69,20 @@ fn not_recorded(ctx: &Ctx, fence: Fence, error: &sqlx::Error) -> Settle {
 struct Before {
     existed: bool,
     config_revision: Option<i64>,
+    /// Watermarks the bridge had reported refused, and its uptime then.
+    watermarks_refused: Option<i64>,
+    uptime_s: Option<i64>,
+}
+
+/// Watermarks refused since the device's previous heartbeat: the bridge counts from its start,
+/// so a lower uptime (or count) than before means it restarted and the whole count is new.
+fn newly_refused(hb: &Heartbeat, before: &Before) -> u64 {
+    let (was, up) = (before.watermarks_refused.unwrap_or(0).max(0) as u64, before.uptime_s.unwrap_or(0));
+    if (hb.uptime_s as i64) < up || hb.watermarks_refused < was {
+        hb.watermarks_refused
+    } else {
+        hb.watermarks_refused - was
+    }
 }
 
 /// Configuration follow-ups of a recorded heartbeat; failures are logged (the distributor
@@ -80,16 +102,21 @@ async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<Before, sqlx::
     fence::check(&mut tx, fence).await?;
     // Every part of one statement sees the rows as they were before it: `old` is the row
     // before this heartbeat.
-    let (existed, config_revision): (bool, Option<i64>) = sqlx::query_as(
-        "WITH old AS (SELECT config_revision FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3)
-         INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, software_version, outbox_depth,
-                              oldest_unsent_age_s, last_acked_seq, config_revision, uptime_s, last_heartbeat, online)
-         VALUES ($1, $2, $3, now(), now(), $4, $5, $6, $7, $8, $9, $10, true)
-         ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET
-           last_seen = now(), software_version = $4, outbox_depth = $5, oldest_unsent_age_s = $6,
-           last_acked_seq = $7, config_revision = $8, uptime_s = $9, last_heartbeat = $10, online = true
-         RETURNING EXISTS (SELECT 1 FROM old), (SELECT config_revision FROM old)",
-    )
+    let (existed, config_revision, watermarks_refused, uptime_s): (bool, Option<i64>, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "WITH old AS (SELECT config_revision, watermarks_refused, uptime_s FROM devices
+                          WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3)
+             INSERT INTO devices (tenant_id, store_id, device_id, first_seen, last_seen, software_version, outbox_depth,
+                                  oldest_unsent_age_s, last_acked_seq, config_revision, uptime_s, last_heartbeat, online,
+                                  watermarks_refused)
+             VALUES ($1, $2, $3, now(), now(), $4, $5, $6, $7, $8, $9, $10, true, $11)
+             ON CONFLICT (tenant_id, store_id, device_id) DO UPDATE SET
+               last_seen = now(), software_version = $4, outbox_depth = $5, oldest_unsent_age_s = $6,
+               last_acked_seq = $7, config_revision = $8, uptime_s = $9, last_heartbeat = $10, online = true,
+               watermarks_refused = $11
+             RETURNING EXISTS (SELECT 1 FROM old), (SELECT config_revision FROM old),
+                       (SELECT watermarks_refused FROM old), (SELECT uptime_s FROM old)",
+        )
     .bind(&hb.tenant_id)
     .bind(&hb.store_id)
     .bind(&hb.device_id)
@@ -100,10 +127,11 @@ async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<Before, sqlx::
     .bind(hb.config_revision as i64)
     .bind(hb.uptime_s as i64)
     .bind(ts(hb.at_ms))
+    .bind(hb.watermarks_refused as i64)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Before { existed, config_revision })
+    Ok(Before { existed, config_revision, watermarks_refused, uptime_s })
 }
 
 /// Marks silent devices offline and exports online/offline counts by tenant, on the lead
@@ -128,4 +156,50 @@ async fn sweep_once(ctx: &Ctx) -> Result<(), sqlx::Error> {
         metrics::devices_by_state(&tenant, on, off);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(uptime_s: u64, watermarks_refused: u64) -> Heartbeat {
+        Heartbeat {
+            schema_version: tillsync_schemas::SCHEMA_VERSION,
+            tenant_id: "acme".into(),
+            store_id: "s1".into(),
+            device_id: "till-1".into(),
+            at_ms: 0,
+            software_version: "test".into(),
+            outbox_depth: 0,
+            oldest_unsent_age_s: 0,
+            last_acked_seq: 0,
+            config_revision: 0,
+            uptime_s,
+            watermarks_refused,
+        }
+    }
+
+    fn before(uptime_s: i64, watermarks_refused: i64) -> Before {
+        Before {
+            existed: true,
+            config_revision: None,
+            watermarks_refused: Some(watermarks_refused),
+            uptime_s: Some(uptime_s),
+        }
+    }
+
+    #[test]
+    fn refusals_are_counted_once_across_heartbeats_and_restarts() {
+        assert_eq!(
+            newly_refused(
+                &hb(10, 0),
+                &Before { existed: false, config_revision: None, watermarks_refused: None, uptime_s: None }
+            ),
+            0
+        );
+        assert_eq!(newly_refused(&hb(10, 2), &before(5, 0)), 2, "two new");
+        assert_eq!(newly_refused(&hb(15, 2), &before(10, 2)), 0, "the same two again (or a redelivered heartbeat)");
+        assert_eq!(newly_refused(&hb(3, 1), &before(15, 2)), 1, "restarted: its count starts over");
+        assert_eq!(newly_refused(&hb(3, 4), &before(15, 2)), 4, "restarted and refused more than before");
+    }
 }

@@ -63,12 +63,14 @@ pub const PARTITION_CHANGES: &str = "tillsync_partition_changes_total";
 pub const PARTITION_LAG: &str = "tillsync_partition_lag";
 pub const AUTH_DECISIONS: &str = "tillsync_auth_decisions_total";
 pub const AUTH_RESPONDER_UP: &str = "tillsync_auth_responder_up";
+pub const AUTH_RATE_LIMITED: &str = "tillsync_auth_rate_limited_total";
 pub const REPLIES_REFUSED: &str = "tillsync_replies_refused_total";
 /// The broker's responders, as `tillsync_replies_refused_total` labels them.
 pub const RESPONDERS: [&str; 3] = ["activation", "command_keys", "config_publish"];
 pub const ACTIVATIONS: &str = "tillsync_activations_total";
 pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
 pub const DEVICES_CUT_OFF: &str = "tillsync_devices_cut_off_total";
+pub const BRIDGE_WATERMARKS_REFUSED: &str = "tillsync_bridge_watermarks_refused_total";
 pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
 pub const CONFIG_PUBLISHES: &str = "tillsync_config_publishes_total";
 pub const CONFIG_UNDISTRIBUTED: &str = "tillsync_config_versions_undistributed";
@@ -175,6 +177,10 @@ fn describe() {
         DEVICES_CUT_OFF,
         "Devices cut off (credentials revoked) for publishing events over their limit, by limit (events, bytes)."
     );
+    describe_counter!(
+        BRIDGE_WATERMARKS_REFUSED,
+        "Watermarks bridges refused (naming another device, or ahead of their outbox), as their heartbeats report."
+    );
     describe_counter!(COMMANDS_PENDING_APPROVAL, "Commands recorded to wait for approvals they did not arrive with.");
     describe_counter!(
         APPROVAL_DECISIONS,
@@ -196,6 +202,10 @@ fn describe() {
     describe_counter!(
         AUTH_DECISIONS,
         "NATS connections this instance decided (auth callout), by result (allowed, refused) and reason."
+    );
+    describe_counter!(
+        AUTH_RATE_LIMITED,
+        "NATS connections refused as rate_limited: their source address was over its budget of refused attempts and activation connects."
     );
     describe_counter!(
         REPLIES_REFUSED,
@@ -271,6 +281,11 @@ pub fn auth_decision(result: &'static str, reason: &'static str) {
     counter!(AUTH_DECISIONS, "result" => result, "reason" => reason).increment(1);
 }
 
+/// No address label: an attacker picks the addresses, and every one would be a new series.
+pub fn auth_rate_limited() {
+    counter!(AUTH_RATE_LIMITED).increment(1);
+}
+
 pub fn reply_refused(responder: &'static str) {
     counter!(REPLIES_REFUSED, "responder" => responder).increment(1);
 }
@@ -316,7 +331,13 @@ fn register_command_counters() {
     for why in ["final", "unknown"] {
         counter!(COMMAND_CANCELS_REFUSED, "why" => why).absolute(0);
     }
-    for name in [COMMANDS_CANCELLED, COMMAND_APPLIED_AFTER_FINAL, COMMAND_COPIES_DELETED, COMMANDS_PENDING_APPROVAL] {
+    for name in [
+        COMMANDS_CANCELLED,
+        COMMAND_APPLIED_AFTER_FINAL,
+        COMMAND_COPIES_DELETED,
+        COMMANDS_PENDING_APPROVAL,
+        BRIDGE_WATERMARKS_REFUSED,
+    ] {
         counter!(name).absolute(0);
     }
     for limit in ["events", "bytes"] {
@@ -370,6 +391,9 @@ pub fn actor_stats(s: tillsync_actors::stats::StatsSnapshot) {
 }
 pub fn heartbeat() {
     counter!(HEARTBEATS).increment(1);
+}
+pub fn bridge_watermarks_refused(n: u64) {
+    counter!(BRIDGE_WATERMARKS_REFUSED).increment(n);
 }
 pub fn devices_by_state(tenant: &str, online: i64, offline: i64) {
     gauge!(DEVICES_ONLINE, "tenant" => tenant.to_string()).set(online as f64);
@@ -504,6 +528,7 @@ fn register_at_zero() {
     }
     // From zero, so `increase` sees the first (alert TillsyncAuthUnavailable).
     counter!(AUTH_DECISIONS, "result" => "refused", "reason" => "unavailable").increment(0);
+    counter!(AUTH_RATE_LIMITED).increment(0);
     // Connected at start (the broker migrated); the monitor probes from its first tick on.
     postgres_up(true);
 }

@@ -86,7 +86,15 @@ pub fn stream_configs(c: &Config) -> Vec<StreamConfig> {
             deny_delete: false,
             ..base(names::COMMANDS, Family::Commands, Duration::from_secs(c.command_max_ttl_s) + DAY)
         },
-        partitioned(base(names::COMMAND_ACKS, Family::CommandAcks, DAY * 7), Family::CommandAcks, c.partitions),
+        // Acks are bounded per device like events, so one device cannot fill the stream.
+        partitioned(
+            StreamConfig {
+                max_messages_per_subject: c.events_max_per_device,
+                ..base(names::COMMAND_ACKS, Family::CommandAcks, DAY * 7)
+            },
+            Family::CommandAcks,
+            c.partitions,
+        ),
         base(names::STATUS, Family::Status, DAY * 7),
         // Bridges read the last watermark of their device with a direct get.
         StreamConfig {

@@ -69,6 +69,7 @@ impl Beater {
             last_acked_seq: s.outbox.watermark,
             config_revision: s.config_revision,
             uptime_s: s.uptime_s,
+            watermarks_refused: s.outbox.watermarks_refused,
         };
         let mut headers = HeaderMap::new();
         headers.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);

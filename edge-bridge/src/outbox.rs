@@ -76,6 +76,10 @@ pub struct OutboxStats {
     /// Rows rewound for a resend since the file was created.
     #[serde(default)]
     pub resent: u64,
+    /// Watermarks refused since the bridge started ([`WATERMARK_REFUSALS`]); reported in
+    /// heartbeats so the cloud sees them.
+    #[serde(default)]
+    pub watermarks_refused: u64,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,8 @@ pub struct Outbox {
     watermark: AtomicU64,
     /// When the watermark last moved (or the outbox opened): a stall is counted from here.
     advanced_at_ms: AtomicI64,
+    /// Watermarks refused since start, for heartbeats (the metric has them by reason).
+    watermarks_refused: AtomicU64,
     /// Woken on every accepted event, so the publisher never polls.
     pub new_rows: Notify,
     metrics: Arc<Metrics>,
@@ -133,6 +139,7 @@ impl Outbox {
             counts: Mutex::new(Counts { rows: rows as u64, bytes: bytes as u64, last_seq: last_seq as u64 }),
             watermark: AtomicU64::new(watermark as u64),
             advanced_at_ms: AtomicI64::new(now_ms()),
+            watermarks_refused: AtomicU64::new(0),
             new_rows: Notify::new(),
             metrics,
         };
@@ -350,7 +357,7 @@ impl Outbox {
                         "Refused a watermark above every seq this bridge assigned while it holds events the \
                          broker has not confirmed: it did not come from the broker about these events."
                     );
-                    self.metrics.watermark_refused(WATERMARK_AHEAD).increment(1);
+                    self.refuse_watermark(WATERMARK_AHEAD);
                     return Ok(Watermarked::Refused);
                 }
                 // The broker has seen seqs this file never assigned and the file holds nothing
@@ -409,6 +416,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Counts a refused watermark, by `reason` ([`WATERMARK_REFUSALS`]).
+    pub fn refuse_watermark(&self, reason: &'static str) {
+        self.metrics.watermark_refused(reason).increment(1);
+        self.watermarks_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub async fn stats(&self) -> Result<OutboxStats, sqlx::Error> {
         let (rows, bytes, last_seq) = {
             let c = self.counts.lock().await;
@@ -433,6 +446,7 @@ impl Outbox {
             last_seq,
             watermark,
             resent: resent as u64,
+            watermarks_refused: self.watermarks_refused.load(Ordering::Relaxed),
         })
     }
 

@@ -131,6 +131,8 @@ pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeEr
             last_seq: last_seq as u64,
             watermark: watermark as u64,
             resent: resent as u64,
+            // Counted by a running bridge only.
+            watermarks_refused: 0,
         },
         last_sent_seq: 0,
         config_revision: rev as u64,

@@ -103,7 +103,7 @@ impl Follower {
                 seq = wm.seq,
                 "Refused a watermark naming another device."
             );
-            self.outbox.metrics().watermark_refused(WATERMARK_OTHER_DEVICE).increment(1);
+            self.outbox.refuse_watermark(WATERMARK_OTHER_DEVICE);
             return;
         }
         if let Err(error) = self.outbox.apply_watermark(wm.seq).await {

@@ -1,7 +1,8 @@
 //! Device identity from the operator's side: activation codes (`devices add`, `devices
 //! rotate`), revocation, one device's credentials and audit trail (`devices show`), portal
-//! credentials (`portals`) and the NATS authorization setup (`auth init`). Every change is
-//! audited with the operator's name (`TILLSYNC_ACTOR`, else `$USER@host`).
+//! credentials (`portals`) and the NATS authorization and TLS setup (`auth init`, `auth routes`,
+//! `auth tls`). Every change is audited with the operator's name (`TILLSYNC_ACTOR`, else
+//! `$USER@host`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -392,12 +393,29 @@ enum AuthCmd {
         #[arg(long = "route", value_name = "HOST:PORT", required = true)]
         routes: Vec<String>,
     },
+    /// Generate client TLS into DIR: a client CA (its key is not kept), the NATS server's
+    /// certificate and key for the host names given, one client certificate and key for the
+    /// broker, CLI and bridges, and `tls.conf` to include at the top level of the server config
+    /// (`verify: true`: no client connects without a certificate, none in plain text).
+    Tls {
+        /// Directory to write into (may be the one `auth init` wrote; existing TLS files are kept).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where nats-server sees DIR (the config names the certificate files by this path).
+        #[arg(long)]
+        nats_dir: Option<PathBuf>,
+        /// A host name or IP address clients dial the server by (repeat for each; the server's
+        /// certificate is issued for these).
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 pub async fn auth_cmd(args: AuthArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let dir = match args.cmd {
         AuthCmd::Init { dir } => dir,
         AuthCmd::Routes { dir, nats_dir, routes } => return auth_routes(&dir, nats_dir, &routes, global),
+        AuthCmd::Tls { dir, nats_dir, hosts } => return auth_tls(&dir, nats_dir, &hosts, global),
     };
     let files = auth::setup::generate(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let out = serde_json::json!({
@@ -447,6 +465,40 @@ fn auth_routes(dir: &Path, nats_dir: Option<PathBuf>, routes: &[String], global:
              nats-server, inside cluster {{}} of every node:  include {}\n",
             dir.display(),
             nats_dir.join(r::ROUTES_CONF).display(),
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 2 for a bad host (nothing written), 1 when a file exists or a write fails.
+fn auth_tls(dir: &Path, nats_dir: Option<PathBuf>, hosts: &[String], global: &Global) -> anyhow::Result<ExitCode> {
+    use auth::client_tls as t;
+    let nats_dir = nats_dir.unwrap_or_else(|| dir.to_path_buf());
+    let conf = t::generate(dir, &nats_dir, hosts).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => anyhow::Error::new(crate::failure::Usage(e.to_string())),
+        _ => anyhow::anyhow!("{}: {e}", dir.display()),
+    })?;
+    let out = serde_json::json!({
+        "tls_config": conf,
+        "ca": dir.join(t::CA),
+        "server_cert": dir.join(t::SERVER_CERT),
+        "server_key": dir.join(t::SERVER_KEY),
+        "client_cert": dir.join(t::CLIENT_CERT),
+        "client_key": dir.join(t::CLIENT_KEY),
+        "hosts": hosts,
+    });
+    emit(global.json, &out, |_| {
+        let p = |n: &str| dir.join(n).display().to_string();
+        format!(
+            "Wrote NATS client TLS to {} (mode 0600).\n\
+             nats-server, at the top level:  include {}\n\
+             broker, tillsync, tillsync-edge:  NATS_URL=tls://{}:4222 NATS_CA_FILE={} NATS_CERT_FILE={} NATS_KEY_FILE={}\n",
+            dir.display(),
+            nats_dir.join(t::TLS_CONF).display(),
+            hosts[0],
+            p(t::CA),
+            p(t::CLIENT_CERT),
+            p(t::CLIENT_KEY),
         )
     })?;
     Ok(ExitCode::SUCCESS)

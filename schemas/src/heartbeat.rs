@@ -21,6 +21,15 @@ pub struct Heartbeat {
     pub last_acked_seq: u64,
     pub config_revision: u64,
     pub uptime_s: u64,
+    /// Watermarks the bridge refused since it started (they named another device, or were
+    /// above every seq it assigned while it held unconfirmed sales): the cloud counts and
+    /// alerts on them. Left out when 0, so older brokers and golden bytes see no change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub watermarks_refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Heartbeat {

@@ -12,6 +12,8 @@ use tempfile::TempDir;
 
 use crate::nats::{free_port, nats_bin};
 use crate::poll::eventually;
+use crate::tls::NatsTls;
+use crate::{AuthSetup, Certs};
 
 /// How long a node (or the whole cluster) may take to form and elect JetStream leaders.
 const READY: Duration = Duration::from_secs(30);
@@ -25,41 +27,100 @@ struct Node {
 pub struct NatsCluster {
     bin: PathBuf,
     nodes: Vec<Node>,
+    /// Set by [`NatsCluster::start_secured`]: client TLS and the operator's credentials.
+    access: Option<Access>,
     _dir: TempDir,
 }
 
-fn node_config(i: usize, dir: &std::path::Path, port: u16, cluster_ports: &[u16]) -> String {
-    let routes: Vec<String> = cluster_ports
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, p)| format!("\"nats-route://127.0.0.1:{p}\""))
-        .collect();
-    format!(
-        "server_name: n{i}\nlisten: \"127.0.0.1:{port}\"\n\
-         jetstream {{ store_dir: \"{store}\" }}\n\
-         cluster {{ name: tillsync-test, listen: \"127.0.0.1:{cport}\", routes: [{routes}] }}\n",
-        store = dir.join(format!("n{i}")).display(),
-        cport = cluster_ports[i],
-        routes = routes.join(", "),
-    )
+/// How the harness's own connections reach a secured cluster.
+#[derive(Clone)]
+struct Access {
+    tls: NatsTls,
+    creds: PathBuf,
+}
+
+/// What a secured node adds to its config: the generated authorization (accounts, service
+/// users, auth callout), client TLS with `verify: true`, and `tillsync auth routes`' route
+/// security (which also lists the routes).
+struct Secured {
+    auth_conf: String,
+    tls_conf: String,
+    routes_conf: String,
+}
+
+fn node_config(i: usize, dir: &std::path::Path, port: u16, cluster_ports: &[u16], secured: Option<&Secured>) -> String {
+    let store = dir.join(format!("n{i}"));
+    let head = format!("server_name: n{i}\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {store:?} }}\n");
+    let cport = cluster_ports[i];
+    match secured {
+        None => {
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            format!(
+                "{head}cluster {{ name: tillsync-test, listen: \"127.0.0.1:{cport}\", routes: [{}] }}\n",
+                routes.join(", ")
+            )
+        }
+        Some(s) => format!(
+            "{head}{auth}\n{tls}\ncluster {{\n  name: tillsync-test\n  listen: \"127.0.0.1:{cport}\"\n{routes}\n}}\n",
+            auth = s.auth_conf,
+            tls = s.tls_conf,
+            routes = s.routes_conf,
+        ),
+    }
 }
 
 impl NatsCluster {
     /// Starts `n` nodes and waits until JetStream can place an R`n` stream, i.e. there is a meta
     /// leader and every peer takes part.
     pub async fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, None, |_, _| None).await
+    }
+
+    /// The production topology's NATS: `n` nodes, each with the authorization `tillsync auth
+    /// init` generates (devices and portals admitted by a broker's auth callout), TLS for
+    /// clients with `certs` (a client certificate required), and routes authenticated and
+    /// encrypted as `tillsync auth routes` writes them. The harness connects as the operator.
+    pub async fn start_secured(n: usize, auth: &AuthSetup, certs: &Certs) -> NatsCluster {
+        let tls = NatsTls::new(certs);
+        let access = Access { tls: tls.clone(), creds: auth.operator_creds() };
+        let auth_conf = auth.server_conf();
+        NatsCluster::start_with(n, Some(access), |dir, cluster_ports| {
+            let routes: Vec<String> = cluster_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let routes_dir = dir.join("routes");
+            let conf =
+                tillsync_broker::auth::routes::generate(&routes_dir, &routes_dir, &routes).expect("route security");
+            Some(Secured {
+                auth_conf: auth_conf.clone(),
+                tls_conf: std::fs::read_to_string(tls.write_config(dir)).unwrap(),
+                routes_conf: std::fs::read_to_string(conf).unwrap(),
+            })
+        })
+        .await
+    }
+
+    async fn start_with(
+        n: usize,
+        access: Option<Access>,
+        secure: impl FnOnce(&std::path::Path, &[u16]) -> Option<Secured>,
+    ) -> NatsCluster {
         let dir = TempDir::new().unwrap();
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let secured = secure(dir.path(), &cluster_ports);
         let nodes = (0..n)
             .map(|i| {
                 let port = free_port();
                 let config = dir.path().join(format!("n{i}.conf"));
-                std::fs::write(&config, node_config(i, dir.path(), port, &cluster_ports)).unwrap();
+                let text = node_config(i, dir.path(), port, &cluster_ports, secured.as_ref());
+                std::fs::write(&config, text).unwrap();
                 Node { port, config, child: None }
             })
             .collect();
-        let mut c = NatsCluster { bin: nats_bin(), nodes, _dir: dir };
+        let mut c = NatsCluster { bin: nats_bin(), nodes, access, _dir: dir };
         for i in 0..n {
             c.spawn(i);
         }
@@ -71,7 +132,8 @@ impl NatsCluster {
 
     /// The client URL of node `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+        let scheme = if self.access.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[i].port)
     }
 
     /// Every node's URL, comma separated, for `NATS_URL`.
@@ -99,9 +161,9 @@ impl NatsCluster {
         let (url, replicas) = (self.url(i), self.nodes.len());
         let what = format!("nats node n{i} in a JetStream cluster of {replicas}");
         eventually(READY, &what, || {
-            let url = url.clone();
+            let (url, access) = (url.clone(), self.access.clone());
             async move {
-                let client = async_nats::connect(&url).await.ok()?;
+                let client = connect(&url, access.as_ref(), false).await.ok()?;
                 // A JetStream request made before the meta leader exists goes unanswered: keep
                 // each try short rather than wait out the default 5 s.
                 let mut js = async_nats::jetstream::new(client);
@@ -142,16 +204,26 @@ impl NatsCluster {
     /// A client that may use any node and fails over to the others, retrying forever.
     pub async fn client(&self) -> async_nats::Client {
         let urls: Vec<String> = (0..self.nodes.len()).map(|i| self.url(i)).collect();
-        async_nats::ConnectOptions::new()
-            .max_reconnects(None)
-            .connect(urls)
-            .await
-            .expect("connect to test nats cluster")
+        connect(&urls.join(","), self.access.as_ref(), true).await.expect("connect to test nats cluster")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
     }
+}
+
+/// Connects to `urls` (comma separated) as the harness: plain, or with the secured cluster's
+/// TLS and operator credentials; `forever` keeps reconnecting through node restarts.
+async fn connect(urls: &str, access: Option<&Access>, forever: bool) -> Result<async_nats::Client, String> {
+    let mut options = NatsTls::options(access.map(|a| &a.tls));
+    if let Some(a) = access {
+        options = tillsync_broker::nats::credentials(options, &a.creds).await.map_err(|e| e.to_string())?;
+    }
+    if forever {
+        options = options.max_reconnects(None);
+    }
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    options.connect(urls).await.map_err(|e| e.to_string())
 }
 
 impl Drop for NatsCluster {

@@ -16,7 +16,7 @@ use crate::common::*;
 use crate::security::support::*;
 
 /// Every stream tillsync keeps, the partition lease bucket's included.
-fn all_streams() -> Vec<String> {
+pub(crate) fn all_streams() -> Vec<String> {
     let mut v: Vec<String> = [
         streams::EVENTS,
         streams::HEARTBEATS,
@@ -46,7 +46,7 @@ async fn counts(stack: &Stack) -> Vec<(String, u64)> {
     out
 }
 
-fn purges() -> Vec<String> {
+pub(crate) fn purges() -> Vec<String> {
     all_streams().into_iter().map(|s| format!("$JS.API.STREAM.PURGE.{s}")).collect()
 }
 
@@ -245,6 +245,15 @@ async fn a_watermark_another_tenants_till_plants_deletes_no_sale() {
         stack.db.count("SELECT count(*) FROM orders WHERE tenant_id = 'acme' AND order_id LIKE 'a-%'")
     })
     .await;
+    // The cloud hears of the refusal from the victim's heartbeat: counted (the alert
+    // TillsyncBridgeRefusedWatermark pages on it) and kept on the device's row.
+    eventually(T, "the broker counts the bridge's refusal", || async {
+        let (_, text) = http_get(broker.broker.http_addr, "/metrics").await?;
+        (metric(&text, "tillsync_bridge_watermarks_refused_total", "")? >= 1.0).then_some(())
+    })
+    .await;
+    let row = "SELECT watermarks_refused FROM devices WHERE tenant_id = 'acme' AND device_id = 'till-1'";
+    assert!(stack.db.count(row).await >= 1, "the device row says it refused one");
     bridge.shutdown().await;
     broker.stop().await;
 }
@@ -294,6 +303,17 @@ async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
 /// meanwhile all land.
 #[tokio::test]
 async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on() {
+    flood_is_cut_off(subject::events, streams::EVENTS).await;
+}
+
+/// The same flood on the till's command-ack subject: acks count against the same allowance
+/// and the command-ack stream keeps at most as many of one device's messages.
+#[tokio::test]
+async fn a_till_flooding_command_acks_is_cut_off_too() {
+    flood_is_cut_off(subject::command_acks, streams::COMMAND_ACKS).await;
+}
+
+async fn flood_is_cut_off(subject_of: fn(&DeviceAddr) -> String, stream: &str) {
     let stack = Stack::start_with_auth().await;
     let mut config = stack.broker_config();
     config.device_max_events_per_s = 20; // 200 within the 10 s window
@@ -308,7 +328,7 @@ async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on() {
 
     let flooder = Probe::device(&stack, &default_path(&a_config.db)).await;
     let client = flooder.client.clone();
-    let to = subject::events(&a);
+    let to = subject_of(&a);
     let flood = tokio::spawn(async move {
         let js = async_nats::jetstream::new(client);
         let junk: Vec<u8> = vec![0xc1; 1024];
@@ -338,11 +358,89 @@ async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on() {
         metric(&text, "tillsync_devices_cut_off_total", "limit=\"events\"").filter(|v| *v >= 1.0)
     })
     .await;
-    let held = stored_on(&stack, streams::EVENTS, &format!("{}.>", subject::events(&a))).await;
+    let held = stored_on(&stack, stream, &format!("{}.>", subject_of(&a))).await;
     assert!(held <= 300, "the stream holds {held} of the flooding till's messages, more than its 300");
     let landed = "SELECT count(*) FROM orders WHERE tenant_id = 'other' AND order_id LIKE 'o-b-%'";
     eventually_eq(T, "every sale of the other tenant applied", 20, || stack.db.count(landed)).await;
     flood.abort();
     b_bridge.shutdown().await;
+    broker.stop().await;
+}
+
+/// A stranger at a store's address trying activation after activation with fresh keys: past
+/// `TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN` its connects are refused as `rate_limited`
+/// before any activation work, counted (no per-address label) and audited as one row per
+/// address a minute however many tries; a till already activated behind the same address still
+/// connects while the address is over its budget, and its sale lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_still_sells() {
+    const BUDGET: u32 = 5;
+    const TRIES: i64 = 40;
+    /// One activation try with a fresh key and a guessed code; false when the connect is refused.
+    async fn stranger_tries(stack: &Stack) -> bool {
+        let key = nkeys::KeyPair::new_user();
+        let public = key.public_key();
+        let code = tillsync_broker::auth::new_code();
+        let connected = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+            .user_and_password(identity::ACTIVATION_USER.into(), code.clone())
+            .custom_inbox_prefix(identity::activation_inbox(&public))
+            .connect(stack.nats.url())
+            .await;
+        let Ok(client) = connected else { return false };
+        let request = codec::encode(&identity::ActivateRequest { code });
+        let answer = client.request(identity::activate_subject(&public), request.into()).await.unwrap();
+        let reply: identity::ActivateReply = codec::decode(&answer.payload).unwrap();
+        assert!(matches!(reply, identity::ActivateReply::Refused { .. }), "{reply:?}");
+        true
+    }
+    let stack = Stack::start_with_auth().await;
+    let mut config = stack.broker_config();
+    config.auth_max_refusals_per_address_per_min = BUDGET;
+    let broker = InProcBroker::start(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let till = DeviceAddr::new("acme", "s1", "till-1");
+    // Activated first, from 127.0.0.1 like the stranger (one activation connect of the budget).
+    let till_config = activated_config(&stack, &till, dir.path()).await;
+
+    let mut refused = 0;
+    for _ in 0..TRIES {
+        if !stranger_tries(&stack).await {
+            refused += 1;
+        }
+    }
+    // The budget is 5 and refills one try every 12 s: the tries take a few seconds.
+    assert!(refused >= 30, "{refused} of {TRIES} tries refused with a budget of {BUDGET}");
+    let http = broker.broker.http_addr;
+    let counted = eventually(T, "the rate-limited refusals counted", || async {
+        let text = http_get(http, "/metrics").await?.1;
+        let decided = metric(&text, "tillsync_auth_decisions_total", "result=\"refused\",reason=\"rate_limited\"")?;
+        metric(&text, "tillsync_auth_rate_limited_total", "").filter(|n| *n >= 30.0 && *n == decided)
+    })
+    .await;
+
+    let db = &stack.db;
+    let limited = "action = 'connection_refused' AND reason = 'rate_limited' AND remote = '127.0.0.1'";
+    let tries = db.count(&format!("SELECT coalesce(sum(tries), 0) FROM identity_audit WHERE {limited}")).await;
+    assert_eq!(tries as f64, counted, "every rate-limited try audited");
+    let rows = db.count(&format!("SELECT count(*) FROM identity_audit WHERE {limited}")).await;
+    assert!((1..=2).contains(&rows), "{rows} rate_limited rows for {tries} tries (one a minute)");
+    let per_pair = "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM identity_audit WHERE minute IS NOT NULL
+                    GROUP BY action, coalesce(reason, ''), remote) AS pairs";
+    assert!(db.count(per_pair).await <= 2, "one row per action and reason a minute");
+    let all_tries = "SELECT coalesce(sum(tries), 0) FROM identity_audit WHERE (action = 'activation_connect'
+                     OR (action = 'connection_refused' AND reason = 'rate_limited')) AND minute IS NOT NULL";
+    assert!(db.count(all_tries).await >= TRIES, "every activation connect counted, allowed or refused");
+
+    // The address is still over its budget, and the store's till gets in all the same.
+    assert!(!stranger_tries(&stack).await, "the stranger is still refused");
+    let bridge = Bridge::start(till_config).await.unwrap();
+    bridge.submit(EventDraft::new(opened("o-1"))).await.unwrap();
+    eventually_eq(T, "the till's sale landed", 1, || db.count("SELECT count(*) FROM orders WHERE order_id = 'o-1'"))
+        .await;
+    let q = "SELECT count(*) FROM credentials WHERE device_id = 'till-1' AND last_host = '127.0.0.1'";
+    assert_eq!(db.count(q).await, 1, "the till connected from the stranger's address");
+    // At most one try refilled meanwhile (every 12 s).
+    assert!(!stranger_tries(&stack).await || !stranger_tries(&stack).await, "the stranger is still refused");
+    bridge.shutdown().await;
     broker.stop().await;
 }

@@ -1,5 +1,6 @@
-//! `tillsync chaos` end to end, through the built binary: real nats-server, a private Postgres
-//! cluster, the broker and four bridges, killed, paused and restarted by the seeded nemesis.
+//! `tillsync chaos` end to end, through the built binary: real nats-server with authorization
+//! on (accounts, the broker's auth callout, activated bridges), a private Postgres cluster, the
+//! broker and four bridges, killed, paused and restarted by the seeded nemesis.
 
 use serde_json::Value;
 use tillsync_tests::bin_path;
@@ -33,7 +34,8 @@ async fn a_minute_of_chaos_loses_nothing_and_commands_tell_the_truth() {
     let pretty = serde_json::to_string_pretty(&report).unwrap();
     assert_eq!(report["violations"], 0, "{pretty}");
     assert_eq!(code, 0, "{pretty}");
-    // The run did what it claims: faults injected, events and commands checked.
+    // The run did what it claims: authorization on, faults injected, events and commands checked.
+    assert_eq!(report["authorization"], true, "{pretty}");
     let o = &report["observed"];
     assert!(o["faults_injected"].as_u64().unwrap() >= 8, "{pretty}");
     assert!(o["quiesced"].as_bool().unwrap(), "{pretty}");

@@ -351,6 +351,7 @@ async fn heartbeat(js: async_nats::jetstream::Context, a: DeviceAddr) {
             last_acked_seq: 0,
             config_revision: 0,
             uptime_s: ((tillsync_broker::now_ms() - started) / 1000) as u64,
+            watermarks_refused: 0,
         };
         if let Ok(f) = js.publish(subject::heartbeats(&a), codec::encode(&hb).into()).await {
             let _ = f.await;

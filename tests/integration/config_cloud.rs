@@ -337,6 +337,7 @@ fn heartbeat(addr: &DeviceAddr, config_revision: u64) -> Heartbeat {
         last_acked_seq: 0,
         config_revision,
         uptime_s: 1,
+        watermarks_refused: 0,
     }
 }
 

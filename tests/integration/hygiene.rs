@@ -405,6 +405,7 @@ async fn repeated_heartbeats_of_an_unknown_tenant_keep_one_row_that_redrives_the
             last_acked_seq: 0,
             config_revision: 0,
             uptime_s,
+            watermarks_refused: 0,
         };
         let ack = js.publish(subject::heartbeats(&d), tillsync_schemas::codec::encode(&hb).into()).await.unwrap();
         let seq = ack.await.unwrap().sequence as i64;

@@ -536,6 +536,51 @@ fn compose_file_is_complete_and_matches_the_broker() {
     }
     assert_eq!(compose["services"]["nats"]["command"][1], "/etc/nats/nats.conf");
 
+    // What `auth-init` writes into the `auth` volume, made here the same way: the files the
+    // services name under /auth are looked up in it, and nats-server checks its config with it.
+    let etc = tempfile::tempdir().unwrap();
+    let auth = etc.path().join("auth");
+    tillsync_broker::auth::setup::generate(&auth).unwrap();
+    let routes = ["nats:6222", "nats-2:6222", "nats-3:6222"].map(String::from);
+    tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
+    let hosts = ["nats", "nats-2", "nats-3", "localhost"].map(String::from);
+    tillsync_broker::auth::client_tls::generate(&auth, &auth, &hosts).unwrap();
+    let init = compose["services"]["auth-init"]["entrypoint"][2].as_str().unwrap();
+    assert!(init.contains("tillsync auth routes") && routes.iter().all(|r| init.contains(r)), "{init}");
+    assert!(
+        init.contains("tillsync auth tls") && hosts.iter().all(|h| init.contains(&format!("--host {h}"))),
+        "{init}"
+    );
+    let in_volume = |v: &str| match v.strip_prefix("/auth/") {
+        Some(name) => auth.join(name).display().to_string(),
+        None => v.to_string(),
+    };
+
+    // Every service that talks to NATS does so over TLS with the generated client certificate,
+    // and only the brokers, which also check Postgres, accept plain text (to Postgres).
+    let mut merged = compose.clone();
+    merged.apply_merge().unwrap();
+    for (name, service) in merged["services"].as_mapping().unwrap() {
+        if !service["environment"].is_mapping() {
+            continue;
+        }
+        let env = env_of(service);
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let Some(urls) = get("NATS_URL") else { continue };
+        assert!(urls.split(',').all(|u| u.starts_with("tls://")), "{name:?}: NATS_URL {urls}");
+        for (var, file) in
+            [("NATS_CA_FILE", "ca.pem"), ("NATS_CERT_FILE", "client.pem"), ("NATS_KEY_FILE", "client-key.pem")]
+        {
+            assert_eq!(get(var), Some(format!("/auth/{file}")), "{name:?}: {var}");
+            assert!(auth.join(file).is_file(), "`auth tls` writes {file}");
+        }
+        let mounts: Vec<&str> =
+            service["volumes"].as_sequence().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        assert!(mounts.iter().any(|m| m.starts_with("auth:/auth")), "{name:?} does not mount the auth volume");
+        let broker = service["command"][0] == "tillsync-broker";
+        assert_eq!(get("TILLSYNC_ALLOW_PLAINTEXT").is_some(), broker, "{name:?}: TILLSYNC_ALLOW_PLAINTEXT");
+    }
+
     // The broker's environment is configuration the broker reads, with valid values.
     let mut all = tillsync_broker::config::Config::for_tests("nats://x:4222", "postgres://x/y");
     all.instance_id = Some("x".into());
@@ -543,6 +588,8 @@ fn compose_file_is_complete_and_matches_the_broker() {
     all.auth_callout_creds = Some("/x".into());
     all.auth_issuer_seed = Some("/x".into());
     all.nats_system_creds = Some("/x".into());
+    all.nats_tls =
+        tillsync_broker::nats::TlsFiles { ca: Some("/x".into()), cert: Some("/x".into()), key: Some("/x".into()) };
     let known: BTreeSet<String> = all.to_env().into_iter().map(|(k, _)| k).chain(["RUST_LOG".to_string()]).collect();
     let env = env_of(&compose["services"]["broker"]);
     let keys: BTreeSet<String> = env.iter().map(|(k, _)| k.clone()).collect();
@@ -557,7 +604,7 @@ fn compose_file_is_complete_and_matches_the_broker() {
         match v.as_str() {
             "true" => argv.push(flag),
             "false" => {}
-            _ => argv.extend([flag, v.clone()]),
+            _ => argv.extend([flag, in_volume(v)]),
         }
     }
     let parsed = <tillsync_broker::config::Config as clap::Parser>::try_parse_from(&argv)
@@ -584,17 +631,9 @@ fn compose_file_is_complete_and_matches_the_broker() {
             "nats-server".into()
         }
     });
-    // It includes the authorization `tillsync auth init` writes into the `auth` volume: check
-    // the two together, as the containers see them.
-    let etc = tempfile::tempdir().unwrap();
+    // It includes what `auth-init` writes into the `auth` volume (authorization, routes,
+    // client TLS): check them together, as the containers see them.
     std::fs::copy(repo().join("ops/nats/nats.conf"), etc.path().join("nats.conf")).unwrap();
-    let auth = etc.path().join("auth");
-    tillsync_broker::auth::setup::generate(&auth).unwrap();
-    let routes = ["nats:6222", "nats-2:6222", "nats-3:6222"].map(String::from);
-    tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
-    // The compose file writes the same files with the same command.
-    let init = compose["services"]["auth-init"]["entrypoint"][2].as_str().unwrap();
-    assert!(init.contains("tillsync auth routes") && routes.iter().all(|r| init.contains(r)), "{init}");
     let out = std::process::Command::new(&nats)
         .args(["-t", "-c"])
         .arg(etc.path().join("nats.conf"))

@@ -1,7 +1,9 @@
 //! README command 1 (`./scripts/run-local.sh`) in its smoke mode: the whole local stack as a
-//! newcomer starts it (nats-server with authorization, the broker with its keys, activated
-//! tills, the portal loop), which must apply events, bring devices online and get a command
-//! acked, then stop with nothing it started left running.
+//! newcomer starts it (nats-server with authorization and client TLS, the broker with its keys,
+//! activated tills, the portal loop, all over `tls://` with the generated client certificate),
+//! which must apply events, bring devices online and get a command acked, then stop with
+//! nothing it started left running. `tls_files.rs` shows that server config refusing plain
+//! text and clients without the certificate.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +38,11 @@ async fn command_1_applies_events_acks_a_command_and_leaves_nothing_running() {
     let run = tempfile::tempdir().unwrap();
     let (http, nats_port) = (free_addr(), free_addr().port());
     let bin_dir = bin_path("tillsync").parent().unwrap().to_path_buf();
+    // The run dir of an older run, from before client TLS: keys only. The script adds the rest.
+    let auth = run.path().join("auth");
+    let init =
+        std::process::Command::new(bin_path("tillsync")).arg("auth").arg("init").arg("--dir").arg(&auth).output();
+    assert!(init.unwrap().status.success());
     let database = db.url.rsplit('/').next().unwrap().to_string();
     let admin = db.url.trim_end_matches(&database).to_string() + "postgres";
     let mut cmd = tokio::process::Command::new(repo().join("scripts/run-local.sh"));
@@ -64,6 +71,12 @@ async fn command_1_applies_events_acks_a_command_and_leaves_nothing_running() {
     assert!(stderr.contains("smoke: events applied, devices online and a command acked"), "{stderr}");
     assert!(db.count("SELECT count(*) FROM processed_events WHERE outcome = 'applied'").await > 0);
     assert!(db.count("SELECT count(*) FROM command_log WHERE state = 'acked'").await > 0);
+    // NATS spoke only TLS: the server included the files `auth tls` added to the old run dir.
+    assert!(auth.join("tls.conf").is_file() && auth.join("client.pem").is_file());
+    let conf = std::fs::read_to_string(run.path().join("nats.conf")).unwrap();
+    assert!(conf.contains("include \"auth/tls.conf\""), "{conf}");
+    let nats_log = std::fs::read_to_string(run.path().join("nats.log")).unwrap();
+    assert!(nats_log.contains("TLS required for client connections"), "{nats_log}");
     // The activation output is kept (the fleet's log no longer overwrites it).
     let activations = std::fs::read_to_string(run.path().join("activate.log")).unwrap();
     assert_eq!(activations.matches("Activated").count(), 4, "{activations}");

@@ -530,6 +530,7 @@ async fn heartbeats(js: async_nats::jetstream::Context, devices: Vec<DeviceAddr>
                 last_acked_seq: 0,
                 config_revision: 0,
                 uptime_s: ((tillsync_broker::now_ms() - started) / 1000) as u64,
+                watermarks_refused: 0,
             };
             let _ = js.publish(subject::heartbeats(a), codec::encode(&hb).into()).await;
         }

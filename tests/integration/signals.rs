@@ -283,6 +283,7 @@ async fn heartbeat(js: &async_nats::jetstream::Context, dev: &DeviceAddr, last_a
         last_acked_seq,
         config_revision: 0,
         uptime_s: 1,
+        watermarks_refused: 0,
     };
     let mut h = HeaderMap::new();
     h.insert(streams::HEADER_CONTENT_TYPE, streams::CONTENT_TYPE);

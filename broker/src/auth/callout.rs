@@ -5,6 +5,11 @@
 //! Every client proves an nkey by signing the server's nonce. A key with a live credential
 //! gets its device's or portal's permissions; the `activate` user with a code-shaped password
 //! gets only its activation request; anything else is refused, counted and audited.
+//!
+//! Refused attempts and activation connects spend their source address's budget ([`limit`]);
+//! an address that has spent it is refused as `rate_limited` except for live credentials.
+
+pub mod limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
 use tillsync_schemas::identity::{self, Allowed};
 
+use self::limit::{AddressBudget, Attempt, RATE_LIMITED};
 use super::records::{self, Audit, Holder, Lookup, Origin};
 use crate::config::Config;
 use crate::{metrics, BrokerError, Ctx};
@@ -91,6 +97,7 @@ pub struct Responder {
     client: async_nats::Client,
     sub: async_nats::Subscriber,
     issuer: Arc<Issuer>,
+    budget: Arc<AddressBudget>,
 }
 
 /// Connects and subscribes when the configuration asks for a responder (`Ok(None)` when not).
@@ -105,16 +112,17 @@ pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
     let client = crate::nats::connect(&config.nats_url, Some(creds), &config.nats_tls, &name).await?;
     let sub = crate::nats::responder(&client, AUTH_SUBJECT, QUEUE, "Auth callout").await?;
     tracing::info!(account = %issuer.account, "Answering NATS auth callouts.");
-    Ok(Some(Responder { client, sub, issuer: Arc::new(issuer) }))
+    let budget = Arc::new(AddressBudget::new(config.auth_max_refusals_per_address_per_min));
+    Ok(Some(Responder { client, sub, issuer: Arc::new(issuer), budget }))
 }
 
 /// Answers callouts until cancelled; `tillsync_auth_responder_up` follows the connection.
 pub async fn run(ctx: Arc<Ctx>, responder: Responder) {
-    let Responder { client, sub, issuer } = responder;
+    let Responder { client, sub, issuer, budget } = responder;
     metrics::auth_responder_up(true);
     let serve = sub.for_each_concurrent(CONCURRENCY, |msg| {
-        let (ctx, client, issuer) = (ctx.clone(), client.clone(), issuer.clone());
-        async move { answer(&ctx, &client, &issuer, msg).await }
+        let (ctx, client, issuer, budget) = (ctx.clone(), client.clone(), issuer.clone(), budget.clone());
+        async move { answer(&ctx, &client, &issuer, &budget, msg).await }
     });
     tokio::pin!(serve);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -127,6 +135,7 @@ pub async fn run(ctx: Arc<Ctx>, responder: Responder) {
             }
             _ = tick.tick() => {
                 metrics::auth_responder_up(client.connection_state() == async_nats::connection::State::Connected);
+                budget.forget_refilled();
             }
         }
     }
@@ -134,7 +143,13 @@ pub async fn run(ctx: Arc<Ctx>, responder: Responder) {
     let _ = client.drain().await;
 }
 
-async fn answer(ctx: &Ctx, client: &async_nats::Client, issuer: &Issuer, msg: async_nats::Message) {
+async fn answer(
+    ctx: &Ctx,
+    client: &async_nats::Client,
+    issuer: &Issuer,
+    budget: &AddressBudget,
+    msg: async_nats::Message,
+) {
     let Some(reply) = msg.reply.clone() else { return };
     let token = String::from_utf8_lossy(&msg.payload);
     let request = match Claims::<AuthRequest>::decode(&token) {
@@ -143,7 +158,7 @@ async fn answer(ctx: &Ctx, client: &async_nats::Client, issuer: &Issuer, msg: as
             return tracing::warn!(%error, "Undecodable auth request ignored (the server times the client out).")
         }
     };
-    let verdict = match tokio::time::timeout(DECIDE_WITHIN, decide_with_db(ctx, &request)).await {
+    let verdict = match tokio::time::timeout(DECIDE_WITHIN, decide_with_db(ctx, budget, &request)).await {
         Ok(Ok(v)) => v,
         failed => {
             // Refuse rather than guess, and in time: an answer after nats-server's callout
@@ -166,16 +181,25 @@ async fn answer(ctx: &Ctx, client: &async_nats::Client, issuer: &Issuer, msg: as
     }
 }
 
-async fn decide_with_db(ctx: &Ctx, request: &AuthRequest) -> Result<Verdict, sqlx::Error> {
+/// Decides a connection. An attempt's address pays ([`limit::refusal`]) only once the attempt
+/// is known to cost: before any Postgres work for a connect without a proven key and for the
+/// activation user, after the one lookup that tells a live key from any other for the rest.
+async fn decide_with_db(ctx: &Ctx, budget: &AddressBudget, request: &AuthRequest) -> Result<Verdict, sqlx::Error> {
     let host = request.client_info.host.clone();
+    let spend = || budget.spend(&host);
+    let paid = |reason| limit::refusal(Attempt::Refused(reason), spend).unwrap_or(reason);
     let key = match proven_key(request) {
         Ok(k) => k,
-        Err(reason) => return refuse(ctx, reason, "no nkey proven at connect", None, None, &host).await,
+        Err(reason) => return refuse(ctx, paid(reason), "no nkey proven at connect", None, None, &host).await,
     };
     let opts = &request.connect_opts;
     if opts.user.as_deref() == Some(identity::ACTIVATION_USER) {
         if !opts.pass.as_deref().is_some_and(super::looks_like_code) {
-            return refuse(ctx, "bad_code", "activation needs a code as the password", None, Some(&key), &host).await;
+            let detail = "activation needs a code as the password";
+            return refuse(ctx, paid("bad_code"), detail, None, Some(&key), &host).await;
+        }
+        if let Some(reason) = limit::refusal(Attempt::Activation, spend) {
+            return refuse(ctx, reason, "", None, Some(&key), &host).await;
         }
         records::audit_attempt(&ctx.pool, "activation_connect", None, &host, "").await?;
         metrics::auth_decision("allowed", "activation");
@@ -198,12 +222,21 @@ async fn decide_with_db(ctx: &Ctx, request: &AuthRequest) -> Result<Verdict, sql
             Ok(Verdict::Allow { name, allowed, holder: Some(holder) })
         }
         Lookup::Revoked(device, why) => {
+            let reason = limit::refusal(Attempt::Revoked, spend).unwrap_or("revoked");
             let detail = format!("credential revoked ({why})");
-            refuse(ctx, "revoked", &detail, device.as_ref(), Some(&key), &host).await
+            refuse(ctx, reason, &detail, device.as_ref(), Some(&key), &host).await
         }
-        Lookup::Unknown => refuse(ctx, "unknown_key", "no credential has this key", None, Some(&key), &host).await,
+        Lookup::Unknown => {
+            refuse(ctx, paid("unknown_key"), "no credential has this key", None, Some(&key), &host).await
+        }
     }
 }
+
+/// The detail of every `rate_limited` refusal, whatever it would have been refused for (kept in
+/// the address's audit row).
+const OVER_BUDGET: &str =
+    "too many refused attempts and activation connects from this address (TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN); \
+     live credentials from it still connect";
 
 async fn refuse(
     ctx: &Ctx,
@@ -214,7 +247,15 @@ async fn refuse(
     host: &str,
 ) -> Result<Verdict, sqlx::Error> {
     metrics::auth_decision("refused", reason);
-    tracing::info!(reason, key, host, "NATS connection refused.");
+    let detail = if reason == RATE_LIMITED {
+        // Counted and audited per address; a log line per try would be the flood's next target.
+        metrics::auth_rate_limited();
+        tracing::debug!(key, host, "NATS connection refused: its address is over its budget.");
+        OVER_BUDGET
+    } else {
+        tracing::info!(reason, key, host, "NATS connection refused.");
+        detail
+    };
     if device.is_none() && reason != "revoked" {
         // Nobody's credential: counted per address, since fresh keys are free.
         records::audit_attempt(&ctx.pool, "connection_refused", Some(reason), host, detail).await?;

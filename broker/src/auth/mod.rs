@@ -7,12 +7,16 @@
 //! - [`activate`] exchanges one-time activation codes for device credentials;
 //! - [`keys`] tells bridges which keys sign their commands (key rotation);
 //! - [`kick`] disconnects revoked credentials' live connections (the partition-0 owner);
-//! - [`records`] is the SQL behind them; [`setup`] generates the keys and the server config.
+//! - [`records`] is the SQL behind them; [`setup`] generates the keys and the server config;
+//!   [`routes`] and [`client_tls`] the certificates and config of cluster routes and of client
+//!   connections, with [`pki`] under both.
 
 pub mod activate;
 pub mod callout;
+pub mod client_tls;
 pub mod keys;
 pub mod kick;
+pub mod pki;
 pub mod records;
 pub mod routes;
 pub mod setup;

@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::ExtendedKeyUsagePurpose;
+
+use crate::auth::pki::{refuse_existing, write_private, Ca};
 
 /// File names written next to the authorization keys.
 pub const ROUTES_CONF: &str = "routes.conf";
@@ -30,24 +32,16 @@ pub fn generate(dir: &Path, nats_dir: &Path, routes: &[String]) -> std::io::Resu
         return Err(Error::new(ErrorKind::InvalidInput, "name every node's route address (--route HOST:PORT)"));
     }
     let hosts: Vec<String> = routes.iter().map(|r| host_of(r)).collect::<Result<_, _>>()?;
-    for name in [ROUTES_CONF, ROUTE_CA, ROUTE_CERT, ROUTE_KEY] {
-        if dir.join(name).exists() {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("{name} exists; route credentials are never replaced"),
-            ));
-        }
-    }
-    let bad = |e: rcgen::Error| Error::other(e.to_string());
-    let ca_key = KeyPair::generate().map_err(bad)?;
-    let ca = ca_params().self_signed(&ca_key).map_err(bad)?;
-    let node_key = KeyPair::generate().map_err(bad)?;
-    let node = node_params(&hosts).map_err(bad)?.signed_by(&node_key, &ca, &ca_key).map_err(bad)?;
+    refuse_existing(dir, &[ROUTES_CONF, ROUTE_CA, ROUTE_CERT, ROUTE_KEY], "route credentials")?;
+    let ca = Ca::new("tillsync route CA")?;
+    // One certificate for every node: each presents it to the others as client and as server.
+    let usages = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let (node_cert, node_key) = ca.sign(&node_names(&hosts), "tillsync NATS route", &usages)?;
     let password = format!("{}{}", crate::auth::new_code(), crate::auth::new_code()).replace('-', "");
     std::fs::DirBuilder::new().recursive(true).create(dir)?;
     write_private(&dir.join(ROUTE_CA), &ca.pem())?;
-    write_private(&dir.join(ROUTE_CERT), &node.pem())?;
-    write_private(&dir.join(ROUTE_KEY), &node_key.serialize_pem())?;
+    write_private(&dir.join(ROUTE_CERT), &node_cert)?;
+    write_private(&dir.join(ROUTE_KEY), &node_key)?;
     let conf = routes_conf(nats_dir, &password, routes);
     write_private(&dir.join(ROUTES_CONF), &conf)?;
     Ok(dir.join(ROUTES_CONF))
@@ -91,34 +85,15 @@ fn host_of(route: &str) -> std::io::Result<String> {
     }
 }
 
-fn ca_params() -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("no names to parse");
-    p.distinguished_name.push(DnType::CommonName, format!("tillsync route CA {}", uuid::Uuid::new_v4().simple()));
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p
-}
-
-/// One certificate for every node: each presents it to the others as client and as server.
-fn node_params(hosts: &[String]) -> Result<CertificateParams, rcgen::Error> {
+/// The nodes' names, and loopback, which a node's own tools dial.
+fn node_names(hosts: &[String]) -> Vec<String> {
     let mut names: Vec<String> = hosts.to_vec();
     for local in ["localhost", "127.0.0.1"] {
         if !names.iter().any(|n| n == local) {
             names.push(local.to_string());
         }
     }
-    let mut p = CertificateParams::new(names)?;
-    p.distinguished_name.push(DnType::CommonName, "tillsync NATS route");
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    Ok(p)
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())
+    names
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub const SOURCE: Source =
     Source { stream: names::COMMAND_ACKS, base: names::BROKER_ACKS_CONSUMER, max_batch: BATCH, linger: Duration::ZERO };
 
 pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
+    crate::flood::watch(ctx, &batch).await;
     let mut acks = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for msg in batch {

@@ -252,18 +252,6 @@ pub fn source(c: &crate::config::Config) -> Source {
     Source { stream: names::EVENTS, base: names::BROKER_EVENTS_CONSUMER, max_batch: c.batch_size, linger: c.linger() }
 }
 
-/// Counts the batch against each device's allowance and cuts off any device that went over.
-async fn watch_for_floods(ctx: &Ctx, guard: &crate::flood::Guard, batch: &[jetstream::Message]) {
-    let now_s = crate::now_ms() / 1000;
-    guard.maybe_prune(now_s);
-    for m in batch {
-        let stored_s = m.info().map_or(now_s, |i| i.published.unix_timestamp());
-        if let Some((device, over)) = guard.observe(&m.subject, stored_s, m.payload.len()) {
-            crate::flood::cut_off(ctx, device, over, guard.limits()).await;
-        }
-    }
-}
-
 /// Commits one batch of a partition's events under its fence, then settles it.
 pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<jetstream::Message>) {
     let started = Instant::now();
@@ -277,9 +265,7 @@ pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<jetstream::Message
         .collect();
     metrics::events_received(raws.len() as u64);
     metrics::batch_size(raws.len());
-    if let Some(guard) = &ctx.flood {
-        watch_for_floods(ctx, guard, &batch).await;
-    }
+    crate::flood::watch(ctx, &batch).await;
     let engine = Engine {
         pool: &ctx.pool,
         actors: &ctx.actors,

@@ -143,6 +143,7 @@ async fn heartbeats(js: async_nats::jetstream::Context, devices: usize) -> anyho
                 last_acked_seq: 0,
                 config_revision: 0,
                 uptime_s: started.elapsed().as_secs(),
+                watermarks_refused: 0,
             };
             js.publish(subject::heartbeats(&addr), codec::encode(&hb).into()).await?.await?;
         }

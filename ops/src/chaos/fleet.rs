@@ -1,9 +1,11 @@
 //! Everything a chaos run starts: nats-server, Postgres, the broker(s) and one bridge per
 //! device, with their settings; how each fault is undone; the supervisor's restarts; healing.
+//! NATS authorization is on for all of them ([`super::auth`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::auth::Auth;
 use super::nemesis::Fault;
 use super::postgres::PgCluster;
 use super::procs::{free_port, sibling_bin, Proc};
@@ -26,8 +28,19 @@ pub struct Fleet {
     pub nats: Proc,
     pub pg: PgCluster,
     pub brokers: Vec<Proc>,
+    /// Each broker's /metrics and /readyz address.
+    pub broker_http: Vec<String>,
     pub bridges: Vec<Proc>,
     pub nats_url: String,
+    pub auth: Auth,
+    /// `tillsync-edge`, for activating the bridges before their first start.
+    pub edge: PathBuf,
+    pub logs: PathBuf,
+}
+
+/// A bridge's SQLite file; its identity file lands next to it.
+pub fn bridge_db(dir: &Path, d: &Device) -> PathBuf {
+    dir.join(format!("{}.db", d.device_id))
 }
 
 /// Where the binaries are: `tillsync-broker` and `tillsync-edge` next to this executable (or
@@ -48,6 +61,7 @@ impl Bins {
 
 impl Fleet {
     /// Creates (does not start) nats-server, the brokers and the bridges; Postgres is started.
+    /// nats-server runs `auth`'s config (so does every restart); the brokers get its keys.
     pub fn new(
         bins: &Bins,
         dir: &Path,
@@ -55,23 +69,28 @@ impl Fleet {
         brokers: usize,
         devices: &[Device],
         handler: &str,
+        auth: Auth,
     ) -> anyhow::Result<Fleet> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let nats_port = free_port()?;
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
         let store = dir.join("nats");
-        let nats_args = ["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd", &store.to_string_lossy()]
-            .map(String::from)
-            .to_vec();
+        let conf = auth.server_conf().to_string_lossy().into_owned();
+        let nats_args =
+            ["-c", &conf, "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd", &store.to_string_lossy()]
+                .map(String::from)
+                .to_vec();
         let nats = Proc::new("nats-server", &bins.nats, nats_args, vec![], &logs);
-        let mut broker_procs = Vec::new();
+        let (mut broker_procs, mut broker_http) = (Vec::new(), Vec::new());
         for b in 1..=brokers {
             let mut env: Vec<(String, String)> =
                 BROKER_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            env.extend(auth.broker_env());
             env.push(("NATS_URL".into(), nats_url.clone()));
             env.push(("DATABASE_URL".into(), pg.url()));
-            env.push(("TILLSYNC_HTTP_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
+            broker_http.push(format!("127.0.0.1:{}", free_port()?));
+            env.push(("TILLSYNC_HTTP_ADDR".into(), broker_http[b - 1].clone()));
             env.push(("TILLSYNC_INSTANCE_ID".into(), format!("chaos-broker-{b}")));
             // The public test key (chaos devices are private to the run); bridges trust it below.
             let key = tillsync_broker::signing::test_key_file();
@@ -82,7 +101,8 @@ impl Fleet {
         let bridges = devices
             .iter()
             .map(|d| {
-                let db = dir.join(format!("{}.db", d.device_id)).to_string_lossy().into_owned();
+                // --tenant/--store/--device agree with the identity file activation writes.
+                let db = bridge_db(dir, d).to_string_lossy().into_owned();
                 let handler = format!("http://{handler}/apply/{}", d.device_id);
                 let args = [
                     "run",
@@ -114,7 +134,17 @@ impl Fleet {
                 Proc::new(&d.device_id, &bins.edge, args.map(String::from).to_vec(), vec![], &logs)
             })
             .collect();
-        Ok(Fleet { nats, pg, brokers: broker_procs, bridges, nats_url })
+        Ok(Fleet {
+            nats,
+            pg,
+            brokers: broker_procs,
+            broker_http,
+            bridges,
+            nats_url,
+            auth,
+            edge: bins.edge.clone(),
+            logs,
+        })
     }
 
     /// Ends `fault` on target `i`: starts what it killed or stopped, resumes what it paused.

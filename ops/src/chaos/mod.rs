@@ -3,11 +3,13 @@
 //! feeds the bridges from a POS simulator and sends commands as the portal, while a nemesis
 //! drawn from the seed kills, pauses and restarts every process, takes a bridge offline and
 //! deletes acknowledged events from the stream. Then it heals, waits for quiescence (bounded),
-//! and checks what was lost, doubled or reordered (see docs/chaos.md).
+//! and checks what was lost, doubled or reordered (see docs/chaos.md). NATS authorization is
+//! on, as in production: accounts, the broker's auth callout, activated bridges.
 //!
 //! Exit codes: 0 no violations; 1 violations; 2 usage error; 4 the run itself could not be
 //! carried out (a process did not start, a port was taken, ...).
 
+mod auth;
 mod checker;
 mod collect;
 mod fleet;

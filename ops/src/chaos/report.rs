@@ -13,6 +13,10 @@ pub struct Report {
     pub seconds: u64,
     pub devices: usize,
     pub brokers: usize,
+    /// NATS authorization was on: nats-server with the accounts and auth callout of `tillsync
+    /// auth init`, brokers answering the callout, every bridge activated with a one-time code,
+    /// and a client without credentials refused.
+    pub authorization: bool,
     pub faults: Vec<&'static str>,
     pub schedule: Vec<Step>,
     pub observed: Observed,
@@ -40,6 +44,7 @@ pub fn human(r: &Report) -> String {
     let o = &r.observed;
     let mut out = format!(
         "chaos run: seed {}, {} s, {} devices, {} broker(s), faults {}\n\
+         NATS authorization {}\n\
          {} faults injected ({} events deleted from TILLSYNC_EVENTS), {} supervisor restarts\n\
          {} events accepted ({} refused), {} commands sent, {} statuses read, {} handler runs\n\
          quiesce: {} after {:.1} s\n\n",
@@ -48,6 +53,7 @@ pub fn human(r: &Report) -> String {
         r.devices,
         r.brokers,
         if r.faults.is_empty() { "none".to_string() } else { r.faults.join(",") },
+        if r.authorization { "on: accounts, auth callout, activated bridges" } else { "OFF" },
         o.faults_injected,
         o.events_deleted_from_stream,
         o.process_restarts_by_supervisor,

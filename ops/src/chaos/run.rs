@@ -12,7 +12,8 @@ use tillsync_schemas::streams;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::{Bins, Fleet};
+use super::auth::{self, Auth};
+use super::fleet::{bridge_db, Bins, Fleet};
 use super::history::{Histories, StatusSeen};
 use super::nemesis::{self, with_fleet, Done};
 use super::postgres::PgCluster;
@@ -68,7 +69,8 @@ pub async fn execute(args: &ChaosArgs, dir: &Path) -> anyhow::Result<Report> {
     provision(&pg.url(), &devices).await?;
     let handler_stop = CancellationToken::new();
     let handler = handler::serve(rec.applications.clone(), handler_stop.clone()).await?;
-    let fleet = Fleet::new(&bins, dir, pg, brokers, &devices, &handler.to_string())?;
+    let auth = Auth::generate(&dir.join("auth"))?;
+    let fleet = Fleet::new(&bins, dir, pg, brokers, &devices, &handler.to_string(), auth)?;
     let nats_url = fleet.nats_url.clone();
     let fleet = Arc::new(Mutex::new(fleet));
     let result = traffic_and_check(args, &steps, &devices, &fleet, &nats_url, &rec, dir).await;
@@ -83,6 +85,8 @@ pub async fn execute(args: &ChaosArgs, dir: &Path) -> anyhow::Result<Report> {
         seconds: args.seconds,
         devices: devices_n,
         brokers,
+        // start_fleet carries out no run without it.
+        authorization: true,
         faults: faults.iter().map(|f| f.name()).collect(),
         schedule: steps,
         observed,
@@ -130,20 +134,20 @@ async fn bridge_status(http: &reqwest::Client, d: &Device) -> Option<serde_json:
     http.get(format!("http://{}/v1/status", d.http)).send().await.ok()?.json().await.ok()
 }
 
-/// Starts nats-server, the brokers and the bridges, each once the one before answers.
+/// Starts nats-server, the brokers and the bridges, each once the one before answers; the
+/// bridges once activated. Fails unless nats-server turns away a client without credentials.
 async fn start_fleet(
     fleet: &Arc<Mutex<Fleet>>,
     nats_url: &str,
     devices: &[Device],
+    dir: &Path,
 ) -> anyhow::Result<async_nats::jetstream::Context> {
+    let (auth, edge, logs, pg_url, broker_http) = {
+        let f = fleet.lock().expect("fleet lock");
+        (f.auth.clone(), f.edge.clone(), f.logs.clone(), f.pg.url(), f.broker_http.clone())
+    };
     with_fleet(fleet, |f| f.nats.start()).await?;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(nats_url)
-        .await
-        .context("connecting to the private nats-server")?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(auth.operator_client(nats_url).await?);
     wait_for(Duration::from_secs(20), "nats-server with JetStream", || async { js.query_account().await.is_ok() })
         .await?;
     with_fleet(fleet, |f| f.brokers.iter_mut().try_for_each(|b| b.start())).await?;
@@ -151,8 +155,20 @@ async fn start_fleet(
         js.get_stream(streams::EVENTS).await.is_ok() && js.get_stream(streams::STATUS).await.is_ok()
     })
     .await?;
-    with_fleet(fleet, |f| f.bridges.iter_mut().try_for_each(|b| b.start())).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    for addr in &broker_http {
+        wait_for(Duration::from_secs(30), &format!("the auth callout of the broker on {addr}"), || {
+            auth::answers_callouts(&http, addr)
+        })
+        .await?;
+    }
+    let bridges: Vec<_> = devices.iter().map(|d| (d.clone(), bridge_db(dir, d))).collect();
+    auth::activate_bridges(&edge, nats_url, &pg_url, &bridges, &logs).await.context("activating the bridges")?;
+    anyhow::ensure!(
+        auth::refuses_anonymous(nats_url).await,
+        "nats-server admitted a client without credentials: authorization is not on"
+    );
+    with_fleet(fleet, |f| f.bridges.iter_mut().try_for_each(|b| b.start())).await?;
     for d in devices {
         wait_for(Duration::from_secs(30), &format!("bridge {}", d.device_id), || async {
             bridge_status(&http, d).await.is_some()
@@ -172,7 +188,7 @@ async fn traffic_and_check(
     rec: &Recorded,
     dir: &Path,
 ) -> anyhow::Result<(Vec<checker::CheckResult>, Observed)> {
-    let js = start_fleet(fleet, nats_url, devices).await?;
+    let js = start_fleet(fleet, nats_url, devices, dir).await?;
     let (stop, give_up, follow_stop, supervise_stop) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
     let start = Instant::now();
