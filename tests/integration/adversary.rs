@@ -444,3 +444,41 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
     bridge.shutdown().await;
     broker.stop().await;
 }
+
+/// A stolen key's reach into the servers' memory and the streams' space: one connection
+/// holds at most `max_subscriptions` (the generated server config), and a message larger than
+/// the protocol's 64 KiB is refused by the stream, never stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_till_cannot_hold_unbounded_subscriptions_or_store_oversized_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let a = DeviceAddr::new("acme", "s1", "till-1");
+    let config = activated_config(&stack, &a, dir.path()).await;
+    let mut probe = Probe::device(&stack, &default_path(&config.db)).await;
+
+    // Its own inbox, which it may subscribe to, as many times as it likes: the server stops it.
+    let max = tillsync_broker::auth::setup::MAX_SUBSCRIPTIONS as usize;
+    let mut subs = Vec::with_capacity(max + 1);
+    for i in 0..=max {
+        match probe.client.subscribe(format!("{}.s{i}", identity::device_inbox(&a))).await {
+            Ok(s) => subs.push(s),
+            Err(_) => break,
+        }
+    }
+    probe.client.flush().await.ok();
+    probe.expect_error(&["maximum subscriptions exceeded"]).await;
+
+    // An oversized event through JetStream: refused with the stream's reason, nothing stored.
+    let probe = Probe::device(&stack, &default_path(&config.db)).await;
+    let js = async_nats::jetstream::new(probe.client.clone());
+    let big = vec![0u8; tillsync_schemas::MAX_MESSAGE_BYTES + 2048];
+    let refused = match js.publish(subject::events(&a), big.into()).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let reason = refused.expect_err("an oversized message is not stored");
+    assert!(reason.to_lowercase().contains("maximum"), "{reason}");
+    assert_eq!(stored_on(&stack, streams::EVENTS, &format!("{}.>", subject::events(&a))).await, 0);
+    broker.stop().await;
+}

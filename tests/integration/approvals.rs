@@ -73,21 +73,32 @@ async fn a_refund_waits_for_two_registered_approvers_and_forgeries_count_for_not
 
     let alice = tillsync_tests::approver_key("alice");
     let bob = tillsync_tests::approver_key("bob");
+    // carol approves for another tenant only.
+    let carol = nkeys::KeyPair::new_user();
+    crate::common::add_tenant(pool, "appr-other").await;
+    sqlx::query("INSERT INTO approvers (tenant_id, approver_id, public_key) VALUES ('appr-other', 'carol', $1)")
+        .bind(carol.public_key())
+        .execute(pool)
+        .await
+        .unwrap();
     decide(&js, &decision(&cmd, "alice", &alice, Decision::Approve)).await;
     status_with(&statuses, &cmd.command_id, CommandState::PendingApproval, "approved by alice (1 of 2)").await;
     // What a leaked portal key can try: bob's name on alice's key, the requester approving
-    // their own command, alice twice, someone never registered.
+    // their own command, alice twice, someone never registered, another tenant's approver.
     let refusals = [
         (decision(&cmd, "bob", &alice, Decision::Approve), "bad_approval_signature"),
         (decision(&cmd, "requester", &alice, Decision::Approve), "self_approval"),
         (decision(&cmd, "mallory", &alice, Decision::Approve), "unknown_approver"),
+        (decision(&cmd, "carol", &carol, Decision::Approve), "unknown_approver"),
     ];
     for (d, code) in &refusals {
         decide(&js, d).await;
         let what = format!("{code} refusal of {}", d.approver);
         let detail = tillsync_tests::eventually(crate::commands::T, &what, || async {
             let all = statuses.all(&cmd.command_id);
-            all.into_iter().find(|s| s.code.as_deref() == Some(*code)).map(|s| s.detail)
+            all.into_iter()
+                .find(|s| s.code.as_deref() == Some(*code) && s.detail.contains(&d.approver))
+                .map(|s| s.detail)
         })
         .await;
         assert!(detail.starts_with("approve refused: ") && detail.contains(&d.approver), "{detail}");
@@ -110,7 +121,9 @@ async fn a_refund_waits_for_two_registered_approvers_and_forgeries_count_for_not
             .await
             .unwrap();
     let codes: Vec<&str> = refused.iter().map(|(_, c)| c.as_str()).collect();
-    assert_eq!(codes, ["bad_approval_signature", "self_approval", "unknown_approver", "duplicate_approver"]);
+    let expected =
+        ["bad_approval_signature", "self_approval", "unknown_approver", "unknown_approver", "duplicate_approver"];
+    assert_eq!(codes, expected);
     let approvers: Vec<String> = sqlx::query_scalar("SELECT unnest(approvers) FROM commands WHERE command_id = $1")
         .bind(&cmd.command_id)
         .fetch_all(pool)

@@ -34,7 +34,13 @@ impl Files {
 }
 
 /// The server configuration for these keys (to `include` in nats-server.conf).
+/// Subscriptions one connection may hold (nats-server's per-client `max_subscriptions`).
+pub const MAX_SUBSCRIPTIONS: u32 = 10_000;
+// A broker holds about four subscriptions per partition it could own, plus its responders.
+const _: () = assert!(MAX_SUBSCRIPTIONS > 4 * tillsync_schemas::partition::MAX_PARTITIONS as u32 + 1_000);
+
 pub fn server_conf(broker: &str, operator: &str, callout: &str, system: &str, issuer: &str) -> String {
+    let max_partitions = tillsync_schemas::partition::MAX_PARTITIONS;
     format!(
         "# tillsync: NATS authorization (written by `tillsync auth init`; docs/security.md).
 # Devices and portals are admitted by the broker's auth callout; the users below skip it.
@@ -47,6 +53,9 @@ accounts {{
   SYS: {{ users: [ {{ nkey: {system} }} ] }}
 }}
 system_account: SYS
+# Per connection, for every client: a device needs a handful, a broker about four per partition
+# (at most {max_partitions}). Bounds what one stolen key can make a server hold.
+max_subscriptions: {MAX_SUBSCRIPTIONS}
 authorization {{
   auth_callout {{
     issuer: {issuer}
