@@ -45,13 +45,15 @@ pub struct Stack {
     pub db: TestDb,
     /// Set when NATS runs with authorization ([`Stack::start_with_auth`]).
     pub auth: Option<AuthSetup>,
+    /// Set for the production topology ([`Stack::start_production`]): the client certificates.
+    pub certs: Option<Certs>,
 }
 
 impl Stack {
     pub async fn start() -> Stack {
         init_tracing();
         let (nats, db) = tokio::join!(NatsServer::start(), TestDb::new());
-        Stack { nats, db, auth: None }
+        Stack { nats, db, auth: None, certs: None }
     }
 
     /// The same with NATS authorization on: the broker answers auth callouts, bridges must be
@@ -60,7 +62,19 @@ impl Stack {
         init_tracing();
         let auth = AuthSetup::new();
         let (nats, db) = tokio::join!(NatsServer::start_with_auth(&auth), TestDb::new());
-        Stack { nats, db, auth: Some(auth) }
+        Stack { nats, db, auth: Some(auth), certs: None }
+    }
+
+    /// The production topology (docs/security.md): a 3-node cluster with authorization, client
+    /// TLS and secured routes in place of one server, R3 streams, and clients given the TLS
+    /// files. Tests written against [`Stack::start_with_auth`] run on it unchanged as long as
+    /// they reach NATS through [`NatsServer::url`], [`NatsServer::with_tls`] and
+    /// [`Stack::broker_config`], and do not restart it.
+    pub async fn start_production() -> Stack {
+        init_tracing();
+        let (auth, certs) = (AuthSetup::new(), Certs::generate());
+        let (nats, db) = tokio::join!(NatsServer::start_production(&auth, &certs), TestDb::new());
+        Stack { nats, db, auth: Some(auth), certs: Some(certs) }
     }
 
     /// A broker config pointing at this stack's servers, with test-friendly timings.
@@ -68,6 +82,21 @@ impl Stack {
         let mut c = tillsync_broker::config::Config::for_tests(&self.nats.url(), &self.db.url);
         if let Some(auth) = &self.auth {
             auth.broker(&mut c);
+        }
+        if let Some(certs) = &self.certs {
+            c.nats_tls = certs.broker_files();
+        }
+        if self.nats.is_cluster() {
+            c.stream_replicas = 3;
+        }
+        c
+    }
+
+    /// A bridge's config for `addr` on this stack (TLS files included when it has them).
+    pub fn edge_config(&self, addr: &tillsync_schemas::DeviceAddr, db: std::path::PathBuf) -> tillsync_edge::Config {
+        let mut c = tillsync_edge::Config::for_tests(addr, &self.nats.url(), db);
+        if let Some(certs) = &self.certs {
+            c.nats_tls = certs.edge_files();
         }
         c
     }

@@ -17,6 +17,9 @@ pub struct NatsServer {
     tls: Option<crate::tls::NatsTls>,
     /// Set by [`NatsServer::start_with_auth`]: the server config and the operator's credentials.
     auth: Option<(PathBuf, PathBuf)>,
+    /// Set by [`NatsServer::start_production`]: the secured cluster that stands in for the
+    /// single server (URLs, clients); `child` is then `None`.
+    cluster: Option<crate::NatsCluster>,
 }
 
 /// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
@@ -54,16 +57,58 @@ impl NatsServer {
         NatsServer::start_with(Some(crate::tls::NatsTls::new(certs)), None).await
     }
 
+    /// The production topology in place of one server: a 3-node cluster with `auth`'s
+    /// authorization, client TLS with `certs` (a client certificate required) and secured
+    /// routes ([`crate::NatsCluster::start_secured`]). [`NatsServer::url`] names every node,
+    /// [`NatsServer::options`] carries the TLS settings; it cannot be stopped or restarted as one.
+    pub async fn start_production(auth: &crate::AuthSetup, certs: &crate::Certs) -> NatsServer {
+        let cluster = crate::NatsCluster::start_secured(3, auth, certs).await;
+        NatsServer {
+            bin: nats_bin(),
+            port: 0,
+            store: TempDir::new().unwrap(),
+            child: None,
+            tls: Some(crate::tls::NatsTls::new(certs)),
+            auth: Some((PathBuf::new(), auth.operator_creds())),
+            cluster: Some(cluster),
+        }
+    }
+
     async fn start_with(tls: Option<crate::tls::NatsTls>, auth: Option<(PathBuf, PathBuf)>) -> NatsServer {
         let store = TempDir::new().unwrap();
-        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, tls, auth };
+        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, tls, auth, cluster: None };
         s.spawn().await;
         s
     }
 
+    /// Where clients connect: this server, or every node of the production topology.
     pub fn url(&self) -> String {
+        if let Some(c) = &self.cluster {
+            return c.urls();
+        }
         let scheme = if self.tls.is_some() { "tls" } else { "nats" };
         format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// [`NatsServer::url`] as a list, for `ConnectOptions::connect` (which takes no commas).
+    pub fn addrs(&self) -> Vec<String> {
+        self.url().split(',').map(str::to_string).collect()
+    }
+
+    /// True for the production topology ([`NatsServer::start_production`]).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// `options` with this server's client TLS (trust its CA, present the client certificate)
+    /// when it has any; unchanged otherwise.
+    pub fn with_tls(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        crate::tls::NatsTls::add_to(options, self.tls.as_ref())
+    }
+
+    /// The TLS files a client needs, as `NATS_CA_FILE`, `NATS_CERT_FILE` and `NATS_KEY_FILE`.
+    pub fn tls_env(&self) -> Vec<(&'static str, String)> {
+        self.tls.as_ref().map(crate::tls::NatsTls::env).unwrap_or_default()
     }
 
     pub fn store_dir(&self) -> &std::path::Path {
@@ -71,6 +116,7 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
+        assert!(self.cluster.is_none(), "the production topology is not stopped or restarted as one server");
         let mut cmd = Command::new(&self.bin);
         if let Some(tls) = &self.tls {
             cmd.arg("-c").arg(tls.write_config(self.store.path()));
@@ -114,6 +160,9 @@ impl NatsServer {
 
     /// A client with every permission (the operator's user when authorization is on).
     pub async fn client(&self) -> async_nats::Client {
+        if let Some(c) = &self.cluster {
+            return c.client().await;
+        }
         let creds = self.creds();
         connect_as(&self.url(), self.tls.as_ref(), creds.as_deref()).await.expect("connect to test nats-server")
     }

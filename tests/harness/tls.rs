@@ -101,6 +101,15 @@ pub(crate) struct NatsTls {
 }
 
 impl NatsTls {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        let f = |p: &Path| p.display().to_string();
+        vec![
+            ("NATS_CA_FILE", f(&self.ca)),
+            ("NATS_CERT_FILE", f(&self.client_cert)),
+            ("NATS_KEY_FILE", f(&self.client_key)),
+        ]
+    }
+
     pub(crate) fn new(certs: &Certs) -> NatsTls {
         NatsTls {
             ca: certs.ca.clone(),
@@ -124,7 +133,10 @@ impl NatsTls {
     }
 
     pub(crate) fn options(tls: Option<&NatsTls>) -> async_nats::ConnectOptions {
-        let options = async_nats::ConnectOptions::new();
+        NatsTls::add_to(async_nats::ConnectOptions::new(), tls)
+    }
+
+    pub(crate) fn add_to(options: async_nats::ConnectOptions, tls: Option<&NatsTls>) -> async_nats::ConnectOptions {
         match tls {
             Some(t) => options
                 .add_root_certificates(t.ca.clone())

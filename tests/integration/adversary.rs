@@ -15,6 +15,50 @@ use tillsync_tests::{eventually, eventually_eq, http_get, metric, InProcBroker, 
 use crate::common::*;
 use crate::security::support::*;
 
+/// Where an attack is tried: one nats-server with authorization, and the production topology
+/// (a 3-node cluster with authorization, client TLS and secured routes; R3 streams).
+#[derive(Clone, Copy)]
+enum Topology {
+    OneServer,
+    Production,
+}
+
+impl Topology {
+    async fn start(self) -> Stack {
+        match self {
+            Topology::OneServer => Stack::start_with_auth().await,
+            Topology::Production => Stack::start_production().await,
+        }
+    }
+}
+
+/// Each attack as one test that tries it on one server, then on the production topology. One
+/// after the other, not as two tests: in-process brokers share the process's metrics, and the
+/// checks count what this attack added.
+macro_rules! on_both_topologies {
+    ($($attack:ident),* $(,)?) => {$(
+        mod $attack {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_one_server_then_the_production_topology() {
+                super::$attack(super::Topology::OneServer).await;
+                super::$attack(super::Topology::Production).await;
+            }
+        }
+    )*};
+}
+
+on_both_topologies!(
+    a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing,
+    a_devices_replies_aimed_at_purges_change_nothing,
+    a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_and_not_acted_on,
+    a_watermark_another_tenants_till_plants_deletes_no_sale,
+    a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one,
+    a_flooding_till_is_cut_off_and_other_tenants_sales_go_on,
+    a_till_flooding_command_acks_is_cut_off_too,
+    a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_still_sells,
+    a_till_cannot_hold_unbounded_subscriptions_or_store_oversized_messages
+);
+
 /// Every stream tillsync keeps, the partition lease bucket's included.
 pub(crate) fn all_streams() -> Vec<String> {
     let mut v: Vec<String> = [
@@ -57,8 +101,8 @@ async fn refused(broker: &InProcBroker, responder: &str) -> f64 {
 
 /// A running stack with one activated till that has sold something (so every stream the
 /// attacks aim at holds messages) and the counts of what the streams hold.
-async fn stack_with_a_sale(dir: &std::path::Path) -> (Stack, InProcBroker, tillsync_edge::Config) {
-    let stack = Stack::start_with_auth().await;
+async fn stack_with_a_sale(topology: Topology, dir: &std::path::Path) -> (Stack, InProcBroker, tillsync_edge::Config) {
+    let stack = topology.start().await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let till = DeviceAddr::new("acme", "s1", "till-1");
     let config = activated_config(&stack, &till, dir).await;
@@ -78,28 +122,30 @@ async fn stack_with_a_sale(dir: &std::path::Path) -> (Stack, InProcBroker, tills
 
 /// A stranger on the network: a fresh key and a code-shaped password reach the activation
 /// responder, whose answer once purged every stream.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing() {
+async fn a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing(topology: Topology) {
     let dir = tempfile::tempdir().unwrap();
-    let (stack, broker, _) = stack_with_a_sale(dir.path()).await;
+    let (stack, broker, _) = stack_with_a_sale(topology, dir.path()).await;
     let before = counts(&stack).await;
 
     let key = nkeys::KeyPair::new_user();
     let public = key.public_key();
-    let client = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+    let client = stack
+        .nats
+        .with_tls(async_nats::ConnectOptions::with_nkey(key.seed().unwrap()))
         .user_and_password(identity::ACTIVATION_USER.into(), "ABCDEFGHIJKLMNOPQRST".into())
         .custom_inbox_prefix(identity::activation_inbox(&public))
-        .connect(stack.nats.url())
+        .connect(stack.nats.addrs())
         .await
         .expect("a code-shaped password gets the activation user");
     let request = codec::encode(&identity::ActivateRequest { code: "ABCDEFGHIJKLMNOPQRST".into() });
+    let refused_before = refused(&broker, "activation").await;
     for purge in purges() {
         client.publish_with_reply(identity::activate_subject(&public), purge, request.clone().into()).await.unwrap();
     }
     client.flush().await.unwrap();
     let n = purges().len() as f64;
     eventually(T, "every misdirected activation refused", || async {
-        (refused(&broker, "activation").await == n).then_some(())
+        (refused(&broker, "activation").await == refused_before + n).then_some(())
     })
     .await;
     assert_eq!(counts(&stack).await, before, "no stream lost a message");
@@ -116,15 +162,15 @@ async fn a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing(
 
 /// A device: its command-key request answered by the broker, and a direct get of its own
 /// watermark answered by JetStream itself, both aimed at purges.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_devices_replies_aimed_at_purges_change_nothing() {
+async fn a_devices_replies_aimed_at_purges_change_nothing(topology: Topology) {
     let dir = tempfile::tempdir().unwrap();
-    let (stack, broker, config) = stack_with_a_sale(dir.path()).await;
+    let (stack, broker, config) = stack_with_a_sale(topology, dir.path()).await;
     let till = DeviceAddr::new("acme", "s1", "till-1");
     let before = counts(&stack).await;
     let probe = Probe::device(&stack, &default_path(&config.db)).await;
     let keys = tillsync_schemas::command_keys::subject(&till);
     let direct_get = format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(&till));
+    let refused_before = refused(&broker, "command_keys").await;
     for purge in purges() {
         probe.client.publish_with_reply(keys.clone(), purge.clone(), "".into()).await.unwrap();
         probe.client.publish_with_reply(direct_get.clone(), purge, "".into()).await.unwrap();
@@ -132,7 +178,7 @@ async fn a_devices_replies_aimed_at_purges_change_nothing() {
     probe.client.flush().await.unwrap();
     let n = purges().len() as f64;
     eventually(T, "every misdirected key request refused", || async {
-        (refused(&broker, "command_keys").await == n).then_some(())
+        (refused(&broker, "command_keys").await == refused_before + n).then_some(())
     })
     .await;
     // JetStream's own answers went out too; give them the same time to have done harm.
@@ -148,9 +194,8 @@ async fn a_devices_replies_aimed_at_purges_change_nothing() {
 
 /// A tenant's portal pointing its configuration-publish answer at another tenant's snapshot
 /// subject (kept one per subject): the answer once replaced that tenant's snapshot.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_and_not_acted_on() {
-    let stack = Stack::start_with_auth().await;
+async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_and_not_acted_on(topology: Topology) {
+    let stack = topology.start().await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     add_tenant(&stack.db.pool, "acme").await;
     add_tenant(&stack.db.pool, "beta").await;
@@ -164,10 +209,11 @@ async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_an
         changes: vec![],
     };
     let body = codec::encode(&change);
+    let refused_before = refused(&broker, "config_publish").await;
     portal.client.publish_with_reply(publish_subject("acme", None), victim.clone(), body.into()).await.unwrap();
     portal.client.flush().await.unwrap();
     eventually(T, "the misdirected publish refused", || async {
-        (refused(&broker, "config_publish").await == 1.0).then_some(())
+        (refused(&broker, "config_publish").await == refused_before + 1.0).then_some(())
     })
     .await;
     let js = stack.nats.jetstream().await;
@@ -181,10 +227,9 @@ async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_an
 /// Another tenant's till with the same device id aims JetStream's answer to a direct get of its
 /// own watermark at the victim's watermark subject, so the victim reads a watermark for
 /// `till-1` that is not its own: it once deleted the victim's unconfirmed sales.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_watermark_another_tenants_till_plants_deletes_no_sale() {
+async fn a_watermark_another_tenants_till_plants_deletes_no_sale(topology: Topology) {
     let (acme_dir, beta_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let stack = Stack::start_with_auth().await;
+    let stack = topology.start().await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let victim = DeviceAddr::new("acme", "s1", "till-1");
     let thief = DeviceAddr::new("beta", "s1", "till-1");
@@ -261,19 +306,20 @@ async fn a_watermark_another_tenants_till_plants_deletes_no_sale() {
 /// A stranger with fresh keys: activation connects with guessed codes and connects with
 /// unknown keys, each try a new key. They once added rows per try; now each action and reason
 /// is one row per address a minute that counts the tries.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
+async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one(topology: Topology) {
     const TRIES: i64 = 30;
-    let stack = Stack::start_with_auth().await;
+    let stack = topology.start().await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     for _ in 0..TRIES {
         let key = nkeys::KeyPair::new_user();
         let public = key.public_key();
         let code = tillsync_broker::auth::new_code();
-        let client = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+        let client = stack
+            .nats
+            .with_tls(async_nats::ConnectOptions::with_nkey(key.seed().unwrap()))
             .user_and_password(identity::ACTIVATION_USER.into(), code.clone())
             .custom_inbox_prefix(identity::activation_inbox(&public))
-            .connect(stack.nats.url())
+            .connect(stack.nats.addrs())
             .await
             .expect("a code-shaped password gets the activation user");
         let request = codec::encode(&identity::ActivateRequest { code });
@@ -281,7 +327,11 @@ async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
         let reply: identity::ActivateReply = codec::decode(&answer.payload).unwrap();
         assert!(matches!(reply, identity::ActivateReply::Refused { .. }), "{reply:?}");
         let unknown = nkeys::KeyPair::new_user();
-        let refused = async_nats::ConnectOptions::with_nkey(unknown.seed().unwrap()).connect(stack.nats.url()).await;
+        let refused = stack
+            .nats
+            .with_tls(async_nats::ConnectOptions::with_nkey(unknown.seed().unwrap()))
+            .connect(stack.nats.addrs())
+            .await;
         assert!(refused.is_err(), "an unknown key is refused");
     }
     let db = &stack.db;
@@ -301,20 +351,18 @@ async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one() {
 /// revoked with reason `flooding`, its connection closed, recorded, counted), the stream keeps
 /// at most `TILLSYNC_EVENTS_MAX_PER_DEVICE` of its messages, and another tenant's sales sent
 /// meanwhile all land.
-#[tokio::test]
-async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on() {
-    flood_is_cut_off(subject::events, streams::EVENTS).await;
+async fn a_flooding_till_is_cut_off_and_other_tenants_sales_go_on(topology: Topology) {
+    flood_is_cut_off(topology, subject::events, streams::EVENTS).await;
 }
 
 /// The same flood on the till's command-ack subject: acks count against the same allowance
 /// and the command-ack stream keeps at most as many of one device's messages.
-#[tokio::test]
-async fn a_till_flooding_command_acks_is_cut_off_too() {
-    flood_is_cut_off(subject::command_acks, streams::COMMAND_ACKS).await;
+async fn a_till_flooding_command_acks_is_cut_off_too(topology: Topology) {
+    flood_is_cut_off(topology, subject::command_acks, streams::COMMAND_ACKS).await;
 }
 
-async fn flood_is_cut_off(subject_of: fn(&DeviceAddr) -> String, stream: &str) {
-    let stack = Stack::start_with_auth().await;
+async fn flood_is_cut_off(topology: Topology, subject_of: fn(&DeviceAddr) -> String, stream: &str) {
+    let stack = topology.start().await;
     let mut config = stack.broker_config();
     config.device_max_events_per_s = 20; // 200 within the 10 s window
     config.events_max_per_device = 300; // more than the window allows, so the flood is seen
@@ -372,8 +420,7 @@ async fn flood_is_cut_off(subject_of: fn(&DeviceAddr) -> String, stream: &str) {
 /// before any activation work, counted (no per-address label) and audited as one row per
 /// address a minute however many tries; a till already activated behind the same address still
 /// connects while the address is over its budget, and its sale lands.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_still_sells() {
+async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_still_sells(topology: Topology) {
     const BUDGET: u32 = 5;
     const TRIES: i64 = 40;
     /// One activation try with a fresh key and a guessed code; false when the connect is refused.
@@ -381,10 +428,12 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
         let key = nkeys::KeyPair::new_user();
         let public = key.public_key();
         let code = tillsync_broker::auth::new_code();
-        let connected = async_nats::ConnectOptions::with_nkey(key.seed().unwrap())
+        let connected = stack
+            .nats
+            .with_tls(async_nats::ConnectOptions::with_nkey(key.seed().unwrap()))
             .user_and_password(identity::ACTIVATION_USER.into(), code.clone())
             .custom_inbox_prefix(identity::activation_inbox(&public))
-            .connect(stack.nats.url())
+            .connect(stack.nats.addrs())
             .await;
         let Ok(client) = connected else { return false };
         let request = codec::encode(&identity::ActivateRequest { code });
@@ -393,7 +442,7 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
         assert!(matches!(reply, identity::ActivateReply::Refused { .. }), "{reply:?}");
         true
     }
-    let stack = Stack::start_with_auth().await;
+    let stack = topology.start().await;
     let mut config = stack.broker_config();
     config.auth_max_refusals_per_address_per_min = BUDGET;
     let broker = InProcBroker::start(config).await;
@@ -402,6 +451,15 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
     // Activated first, from 127.0.0.1 like the stranger (one activation connect of the budget).
     let till_config = activated_config(&stack, &till, dir.path()).await;
 
+    let http = broker.broker.http_addr;
+    let limited_counts = || async {
+        let text = http_get(http, "/metrics").await?.1;
+        // A series appears with its first count.
+        let count = |name, labels| metric(&text, name, labels).unwrap_or(0.0);
+        let decided = count("tillsync_auth_decisions_total", "result=\"refused\",reason=\"rate_limited\"");
+        Some((count("tillsync_auth_rate_limited_total", ""), decided))
+    };
+    let (limited_before, decided_before) = limited_counts().await.expect("the broker's metrics");
     let mut refused = 0;
     for _ in 0..TRIES {
         if !stranger_tries(&stack).await {
@@ -410,11 +468,10 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
     }
     // The budget is 5 and refills one try every 12 s: the tries take a few seconds.
     assert!(refused >= 30, "{refused} of {TRIES} tries refused with a budget of {BUDGET}");
-    let http = broker.broker.http_addr;
     let counted = eventually(T, "the rate-limited refusals counted", || async {
-        let text = http_get(http, "/metrics").await?.1;
-        let decided = metric(&text, "tillsync_auth_decisions_total", "result=\"refused\",reason=\"rate_limited\"")?;
-        metric(&text, "tillsync_auth_rate_limited_total", "").filter(|n| *n >= 30.0 && *n == decided)
+        let (limited, decided) = limited_counts().await?;
+        let (limited, decided) = (limited - limited_before, decided - decided_before);
+        (limited >= 30.0 && limited == decided).then_some(limited)
     })
     .await;
 
@@ -448,10 +505,9 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
 /// A stolen key's reach into the servers' memory and the streams' space: one connection
 /// holds at most `max_subscriptions` (the generated server config), and a message larger than
 /// the protocol's 64 KiB is refused by the stream, never stored.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_till_cannot_hold_unbounded_subscriptions_or_store_oversized_messages() {
+async fn a_till_cannot_hold_unbounded_subscriptions_or_store_oversized_messages(topology: Topology) {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start_with_auth().await;
+    let stack = topology.start().await;
     let broker = InProcBroker::start(stack.broker_config()).await;
     let a = DeviceAddr::new("acme", "s1", "till-1");
     let config = activated_config(&stack, &a, dir.path()).await;

@@ -26,6 +26,7 @@ pub async fn activate(stack: &Stack, db: &Path, code: &str) -> Activation {
     let out = tokio::process::Command::new(bin_path("tillsync-edge"))
         .args(["activate", "--json", "--code", code, "--nats-url", &stack.nats.url(), "--db"])
         .arg(db)
+        .envs(stack.nats.tls_env())
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -37,7 +38,7 @@ pub async fn activate(stack: &Stack, db: &Path, code: &str) -> Activation {
 
 /// A bridge config for `addr` in `dir`, activated with a fresh code (as a store would).
 pub async fn activated_config(stack: &Stack, addr: &DeviceAddr, dir: &Path) -> Config {
-    let config = Config::for_tests(addr, &stack.nats.url(), dir.join("edge.db"));
+    let config = stack.edge_config(addr, dir.join("edge.db"));
     let code = tillsync_tests::activation_code(&stack.db.pool, addr, 24).await;
     let a = activate(stack, &config.db, &code).await;
     assert_eq!(a.exit, 0, "activation of {addr:?}: {}", a.json);
@@ -53,6 +54,7 @@ pub async fn cli(stack: &Stack, args: &[&str]) -> (i32, serde_json::Value) {
         .env("DATABASE_URL", &stack.db.url)
         .env("NATS_URL", stack.nats.url())
         .env("NATS_CREDS", creds)
+        .envs(stack.nats.tls_env())
         .env("TILLSYNC_ACTOR", "ops-test")
         .output()
         .await
@@ -74,7 +76,9 @@ impl Probe {
     /// Connects with `seed` and `inbox` as the custom inbox prefix.
     pub async fn connect(stack: &Stack, seed: &str, inbox: String) -> Result<Probe, async_nats::ConnectError> {
         let (tx, errors) = mpsc::unbounded_channel();
-        let client = ConnectOptions::with_nkey(seed.to_string())
+        let client = stack
+            .nats
+            .with_tls(ConnectOptions::with_nkey(seed.to_string()))
             .custom_inbox_prefix(inbox)
             .event_callback(move |event| {
                 let tx = tx.clone();
@@ -84,7 +88,7 @@ impl Probe {
                     }
                 }
             })
-            .connect(stack.nats.url())
+            .connect(stack.nats.addrs())
             .await?;
         Ok(Probe { client, errors })
     }
