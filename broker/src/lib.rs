@@ -28,6 +28,7 @@ pub mod ports;
 pub mod quarantine;
 pub mod repair;
 pub mod replies;
+mod settled;
 pub mod signing;
 pub mod spine;
 pub mod store_config;

@@ -72,6 +72,7 @@ pub const REVOCATIONS_PENDING: &str = "tillsync_revocations_pending";
 pub const DEVICES_CUT_OFF: &str = "tillsync_devices_cut_off_total";
 pub const BRIDGE_WATERMARKS_REFUSED: &str = "tillsync_bridge_watermarks_refused_total";
 pub const REVOCATION_KICKS: &str = "tillsync_revocation_kicks_total";
+pub const SETTLEMENTS_RESENT: &str = "tillsync_settlements_resent_total";
 pub const CONFIG_PUBLISHES: &str = "tillsync_config_publishes_total";
 pub const CONFIG_UNDISTRIBUTED: &str = "tillsync_config_versions_undistributed";
 pub const CONFIG_DEVICES_BEHIND: &str = "tillsync_config_devices_behind";
@@ -180,6 +181,10 @@ fn describe() {
     describe_counter!(
         BRIDGE_WATERMARKS_REFUSED,
         "Watermarks bridges refused (naming another device, or ahead of their outbox), as their heartbeats report."
+    );
+    describe_counter!(
+        SETTLEMENTS_RESENT,
+        "Acks and terms sent again after reconnecting to NATS (one may have been lost with the connection)."
     );
     describe_counter!(COMMANDS_PENDING_APPROVAL, "Commands recorded to wait for approvals they did not arrive with.");
     describe_counter!(
@@ -337,6 +342,7 @@ fn register_command_counters() {
         COMMAND_COPIES_DELETED,
         COMMANDS_PENDING_APPROVAL,
         BRIDGE_WATERMARKS_REFUSED,
+        SETTLEMENTS_RESENT,
     ] {
         counter!(name).absolute(0);
     }
@@ -391,6 +397,9 @@ pub fn actor_stats(s: tillsync_actors::stats::StatsSnapshot) {
 }
 pub fn heartbeat() {
     counter!(HEARTBEATS).increment(1);
+}
+pub fn settlements_resent(n: u64) {
+    counter!(SETTLEMENTS_RESENT).increment(n);
 }
 pub fn bridge_watermarks_refused(n: u64) {
     counter!(BRIDGE_WATERMARKS_REFUSED).increment(n);

@@ -28,6 +28,8 @@ pub async fn connect_watched(
             Event::Connected => {
                 tracing::info!("Connected to NATS.");
                 metrics::nats_connected(true);
+                // Not awaited here: the reconnected client must be free to send them.
+                tokio::spawn(crate::settled::send_again());
             }
             Event::Disconnected => {
                 tracing::warn!("Disconnected from NATS; reconnecting. Nothing is consumed meanwhile.");

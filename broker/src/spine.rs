@@ -49,6 +49,7 @@ pub async fn settle(msg: &Message, how: Settle) {
     if let Err(error) = msg.ack_with(kind).await {
         tracing::debug!(%error, subject = %msg.subject, ?how, "Settling failed; JetStream redelivers.");
     }
+    crate::settled::keep(msg, kind);
 }
 
 /// One stream's consumers, as the spine runs them.

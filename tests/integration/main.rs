@@ -25,6 +25,7 @@ mod outages;
 mod package;
 mod production;
 mod readme;
+mod recovery;
 mod resend;
 mod routes;
 mod scale;
