@@ -38,6 +38,8 @@ pub const COMMANDS_FAILED: &str = "tillsync_commands_failed_total";
 pub const COMMANDS_EXPIRED: &str = "tillsync_commands_expired_total";
 pub const COMMAND_ACKS_UNMATCHED: &str = "tillsync_command_acks_unmatched_total";
 pub const COMMAND_INBOX_DEPTH: &str = "tillsync_command_inbox_depth";
+pub const COMMANDS_AWAITING_APPROVAL: &str = "tillsync_commands_awaiting_approval";
+pub const COMMAND_OLDEST_AWAITING_APPROVAL: &str = "tillsync_command_oldest_awaiting_approval_seconds";
 pub const COMMAND_OLDEST_PENDING: &str = "tillsync_command_oldest_pending_seconds";
 pub const COMMAND_ROUND_TRIP: &str = "tillsync_command_round_trip_seconds";
 pub const BROKER_UP: &str = "tillsync_broker_up";
@@ -144,6 +146,12 @@ fn describe() {
     describe_counter!(COMMAND_ACKS_UNMATCHED, "Acks for unknown or already final commands.");
     describe_gauge!(COMMAND_INBOX_DEPTH, "Commands queued or delivered and not yet acked, by tenant.");
     describe_gauge!(COMMAND_OLDEST_PENDING, Unit::Seconds, "Age of the oldest pending command, by tenant.");
+    describe_gauge!(COMMANDS_AWAITING_APPROVAL, "Commands recorded and waiting for approvals, by tenant.");
+    describe_gauge!(
+        COMMAND_OLDEST_AWAITING_APPROVAL,
+        Unit::Seconds,
+        "Age of the oldest command waiting for approvals, by tenant (0 when none)."
+    );
     describe_histogram!(COMMAND_ROUND_TRIP, Unit::Seconds, "From intake to the device's ack.");
     describe_gauge!(BROKER_UP, "1 while the broker runs.");
     describe_gauge!(DEVICE_GAPS_OPEN, "Open gaps in device seq numbers (device_gaps not filled), by tenant.");
@@ -433,6 +441,10 @@ pub fn command_ack_unmatched() {
 pub fn command_inbox(tenant: &str, depth: i64, oldest_secs: f64) {
     gauge!(COMMAND_INBOX_DEPTH, "tenant" => tenant.to_string()).set(depth as f64);
     gauge!(COMMAND_OLDEST_PENDING, "tenant" => tenant.to_string()).set(oldest_secs);
+}
+pub fn commands_awaiting_approval(tenant: &str, waiting: i64, oldest_secs: f64) {
+    gauge!(COMMANDS_AWAITING_APPROVAL, "tenant" => tenant.to_string()).set(waiting as f64);
+    gauge!(COMMAND_OLDEST_AWAITING_APPROVAL, "tenant" => tenant.to_string()).set(oldest_secs);
 }
 pub fn broker_up(up: bool) {
     gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });

@@ -70,6 +70,8 @@ async fn a_refund_waits_for_two_registered_approvers_and_forgeries_count_for_not
     send(&js, &cmd).await;
     let s = statuses.wait(&cmd.command_id, CommandState::PendingApproval).await;
     assert!(s.detail.contains("0 of 2"), "{}", s.detail);
+    // Waiting is visible: how many, and for how long (alert TillsyncApprovalsWaiting).
+    metric_at_least(broker.broker.http_addr, "tillsync_commands_awaiting_approval", "tenant=\"appr\"", 1.0).await;
 
     let alice = tillsync_tests::approver_key("alice");
     let bob = tillsync_tests::approver_key("bob");
@@ -112,6 +114,11 @@ async fn a_refund_waits_for_two_registered_approvers_and_forgeries_count_for_not
 
     decide(&js, &decision(&cmd, "bob", &bob, Decision::Approve)).await;
     statuses.wait(&cmd.command_id, CommandState::Acked).await;
+    tillsync_tests::eventually(crate::commands::T, "nothing waits for approvals any more", || async {
+        let text = crate::commands::scrape(broker.broker.http_addr).await;
+        (tillsync_tests::metric(&text, "tillsync_commands_awaiting_approval", "tenant=\"appr\"")? == 0.0).then_some(())
+    })
+    .await;
     assert_eq!(edge.applied(&cmd.command_id), 1);
     let counted = "SELECT count(*) FROM command_decisions WHERE code IS NULL";
     assert_eq!(stack.db.count(counted).await, 2);

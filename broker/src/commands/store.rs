@@ -624,13 +624,18 @@ pub async fn due_devices(pool: &PgPool, now_ms: i64, limit: i64) -> Result<Vec<D
 
 /// Inbox depth (queued plus delivered-not-acked) and oldest pending age, seconds, for every
 /// tenant (zero when its inbox is empty, so a gauge never keeps a stale value).
-pub async fn depth_by_tenant(pool: &PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+/// Per tenant: commands queued or delivered and the age of the oldest, and commands waiting
+/// for approvals and the age of the oldest (seconds, 0 when none).
+pub async fn depth_by_tenant(pool: &PgPool) -> Result<Vec<(String, i64, f64, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT t.tenant_id, count(i.command_id),
-                coalesce(EXTRACT(EPOCH FROM (now() - min(i.created_at)))::float8, 0)
+        "SELECT t.tenant_id, i.depth, i.oldest, a.waiting, a.oldest
          FROM tenants t
-         LEFT JOIN command_inbox i ON i.tenant_id = t.tenant_id AND i.state IN ('queued', 'delivered')
-         GROUP BY t.tenant_id",
+         CROSS JOIN LATERAL (
+           SELECT count(*) AS depth, coalesce(EXTRACT(EPOCH FROM (now() - min(created_at)))::float8, 0) AS oldest
+           FROM command_inbox WHERE tenant_id = t.tenant_id AND state IN ('queued', 'delivered')) i
+         CROSS JOIN LATERAL (
+           SELECT count(*) AS waiting, coalesce(EXTRACT(EPOCH FROM (now() - min(received_at)))::float8, 0) AS oldest
+           FROM commands WHERE tenant_id = t.tenant_id AND pending_approval) a",
     )
     .fetch_all(pool)
     .await

@@ -101,8 +101,9 @@ async fn purge_copies(ctx: &Ctx) {
 async fn export_gauges(ctx: &Ctx) {
     match store::depth_by_tenant(&ctx.pool).await {
         Ok(rows) => {
-            for (tenant, depth, oldest) in &rows {
+            for (tenant, depth, oldest, waiting, oldest_waiting) in &rows {
                 metrics::command_inbox(tenant, *depth, *oldest);
+                metrics::commands_awaiting_approval(tenant, *waiting, *oldest_waiting);
             }
         }
         Err(error) => tracing::warn!(%error, "Inbox depth query failed."),
