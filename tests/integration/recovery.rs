@@ -31,7 +31,7 @@ async fn after_a_nats_restart_the_consumers_settle_without_waiting_out_the_ack_w
 
     // Eight tills sell steadily; each publish is retried until JetStream stored it.
     let (stop, sold) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let devices: Vec<DeviceAddr> = (1..=8).map(|i| DeviceAddr::new("acme", "s1", &format!("till-{i}"))).collect();
+    let devices: Vec<DeviceAddr> = (1..=8).map(|i| DeviceAddr::new("acme", "s1", format!("till-{i}"))).collect();
     let sellers: Vec<_> = devices
         .iter()
         .map(|d| {

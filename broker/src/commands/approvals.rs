@@ -50,6 +50,28 @@ pub async fn keys(pool: &PgPool, tenant: &str, names: &[&str]) -> Result<HashMap
     Ok(rows.into_iter().collect())
 }
 
+/// Approver keys by (tenant, approver) for every pair named, in one query (an intake batch's).
+pub async fn keys_of(
+    pool: &PgPool,
+    pairs: &[(String, String)],
+) -> Result<HashMap<(String, String), String>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (tenants, names): (Vec<&str>, Vec<&str>) = pairs.iter().map(|(t, a)| (t.as_str(), a.as_str())).unzip();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.tenant_id, a.approver_id, a.public_key
+         FROM approvers a JOIN unnest($1::text[], $2::text[]) AS n(tenant_id, approver_id)
+           ON a.tenant_id = n.tenant_id AND a.approver_id = n.approver_id
+         WHERE a.revoked_at IS NULL",
+    )
+    .bind(&tenants)
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(t, a, k)| ((t, a), k)).collect())
+}
+
 /// A recorded command as a decision finds it.
 struct Recorded {
     cmd: CommandEnvelope,

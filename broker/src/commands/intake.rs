@@ -39,6 +39,16 @@ pub const SOURCE: Source =
 /// earlier command of the batch.
 pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
     metrics::commands_received(batch.len() as u64);
+    let keys = match approver_keys(ctx, &batch).await {
+        Ok(keys) => keys,
+        Err(error) => {
+            let how = super::not_committed(ctx, fence, "intake", &error);
+            for msg in &batch {
+                spine::settle(msg, how).await;
+            }
+            return;
+        }
+    };
     let mut gathered: Vec<(Message, CommandEnvelope)> = Vec::new();
     for msg in batch {
         if super::cancel::is_cancel(&msg.subject) {
@@ -55,7 +65,7 @@ pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
             finish(ctx, fence, &msg, outcome).await;
             continue;
         }
-        let outcome = match check(ctx, &msg).await {
+        let outcome = match check(ctx, &msg, &keys).await {
             Ok(Ok(cmd)) => {
                 gathered.push((msg, cmd));
                 continue;
@@ -109,8 +119,23 @@ impl Refusal {
     }
 }
 
+/// Approver keys by (tenant, approver) of every approval the batch's commands carry: one query
+/// a batch rather than one a command.
+async fn approver_keys(ctx: &Ctx, batch: &[Message]) -> Result<Keys, CommandError> {
+    let mut pairs: Vec<(String, String)> = batch
+        .iter()
+        .filter_map(|m| codec::decode_command(&m.subject, &m.payload).ok())
+        .flat_map(|c| c.approvals.into_iter().map(move |a| (c.tenant_id.clone(), a.approver)))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    Ok(super::approvals::keys_of(&ctx.pool, &pairs).await?)
+}
+
+type Keys = std::collections::HashMap<(String, String), String>;
+
 /// The command if intake may accept it (the device lookup is part of accepting), else why not.
-async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refusal>, CommandError> {
+async fn check(ctx: &Ctx, msg: &Message, keys: &Keys) -> Result<Result<CommandEnvelope, Refusal>, CommandError> {
     if let Err(e) = spine::check_partition(&msg.subject, ctx.config.partitions) {
         return Ok(Err(Refusal::Quarantine(e)));
     }
@@ -123,9 +148,8 @@ async fn check(ctx: &Ctx, msg: &Message) -> Result<Result<CommandEnvelope, Refus
         return Ok(Err(Refusal::Quarantine(e)));
     }
     let max_ttl_ms = (ctx.config.command_max_ttl_s as i64).saturating_mul(1000);
-    let names: Vec<&str> = cmd.approvals.iter().map(|a| a.approver.as_str()).collect();
-    let keys = super::approvals::keys(&ctx.pool, &cmd.tenant_id, &names).await?;
-    Ok(match policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms, |a| keys.get(a).map(String::as_str)) {
+    let key_of = |a: &str| keys.get(&(cmd.tenant_id.clone(), a.to_string())).map(String::as_str);
+    Ok(match policy::check_intake(&cmd, crate::now_ms(), max_ttl_ms, key_of) {
         Ok(Approvals::Enough) => Ok(cmd),
         Ok(Approvals::Pending { have, need }) => Err(Refusal::Hold { cmd: Box::new(cmd), have, need }),
         Err(e) => Err(Refusal::Reject(Box::new(cmd), e)),
