@@ -20,9 +20,9 @@ ensure_venv() {
     log "creating $TOOLS/venv"
     python3 -m venv "$TOOLS/venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$TOOLS/venv"; }
   fi
-  if ! "$TOOLS/venv/bin/python" -c 'import nats, msgpack' 2>/dev/null; then
-    log "installing nats-py and msgpack into $TOOLS/venv"
-    "$TOOLS/venv/bin/pip" install -q 'nats-py>=2.7,<3' 'msgpack>=1,<2'
+  if ! "$TOOLS/venv/bin/python" -c 'import nats, msgpack, nkeys' 2>/dev/null; then
+    log "installing nats-py, msgpack and nkeys into $TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install -q 'nats-py>=2.7,<3' 'msgpack>=1,<2' 'nkeys>=0.2,<1'
   fi
 }
 

@@ -4,7 +4,7 @@
 
 use async_nats::jetstream::Message;
 use sqlx::{PgConnection, PgPool};
-use tillsync_schemas::{subject, WireError};
+use tillsync_schemas::{partition, subject, WireError};
 
 use crate::metrics;
 use crate::partitions::{fence, Fence};
@@ -14,8 +14,9 @@ use crate::partitions::{fence, Fence};
 pub struct BadRow {
     pub stream: String,
     pub stream_seq: u64,
-    /// The subject as published (without the partition token the stream added), so a redrive
-    /// publishes it where it first went.
+    /// The subject as published (without the partition token the stream added), so it is shown
+    /// as its publisher sent it and a redrive publishes it where it first went, even when the
+    /// broker refused the subject itself (`bad_subject`).
     pub subject: String,
     pub reason: &'static str,
     pub detail: String,
@@ -31,7 +32,7 @@ pub fn bad_row(stream: &str, subject_str: &str, stream_seq: u64, payload: &[u8],
     BadRow {
         stream: stream.into(),
         stream_seq,
-        subject: parsed.as_ref().map(|p| p.published()).unwrap_or_else(|| subject_str.into()),
+        subject: partition::published_subject(subject_str).into(),
         reason: e.reason.as_str(),
         detail: e.detail.clone(),
         payload: payload.to_vec(),
@@ -108,4 +109,23 @@ pub async fn record(
     metrics::event_quarantined(e.reason.as_str());
     tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tillsync_schemas::{Reason, WireError};
+
+    #[test]
+    fn a_refused_subject_is_recorded_as_its_publisher_sent_it() {
+        let e = tillsync_schemas::subject::parse("tillsync.ev.acme.s1.till~1.4").unwrap_err();
+        let row = super::bad_row("TILLSYNC_EVENTS", "tillsync.ev.acme.s1.till~1.4", 9, b"x", &e);
+        assert_eq!(row.subject, "tillsync.ev.acme.s1.till~1");
+        assert_eq!(row.reason, "bad_subject");
+        assert!(row.detail.contains(r#"token 5 (device) "till~1""#), "{}", row.detail);
+        assert_eq!(row.tenant_id, None, "a refused subject names no address");
+        let ok = WireError::new(Reason::UnknownTenant, "t");
+        let row = super::bad_row("TILLSYNC_EVENTS", "tillsync.ev.ghost.s1.till-1.3", 10, b"x", &ok);
+        assert_eq!(row.subject, "tillsync.ev.ghost.s1.till-1");
+        assert_eq!(row.device_id.as_deref(), Some("till-1"));
+    }
 }

@@ -106,6 +106,15 @@ pub struct Config {
     /// behind (the broker keeps 100 deltas per store by default).
     #[arg(long, env = "TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", default_value_t = 100)]
     pub config_snapshot_after: u64,
+    /// While NATS refuses the bridge, probe at most this often whether the broker can decide
+    /// at all (a connect as the activation user; no code is sent), ms. See `revoked` in
+    /// docs/edge-bridge.md.
+    #[arg(long, env = "TILLSYNC_EDGE_CUTOFF_PROBE_EVERY_MS", default_value_t = 15_000)]
+    pub cutoff_probe_every_ms: u64,
+    /// Admitted probes, each followed by a refusal of the bridge's own connection, before the
+    /// bridge calls itself `revoked` and refuses new events.
+    #[arg(long, env = "TILLSYNC_EDGE_CUTOFF_CONFIRMATIONS", default_value_t = 3)]
+    pub cutoff_confirmations: u32,
 }
 
 /// Parses a [`Config`] from arguments alone (tests, simulations).
@@ -147,6 +156,9 @@ impl Config {
         c.ack_timeout_ms = 2_000;
         c.handler_timeout_ms = 2_000;
         c.sqlite_sync = "normal".into();
+        // The cut-off probes keep their defaults: `revoked` takes at least two probe periods
+        // (30 s), so tests that sell on a bridge right after revoking it are not refused; the
+        // tests of cut-off reasons set their own.
         // The key of the test seed every test broker signs with.
         c.command_keys = vec![tillsync_schemas::signature::TEST_PUBLIC_KEY.to_string()];
         c
@@ -226,6 +238,7 @@ impl Config {
             (!matches!(self.sqlite_sync.as_str(), "full" | "normal"), "sqlite_sync must be full or normal"),
             (self.resend_after_s == 0, "resend_after_s must be positive"),
             (self.config_snapshot_after == 0, "config_snapshot_after must be positive"),
+            (self.cutoff_confirmations == 0, "cutoff_confirmations must be positive"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err((*why).to_string()),
@@ -279,6 +292,8 @@ impl Config {
             ("TILLSYNC_EDGE_RESEND_AFTER_S", self.resend_after_s.to_string()),
             ("TILLSYNC_EDGE_COMMAND_KEYS_REFRESH_S", self.command_keys_refresh_s.to_string()),
             ("TILLSYNC_EDGE_CONFIG_SNAPSHOT_AFTER", self.config_snapshot_after.to_string()),
+            ("TILLSYNC_EDGE_CUTOFF_PROBE_EVERY_MS", self.cutoff_probe_every_ms.to_string()),
+            ("TILLSYNC_EDGE_CUTOFF_CONFIRMATIONS", self.cutoff_confirmations.to_string()),
         ];
         if let Some(p) = &self.nats_creds {
             env.push(("NATS_CREDS", p.display().to_string()));

@@ -49,6 +49,20 @@ impl EventDraft {
         Ok(EventDraft { event_id: raw.event_id, occurred_at_ms: raw.occurred_at_ms, body })
     }
 
+    /// SHA-256 of what the POS sent apart from the id: `occurred_at_ms` as given (or absent)
+    /// and the body. A resubmit under a known `event_id` is a retry only when this matches.
+    /// The body is hashed in its MessagePack form, so JSON spacing and key order do not count.
+    pub fn content_hash(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        #[derive(serde::Serialize)]
+        struct Content<'a> {
+            occurred_at_ms: Option<i64>,
+            body: &'a EventBody,
+        }
+        let bytes = tillsync_schemas::codec::encode(&Content { occurred_at_ms: self.occurred_at_ms, body: &self.body });
+        Sha256::digest(&bytes).into()
+    }
+
     /// The envelope this draft becomes at `seq`, fully validated.
     pub fn into_envelope(
         self,
@@ -95,6 +109,20 @@ mod tests {
         let ev = d.into_envelope(&addr(), 7, uuid::Uuid::now_v7().to_string(), 1_700_000_000_000).unwrap();
         assert_eq!(ev.seq, 7);
         assert_eq!(ev.occurred_at_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn content_is_what_the_pos_sent_whatever_its_spelling() {
+        let parse = |json: &str| EventDraft::from_json(json.as_bytes()).unwrap().content_hash();
+        let a = parse(r#"{"event_id":"x","kind":"order_opened","payload":{"order_id":"o-1","currency":"EUR"}}"#);
+        let spaced =
+            parse(r#"{ "payload": {"currency": "EUR", "order_id": "o-1"}, "kind": "order_opened", "event_id": "y" }"#);
+        assert_eq!(a, spaced, "spacing, key order and the id itself do not count");
+        assert_ne!(a, parse(r#"{"kind":"order_opened","payload":{"order_id":"o-2","currency":"EUR"}}"#));
+        assert_ne!(
+            a,
+            parse(r#"{"occurred_at_ms":1,"kind":"order_opened","payload":{"order_id":"o-1","currency":"EUR"}}"#)
+        );
     }
 
     #[test]

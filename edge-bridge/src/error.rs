@@ -18,11 +18,20 @@ pub enum SubmitError {
     /// The bridge is stopping and takes no more events.
     #[error("the bridge is shutting down")]
     ShuttingDown,
+    /// The broker refuses this device's credential ([`crate::cutoff::Reason::Revoked`]): a new
+    /// event could never leave. What the outbox holds stays.
+    #[error("{0}")]
+    Revoked(String),
+    /// The POS sent an `event_id` the bridge holds with other content; the original is kept.
+    #[error("event_id {event_id} is already held (seq {seq}) with other content; the original is kept: give a new event a new event_id")]
+    EventIdReused { event_id: String, seq: u64 },
 }
 
 pub const OUTBOX_FULL: &str = "outbox_full";
 pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 pub const SHUTTING_DOWN: &str = "shutting_down";
+pub const REVOKED: &str = "revoked";
+pub const EVENT_ID_REUSED: &str = "event_id_reused";
 
 impl SubmitError {
     pub fn code(&self) -> &'static str {
@@ -31,10 +40,13 @@ impl SubmitError {
             SubmitError::OutboxFull { .. } => OUTBOX_FULL,
             SubmitError::Storage(_) => STORAGE_UNAVAILABLE,
             SubmitError::ShuttingDown => SHUTTING_DOWN,
+            SubmitError::Revoked(_) => REVOKED,
+            SubmitError::EventIdReused { .. } => EVENT_ID_REUSED,
         }
     }
 
-    /// HTTP status for the local API: 4xx for the POS's mistakes, 507/503 for the bridge's state.
+    /// HTTP status for the local API: 4xx for the POS's mistakes, 507/503 for the bridge's
+    /// state, 403 while the device is revoked (no retry helps), 409 for a reused event_id.
     pub fn http_status(&self) -> u16 {
         match self {
             SubmitError::Invalid(e) if e.reason == Reason::Oversize => 413,
@@ -42,6 +54,8 @@ impl SubmitError {
             SubmitError::Invalid(_) => 422,
             SubmitError::OutboxFull { .. } => 507,
             SubmitError::Storage(_) | SubmitError::ShuttingDown => 503,
+            SubmitError::Revoked(_) => 403,
+            SubmitError::EventIdReused { .. } => 409,
         }
     }
 

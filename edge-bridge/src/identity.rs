@@ -68,6 +68,11 @@ pub enum ActivateError {
     Refused { code: String, detail: String },
     #[error("cannot reach NATS at {url}: {detail}")]
     Connect { url: String, detail: String },
+    /// NATS answered `Authorization Violation` to a code-shaped password: the broker turned the
+    /// connection away before reading the code (this address made too many attempts, or the
+    /// broker cannot reach its database). nats-server does not pass on which.
+    #[error("NATS at {url} refused the activation connection before the code was read: too many attempts from this address (rate_limited) or the broker cannot reach its database (unavailable); try again in a minute")]
+    ConnectRefused { url: String },
     #[error("no broker answered the activation request in {0:?}; is a broker running?")]
     NoAnswer(Duration),
     #[error("{0}")]
@@ -80,6 +85,7 @@ impl ActivateError {
         match self {
             ActivateError::Refused { code, .. } => code,
             ActivateError::Connect { .. } => "nats_unreachable",
+            ActivateError::ConnectRefused { .. } => "connect_refused",
             ActivateError::NoAnswer(_) => "no_answer",
             ActivateError::Local(_) => "local",
         }
@@ -106,7 +112,7 @@ pub async fn activate(
         .connection_timeout(Duration::from_secs(10))
         .connect(servers)
         .await
-        .map_err(|e| ActivateError::Connect { url: url.into(), detail: e.to_string() })?;
+        .map_err(|e| connect_failed(&e, url, code))?;
     let wait = Duration::from_secs(10);
     let request = codec::encode(&ActivateRequest { code: code.trim().into() });
     let reply = tokio::time::timeout(wait, client.request(identity::activate_subject(&public), request.into()))
@@ -130,6 +136,30 @@ pub async fn activate(
     }
 }
 
+/// Why the activation connection failed. nats-server answers every refusal of its auth callout
+/// with the same `Authorization Violation` (the callout's reason stays in the server's log), so
+/// the reason is inferred from what the broker's callout refuses before any lookup: a password
+/// that is no code at all is `bad_code`; a code-shaped one was turned away for its address's
+/// budget or an unavailable broker.
+pub fn connect_failed(e: &async_nats::ConnectError, url: &str, code: &str) -> ActivateError {
+    match e.kind() {
+        async_nats::ConnectErrorKind::AuthorizationViolation if !looks_like_code(code) => ActivateError::Refused {
+            code: "bad_code".into(),
+            detail: "not an activation code (20 letters and digits 2-7, in groups of four); check it, or issue one with `tillsync devices add`".into(),
+        },
+        async_nats::ConnectErrorKind::AuthorizationViolation => ActivateError::ConnectRefused { url: url.into() },
+        _ => ActivateError::Connect { url: url.into(), detail: e.to_string() },
+    }
+}
+
+/// Whether `code` can be an activation code at all, as the broker's callout decides it before
+/// any lookup (`tillsync_broker::auth::looks_like_code`: case, spaces and dashes do not matter,
+/// then 20 base32 characters). Kept in step with it by `edge_truth::activate_exit_codes_*`.
+pub fn looks_like_code(code: &str) -> bool {
+    let n: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect();
+    n.len() == 20 && n.chars().all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+}
+
 /// Checked before the code is spent: a code taken by the broker and then not saved is lost.
 fn writable(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -143,6 +173,17 @@ fn writable(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_shapes_are_judged_as_the_callout_judges_them() {
+        assert!(looks_like_code("K7QX-2M4P-ABCD-EFGH-2345"));
+        assert!(looks_like_code(" k7qx 2m4p abcd efgh 2345 "));
+        for not_a_code in
+            ["hello", "", "K7QX-2M4P-ABCD-EFGH-234", "K7QX-2M4P-ABCD-EFGH-2341", "K7QX-2M4P-ABCD-EFGH-23450"]
+        {
+            assert!(!looks_like_code(not_a_code), "{not_a_code}");
+        }
+    }
 
     #[test]
     fn an_identity_is_saved_private_and_read_back() {

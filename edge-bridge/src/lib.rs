@@ -8,7 +8,9 @@
 //! the broker's request ([`resend`]). Commands are consumed durably, deduped by command_id in SQLite, applied through a
 //! handler with a timeout and acked with their outcome. Head office's configuration is kept in
 //! SQLite, version by version ([`config_sync`]), served to the POS and handed to the handler.
-//! Heartbeats report health. Only
+//! Heartbeats report health. Why the bridge is not connected (unreachable, unavailable,
+//! revoked) is found out and told in its status and metrics ([`cutoff`]); a revoked device
+//! takes no new events. Only
 //! outbound connections; `docs/edge-bridge.md` is the operator's guide.
 
 pub mod api;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod config_cache;
 pub mod config_handoff;
 pub mod config_sync;
+pub mod cutoff;
 pub mod db;
 pub mod draft;
 pub mod error;
@@ -62,6 +65,8 @@ pub struct Shared {
     pub outbox: Arc<outbox::Outbox>,
     pub source: Arc<status::StatusSource>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Why the bridge is cut off from NATS ([`cutoff`]); a revoked device takes no new events.
+    pub cut_off: tokio::sync::watch::Receiver<Option<cutoff::CutOff>>,
     accepting: AtomicBool,
 }
 
@@ -71,7 +76,9 @@ impl Shared {
             self.metrics.refused(error::SHUTTING_DOWN).increment(1);
             return Err(SubmitError::ShuttingDown);
         }
-        self.outbox.submit(draft).await
+        let refuse_new =
+            self.cut_off.borrow().as_ref().filter(|c| c.refuses_events).map(|c| SubmitError::Revoked(c.detail.clone()));
+        self.outbox.submit_unless(draft, refuse_new).await
     }
 }
 
@@ -119,7 +126,10 @@ impl Bridge {
             event_id_retention_ms: (config.event_id_retention_s as i64).saturating_mul(1000),
         };
         let outbox = Arc::new(outbox::Outbox::open(pool.clone(), addr.clone(), limits, metrics.clone()).await?);
-        let (client, connected) = nats::connect(&config, metrics.clone()).await?;
+        let (observed, observations) = tokio::sync::mpsc::unbounded_channel();
+        let (verdict, cut_off) = tokio::sync::watch::channel(None);
+        let slow_retries = Arc::new(AtomicBool::new(false));
+        let (client, connected) = nats::connect(&config, metrics.clone(), observed, slow_retries.clone()).await?;
         let js = async_nats::jetstream::ContextBuilder::new().timeout(config.ack_timeout()).build(client.clone());
         let cancel = CancellationToken::new();
         let sent = Arc::new(publisher::SentMark::default());
@@ -127,6 +137,7 @@ impl Bridge {
         let source = Arc::new(status::StatusSource {
             outbox: outbox.clone(),
             connected: connected.clone(),
+            cut_off: cut_off.clone(),
             sent: sent.clone(),
             published: published.clone(),
             started: Instant::now(),
@@ -135,6 +146,7 @@ impl Bridge {
             outbox: outbox.clone(),
             source: source.clone(),
             metrics: metrics.clone(),
+            cut_off,
             accepting: AtomicBool::new(true),
         });
         let backoff = backoff::Backoff::new(
@@ -145,6 +157,24 @@ impl Bridge {
         let beat_now = Arc::new(tokio::sync::Notify::new());
         let config_applied = Arc::new(tokio::sync::Notify::new());
         let mut tasks = JoinSet::new();
+        tasks.spawn(
+            cutoff::Watcher {
+                tracker: cutoff::Tracker::new(cutoff::Rules {
+                    probe_every_ms: config.cutoff_probe_every_ms as i64,
+                    confirmations: config.cutoff_confirmations,
+                    activated: config.identity_path().exists(),
+                }),
+                events: observations,
+                verdict,
+                slow_retries,
+                servers: nats::servers(&config.nats_url)?,
+                tls: config.nats_tls.clone(),
+                metrics: metrics.clone(),
+                cancel: cancel.clone(),
+                device: addr.device_id.clone(),
+            }
+            .run(),
+        );
         tasks.spawn(
             config_sync::Syncer {
                 addr: addr.clone(),

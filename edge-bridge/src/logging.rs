@@ -17,6 +17,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// `info`, but not the NATS client's own line for every failed reconnect (an `ERROR` every
+/// few seconds while the WAN is down or the device is refused, and its `INFO` per event): the
+/// bridge says once why it is cut off and how many attempts failed since (`crate::cutoff`).
+/// `RUST_LOG=info,async_nats=debug` shows them.
+pub const DEFAULT_FILTER: &str = "info,async_nats=warn,async_nats::connector=off";
+
 /// Installs the global subscriber; `RUST_LOG` overrides `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());

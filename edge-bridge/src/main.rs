@@ -68,7 +68,7 @@ struct StatusArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tillsync_edge::logging::init(cli.log_format, "info");
+    tillsync_edge::logging::init(cli.log_format, tillsync_edge::logging::DEFAULT_FILTER);
     // Two worker threads are plenty on a Pi and keep the footprint small.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -106,8 +106,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Exit codes: 0 activated, 2 plain text to another host without --allow-plaintext, 3 refused
-/// by the broker (the code says why), 4 NATS or the broker unreachable, 1 anything else.
+/// Exit codes: 0 activated, 2 plain text to another host without --allow-plaintext, 3 the code
+/// refused (the code says why: `bad_code` when it is not code-shaped, which NATS refuses at
+/// connect, or the broker's `code_used`, `code_expired`, `code_unknown`, `decommissioned`), 4 NATS
+/// or the broker unreachable (`nats_unreachable`, `no_answer`), 5 NATS refused the connection
+/// before the code was read (`connect_refused`: this address's budget, or the broker cannot
+/// reach its database; retry later), 1 anything else.
 async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
     let path = args.identity.clone().unwrap_or_else(|| tillsync_edge::identity::default_path(&args.db));
     let servers = tillsync_edge::nats::servers(&args.nats_url)?;
@@ -136,6 +140,7 @@ async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
                 tillsync_edge::identity::ActivateError::Refused { .. } => 3,
                 tillsync_edge::identity::ActivateError::Connect { .. }
                 | tillsync_edge::identity::ActivateError::NoAnswer(_) => 4,
+                tillsync_edge::identity::ActivateError::ConnectRefused { .. } => 5,
                 tillsync_edge::identity::ActivateError::Local(_) => 1,
             };
             (exit, serde_json::json!({"result": "refused", "code": e.code(), "error": e.to_string()}))

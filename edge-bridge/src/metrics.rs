@@ -34,6 +34,12 @@ pub const CONFIG_REFUSED: &str = "tillsync_edge_config_refused_total";
 pub const CONFIG_LATENCY: &str = "tillsync_edge_config_publish_to_applied_seconds";
 pub const CONFIG_HANDED: &str = "tillsync_edge_config_handed_total";
 pub const CONFIG_HANDLER_FAILURES: &str = "tillsync_edge_config_handler_failures_total";
+pub const CUT_OFF: &str = "tillsync_edge_cut_off";
+pub const CONNECT_FAILURES: &str = "tillsync_edge_nats_connect_failures_total";
+pub const CUTOFF_PROBES: &str = "tillsync_edge_cutoff_probes_total";
+
+/// Why a NATS connection attempt failed, as far as the client can tell.
+pub const CONNECT_FAILURE_REASONS: &[&str] = &["refused", "unreachable"];
 
 /// How configuration arrives: one version's delta, or the whole snapshot.
 pub const CONFIG_VIA: &[&str] = &["delta", "snapshot"];
@@ -112,8 +118,19 @@ impl Metrics {
             config_handler_failures: c(CONFIG_HANDLER_FAILURES),
             recorder,
         };
-        // Pre-register the refusal code operators alert on, so it shows as 0 before the first one.
-        m.refused(crate::error::OUTBOX_FULL).increment(0);
+        // Pre-register the refusal codes operators alert on, so they show as 0 before the first one.
+        for code in [crate::error::OUTBOX_FULL, crate::error::REVOKED, crate::error::EVENT_ID_REUSED] {
+            m.refused(code).increment(0);
+        }
+        for reason in crate::cutoff::Reason::ALL {
+            m.cut_off(reason.code()).set(0.0);
+        }
+        for reason in CONNECT_FAILURE_REASONS {
+            m.connect_failures(reason).increment(0);
+        }
+        for result in crate::cutoff::PROBE_RESULTS {
+            m.cutoff_probe(result).increment(0);
+        }
         for reason in RESEND_REASONS {
             m.resent(reason).increment(0);
         }
@@ -165,6 +182,22 @@ impl Metrics {
         self.labelled_counter(CONFIG_REFUSED, "code", code)
     }
 
+    /// 1 for the reason the bridge is cut off from NATS now ([`crate::cutoff::Reason`]), 0 for
+    /// the others; all 0 while connected.
+    pub fn cut_off(&self, reason: &'static str) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(CUT_OFF, vec![Label::new("reason", reason)]), &META)
+    }
+
+    /// Failed NATS connection attempts, by reason (one of [`CONNECT_FAILURE_REASONS`]).
+    pub fn connect_failures(&self, reason: &'static str) -> Counter {
+        self.labelled_counter(CONNECT_FAILURES, "reason", reason)
+    }
+
+    /// Probes of whether the broker can decide, by result ([`crate::cutoff::PROBE_RESULTS`]).
+    pub fn cutoff_probe(&self, result: &'static str) -> Counter {
+        self.labelled_counter(CUTOFF_PROBES, "result", result)
+    }
+
     fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
         self.recorder.register_counter(&Key::from_parts(name, vec![Label::new(label, value)]), &META)
     }
@@ -186,7 +219,10 @@ fn describe(r: &PrometheusRecorder) {
     let gauge =
         |name: &'static str, unit: Option<Unit>, help: &'static str| r.describe_gauge(name.into(), unit, help.into());
     counter(EVENTS_ACCEPTED, "Events written to the outbox and answered 202.");
-    counter(EVENTS_REFUSED, "Events refused, by code (outbox_full, storage_unavailable, or a validation reason).");
+    counter(
+        EVENTS_REFUSED,
+        "Events refused, by code (outbox_full, storage_unavailable, shutting_down, revoked, event_id_reused, or a validation reason).",
+    );
     counter(EVENTS_PUBLISHED, "Events whose JetStream publish was acked.");
     counter(PUBLISH_DUPLICATES, "Publish acks flagged duplicate: JetStream deduped a retry by Nats-Msg-Id.");
     counter(PUBLISH_FAILURES, "Publish attempts that failed (offline, no stream, timeout); retried with backoff.");
@@ -224,6 +260,19 @@ fn describe(r: &PrometheusRecorder) {
         Some(Unit::Seconds),
         "From head office's publish to this bridge's commit of the version.".into(),
     );
+    gauge(
+        CUT_OFF,
+        None,
+        "1 for why the bridge has no NATS connection now (unreachable, unavailable, revoked, refused); all 0 while connected.",
+    );
+    counter(
+        CONNECT_FAILURES,
+        "Failed NATS connection attempts, by reason (refused: Authorization Violation; unreachable).",
+    );
+    counter(
+        CUTOFF_PROBES,
+        "Probes of whether the broker can decide while refused (activation user, no code sent), by result (admitted, refused, unreachable).",
+    );
     counter(CONFIG_HANDED, "Applied configuration change sets the handler took.");
     counter(CONFIG_HANDLER_FAILURES, "Hand-offs of an applied configuration the handler failed; retried with backoff.");
 }
@@ -239,5 +288,18 @@ mod tests {
         a.refused(crate::error::OUTBOX_FULL).increment(2);
         assert!(a.render().contains(r#"tillsync_edge_events_refused_total{code="outbox_full"} 2"#));
         assert!(b.render().contains(r#"tillsync_edge_events_refused_total{code="outbox_full"} 0"#));
+    }
+
+    #[test]
+    fn cut_off_series_exist_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for reason in crate::cutoff::Reason::ALL {
+            assert!(text.contains(&format!("tillsync_edge_cut_off{{reason=\"{}\"}} 0", reason.code())), "{text}");
+        }
+        for code in ["revoked", "event_id_reused"] {
+            assert!(text.contains(&format!("tillsync_edge_events_refused_total{{code=\"{code}\"}} 0")), "{text}");
+        }
+        assert!(text.contains(r#"tillsync_edge_nats_connect_failures_total{reason="refused"} 0"#));
+        assert!(text.contains(r#"tillsync_edge_cutoff_probes_total{result="admitted"} 0"#));
     }
 }

@@ -2,6 +2,7 @@
 //! so the publisher, command consumer and heartbeats wait for "connected" instead of piling
 //! messages into the client's buffer while the WAN is down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use async_nats::{Auth, AuthError, ConnectOptions, Event};
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use tillsync_schemas::creds::Creds;
 use tillsync_schemas::identity;
@@ -19,10 +20,14 @@ use crate::error::BridgeError;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
-/// Connects in the background (the bridge starts and takes events with the WAN down).
+/// Connects in the background (the bridge starts and takes events with the WAN down). Every
+/// connect, refusal and failed attempt goes to `observed` ([`crate::cutoff`]), stamped; while
+/// `slow_retries` is set (a revoked device) reconnects wait [`crate::cutoff::REVOKED_RETRY`].
 pub async fn connect(
     config: &Config,
     metrics: Arc<Metrics>,
+    observed: mpsc::UnboundedSender<(crate::cutoff::Observed, i64)>,
+    slow_retries: Arc<AtomicBool>,
 ) -> Result<(async_nats::Client, watch::Receiver<bool>), BridgeError> {
     let (tx, rx) = watch::channel(false);
     let device = config.device.clone();
@@ -34,6 +39,9 @@ pub async fn connect(
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(move |attempts| {
+            if slow_retries.load(Ordering::Relaxed) {
+                return crate::cutoff::REVOKED_RETRY;
+            }
             let ceiling = 100u64.saturating_mul(1 << attempts.min(10)).min(max_ms);
             Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
         })
@@ -41,6 +49,9 @@ pub async fn connect(
             let tx = tx.clone();
             let metrics = metrics.clone();
             let device = device.clone();
+            if let Some(o) = crate::cutoff::classify(&event) {
+                let _ = observed.send((o, crate::now_ms()));
+            }
             async move {
                 match event {
                     Event::Connected => {
@@ -54,7 +65,7 @@ pub async fn connect(
                         tx.send_replace(false);
                     }
                     Event::Disconnected => {
-                        tracing::warn!(device_id = %device, "Disconnected from NATS; events keep being accepted.");
+                        tracing::warn!(device_id = %device, "Disconnected from NATS; reconnecting.");
                         metrics.connected.set(0.0);
                         tx.send_replace(false);
                     }

@@ -171,34 +171,58 @@ impl Outbox {
 
     /// Validates, assigns the seq, commits the row; only then returns.
     pub async fn submit(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
-        let result = self.submit_inner(draft).await;
+        self.submit_unless(draft, None).await
+    }
+
+    /// As [`Outbox::submit`], but a new event is refused with `refuse_new` when given (a
+    /// revoked device): an event the outbox already holds is still answered as a duplicate.
+    pub async fn submit_unless(
+        &self,
+        draft: EventDraft,
+        refuse_new: Option<SubmitError>,
+    ) -> Result<Accepted, SubmitError> {
+        let result = self.submit_inner(draft, refuse_new).await;
         match &result {
             Ok(a) if !a.duplicate => self.metrics.accepted.increment(1),
             Ok(_) => {}
             Err(e) => {
                 self.metrics.refused(e.code()).increment(1);
-                if let SubmitError::OutboxFull { rows, bytes, .. } = e {
-                    tracing::error!(rows, bytes, device_id = %self.addr.device_id, "Outbox full: refusing event.");
-                } else {
-                    tracing::warn!(error = %e, code = e.code(), "Event refused.");
+                match e {
+                    SubmitError::OutboxFull { rows, bytes, .. } => {
+                        tracing::error!(rows, bytes, device_id = %self.addr.device_id, "Outbox full: refusing event.")
+                    }
+                    // Logged once, when the bridge learnt it is revoked (crate::cutoff).
+                    SubmitError::Revoked(_) => tracing::debug!(code = e.code(), "Event refused."),
+                    _ => tracing::warn!(error = %e, code = e.code(), "Event refused."),
                 }
             }
         }
         result
     }
 
-    async fn submit_inner(&self, draft: EventDraft) -> Result<Accepted, SubmitError> {
+    async fn submit_inner(&self, draft: EventDraft, refuse_new: Option<SubmitError>) -> Result<Accepted, SubmitError> {
         let storage = |e: sqlx::Error| SubmitError::Storage(e.to_string());
         let mut counts = self.counts.lock().await;
+        // What the POS sent, so a resubmit is told from another event under the same id.
+        let content = draft.content_hash();
         if let Some(id) = &draft.event_id {
-            let known: Option<i64> = sqlx::query_scalar("SELECT seq FROM event_ids WHERE event_id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(storage)?;
-            if let Some(seq) = known {
-                return Ok(Accepted { seq: seq as u64, event_id: id.clone(), duplicate: true });
+            let known: Option<(i64, Option<Vec<u8>>)> =
+                sqlx::query_as("SELECT seq, content_hash FROM event_ids WHERE event_id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(storage)?;
+            match known {
+                // Ids remembered before content was (migration 0020) cannot be compared.
+                Some((seq, held)) if held.as_deref().is_none_or(|h| h == content) => {
+                    return Ok(Accepted { seq: seq as u64, event_id: id.clone(), duplicate: true });
+                }
+                Some((seq, _)) => return Err(SubmitError::EventIdReused { event_id: id.clone(), seq: seq as u64 }),
+                None => {}
             }
+        }
+        if let Some(refusal) = refuse_new {
+            return Err(refusal);
         }
         let now = now_ms();
         let seq = counts.last_seq + 1;
@@ -235,10 +259,11 @@ impl Outbox {
             .await
             .map_err(storage)?;
         if pos_chose_id {
-            sqlx::query("INSERT INTO event_ids (event_id, seq, accepted_at_ms) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO event_ids (event_id, seq, accepted_at_ms, content_hash) VALUES (?, ?, ?, ?)")
                 .bind(&event_id)
                 .bind(seq as i64)
                 .bind(now)
+                .bind(&content[..])
                 .execute(&mut *tx)
                 .await
                 .map_err(storage)?;
@@ -509,6 +534,49 @@ mod tests {
         let again = ob.submit(d).await.unwrap();
         assert_eq!((first.seq, again.seq, again.duplicate), (1, 1, true));
         assert_eq!(ob.stats().await.unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reused_event_id_with_other_content_is_refused_and_the_original_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        let id = uuid::Uuid::now_v7().to_string();
+        let with_id = |order: &str, at: Option<i64>| {
+            let mut d = opened(order);
+            d.event_id = Some(id.clone());
+            d.occurred_at_ms = at;
+            d
+        };
+        assert_eq!(ob.submit(with_id("o-1", Some(5))).await.unwrap().seq, 1);
+        for other in [with_id("o-2", Some(5)), with_id("o-1", Some(6)), with_id("o-1", None)] {
+            let err = ob.submit(other).await.unwrap_err();
+            assert_eq!((err.code(), err.http_status()), ("event_id_reused", 409));
+            assert!(err.to_string().contains("seq 1"), "{err}");
+        }
+        assert!(ob.submit(with_id("o-1", Some(5))).await.unwrap().duplicate, "the same content is a retry");
+        assert_eq!(ob.stats().await.unwrap().rows, 1);
+        let held = ob.unsent(10).await.unwrap();
+        let ev: tillsync_schemas::EventEnvelope = codec::decode(&held[0].envelope).unwrap();
+        assert_eq!(ev.body, opened("o-1").body, "the original is kept");
+        assert!(ob.metrics.render().contains(r#"tillsync_edge_events_refused_total{code="event_id_reused"} 3"#));
+        // An id remembered before contents were (migration 0020) still answers duplicate.
+        sqlx::query("UPDATE event_ids SET content_hash = NULL").execute(ob.pool()).await.unwrap();
+        assert!(ob.submit(with_id("o-2", None)).await.unwrap().duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_device_refuses_new_events_answers_retries_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = outbox(dir.path(), 100).await;
+        let mut held = opened("o-1");
+        held.event_id = Some(uuid::Uuid::now_v7().to_string());
+        ob.submit(held.clone()).await.unwrap();
+        let revoked = || Some(SubmitError::Revoked("revoked".into()));
+        let err = ob.submit_unless(opened("o-2"), revoked()).await.unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("revoked", 403));
+        assert!(ob.submit_unless(held, revoked()).await.unwrap().duplicate);
+        assert_eq!(ob.stats().await.unwrap().rows, 1);
+        assert!(ob.metrics.render().contains(r#"tillsync_edge_events_refused_total{code="revoked"} 1"#));
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The bridge's status: outbox counters, last ack, connection state, uptime. Served on
-//! `GET /v1/status`, printed by `tillsync-edge status`, and the source of heartbeats.
+//! The bridge's status: outbox counters, last ack, connection state and why it is cut off,
+//! uptime. Served on `GET /v1/status`, printed by `tillsync-edge status`, and the source of heartbeats.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tillsync_schemas::DeviceAddr;
 use tokio::sync::watch;
 
+use crate::cutoff::CutOff;
 use crate::outbox::{Outbox, OutboxStats};
 use crate::publisher::SentMark;
 
@@ -19,6 +20,11 @@ pub struct Status {
     pub device_id: String,
     /// `connected`, `disconnected`, or `unknown` (read from the file while the bridge is stopped).
     pub connection: String,
+    /// Why the bridge has no NATS connection (`null` while connected, and before the first
+    /// attempt has failed): `reason` is `unreachable`, `unavailable`, `revoked` or `refused`
+    /// ([`crate::cutoff::Reason`]), with `refuses_events` true when new events are refused.
+    #[serde(default)]
+    pub cut_off: Option<CutOff>,
     pub outbox: OutboxStats,
     /// Highest seq acked by JetStream in this run (0 before the first).
     pub last_sent_seq: u64,
@@ -35,6 +41,7 @@ pub struct Status {
 pub struct StatusSource {
     pub outbox: Arc<Outbox>,
     pub connected: watch::Receiver<bool>,
+    pub cut_off: watch::Receiver<Option<CutOff>>,
     pub sent: Arc<SentMark>,
     pub published: Arc<AtomicU64>,
     pub started: Instant,
@@ -46,6 +53,7 @@ impl StatusSource {
     }
 
     pub async fn status(&self) -> Result<Status, sqlx::Error> {
+        let cut_off = self.cut_off.borrow().clone();
         let outbox = self.outbox.stats().await?;
         let pool = self.outbox.pool();
         let addr = self.addr();
@@ -54,6 +62,7 @@ impl StatusSource {
             store_id: addr.store_id.clone(),
             device_id: addr.device_id.clone(),
             connection: if *self.connected.borrow() { "connected" } else { "disconnected" }.into(),
+            cut_off,
             outbox,
             last_sent_seq: self.sent.0.load(Ordering::Relaxed),
             config_revision: crate::db::config_revision(pool).await?,
@@ -69,12 +78,20 @@ impl Status {
     /// The human form printed by `tillsync-edge status`.
     pub fn render(&self) -> String {
         let o = &self.outbox;
-        format!(
-            "device       {}/{}/{}\nconnection   {}\noutbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nresent       {} events sent again (reconnect, stall or broker request)\nconfig       version {} applied\ncommands     {} applied\nuptime       {} s\nversion      {}",
-            self.tenant_id,
-            self.store_id,
-            self.device_id,
-            self.connection,
+        let mut out = format!(
+            "device       {}/{}/{}\nconnection   {}\n",
+            self.tenant_id, self.store_id, self.device_id, self.connection
+        );
+        if let Some(c) = &self.cut_off {
+            let since_s = (crate::now_ms() - c.since_ms).max(0) / 1000;
+            let events = if c.refuses_events { "NEW EVENTS REFUSED" } else { "events kept" };
+            out.push_str(&format!(
+                "cut off      {} for {} s, {} failed attempts, {}: {}\n",
+                c.reason, since_s, c.attempts, events, c.detail
+            ));
+        }
+        out.push_str(&format!(
+            "outbox       {} rows, {} bytes, {} not yet acked by the broker, {} unsent (oldest {} s)\nlast seq     {}\nlast ack     {} (broker watermark)\nresent       {} events sent again (reconnect, stall or broker request)\nconfig       version {} applied\ncommands     {} applied\nuptime       {} s\nversion      {}",
             o.rows,
             o.bytes,
             o.unacked,
@@ -87,7 +104,8 @@ impl Status {
             self.commands_applied,
             self.uptime_s,
             self.software_version
-        )
+        ));
+        out
     }
 }
 
@@ -122,6 +140,7 @@ pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeEr
         store_id: store.unwrap_or_default(),
         device_id: device.unwrap_or_default(),
         connection: "unknown".into(),
+        cut_off: None,
         outbox: OutboxStats {
             rows: rows as u64,
             bytes: bytes as u64,

@@ -10,19 +10,29 @@ event_id on stdout (and nothing else there), so scripts can capture it.
     python publish_event.py --nats-url nats://127.0.0.1:4222 \
         --tenant acme --store s1 --device till-1 --seq 1 --wait-watermark
 
+With NATS authorization on (as tillsync runs it), --creds names the key to connect with: the
+identity file `tillsync-edge activate` wrote for the device, an nkey seed file, or a .creds
+file (default: $NATS_CREDS). Against a server that speaks only TLS (`tls://` URLs), --tls-ca,
+--tls-cert and --tls-key name the CA to trust and the client certificate and key to present
+(default: $NATS_CA_FILE, $NATS_CERT_FILE, $NATS_KEY_FILE). Replies come to the device's own
+inbox prefix, `_INBOX_DEV.<tenant>.<store>.<device>`, the only one a device may subscribe to.
+
 --dump prints the encoded envelope as hex instead of publishing (no server needed); with
 fixed --event-id and --occurred-at-ms the output is deterministic, which the Rust test
 tests/integration/example.rs uses to check this encoder against schemas::codec.
 
-Exit codes: 0 published (and covered, with --wait-watermark), 1 NATS or timeout failure,
-2 invalid arguments (the same checks the broker makes, so the broker never quarantines it).
+Exit codes: 0 published (and covered, with --wait-watermark), 1 NATS, credentials or timeout
+failure, 2 invalid arguments (the same checks the broker makes, so the broker never quarantines
+it).
 """
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import secrets
+import ssl
 import sys
 import time
 
@@ -148,15 +158,91 @@ async def wait_watermark(js, wm_subject: str, seq: int, timeout: float, sub) -> 
             return wm
 
 
-async def quiet(_error) -> None:
-    """nats-py prints a traceback per failed attempt by default; the final error is enough."""
+def server_said(errors) -> str:
+    """The last error the connection reported, for the message of a failure it explains."""
+    if not errors:
+        return ""
+    last = errors[-1]
+    return f" (last error: {type(last).__name__}: {last})"
+
+
+class CredentialsError(Exception):
+    pass
+
+
+def credentials(path: str) -> dict:
+    """nats.connect options for the key in `path`: an identity file of `tillsync-edge activate`
+    (JSON with the device's `seed`), a .creds file (a user JWT and its seed), or an nkey seed
+    file (the seed alone, or the first line that is one, as tillsync reads them)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise CredentialsError(f"cannot read --creds {path}: {e.strerror}") from e
+    if "BEGIN NATS USER JWT" in text:
+        return {"user_credentials": path}
+    try:
+        seed = json.loads(text).get("seed")
+    except (ValueError, AttributeError):
+        seed = next((line.strip() for line in text.splitlines() if re.fullmatch(r"S[A-Z2-7]{57}", line.strip())), None)
+    if not seed:
+        raise CredentialsError(f"--creds {path} holds no nkey seed (nor a tillsync-edge identity or a .creds file)")
+    try:
+        import nkeys  # noqa: F401  nats-py signs the server's nonce with it
+    except ImportError as e:
+        raise CredentialsError("an nkey seed needs the nkeys package: pip install 'nkeys>=0.2,<1'") from e
+    return {"nkeys_seed_str": seed}
+
+
+def tls_context(args):
+    """The TLS settings for nats.connect: the CA to trust and the client certificate to show;
+    None when none is given (a `tls://` URL then trusts the system's CAs)."""
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise CredentialsError(f"TLS files: {e}") from e
+    return ctx
+
+
+def connect_options(args, error_cb) -> dict:
+    """Everything nats.connect needs besides the URL: credentials, TLS and the device's inbox."""
+    options = {
+        "connect_timeout": 5,
+        "max_reconnect_attempts": 2,
+        "error_cb": error_cb,
+        # The device's private inbox (docs/protocol.md section 2.3): PubAcks and API answers
+        # come back there, and a device may subscribe to no other.
+        "inbox_prefix": f"_INBOX_DEV.{args.tenant}.{args.store}.{args.device}",
+    }
+    if args.creds:
+        options.update(credentials(args.creds))
+    ctx = tls_context(args)
+    if ctx is not None:
+        options["tls"] = ctx
+    return options
 
 
 async def publish(args, envelope: dict, data: bytes) -> int:
+    errors = []
+
+    async def remember(error) -> None:
+        """nats-py prints a traceback per failed attempt by default; the last error is enough,
+        and names what `NoServersError` hides (an authorization or TLS refusal)."""
+        errors.append(error)
+
     try:
-        nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=2, error_cb=quiet)
+        options = connect_options(args, remember)
+    except CredentialsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        nc = await nats.connect(args.nats_url, **options)
     except (nats.errors.Error, OSError) as e:
-        print(f"error: cannot connect to {args.nats_url}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: cannot connect to {args.nats_url}: {type(e).__name__}: {e}{server_said(errors)}", file=sys.stderr)
         return 1
     try:
         js = nc.jetstream(timeout=args.timeout)
@@ -179,7 +265,9 @@ async def publish(args, envelope: dict, data: bytes) -> int:
             print(f"watermark {wm} covers seq {args.seq}", file=sys.stderr)
         return 0
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        # A publish the server refused (a subject outside the device's permissions) only
+        # times out; the refusal itself came to the error callback.
+        print(f"error: {type(e).__name__}: {e}{server_said(errors)}", file=sys.stderr)
         return 1
     finally:
         await nc.close()
@@ -188,6 +276,19 @@ async def publish(args, envelope: dict, data: bytes) -> int:
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Publish one tillsync event through JetStream.")
     p.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    p.add_argument(
+        "--creds",
+        default=os.environ.get("NATS_CREDS") or None,
+        help="the key to connect with: a tillsync-edge identity file, an nkey seed file or a .creds file "
+        "(default: $NATS_CREDS)",
+    )
+    p.add_argument("--tls-ca", default=os.environ.get("NATS_CA_FILE") or None, help="CA to trust (default: $NATS_CA_FILE)")
+    p.add_argument(
+        "--tls-cert", default=os.environ.get("NATS_CERT_FILE") or None, help="client certificate (default: $NATS_CERT_FILE)"
+    )
+    p.add_argument(
+        "--tls-key", default=os.environ.get("NATS_KEY_FILE") or None, help="its private key (default: $NATS_KEY_FILE)"
+    )
     p.add_argument("--tenant", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--device", required=True)

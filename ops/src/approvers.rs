@@ -3,9 +3,9 @@
 //! verifies every approval and every decision (`tillsync commands approve|reject`) with it. A
 //! revoked approver's signatures no longer count, on commands still waiting as on new ones.
 //!
-//! Exit codes: 0 done; 1 an unknown or decommissioned tenant, an approver already registered
-//! (and not revoked), an unreadable key file; 2 a bad id or public key; 4 `revoke` of an
-//! approver the tenant does not have.
+//! Exit codes: 0 done; 1 a decommissioned tenant, an approver already registered (and not
+//! revoked), an unreadable key file; 2 a bad id or public key; 4 an unknown tenant, `revoke` of
+//! an approver the tenant does not have.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,9 +34,10 @@ enum ApproversCmd {
     /// again with the key given.
     Add {
         /// The approver's tenant; it must exist (`tillsync tenants add`).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::id)]
         tenant: String,
         /// The approver's id, as approvals name it: letters, digits, `_` and `-`, up to 64.
+        #[arg(value_parser = crate::known::id)]
         approver: String,
         #[command(flatten)]
         key: KeySource,
@@ -44,15 +45,16 @@ enum ApproversCmd {
     /// A tenant's approvers: id, public key, when added and when revoked.
     List {
         /// The tenant whose approvers to list.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::id)]
         tenant: String,
     },
     /// Revoke an approver: its signatures no longer count, on commands still waiting too.
     Revoke {
         /// The approver's tenant.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::id)]
         tenant: String,
         /// The approver to revoke.
+        #[arg(value_parser = crate::known::id)]
         approver: String,
     },
 }
@@ -247,6 +249,7 @@ async fn add(pool: &sqlx::PgPool, tenant: &str, approver: &str, public_key: &str
 }
 
 async fn revoke(pool: &sqlx::PgPool, tenant: &str, approver: &str) -> anyhow::Result<Revoked> {
+    crate::known::tenant(pool, tenant).await?;
     let mut tx = pool.begin().await?;
     let row: Option<(String, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
         "WITH before AS (
@@ -261,6 +264,8 @@ async fn revoke(pool: &sqlx::PgPool, tenant: &str, approver: &str) -> anyhow::Re
     .fetch_optional(&mut *tx)
     .await?;
     let Some((public_key, before, revoked_at)) = row else {
+        // Says why, with where to look.
+        crate::known::approver(pool, tenant, approver).await?;
         return Err(NotFound(format!("no approver {approver} in tenant {tenant}")).into());
     };
     let already = before.is_some();
@@ -311,7 +316,7 @@ pub fn test_approvals(cmd: &CommandEnvelope, n: usize, at_ms: i64) -> Vec<Approv
         .collect()
 }
 
-/// Refuses a tenant not in `tenants`, or decommissioned.
+/// Refuses a tenant not in `tenants` (exit 4), or decommissioned (exit 1).
 async fn known_tenant(pool: &sqlx::PgPool, tenant: &str) -> anyhow::Result<()> {
     let gone: Option<bool> =
         sqlx::query_scalar("SELECT decommissioned_at IS NOT NULL FROM tenants WHERE tenant_id = $1")
@@ -326,12 +331,7 @@ async fn known_tenant(pool: &sqlx::PgPool, tenant: &str) -> anyhow::Result<()> {
             hint: "nothing changed".into(),
         }
         .into()),
-        None => Err(Known {
-            code: "unknown_tenant",
-            message: format!("unknown tenant {tenant}: nothing changed"),
-            hint: format!("add the tenant first: tillsync tenants add {tenant}"),
-        }
-        .into()),
+        None => Err(crate::known::unknown_tenant(tenant).into()),
     }
 }
 

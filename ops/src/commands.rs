@@ -5,11 +5,11 @@
 //! waiting for approval ([`approve`]), and cancelling one ([`cancel`]).
 //!
 //! Exit codes: 0 ok (with `--wait`: every device acked; `cancel`: every copy cancelled;
-//! `approve|reject`: the decision counted); 1 error, an unknown tenant (`send` checks before
-//! publishing) or wait timed out; 2 usage (also `send --approver`: approvals are signed now);
-//! 3 with `--wait`, the command ended rejected, failed, expired or cancelled, or the broker
-//! quarantined it; `approve|reject` refused; 4 `show`, `approve`, `reject` or `cancel` found no
-//! such command; 5 `cancel` came too late for a copy (already applied, or otherwise ended),
+//! `approve|reject`: the decision counted); 1 error, or wait timed out; 2 usage (an invalid id,
+//! also `send --approver`: approvals are signed now); 3 with `--wait`, the command ended
+//! rejected, failed, expired or cancelled, or the broker quarantined it; `approve|reject`
+//! refused; 4 no such command, tenant, store, device or approver (`send` checks before
+//! publishing); 5 `cancel` came too late for a copy (already applied, or otherwise ended),
 //! `approve|reject` of a command that no longer waits for approval.
 
 mod approve;
@@ -30,8 +30,9 @@ use tillsync_schemas::{
     codec, streams, subject, Approval, CommandBody, CommandEnvelope, CommandState, CommandStatus, SCHEMA_VERSION,
 };
 
-use crate::failure::{Known, NotFound, Usage, PROBLEMS};
+use crate::failure::{Known, Missing, Usage, PROBLEMS};
 use crate::global::Global;
+use crate::known;
 use crate::output::{emit, table, ts};
 
 #[derive(Debug, Args)]
@@ -45,13 +46,13 @@ enum CommandsCmd {
     /// Commands per device with their state, newest first (rejected ones too).
     List {
         /// Only this tenant's commands.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: Option<String>,
         /// Only this store's commands.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         store: Option<String>,
         /// Only this device's copies.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         device: Option<String>,
         /// Only copies in this state.
         #[arg(long, value_parser = states())]
@@ -63,9 +64,10 @@ enum CommandsCmd {
     /// One command: what was sent, its per-device inbox entries, every transition and every ack.
     Show {
         /// The command's id (as `send` printed it, or from `list`).
+        #[arg(value_parser = known::command_id)]
         command_id: String,
         /// The tenant, when the id exists in more than one.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: Option<String>,
     },
     /// Build, sign the approvals of and publish a command on intake, as the portal does; prints
@@ -80,9 +82,10 @@ enum CommandsCmd {
     /// Cancel a command on every device that has not applied it, as the portal does.
     Cancel {
         /// The command's id.
+        #[arg(value_parser = known::command_id)]
         command_id: String,
         /// The tenant, when the id exists in more than one.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: Option<String>,
         /// Who asks for the cancel (recorded in the command's history).
         #[arg(long, default_value = "operator")]
@@ -90,23 +93,19 @@ enum CommandsCmd {
         /// Longest wait for the broker's answer, seconds.
         #[arg(long, default_value_t = 30)]
         wait_s: u64,
-        #[command(flatten)]
-        nats: crate::global::NatsArgs,
     },
 }
 
 #[derive(Debug, Args)]
 struct SendArgs {
-    #[command(flatten)]
-    nats: crate::global::NatsArgs,
     /// The tenant; it must exist (`tillsync tenants add`), else the broker quarantines the command.
-    #[arg(long)]
+    #[arg(long, value_parser = known::id)]
     tenant: String,
-    /// The store the command is for.
-    #[arg(long)]
+    /// The store the command is for; it must have a device in service.
+    #[arg(long, value_parser = known::id)]
     store: String,
-    /// Target device; without it the command goes to every device of the store.
-    #[arg(long)]
+    /// Target device (it must exist); without it the command goes to every device of the store.
+    #[arg(long, value_parser = known::id)]
     device: Option<String>,
     /// What the command does.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(COMMAND_KINDS))]
@@ -192,8 +191,8 @@ pub async fn run(args: CommandsArgs, global: &Global) -> anyhow::Result<ExitCode
         CommandsCmd::Send(a) => send(global, *a).await,
         CommandsCmd::Approve(a) => approve::run(global, &a, Decision::Approve).await,
         CommandsCmd::Reject(a) => approve::run(global, &a, Decision::Reject).await,
-        CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s, nats } => {
-            cancel::run(global, &nats, &command_id, tenant, &requested_by, wait_s).await
+        CommandsCmd::Cancel { command_id, tenant, requested_by, wait_s } => {
+            cancel::run(global, &command_id, tenant, &requested_by, wait_s).await
         }
     }
 }
@@ -221,6 +220,7 @@ async fn list(
     limit: i64,
 ) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
+    known::filters(&pool, tenant.as_deref(), store.as_deref(), device.as_deref()).await?;
     let rows: Vec<ListRow> = sqlx::query_as(
         "SELECT * FROM (
            SELECT c.tenant_id, c.store_id, c.command_id, c.kind, coalesce(i.device_id, c.device_id) AS device_id,
@@ -359,6 +359,7 @@ struct Shown {
 
 async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
+    known::filters(&pool, tenant.as_deref(), None, None).await?;
     let mut found: Vec<CommandRow> = sqlx::query_as(
         "SELECT tenant_id, store_id, command_id, device_id, kind, requested_by, approvers, issued_at, expires_at,
                 received_at, rejected_code, pending_approval, envelope
@@ -416,8 +417,13 @@ async fn show(global: &Global, command_id: &str, tenant: Option<String>) -> anyh
 }
 
 /// No command `id` (in `tenant`): exit 4.
-pub(crate) fn no_command(id: &str, tenant: Option<&str>) -> NotFound {
-    NotFound(format!("no command {id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default()))
+pub(crate) fn no_command(id: &str, tenant: Option<&str>) -> Missing {
+    let list = tenant.map(|t| format!(" --tenant {t}")).unwrap_or_default();
+    Missing {
+        code: "not_found",
+        message: format!("no command {id}{}", tenant.map(|t| format!(" in tenant {t}")).unwrap_or_default()),
+        hint: format!("`tillsync commands list{list}` shows the newest commands and their ids"),
+    }
 }
 
 /// The rows of one command in a per-command table (`$1` tenant, `$2` command id).
@@ -665,8 +671,8 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
     // Structure only: the approval policy is the broker's to enforce (and to report).
     cmd.validate().map_err(|e| Usage(format!("invalid command: {e}")))?;
     let pool = global.pool().await?;
-    known_tenant(&pool, &cmd.tenant_id).await?;
-    let client = a.nats.connect().await?;
+    targets(&pool, &cmd).await?;
+    let client = global.nats.connect().await?;
     let mut statuses_sub = if a.wait {
         let sub = client.subscribe(subject::status(&cmd.tenant_id, &cmd.store_id, &cmd.command_id)).await?;
         client.flush().await?;
@@ -719,19 +725,38 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Refuses a tenant the broker would quarantine the command of, before anything is published.
-async fn known_tenant(pool: &sqlx::PgPool, tenant: &str) -> anyhow::Result<()> {
-    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-        .bind(tenant)
-        .fetch_one(pool)
-        .await?;
-    if known {
+/// Refuses, before anything is published, a command the broker would quarantine (unknown
+/// tenant) or reject as `unknown_device` (no such store or device, or none in service).
+async fn targets(pool: &sqlx::PgPool, cmd: &CommandEnvelope) -> anyhow::Result<()> {
+    let nothing_sent = |e: anyhow::Error| match e.downcast::<Missing>() {
+        Ok(mut m) => {
+            m.message.push_str(": nothing was sent");
+            m.into()
+        }
+        Err(e) => e,
+    };
+    let (tenant, store, device) = (&cmd.tenant_id, &cmd.store_id, cmd.device_id.as_deref());
+    known::filters(pool, Some(tenant), Some(store), device).await.map_err(nothing_sent)?;
+    let in_service: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE tenant_id = $1 AND store_id = $2
+                          AND ($3::text IS NULL OR device_id = $3) AND decommissioned_at IS NULL)",
+    )
+    .bind(tenant)
+    .bind(store)
+    .bind(device)
+    .fetch_one(pool)
+    .await?;
+    if in_service {
         return Ok(());
     }
+    let what = match device {
+        Some(d) => format!("device {tenant}/{store}/{d} is decommissioned"),
+        None => format!("store {tenant}/{store} has no device in service (all decommissioned)"),
+    };
     Err(Known {
-        code: "unknown_tenant",
-        message: format!("unknown tenant {tenant}: the broker would quarantine the command, nothing was sent"),
-        hint: format!("add the tenant first: tillsync tenants add {tenant}"),
+        code: "decommissioned",
+        message: format!("{what}: the broker would reject the command (unknown_device), nothing was sent"),
+        hint: format!("`tillsync devices list --tenant {tenant} --store {store}` shows the devices in service"),
     }
     .into())
 }

@@ -12,7 +12,10 @@ pub fn check_schema(name: &str) -> anyhow::Result<()> {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && !matches!(name, "public" | "pg_catalog" | "information_schema");
-    anyhow::ensure!(ok, "schema name {name:?} must be lower-case letters, digits and _ (and not public)");
+    if !ok {
+        let why = format!("schema name {name:?} must be lower-case letters, digits and _ (and not public)");
+        return Err(crate::failure::Usage(why).into());
+    }
     Ok(())
 }
 

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::failure::{Known, Missing, Usage};
 use crate::global::Global;
 use crate::identity;
+use crate::known;
 use crate::output::{emit, table, ts};
 
 #[derive(Debug, Args)]
@@ -25,10 +27,10 @@ enum DevicesCmd {
     /// Devices with online state, last seen, outbox depth, lag and gaps.
     List {
         /// Only this tenant's devices.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: Option<String>,
         /// Only this store's devices.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         store: Option<String>,
         /// Only devices currently offline.
         #[arg(long)]
@@ -87,20 +89,20 @@ enum DevicesCmd {
 #[derive(Debug, Args)]
 struct DeviceArg {
     /// The device's tenant.
-    #[arg(long)]
+    #[arg(long, value_parser = known::id)]
     tenant: String,
     /// The device's store.
-    #[arg(long)]
+    #[arg(long, value_parser = known::id)]
     store: String,
     /// The device's id.
-    #[arg(long)]
+    #[arg(long, value_parser = known::id)]
     device: String,
 }
 
 impl DeviceArg {
     fn addr(&self) -> anyhow::Result<tillsync_schemas::DeviceAddr> {
         let addr = tillsync_schemas::DeviceAddr::new(&self.tenant, &self.store, &self.device);
-        addr.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        addr.validate().map_err(|e| Usage(e.to_string()))?;
         Ok(addr)
     }
 }
@@ -123,8 +125,9 @@ struct DeviceRow {
     /// (`last_acked_seq`) plus the events it holds beyond it (`outbox_depth`).
     device_seq: Option<i64>,
     /// `device_seq` minus the broker's watermark (0 when not above): events the device holds
-    /// that Postgres does not cover yet. Stays above 0 when JetStream lost them.
-    lag: i64,
+    /// that Postgres does not cover yet. Stays above 0 when JetStream lost them. Unknown
+    /// (`None`) with `device_seq`, before the device's first heartbeat.
+    lag: Option<i64>,
     /// How long the watermark has been waiting for `device_seq`, seconds.
     watermark_wait_s: Option<f64>,
     last_seq: i64,
@@ -148,12 +151,14 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
     let pool = global.pool().await?;
     let code = match args.cmd {
         DevicesCmd::List { tenant, store, offline, decommissioned } => {
+            known::filters(&pool, tenant.as_deref(), store.as_deref(), None).await?;
             let rows: Vec<DeviceRow> = sqlx::query_as(
                 "SELECT d.tenant_id, d.store_id, d.device_id, d.provisioned, d.online, d.decommissioned_at, d.last_seen,
                         d.software_version,
                         d.outbox_depth, d.oldest_unsent_age_s AS unsent_age_s, CASE WHEN d.last_acked_seq IS NULL THEN NULL
                           ELSE d.last_acked_seq + coalesce(d.outbox_depth, 0) END AS device_seq,
-                        greatest(coalesce(d.last_acked_seq, 0) + coalesce(d.outbox_depth, 0) - d.watermark, 0) AS lag,
+                        CASE WHEN d.last_acked_seq IS NULL THEN NULL
+                          ELSE greatest(d.last_acked_seq + coalesce(d.outbox_depth, 0) - d.watermark, 0) END AS lag,
                         EXTRACT(EPOCH FROM now() - d.watermark_wait_since)::float8 AS watermark_wait_s,
                         d.last_seq, d.watermark, d.gaps, coalesce(g.open, 0) AS open_gaps, g.oldest_age_s AS oldest_gap_age_s
                  FROM devices d
@@ -178,11 +183,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         DevicesCmd::Add { device, expires_in_h } => {
             let addr = device.addr()?;
             let (tenant, store, device) = (addr.tenant_id.clone(), addr.store_id.clone(), addr.device_id.clone());
-            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-                .bind(&tenant)
-                .fetch_one(&pool)
-                .await?;
-            anyhow::ensure!(known, "unknown tenant {tenant:?}: add it first with `tillsync tenants add {tenant}`");
+            known::tenant(&pool, &tenant).await?;
             anyhow::ensure!(
                 !tillsync_broker::auth::records::decommissioned(&pool, &addr).await?,
                 "{tenant}/{store}/{device} (or its tenant) was decommissioned; a decommissioned device is never \
@@ -217,19 +218,26 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         }
         DevicesCmd::Rotate { device, expires_in_h } => {
             let addr = device.addr()?;
-            anyhow::ensure!(
-                identity::live_keys(&pool, &addr).await? > 0,
-                "{}/{}/{} holds no live credential to rotate; issue an activation code with `tillsync devices add`",
-                addr.tenant_id,
-                addr.store_id,
-                addr.device_id
-            );
+            known::device(&pool, &addr).await?;
+            if identity::live_keys(&pool, &addr).await? == 0 {
+                let id = format!("{}/{}/{}", addr.tenant_id, addr.store_id, addr.device_id);
+                return Err(Known {
+                    code: "no_live_credential",
+                    message: format!("{id} holds no live credential to rotate"),
+                    hint: format!(
+                        "issue an activation code instead: tillsync devices add --tenant {} --store {} --device {}",
+                        addr.tenant_id, addr.store_id, addr.device_id
+                    ),
+                }
+                .into());
+            }
             let issued = identity::issue_code(&pool, &addr, "rotate", expires_in_h).await?;
             emit(global.json, &issued, identity::human_issued)?;
             ExitCode::SUCCESS
         }
         DevicesCmd::Revoke { device, reason } => {
             let addr = device.addr()?;
+            known::device(&pool, &addr).await?;
             let out = identity::revoke(&pool, &addr, &reason).await?;
             emit(global.json, &out, |r| {
                 format!(
@@ -241,7 +249,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
         }
         DevicesCmd::Decommission { device, opts } => {
             let addr = device.addr()?;
-            let out = decommission::device(&pool, &addr, &opts).await?;
+            let out = decommission::device(&pool, &addr, &opts, &global.nats).await?;
             emit(global.json, &out, decommission::human)?;
             ExitCode::SUCCESS
         }
@@ -249,8 +257,16 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             let addr = device.addr()?;
             let shown = identity::show(&pool, &addr, limit).await?;
             if shown.credentials.is_empty() && shown.audit.is_empty() {
-                let what = format!("no identity record of {}/{}/{}", addr.tenant_id, addr.store_id, addr.device_id);
-                return Err(crate::failure::NotFound(what).into());
+                known::device(&pool, &addr).await?;
+                let (t, s, d) = (&addr.tenant_id, &addr.store_id, &addr.device_id);
+                return Err(Missing {
+                    code: "not_found",
+                    message: format!("no identity record of {t}/{s}/{d}: never given a code or a credential"),
+                    hint: format!(
+                        "issue an activation code: tillsync devices add --tenant {t} --store {s} --device {d}"
+                    ),
+                }
+                .into());
             }
             emit(global.json, &shown, identity::human_shown)?;
             ExitCode::SUCCESS
@@ -307,11 +323,12 @@ fn state(r: &DeviceRow) -> &'static str {
     }
 }
 
-/// The lag, and for how long the watermark has waited for it.
+/// The lag, and for how long the watermark has waited for it; `-` before a heartbeat.
 fn lag(r: &DeviceRow) -> String {
-    match r.watermark_wait_s {
-        Some(s) if r.lag > 0 => format!("{} ({s:.0} s)", r.lag),
-        _ => r.lag.to_string(),
+    match (r.lag, r.watermark_wait_s) {
+        (None, _) => "-".into(),
+        (Some(l), Some(s)) if l > 0 => format!("{l} ({s:.0} s)"),
+        (Some(l), _) => l.to_string(),
     }
 }
 
@@ -341,7 +358,7 @@ mod tests {
             outbox_depth: None,
             unsent_age_s: None,
             device_seq: None,
-            lag: 0,
+            lag: None,
             watermark_wait_s: None,
             last_seq: 0,
             watermark: 0,
@@ -352,5 +369,16 @@ mod tests {
         assert_eq!(state(&row(true, None)), "online");
         assert_eq!(state(&row(false, None)), "offline");
         assert_eq!(state(&row(true, Some(Utc::now()))), "decommissioned");
+        // No heartbeat yet: its seq and lag are unknown, not 0.
+        let text = human_list(&[row(false, None)]);
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!((cells[5], cells[6], cells[7]), ("-", "-", "0/0"), "{text}");
+        let json = serde_json::to_value(row(false, None)).unwrap();
+        assert!(json["device_seq"].is_null() && json["lag"].is_null(), "{json}");
+        let mut reported = row(true, None);
+        (reported.device_seq, reported.lag, reported.watermark_wait_s) = (Some(7), Some(2), Some(3.0));
+        let text = human_list(&[reported]);
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!((cells[5], cells[6], cells[7]), ("7", "2", "(3"), "{text}");
     }
 }

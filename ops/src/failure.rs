@@ -3,7 +3,7 @@
 //! (`{"error": {"code", "exit", "message", "hint"}}`) so a script reads a document either way.
 //!
 //! Subcommands return `anyhow` errors; those that know what went wrong return one of the typed
-//! errors below ([`Usage`], [`NotFound`], [`Known`]) and [`Failure::of`] maps them. Errors of
+//! errors below ([`Usage`], [`Missing`], [`NotFound`], [`Known`]) and [`Failure::of`] maps them. Errors of
 //! the libraries underneath (sqlx, NATS) are recognised here, so a subcommand needs no code of
 //! its own to say "Postgres is down" or "run `tillsync migrate`".
 
@@ -15,7 +15,8 @@ pub const FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// A check found something that needs a look (`status`, `replay --verify`, `commands send --wait`).
 pub const PROBLEMS: u8 = 3;
-/// The thing asked about does not exist (`commands show|cancel`, `devices show`).
+/// What the command line names does not exist: a tenant, store, device, command, approver,
+/// portal key, quarantined message, configuration version.
 pub const NOT_FOUND: u8 = 4;
 
 /// A flag's value or a combination of flags that only a run can find wrong (clap finds the
@@ -24,10 +25,22 @@ pub const NOT_FOUND: u8 = 4;
 #[error("{0}")]
 pub struct Usage(pub String);
 
-/// The thing asked about does not exist. Exit 4.
+/// The thing asked about does not exist. Exit 4, code `not_found`, with a generic hint; a
+/// subcommand that knows where to look returns [`Missing`] instead.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotFound(pub String);
+
+/// What the command line names does not exist (see [`crate::known`]): exit 4, with a stable
+/// code (`unknown_tenant`, `unknown_store`, `unknown_device`, `unknown_approver`,
+/// `unknown_portal_key`, `not_found`) and where to find what does exist.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Missing {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: String,
+}
 
 /// A failure whose cause a subcommand knows, with a stable code and the fix. Exit 1.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +105,12 @@ fn classify(error: &anyhow::Error, message: &str, database_url: &str) -> (&'stat
         if cause.downcast_ref::<Usage>().is_some() {
             return ("usage", USAGE, Some("see the subcommand's `--help`".into()));
         }
+        if let Some(m) = cause.downcast_ref::<Missing>() {
+            return (m.code, NOT_FOUND, Some(m.hint.clone()));
+        }
         if cause.downcast_ref::<NotFound>().is_some() {
-            return ("not_found", NOT_FOUND, None);
+            let hint = "check the id or name for a typo: the subcommand's `list` shows what exists";
+            return ("not_found", NOT_FOUND, Some(hint.into()));
         }
         if let Some(k) = cause.downcast_ref::<Known>() {
             return (k.code, FAILED, Some(k.hint.clone()));
@@ -209,6 +226,10 @@ mod tests {
         assert_eq!((Failure::of(&usage, url).code, Failure::of(&usage, url).exit), ("usage", 2));
         let missing = anyhow::Error::new(NotFound("no command c1".into()));
         assert_eq!(Failure::of(&missing, url).exit, 4);
+        assert!(Failure::of(&missing, url).hint.is_some(), "every exit 4 says where to look");
+        let tenant = Missing { code: "unknown_tenant", message: "no tenant acm".into(), hint: "tenants list".into() };
+        let f = Failure::of(&anyhow::Error::new(tenant).context("devices list"), url);
+        assert_eq!((f.code, f.exit, f.hint.as_deref()), ("unknown_tenant", 4, Some("tenants list")));
         let known = anyhow::Error::new(Known { code: "unknown_tenant", message: "m".into(), hint: "h".into() });
         let f = Failure::of(&known, url);
         assert_eq!((f.code, f.exit, f.hint.as_deref()), ("unknown_tenant", 1, Some("h")));

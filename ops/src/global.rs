@@ -1,8 +1,11 @@
-//! Options every subcommand shares, and the NATS options of those that talk to NATS.
+//! Options every subcommand shares. All are global (`global = true`): accepted before or after
+//! the subcommand, `tillsync --nats-url U status` as `tillsync status --nats-url U`; those a
+//! subcommand does not use it ignores.
 
 use clap::Args;
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Postgres URL of the read-model database.
     #[arg(long, global = true, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tillsync")]
@@ -13,6 +16,8 @@ pub struct Global {
     /// Log lines (stderr) as `text` (colour only on a terminal) or `json` (one object per line).
     #[arg(long, global = true, env = "TILLSYNC_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: tillsync_broker::logging::LogFormat,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
 
 impl Global {
@@ -21,20 +26,21 @@ impl Global {
     }
 }
 
-/// Where NATS is and how to log in: flattened only into the subcommands that talk to NATS, so
-/// the others' `--help` does not offer options they would ignore.
+/// Where NATS is and how to log in, for the subcommands that talk to NATS. Part of [`Global`];
+/// a subcommand that flattens its own copy (`bench`, `quarantine redrive`) gets the value given
+/// before the subcommand too (clap propagates global values to an argument of the same id).
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, global = true, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// NATS credentials: a .creds file, or an nkey seed file (`operator.nk` from `tillsync auth init`).
-    #[arg(long, env = "NATS_CREDS")]
+    #[arg(long, global = true, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub nats_tls: tillsync_broker::nats::TlsFiles,
     /// Accept a `nats://` URL to another host without TLS (logged at warn).
-    #[arg(long, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, global = true, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_plaintext: bool,
 }
 

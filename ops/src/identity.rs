@@ -267,7 +267,7 @@ enum PortalsCmd {
     /// Issue a portal credential for one tenant: an nkey seed written to --out (mode 0600).
     Add {
         /// The tenant whose intake and status the credential may use (must exist).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::id)]
         tenant: String,
         /// File to write the seed to (must not exist).
         #[arg(long)]
@@ -276,7 +276,7 @@ enum PortalsCmd {
     /// Revoke a portal credential by its public key.
     Revoke {
         /// The credential's public key (`U...`, as `portals add` printed it).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::public_key)]
         key: String,
         /// Why, recorded in the audit trail.
         #[arg(long, default_value = "revoked by an operator")]
@@ -296,11 +296,7 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
     let by = actor();
     match args.cmd {
         PortalsCmd::Add { tenant, out } => {
-            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-                .bind(&tenant)
-                .fetch_one(&pool)
-                .await?;
-            anyhow::ensure!(known, "unknown tenant {tenant:?}: add it first with `tillsync tenants add {tenant}`");
+            crate::known::tenant(&pool, &tenant).await?;
             let key = nkeys::KeyPair::new_user();
             tillsync_broker::keyfile::write_new(&out, &key)
                 .map_err(|e| anyhow::anyhow!("{}: {e} (it must not exist yet)", out.display()))?;
@@ -337,7 +333,21 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
         }
         PortalsCmd::Revoke { key, reason } => {
             let mut tx = pool.begin().await?;
-            let n = sqlx::query(
+            let before: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT tenant_id, revoked_at FROM credentials WHERE public_key = $1 AND kind = 'portal' FOR UPDATE",
+            )
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((tenant, revoked_at)) = before else { return Err(unknown_portal_key(&key).into()) };
+            if let Some(at) = revoked_at {
+                let out = serde_json::json!({"revoked": key, "tenant_id": tenant, "already": true, "revoked_at": at});
+                emit(global.json, &out, |_| {
+                    format!("Portal credential {key} was already revoked ({}).", ts(Some(at)))
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            sqlx::query(
                 "UPDATE credentials SET revoked_at = now(), revoked_by = $2, revoke_reason = $3
                  WHERE public_key = $1 AND kind = 'portal' AND revoked_at IS NULL",
             )
@@ -345,9 +355,7 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
             .bind(&by)
             .bind(&reason)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            anyhow::ensure!(n == 1, "no live portal credential has the key {key}");
+            .await?;
             let audit = records::Audit {
                 action: "revoked",
                 reason: Some(&reason),
@@ -357,11 +365,23 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
             };
             records::audit(&mut *tx, &audit).await?;
             tx.commit().await?;
-            emit(global.json, &serde_json::json!({"revoked": key}), |_| format!("Portal credential {key} revoked."))?;
+            let out = serde_json::json!({"revoked": key, "tenant_id": tenant, "already": false});
+            emit(global.json, &out, |_| format!("Portal credential {key} of tenant {tenant} revoked."))?;
         }
     }
     pool.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// No portal credential has the key: exit 4.
+fn unknown_portal_key(key: &str) -> crate::failure::Missing {
+    crate::failure::Missing {
+        code: "unknown_portal_key",
+        message: format!("no portal credential has the key {key}"),
+        hint: "check the key: the `U...` one `tillsync portals add` printed (identity_audit rows `portal_issued` \
+               name every one issued)"
+            .into(),
+    }
 }
 
 #[derive(Debug, Args)]

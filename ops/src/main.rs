@@ -1,9 +1,10 @@
 //! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 failure (the error is printed, with a hint); 2 usage error (also an
-//! unconfirmed decommission, a replay target schema already in use); 3 a check found
-//! differences or problems (e.g. `replay --verify` mismatches, `status`, `commands send --wait`
-//! not acked, `commands approve|reject` refused); 4 no such thing; 5 `commands cancel` too
+//! invalid id or value, an unconfirmed decommission, a replay target schema already in use); 3
+//! a check found differences or problems (e.g. `replay --verify` mismatches, `status`,
+//! `commands send --wait` not acked, `commands approve|reject` refused); 4 no such thing: what
+//! the command line names does not exist ([`known`], with a hint); 5 `commands cancel` too
 //! late, `commands approve|reject` of a command no longer waiting for approval; 6 a
 //! configuration publish was refused (`config publish`); 130 interrupted by Ctrl-C (`replay`
 //! resumes with `--resume`). Failures are mapped in [`failure`]; the table is in
@@ -19,8 +20,10 @@ mod failure;
 mod global;
 mod identity;
 mod keys;
+mod known;
 mod manuals;
 mod migrate;
+mod nats_server;
 mod output;
 mod partitions;
 mod quarantine;
@@ -61,7 +64,8 @@ enum Command {
     /// Rebuild read models from the events stream into a shadow schema, another database or live.
     Replay(replay::ReplayArgs),
     /// Streams, broker consumers, broker instances, partition owners and lag, resident actors,
-    /// devices online, open gaps, stalled watermarks; exit 3 when something needs a look.
+    /// devices online, open gaps, stalled watermarks, store configuration (undistributed
+    /// versions, devices behind); exit 3 when something needs a look.
     Status(status::StatusArgs),
     /// Quarantined messages: list, show one, redrive one or many once their cause is fixed,
     /// dismiss those that need no redrive (both audited).
@@ -132,10 +136,14 @@ async fn main() -> ExitCode {
 /// What clap found wrong before anything ran: its message and usage on stderr (exit 2), plus
 /// the error object on stdout when `--json` is among the arguments. `--help` and `--version`
 /// also arrive here and print as usual.
-fn usage(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
+fn usage(mut e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();
+    }
+    if e.get(ContextKind::Usage).is_some() {
+        let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        e.insert(ContextKind::Usage, ContextValue::StyledStr(plain_usage(Cli::command(), &args)));
     }
     if std::env::args_os().any(|a| a == "--json") {
         let f = failure::Failure::usage(&e.render().to_string());
@@ -145,9 +153,85 @@ fn usage(e: clap::Error) -> ExitCode {
     ExitCode::from(failure::USAGE)
 }
 
+/// The usage of the (sub)command `args` name, as its `--help` shows it. clap's own usage in an
+/// error lists the options given, from the environment too: with `DATABASE_URL` set every
+/// usage line read `tillsync ... --database-url <DATABASE_URL>`, as if it were required.
+fn plain_usage(mut cli: clap::Command, args: &[String]) -> clap::builder::StyledStr {
+    cli.build();
+    let mut cmd = &mut cli;
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, value) = long.split_once('=').map_or((long, None), |(n, v)| (n, Some(v)));
+            // clap stopped at an option this command does not know: its usage is the one.
+            let Some(arg) = cmd.get_arguments().find(|x| x.get_long() == Some(name)) else { break };
+            if value.is_none() && arg.get_action().takes_values() {
+                args.next();
+            }
+            continue;
+        }
+        match cmd.find_subcommand(a).map(|c| c.get_name().to_string()) {
+            Some(name) => cmd = cmd.find_subcommand_mut(name).expect("just found"),
+            None if a.starts_with('-') => {}
+            // A positional value: no subcommand follows a command's own arguments.
+            None => break,
+        }
+    }
+    cmd.render_usage()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_lines_show_the_subcommand_not_the_options_given() {
+        let usage = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            plain_usage(Cli::command(), &args).to_string()
+        };
+        assert_eq!(
+            usage(&["--database-url", "x", "devices", "revoke", "--tenant", "a"]).lines().next().unwrap(),
+            "Usage: tillsync devices revoke [OPTIONS] --tenant <TENANT> --store <STORE> --device <DEVICE>"
+        );
+        assert!(usage(&["--json"]).starts_with("Usage: tillsync [OPTIONS] <COMMAND>"), "{}", usage(&["--json"]));
+        assert!(usage(&["status", "--bogus"]).starts_with("Usage: tillsync status [OPTIONS]"));
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        for args in [
+            &["tillsync", "--nats-url", "nats://n:1", "--database-url", "postgres://d/x", "--json", "status"][..],
+            &["tillsync", "status", "--nats-url", "nats://n:1", "--database-url", "postgres://d/x", "--json"],
+            &[
+                "tillsync",
+                "--json",
+                "quarantine",
+                "--nats-url",
+                "nats://n:1",
+                "--database-url",
+                "postgres://d/x",
+                "list",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let g = &cli.global;
+            assert_eq!(
+                (g.nats.nats_url.as_str(), g.database_url.as_str(), g.json),
+                ("nats://n:1", "postgres://d/x", true)
+            );
+        }
+        // A subcommand with its own copy of the NATS options gets the value given before it.
+        let m =
+            Cli::command().try_get_matches_from(["tillsync", "--nats-url", "nats://n:1", "quarantine", "redrive", "7"]);
+        let m = m.unwrap();
+        let redrive = m.subcommand_matches("quarantine").and_then(|q| q.subcommand_matches("redrive")).unwrap();
+        assert_eq!(redrive.get_one::<String>("nats_url").map(String::as_str), Some("nats://n:1"));
+        let creds = ["tillsync", "--nats-creds", "op.nk", "--nats-ca-file", "ca.pem", "devices", "list"];
+        let cli = Cli::try_parse_from(creds).unwrap();
+        assert_eq!(cli.global.nats.nats_creds.as_deref(), Some(std::path::Path::new("op.nk")));
+        assert!(cli.global.nats.nats_tls.ca.is_some());
+    }
 
     /// Every flag and positional of every subcommand says what it is for in `--help` (and so
     /// in the man pages and completions).
@@ -188,7 +272,8 @@ mod tests {
         assert_eq!(kind(&add), Some(ErrorKind::MissingRequiredArgument));
         let both = [&add[..], &["--key-file", "k", "--public-key", "U"]].concat();
         assert_eq!(kind(&both), Some(ErrorKind::ArgumentConflict));
-        let approve = ["tillsync", "commands", "approve", "c1", "--approver", "bob"];
+        let approve = ["tillsync", "commands", "approve", "01890a5d-ac96-774b-bcce-b302099a8057", "--approver", "bob"];
+        assert_eq!(kind(&["tillsync", "commands", "approve", "c1"]), Some(ErrorKind::ValueValidation));
         assert_eq!(kind(&approve), Some(ErrorKind::MissingRequiredArgument));
         assert_eq!(kind(&[&approve[..], &["--key-file", "k"]].concat()), None);
         let replay = ["tillsync", "replay", "--into-live"];

@@ -10,7 +10,7 @@ use crate::global::Global;
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Create and migrate this schema of the database instead of the default one.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::schema)]
     schema: Option<String>,
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tillsync_schemas::subject::{self, Family};
-use tillsync_schemas::{codec, streams as names};
+use tillsync_schemas::{codec, partition, streams as names};
 
 use crate::global::Global;
 use crate::output::{emit, hex, table, ts};
@@ -113,6 +113,16 @@ struct Summary {
     dismiss_note: Option<String>,
 }
 
+impl Summary {
+    /// The row with its subject as the publisher used it. Earlier brokers recorded a subject
+    /// they refused (`bad_subject`) with the partition token their stream had appended; such
+    /// rows are listed, shown and redriven without it, so no migration rewrites them.
+    fn into_published(mut self) -> Summary {
+        self.subject = partition::published_subject(&self.subject).to_string();
+        self
+    }
+}
+
 #[derive(Serialize, sqlx::FromRow)]
 struct Redrive {
     id: i64,
@@ -157,6 +167,9 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
     let pool = global.pool().await?;
     let code = match args.cmd {
         QuarantineCmd::List { reason, tenant, pending, limit } => {
+            if let Some(t) = &tenant {
+                crate::known::quarantined_tenant(&pool, t).await?;
+            }
             let rows: Vec<Summary> = sqlx::query_as(&format!(
                 "SELECT {SUMMARY_COLS} FROM quarantine
                  WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
@@ -169,6 +182,7 @@ pub async fn run(args: QuarantineArgs, global: &Global) -> anyhow::Result<ExitCo
             .bind(limit.max(0))
             .fetch_all(&pool)
             .await?;
+            let rows: Vec<Summary> = rows.into_iter().map(Summary::into_published).collect();
             emit(global.json, &rows, |rows| {
                 let cells: Vec<Vec<String>> = rows
                     .iter()
@@ -261,7 +275,7 @@ async fn load(pool: &sqlx::PgPool, id: i64) -> anyhow::Result<(Summary, Vec<u8>)
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    let row = row.ok_or_else(|| crate::failure::NotFound(format!("no quarantined message #{id}")))?;
+    let row = row.ok_or_else(|| crate::failure::NotFound(format!("no quarantined message #{id}")))?.into_published();
     let payload: Vec<u8> =
         sqlx::query_scalar("SELECT payload FROM quarantine WHERE id = $1").bind(id).fetch_one(pool).await?;
     Ok((row, payload))
@@ -458,6 +472,34 @@ fn human_show(s: &Shown) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(subject: &str) -> Summary {
+        Summary {
+            id: 1,
+            tenant_id: None,
+            store_id: None,
+            device_id: None,
+            stream: names::EVENTS.into(),
+            stream_seq: 1,
+            subject: subject.into(),
+            reason: "bad_subject".into(),
+            detail: String::new(),
+            received_at: Utc::now(),
+            redrive_count: 0,
+            redriven_at: None,
+            repeats: 0,
+            last_received_at: None,
+            dismissed_at: None,
+            dismissed_by: None,
+            dismiss_note: None,
+        }
+    }
+
+    #[test]
+    fn a_row_recorded_with_the_partition_token_is_shown_and_redriven_without_it() {
+        assert_eq!(summary("tillsync.ev.acme.s1.till~1.4").into_published().subject, "tillsync.ev.acme.s1.till~1");
+        assert_eq!(summary("tillsync.ev.acme.s1.till-1").into_published().subject, "tillsync.ev.acme.s1.till-1");
+    }
 
     #[test]
     fn redrive_ids_differ_per_attempt_and_from_undecodable() {

@@ -1,10 +1,13 @@
 //! `tillsync status`: NATS and Postgres reachability, streams (bytes against their limit), the
 //! broker's consumers (each summed over its partitions), broker instances and their resident
 //! actors, which instance owns which partitions and their lag, devices online per tenant,
-//! quarantine size, open device gaps and stalled watermarks. Exit code 3 when something needs
-//! a look; the checks and their thresholds are listed in docs/operations.md. Each server gets
-//! `--timeout-s` to answer, so an unreachable one is reported, not waited for.
+//! quarantine size, open device gaps, stalled watermarks and store configuration (versions
+//! not distributed, devices behind: [`config`]). Exit code 3 when something needs a look; the
+//! checks and their thresholds are listed in docs/operations.md. Each server gets
+//! `--timeout-s` to answer, so an unreachable one is reported, not waited for; what was not
+//! read is shown as unknown, never as 0.
 
+mod config;
 mod partitions;
 
 use std::process::ExitCode;
@@ -31,8 +34,6 @@ const LIVE_DEVICE: &str = "NOT EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[command(flatten)]
-    nats: crate::global::NatsArgs,
     /// An open gap in a device's seqs older than this is a problem, seconds.
     #[arg(long, default_value_t = 300)]
     gap_age_s: u64,
@@ -51,6 +52,14 @@ pub struct StatusArgs {
     /// plus 5 s has lost its lease, and its partitions wait for another instance.
     #[arg(long, env = "TILLSYNC_LEASE_TTL_S", default_value_t = 5)]
     lease_ttl_s: u64,
+    /// A configuration version committed longer ago than this and not yet on TILLSYNC_CONFIG
+    /// is a problem (the broker leading partition 0 distributes within a second), seconds.
+    #[arg(long, default_value_t = 60)]
+    config_undistributed_s: u64,
+    /// A device lacking a configuration version published longer ago than this is a problem
+    /// (as the alert TillsyncConfigDrift), seconds.
+    #[arg(long, default_value_t = 900)]
+    config_drift_s: u64,
 }
 
 #[derive(Serialize, Default)]
@@ -68,6 +77,8 @@ struct Status {
     quarantined: Option<i64>,
     gaps: Option<Gaps>,
     watermarks: Option<Watermarks>,
+    /// Store configuration, from Postgres: `null` when it did not answer.
+    config: Option<config::Config>,
     problems: Vec<String>,
 }
 
@@ -166,6 +177,8 @@ const STREAMS: &[&str] = &[
     names::COMMAND_ACKS,
     names::STATUS,
     names::WATERMARKS,
+    names::CONFIG,
+    names::CONFIG_SNAPSHOTS,
 ];
 
 pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -173,7 +186,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
     let silent_after_s = args.lease_ttl_s + partitions::SILENT_MARGIN_S;
     let mut status = Status::default();
     let (nats, db) = tokio::join!(
-        tokio::time::timeout(within, jetstream(&args.nats)),
+        tokio::time::timeout(within, jetstream(&global.nats)),
         tokio::time::timeout(within, database(global, &args, silent_after_s))
     );
     let (mut js_parts, mut db_parts) = (None, None);
@@ -186,7 +199,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
         }
         Err((e, hint)) => {
             // The URL once: the connect error starts with it too.
-            let url = &args.nats.nats_url;
+            let url = &global.nats.nats_url;
             let e = e.strip_prefix(&format!("cannot connect to NATS at {url}: ")).map_or(e.clone(), str::to_string);
             status.problems.push(with_hint(format!("NATS unreachable at {url}: {e}"), &hint));
             (status.nats.error, status.nats.hint) = (Some(e), hint);
@@ -196,7 +209,7 @@ pub async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<ExitCode> 
         Ok(db) => {
             status.postgres.reachable = true;
             (status.brokers, status.tenants, status.quarantined) = (db.brokers, db.tenants, Some(db.quarantined));
-            (status.gaps, status.watermarks) = (Some(db.gaps), Some(db.watermarks));
+            (status.gaps, status.watermarks, status.config) = (Some(db.gaps), Some(db.watermarks), Some(db.config));
             status.resident_actors = status.brokers.iter().filter(|b| b.alive).map(|b| b.resident_actors).sum();
             db_parts = Some(db.partitions);
         }
@@ -294,6 +307,7 @@ struct DbFacts {
     quarantined: i64,
     gaps: Gaps,
     watermarks: Watermarks,
+    config: config::Config,
     partitions: DbPartitions,
 }
 
@@ -317,9 +331,10 @@ async fn database(global: &Global, args: &StatusArgs, silent_after_s: u64) -> an
     let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine_pending").fetch_one(&pool).await?;
     let gaps = gaps(&pool, args.gap_age_s).await?;
     let watermarks = stalls(&pool, args.stall_s).await?;
+    let config = config::read(&pool, args.config_undistributed_s, args.config_drift_s).await?;
     let partitions = partitions::read(&pool, silent_after_s).await?;
     pool.close().await;
-    Ok(DbFacts { brokers, tenants, quarantined, gaps, watermarks, partitions })
+    Ok(DbFacts { brokers, tenants, quarantined, gaps, watermarks, config, partitions })
 }
 
 async fn gaps(pool: &sqlx::PgPool, threshold_s: u64) -> Result<Gaps, sqlx::Error> {
@@ -403,6 +418,7 @@ fn problems(s: &Status, stream_fill: f64) -> Vec<String> {
             first.unwrap_or_default()
         ));
     }
+    out.extend(s.config.iter().flat_map(config::problems));
     out
 }
 
@@ -466,6 +482,7 @@ fn human(s: &Status) -> String {
         s.tenants.iter().map(|t| vec![t.tenant_id.clone(), t.online.to_string(), t.offline.to_string()]).collect();
     out += &table(&["TENANT", "ONLINE", "OFFLINE"], &rows);
     out += &gaps_and_stalls(s);
+    out += &s.config.as_ref().map_or_else(|| format!("\nCONFIGURATION: {UNKNOWN}\n"), config::human);
     out += &format!("\nquarantined messages pending: {}\n", known(s.quarantined));
     for p in &s.problems {
         out += &format!("PROBLEM: {p}\n");
@@ -570,6 +587,20 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_streams_are_checked_with_the_others() {
+        assert!(STREAMS.contains(&names::CONFIG) && STREAMS.contains(&names::CONFIG_SNAPSHOTS));
+    }
+
+    #[test]
+    fn configuration_problems_join_the_others() {
+        let mut s = healthy();
+        s.config = Some(config::Config { undistributed_old: 2, ..Default::default() });
+        let p = problems(&s, 0.8);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("2 configuration version(s) committed"), "{p:?}");
+    }
+
+    #[test]
     fn no_broker_is_a_problem_only_when_postgres_answered() {
         let mut s = healthy();
         s.brokers.clear();
@@ -586,8 +617,10 @@ mod tests {
         assert!(text.contains("OPEN GAPS: unknown (Postgres did not answer)"), "{text}");
         assert!(text.contains("STALLED WATERMARKS: unknown"), "{text}");
         assert!(text.contains("quarantined messages pending: unknown"), "{text}");
+        assert!(text.contains("CONFIGURATION: unknown (Postgres did not answer)"), "{text}");
         assert!(!text.contains("OPEN GAPS: 0"), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert!(json["gaps"].is_null() && json["watermarks"].is_null() && json["quarantined"].is_null(), "{json}");
+        assert!(json["config"].is_null(), "{json}");
     }
 }

@@ -1,6 +1,7 @@
 //! `tillsync config publish|show|diff|status`: head office's configuration of the stores
 //! (docs/operations.md, "Configuration"). A publish is written to Postgres here; the broker
-//! puts the new versions on JetStream.
+//! puts the new versions on JetStream. An unknown tenant, store or version is exit 4; a publish
+//! to an unknown tenant or store is recorded as refused (`config_refusals`) and exits 4 too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,9 @@ use serde::Serialize;
 use tillsync_broker::store_config::{self, model, rows, PublishError};
 use tillsync_schemas::config::{Change, ChangeRequest, ChangeSet, PublishReply, Refusal, Refused};
 
+use crate::failure::Missing;
 use crate::global::Global;
+use crate::known;
 use crate::output::{emit, table, ts};
 
 /// Exit code of a refused publish (the code and detail are printed).
@@ -30,10 +33,10 @@ enum ConfigCmd {
     /// gets its next version. Exit 6 when refused.
     Publish {
         /// The tenant whose stores get the change set.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: String,
         /// Publish for this store only (settings only).
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         store: Option<String>,
         /// Refuse unless the store is at this version (precondition_failed).
         #[arg(long)]
@@ -47,10 +50,10 @@ enum ConfigCmd {
     /// A store's configuration at a version (default: its newest).
     Show {
         /// The store's tenant.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: String,
         /// The store.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         store: String,
         /// The version to show (default: the newest).
         #[arg(long)]
@@ -59,10 +62,10 @@ enum ConfigCmd {
     /// What differs in a store's configuration between two versions.
     Diff {
         /// The store's tenant.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: String,
         /// The store.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         store: String,
         /// The older version.
         from: u64,
@@ -72,7 +75,7 @@ enum ConfigCmd {
     /// Per device: the version it should run, the one it applied, and since when they differ.
     Status {
         /// Only this tenant's devices.
-        #[arg(long)]
+        #[arg(long, value_parser = known::id)]
         tenant: Option<String>,
         /// Only devices behind their store's version.
         #[arg(long)]
@@ -162,6 +165,11 @@ async fn publish(pool: &sqlx::PgPool, global: &Global, flags: Flags, file: &Path
     let (reply, code) = match result {
         Ok(p) => (PublishReply::Published { publish_id: p.publish_id, versions: p.versions }, ExitCode::SUCCESS),
         Err(PublishError::Refused(r)) => {
+            if matches!(r.code, Refusal::UnknownTenant | Refusal::UnknownStore) {
+                // Recorded in config_refusals as every refusal is; a name that does not exist
+                // ends as it does in every other subcommand (exit 4, with where to look).
+                known::filters(pool, Some(&flags.tenant), flags.store.as_deref(), None).await?;
+            }
             (PublishReply::Refused { code: r.code.as_str().into(), detail: r.detail }, ExitCode::from(REFUSED))
         }
         Err(PublishError::Db(e)) => return Err(e.into()),
@@ -187,14 +195,27 @@ struct Shown {
     entities: Vec<Change>,
 }
 
-/// Checks that the store has `version` (1..=current).
-async fn check_version(pool: &sqlx::PgPool, tenant: &str, store: &str, version: u64) -> anyhow::Result<()> {
+/// Checks that the store has `version` (1..=current; `None`: its newest, so at least one) and
+/// returns it; exit 4 naming the versions it has.
+async fn check_version(pool: &sqlx::PgPool, tenant: &str, store: &str, version: Option<u64>) -> anyhow::Result<u64> {
     let current = rows::current_version(pool, tenant, store).await? as u64;
-    anyhow::ensure!(
-        (1..=current).contains(&version),
-        "store {store:?} of tenant {tenant:?} has versions 1..={current}, not {version}"
-    );
-    Ok(())
+    let version = version.unwrap_or(current);
+    if (1..=current).contains(&version) {
+        return Ok(version);
+    }
+    let (message, hint) = if current == 0 {
+        let asked = if version == 0 { String::new() } else { format!(" (asked for version {version})") };
+        (
+            format!("store {store} of tenant {tenant} has no configuration version yet{asked}"),
+            format!("publish one first: tillsync config publish --tenant {tenant} FILE"),
+        )
+    } else {
+        (
+            format!("store {store} of tenant {tenant} has no version {version}: it has versions 1 to {current}"),
+            format!("tillsync config show --tenant {tenant} --store {store} shows its newest ({current})"),
+        )
+    };
+    Err(Missing { code: "not_found", message, hint }.into())
 }
 
 async fn show(
@@ -204,11 +225,8 @@ async fn show(
     store: &str,
     version: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
-    let version = match version {
-        Some(v) => v,
-        None => rows::current_version(pool, tenant, store).await? as u64,
-    };
-    check_version(pool, tenant, store, version).await?;
+    known::store(pool, tenant, store).await?;
+    let version = check_version(pool, tenant, store, version).await?;
     let state = rows::state_at(pool, tenant, store, version as i64).await?;
     let shown =
         Shown { tenant_id: tenant.into(), store_id: store.into(), version, entities: model::as_changes(&state) };
@@ -247,8 +265,9 @@ async fn diff(
     from: u64,
     to: u64,
 ) -> anyhow::Result<ExitCode> {
-    check_version(pool, tenant, store, from).await?;
-    check_version(pool, tenant, store, to).await?;
+    known::store(pool, tenant, store).await?;
+    check_version(pool, tenant, store, Some(from)).await?;
+    check_version(pool, tenant, store, Some(to)).await?;
     let (a, b) = (
         rows::state_at(pool, tenant, store, from as i64).await?,
         rows::state_at(pool, tenant, store, to as i64).await?,
@@ -287,6 +306,7 @@ struct DeviceConfig {
 }
 
 async fn status(pool: &sqlx::PgPool, global: &Global, tenant: Option<&str>, behind: bool) -> anyhow::Result<ExitCode> {
+    known::filters(pool, tenant, None, None).await?;
     let rows: Vec<DeviceConfig> = sqlx::query_as(
         "SELECT d.tenant_id, d.store_id, d.device_id, COALESCE(c.version, 0) AS desired, d.config_revision AS applied,
                 v.published_at AS behind_since, d.online

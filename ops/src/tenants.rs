@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::devices::decommission;
+use crate::failure::Usage;
 use crate::global::Global;
 use crate::identity;
 use crate::output::{emit, table, ts};
@@ -25,6 +26,7 @@ enum TenantsCmd {
     /// Provision a tenant (idempotent).
     Add {
         /// The tenant id: letters, digits, `_` and `-`, up to 64.
+        #[arg(value_parser = crate::known::id)]
         tenant: String,
         /// Display name.
         #[arg(long, default_value = "")]
@@ -38,6 +40,7 @@ enum TenantsCmd {
     /// activations refused. Its records are kept. Asks to type the tenant back unless --yes.
     Decommission {
         /// The tenant to decommission, with every device of it.
+        #[arg(value_parser = crate::known::id)]
         tenant: String,
         #[command(flatten)]
         opts: decommission::Options,
@@ -74,7 +77,7 @@ pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode>
     let pool = global.pool().await?;
     match args.cmd {
         TenantsCmd::Add { tenant, name } => {
-            tillsync_schemas::ids::check_id("tenant_id", &tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tillsync_schemas::ids::check_id("tenant_id", &tenant).map_err(|e| Usage(e.to_string()))?;
             let gone: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1 AND decommissioned_at IS NOT NULL)",
             )
@@ -125,7 +128,7 @@ pub async fn run(args: TenantsArgs, global: &Global) -> anyhow::Result<ExitCode>
             })?;
         }
         TenantsCmd::Decommission { tenant, opts } => {
-            let out = decommission_tenant(&pool, &tenant, &opts).await?;
+            let out = decommission_tenant(&pool, &tenant, &opts, &global.nats).await?;
             emit(global.json, &out, human_decommissioned)?;
         }
     }
@@ -137,6 +140,7 @@ async fn decommission_tenant(
     pool: &sqlx::PgPool,
     tenant: &str,
     opts: &decommission::Options,
+    nats: &crate::global::NatsArgs,
 ) -> anyhow::Result<Decommissioned> {
     let why = opts.reason.as_str();
     let known: Option<bool> =
@@ -144,11 +148,11 @@ async fn decommission_tenant(
             .bind(tenant)
             .fetch_optional(pool)
             .await?;
-    let Some(already) = known else { return Err(crate::failure::NotFound(format!("no tenant {tenant}")).into()) };
+    let Some(already) = known else { return Err(crate::known::unknown_tenant(tenant).into()) };
     if !opts.yes && !already {
         decommission::confirm("tenant", tenant)?;
     }
-    let js = async_nats::jetstream::new(opts.nats.connect().await?);
+    let js = async_nats::jetstream::new(nats.connect().await?);
     let by = identity::actor();
     let mut tx = pool.begin().await?;
     let (at, first_by): (DateTime<Utc>, String) = sqlx::query_as(

@@ -36,6 +36,23 @@ pub fn stored_subject(published: &str, tenant: &str, store: &str, partitions: u1
     format!("{published}.{}", of(tenant, store, partitions))
 }
 
+/// The subject a message was published on, from the subject a partitioned stream stored it
+/// under: without the sixth, numeric token the transform appended. Publishers never see that
+/// token, so whatever is shown to an operator or published again uses this. Only the shape is
+/// looked at (six tokens, the root, a number last), so a subject the broker refuses for one of
+/// its other tokens comes back as its publisher sent it too; any other subject is returned as
+/// it is.
+pub fn published_subject(stored: &str) -> &str {
+    let Some((head, last)) = stored.rsplit_once('.') else { return stored };
+    let partition = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) && last.parse::<u16>().is_ok();
+    let five_tokens = head.split('.').count() == 5 && head.split('.').next() == Some(crate::subject::ROOT);
+    if partition && five_tokens {
+        head
+    } else {
+        stored
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +71,29 @@ mod tests {
         let used: std::collections::HashSet<u16> = (0..400).map(|s| of("acme", &format!("s{s}"), 16)).collect();
         assert_eq!(used.len(), 16);
         assert_eq!(of("acme", "s1", 1), 0);
+    }
+
+    #[test]
+    fn the_published_subject_drops_only_the_partition_token() {
+        let stored = stored_subject("tillsync.ev.acme.s1.till-1", "acme", "s1", 16);
+        assert_eq!(published_subject(&stored), "tillsync.ev.acme.s1.till-1");
+        // Tokens the broker refuses stay as the publisher sent them.
+        assert_eq!(published_subject("tillsync.ev.acme.s1.till~1.4"), "tillsync.ev.acme.s1.till~1");
+        assert_eq!(published_subject("tillsync.ev._store.S.till-bad.4"), "tillsync.ev._store.S.till-bad");
+        for unchanged in [
+            "tillsync.ev.acme.s1.till-1",
+            "tillsync.ev.acme.s1.12",
+            "tillsync.ev.acme.s1.till-1.x",
+            "tillsync.ev.acme.s1.till-1.+4",
+            "tillsync.ev.acme.s1.till-1.70000",
+            "tillsync.ev.acme.s1.till-1.",
+            "other.ev.acme.s1.till-1.4",
+            "tillsync.ev.acme.s1.d.x.4",
+            "tillsync",
+            "",
+        ] {
+            assert_eq!(published_subject(unchanged), unchanged);
+        }
     }
 
     #[test]

@@ -73,6 +73,16 @@ impl Family {
         }
     }
 
+    /// The last token named by its position and meaning, for refusals.
+    fn last_token_name(self) -> &'static str {
+        match self {
+            Family::Status => "token 5 (command id)",
+            Family::Config | Family::ConfigSnapshot => "token 5 (_store)",
+            Family::ConfigPublish => "token 5 (store or _store)",
+            _ => "token 5 (device)",
+        }
+    }
+
     /// Wildcard covering the whole family, for stream configs and broker subscriptions.
     pub fn all_subjects(self) -> String {
         format!("{ROOT}.{}.>", self.token())
@@ -190,9 +200,12 @@ impl Parsed {
 }
 
 /// Parses any tillsync subject, as published (five tokens) or as stored by a partitioned
-/// stream (a sixth, numeric token), checking every token.
+/// stream (a sixth, numeric token), checking every token. A refusal quotes the subject as its
+/// publisher sent it (without a partition token) and names the wrong token by its position
+/// there: `token 5 (device) "till~1" must match ...`.
 pub fn parse(subject: &str) -> Result<Parsed, WireError> {
-    let bad = |why: &str| WireError::new(Reason::BadSubject, format!("subject {subject:?}: {why}"));
+    let published = crate::partition::published_subject(subject);
+    let bad = |why: &str| WireError::new(Reason::BadSubject, format!("subject {published:?}: {why}"));
     let tokens: Vec<&str> = subject.split('.').collect();
     let (root, fam, tenant, store, last, partition) = match tokens[..] {
         [root, fam, tenant, store, last] => (root, fam, tenant, store, last, None),
@@ -200,18 +213,22 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
             let p = p.parse::<u16>().map_err(|_| bad("the sixth token must be a partition number"))?;
             (root, fam, tenant, store, last, Some(p))
         }
-        _ => return Err(bad("expected 5 tokens")),
+        _ => return Err(bad(&format!("expected 5 tokens, not {}", tokens.len()))),
     };
     if root != ROOT {
-        return Err(bad("must start with tillsync."));
+        return Err(bad(&format!("token 1 must be {ROOT:?}")));
     }
-    let family = Family::ALL.iter().copied().find(|f| f.token() == fam).ok_or_else(|| bad("unknown family"))?;
-    check_id("tenant token", tenant).map_err(|e| bad(&e.detail))?;
-    check_id("store token", store).map_err(|e| bad(&e.detail))?;
+    let family = Family::ALL
+        .iter()
+        .copied()
+        .find(|f| f.token() == fam)
+        .ok_or_else(|| bad(&format!("token 2 (family) {fam:?} is not a tillsync family")))?;
+    check_id("token 3 (tenant)", tenant).map_err(|e| bad(&e.detail))?;
+    check_id("token 4 (store)", store).map_err(|e| bad(&e.detail))?;
     let store_wide_ok =
         matches!(family, Family::Intake | Family::Config | Family::ConfigSnapshot | Family::ConfigPublish);
     if !((store_wide_ok && last == STORE_WIDE) || (family == Family::Intake && (last == CANCEL || last == APPROVE))) {
-        check_id("last token", last).map_err(|e| bad(&e.detail))?;
+        check_id(family.last_token_name(), last).map_err(|e| bad(&e.detail))?;
     }
     Ok(Parsed { family, tenant_id: tenant.into(), store_id: store.into(), last: last.into(), partition })
 }
@@ -220,7 +237,8 @@ pub fn parse(subject: &str) -> Result<Parsed, WireError> {
 pub fn check_matches(subject: &str, family: Family, addr: &DeviceAddr) -> Result<(), WireError> {
     let parsed = parse(subject)?;
     if parsed.family != family {
-        return Err(WireError::new(Reason::BadSubject, format!("{subject:?} is not a {family:?} subject")));
+        let published = crate::partition::published_subject(subject);
+        return Err(WireError::new(Reason::BadSubject, format!("{published:?} is not a {family:?} subject")));
     }
     if parsed.device_addr() != *addr {
         return Err(WireError::new(
@@ -272,6 +290,22 @@ mod tests {
         assert_eq!(parse("tillsync.ev.acme.s1.till-1.x").unwrap_err().reason, Reason::BadSubject);
         assert_eq!(Family::Events.partition_subjects(3), "tillsync.ev.*.*.*.3");
         assert_eq!(Family::Events.published_subjects(), "tillsync.ev.*.*.*");
+    }
+
+    #[test]
+    fn a_refusal_quotes_the_publishers_subject_and_names_the_token_by_its_place_there() {
+        let detail = |s: &str| parse(s).unwrap_err().detail;
+        let want = r#"subject "tillsync.ev.acme.s1.till~1": token 5 (device) "till~1" must match [A-Za-z0-9][A-Za-z0-9_-]{0,63}"#;
+        assert_eq!(detail("tillsync.ev.acme.s1.till~1.4"), want);
+        assert_eq!(detail("tillsync.ev.acme.s1.till~1"), want);
+        assert!(detail("tillsync.ev._store.S.till-bad.4")
+            .starts_with(r#"subject "tillsync.ev._store.S.till-bad": token 3 (tenant) "_store""#));
+        assert!(detail("tillsync.ev.acme.s~1.d.4").contains(r#"token 4 (store) "s~1""#));
+        assert!(detail("tillsync.status.acme.s1.c~1").contains("token 5 (command id)"));
+        assert!(detail("tillsync.nope.a.b.c.4").ends_with(r#"token 2 (family) "nope" is not a tillsync family"#));
+        assert!(detail("tillsync.ev.acme.s1").ends_with("expected 5 tokens, not 4"));
+        let e = check_matches("tillsync.hb.acme.s1.d1.3", Family::Events, &DeviceAddr::new("acme", "s1", "d1"));
+        assert_eq!(e.unwrap_err().detail, r#""tillsync.hb.acme.s1.d1" is not a Events subject"#);
     }
 
     #[test]

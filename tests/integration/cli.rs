@@ -47,6 +47,12 @@ fn send(tenant: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
     [SEND, &["--tenant", tenant], MENU, extra].concat()
 }
 
+/// The device of acme's store s1 that `send` needs (a command to a store without one is refused).
+async fn add_store(pool: &sqlx::PgPool) {
+    let add = "INSERT INTO devices (tenant_id, store_id, device_id) VALUES ('acme', 's1', 'till-1')";
+    sqlx::query(add).execute(pool).await.unwrap();
+}
+
 #[tokio::test]
 async fn exit_codes_are_the_documented_ones() {
     let stack = Stack::start().await;
@@ -74,8 +80,8 @@ async fn exit_codes_are_the_documented_ones() {
         (vec!["status", "--timeout-s", "5"], 3, None),
         (vec!["commands", "show", &unknown_id], 4, Some("not_found")),
         (vec!["commands", "cancel", &unknown_id], 4, Some("not_found")),
-        (vec!["config", "publish", "--tenant", "nobody", &change], 6, None),
-        (send("nobody", &[]), 1, Some("unknown_tenant")),
+        (vec!["config", "publish", "--tenant", "nobody", &change], 4, Some("unknown_tenant")),
+        (send("nobody", &[]), 4, Some("unknown_tenant")),
     ];
     for (args, want, error) in table {
         let human = cli(&nats, &db, &args).await;
@@ -98,7 +104,7 @@ async fn an_unknown_tenant_is_refused_at_once_with_the_fix() {
     let asked = Instant::now();
     let run = cli(&stack.nats.url(), &stack.db.url, &send("ghost", &["--wait", "--wait-s", "30"])).await;
     assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stdout.is_empty(), "no command id: nothing was sent");
     assert!(run.stderr.contains("unknown tenant ghost"), "{}", run.stderr);
     assert!(run.stderr.contains("hint: add the tenant first: tillsync tenants add ghost"), "{}", run.stderr);
@@ -113,6 +119,7 @@ async fn a_send_the_broker_quarantines_stops_the_wait() {
     // The broker makes the streams, then stops: the command waits on intake for the next one.
     InProcBroker::start(stack.broker_config()).await.stop().await;
     add_tenant(&stack.db.pool, "acme").await;
+    add_store(&stack.db.pool).await;
     let (nats, db) = (stack.nats.url(), stack.db.url.clone());
     // Nobody answers: the wait ends with what was heard, in words.
     let run = cli(&nats, &db, &[&send("acme", &["--wait", "--wait-s", "2"])[..], &["--json"]].concat()).await;
@@ -130,6 +137,7 @@ async fn a_send_the_broker_quarantines_stops_the_wait() {
     })
     .await;
     // Removed after the CLI's check: the broker quarantines the command as unknown_tenant.
+    sqlx::query("DELETE FROM devices WHERE tenant_id = 'acme'").execute(&stack.db.pool).await.unwrap();
     sqlx::query("DELETE FROM tenants WHERE tenant_id = 'acme'").execute(&stack.db.pool).await.unwrap();
     let broker = InProcBroker::start(stack.broker_config()).await;
     let asked = Instant::now();
@@ -164,7 +172,7 @@ async fn postgres_down_and_not_migrated_name_the_fix() {
     let run = cli(&nats, &url, &["tenants", "list"]).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("hint: the database is not migrated: run `tillsync migrate`"), "{}", run.stderr);
-    let run = cli(&nats, &url, &["commands", "show", "x", "--json"]).await;
+    let run = cli(&nats, &url, &["commands", "show", &uuid::Uuid::new_v4().to_string(), "--json"]).await;
     error_object(&run, "not_migrated", 1);
     let status = cli(&nats, &url, &["status", "--json", "--timeout-s", "5"]).await;
     assert_eq!(status.code, 3, "{}", status.stderr);
@@ -182,6 +190,7 @@ async fn postgres_down_and_not_migrated_name_the_fix() {
 async fn a_nats_failure_is_said_once_with_the_fix() {
     let stack = Stack::start().await;
     add_tenant(&stack.db.pool, "acme").await;
+    add_store(&stack.db.pool).await;
     let down = format!("nats://127.0.0.1:{}", closed_port());
     let run = cli(&down, &stack.db.url, &send("acme", &[])).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -206,6 +215,7 @@ async fn a_nats_failure_is_said_once_with_the_fix() {
 async fn nats_refusing_the_credentials_names_them() {
     let stack = Stack::start_with_auth().await;
     add_tenant(&stack.db.pool, "acme").await;
+    add_store(&stack.db.pool).await;
     let run = cli(&stack.nats.url(), &stack.db.url, &[&send("acme", &[])[..], &["--json"]].concat()).await;
     let e = error_object(&run, "nats_unauthorized", 1);
     assert!(e["hint"].as_str().unwrap().contains("--nats-creds"), "{e}");

@@ -408,7 +408,7 @@ async fn the_cli_publishes_shows_diffs_and_lists_drift() {
     assert_eq!(now.json()["version"], 2);
     assert_eq!(now.json()["entities"].as_array().unwrap().len(), 2);
     let missing = tillsync(&stack, &["config", "show", "--tenant", "acme", "--store", "s1", "--version", "9"]).await;
-    assert_eq!(missing.code, 1);
+    assert_eq!(missing.code, 4);
 
     let diff =
         tillsync(&stack, &["--json", "config", "diff", "--tenant", "acme", "--store", "s1", "1", "2"]).await.ok();

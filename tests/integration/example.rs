@@ -20,20 +20,20 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `TILLSYNC_PYTHON`, else the project venv; checked to import nats-py and msgpack.
-fn python() -> PathBuf {
+/// `TILLSYNC_PYTHON`, else the project venv; checked to import nats-py, msgpack and nkeys.
+pub(crate) fn python() -> PathBuf {
     let python =
         std::env::var_os("TILLSYNC_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join(".tools/venv/bin/python"));
     let hint = "run ./scripts/test.sh (or `bash -c 'source scripts/lib.sh; ensure_venv'`), or set TILLSYNC_PYTHON \
-                to a python with nats-py and msgpack";
+                to a python with nats-py, msgpack and nkeys";
     assert!(python.exists(), "Python for examples/ not found at {}: {hint}", python.display());
     let probe = std::process::Command::new(&python)
-        .args(["-c", "import nats, nats.js, msgpack"])
+        .args(["-c", "import nats, nats.js, msgpack, nkeys"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}; {hint}", python.display()));
     assert!(
         probe.status.success(),
-        "{} cannot import nats-py/msgpack: {}; {hint}",
+        "{} cannot import nats-py/msgpack/nkeys: {}; {hint}",
         python.display(),
         String::from_utf8_lossy(&probe.stderr)
     );
@@ -41,8 +41,17 @@ fn python() -> PathBuf {
 }
 
 async fn run_example(args: &[&str]) -> Output {
+    run_example_with(args, &[]).await
+}
+
+/// The example with `args` and `env` (and no NATS settings of the caller's environment).
+pub(crate) async fn run_example_with(args: &[&str], env: &[(&str, String)]) -> Output {
     let script = repo().join("examples/python/publish_event.py");
-    let child = tokio::process::Command::new(python()).arg(&script).args(args).kill_on_drop(true).output();
+    let mut cmd = tokio::process::Command::new(python());
+    for var in ["NATS_URL", "NATS_CREDS", "NATS_CA_FILE", "NATS_CERT_FILE", "NATS_KEY_FILE"] {
+        cmd.env_remove(var);
+    }
+    let child = cmd.arg(&script).args(args).envs(env.iter().map(|(k, v)| (k, v))).kill_on_drop(true).output();
     tokio::time::timeout(SCRIPT_TIMEOUT, child)
         .await
         .unwrap_or_else(|_| panic!("{} {args:?} still running after {SCRIPT_TIMEOUT:?}", script.display()))
@@ -50,7 +59,7 @@ async fn run_example(args: &[&str]) -> Output {
 }
 
 /// Asserts the exit code, showing the script's stderr when it differs.
-fn expect_exit(out: &Output, code: i32, what: &str) -> String {
+pub(crate) fn expect_exit(out: &Output, code: i32, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{what}: stderr was:\n{stderr}");
     String::from_utf8(out.stdout.clone()).expect("utf-8 stdout").trim().to_string()
@@ -202,4 +211,57 @@ async fn python_example_refuses_invalid_input_before_publishing() {
         expect_exit(&out, 2, &format!("invalid {flag}"));
         assert!(String::from_utf8_lossy(&out.stderr).contains(flag), "stderr names {flag}");
     }
+}
+
+/// With authorization on (as tillsync runs NATS) the example connects as a device activated
+/// like any till (`tillsync-edge activate` with a one-time code): its identity file as
+/// `--creds`, replies on the device's own inbox. Without credentials the server refuses it.
+#[tokio::test]
+async fn python_example_publishes_as_an_activated_device_on_an_authorized_server() {
+    let stack = Stack::start_with_auth().await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let addr = DeviceAddr::new("acme", "s1", "py-1");
+    let code = tillsync_tests::activation_code(&stack.db.pool, &addr, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("py-1.db");
+    let activated = tokio::process::Command::new(tillsync_tests::bin_path("tillsync-edge"))
+        .args(["activate", "--json", "--code", &code, "--db"])
+        .arg(&db)
+        .env("NATS_URL", stack.nats.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run tillsync-edge activate");
+    assert!(activated.status.success(), "activate: {}", String::from_utf8_lossy(&activated.stdout));
+    let identity = tillsync_edge::identity::default_path(&db);
+    let url = stack.nats.url();
+    let base = ["--nats-url", &url, "--tenant", "acme", "--store", "s1", "--device", "py-1", "--seq", "1"];
+
+    let refused = run_example(&base).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    expect_exit(&refused, 1, "no credentials");
+    // nats-server sends "Authorization Violation" and closes; under load the close can reach
+    // the client first, and nats.py reports the reset instead.
+    let told = ["authorization", "connection reset"].iter().any(|w| stderr.to_lowercase().contains(w));
+    assert!(told, "names the refusal: {stderr}");
+
+    // The key from the environment, as the tillsync binaries read NATS_CREDS.
+    let mut args = base.to_vec();
+    args.extend(["--order-id", "py-o-1", "--wait-watermark"]);
+    let out = run_example_with(&args, &[("NATS_CREDS", identity.display().to_string())]).await;
+    let event_id = expect_exit(&out, 0, "publish as the activated device");
+    let ledger = format!("SELECT count(*) FROM processed_events WHERE device_id = 'py-1' AND event_id = '{event_id}'");
+    eventually_eq(DEFAULT_TIMEOUT, "ledger row of the device's event", 1, || stack.db.count(&ledger)).await;
+    assert_eq!(stack.db.count("SELECT count(*) FROM quarantine").await, 0);
+
+    // The device may publish only as itself: another device's subject is refused by NATS.
+    let mut other = base.to_vec();
+    other[7] = "py-2";
+    other.extend(["--creds", identity.to_str().unwrap(), "--timeout", "3"]);
+    let denied = run_example(&other).await;
+    expect_exit(&denied, 1, "publishing as another device");
+    let why = String::from_utf8_lossy(&denied.stderr);
+    assert!(why.contains("permissions violation for publish to \"tillsync.ev.acme.s1.py-2\""), "{why}");
+    broker.stop().await;
 }

@@ -344,7 +344,7 @@ async fn every_json_output_parses() {
     assert_eq!(added["created"], json!(true));
     assert_eq!(db.count("SELECT count(*) FROM devices WHERE device_id = 'd9' AND provisioned").await, 1);
     let unknown = tillsync(&stack, &["devices", "add", "--tenant", "nobody", "--store", "s", "--device", "d"]).await;
-    assert_eq!(unknown.code, 1);
+    assert_eq!(unknown.code, 4);
     assert!(unknown.stderr.contains("unknown tenant"), "{}", unknown.stderr);
     assert_eq!(db.count("SELECT count(*) FROM devices WHERE tenant_id = 'nobody'").await, 0);
 

@@ -68,10 +68,14 @@ authorization {{
 }
 
 /// Generates every key into `dir` (mode 0600; the directory 0700) and the server config.
-/// Refuses to overwrite existing keys: replacing them locks every service out.
+/// Refuses to overwrite existing keys: replacing them locks every service out. Errors:
+/// `AlreadyExists` naming the first file that exists (nothing written), else the write that
+/// failed.
 pub fn generate(dir: &Path) -> std::io::Result<Files> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let names = [BROKER, OPERATOR, CALLOUT, SYSTEM, ISSUER, SIGNING, SERVER_CONF];
+    crate::auth::pki::refuse_existing(dir, &names, "the keys and config of `tillsync auth init`")?;
     let keys = [
         (BROKER, KeyPair::new_user()),
         (OPERATOR, KeyPair::new_user()),
@@ -100,7 +104,18 @@ mod tests {
         assert_eq!(conf.matches("nkey: U").count(), 4);
         let issuer = crate::keyfile::read_seed(&files.path(super::ISSUER)).unwrap();
         assert!(conf.contains(&issuer.public_key()));
-        assert!(super::generate(&dir).is_err(), "keys are never overwritten");
+        let again = super::generate(&dir).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "keys are never overwritten");
+        assert!(again.to_string().starts_with("broker.nk exists"), "{again}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_signing_key_made_before_is_named_and_nothing_is_written_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::keyfile::write_new(&dir.path().join(super::SIGNING), &nkeys::KeyPair::new_user()).unwrap();
+        let err = super::generate(dir.path()).unwrap_err();
+        assert!(err.to_string().starts_with("signing.nk exists"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing written");
     }
 }

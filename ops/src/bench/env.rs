@@ -7,7 +7,7 @@
 //! schema and nothing existing is touched.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -25,7 +25,6 @@ const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tillsync";
 const LOCAL_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PRIVATE_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:15432/postgres";
-const MIN_NATS: (u32, u32) = (2, 10);
 
 /// A private nats-server, killed when dropped.
 pub struct NatsProc {
@@ -223,42 +222,6 @@ pub fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-fn nats_version_ok(bin: &Path) -> bool {
-    let Ok(out) = Command::new(bin).arg("--version").output() else { return false };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.trim().rsplit('v').next().unwrap_or("");
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= MIN_NATS
-}
-
-/// `TILLSYNC_NATS_SERVER`, else the pinned one in `.tools/venv`, else `nats-server` on PATH.
-fn nats_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("TILLSYNC_NATS_SERVER") {
-        return Ok(p.into());
-    }
-    let mut candidates = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
-            candidates.push(dir.join(".tools/venv/bin/nats-server"));
-        }
-    }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/nats-server"));
-    if let Some(p) = candidates.into_iter().find(|p| p.exists()) {
-        return Ok(p);
-    }
-    let on_path = PathBuf::from("nats-server");
-    if nats_version_ok(&on_path) {
-        return Ok(on_path);
-    }
-    bail!(
-        "no nats-server >= {}.{} found: set TILLSYNC_NATS_SERVER, run ./scripts/run-local.sh once (it installs one), \
-         or point NATS_URL at a server",
-        MIN_NATS.0,
-        MIN_NATS.1
-    )
-}
-
 /// Starts a private nats-server with JetStream on a free loopback port and a temp store;
 /// `sync_interval` (`"always"`, `"2m"`, ...) sets JetStream's fsync policy, else its default.
 pub async fn start_nats(sync_interval: Option<&str>) -> anyhow::Result<(String, NatsProc)> {
@@ -299,7 +262,7 @@ pub async fn start_cluster(nodes: usize) -> anyhow::Result<(Vec<String>, Vec<Nat
 
 /// Spawns nats-server on the config `config(store_dir)` returns, in a temp dir of its own.
 fn spawn_nats(config: impl FnOnce(&Path) -> String) -> anyhow::Result<NatsProc> {
-    let bin = nats_bin()?;
+    let bin = crate::nats_server::find()?;
     let store = tempfile::TempDir::new()?;
     let file = store.path().join("nats.conf");
     std::fs::write(&file, config(&store.path().join("js")))?;

@@ -44,7 +44,7 @@ pub fn bridge_db(dir: &Path, d: &Device) -> PathBuf {
 }
 
 /// Where the binaries are: `tillsync-broker` and `tillsync-edge` next to this executable (or
-/// in `TILLSYNC_BIN_DIR`); nats-server from `TILLSYNC_NATS_SERVER` or `PATH`.
+/// in `TILLSYNC_BIN_DIR`); nats-server as [`crate::nats_server::find`] finds it (2.10 or later).
 pub struct Bins {
     pub broker: PathBuf,
     pub edge: PathBuf,
@@ -54,7 +54,7 @@ pub struct Bins {
 impl Bins {
     pub fn find() -> anyhow::Result<Bins> {
         let (broker, edge) = (sibling_bin("tillsync-broker")?, sibling_bin("tillsync-edge")?);
-        let nats = std::env::var_os("TILLSYNC_NATS_SERVER").map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
+        let nats = crate::nats_server::find()?;
         Ok(Bins { broker, edge, nats })
     }
 }

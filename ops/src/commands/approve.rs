@@ -14,8 +14,8 @@
 //! or went on to its devices; `reject`: it ended `rejected`, code `approval_rejected`); 3 it was
 //! refused (the broker's code, or the same check made here), or the command ended otherwise
 //! while waiting (rejected by someone else, expired, cancelled); 5 the command no longer waits
-//! for approval (its state is printed); 4 no such command; 1 error, or no answer within
-//! `--wait-s`.
+//! for approval (its state is printed); 4 no such command, tenant, or approver (one the tenant
+//! never had: a revoked one is refused, 3); 1 error, or no answer within `--wait-s`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,22 +41,21 @@ pub const NOT_PENDING: u8 = super::cancel::TOO_LATE;
 #[derive(Debug, Args)]
 pub struct DecideArgs {
     /// The command's id (as `send` printed it, or from `list --state pending_approval`).
+    #[arg(value_parser = crate::known::command_id)]
     command_id: String,
     /// Who decides: a registered approver of the command's tenant (`tillsync approvers add`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::id)]
     approver: String,
     /// The approver's nkey seed file (`tillsync keys generate FILE`), whose public key is the
     /// one registered for the approver.
     #[arg(long)]
     key_file: PathBuf,
     /// The tenant, when the id exists in more than one.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::id)]
     tenant: Option<String>,
     /// Longest wait for the broker's answer, seconds.
     #[arg(long, default_value_t = 30)]
     wait_s: u64,
-    #[command(flatten)]
-    nats: crate::global::NatsArgs,
 }
 
 /// What is being decided, as recorded.
@@ -105,9 +104,8 @@ enum Verdict {
 }
 
 pub async fn run(global: &Global, a: &DecideArgs, decision: Decision) -> anyhow::Result<ExitCode> {
-    tillsync_schemas::ids::check_id("approver", &a.approver).map_err(|e| Usage(format!("--approver: {e}")))?;
-    let key = tillsync_broker::keyfile::read_seed(&a.key_file).map_err(anyhow::Error::msg)?;
     let pool = global.pool().await?;
+    crate::known::filters(&pool, a.tenant.as_deref(), None, None).await?;
     let found: Vec<(String, bool, Option<String>, Vec<u8>)> = sqlx::query_as(
         "SELECT tenant_id, pending_approval, rejected_code, envelope FROM commands
          WHERE command_id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
@@ -124,6 +122,9 @@ pub async fn run(global: &Global, a: &DecideArgs, decision: Decision) -> anyhow:
             return Err(Usage(many).into());
         }
     };
+    // What does not exist first (exit 4), then what cannot be read (exit 1).
+    crate::known::approver(&pool, &tenant_id, &a.approver).await?;
+    let key = tillsync_broker::keyfile::read_seed(&a.key_file).map_err(anyhow::Error::msg)?;
     let cmd = codec::decode::<CommandEnvelope>(&stored)
         .map_err(|e| anyhow::anyhow!("the recorded envelope of command {} does not decode: {e}", a.command_id))?;
     let approved_by = approved_so_far(&pool, &cmd).await?;
@@ -168,7 +169,7 @@ pub async fn run(global: &Global, a: &DecideArgs, decision: Decision) -> anyhow:
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
     req.validate().map_err(|e| anyhow::anyhow!("invalid decision: {e}"))?;
-    let verdict = match publish_and_wait(&pool, &a.nats, &req, a.wait_s).await? {
+    let verdict = match publish_and_wait(&pool, &global.nats, &req, a.wait_s).await? {
         Answer::Status(st) => {
             let verdict = verdict(&st, &a.approver, decision).unwrap_or(Verdict::Ended);
             out.state = st.state.as_str().into();

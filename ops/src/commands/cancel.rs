@@ -6,7 +6,7 @@
 //!
 //! Exit codes: 0 every copy is cancelled; 5 at least one copy had already ended (applied,
 //! failed, expired or rejected) and was left as it was; 4 no such command; 1 error, or no
-//! answer within `--wait-s`.
+//! answer within `--wait-s`. An unknown `--tenant` is exit 4 too.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -40,13 +40,13 @@ struct Cancelled {
 
 pub async fn run(
     global: &Global,
-    nats: &crate::global::NatsArgs,
     command_id: &str,
     tenant: Option<String>,
     by: &str,
     wait_s: u64,
 ) -> anyhow::Result<ExitCode> {
     let pool = global.pool().await?;
+    crate::known::filters(&pool, tenant.as_deref(), None, None).await?;
     let found: Vec<(String, String)> = sqlx::query_as(
         "SELECT tenant_id, store_id FROM commands WHERE command_id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
     )
@@ -88,7 +88,7 @@ pub async fn run(
         awaited.push(None); // rejected at intake: one answer for the command
     }
     if !awaited.is_empty() {
-        let answers = request(nats, &tenant_id, &store_id, command_id, by, awaited, wait_s).await?;
+        let answers = request(&global.nats, &tenant_id, &store_id, command_id, by, awaited, wait_s).await?;
         out.copies.extend(answers);
     }
     out.copies.sort_by(|a, b| a.device_id.cmp(&b.device_id));

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tillsync_schemas::{config, streams, DeviceAddr};
 
 use crate::failure::{NotFound, Usage};
+use crate::global::NatsArgs;
 use crate::identity;
 
 /// What both decommission commands take besides what they decommission.
@@ -26,8 +27,6 @@ pub struct Options {
     /// Why, for the audit trail.
     #[arg(long, default_value = "decommissioned by an operator")]
     pub reason: String,
-    #[command(flatten)]
-    pub nats: crate::global::NatsArgs,
 }
 
 #[derive(Serialize)]
@@ -176,8 +175,9 @@ fn is_absent(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
 }
 
 /// `devices decommission`: confirm, mark, delete consumers.
-pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Result<Device> {
+pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options, nats: &NatsArgs) -> anyhow::Result<Device> {
     let id = format!("{}/{}/{}", d.tenant_id, d.store_id, d.device_id);
+    crate::known::device(pool, d).await?;
     let known: Option<bool> = sqlx::query_scalar(
         "SELECT decommissioned_at IS NOT NULL FROM devices WHERE tenant_id = $1 AND store_id = $2 AND device_id = $3",
     )
@@ -186,12 +186,13 @@ pub async fn device(pool: &PgPool, d: &DeviceAddr, opts: &Options) -> anyhow::Re
     .bind(&d.device_id)
     .fetch_optional(pool)
     .await?;
+    // Removed since the check above (a concurrent run).
     let Some(already) = known else { return Err(NotFound(format!("no device {id}")).into()) };
     // Nothing left to lose when it was done before: the rerun only retries consumer deletion.
     if !opts.yes && !already {
         confirm("device", &id)?;
     }
-    let js = async_nats::jetstream::new(opts.nats.connect().await?);
+    let js = async_nats::jetstream::new(nats.connect().await?);
     let mut tx = pool.begin().await?;
     let mut out = mark(&mut tx, d, &identity::actor(), &opts.reason).await?;
     tx.commit().await?;

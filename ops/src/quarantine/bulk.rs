@@ -51,7 +51,7 @@ impl Selection {
 
     /// The pending messages selected, oldest first.
     async fn rows(&self, pool: &sqlx::PgPool) -> anyhow::Result<Vec<Summary>> {
-        Ok(sqlx::query_as(&format!(
+        let rows: Vec<Summary> = sqlx::query_as(&format!(
             "SELECT {SUMMARY_COLS} FROM quarantine_pending
              WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
                AND ($3::timestamptz IS NULL OR coalesce(last_received_at, received_at) >= $3)
@@ -62,7 +62,8 @@ impl Selection {
         .bind(self.since()?)
         .bind(self.limit.max(0))
         .fetch_all(pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(Summary::into_published).collect())
     }
 }
 

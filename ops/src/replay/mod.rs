@@ -30,15 +30,13 @@ use crate::global::Global;
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["target_database_url", "target_schema", "into_live"])))]
 pub struct ReplayArgs {
-    #[command(flatten)]
-    nats: crate::global::NatsArgs,
     /// Replay into this database (migrated first).
     #[arg(long)]
     target_database_url: Option<String>,
     /// Replay into this schema of the live database (created and migrated first). One that
     /// already holds tillsync tables is refused unless --resume or --replace; one this run
     /// created is dropped again when the replay fails before committing any progress.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::schema)]
     target_schema: Option<String>,
     /// With --target-schema: drop the schema (an earlier rebuild) and start afresh.
     #[arg(long, requires = "target_schema", conflicts_with = "resume")]
@@ -46,14 +44,14 @@ pub struct ReplayArgs {
     /// Replay into the live database itself: every event is a duplicate, nothing changes.
     #[arg(long)]
     into_live: bool,
-    /// Only this tenant's events.
-    #[arg(long)]
+    /// Only this tenant's events (it must exist).
+    #[arg(long, value_parser = crate::known::id)]
     tenant: Option<String>,
     /// Only this store's events (needs --tenant).
-    #[arg(long, requires = "tenant")]
+    #[arg(long, requires = "tenant", value_parser = crate::known::id)]
     store: Option<String>,
     /// Only this device's events (needs --tenant and --store).
-    #[arg(long, requires = "store")]
+    #[arg(long, requires = "store", value_parser = crate::known::id)]
     device: Option<String>,
     /// Start at this stream sequence.
     #[arg(long, conflicts_with = "from_time")]
@@ -143,6 +141,7 @@ pub async fn run(args: ReplayArgs, global: &Global) -> anyhow::Result<ExitCode> 
     };
 
     let live = crate::db::pool(&global.database_url, None, 4).await?;
+    crate::known::filters(&live, args.tenant.as_deref(), args.store.as_deref(), args.device.as_deref()).await?;
     let (target, target_label, created) = match open_target(&args, global).await {
         Ok(t) => t,
         Err(e) if e.is::<SchemaInUse>() => return Err(Usage(e.to_string()).into()),
@@ -188,7 +187,7 @@ async fn rebuild(
         }
     }
 
-    let js = async_nats::jetstream::new(args.nats.connect().await?);
+    let js = async_nats::jetstream::new(global.nats.connect().await?);
     let src = Source::open(&js, &filter_subject, start).await?;
     let total = src.total;
     let pb = progress_bar(total, global.json);
