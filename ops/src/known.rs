@@ -142,6 +142,22 @@ fn unknown_device(tenant: Option<&str>, store: Option<&str>, device: &str) -> Mi
     }
 }
 
+/// `--reason R` over quarantined messages: one of the coded reasons (`tillsync_schemas::Reason`).
+pub fn reason(s: &str) -> Result<String, String> {
+    let codes: Vec<&str> = tillsync_schemas::Reason::ALL.iter().map(|r| r.as_str()).collect();
+    if codes.contains(&s) {
+        return Ok(s.to_string());
+    }
+    Err(format!("{s:?} is not a reason code; one of: {}", codes.join(", ")))
+}
+
+/// `--since T`: RFC 3339 or Unix milliseconds, checked as the command line is read.
+pub fn since(s: &str) -> Result<String, String> {
+    crate::replay::source::parse_time(s)
+        .map(|_| s.to_string())
+        .map_err(|_| format!("{s:?} is neither RFC 3339 (2026-12-01T10:00:00Z) nor Unix milliseconds"))
+}
+
 /// `quarantine list --tenant T`: the tenant is in `tenants`, or a quarantined message names it
 /// (messages of tenants not provisioned are what the quarantine holds).
 pub async fn quarantined_tenant(pool: &PgPool, tenant: &str) -> anyhow::Result<()> {

@@ -35,7 +35,7 @@ enum QuarantineCmd {
     /// Quarantined messages, newest first.
     List {
         /// Only this reason code (e.g. unknown_tenant, undecodable).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::known::reason)]
         reason: Option<String>,
         /// Only this tenant's messages.
         #[arg(long)]

@@ -55,16 +55,6 @@ const NOT_CHECKED: &[(&str, &str, &str)] = &[
     ("devices add", "--store", "it provisions the store it names"),
     ("devices add", "--device", "it provisions the device it names"),
     ("approvers add", "APPROVER", "it registers the approver it names"),
-    (
-        "quarantine redrive",
-        "--tenant",
-        "a selector over quarantined messages, whose tenants are unknown by nature; an unmatched one selects 0",
-    ),
-    (
-        "quarantine dismiss",
-        "--tenant",
-        "a selector over quarantined messages, whose tenants are unknown by nature; an unmatched one selects 0",
-    ),
 ];
 
 /// Codes an exit 4 may carry.
@@ -232,7 +222,17 @@ async fn every_subcommand_refuses_what_does_not_exist() {
         refused("quarantine show", "ID", "424242", &["quarantine", "show", "424242"]),
         invalid("quarantine show", &["quarantine", "show", "first"]),
         refused("quarantine redrive", "ID", "424242", &["quarantine", "redrive", "424242"]),
+        refused("quarantine redrive", "--tenant", "acme-typo", &["quarantine", "redrive", "--tenant", "acme-typo"]),
+        invalid("quarantine redrive", &["quarantine", "redrive", "--since", "2h"]),
+        invalid("quarantine redrive", &["quarantine", "redrive", "--reason", "bogus"]),
+        invalid("quarantine list", &["quarantine", "list", "--reason", "bogus"]),
         refused("quarantine dismiss", "ID", "424242", &["quarantine", "dismiss", "424242", "--note", "typo"]),
+        refused(
+            "quarantine dismiss",
+            "--tenant",
+            "acme-typo",
+            &["quarantine", "dismiss", "--tenant", "acme-typo", "--note", "typo"],
+        ),
         refused("devices list", "--tenant", "acme-typo", &["devices", "list", "--tenant", "acme-typo"]),
         refused("devices list", "--store", "s9", &["devices", "list", "--tenant", "acme", "--store", "s9"]),
         invalid("devices list", &["devices", "list", "--store", "s 1"]),

@@ -361,6 +361,15 @@ async fn a_new_stores_first_heartbeat_brings_the_configuration_and_drift_follows
     js.publish(subject::heartbeats(&till), codec::encode(&heartbeat(&till, 1)).into()).await.unwrap().await.unwrap();
     eventually_eq(DEFAULT_TIMEOUT, "nobody behind", Some(0.0), || async { behind(&metrics_text(&broker).await) }).await;
     assert!(latency(&metrics_text(&broker).await) > observed, "the apply latency was observed");
+    // A till that falls behind and is then decommissioned never catches up: not counted.
+    let set = |sql: &'static str| async move { sqlx::query(sql).execute(pool).await.unwrap() };
+    set("UPDATE devices SET config_revision = 0 WHERE device_id = 'till-9'").await;
+    eventually_eq(DEFAULT_TIMEOUT, "behind again", Some(1.0), || async { behind(&metrics_text(&broker).await) }).await;
+    set("UPDATE devices SET decommissioned_at = now() WHERE device_id = 'till-9'").await;
+    eventually_eq(DEFAULT_TIMEOUT, "a decommissioned till is not behind", Some(0.0), || async {
+        behind(&metrics_text(&broker).await)
+    })
+    .await;
     broker.stop().await;
 }
 

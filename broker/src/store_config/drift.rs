@@ -21,7 +21,8 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 /// (tenant, devices behind, age in seconds of the oldest difference) for every tenant, so a
-/// tenant without configuration or drift exports 0.
+/// tenant without configuration or drift exports 0. A decommissioned till never catches up
+/// and is not counted.
 pub async fn by_tenant(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT t.tenant_id,
@@ -31,6 +32,7 @@ pub async fn by_tenant(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, s
          LEFT JOIN config_stores c ON c.tenant_id = t.tenant_id
          LEFT JOIN devices d ON d.tenant_id = c.tenant_id AND d.store_id = c.store_id
               AND d.config_revision IS NOT NULL AND d.config_revision < c.version
+              AND d.decommissioned_at IS NULL
          LEFT JOIN config_versions v ON v.tenant_id = d.tenant_id AND v.store_id = d.store_id
               AND v.version = d.config_revision + 1
          GROUP BY t.tenant_id",

@@ -27,14 +27,15 @@ pub struct Selection {
     #[arg(conflicts_with_all = ["reason", "tenant", "since"])]
     pub id: Option<i64>,
     /// Only this reason code (e.g. unknown_tenant).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::reason)]
     reason: Option<String>,
-    /// Only this tenant (as named by the message's subject).
+    /// Only this tenant (as named by the message's subject; one no quarantined message names
+    /// and not provisioned is refused, exit 4).
     #[arg(long)]
     tenant: Option<String>,
     /// Only messages received at or after this time (RFC 3339, or Unix milliseconds; a row of
     /// repeated heartbeats counts by its latest).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::known::since)]
     since: Option<String>,
     /// At most this many messages, oldest first.
     #[arg(long, default_value_t = 1000)]
@@ -51,6 +52,9 @@ impl Selection {
 
     /// The pending messages selected, oldest first.
     async fn rows(&self, pool: &sqlx::PgPool) -> anyhow::Result<Vec<Summary>> {
+        if let Some(tenant) = &self.tenant {
+            crate::known::quarantined_tenant(pool, tenant).await?;
+        }
         let rows: Vec<Summary> = sqlx::query_as(&format!(
             "SELECT {SUMMARY_COLS} FROM quarantine_pending
              WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR tenant_id = $2)
