@@ -12,10 +12,12 @@
 //! can write its audit row, so it is refused when Postgres is down, the callout is not
 //! answering, or this address is over its budget (`rate_limited`). Refused while a probe is
 //! admitted, again after the probe and again [`Rules::confirmations`] probes later, the
-//! bridge's own credential is what is refused: `revoked` (revoked, decommissioned, or replaced
-//! by a newer activation: the broker answers `revoked` for all three, and only a new code
-//! helps). Short of that proof it says `unavailable` and keeps taking sales: the outbox is for
-//! outages, and a false `revoked` would turn sales away.
+//! bridge's own credential is what is refused: `revoked` (revoked, or replaced by a newer
+//! activation; only a new code helps). Then one question tells a decommissioned till apart: the
+//! bridge connects as the activation user with its own key and sends a made-up code; the
+//! refusal names what its key is to the broker ([`ask_why`]; only the key's holder can ask),
+//! and `decommissioned` replaces `revoked`. Short of that proof it says `unavailable` and keeps
+//! taking sales: the outbox is for outages, and a false `revoked` would turn sales away.
 //!
 //! [`Tracker`] decides from timestamped observations without I/O; [`Watcher`] feeds it the
 //! client's events and the probes' answers, publishes the verdict (status, metrics, the submit
@@ -41,28 +43,33 @@ pub enum Reason {
     /// responder answered in time, or this address is over its budget), or the bridge does not
     /// know yet why it is refused. Sales are kept in the outbox.
     Unavailable,
-    /// The broker decides and refuses this device's credential: revoked, decommissioned or
-    /// replaced by a newer activation. New sales are refused; what the outbox holds stays.
+    /// The broker decides and refuses this device's credential: revoked or replaced by a newer
+    /// activation. New sales are refused; what the outbox holds stays.
     Revoked,
+    /// Refused because head office decommissioned this device (or its tenant): it will not be
+    /// activated again. New sales are refused; what the outbox holds stays.
+    Decommissioned,
     /// Refused with no identity file (not activated: no credential of its own to be revoked).
     Refused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [Reason::Unreachable, Reason::Unavailable, Reason::Revoked, Reason::Refused];
+    pub const ALL: [Reason; 5] =
+        [Reason::Unreachable, Reason::Unavailable, Reason::Revoked, Reason::Decommissioned, Reason::Refused];
 
     pub fn code(self) -> &'static str {
         match self {
             Reason::Unreachable => "unreachable",
             Reason::Unavailable => "unavailable",
             Reason::Revoked => "revoked",
+            Reason::Decommissioned => "decommissioned",
             Reason::Refused => "refused",
         }
     }
 
     /// Whether new events are refused: only when no outage can end it.
     pub fn refuses_events(self) -> bool {
-        self == Reason::Revoked
+        matches!(self, Reason::Revoked | Reason::Decommissioned)
     }
 
     pub fn detail(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Reason {
             Reason::Unreachable => "no NATS server answered (WAN, DNS, TLS or the server is down); sales are kept and sent once it answers",
             Reason::Unavailable => "NATS refuses the connection and the broker cannot decide now (its database is down, it does not answer, or this address made too many attempts); sales are kept and sent once it can",
             Reason::Revoked => "the broker refuses this device's credential (revoked, decommissioned, or replaced by a newer activation); new sales are refused, the ones held are kept: activate again with a new code (`tillsync devices add` at head office, then `tillsync-edge activate`)",
+            Reason::Decommissioned => "head office decommissioned this device (or its tenant); new sales are refused, the ones held are kept and cannot be sent: take the till out of service, or ask head office (`tillsync devices show`)",
             Reason::Refused => "NATS refuses the connection and this bridge is not activated (no identity file); sales are kept: activate it (`tillsync-edge activate --code ...`)",
         }
     }
@@ -98,6 +106,8 @@ pub enum Observed {
     /// A connection attempt was refused: `-ERR 'Authorization Violation'`.
     Refused,
     Probe(Probe),
+    /// The broker says this bridge's key belongs to a decommissioned device ([`ask_why`]).
+    Decommissioned,
 }
 
 /// What a probe found: the broker admitted the activation user, refused it, or no server answered.
@@ -200,6 +210,7 @@ impl Tracker {
                 }
                 let proven = self.confirmed >= self.rules.confirmations.max(1);
                 self.reason = Some(match (proven, self.rules.activated) {
+                    _ if self.reason == Some(Reason::Decommissioned) => Reason::Decommissioned,
                     (true, true) => Reason::Revoked,
                     (true, false) => Reason::Refused,
                     (false, _) if self.reason == Some(Reason::Revoked) => Reason::Revoked,
@@ -222,6 +233,11 @@ impl Tracker {
             Observed::Probe(_) => {
                 if self.probing == Probing::Running {
                     self.probing = Probing::Idle;
+                }
+            }
+            Observed::Decommissioned => {
+                if self.reason == Some(Reason::Revoked) {
+                    self.reason = Some(Reason::Decommissioned);
                 }
             }
         }
@@ -259,6 +275,32 @@ pub async fn probe(servers: Vec<async_nats::ServerAddr>, tls: &crate::tls::TlsFi
         }
         Ok(Err(e)) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => Probe::Refused,
         _ => Probe::Unreachable,
+    }
+}
+
+/// Asks the broker what this bridge's key is: connects as the activation user with the key
+/// itself (proved by signing the nonce) and a made-up code, and reads the refusal's `key`
+/// (`live`, `revoked`, `decommissioned`); `None` when there is no answer.
+pub async fn ask_why(
+    servers: Vec<async_nats::ServerAddr>,
+    tls: &crate::tls::TlsFiles,
+    seed: &str,
+    timeout: Duration,
+) -> Option<String> {
+    use tillsync_schemas::{codec, identity};
+    let key = nkeys::KeyPair::from_seed(seed).ok()?.public_key();
+    let options = crate::tls::apply(async_nats::ConnectOptions::new().name("tillsync-edge/why"), tls)
+        .nkey(seed.to_string())
+        .user_and_password(identity::ACTIVATION_USER.into(), probe_password())
+        .custom_inbox_prefix(identity::activation_inbox(&key))
+        .connection_timeout(timeout);
+    let client = tokio::time::timeout(timeout * 2, options.connect(servers)).await.ok()?.ok()?;
+    let request = codec::encode(&identity::ActivateRequest { code: probe_password() });
+    let answer = tokio::time::timeout(timeout, client.request(identity::activate_subject(&key), request.into())).await;
+    let _ = tokio::time::timeout(timeout, client.drain()).await;
+    match codec::decode::<identity::ActivateReply>(&answer.ok()?.ok()?.payload).ok()? {
+        identity::ActivateReply::Refused { key, .. } => key,
+        identity::ActivateReply::Activated { .. } => None,
     }
 }
 
@@ -319,6 +361,8 @@ pub struct Watcher {
     pub metrics: Arc<Metrics>,
     pub cancel: CancellationToken,
     pub device: String,
+    /// The bridge's own key (its identity file), to ask the broker what it is.
+    pub seed: Option<String>,
 }
 
 impl Watcher {
@@ -339,6 +383,18 @@ impl Watcher {
             let step = self.apply(observed, at);
             if step.change.is_some() {
                 reminded_at = 0;
+            }
+            if matches!(step.change, Some((_, Some(Reason::Revoked), _))) {
+                if let Some(seed) = self.seed.clone() {
+                    let why = tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        w = ask_why(self.servers.clone(), &self.tls, &seed, PROBE_TIMEOUT) => w,
+                    };
+                    tracing::debug!(?why, "Asked the broker what this key is.");
+                    if why.as_deref() == Some("decommissioned") {
+                        self.apply(Observed::Decommissioned, crate::now_ms());
+                    }
+                }
             }
             if step.probe {
                 let probed = tokio::select! {
@@ -364,7 +420,7 @@ impl Watcher {
             for r in Reason::ALL {
                 self.metrics.cut_off(r.code()).set(if Some(r) == to { 1.0 } else { 0.0 });
             }
-            self.slow_retries.store(to == Some(Reason::Revoked), Ordering::Relaxed);
+            self.slow_retries.store(to.is_some_and(Reason::refuses_events), Ordering::Relaxed);
         }
         self.verdict.send_replace(self.tracker.view());
         step
@@ -375,13 +431,13 @@ impl Watcher {
         let was = from.map(Reason::code);
         match to {
             None => tracing::info!(device_id = device, was, attempts_before = attempts, "NATS connection restored."),
-            Some(Reason::Revoked) => {
+            Some(r) if r.refuses_events() => {
                 tracing::error!(
                     device_id = device,
-                    reason = "revoked",
+                    reason = r.code(),
                     was,
                     attempts,
-                    detail = Reason::Revoked.detail(),
+                    detail = r.detail(),
                     "Cut off from the cloud."
                 )
             }

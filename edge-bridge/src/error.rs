@@ -22,6 +22,10 @@ pub enum SubmitError {
     /// event could never leave. What the outbox holds stays.
     #[error("{0}")]
     Revoked(String),
+    /// Likewise, because head office decommissioned the device
+    /// ([`crate::cutoff::Reason::Decommissioned`]).
+    #[error("{0}")]
+    Decommissioned(String),
     /// The POS sent an `event_id` the bridge holds with other content; the original is kept.
     #[error("event_id {event_id} is already held (seq {seq}) with other content; the original is kept: give a new event a new event_id")]
     EventIdReused { event_id: String, seq: u64 },
@@ -31,6 +35,7 @@ pub const OUTBOX_FULL: &str = "outbox_full";
 pub const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 pub const SHUTTING_DOWN: &str = "shutting_down";
 pub const REVOKED: &str = "revoked";
+pub const DECOMMISSIONED: &str = "decommissioned";
 pub const EVENT_ID_REUSED: &str = "event_id_reused";
 
 impl SubmitError {
@@ -41,6 +46,7 @@ impl SubmitError {
             SubmitError::Storage(_) => STORAGE_UNAVAILABLE,
             SubmitError::ShuttingDown => SHUTTING_DOWN,
             SubmitError::Revoked(_) => REVOKED,
+            SubmitError::Decommissioned(_) => DECOMMISSIONED,
             SubmitError::EventIdReused { .. } => EVENT_ID_REUSED,
         }
     }
@@ -54,7 +60,7 @@ impl SubmitError {
             SubmitError::Invalid(_) => 422,
             SubmitError::OutboxFull { .. } => 507,
             SubmitError::Storage(_) | SubmitError::ShuttingDown => 503,
-            SubmitError::Revoked(_) => 403,
+            SubmitError::Revoked(_) | SubmitError::Decommissioned(_) => 403,
             SubmitError::EventIdReused { .. } => 409,
         }
     }

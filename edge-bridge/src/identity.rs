@@ -126,7 +126,7 @@ pub async fn activate(
         })?;
     let _ = client.drain().await;
     match codec::decode::<ActivateReply>(&reply.payload).map_err(|e| ActivateError::Local(e.to_string()))? {
-        ActivateReply::Refused { code, detail } => Err(ActivateError::Refused { code, detail }),
+        ActivateReply::Refused { code, detail, .. } => Err(ActivateError::Refused { code, detail }),
         ActivateReply::Activated { tenant_id, store_id, device_id, command_keys } => {
             let identity =
                 Identity { tenant_id, store_id, device_id, seed, command_keys, activated_at_ms: crate::now_ms() };

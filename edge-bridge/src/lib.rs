@@ -76,8 +76,13 @@ impl Shared {
             self.metrics.refused(error::SHUTTING_DOWN).increment(1);
             return Err(SubmitError::ShuttingDown);
         }
-        let refuse_new =
-            self.cut_off.borrow().as_ref().filter(|c| c.refuses_events).map(|c| SubmitError::Revoked(c.detail.clone()));
+        let refuse_new = self.cut_off.borrow().as_ref().filter(|c| c.refuses_events).map(|c| {
+            if c.reason == cutoff::Reason::Decommissioned.code() {
+                SubmitError::Decommissioned(c.detail.clone())
+            } else {
+                SubmitError::Revoked(c.detail.clone())
+            }
+        });
         self.outbox.submit_unless(draft, refuse_new).await
     }
 }
@@ -172,6 +177,7 @@ impl Bridge {
                 metrics: metrics.clone(),
                 cancel: cancel.clone(),
                 device: addr.device_id.clone(),
+                seed: identity::Identity::load(&config.identity_path()).ok().flatten().map(|i| i.seed),
             }
             .run(),
         );

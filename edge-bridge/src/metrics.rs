@@ -119,7 +119,12 @@ impl Metrics {
             recorder,
         };
         // Pre-register the refusal codes operators alert on, so they show as 0 before the first one.
-        for code in [crate::error::OUTBOX_FULL, crate::error::REVOKED, crate::error::EVENT_ID_REUSED] {
+        for code in [
+            crate::error::OUTBOX_FULL,
+            crate::error::REVOKED,
+            crate::error::DECOMMISSIONED,
+            crate::error::EVENT_ID_REUSED,
+        ] {
             m.refused(code).increment(0);
         }
         for reason in crate::cutoff::Reason::ALL {
@@ -296,7 +301,7 @@ mod tests {
         for reason in crate::cutoff::Reason::ALL {
             assert!(text.contains(&format!("tillsync_edge_cut_off{{reason=\"{}\"}} 0", reason.code())), "{text}");
         }
-        for code in ["revoked", "event_id_reused"] {
+        for code in ["revoked", "decommissioned", "event_id_reused"] {
             assert!(text.contains(&format!("tillsync_edge_events_refused_total{{code=\"{code}\"}} 0")), "{text}");
         }
         assert!(text.contains(r#"tillsync_edge_nats_connect_failures_total{reason="refused"} 0"#));

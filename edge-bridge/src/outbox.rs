@@ -192,7 +192,9 @@ impl Outbox {
                         tracing::error!(rows, bytes, device_id = %self.addr.device_id, "Outbox full: refusing event.")
                     }
                     // Logged once, when the bridge learnt it is revoked (crate::cutoff).
-                    SubmitError::Revoked(_) => tracing::debug!(code = e.code(), "Event refused."),
+                    SubmitError::Revoked(_) | SubmitError::Decommissioned(_) => {
+                        tracing::debug!(code = e.code(), "Event refused.")
+                    }
                     _ => tracing::warn!(error = %e, code = e.code(), "Event refused."),
                 }
             }

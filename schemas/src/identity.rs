@@ -71,6 +71,12 @@ pub enum ActivateReply {
         /// `code_unknown`, `code_used`, `code_expired`, `bad_request` or `unavailable`.
         code: String,
         detail: String,
+        /// What the key this connection proved is to the broker: `live`, `revoked` or
+        /// `decommissioned` (absent: no credential has it). Only its holder can ask: the
+        /// requester proved the key, and the answer goes to that key's own inbox. A refused
+        /// bridge learns from it why it is refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
 }
 
@@ -201,7 +207,7 @@ mod tests {
 
     #[test]
     fn activation_replies_round_trip() {
-        let r = ActivateReply::Refused { code: "code_used".into(), detail: "x".into() };
+        let r = ActivateReply::Refused { code: "code_used".into(), detail: "x".into(), key: None };
         let back: ActivateReply = crate::codec::decode(&crate::codec::encode(&r)).unwrap();
         assert_eq!(back, r);
     }

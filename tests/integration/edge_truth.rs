@@ -371,3 +371,34 @@ async fn a_reused_event_id_with_other_content_is_a_conflict_and_the_original_sta
     bridge.shutdown().await;
     broker.stop().await;
 }
+
+/// A decommissioned till is told so, not just `revoked`: its own key, proved on an activation
+/// connection, gets the broker to say what it is. New sales are refused with that code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decommissioned_bridge_says_decommissioned_and_refuses_new_sales() {
+    let stack = Stack::start_with_auth().await;
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeviceAddr::new("acme", "s1", "till-1");
+    let config = fast_cutoff(activated_config(&stack, &d, dir.path()).await);
+    let bridge = Bridge::start(config).await.unwrap();
+    let api = format!("http://{}", bridge.http_addr().unwrap());
+    eventually(T, "connected", || async { bridge.status().await.ok().filter(|s| s.connection == "connected") }).await;
+
+    let args = ["devices", "decommission", "--tenant", "acme", "--store", "s1", "--device", "till-1", "--yes"];
+    let (exit, out) = cli(&stack, &args).await;
+    assert_eq!(exit, 0, "{out}");
+    let c = wait_reason(&bridge, "decommissioned").await;
+    assert!(c.refuses_events && c.detail.contains("decommissioned"), "{c:?}");
+    let text = bridge.metrics_text();
+    assert_eq!(metric(&text, "tillsync_edge_cut_off", "reason=\"decommissioned\""), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "tillsync_edge_cut_off", "reason=\"revoked\""), Some(0.0));
+
+    let sale = json!({"kind": "order_opened", "payload": {"order_id": "o-late", "currency": "EUR"}});
+    let r = reqwest::Client::new().post(format!("{api}/v1/events")).json(&sale).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "decommissioned", "{body}");
+    bridge.shutdown().await;
+    broker.stop().await;
+}

@@ -28,13 +28,19 @@ async fn serve(ctx: &Ctx, msg: async_nats::Message) {
     let who = crate::replies::Requester { public_key: Some(&key), ..Default::default() };
     let inbox = identity::activation_inbox(&key);
     let Some(reply) = crate::replies::checked(ctx, "activation", &msg, &inbox, who).await else { return };
-    let answer = match codec::decode::<ActivateRequest>(&msg.payload) {
+    let mut answer = match codec::decode::<ActivateRequest>(&msg.payload) {
         Ok(request) => activate(ctx, &key, &request.code).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "Activation failed on Postgres.");
             refused("unavailable", "the broker could not reach its database; try again")
         }),
         Err(e) => refused("bad_request", &e.to_string()),
     };
+    if let ActivateReply::Refused { key: status, .. } = &mut answer {
+        *status = records::key_status(&ctx.pool, &key).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "Key status not read.");
+            None
+        });
+    }
     let result = match &answer {
         ActivateReply::Activated { .. } => "activated",
         ActivateReply::Refused { code, .. } => code.as_str(),
@@ -46,7 +52,7 @@ async fn serve(ctx: &Ctx, msg: async_nats::Message) {
 }
 
 fn refused(code: &str, detail: &str) -> ActivateReply {
-    ActivateReply::Refused { code: code.into(), detail: detail.into() }
+    ActivateReply::Refused { code: code.into(), detail: detail.into(), key: None }
 }
 
 /// Takes the code and installs `key` as the device's credential, in one transaction.

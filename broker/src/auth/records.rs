@@ -62,6 +62,23 @@ pub async fn admit(pool: &PgPool, key: &str, origin: &Origin) -> Result<Lookup, 
     })
 }
 
+/// What `key` is: `live`, `revoked`, or `decommissioned` (revoked, and its device or tenant is
+/// decommissioned); `None` when no credential has it.
+pub async fn key_status(pool: &PgPool, key: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN c.revoked_at IS NULL THEN 'live'
+                     WHEN d.decommissioned_at IS NOT NULL OR t.decommissioned_at IS NOT NULL THEN 'decommissioned'
+                     ELSE 'revoked' END
+         FROM credentials c
+         LEFT JOIN devices d ON d.tenant_id = c.tenant_id AND d.store_id = c.store_id AND d.device_id = c.device_id
+         LEFT JOIN tenants t ON t.tenant_id = c.tenant_id
+         WHERE c.public_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
 fn holder(r: &sqlx::postgres::PgRow) -> Holder {
     match (r.get::<String, _>("kind").as_str(), device_of(r)) {
         ("device", Some(addr)) => Holder::Device(addr),
