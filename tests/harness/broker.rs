@@ -76,12 +76,12 @@ impl BrokerProc {
     }
 
     /// SIGSTOP: the process freezes mid-work, connections stay open, leases stop being renewed.
-    pub fn stop(&self) {
+    pub fn pause(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
     }
 
-    /// SIGCONT after [`BrokerProc::stop`]: it resumes where it froze.
-    pub fn cont(&self) {
+    /// SIGCONT after [`BrokerProc::pause`]: it resumes where it froze.
+    pub fn resume(&self) {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 

@@ -166,11 +166,11 @@ async fn a_paused_broker_commits_nothing_after_takeover() {
     wait_ledger(s.pool(), 3_000).await;
 
     let paused = instance(2);
-    s.broker(2).stop();
+    s.broker(2).pause();
     let paused_at = Instant::now();
     let takeover = wait_taken_over(s.pool(), &paused, paused_at).await;
     eprintln!("takeover of the paused {paused}: {takeover:?}; owners: {:?}", owners(s.pool()).await);
-    s.broker(2).cont();
+    s.broker(2).resume();
     // It wakes with its batches in flight and finds its epochs fenced; then it rejoins.
     let lost = eventually(DRAIN, "the woken broker reports its lost partitions", || async {
         let text = s.broker(2).metrics().await?;
