@@ -4,6 +4,7 @@
 mod adversary;
 mod approvals;
 mod bench;
+mod bench_fleet;
 mod by_hand;
 mod chaos;
 mod cli;

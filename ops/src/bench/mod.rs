@@ -15,6 +15,8 @@ mod cpu;
 mod data;
 mod diag;
 mod env;
+mod fleet;
+mod fleet_devices;
 mod fsync;
 mod ingest;
 mod latency;
@@ -60,6 +62,9 @@ pub enum Scenario {
     /// One and two broker processes on a 3-node NATS cluster: drain rate, CPU per event, and
     /// the takeover after a broker is killed.
     Scale(scale::ScaleArgs),
+    /// N idle bridges on a 3-node NATS cluster: the servers' CPU, RSS and consumers with the
+    /// bridge's downlink as it is, against plain subscriptions (the floor).
+    Fleet(fleet::FleetArgs),
 }
 
 /// A timed drain.
@@ -108,6 +113,18 @@ pub async fn run(args: BenchArgs, global: &Global) -> anyhow::Result<ExitCode> {
         fsync::run(a).await?.print(global.json);
         return Ok(ExitCode::SUCCESS);
     }
+    if let Scenario::Fleet(a) = args.scenario {
+        // A fresh private cluster per phase, killed when its phase ends or this future is
+        // dropped on Ctrl-C or SIGTERM.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let fleet = tokio::select! {
+            r = fleet::run(a, global) => r?,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        };
+        fleet.print(global.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut env = match args.scenario {
         Scenario::Scale(_) => Env::start_cluster(global, scale::NODES).await?,
         _ => Env::start(global, &args.nats).await?,
@@ -134,7 +151,9 @@ async fn scenario(s: Scenario, env: &mut Env) -> anyhow::Result<Report> {
         Scenario::Replay(a) => replay::run(a, env).await,
         Scenario::Actors(a) => actors::run(a, env).await,
         Scenario::Scale(a) => scale::run(a, env).await,
-        Scenario::Fsync(_) => unreachable!("run() handles fsync before starting an environment"),
+        Scenario::Fsync(_) | Scenario::Fleet(_) => {
+            unreachable!("run() handles fsync and fleet before starting an environment")
+        }
     }
 }
 
