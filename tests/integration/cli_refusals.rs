@@ -35,6 +35,7 @@ const NAMES_NOTHING: &[&str] = &[
     "bench actors",
     "bench commands",
     "bench config",
+    "bench fleet",
     "bench fsync",
     "bench ingest",
     "bench latency",
