@@ -59,7 +59,8 @@ impl DeviceState {
             tokio::time::sleep(delay).await;
         }
         let cap = self.shared.config.recent_ids;
-        let snap = self.shared.ports.load_device(self.addr.clone(), cap).await?;
+        // The cause goes into the failure's text: the supervisor logs only that.
+        let snap = self.shared.ports.load_device(self.addr.clone(), cap).await.map_err(|e| e.line())?;
         for (id, hash) in &snap.recent {
             self.recent.insert(id, short(hash));
         }

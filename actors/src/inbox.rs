@@ -15,17 +15,17 @@
 //! deliveries are settled in Postgres without the actor (conditional updates).
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
-use tillsync_schemas::{CommandState, DeviceAddr};
+use tillsync_schemas::{now_ms, CommandState, DeviceAddr};
 
 use crate::policy::{self, Action, InboxParams, PendingEntry};
-use crate::ports::{Delivery, Finish};
+use crate::ports::{Delivery, Finish, PortError};
 use crate::system::Shared;
 
 /// Messages about commands for one device.
 #[derive(Debug)]
 pub enum InboxMsg {
     /// Refresh from Postgres and do whatever is due (deliver, check, republish, fail, expire).
-    Tick(InboxParams, RpcReplyPort<Result<TickReport, String>>),
+    Tick(InboxParams, RpcReplyPort<Result<TickReport, PortError>>),
 }
 
 /// What one tick did.
@@ -36,11 +36,6 @@ pub struct TickReport {
     pub expired: usize,
     /// Still unfinished after the tick.
     pub pending: usize,
-}
-
-/// Wall-clock Unix milliseconds: expiry is a wall-clock deadline set by the portal.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 pub async fn handle(addr: &DeviceAddr, msg: InboxMsg, shared: &Shared) -> Result<(), ActorProcessingErr> {
@@ -54,8 +49,9 @@ pub async fn handle(addr: &DeviceAddr, msg: InboxMsg, shared: &Shared) -> Result
     Ok(())
 }
 
-async fn tick(addr: &DeviceAddr, shared: &Shared, params: InboxParams) -> Result<TickReport, String> {
+async fn tick(addr: &DeviceAddr, shared: &Shared, params: InboxParams) -> Result<TickReport, PortError> {
     let mut snap = shared.ports.load_inbox(addr.clone()).await?;
+    // The wall clock, not the system's uptime: expiry is a wall-clock deadline set by the portal.
     let now = now_ms();
     let mut report = TickReport::default();
     for action in policy::plan(&snap.pending, now, snap.online, params) {
@@ -83,7 +79,7 @@ async fn act(
     now: i64,
     report: &mut TickReport,
     pending: &mut Vec<PendingEntry>,
-) -> Result<bool, String> {
+) -> Result<bool, PortError> {
     let (command_id, state, attempts, code, detail) = match action {
         Action::Deliver { command_id, attempt, next_attempt_at_ms, why } => {
             let d = Delivery { command_id, attempt, next_attempt_at_ms, now_ms: now, why };

@@ -20,7 +20,7 @@ pub mod system;
 
 pub use decide::{Decision, DeviceVerdicts, DupLayer, Incoming};
 pub use device::DeviceMsg;
-pub use ports::{DeviceSnapshot, Ports};
+pub use ports::{DeviceSnapshot, PortError, Ports};
 pub use system::{ActorConfig, ActorSystem};
 
 #[derive(Debug, thiserror::Error)]

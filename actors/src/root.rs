@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 
 use crate::store::{StoreActor, StoreMsg};
 use crate::system::Shared;
@@ -11,7 +11,7 @@ use crate::system::Shared;
 #[derive(Debug)]
 pub enum RootMsg {
     /// The store's actor (tenant, store), spawned if needed.
-    Store(String, String, RpcReplyPort<Result<ActorRef<StoreMsg>, String>>),
+    Store(String, String, RpcReplyPort<Result<ActorRef<StoreMsg>, SpawnErr>>),
 }
 
 pub struct RootActor;
@@ -55,7 +55,7 @@ impl Actor for RootActor {
                         state.stores.insert(key, actor.clone());
                         Ok(actor)
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
             }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use tillsync_schemas::DeviceAddr;
 
 use crate::device::{DeviceActor, DeviceArgs, DeviceMsg};
@@ -16,7 +16,7 @@ use crate::system::{DeviceEntry, Shared};
 #[derive(Debug)]
 pub enum StoreMsg {
     /// The device's actor, spawned if not resident.
-    Device(String, RpcReplyPort<Result<ActorRef<DeviceMsg>, String>>),
+    Device(String, RpcReplyPort<Result<ActorRef<DeviceMsg>, SpawnErr>>),
 }
 
 pub struct StoreActor;
@@ -41,13 +41,12 @@ impl StoreState {
         myself: &ActorRef<StoreMsg>,
         device_id: &str,
         delay: Duration,
-    ) -> Result<ActorRef<DeviceMsg>, String> {
+    ) -> Result<ActorRef<DeviceMsg>, SpawnErr> {
         let addr = DeviceAddr::new(&self.tenant_id, &self.store_id, device_id);
         let args = DeviceArgs { addr: addr.clone(), shared: self.shared.clone(), delay };
-        let (actor, _) =
-            Actor::spawn_linked(None, DeviceActor, args, myself.get_cell()).await.map_err(|e| e.to_string())?;
+        let (actor, _) = Actor::spawn_linked(None, DeviceActor, args, myself.get_cell()).await?;
         self.by_cell.insert(actor.get_id(), device_id.to_string());
-        let now = self.shared.now_ms();
+        let now = self.shared.uptime_ms();
         self.shared.devices.insert(addr, DeviceEntry { actor: actor.clone(), last_active: AtomicU64::new(now) });
         ActorStats::bump(&self.shared.stats.activations);
         Ok(actor)

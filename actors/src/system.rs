@@ -2,7 +2,7 @@
 //! and a `DashMap` from device address to actor for the hot path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -14,7 +14,7 @@ use crate::decide::{DeviceVerdicts, Incoming};
 use crate::device::DeviceMsg;
 use crate::inbox::{InboxMsg, TickReport};
 use crate::policy::InboxParams;
-use crate::ports::Ports;
+use crate::ports::{PortError, Ports};
 use crate::root::{RootActor, RootMsg};
 use crate::stats::{ActorStats, StatsSnapshot};
 use crate::ActorError;
@@ -35,7 +35,7 @@ impl Default for ActorConfig {
     }
 }
 
-/// A resident device actor and when it was last used (ms since the system started).
+/// A resident device actor and when it was last used ([`Shared::uptime_ms`]).
 pub struct DeviceEntry {
     pub actor: ActorRef<DeviceMsg>,
     pub last_active: AtomicU64,
@@ -51,7 +51,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn now_ms(&self) -> u64 {
+    /// Milliseconds since the system started, on the monotonic clock: only actors' idle times
+    /// are measured with it, and a wall-clock step must not passivate (or keep) every actor.
+    pub fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 }
@@ -59,15 +61,31 @@ impl Shared {
 pub struct ActorSystem {
     shared: Arc<Shared>,
     root: ActorRef<RootMsg>,
-    root_join: tokio::task::JoinHandle<()>,
-    sweeper: tokio::task::JoinHandle<()>,
+    /// Taken by [`ActorSystem::shutdown`], which takes `&self` so an owner that shares the
+    /// system (the broker's tasks do) can still stop it.
+    root_join: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The system's own sweeper ([`ActorSystem::start`]); `None` when its owner runs the sweep
+    /// ([`ActorSystem::start_unswept`]).
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How often a dead or restarting actor is retried before the caller gives up.
 const CALL_ATTEMPTS: usize = 5;
 
 impl ActorSystem {
+    /// Starts the system with a sweeper of its own that passivates idle actors every
+    /// [`ActorSystem::passivate_every`], stopped by [`ActorSystem::shutdown`].
     pub async fn start(config: ActorConfig, ports: Arc<dyn Ports>) -> Result<ActorSystem, ActorError> {
+        let system = ActorSystem::start_unswept(config, ports).await?;
+        let sweeper = tokio::spawn(sweep(system.shared.clone()));
+        *system.sweeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(sweeper);
+        Ok(system)
+    }
+
+    /// Starts the system without a sweeper: its owner calls [`ActorSystem::passivate_idle`]
+    /// every [`ActorSystem::passivate_every`], so the sweep starts and stops with the owner's
+    /// other tasks (the broker's task registry).
+    pub async fn start_unswept(config: ActorConfig, ports: Arc<dyn Ports>) -> Result<ActorSystem, ActorError> {
         let shared = Arc::new(Shared {
             config,
             ports,
@@ -77,8 +95,12 @@ impl ActorSystem {
         });
         let (root, root_join) =
             Actor::spawn(None, RootActor, shared.clone()).await.map_err(|e| ActorError::Start(e.to_string()))?;
-        let sweeper = tokio::spawn(sweep(shared.clone()));
-        Ok(ActorSystem { shared, root, root_join, sweeper })
+        Ok(ActorSystem { shared, root, root_join: Mutex::new(Some(root_join)), sweeper: Mutex::new(None) })
+    }
+
+    /// How often idle actors are looked for: a quarter of `idle_after`, between 50 ms and 30 s.
+    pub fn passivate_every(&self) -> Duration {
+        sweep_every(&self.shared.config)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -88,19 +110,19 @@ impl ActorSystem {
     /// The device's actor, started if it is not resident.
     pub async fn device(&self, addr: &DeviceAddr) -> Result<ActorRef<DeviceMsg>, ActorError> {
         if let Some(e) = self.shared.devices.get(addr) {
-            e.last_active.store(self.shared.now_ms(), Ordering::Relaxed);
+            e.last_active.store(self.shared.uptime_ms(), Ordering::Relaxed);
             return Ok(e.actor.clone());
         }
         let unavailable = |why: String| ActorError::Unavailable(format!("{addr:?}"), why);
         let store =
             match self.root.call(|r| RootMsg::Store(addr.tenant_id.clone(), addr.store_id.clone(), r), None).await {
                 Ok(CallResult::Success(Ok(s))) => s,
-                Ok(CallResult::Success(Err(e))) => return Err(unavailable(e)),
+                Ok(CallResult::Success(Err(e))) => return Err(unavailable(e.to_string())),
                 other => return Err(unavailable(format!("root supervisor: {other:?}"))),
             };
         match store.call(|r| crate::store::StoreMsg::Device(addr.device_id.clone(), r), None).await {
             Ok(CallResult::Success(Ok(d))) => Ok(d),
-            Ok(CallResult::Success(Err(e))) => Err(unavailable(e)),
+            Ok(CallResult::Success(Err(e))) => Err(unavailable(e.to_string())),
             other => Err(unavailable(format!("store actor: {other:?}"))),
         }
     }
@@ -156,7 +178,7 @@ impl ActorSystem {
         &self,
         addr: &DeviceAddr,
         params: InboxParams,
-    ) -> Result<Result<TickReport, String>, ActorError> {
+    ) -> Result<Result<TickReport, PortError>, ActorError> {
         self.call(addr, |r| DeviceMsg::Inbox(InboxMsg::Tick(params, r))).await
     }
 
@@ -197,11 +219,17 @@ impl ActorSystem {
         n
     }
 
-    /// Stops every actor and waits for the root supervisor to end.
-    pub async fn shutdown(self) {
-        self.sweeper.abort();
+    /// Stops the sweeper and every actor, and waits for the root supervisor to end. A second
+    /// call finds nothing left to wait for.
+    pub async fn shutdown(&self) {
+        if let Some(sweeper) = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            sweeper.abort();
+        }
         self.root.stop(Some("shutdown".into()));
-        let _ = self.root_join.await;
+        let root_join = self.root_join.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(root_join) = root_join {
+            let _ = root_join.await;
+        }
         for e in self.shared.devices.iter() {
             e.actor.stop(Some("shutdown".into()));
         }
@@ -211,7 +239,7 @@ impl ActorSystem {
 
 fn passivate(shared: &Shared) -> usize {
     let idle = shared.config.idle_after.as_millis() as u64;
-    let now = shared.now_ms();
+    let now = shared.uptime_ms();
     let mut n = 0;
     shared.devices.retain(|_, e| {
         let keep = now.saturating_sub(e.last_active.load(Ordering::Relaxed)) < idle;
@@ -228,10 +256,13 @@ fn passivate(shared: &Shared) -> usize {
 /// One sweeper for the whole system rather than a timer per actor: 100,000 timers would cost
 /// more memory than the actors themselves.
 async fn sweep(shared: Arc<Shared>) {
-    let every = (shared.config.idle_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(sweep_every(&shared.config));
     loop {
         tick.tick().await;
         passivate(&shared);
     }
+}
+
+fn sweep_every(config: &ActorConfig) -> Duration {
+    (config.idle_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
 }

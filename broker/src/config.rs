@@ -86,12 +86,15 @@ pub struct Config {
     /// How long a batch waits for more events before committing, milliseconds.
     #[arg(long, env = "TILLSYNC_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
-    /// Event batches committed concurrently. Stores are split over the lanes (a store stays in
-    /// one lane, so each device's order is kept); each lane holds one pool connection.
+    /// Event batches committed at once, across the partitions this instance owns. Each
+    /// partition's consumer commits one batch at a time, so a device's events stay in order
+    /// whatever this is; each batch being committed holds one connection of TILLSYNC_DB_POOL.
     #[arg(long, env = "TILLSYNC_INGEST_LANES", default_value_t = 4)]
     pub ingest_lanes: usize,
-    /// Command intake, command-ack and heartbeat messages handled concurrently (per
-    /// consumer), split by store likewise.
+    /// Command intake, command-ack and heartbeat batches handled at once, the three kinds
+    /// together, across the partitions this instance owns. Each partition's consumer handles
+    /// one batch at a time, so one store's commands stay in issue order. Also sizes the command
+    /// path's own pool: 2 x this + 1 connections.
     #[arg(long, env = "TILLSYNC_MESSAGE_LANES", default_value_t = 8)]
     pub message_lanes: usize,
     /// JetStream ack wait for the broker's consumers, seconds.
@@ -186,9 +189,22 @@ pub struct Config {
     pub signing_key_next_file: Option<PathBuf>,
 }
 
+/// A configuration the broker does not start with; each message names the variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting out of range or inconsistent with another.
+    #[error("{0}")]
+    Setting(&'static str),
+    #[error(transparent)]
+    TlsFiles(#[from] crate::tls::TlsFilesError),
+    /// Plain text to NATS or Postgres without `TILLSYNC_ALLOW_PLAINTEXT`.
+    #[error("{0}")]
+    Plaintext(String),
+}
+
 impl Config {
     /// Checks every setting, naming the variable that sets a wrong one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.nats_tls.validate()?;
         self.plaintext()?;
         let checks = [
@@ -232,7 +248,7 @@ impl Config {
             ),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
-            Some((_, why)) => Err((*why).to_string()),
+            Some((_, why)) => Err(ConfigError::Setting(why)),
             None => Ok(()),
         }
     }
@@ -252,7 +268,9 @@ impl Config {
         })
     }
 
-    /// Defaults with test-friendly timings and an ephemeral HTTP port.
+    /// Defaults with test-friendly timings and an ephemeral HTTP port. Test scaffolding: only in
+    /// tests and with the `test-support` feature.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn for_tests(nats_url: &str, database_url: &str) -> Config {
         let mut c = Config::parse_from(["tillsync-broker"]);
         c.nats_url = nats_url.into();
@@ -277,9 +295,10 @@ impl Config {
 
     /// What would cross the network in clear: an error unless `allow_plaintext`, else the
     /// warnings to log at start.
-    pub fn plaintext(&self) -> Result<Vec<String>, String> {
+    pub fn plaintext(&self) -> Result<Vec<String>, ConfigError> {
         let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
         tillsync_schemas::transport::check(&self.nats_url, tls_forced, Some(&self.database_url), self.allow_plaintext)
+            .map_err(ConfigError::Plaintext)
     }
 
     /// What `--print-config` prints: every setting as the variable that sets it, passwords in
@@ -440,7 +459,7 @@ mod tests {
         c.auth_max_refusals_per_address_per_min = 0;
         c.validate().unwrap();
         c.auth_max_refusals_per_address_per_min = 1_000_000;
-        assert!(c.validate().unwrap_err().contains("TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN"));
+        assert!(c.validate().unwrap_err().to_string().contains("TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN"));
         assert_eq!(c.printable()["TILLSYNC_AUTH_MAX_REFUSALS_PER_ADDRESS_PER_MIN"], "1000000");
     }
 
@@ -448,6 +467,6 @@ mod tests {
     fn rejects_zero_batch() {
         let mut c = Config::for_tests("a", "b");
         c.batch_size = 0;
-        assert!(c.validate().unwrap_err().contains("TILLSYNC_BATCH_SIZE"));
+        assert!(c.validate().unwrap_err().to_string().contains("TILLSYNC_BATCH_SIZE"));
     }
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
-use tillsync_schemas::{codec, streams as names, Heartbeat};
+use tillsync_schemas::{codec, streams as names, Heartbeat, WireError};
 
 use crate::partitions::{fence, Fence};
-use crate::spine::{self, Refused, Settle, Source};
-use crate::{metrics, quarantine, store_config, ts, Ctx};
+use crate::spine::{self, Admitted, Committed, Consumer, Failure, Source, Verdict};
+use crate::tasks::Job;
+use crate::{metrics, store_config, ts, Ctx};
 
 /// The heartbeat consumers of the spine. Only the latest heartbeat of a device is kept, so
 /// batches are small.
@@ -23,45 +24,58 @@ pub const SOURCE: Source = Source {
 };
 
 /// Records a partition's heartbeats, each under the partition's fence.
-pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
-    for msg in batch {
-        let admitted =
-            spine::admit(&ctx.gate(), &msg.subject, &msg.payload, codec::decode_heartbeat, |h| h.tenant_id.as_str())
-                .await;
-        let how = match admitted {
-            Ok(hb) => match apply(ctx, fence, &hb).await {
-                Ok(before) => {
-                    metrics::heartbeat();
-                    let refused = newly_refused(&hb, &before);
-                    if refused > 0 {
-                        tracing::error!(
-                            tenant_id = %hb.tenant_id, store_id = %hb.store_id, device_id = %hb.device_id, refused,
-                            "A bridge refused watermarks that did not come from the broker about its events."
-                        );
-                        metrics::bridge_watermarks_refused(refused);
-                    }
-                    after_config(ctx, &hb, before).await;
-                    Settle::Ack
-                }
-                Err(error) => not_recorded(ctx, fence, &error),
-            },
-            Err(Refused::Bad(e)) => match quarantine::record(&ctx.pool, fence, names::HEARTBEATS, &msg, &e).await {
-                Ok(()) => Settle::Term,
-                Err(error) => not_recorded(ctx, fence, &error),
-            },
-            Err(Refused::Db(error)) => not_recorded(ctx, fence, &error),
-        };
-        spine::settle(&msg, how).await;
+pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
+    spine::take(ctx, fence, &Heartbeats, batch).await
+}
+
+/// The heartbeat consumer: each heartbeat updates its device row on its own.
+pub struct Heartbeats;
+
+impl Consumer for Heartbeats {
+    type Item = Heartbeat;
+    type After = ();
+    const STREAM: &'static str = names::HEARTBEATS;
+    const NAME: &'static str = "heartbeat";
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Heartbeat, WireError> {
+        codec::decode_heartbeat(subject, payload)
+    }
+
+    fn tenant<'a>(&self, hb: &'a Heartbeat) -> &'a str {
+        &hb.tenant_id
+    }
+
+    async fn commit(
+        &self,
+        ctx: &Arc<Ctx>,
+        fence: Fence,
+        batch: &[Admitted<Heartbeat>],
+    ) -> Result<Committed<()>, Failure> {
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for a in batch {
+            verdicts.push(match record(ctx, fence, &a.item).await {
+                Ok(()) => Verdict::Done,
+                Err(error) => Verdict::Failed(error.into()),
+            });
+        }
+        Ok(Committed { verdicts, after: () })
     }
 }
 
-fn not_recorded(ctx: &Ctx, fence: Fence, error: &sqlx::Error) -> Settle {
-    if fence::is_fenced(error) {
-        ctx.partitions.report_fenced(fence);
-    } else {
-        tracing::warn!(%error, "Heartbeat not recorded; redelivering.");
+/// Records one heartbeat, then counts what it says and follows up its configuration.
+async fn record(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<(), sqlx::Error> {
+    let before = apply(ctx, fence, hb).await?;
+    metrics::heartbeat();
+    let refused = newly_refused(hb, &before);
+    if refused > 0 {
+        tracing::error!(
+            tenant_id = %hb.tenant_id, store_id = %hb.store_id, device_id = %hb.device_id, refused,
+            "A bridge refused watermarks that did not come from the broker about its events."
+        );
+        metrics::bridge_watermarks_refused(refused);
     }
-    Settle::RETRY
+    after_config(ctx, hb, before).await;
+    Ok(())
 }
 
 /// What the device row said before a heartbeat: whether it existed, and the configuration
@@ -134,11 +148,17 @@ async fn apply(ctx: &Ctx, fence: Fence, hb: &Heartbeat) -> Result<Before, sqlx::
     Ok(Before { existed, config_revision, watermarks_refused, uptime_s })
 }
 
-/// Marks silent devices offline and exports online/offline counts by tenant, on the lead
-/// instance only ([`crate::partitions::Ownership::leads`]): both cover every store.
-pub async fn sweep_offline(ctx: Arc<Ctx>) {
-    let period = Duration::from_secs((ctx.config.offline_after_s / 3).clamp(1, 30));
-    crate::partitions::duty::every(&ctx, period, "Offline sweep", || sweep_once(&ctx)).await
+/// A third of the silence after which a device is offline (`offline_after_s`), between 1 and
+/// 30 s: a silent device is marked offline at most that late.
+pub fn offline_sweep_every(offline_after_s: u64) -> Duration {
+    Duration::from_secs((offline_after_s / 3).clamp(1, 30))
+}
+
+/// Marks silent devices offline and exports online/offline counts by tenant every
+/// [`offline_sweep_every`]: a lead-only job ([`crate::partitions::Ownership::leads`]), since
+/// both cover every store.
+pub async fn sweep_offline(ctx: Arc<Ctx>, job: Job) {
+    job.run(&ctx, || sweep_once(&ctx)).await
 }
 
 async fn sweep_once(ctx: &Ctx) -> Result<(), sqlx::Error> {

@@ -4,16 +4,34 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
 
+/// A seed file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No line is a seed (`source` is `None`), or the one that looks like it is not valid.
+    #[error("{}: not an nkey seed", path.display())]
+    NotASeed {
+        path: PathBuf,
+        #[source]
+        source: Option<nkeys::error::Error>,
+    },
+}
+
 /// Reads the seed in `path` (the seed alone, or the first line that is one).
-pub fn read_seed(path: &Path) -> Result<KeyPair, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let seed =
-        tillsync_schemas::creds::seed_line(&text).ok_or_else(|| format!("{}: not an nkey seed", path.display()))?;
-    KeyPair::from_seed(seed).map_err(|e| format!("{}: not an nkey seed: {e}", path.display()))
+pub fn read_seed(path: &Path) -> Result<KeyPair, SeedError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.into(), source })?;
+    let not_a_seed = |source| SeedError::NotASeed { path: path.into(), source };
+    let seed = tillsync_schemas::creds::seed_line(&text).ok_or_else(|| not_a_seed(None))?;
+    KeyPair::from_seed(seed).map_err(|e| not_a_seed(Some(e)))
 }
 
 /// Writes `key`'s seed to a new file, mode 0600; an existing file is an error.
@@ -36,6 +54,6 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(super::write_new(&path, &nkeys::KeyPair::new_user()).is_err());
         std::fs::write(&path, "nothing").unwrap();
-        assert!(super::read_seed(&path).unwrap_err().contains("not an nkey seed"));
+        assert!(super::read_seed(&path).unwrap_err().to_string().contains("not an nkey seed"));
     }
 }

@@ -1,10 +1,16 @@
-//! Lanes: messages partitioned by store over a few workers that run concurrently.
+//! Lanes: stores split over a few workers that commit concurrently, for `tillsync replay`
+//! (`ops/src/replay/lanes.rs`), which reads one stream in order and has no partitions.
 //!
 //! One worker processing one batch at a time leaves the machine idle while it waits on
 //! Postgres, and one WAL flush per transaction caps it. Several lanes keep several
 //! transactions in flight. A store always maps to the same lane, so the order of one device's
-//! messages (and of one store's commands) is kept, and two lanes never touch the same store's
-//! read-model rows, so they do not contend for row locks.
+//! events is kept, and two lanes never touch the same store's read-model rows, so they do not
+//! contend for row locks.
+//!
+//! The live broker does not route by lane: stores are split into partitions, each with its
+//! own consumers ([`crate::partitions`]), which gives the same guarantees.
+//! `TILLSYNC_INGEST_LANES` and `TILLSYNC_MESSAGE_LANES` only bound how many of the partitions'
+//! batches commit at once ([`crate::Slots`]).
 
 /// The part of a subject that names its store: `tenant.store` of
 /// `tillsync.<family>.<tenant>.<store>.<last>`; the whole subject when it has fewer tokens.

@@ -4,8 +4,9 @@
 use std::io::Write as _;
 
 use clap::Parser;
+use tillsync_broker::admin::logging::{self, LogFormat};
+use tillsync_broker::admin::Chain;
 use tillsync_broker::config::Config;
-use tillsync_broker::logging::{self, LogFormat};
 use tillsync_broker::Broker;
 
 /// mimalloc rather than the system allocator: the broker allocates and frees many small
@@ -37,7 +38,7 @@ async fn main() -> std::process::ExitCode {
     if cli.print_config {
         // Only a configuration the broker would start with is printed.
         if let Err(error) = startable(&cli.config) {
-            eprintln!("error: invalid configuration: {error}");
+            eprintln!("error: invalid configuration: {}", Chain(&*error));
             return std::process::ExitCode::from(2);
         }
         let text = serde_json::to_string_pretty(&cli.config.printable()).expect("strings serialize");
@@ -46,7 +47,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     if let Err(error) = startable(&cli.config) {
-        tracing::error!(%error, "Invalid configuration; the broker did not start.");
+        tracing::error!(error = %Chain(&*error), "Invalid configuration; the broker did not start.");
         return std::process::ExitCode::from(2);
     }
     for warning in cli.config.plaintext().unwrap_or_default() {
@@ -55,7 +56,7 @@ async fn main() -> std::process::ExitCode {
     match Broker::run(cli.config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{:#}", anyhow::Error::new(error)), "The broker stopped.");
+            tracing::error!(error = %Chain(&error), "The broker stopped.");
             std::process::ExitCode::FAILURE
         }
     }
@@ -63,9 +64,13 @@ async fn main() -> std::process::ExitCode {
 
 /// The settings are valid and the signing key files read: a broker that could not sign would
 /// see every command refused, so a missing key is a configuration error (exit 2) too.
-fn startable(config: &tillsync_broker::config::Config) -> Result<(), String> {
+fn startable(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     config.validate()?;
-    tillsync_broker::signing::Signer::load(config).map(|_| ()).map_err(|e| e.to_string())
+    tillsync_broker::admin::signing::Signer::load(
+        config.signing_key_file.as_deref(),
+        config.signing_key_next_file.as_deref(),
+    )?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

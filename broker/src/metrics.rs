@@ -3,8 +3,6 @@
 //! `docs/metrics.md` can be checked against this file. Labels come from small fixed sets
 //! (kind, reason, layer, code, tenant); never a device id.
 
-use std::net::SocketAddr;
-
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tillsync_actors::decide::DupLayer;
@@ -33,6 +31,8 @@ pub const DEVICES_OFFLINE: &str = "tillsync_devices_offline";
 pub const COMMANDS_RECEIVED: &str = "tillsync_commands_received_total";
 pub const COMMANDS_REJECTED: &str = "tillsync_commands_rejected_total";
 pub const COMMAND_DELIVERIES: &str = "tillsync_command_deliveries_total";
+pub const COMMAND_SYNCS: &str = "tillsync_command_syncs_total";
+pub const COMMAND_COPIES_HANDED: &str = "tillsync_command_copies_handed_total";
 pub const COMMANDS_ACKED: &str = "tillsync_commands_acked_total";
 pub const COMMANDS_FAILED: &str = "tillsync_commands_failed_total";
 pub const COMMANDS_EXPIRED: &str = "tillsync_commands_expired_total";
@@ -43,6 +43,7 @@ pub const COMMAND_OLDEST_AWAITING_APPROVAL: &str = "tillsync_command_oldest_awai
 pub const COMMAND_OLDEST_PENDING: &str = "tillsync_command_oldest_pending_seconds";
 pub const COMMAND_ROUND_TRIP: &str = "tillsync_command_round_trip_seconds";
 pub const BROKER_UP: &str = "tillsync_broker_up";
+pub const BROKER_TASKS: &str = "tillsync_broker_tasks";
 pub const DEVICE_GAPS_OPEN: &str = "tillsync_device_gaps_open";
 pub const DEVICE_GAP_OLDEST: &str = "tillsync_device_gap_oldest_seconds";
 pub const WATERMARKS_STALLED: &str = "tillsync_watermarks_stalled_devices";
@@ -140,6 +141,14 @@ fn describe() {
     describe_counter!(COMMANDS_RECEIVED, "Commands taken from the intake stream.");
     describe_counter!(COMMANDS_REJECTED, "Commands rejected at intake, by reason.");
     describe_counter!(COMMAND_DELIVERIES, "Commands published to their device's stream (first copies).");
+    describe_counter!(
+        COMMAND_SYNCS,
+        "Catch-up requests of bridges without a consumer, by result (answered, limited: over the device's budget, failed)."
+    );
+    describe_counter!(
+        COMMAND_COPIES_HANDED,
+        "Copies of unfinished commands handed to a device again on its copies subject, by why (sync: it reconnected; check: a due check found it unacked)."
+    );
     describe_counter!(COMMANDS_ACKED, "Commands acked by their device (outcome applied).");
     describe_counter!(COMMANDS_FAILED, "Commands ended failed, by code.");
     describe_counter!(COMMANDS_EXPIRED, "Commands expired before an ack.");
@@ -154,6 +163,10 @@ fn describe() {
     );
     describe_histogram!(COMMAND_ROUND_TRIP, Unit::Seconds, "From intake to the device's ack.");
     describe_gauge!(BROKER_UP, "1 while the broker runs.");
+    describe_gauge!(
+        BROKER_TASKS,
+        "1 while the background task runs, 0 once it has ended, by task and scope (instance, lead)."
+    );
     describe_gauge!(DEVICE_GAPS_OPEN, "Open gaps in device seq numbers (device_gaps not filled), by tenant.");
     describe_gauge!(DEVICE_GAP_OLDEST, Unit::Seconds, "Age of the oldest open gap, by tenant (0 when none).");
     describe_gauge!(WATERMARKS_STALLED, "Devices whose watermark waits longer than the stall bound, by tenant.");
@@ -449,6 +462,10 @@ pub fn commands_awaiting_approval(tenant: &str, waiting: i64, oldest_secs: f64) 
 pub fn broker_up(up: bool) {
     gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
 }
+/// A registered task ([`crate::tasks`]) started or ended.
+pub fn broker_task(task: &'static str, scope: &'static str, running: bool) {
+    gauge!(BROKER_TASKS, "task" => task, "scope" => scope).set(if running { 1.0 } else { 0.0 });
+}
 /// `n` resend requests sent for `why` (`gap`, `behind`); 0 registers the series.
 pub fn resend_requested(why: &'static str, n: u64) {
     counter!(RESEND_REQUESTS, "why" => why).increment(n);
@@ -515,6 +532,12 @@ fn register_at_zero() {
     for kind in tillsync_schemas::event::EVENT_KINDS {
         counter!(EVENTS_APPLIED, "kind" => *kind).increment(0);
     }
+    for result in ["answered", "limited", "failed"] {
+        counter!(COMMAND_SYNCS, "result" => result).increment(0);
+    }
+    for why in ["sync", "check"] {
+        counter!(COMMAND_COPIES_HANDED, "why" => why).increment(0);
+    }
     for layer in [DupLayer::Memory, DupLayer::Ledger] {
         counter!(EVENTS_DUPLICATE, "layer" => layer.as_str()).increment(0);
     }
@@ -559,9 +582,12 @@ pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
 }
 
-/// The address the HTTP endpoints bound to (useful when configured with port 0).
-#[derive(Debug, Clone, Copy)]
-pub struct HttpAddr(pub SocketAddr);
+pub fn command_syncs(result: &'static str, n: u64) {
+    counter!(COMMAND_SYNCS, "result" => result).increment(n);
+}
+pub fn command_copies_handed(why: &'static str, n: u64) {
+    counter!(COMMAND_COPIES_HANDED, "why" => why).increment(n);
+}
 pub fn command_republished(why: &'static str) {
     counter!(COMMAND_REPUBLISHED, "why" => why).increment(1);
 }

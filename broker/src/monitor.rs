@@ -11,14 +11,14 @@
 //!   reported acked by JetStream ([`track_watermarks`]). These cover every store, so only the
 //!   lead instance ([`crate::partitions::Ownership::leads`]) reports them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::pull;
 use tillsync_schemas::streams as names;
-use tokio::time::MissedTickBehavior;
 
+use crate::tasks::Job;
 use crate::{metrics, Ctx};
 
 /// The broker's durable consumers, by stream.
@@ -29,29 +29,28 @@ const BROKER_CONSUMERS: [(&str, &str); 4] = [
     (names::COMMAND_ACKS, names::BROKER_ACKS_CONSUMER),
 ];
 
-pub async fn run(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(ctx.config.monitor_interval_ms));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// Every instance refreshes what it can see (Postgres, the streams, its partitions' lag); the
+/// lead also the gauges over every store.
+pub async fn run(ctx: Arc<Ctx>, job: Job) {
     // The tenants whose gap and stall gauges this instance exports, so they can read NaN
     // while Postgres cannot be read.
-    let mut tenants: Vec<String> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
+    let tenants = Mutex::new(Vec::new());
+    job.run(&ctx, || refresh(&ctx, &tenants)).await
+}
+
+async fn refresh(ctx: &Ctx, tenants: &Mutex<Vec<String>>) {
+    let postgres = postgres_up(&ctx.pool);
+    if ctx.partitions.leads() {
+        let (up, (), read) = tokio::join!(postgres, refresh_jetstream(ctx), refresh_devices(ctx));
+        metrics::postgres_up(up);
+        let mut tenants = tenants.lock().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Some(read) => *tenants = read,
+            None => tenants.iter().for_each(|t| metrics::tenant_signals_unknown(t)),
         }
-        let postgres = postgres_up(&ctx.pool);
-        if ctx.partitions.leads() {
-            let (up, (), read) = tokio::join!(postgres, refresh_jetstream(&ctx), refresh_devices(&ctx));
-            metrics::postgres_up(up);
-            match read {
-                Some(read) => tenants = read,
-                None => tenants.iter().for_each(|t| metrics::tenant_signals_unknown(t)),
-            }
-        } else {
-            let (up, ()) = tokio::join!(postgres, refresh_jetstream(&ctx));
-            metrics::postgres_up(up);
-        }
+    } else {
+        let (up, ()) = tokio::join!(postgres, refresh_jetstream(ctx));
+        metrics::postgres_up(up);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Connecting to NATS with the broker's options.
 
 use async_nats::{Client, ConnectOptions, Event};
+use tokio_util::task::TaskTracker;
 
 use crate::error::BrokerError;
 use crate::metrics;
@@ -17,31 +18,41 @@ pub async fn connect(
 
 /// The broker's own connection: its state is `tillsync_nats_connected`, set by the client's
 /// connection events as they happen (a dropped TCP connection is seen at once), and logged.
+/// The last acks are sent again on each connection, as work of `spawned` (the task registry's).
 pub async fn connect_watched(
     url: &str,
     creds: Option<&std::path::Path>,
     tls_files: &TlsFiles,
     name: &str,
+    spawned: TaskTracker,
 ) -> Result<Client, BrokerError> {
-    let opts = ConnectOptions::new().event_callback(|event| async move {
-        match event {
-            Event::Connected => {
-                tracing::info!("Connected to NATS.");
-                metrics::nats_connected(true);
-                // Not awaited here: the reconnected client must be free to send them.
-                tokio::spawn(crate::settled::send_again());
-            }
-            Event::Disconnected => {
-                tracing::warn!("Disconnected from NATS; reconnecting. Nothing is consumed meanwhile.");
-                metrics::nats_connected(false);
-            }
-            Event::Closed => metrics::nats_connected(false),
-            other => tracing::debug!(event = %other, "NATS event."),
-        }
+    let opts = ConnectOptions::new().event_callback(move |event| {
+        let spawned = spawned.clone();
+        async move { on_event(event, &spawned) }
     });
     let client = connect_with(opts, url, creds, tls_files, name).await?;
     metrics::nats_connected(true);
     Ok(client)
+}
+
+fn on_event(event: Event, spawned: &TaskTracker) {
+    match event {
+        Event::Connected => {
+            tracing::info!("Connected to NATS.");
+            metrics::nats_connected(true);
+            // Not awaited here: the reconnected client must be free to send them. Not once the
+            // broker's tasks have stopped (the tracker closed): nothing would join the work.
+            if !spawned.is_closed() {
+                spawned.spawn(crate::settled::send_again());
+            }
+        }
+        Event::Disconnected => {
+            tracing::warn!("Disconnected from NATS; reconnecting. Nothing is consumed meanwhile.");
+            metrics::nats_connected(false);
+        }
+        Event::Closed => metrics::nats_connected(false),
+        other => tracing::debug!(event = %other, "NATS event."),
+    }
 }
 
 async fn connect_with(
@@ -62,20 +73,33 @@ async fn connect_with(
 /// included: `Client::flush` only writes the socket, so a request from another connection
 /// right after it can still find no subscriber ("no responders"). The server handles one
 /// connection's operations in order, so a message to itself coming back proves it.
-pub async fn settled(client: &Client) -> Result<(), String> {
+pub async fn round_trip(client: &Client) -> Result<(), RoundTripError> {
     use futures::StreamExt;
     let subject = client.new_inbox();
-    let mut probe = client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
-    client.publish(subject, bytes::Bytes::new()).await.map_err(|e| e.to_string())?;
-    let back = tokio::time::timeout(std::time::Duration::from_secs(10), probe.next()).await;
+    let mut probe = client.subscribe(subject.clone()).await.map_err(RoundTripError::Subscribe)?;
+    client.publish(subject, bytes::Bytes::new()).await.map_err(RoundTripError::Publish)?;
+    let back = tokio::time::timeout(ROUND_TRIP_WITHIN, probe.next()).await;
     let _ = probe.unsubscribe().await;
     match back {
         Ok(Some(_)) => Ok(()),
-        _ => Err("no round trip through the NATS server within 10 s".into()),
+        _ => Err(RoundTripError::NoAnswer),
     }
 }
 
-/// A queue subscription the server holds before this returns ([`settled`]): a responder the
+const ROUND_TRIP_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A subscription the server did not confirm ([`round_trip`], [`responder`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RoundTripError {
+    #[error("subscribing")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("publishing to its own inbox")]
+    Publish(#[source] async_nats::PublishError),
+    #[error("no round trip through the NATS server within {ROUND_TRIP_WITHIN:?}")]
+    NoAnswer,
+}
+
+/// A queue subscription the server holds before this returns ([`round_trip`]): a responder the
 /// broker promises when it reports started. `what` names it in errors.
 pub async fn responder(
     client: &Client,
@@ -83,9 +107,10 @@ pub async fn responder(
     queue: &str,
     what: &str,
 ) -> Result<async_nats::Subscriber, BrokerError> {
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("{what} subscription: {e}"));
-    let sub = client.queue_subscribe(subject, queue.to_string()).await.map_err(|e| failed(&e))?;
-    settled(client).await.map_err(|e| failed(&e))?;
+    let failed = |source| BrokerError::Subscription { what: what.into(), source };
+    let sub =
+        client.queue_subscribe(subject, queue.to_string()).await.map_err(|e| failed(RoundTripError::Subscribe(e)))?;
+    round_trip(client).await.map_err(failed)?;
     Ok(sub)
 }
 
@@ -111,7 +136,7 @@ pub async fn serve<F, Fut>(
 /// the CLI and the bridge read them ([`tillsync_schemas::creds`]).
 pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
     use tillsync_schemas::creds::{self, Creds};
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Config(format!("credentials file {}: {e}", path.display()));
+    let failed = |e: &dyn std::fmt::Display| BrokerError::Credentials { path: path.into(), why: e.to_string() };
     let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
     match creds::kind(&text).map_err(|e| failed(&e))? {
         Creds::Jwt => opts.credentials_file(path).await.map_err(|e| failed(&e)),
@@ -124,7 +149,9 @@ pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BrokerError> {
     url.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| u.parse().map_err(|e| BrokerError::Config(format!("NATS_URL: {u:?}: {e}"))))
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| BrokerError::NatsUrl { url: u.into(), why: e.to_string() })
+        })
         .collect()
 }
 

@@ -2,7 +2,7 @@
 
 use sqlx::PgPool;
 use tillsync_actors::policy::CopyState;
-use tillsync_actors::ports::{BoxFut, Delivery, DeviceSnapshot, Finish, InboxSnapshot, Ports};
+use tillsync_actors::ports::{BoxFut, Delivery, DeviceSnapshot, Finish, InboxSnapshot, PortError, Ports};
 use tillsync_schemas::DeviceAddr;
 
 use crate::commands::io::CommandIo;
@@ -29,40 +29,53 @@ impl PgPorts {
         self
     }
 
-    fn io(&self) -> Result<CommandIo, String> {
-        self.commands.clone().ok_or_else(|| "command ports are not enabled".to_string())
+    fn io(&self) -> Result<CommandIo, PortError> {
+        self.commands.clone().ok_or(PortError::NoCommands)
     }
 }
 
 impl Ports for PgPorts {
-    fn load_device(&self, addr: DeviceAddr, recent: usize) -> BoxFut<Result<DeviceSnapshot, String>> {
+    fn load_device(&self, addr: DeviceAddr, recent: usize) -> BoxFut<Result<DeviceSnapshot, PortError>> {
         let pool = self.pool.clone();
-        Box::pin(async move { load_device(&pool, &addr, recent).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            load_device(&pool, &addr, recent).await.map_err(PortError::failed("loading the device's state"))
+        })
     }
 
-    fn load_inbox(&self, addr: DeviceAddr) -> BoxFut<Result<InboxSnapshot, String>> {
+    fn load_inbox(&self, addr: DeviceAddr) -> BoxFut<Result<InboxSnapshot, PortError>> {
         let io = self.io();
-        Box::pin(async move { io?.load_inbox(&addr).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { io?.load_inbox(&addr).await.map_err(PortError::failed("loading the inbox")) })
     }
 
-    fn deliver(&self, addr: DeviceAddr, d: Delivery) -> BoxFut<Result<bool, String>> {
+    fn deliver(&self, addr: DeviceAddr, d: Delivery) -> BoxFut<Result<bool, PortError>> {
         let io = self.io();
-        Box::pin(async move { io?.deliver(&addr, &d).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { io?.deliver(&addr, &d).await.map_err(PortError::failed("delivering a command")) })
     }
 
-    fn finish(&self, addr: DeviceAddr, f: Finish) -> BoxFut<Result<bool, String>> {
+    fn finish(&self, addr: DeviceAddr, f: Finish) -> BoxFut<Result<bool, PortError>> {
         let io = self.io();
-        Box::pin(async move { io?.finish(&addr, &f).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { io?.finish(&addr, &f).await.map_err(PortError::failed("finishing a command")) })
     }
 
-    fn check(&self, addr: DeviceAddr, stream_seq: Option<u64>) -> BoxFut<Result<CopyState, String>> {
+    fn check(&self, addr: DeviceAddr, stream_seq: Option<u64>) -> BoxFut<Result<CopyState, PortError>> {
         let io = self.io();
-        Box::pin(async move { io?.check(&addr, stream_seq).await.map_err(|e| e.to_string()) })
+        Box::pin(
+            async move { io?.check(&addr, stream_seq).await.map_err(PortError::failed("checking a command's copy")) },
+        )
     }
 
-    fn reschedule(&self, addr: DeviceAddr, command_id: String, next_attempt_at_ms: i64) -> BoxFut<Result<(), String>> {
+    fn reschedule(
+        &self,
+        addr: DeviceAddr,
+        command_id: String,
+        next_attempt_at_ms: i64,
+    ) -> BoxFut<Result<(), PortError>> {
         let io = self.io();
-        Box::pin(async move { io?.reschedule(&addr, &command_id, next_attempt_at_ms).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            io?.reschedule(&addr, &command_id, next_attempt_at_ms)
+                .await
+                .map_err(PortError::failed("rescheduling a command"))
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Quarantine: the durable record of a message the broker refused, with its coded reason and
 //! its bytes, for `tillsync quarantine` to show and redrive. Every consumer quarantines the same
-//! way; event batches write their refused messages in the batch's own transaction.
+//! way: the spine records what a batch refused in one transaction ([`record_all`]); replay
+//! writes its refused messages in the batch's own transaction ([`insert`]).
 
 use async_nats::jetstream::Message;
 use sqlx::{PgConnection, PgPool};
@@ -89,8 +90,7 @@ async fn collapse(tx: &mut PgConnection, bad: &BadRow) -> Result<bool, sqlx::Err
 }
 
 /// Records one refused message under `fence` and counts it by reason. The caller terminates
-/// the JetStream message once this returns `Ok`. A heartbeat repeating a pending one is
-/// folded into it ([`collapse`]).
+/// the JetStream message once this returns `Ok`.
 pub async fn record(
     pool: &PgPool,
     fence: Fence,
@@ -98,16 +98,32 @@ pub async fn record(
     msg: &Message,
     e: &WireError,
 ) -> Result<(), sqlx::Error> {
-    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    record_all(pool, fence, stream, &[(msg, e)]).await
+}
+
+/// Records refused messages of `stream` under `fence`, in one transaction, and counts each by
+/// reason. The caller terminates the JetStream messages once this returns `Ok`. A heartbeat
+/// repeating a pending one is folded into it ([`collapse`]).
+pub async fn record_all(
+    pool: &PgPool,
+    fence: Fence,
+    stream: &str,
+    refused: &[(&Message, &WireError)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     fence::check(&mut tx, fence).await?;
-    let bad = bad_row(stream, &msg.subject, seq, &msg.payload, e);
-    if !(stream == tillsync_schemas::streams::HEARTBEATS && collapse(&mut tx, &bad).await?) {
-        insert(&mut tx, &[bad]).await?;
+    for (msg, e) in refused {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let bad = bad_row(stream, &msg.subject, seq, &msg.payload, e);
+        if !(stream == tillsync_schemas::streams::HEARTBEATS && collapse(&mut tx, &bad).await?) {
+            insert(&mut tx, &[bad]).await?;
+        }
     }
     tx.commit().await?;
-    metrics::event_quarantined(e.reason.as_str());
-    tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");
+    for (msg, e) in refused {
+        metrics::event_quarantined(e.reason.as_str());
+        tracing::warn!(reason = %e.reason, detail = %e.detail, subject = %msg.subject, "Message quarantined.");
+    }
     Ok(())
 }
 

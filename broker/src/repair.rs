@@ -79,13 +79,13 @@ pub fn interval(bound: Duration) -> Duration {
     (bound / 2).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
-pub async fn run(ctx: Arc<Ctx>) {
+/// Registered as a lead-only job every [`interval`] of the bound (`Broker::start`).
+pub async fn run(ctx: Arc<Ctx>, job: crate::tasks::Job) {
     for why in WHY {
         metrics::resend_requested(why, 0);
     }
     let bound = Duration::from_secs(ctx.config.gap_repair_after_s);
-    // It looks at every store's devices: one instance, the lead, asks.
-    crate::partitions::duty::every(&ctx, interval(bound), "Gap repair", || repair(&ctx, bound.as_secs_f64())).await
+    job.run(&ctx, || repair(&ctx, bound.as_secs_f64())).await
 }
 
 async fn repair(ctx: &Ctx, bound_s: f64) -> Result<(), sqlx::Error> {

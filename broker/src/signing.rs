@@ -2,12 +2,11 @@
 //! `--signing-key-file`, it signs every delivery. A second key (`--signing-key-next-file`) is
 //! only advertised, so bridges can trust it before the broker switches to it (rotation).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nkeys::KeyPair;
 use tillsync_schemas::signature;
 
-use crate::config::Config;
 use crate::error::BrokerError;
 
 pub struct Signer {
@@ -24,18 +23,13 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Reads the key files named by the configuration; a broker without a usable key must not
-    /// start, since every bridge would refuse its commands.
-    pub fn load(config: &Config) -> Result<Signer, BrokerError> {
-        let path = config.signing_key_file.as_deref().ok_or_else(|| {
-            BrokerError::SigningKey(
-                "no signing key configured: set --signing-key-file or TILLSYNC_SIGNING_KEY_FILE to a file \
-                 holding an nkey seed (`tillsync keys generate FILE` writes one)"
-                    .into(),
-            )
-        })?;
+    /// Reads the key files (`--signing-key-file`, `--signing-key-next-file`); a broker without
+    /// a usable key must not start, since every bridge would refuse its commands. The paths,
+    /// not the whole configuration: the configuration's test defaults name `test_key_file`.
+    pub fn load(current: Option<&Path>, next: Option<&Path>) -> Result<Signer, BrokerError> {
+        let path = current.ok_or(BrokerError::NoSigningKey)?;
         let current = read_seed(path)?;
-        let next = match &config.signing_key_next_file {
+        let next = match next {
             Some(p) => Some(read_seed(p)?.public_key()),
             None => None,
         };
@@ -63,8 +57,10 @@ fn read_seed(path: &Path) -> Result<KeyPair, BrokerError> {
 }
 
 /// A file holding [`signature::TEST_SEED`], shared by every broker a test run starts (the
-/// content is fixed, so concurrent writers agree; the rename makes each write atomic).
-pub fn test_key_file() -> PathBuf {
+/// content is fixed, so concurrent writers agree; the rename makes each write atomic). Test
+/// scaffolding: only in tests and with the `test-support` feature.
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_key_file() -> std::path::PathBuf {
     let path = std::env::temp_dir().join("tillsync-test-signing-key.nk");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(signature::TEST_SEED) {
         let tmp = path.with_extension(format!("{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
@@ -77,32 +73,29 @@ pub fn test_key_file() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn loads_the_test_key_and_advertises_the_next() {
-        let mut c = Config::for_tests("nats://x:1", "postgres://y/z");
-        let signer = Signer::load(&c).unwrap();
+        let key = test_key_file();
+        let signer = Signer::load(Some(&key), None).unwrap();
         assert_eq!(signer.trusted_public_keys(), vec![signature::TEST_PUBLIC_KEY.to_string()]);
         let dir = tempfile::tempdir().unwrap();
         let next = KeyPair::new_user();
         std::fs::write(dir.path().join("next.nk"), next.seed().unwrap()).unwrap();
-        c.signing_key_next_file = Some(dir.path().join("next.nk"));
-        let signer = Signer::load(&c).unwrap();
+        let signer = Signer::load(Some(&key), Some(&dir.path().join("next.nk"))).unwrap();
         assert_eq!(signer.public_key(), signature::TEST_PUBLIC_KEY);
         assert_eq!(signer.trusted_public_keys(), vec![signature::TEST_PUBLIC_KEY.to_string(), next.public_key()]);
     }
 
     #[test]
     fn refuses_a_missing_unreadable_or_invalid_key() {
-        let c = Config::parse_from(["tillsync-broker"]);
-        let mut c = Config { signing_key_file: None, ..c };
-        assert!(Signer::load(&c).unwrap_err().to_string().contains("TILLSYNC_SIGNING_KEY_FILE"));
-        c.signing_key_file = Some("/nonexistent/key.nk".into());
-        assert!(Signer::load(&c).unwrap_err().to_string().contains("cannot read"));
+        assert!(Signer::load(None, None).unwrap_err().to_string().contains("TILLSYNC_SIGNING_KEY_FILE"));
+        // The file's trouble is the cause, printed after the key it concerns.
+        let refused = |p: &Path| crate::error::Chain(&Signer::load(Some(p), None).unwrap_err()).to_string();
+        let missing = Path::new("/nonexistent/key.nk");
+        assert!(refused(missing).starts_with("command signing key: cannot read /nonexistent/key.nk: "));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.nk"), signature::TEST_PUBLIC_KEY).unwrap();
-        c.signing_key_file = Some(dir.path().join("bad.nk"));
-        assert!(Signer::load(&c).unwrap_err().to_string().contains("not an nkey seed"));
+        assert!(refused(&dir.path().join("bad.nk")).contains("not an nkey seed"));
     }
 }

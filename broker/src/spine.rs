@@ -1,25 +1,30 @@
-//! The consumer spine: how every broker consumer (events, heartbeats, command intake, command
-//! acks) takes its messages. One shape for all of them:
+//! The consumer spine: how every broker consumer (events, heartbeats, command intake with its
+//! cancels and approval decisions, command acks) takes its messages. One shape for all of them:
 //!
 //! - one durable consumer per partition and stream (`broker-events-p3`), pulled only by the
 //!   instance that owns the partition, for as long as it owns it ([`run`]);
 //! - messages handed over in stream order, a batch at a time (what is waiting, up to a size,
 //!   lingering a little where that pays), so one store's messages never overtake each other;
-//! - every message [`admit`]ted the same way (its partition, then decode, then the tenant);
-//! - every message settled with one [`Settle`], only after its effect is committed.
+//! - every batch taken through one template ([`take`]): every message [`admit`]ted the same way
+//!   (its partition, then decode, then the tenant), the refused ones quarantined, the rest
+//!   decided and committed by the [`Consumer`], and every message settled with one [`Settle`],
+//!   only after its effect is committed.
+
+mod admit;
+mod take;
+
+pub use admit::{admit, unknown_tenant, Gate, Refused};
+pub use take::{take, Admitted, Committed, Consumer, Failure, Verdict};
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
-use sqlx::PgPool;
-use tillsync_schemas::{partition, subject, Reason, WireError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::partitions::Fence;
-use crate::tenants::Tenants;
 use crate::Ctx;
 
 /// How a message is settled with JetStream.
@@ -153,79 +158,4 @@ where
 fn stalled(error: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
     use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
     matches!(error.kind(), Kind::MissingHeartbeat | Kind::NoResponders | Kind::ConsumerDeleted)
-}
-
-/// Why a message was not admitted.
-#[derive(Debug)]
-pub enum Refused {
-    /// Refused for good: quarantine it with this coded reason.
-    Bad(WireError),
-    /// Postgres could not answer: redeliver.
-    Db(sqlx::Error),
-}
-
-/// What admitting a message consults: the tenant list, and the partition count when the
-/// subject must carry its store's partition (the live broker; replay reads what was admitted).
-pub struct Gate<'a> {
-    pub pool: &'a PgPool,
-    pub tenants: &'a Tenants,
-    pub partitions: Option<u16>,
-}
-
-impl Ctx {
-    pub fn gate(&self) -> Gate<'_> {
-        Gate { pool: &self.pool, tenants: &self.tenants, partitions: Some(self.config.partitions) }
-    }
-}
-
-/// The admit step every consumer runs on each message: the partition token the stream added
-/// must be the store's partition (anything else was published around the stream's transform),
-/// the payload must decode for its subject, and the tenant must be provisioned.
-pub async fn admit<T>(
-    gate: &Gate<'_>,
-    subject_str: &str,
-    payload: &[u8],
-    decode: impl FnOnce(&str, &[u8]) -> Result<T, WireError>,
-    tenant_of: impl FnOnce(&T) -> &str,
-) -> Result<T, Refused> {
-    if let Some(n) = gate.partitions {
-        check_partition(subject_str, n).map_err(Refused::Bad)?;
-    }
-    let value = decode(subject_str, payload).map_err(Refused::Bad)?;
-    let tenant = tenant_of(&value);
-    match gate.tenants.exists(gate.pool, tenant).await {
-        Ok(true) => Ok(value),
-        Ok(false) => {
-            Err(Refused::Bad(WireError::new(Reason::UnknownTenant, format!("tenant {tenant:?} is not provisioned"))))
-        }
-        Err(e) => Err(Refused::Db(e)),
-    }
-}
-
-/// The subject's partition token names its store's partition.
-pub fn check_partition(subject_str: &str, partitions: u16) -> Result<(), WireError> {
-    let parsed = subject::parse(subject_str)?;
-    let want = partition::of(&parsed.tenant_id, &parsed.store_id, partitions);
-    match parsed.partition {
-        Some(p) if p == want => Ok(()),
-        got => Err(WireError::new(
-            Reason::BadSubject,
-            format!("subject {subject_str:?}: partition token {got:?}, but the store's partition is {want}"),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_stores_own_partition_is_admitted() {
-        let p = partition::of("acme", "s1", 16);
-        assert!(check_partition(&format!("tillsync.ev.acme.s1.d1.{p}"), 16).is_ok());
-        let wrong = (p + 1) % 16;
-        let e = check_partition(&format!("tillsync.ev.acme.s1.d1.{wrong}"), 16).unwrap_err();
-        assert_eq!(e.reason, Reason::BadSubject);
-        assert_eq!(check_partition("tillsync.ev.acme.s1.d1", 16).unwrap_err().reason, Reason::BadSubject);
-    }
 }

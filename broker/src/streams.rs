@@ -179,10 +179,11 @@ async fn check_unchanged_partitions(js: &Context, want: &StreamConfig) -> Result
     let Ok(mut s) = js.get_stream(&want.name).await else { return Ok(()) };
     let info = s.info().await.map_err(|e| BrokerError::Stream(want.name.clone(), e.to_string()))?;
     match &info.config.subject_transform {
-        Some(t) if t.destination != want_t.destination => Err(BrokerError::Config(format!(
-            "stream {} is partitioned as {:?}, not {:?}: TILLSYNC_PARTITIONS must stay what the deployment started with",
-            want.name, t.destination, want_t.destination
-        ))),
+        Some(t) if t.destination != want_t.destination => Err(BrokerError::StreamPartitions {
+            stream: want.name.clone(),
+            stored: t.destination.clone(),
+            wanted: want_t.destination.clone(),
+        }),
         _ => Ok(()),
     }
 }
@@ -194,10 +195,10 @@ async fn retire_unpartitioned_consumer(js: &Context, stream: &str, name: &str) -
     let Ok(mut old) = s.get_consumer::<pull::Config>(name).await else { return Ok(()) };
     let info = old.info().await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
     if info.num_pending > 0 || info.num_ack_pending > 0 {
-        return Err(BrokerError::Config(format!(
-            "{stream}/{name} (a broker from before partitions) still has {} messages to deliver: drain it with that version first",
-            info.num_pending + info.num_ack_pending as u64
-        )));
+        return Err(BrokerError::UndrainedConsumer {
+            consumer: format!("{stream}/{name}"),
+            pending: info.num_pending + info.num_ack_pending as u64,
+        });
     }
     s.delete_consumer(name).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
     tracing::info!(stream, consumer = name, "Removed the drained consumer of a broker from before partitions.");

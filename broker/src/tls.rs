@@ -30,14 +30,12 @@ impl TlsFiles {
 
     /// The client certificate and key come together, and every file named exists: a typo
     /// fails at start with the variable's name rather than as a handshake error later.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TlsFilesError> {
         if self.cert.is_some() != self.key.is_some() {
-            return Err(
-                "NATS_CERT_FILE and NATS_KEY_FILE must be given together (a client certificate and its key)".into()
-            );
+            return Err(TlsFilesError::HalfPair);
         }
         match self.named().into_iter().find_map(|(var, p)| Some((var, p.as_ref().filter(|p| !p.is_file())?))) {
-            Some((var, p)) => Err(format!("{var}: {} is not a readable file", p.display())),
+            Some((var, path)) => Err(TlsFilesError::NotAFile { var, path: path.clone() }),
             None => Ok(()),
         }
     }
@@ -48,10 +46,19 @@ impl TlsFiles {
     }
 }
 
+/// TLS files that cannot be used, named by the variable that sets them.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFilesError {
+    #[error("NATS_CERT_FILE and NATS_KEY_FILE must be given together (a client certificate and its key)")]
+    HalfPair,
+    #[error("{var}: {} is not a readable file", path.display())]
+    NotAFile { var: &'static str, path: PathBuf },
+}
+
 /// Adds the TLS files to `options`. Whoever names a CA or a client certificate means TLS, so
 /// the client then refuses a server that offers none instead of falling back to plain text.
 pub fn apply(mut options: ConnectOptions, files: &TlsFiles) -> Result<ConnectOptions, BrokerError> {
-    files.validate().map_err(BrokerError::Config)?;
+    files.validate().map_err(BrokerError::TlsFiles)?;
     if let Some(ca) = &files.ca {
         options = options.add_root_certificates(ca.clone());
     }
@@ -68,13 +75,13 @@ mod tests {
     #[test]
     fn a_certificate_without_its_key_is_refused() {
         let files = TlsFiles { cert: Some("/etc/hostname".into()), ..TlsFiles::default() };
-        assert!(files.validate().unwrap_err().contains("NATS_KEY_FILE"));
+        assert!(files.validate().unwrap_err().to_string().contains("NATS_KEY_FILE"));
     }
 
     #[test]
     fn a_missing_file_is_named() {
         let files = TlsFiles { ca: Some("/nonexistent/ca.pem".into()), ..TlsFiles::default() };
-        assert!(files.validate().unwrap_err().contains("NATS_CA_FILE: /nonexistent/ca.pem"));
+        assert!(files.validate().unwrap_err().to_string().contains("NATS_CA_FILE: /nonexistent/ca.pem"));
         assert!(TlsFiles::default().validate().is_ok());
     }
 }

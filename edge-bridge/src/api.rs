@@ -2,7 +2,6 @@
 //! (`/v1/config`, `/v1/config/changes?since=V`, from SQLite, so with NATS down too);
 //! `/v1/status` and `/metrics` serve operators. Every refusal is `{"code": "...", "detail": "..."}` with a 4xx/5xx status.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -15,8 +14,8 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::draft::EventDraft;
 use crate::error::SubmitError;
+use crate::events::draft::EventDraft;
 use crate::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -30,22 +29,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Binds before returning (so the caller knows the port), then serves until cancelled.
-pub async fn serve(
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = router(shared);
-    let task = tokio::spawn(async move {
-        let shutdown = async move { cancel.cancelled().await };
-        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(%error, "HTTP API stopped.");
-        }
-    });
-    Ok((bound, task))
+/// Serves on `listener` (bound by the caller, so it knows the port) until cancelled, letting
+/// requests in flight finish.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    let shutdown = async move { cancel.cancelled().await };
+    if let Err(error) = axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown).await {
+        tracing::error!(%error, "HTTP API stopped.");
+    }
 }
 
 fn refusal(e: &SubmitError) -> Response {
@@ -79,7 +69,7 @@ fn storage_failed(e: &sqlx::Error) -> Response {
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> Response {
-    match crate::config_cache::current(shared.outbox.pool()).await {
+    match crate::store_config::cache::current(shared.outbox.pool()).await {
         Ok(c) => Json(c).into_response(),
         Err(e) => storage_failed(&e),
     }
@@ -97,7 +87,7 @@ async fn config_changes(State(shared): State<Arc<Shared>>, since: Result<Query<S
         let detail = "since=V (a version) is required";
         return (StatusCode::BAD_REQUEST, Json(json!({ "code": "invalid_query", "detail": detail }))).into_response();
     };
-    match crate::config_cache::changes_since(shared.outbox.pool(), since).await {
+    match crate::store_config::cache::changes_since(shared.outbox.pool(), since).await {
         Ok(Some((version, changes))) => Json(json!({ "version": version, "changes": changes })).into_response(),
         Ok(None) => {
             let detail = format!("the change log does not reach back to version {since}: read /v1/config");

@@ -474,15 +474,20 @@ fn probe_code(p: Probe) -> &'static str {
     }
 }
 
-/// Probe results, as the metric labels them.
-pub const PROBE_RESULTS: &[&str] = &["admitted", "refused", "unreachable"];
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tracker(activated: bool) -> Tracker {
         Tracker::new(Rules { probe_every_ms: 1_000, confirmations: 2, activated })
+    }
+
+    #[test]
+    fn the_reasons_are_the_metrics_labels() {
+        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, crate::metrics::CUT_OFF_REASONS);
+        let probes = [Probe::Admitted, Probe::Refused, Probe::Unreachable].map(probe_code);
+        assert_eq!(probes.as_slice(), crate::metrics::PROBE_RESULTS);
     }
 
     fn reason(t: &Tracker) -> Option<&'static str> {

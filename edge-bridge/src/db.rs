@@ -14,6 +14,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens (creating if missing) and migrates the SQLite file. `full_sync` fsyncs every commit.
 pub async fn open(path: &Path, full_sync: bool) -> Result<SqlitePool, BridgeError> {
+    // SQLite serializes writers anyway; a few connections let status reads run beside them.
+    open_with(path, full_sync, 4).await
+}
+
+/// [`open`] with at most `connections` connections: `bench fleet` holds thousands of files
+/// in one process, and each connection costs three file descriptors (file, WAL, shared memory).
+pub async fn open_with(path: &Path, full_sync: bool, connections: u32) -> Result<SqlitePool, BridgeError> {
     let options = SqliteConnectOptions::from_str("sqlite://")?
         .filename(path)
         .create_if_missing(true)
@@ -21,8 +28,7 @@ pub async fn open(path: &Path, full_sync: bool) -> Result<SqlitePool, BridgeErro
         .synchronous(if full_sync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    // SQLite serializes writers anyway; a few connections let status reads run beside them.
-    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+    let pool = SqlitePoolOptions::new().max_connections(connections).connect_with(options).await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
 }

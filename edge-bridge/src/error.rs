@@ -3,6 +3,8 @@
 
 use tillsync_schemas::{Reason, WireError};
 
+use crate::settings::SettingsError;
+
 /// Why the bridge refused an event. `code()` is the stable string the POS sees.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -82,8 +84,10 @@ impl From<WireError> for SubmitError {
 /// Why the bridge could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    /// A setting refused before start. Its message is the [`SettingsError`]'s (no `#[source]`):
+    /// a configuration error has no cause of its own.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(SettingsError),
     #[error("SQLite: {0}")]
     Db(#[from] sqlx::Error),
     #[error("SQLite migration: {0}")]

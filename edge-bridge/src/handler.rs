@@ -10,7 +10,7 @@ use tillsync_schemas::ack::codes;
 use tillsync_schemas::CommandEnvelope;
 use tokio::io::AsyncWriteExt;
 
-use crate::http_client::{self, Url};
+use crate::http_client::{self, Url, UrlError};
 
 /// Which handler the bridge runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +24,14 @@ pub enum HandlerSpec {
 }
 
 impl HandlerSpec {
-    pub fn parse(handler: &str, exec: Option<&Path>) -> Result<HandlerSpec, String> {
+    /// `exec` wins over `handler`; a refused URL is [`crate::settings::SettingsError::Handler`]'s cause.
+    pub fn parse(handler: &str, exec: Option<&Path>) -> Result<HandlerSpec, UrlError> {
         if let Some(p) = exec {
             return Ok(HandlerSpec::Exec(p.to_path_buf()));
         }
         match handler {
             "none" => Ok(HandlerSpec::None),
-            url => Url::parse(url).map(HandlerSpec::Http).map_err(|e| format!("handler: {e}")),
+            url => Url::parse(url).map(HandlerSpec::Http),
         }
     }
 }

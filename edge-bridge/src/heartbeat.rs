@@ -11,9 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::status::StatusSource;
-
-pub const SOFTWARE_VERSION: &str = concat!("tillsync-edge/", env!("CARGO_PKG_VERSION"));
+use crate::status::{StatusSource, SOFTWARE_VERSION};
 
 pub struct Beater {
     pub js: async_nats::jetstream::Context,

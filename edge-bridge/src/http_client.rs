@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 pub struct Url(reqwest::Url);
 
 impl Url {
-    pub fn parse(url: &str) -> Result<Url, String> {
-        let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    pub fn parse(url: &str) -> Result<Url, UrlError> {
+        let u = reqwest::Url::parse(url).map_err(|why| UrlError::Invalid { url: url.to_string(), why })?;
         if u.scheme() != "http" {
-            return Err(format!("{url:?}: only http:// URLs are supported"));
+            return Err(UrlError::NotHttp { url: url.to_string() });
         }
         if u.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{url:?}: missing host"));
+            return Err(UrlError::NoHost { url: url.to_string() });
         }
         Ok(Url(u))
     }
@@ -22,6 +22,18 @@ impl Url {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+}
+
+/// Why a handler or status URL is refused. A setting's error: its text is the whole story
+/// (the parser's reason is part of the message, not a `#[source]`).
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{url:?}: {why}")]
+    Invalid { url: String, why: url::ParseError },
+    #[error("{url:?}: only http:// URLs are supported")]
+    NotHttp { url: String },
+    #[error("{url:?}: missing host")]
+    NoHost { url: String },
 }
 
 fn client() -> &'static reqwest::Client {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tillsync_schemas::identity::{self, ActivateReply, ActivateRequest};
 use tillsync_schemas::{codec, DeviceAddr};
 
-use crate::error::BridgeError;
+use crate::settings::SettingsError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -29,13 +29,12 @@ impl Identity {
         DeviceAddr::new(&self.tenant_id, &self.store_id, &self.device_id)
     }
 
-    pub fn load(path: &Path) -> Result<Option<Identity>, BridgeError> {
+    pub fn load(path: &Path) -> Result<Option<Identity>, SettingsError> {
+        let refused = |why: String| SettingsError::IdentityFile { path: path.to_path_buf(), why };
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| BridgeError::Config(format!("identity file {}: {e}", path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| refused(e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BridgeError::Config(format!("identity file {}: {e}", path.display()))),
+            Err(e) => Err(refused(e.to_string())),
         }
     }
 

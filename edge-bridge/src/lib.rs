@@ -5,60 +5,59 @@
 //! answered. A publisher drains the outbox to JetStream in order, with `Nats-Msg-Id`, marking
 //! rows sent only after the publish ack; rows are pruned once the broker's watermark covers
 //! them; rows sent but not covered are sent again on reconnect, on a stalled watermark and on
-//! the broker's request ([`resend`]). Commands are consumed durably, deduped by command_id in SQLite, applied through a
-//! handler with a timeout and acked with their outcome. Head office's configuration is kept in
-//! SQLite, version by version ([`config_sync`]), served to the POS and handed to the handler.
+//! the broker's request ([`events`]). Commands come down without a consumer of the device's own
+//! (`downlink`), are deduped by command_id in SQLite, applied through a handler with a
+//! timeout and acked with their outcome ([`commands`]). Head office's configuration is kept in
+//! SQLite, version by version ([`store_config`]), served to the POS and handed to the handler.
 //! Heartbeats report health. Why the bridge is not connected (unreachable, unavailable,
 //! revoked) is found out and told in its status and metrics ([`cutoff`]); a revoked device
-//! takes no new events. Only
+//! takes no new events. Every background loop is a job of one registry ([`tasks`]), stopped
+//! and joined by [`Bridge::shutdown`] before NATS is drained and SQLite closed. Only
 //! outbound connections; `docs/edge-bridge.md` is the operator's guide.
 
 pub mod api;
 pub mod backoff;
-pub mod command_keys;
 pub mod commands;
-pub mod config;
-pub mod config_cache;
-pub mod config_handoff;
-pub mod config_sync;
 pub mod cutoff;
 pub mod db;
-pub mod draft;
+pub(crate) mod downlink;
 pub mod error;
+pub mod events;
 pub mod handler;
 pub mod heartbeat;
 pub mod http_client;
 pub mod identity;
-pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod nats;
-pub mod outbox;
-pub mod publisher;
-pub mod resend;
+pub mod settings;
 pub mod simulate;
 pub mod status;
+pub mod store_config;
+pub mod tasks;
 pub mod tls;
-pub mod watermark;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::Config;
-pub use crate::draft::EventDraft;
-pub use crate::error::{BridgeError, SubmitError};
-pub use crate::outbox::Accepted;
-pub use crate::status::Status;
+use crate::events::{outbox, publisher, resend, watermark};
+use crate::tasks::{Job, Tasks};
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::error::{BridgeError, SubmitError};
+pub use crate::events::draft::EventDraft;
+pub use crate::events::outbox::Accepted;
+pub use crate::settings::{Config, SettingsError};
+pub use crate::status::Status;
+pub use tillsync_schemas::now_ms;
+
+/// How long [`Bridge::shutdown`] waits for its tasks before it aborts the rest: a publish
+/// window's acks and a handler run (`--handler-timeout-ms`, 10 s by default) take seconds, and
+/// NATS and SQLite must still be closed inside systemd's `TimeoutStopSec` (30 s).
+const STOP_TASKS_WITHIN: Duration = Duration::from_secs(20);
 
 /// What the HTTP API and the library API share.
 pub struct Shared {
@@ -92,7 +91,7 @@ pub struct Bridge {
     shared: Arc<Shared>,
     client: async_nats::Client,
     cancel: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
     http_addr: Option<SocketAddr>,
 }
 
@@ -113,7 +112,7 @@ impl Bridge {
         }
         let addr = config.addr();
         let handler = config.handler_spec().map_err(BridgeError::Config)?;
-        let trusted_keys: command_keys::TrustedKeys = Arc::new(std::sync::RwLock::new(config.trusted_command_keys()));
+        let trusted_keys: commands::keys::TrustedKeys = Arc::new(std::sync::RwLock::new(config.trusted_command_keys()));
         if trusted_keys.read().expect("trusted keys lock").is_empty() {
             // Started anyway: events still flow up; only commands are refused.
             tracing::error!(
@@ -159,10 +158,19 @@ impl Bridge {
             Duration::from_millis(config.backoff_max_ms),
         );
 
+        // Bound before any task starts: a port taken is refused with nothing to stop.
+        let listener = if config.no_http {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(BridgeError::Http)?;
+            Some((listener.local_addr().map_err(BridgeError::Http)?, listener))
+        };
+
         let beat_now = Arc::new(tokio::sync::Notify::new());
         let config_applied = Arc::new(tokio::sync::Notify::new());
-        let mut tasks = JoinSet::new();
+        let mut tasks = Tasks::new(cancel.clone(), metrics.clone());
         tasks.spawn(
+            Job::on("cutoff", "NATS connection events"),
             cutoff::Watcher {
                 tracker: cutoff::Tracker::new(cutoff::Rules {
                     probe_every_ms: config.cutoff_probe_every_ms as i64,
@@ -182,8 +190,10 @@ impl Bridge {
             .run(),
         );
         tasks.spawn(
-            config_sync::Syncer {
+            Job::on("config_sync", "the store's configuration deltas"),
+            store_config::sync::Syncer {
                 addr: addr.clone(),
+                client: client.clone(),
                 js: js.clone(),
                 pool: pool.clone(),
                 db_path: config.db.clone(),
@@ -192,12 +202,14 @@ impl Bridge {
                 cancel: cancel.clone(),
                 backoff: backoff.clone(),
                 snapshot_after: config.config_snapshot_after,
+                recheck_every: Duration::from_millis(config.config_recheck_ms),
                 applied: vec![beat_now.clone(), config_applied.clone()],
             }
             .run(),
         );
         tasks.spawn(
-            config_handoff::HandOff {
+            Job::on("config_handoff", "applied configuration versions"),
+            store_config::handoff::HandOff {
                 pool: pool.clone(),
                 handler: handler.clone(),
                 handler_timeout: config.handler_timeout(),
@@ -209,6 +221,7 @@ impl Bridge {
             .run(),
         );
         tasks.spawn(
+            Job::on("publisher", "new outbox rows"),
             publisher::Publisher {
                 js: js.clone(),
                 outbox: outbox.clone(),
@@ -224,6 +237,7 @@ impl Bridge {
             .run(),
         );
         tasks.spawn(
+            Job::on("watermark", "the broker's watermarks"),
             watermark::Follower {
                 client: client.clone(),
                 js: js.clone(),
@@ -234,6 +248,7 @@ impl Bridge {
             .run(),
         );
         tasks.spawn(
+            Job::on("resend", "resend requests, reconnects and stalled rows"),
             resend::Resender {
                 client: client.clone(),
                 outbox: outbox.clone(),
@@ -245,7 +260,8 @@ impl Bridge {
         );
         if config.command_keys_refresh_s > 0 {
             tasks.spawn(
-                command_keys::Refresher {
+                Job::every("command_keys", Duration::from_secs(config.command_keys_refresh_s)),
+                commands::keys::Refresher {
                     addr: addr.clone(),
                     client: client.clone(),
                     trusted: trusted_keys.clone(),
@@ -259,8 +275,11 @@ impl Bridge {
             );
         }
         tasks.spawn(
-            commands::Executor {
+            Job::on("commands", "this device's commands"),
+            commands::executor::Executor {
                 addr: addr.clone(),
+                client: client.clone(),
+                old_consumer_dropped: false,
                 msg_id_prefix: outbox.msg_id_prefix().to_string(),
                 js: js.clone(),
                 pool,
@@ -276,6 +295,7 @@ impl Bridge {
             .run(),
         );
         tasks.spawn(
+            Job::every("heartbeat", config.heartbeat_every()),
             heartbeat::Beater {
                 js,
                 source,
@@ -288,22 +308,12 @@ impl Bridge {
             }
             .run(),
         );
-        let http_addr = if config.no_http {
-            None
-        } else {
-            let (bound, task) = match api::serve(config.http_addr, shared.clone(), cancel.clone()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    cancel.cancel();
-                    return Err(BridgeError::Http(e));
-                }
-            };
-            tasks.spawn(async move {
-                let _ = task.await;
-            });
+        let http_addr = listener.map(|(bound, listener)| {
+            tasks.spawn(Job::on("http", "HTTP requests"), api::serve(listener, shared.clone(), cancel.clone()));
             tracing::info!(%bound, "Local API listening.");
-            Some(bound)
-        };
+            bound
+        });
+        tasks.log_started();
         tracing::info!(tenant = %addr.tenant_id, store = %addr.store_id, device = %addr.device_id, "Edge bridge started.");
         Ok(Bridge { shared, client, cancel, tasks, http_addr })
     }
@@ -332,16 +342,18 @@ impl Bridge {
         self.cancel.clone()
     }
 
-    /// Stops taking events, lets in-flight publishes and commands finish, closes NATS and SQLite.
-    pub async fn shutdown(mut self) {
+    /// Stops taking events, stops every task and joins them within [`STOP_TASKS_WITHIN`] (a
+    /// publish window in flight is acked and marked first), then drains NATS and closes SQLite.
+    /// A task that did not stop in time is named and aborted.
+    pub async fn shutdown(self) {
         self.shared.accepting.store(false, Ordering::Release);
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let late = self.tasks.stop(STOP_TASKS_WITHIN).await;
         // A flush waits for the connection, which may never come back; nothing depends on it
-        // (every event is still in the outbox), so it gets a bounded moment.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.client.flush()).await;
+        // (every event is still in the outbox), so it and the drain get a bounded moment.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
         drop(self.client);
         self.shared.outbox.pool().close().await;
-        tracing::info!("Edge bridge stopped.");
+        tracing::info!(tasks_not_stopped = late.len(), "Edge bridge stopped.");
     }
 }

@@ -115,7 +115,7 @@ pub async fn shutdown_signal() {
 async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
     let path = args.identity.clone().unwrap_or_else(|| tillsync_edge::identity::default_path(&args.db));
     let servers = tillsync_edge::nats::servers(&args.nats_url)?;
-    args.nats_tls.validate().map_err(anyhow::Error::msg)?;
+    args.nats_tls.validate()?;
     let tls_forced = args.nats_tls.ca.is_some() || args.nats_tls.cert.is_some();
     match tillsync_schemas::transport::check(&args.nats_url, tls_forced, None, args.allow_plaintext) {
         Ok(warnings) => {
@@ -167,7 +167,7 @@ async fn activate(args: ActivateArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let url = http_client::Url::parse(&format!("http://{}/v1/status", args.http_addr)).map_err(anyhow::Error::msg)?;
+    let url = http_client::Url::parse(&format!("http://{}/v1/status", args.http_addr))?;
     let live = tokio::time::timeout(Duration::from_secs(3), http_client::request("GET", &url, b"")).await;
     let status: Status = match live {
         Ok(Ok((200, body))) => serde_json::from_slice(&body).context("decoding /v1/status")?,

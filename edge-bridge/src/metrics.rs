@@ -20,6 +20,10 @@ pub const CONNECTED: &str = "tillsync_edge_nats_connected";
 pub const COMMANDS: &str = "tillsync_edge_commands_total";
 pub const COMMAND_DUPLICATES: &str = "tillsync_edge_command_duplicates_total";
 pub const COMMANDS_UNDECODABLE: &str = "tillsync_edge_commands_undecodable_total";
+pub const COMMAND_CATCHUPS: &str = "tillsync_edge_command_catchups_total";
+pub const COMMANDS_SUBSCRIBED: &str = "tillsync_edge_commands_subscribed";
+pub const COMMANDS_HANDED_AGAIN: &str = "tillsync_edge_commands_handed_again_total";
+pub const CONFIG_CATCHUPS: &str = "tillsync_edge_config_catchups_total";
 pub const COMMANDS_BAD_SIGNATURE: &str = "tillsync_edge_commands_bad_signature_total";
 pub const COMMAND_KEYS_REFRESH_FAILURES: &str = "tillsync_edge_command_keys_refresh_failures_total";
 pub const HANDLER_LATENCY: &str = "tillsync_edge_handler_seconds";
@@ -37,9 +41,24 @@ pub const CONFIG_HANDLER_FAILURES: &str = "tillsync_edge_config_handler_failures
 pub const CUT_OFF: &str = "tillsync_edge_cut_off";
 pub const CONNECT_FAILURES: &str = "tillsync_edge_nats_connect_failures_total";
 pub const CUTOFF_PROBES: &str = "tillsync_edge_cutoff_probes_total";
+pub const TASKS: &str = "tillsync_edge_tasks";
+
+/// How a command catch-up request ended: answered (the broker's end marker came), or asked
+/// again (no answer in time: no broker up, the request or its answer lost, or over budget).
+pub const CATCHUP_RESULTS: &[&str] = &["answered", "asked_again"];
+
+/// Why the configuration was caught up by reading the stream: at (re)connect, or at a periodic
+/// re-check that found the store behind (a live delta was lost).
+pub const CONFIG_CATCHUP_WHY: &[&str] = &["connect", "recheck"];
 
 /// Why a NATS connection attempt failed, as far as the client can tell.
 pub const CONNECT_FAILURE_REASONS: &[&str] = &["refused", "unreachable"];
+/// `tillsync_edge_cut_off{reason}`: the codes of `cutoff::Reason`, in its order (a cutoff test
+/// keeps the two equal; the label set is this module's, so it names no domain type).
+pub const CUT_OFF_REASONS: &[&str] = &["unreachable", "unavailable", "revoked", "decommissioned", "refused"];
+/// Results of a probe of whether the broker can decide, as `tillsync_edge_cutoff_probes_total`
+/// labels them.
+pub const PROBE_RESULTS: &[&str] = &["admitted", "refused", "unreachable"];
 
 /// How configuration arrives: one version's delta, or the whole snapshot.
 pub const CONFIG_VIA: &[&str] = &["delta", "snapshot"];
@@ -47,6 +66,13 @@ pub const CONFIG_VIA: &[&str] = &["delta", "snapshot"];
 /// Why rows were sent again: the NATS connection came (back) up, the watermark stalled, or
 /// the broker asked for a range.
 pub const RESEND_REASONS: &[&str] = &["reconnect", "stall", "request"];
+
+/// Why a watermark was refused: it names another device (or tenant, or store).
+pub const WATERMARK_OTHER_DEVICE: &str = "other_device";
+/// Why a watermark was refused: it is above every seq this bridge assigned while the outbox
+/// holds events it does not cover.
+pub const WATERMARK_AHEAD: &str = "ahead_of_outbox";
+pub const WATERMARK_REFUSALS: &[&str] = &[WATERMARK_OTHER_DEVICE, WATERMARK_AHEAD];
 
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const META: Metadata<'static> = Metadata::new("tillsync_edge", Level::INFO, Some(module_path!()));
@@ -68,6 +94,8 @@ pub struct Metrics {
     pub command_duplicates: Counter,
     pub commands_undecodable: Counter,
     pub commands_bad_signature: Counter,
+    pub commands_handed_again: Counter,
+    pub commands_subscribed: Gauge,
     pub command_keys_refresh_failures: Counter,
     pub handler_latency: Histogram,
     pub heartbeats: Counter,
@@ -108,6 +136,8 @@ impl Metrics {
             command_duplicates: c(COMMAND_DUPLICATES),
             commands_undecodable: c(COMMANDS_UNDECODABLE),
             commands_bad_signature: c(COMMANDS_BAD_SIGNATURE),
+            commands_handed_again: c(COMMANDS_HANDED_AGAIN),
+            commands_subscribed: g(COMMANDS_SUBSCRIBED),
             command_keys_refresh_failures: c(COMMAND_KEYS_REFRESH_FAILURES),
             handler_latency: recorder.register_histogram(&Key::from_static_name(HANDLER_LATENCY), &META),
             heartbeats: c(HEARTBEATS),
@@ -127,26 +157,32 @@ impl Metrics {
         ] {
             m.refused(code).increment(0);
         }
-        for reason in crate::cutoff::Reason::ALL {
-            m.cut_off(reason.code()).set(0.0);
+        for reason in CUT_OFF_REASONS {
+            m.cut_off(reason).set(0.0);
         }
         for reason in CONNECT_FAILURE_REASONS {
             m.connect_failures(reason).increment(0);
         }
-        for result in crate::cutoff::PROBE_RESULTS {
+        for result in PROBE_RESULTS {
             m.cutoff_probe(result).increment(0);
         }
         for reason in RESEND_REASONS {
             m.resent(reason).increment(0);
         }
-        for reason in crate::outbox::WATERMARK_REFUSALS {
+        for reason in WATERMARK_REFUSALS {
             m.watermark_refused(reason).increment(0);
         }
         for via in CONFIG_VIA {
             m.config_applied(via).increment(0);
             m.config_bytes(via).increment(0);
         }
-        for code in crate::config_sync::REFUSAL_CODES {
+        for result in CATCHUP_RESULTS {
+            m.command_catchup(result).increment(0);
+        }
+        for why in CONFIG_CATCHUP_WHY {
+            m.config_catchup(why).increment(0);
+        }
+        for code in crate::store_config::cache::REFUSAL_CODES {
             m.config_refused(code).increment(0);
         }
         m
@@ -162,12 +198,22 @@ impl Metrics {
         self.labelled_counter(COMMANDS, "outcome", outcome)
     }
 
+    /// Command catch-up requests, by how they ended (one of [`CATCHUP_RESULTS`]).
+    pub fn command_catchup(&self, result: &'static str) -> Counter {
+        self.labelled_counter(COMMAND_CATCHUPS, "result", result)
+    }
+
+    /// Configuration catch-ups that read the stream, by why (one of [`CONFIG_CATCHUP_WHY`]).
+    pub fn config_catchup(&self, why: &'static str) -> Counter {
+        self.labelled_counter(CONFIG_CATCHUPS, "why", why)
+    }
+
     /// Events rewound to be published again, by reason (one of [`RESEND_REASONS`]).
     pub fn resent(&self, reason: &'static str) -> Counter {
         self.labelled_counter(EVENTS_RESENT, "reason", reason)
     }
 
-    /// Watermarks refused, by reason ([`crate::outbox::WATERMARK_REFUSALS`]).
+    /// Watermarks refused, by reason ([`WATERMARK_REFUSALS`]).
     pub fn watermark_refused(&self, reason: &'static str) -> Counter {
         self.labelled_counter(WATERMARKS_REFUSED, "reason", reason)
     }
@@ -182,12 +228,12 @@ impl Metrics {
         self.labelled_counter(CONFIG_BYTES, "via", via)
     }
 
-    /// Configuration messages refused, by code ([`crate::config_sync::REFUSAL_CODES`]).
+    /// Configuration messages refused, by code ([`crate::store_config::cache::REFUSAL_CODES`]).
     pub fn config_refused(&self, code: &'static str) -> Counter {
         self.labelled_counter(CONFIG_REFUSED, "code", code)
     }
 
-    /// 1 for the reason the bridge is cut off from NATS now ([`crate::cutoff::Reason`]), 0 for
+    /// 1 for the reason the bridge is cut off from NATS now (`cutoff::Reason`, [`CUT_OFF_REASONS`]), 0 for
     /// the others; all 0 while connected.
     pub fn cut_off(&self, reason: &'static str) -> Gauge {
         self.recorder.register_gauge(&Key::from_parts(CUT_OFF, vec![Label::new("reason", reason)]), &META)
@@ -198,9 +244,14 @@ impl Metrics {
         self.labelled_counter(CONNECT_FAILURES, "reason", reason)
     }
 
-    /// Probes of whether the broker can decide, by result ([`crate::cutoff::PROBE_RESULTS`]).
+    /// Probes of whether the broker can decide, by result ([`PROBE_RESULTS`]).
     pub fn cutoff_probe(&self, result: &'static str) -> Counter {
         self.labelled_counter(CUTOFF_PROBES, "result", result)
+    }
+
+    /// 1 while the background task `task` runs, 0 once it has ended ([`crate::tasks`]).
+    pub fn task(&self, task: &'static str) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(TASKS, vec![Label::new("task", task)]), &META)
     }
 
     fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
@@ -249,6 +300,23 @@ fn describe(r: &PrometheusRecorder) {
         COMMANDS_BAD_SIGNATURE,
         "Command messages refused as unsigned, signed by an untrusted key, altered or signed for another device.",
     );
+    counter(
+        COMMAND_CATCHUPS,
+        "Command catch-up requests after (re)connecting, by result (answered: the broker's end marker came; asked_again: none in time).",
+    );
+    gauge(
+        COMMANDS_SUBSCRIBED,
+        None,
+        "1 while the bridge's subscriptions to its commands (live and handed again) are in place, else 0.",
+    );
+    counter(
+        COMMANDS_HANDED_AGAIN,
+        "Copies of unfinished commands the broker handed again (after a catch-up request or a due check); the ledger answers those already run.",
+    );
+    counter(
+        CONFIG_CATCHUPS,
+        "Configuration catch-ups that read the deltas stream, by why (connect, recheck: a periodic re-check found the store behind).",
+    );
     r.describe_histogram(HANDLER_LATENCY.into(), Some(Unit::Seconds), "Command handler run time.".into());
     counter(HEARTBEATS, "Heartbeats published.");
     counter(HEARTBEAT_FAILURES, "Heartbeats that could not be published.");
@@ -278,6 +346,11 @@ fn describe(r: &PrometheusRecorder) {
         CUTOFF_PROBES,
         "Probes of whether the broker can decide while refused (activation user, no code sent), by result (admitted, refused, unreachable).",
     );
+    gauge(
+        TASKS,
+        None,
+        "1 while the bridge's background task runs, 0 once it has ended (by task: publisher, resend, heartbeat, ...).",
+    );
     counter(CONFIG_HANDED, "Applied configuration change sets the handler took.");
     counter(CONFIG_HANDLER_FAILURES, "Hand-offs of an applied configuration the handler failed; retried with backoff.");
 }
@@ -298,8 +371,8 @@ mod tests {
     #[test]
     fn cut_off_series_exist_at_zero_from_the_start() {
         let text = Metrics::new().render();
-        for reason in crate::cutoff::Reason::ALL {
-            assert!(text.contains(&format!("tillsync_edge_cut_off{{reason=\"{}\"}} 0", reason.code())), "{text}");
+        for reason in CUT_OFF_REASONS {
+            assert!(text.contains(&format!("tillsync_edge_cut_off{{reason=\"{reason}\"}} 0")), "{text}");
         }
         for code in ["revoked", "decommissioned", "event_id_reused"] {
             assert!(text.contains(&format!("tillsync_edge_events_refused_total{{code=\"{code}\"}} 0")), "{text}");

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, watch};
 use tillsync_schemas::creds::Creds;
 use tillsync_schemas::identity;
 
-use crate::config::Config;
 use crate::error::BridgeError;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::settings::Config;
 
 /// Connects in the background (the bridge starts and takes events with the WAN down). Every
 /// connect, refusal and failed attempt goes to `observed` ([`crate::cutoff`]), stamped; while

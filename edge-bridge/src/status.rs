@@ -10,8 +10,11 @@ use tillsync_schemas::DeviceAddr;
 use tokio::sync::watch;
 
 use crate::cutoff::CutOff;
-use crate::outbox::{Outbox, OutboxStats};
-use crate::publisher::SentMark;
+use crate::events::outbox::{Outbox, OutboxStats};
+use crate::events::publisher::SentMark;
+
+/// What this build calls itself, in the status and the heartbeats.
+pub const SOFTWARE_VERSION: &str = concat!("tillsync-edge/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -66,10 +69,10 @@ impl StatusSource {
             outbox,
             last_sent_seq: self.sent.0.load(Ordering::Relaxed),
             config_revision: crate::db::config_revision(pool).await?,
-            commands_applied: crate::ledger::applied_count(pool).await?,
+            commands_applied: crate::commands::ledger::applied_count(pool).await?,
             published: self.published.load(Ordering::Relaxed),
             uptime_s: self.started.elapsed().as_secs(),
-            software_version: crate::heartbeat::SOFTWARE_VERSION.into(),
+            software_version: SOFTWARE_VERSION.into(),
         })
     }
 }
@@ -133,7 +136,7 @@ pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeEr
             .bind(watermark)
             .fetch_one(&pool)
             .await?;
-    let applied = crate::ledger::applied_count(&pool).await?;
+    let applied = crate::commands::ledger::applied_count(&pool).await?;
     pool.close().await;
     Ok(Status {
         tenant_id: tenant.unwrap_or_default(),
@@ -158,6 +161,6 @@ pub async fn from_file(path: &std::path::Path) -> Result<Status, crate::BridgeEr
         commands_applied: applied,
         published: 0,
         uptime_s: 0,
-        software_version: crate::heartbeat::SOFTWARE_VERSION.into(),
+        software_version: SOFTWARE_VERSION.into(),
     })
 }

@@ -29,14 +29,12 @@ impl TlsFiles {
 
     /// The certificate and key come together and every file named exists: the bridge retries
     /// its connection forever, so a typo must fail at start, not as endless handshake errors.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TlsFilesError> {
         if self.cert.is_some() != self.key.is_some() {
-            return Err(
-                "NATS_CERT_FILE and NATS_KEY_FILE must be given together (a client certificate and its key)".into()
-            );
+            return Err(TlsFilesError::Unpaired);
         }
         match self.named().into_iter().find_map(|(var, p)| Some((var, p.as_ref().filter(|p| !p.is_file())?))) {
-            Some((var, p)) => Err(format!("{var}: {} is not a readable file", p.display())),
+            Some((var, p)) => Err(TlsFilesError::NotAFile { var, path: p.clone() }),
             None => Ok(()),
         }
     }
@@ -45,6 +43,15 @@ impl TlsFiles {
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         self.named().into_iter().filter_map(|(var, p)| Some((var, p.as_ref()?.display().to_string()))).collect()
     }
+}
+
+/// Why [`TlsFiles::validate`] refuses the files: a setting's error, so its text is the whole story.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFilesError {
+    #[error("NATS_CERT_FILE and NATS_KEY_FILE must be given together (a client certificate and its key)")]
+    Unpaired,
+    #[error("{var}: {} is not a readable file", path.display())]
+    NotAFile { var: &'static str, path: PathBuf },
 }
 
 /// Adds the TLS files to `options` (checked by `Config::validate`). Naming a CA or a client
@@ -66,8 +73,8 @@ mod tests {
     #[test]
     fn a_key_without_its_certificate_is_refused_and_a_missing_file_named() {
         let files = TlsFiles { key: Some("/etc/hostname".into()), ..TlsFiles::default() };
-        assert!(files.validate().unwrap_err().contains("NATS_CERT_FILE"));
+        assert!(files.validate().unwrap_err().to_string().contains("NATS_CERT_FILE"));
         let files = TlsFiles { ca: Some("/nonexistent/ca.pem".into()), ..TlsFiles::default() };
-        assert!(files.validate().unwrap_err().contains("NATS_CA_FILE: /nonexistent/ca.pem"));
+        assert!(files.validate().unwrap_err().to_string().contains("NATS_CA_FILE: /nonexistent/ca.pem"));
     }
 }

@@ -76,7 +76,7 @@ struct KeySource {
 impl KeySource {
     fn public_key(&self) -> anyhow::Result<String> {
         match (&self.key_file, &self.public_key) {
-            (Some(file), _) => Ok(tillsync_broker::keyfile::read_seed(file).map_err(anyhow::Error::msg)?.public_key()),
+            (Some(file), _) => Ok(tillsync_broker::admin::keyfile::read_seed(file)?.public_key()),
             (None, Some(key)) => {
                 tillsync_schemas::signature::check_public_key(key).map_err(|e| Usage(format!("--public-key: {e}")))?;
                 Ok(key.clone())
@@ -230,7 +230,7 @@ async fn add(pool: &sqlx::PgPool, tenant: &str, approver: &str, public_key: &str
             false
         }
     };
-    let audit = tillsync_broker::auth::records::Audit {
+    let audit = tillsync_broker::admin::auth::records::Audit {
         action: "approver_added",
         tenant: Some(tenant),
         public_key: Some(public_key),
@@ -238,7 +238,7 @@ async fn add(pool: &sqlx::PgPool, tenant: &str, approver: &str, public_key: &str
         detail: &format!("approver {approver}{}", if re_registered { " (again, after a revocation)" } else { "" }),
         ..Default::default()
     };
-    tillsync_broker::auth::records::audit(&mut *tx, &audit).await?;
+    tillsync_broker::admin::auth::records::audit(&mut *tx, &audit).await?;
     tx.commit().await?;
     Ok(Added {
         tenant_id: tenant.to_string(),
@@ -270,7 +270,7 @@ async fn revoke(pool: &sqlx::PgPool, tenant: &str, approver: &str) -> anyhow::Re
     };
     let already = before.is_some();
     if !already {
-        let audit = tillsync_broker::auth::records::Audit {
+        let audit = tillsync_broker::admin::auth::records::Audit {
             action: "approver_revoked",
             tenant: Some(tenant),
             public_key: Some(&public_key),
@@ -278,7 +278,7 @@ async fn revoke(pool: &sqlx::PgPool, tenant: &str, approver: &str) -> anyhow::Re
             detail: &format!("approver {approver}"),
             ..Default::default()
         };
-        tillsync_broker::auth::records::audit(&mut *tx, &audit).await?;
+        tillsync_broker::admin::auth::records::audit(&mut *tx, &audit).await?;
     }
     tx.commit().await?;
     Ok(Revoked { tenant_id: tenant.to_string(), approver_id: approver.to_string(), already, revoked_at })
@@ -344,7 +344,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bob.nk");
         let key = nkeys::KeyPair::new_user();
-        tillsync_broker::keyfile::write_new(&file, &key).unwrap();
+        tillsync_broker::admin::keyfile::write_new(&file, &key).unwrap();
         let from_file = KeySource { key_file: Some(file), public_key: None };
         assert_eq!(from_file.public_key().unwrap(), key.public_key());
         let given = KeySource { key_file: None, public_key: Some(key.public_key()) };

@@ -224,7 +224,9 @@ async fn list(
     let rows: Vec<ListRow> = sqlx::query_as(
         "SELECT * FROM (
            SELECT c.tenant_id, c.store_id, c.command_id, c.kind, coalesce(i.device_id, c.device_id) AS device_id,
-                  coalesce(i.state, CASE WHEN c.rejected_code IS NOT NULL THEN 'rejected'
+                  -- Ended while waiting for approval: its log says how (rejected, expired as
+                  -- rejected, or cancelled); 'rejected' only for a row older than the log.
+                  coalesce(i.state, CASE WHEN c.rejected_code IS NOT NULL THEN coalesce(l.state, 'rejected')
                                          WHEN c.pending_approval THEN 'pending_approval'
                                          ELSE coalesce(l.state, 'queued') END) AS state,
                   coalesce(i.attempts, 0) AS attempts, coalesce(i.last_code, c.rejected_code, l.code) AS code,
@@ -638,11 +640,11 @@ async fn send(global: &Global, a: SendArgs) -> anyhow::Result<ExitCode> {
         .approve_as
         .iter()
         .map(|ap| {
-            tillsync_broker::keyfile::read_seed(&ap.key_file)
-                .map_err(|e| anyhow::anyhow!("--approve-as {}: {e}", ap.approver))
+            tillsync_broker::admin::keyfile::read_seed(&ap.key_file)
+                .map_err(|e| anyhow::Error::new(e).context(format!("--approve-as {}", ap.approver)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = tillsync_schemas::now_ms();
     let mut cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Uuid::now_v7().to_string(),

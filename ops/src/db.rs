@@ -35,7 +35,7 @@ pub async fn rebuild_pool(url: &str, schema: Option<&str>, max: u32) -> anyhow::
 async fn connect(url: &str, schema: Option<&str>, max: u32, async_commit: bool) -> anyhow::Result<PgPool> {
     let app = if async_commit { "tillsync replay" } else { "tillsync-cli" };
     let mut opts =
-        tillsync_broker::db::options(url, app).with_context(|| format!("bad database URL {}", redact(url)))?;
+        tillsync_broker::admin::db::options(url, app).with_context(|| format!("bad database URL {}", redact(url)))?;
     opts = opts.options([("TimeZone", "UTC")]);
     if let Some(s) = schema {
         check_schema(s)?;
@@ -70,7 +70,7 @@ pub async fn create_schema(url: &str, schema: &str) -> anyhow::Result<()> {
 /// Applies every migration; returns how many were applied now.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<usize> {
     let before = applied(pool).await;
-    tillsync_broker::db::MIGRATOR.run(pool).await.context("migrating")?;
+    tillsync_broker::admin::db::MIGRATOR.run(pool).await.context("migrating")?;
     Ok(applied(pool).await.saturating_sub(before))
 }
 

@@ -185,7 +185,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             let (tenant, store, device) = (addr.tenant_id.clone(), addr.store_id.clone(), addr.device_id.clone());
             known::tenant(&pool, &tenant).await?;
             anyhow::ensure!(
-                !tillsync_broker::auth::records::decommissioned(&pool, &addr).await?,
+                !tillsync_broker::admin::auth::records::decommissioned(&pool, &addr).await?,
                 "{tenant}/{store}/{device} (or its tenant) was decommissioned; a decommissioned device is never \
                  activated again: give the replacement till a new device id"
             );
@@ -201,7 +201,7 @@ pub async fn run(args: DevicesArgs, global: &Global) -> anyhow::Result<ExitCode>
             .await
             .map(|r| sqlx::Row::get::<bool, _>(&r, "inserted"))?;
             // A device of a new store finds its store's configuration waiting at first boot.
-            tillsync_broker::store_config::ensure_store(&pool, &tenant, &store).await?;
+            tillsync_broker::admin::store_config::ensure_store(&pool, &tenant, &store).await?;
             let issued = identity::issue_code(&pool, &addr, "activate", expires_in_h).await?;
             let out = Added { tenant_id: tenant, store_id: store, device_id: device, created, activation: issued };
             emit(global.json, &out, |a| {

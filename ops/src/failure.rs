@@ -3,9 +3,10 @@
 //! (`{"error": {"code", "exit", "message", "hint"}}`) so a script reads a document either way.
 //!
 //! Subcommands return `anyhow` errors; those that know what went wrong return one of the typed
-//! errors below ([`Usage`], [`Missing`], [`NotFound`], [`Known`]) and [`Failure::of`] maps them. Errors of
-//! the libraries underneath (sqlx, NATS) are recognised here, so a subcommand needs no code of
-//! its own to say "Postgres is down" or "run `tillsync migrate`".
+//! errors below ([`Usage`], [`Missing`], [`NotFound`], [`NotInstalled`], [`Known`]) and
+//! [`Failure::of`] maps them. Errors of the libraries underneath (sqlx, NATS) are recognised
+//! here, so a subcommand needs no code of its own to say "Postgres is down" or "run `tillsync
+//! migrate`".
 
 use serde::Serialize;
 
@@ -46,6 +47,17 @@ pub struct Missing {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Known {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+/// A program the command runs is not installed beside `tillsync` (`tillsync bench` and
+/// `tillsync chaos` run `tillsync-lab`): exit 2, as for any setup the command cannot use, with
+/// a stable code and how to build or install it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NotInstalled {
     pub code: &'static str,
     pub message: String,
     pub hint: String,
@@ -111,6 +123,9 @@ fn classify(error: &anyhow::Error, message: &str, database_url: &str) -> (&'stat
         if cause.downcast_ref::<NotFound>().is_some() {
             let hint = "check the id or name for a typo: the subcommand's `list` shows what exists";
             return ("not_found", NOT_FOUND, Some(hint.into()));
+        }
+        if let Some(n) = cause.downcast_ref::<NotInstalled>() {
+            return (n.code, USAGE, Some(n.hint.clone()));
         }
         if let Some(k) = cause.downcast_ref::<Known>() {
             return (k.code, FAILED, Some(k.hint.clone()));
@@ -230,6 +245,9 @@ mod tests {
         let tenant = Missing { code: "unknown_tenant", message: "no tenant acm".into(), hint: "tenants list".into() };
         let f = Failure::of(&anyhow::Error::new(tenant).context("devices list"), url);
         assert_eq!((f.code, f.exit, f.hint.as_deref()), ("unknown_tenant", 4, Some("tenants list")));
+        let lab = NotInstalled { code: "lab_not_installed", message: "m".into(), hint: "h".into() };
+        let f = Failure::of(&anyhow::Error::new(lab), url);
+        assert_eq!((f.code, f.exit, f.hint.as_deref()), ("lab_not_installed", 2, Some("h")));
         let known = anyhow::Error::new(Known { code: "unknown_tenant", message: "m".into(), hint: "h".into() });
         let f = Failure::of(&known, url);
         assert_eq!((f.code, f.exit, f.hint.as_deref()), ("unknown_tenant", 1, Some("h")));

@@ -15,7 +15,7 @@ pub struct Global {
     pub json: bool,
     /// Log lines (stderr) as `text` (colour only on a terminal) or `json` (one object per line).
     #[arg(long, global = true, env = "TILLSYNC_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: tillsync_broker::logging::LogFormat,
+    pub log_format: tillsync_broker::admin::logging::LogFormat,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -38,7 +38,7 @@ pub struct NatsArgs {
     #[arg(long, global = true, env = "NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub nats_tls: tillsync_broker::nats::TlsFiles,
+    pub nats_tls: tillsync_broker::admin::nats::TlsFiles,
     /// Accept a `nats://` URL to another host without TLS (logged at warn).
     #[arg(long, global = true, env = "TILLSYNC_ALLOW_PLAINTEXT", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_plaintext: bool,
@@ -53,7 +53,12 @@ impl NatsArgs {
             tracing::warn!(%warning, "Plain text allowed by --allow-plaintext.");
         }
         // The broker's error already names the URL.
-        Ok(tillsync_broker::nats::connect(&self.nats_url, self.nats_creds.as_deref(), &self.nats_tls, "tillsync-cli")
-            .await?)
+        Ok(tillsync_broker::admin::nats::connect(
+            &self.nats_url,
+            self.nats_creds.as_deref(),
+            &self.nats_tls,
+            "tillsync-cli",
+        )
+        .await?)
     }
 }

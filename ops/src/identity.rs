@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use sqlx::PgPool;
-use tillsync_broker::auth::{self, records};
+use tillsync_broker::admin::auth::{self, records};
 use tillsync_schemas::DeviceAddr;
 
 use crate::global::Global;
@@ -298,7 +298,7 @@ pub async fn portals(args: PortalsArgs, global: &Global) -> anyhow::Result<ExitC
         PortalsCmd::Add { tenant, out } => {
             crate::known::tenant(&pool, &tenant).await?;
             let key = nkeys::KeyPair::new_user();
-            tillsync_broker::keyfile::write_new(&out, &key)
+            tillsync_broker::admin::keyfile::write_new(&out, &key)
                 .map_err(|e| anyhow::anyhow!("{}: {e} (it must not exist yet)", out.display()))?;
             let mut tx = pool.begin().await?;
             sqlx::query(

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use nkeys::KeyPair;
-use tillsync_broker::keyfile;
+use tillsync_broker::admin::keyfile;
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -47,7 +47,7 @@ fn generate(file: &Path) -> anyhow::Result<String> {
 }
 
 fn public(file: &Path) -> anyhow::Result<String> {
-    Ok(keyfile::read_seed(file).map_err(anyhow::Error::msg)?.public_key())
+    Ok(keyfile::read_seed(file)?.public_key())
 }
 
 #[cfg(test)]

@@ -1,40 +1,34 @@
 //! `tillsync`: the operator CLI. Human-readable output by default, `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 failure (the error is printed, with a hint); 2 usage error (also an
-//! invalid id or value, an unconfirmed decommission, a replay target schema already in use); 3
-//! a check found differences or problems (e.g. `replay --verify` mismatches, `status`,
-//! `commands send --wait` not acked, `commands approve|reject` refused); 4 no such thing: what
-//! the command line names does not exist ([`known`], with a hint); 5 `commands cancel` too
-//! late, `commands approve|reject` of a command no longer waiting for approval; 6 a
-//! configuration publish was refused (`config publish`); 130 interrupted by Ctrl-C (`replay`
-//! resumes with `--resume`). Failures are mapped in [`failure`]; the table is in
-//! docs/operations.md.
+//! invalid id or value, an unconfirmed decommission, a replay target schema already in use,
+//! `bench` or `chaos` without tillsync-lab beside tillsync); 3 a check found differences or
+//! problems (e.g. `replay --verify` mismatches, `status`, `commands send --wait` not acked,
+//! `commands approve|reject` refused); 4 no such thing: what the command line names does not
+//! exist ([`known`], with a hint); 5 `commands cancel` too late, `commands approve|reject` of a
+//! command no longer waiting for approval; 6 a configuration publish was refused (`config
+//! publish`); 130 interrupted by Ctrl-C (`replay` resumes with `--resume`). Failures are mapped
+//! in [`failure`]; the table is in docs/operations.md. `bench` and `chaos` are tillsync-lab's
+//! ([`lab`]), with its exit codes.
 
-mod approvers;
-mod bench;
-mod chaos;
 mod commands;
-mod db;
 mod devices;
-mod failure;
-mod global;
-mod identity;
 mod keys;
-mod known;
+mod lab;
 mod manuals;
 mod migrate;
-mod nats_server;
-mod output;
-mod partitions;
 mod quarantine;
-mod replay;
 mod status;
 mod store_config;
 mod tenants;
 
+// The modules tillsync-lab shares (src/lib.rs), named as this binary's own: `crate::db`.
+use tillsync_ops::{approvers, db, failure, global, identity, known, output, partitions, replay};
+
 use std::process::ExitCode;
 
-/// mimalloc rather than the system allocator: the broker (run in-process by `tillsync bench`)
+/// mimalloc rather than the system allocator: the broker's ingest code (run in-process by
+/// `tillsync replay`, and by the benchmarks, now in tillsync-lab, which uses mimalloc too)
 /// allocates and frees many small buffers per event, and glibc's malloc spent ~9 % of the
 /// process's CPU on it (perf, `bench latency`).
 #[global_allocator]
@@ -57,8 +51,10 @@ struct Cli {
 enum Command {
     /// Command inbox: list, show one command's history, or send one (acts as the portal).
     Commands(commands::CommandsArgs),
-    /// Benchmarks against real NATS and Postgres; prints a table or one JSON object.
-    Bench(bench::BenchArgs),
+    /// Benchmarks against real NATS and Postgres; prints a table or one JSON object. Run by
+    /// tillsync-lab, installed beside tillsync.
+    #[command(disable_help_flag = true)]
+    Bench(lab::LabArgs),
     /// Apply the schema migrations to DATABASE_URL (or to a shadow schema of it).
     Migrate(migrate::MigrateArgs),
     /// Rebuild read models from the events stream into a shadow schema, another database or live.
@@ -82,8 +78,10 @@ enum Command {
     /// Approvers of a tenant, whose signed approvals count: register one with its key, list,
     /// revoke.
     Approvers(approvers::ApproversArgs),
-    /// A chaos run against private real processes with a checker (docs/chaos.md).
-    Chaos(chaos::ChaosArgs),
+    /// A chaos run against private real processes with a checker (docs/chaos.md). Run by
+    /// tillsync-lab, installed beside tillsync.
+    #[command(disable_help_flag = true)]
+    Chaos(lab::LabArgs),
     /// The broker's command signing keys: generate a seed file, or print a seed's public key.
     Keys(keys::KeysArgs),
     /// Store configuration from head office: publish a change set, show or diff a store's
@@ -100,14 +98,25 @@ async fn main() -> ExitCode {
     sigpipe::reset();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage(e),
+        Err(e) => match lab::help_asked(&e) {
+            Some(command) => return end(Err(lab::exec(command)), std::env::args_os().any(|a| a == "--json"), ""),
+            None => return tillsync_ops::usage::exit(e, Cli::command()),
+        },
     };
     // async-nats logs a failed connect at ERROR; the CLI reports that failure itself, once.
     let filter = "warn,async_nats::connector=off";
-    tillsync_broker::logging::init(cli.global.log_format, filter, tillsync_broker::logging::Output::Stderr);
+    tillsync_broker::admin::logging::init(
+        cli.global.log_format,
+        filter,
+        tillsync_broker::admin::logging::Output::Stderr,
+    );
+    let json = match &cli.command {
+        Command::Bench(args) | Command::Chaos(args) => cli.global.json || args.json(),
+        _ => cli.global.json,
+    };
     let result = match cli.command {
         Command::Commands(args) => commands::run(args, &cli.global).await,
-        Command::Bench(args) => bench::run(args, &cli.global).await,
+        Command::Bench(_) => Err(lab::exec("bench")),
         Command::Migrate(args) => migrate::run(args, &cli.global).await,
         Command::Replay(args) => replay::run(args, &cli.global).await,
         Command::Status(args) => status::run(args, &cli.global).await,
@@ -117,72 +126,31 @@ async fn main() -> ExitCode {
         Command::Auth(args) => identity::auth_cmd(args, &cli.global).await,
         Command::Tenants(args) => tenants::run(args, &cli.global).await,
         Command::Approvers(args) => approvers::run(args, &cli.global).await,
-        Command::Chaos(args) => chaos::run(args, &cli.global).await,
+        Command::Chaos(_) => Err(lab::exec("chaos")),
         Command::Keys(args) => keys::run(args),
         Command::Config(args) => store_config::run(args, &cli.global).await,
         Command::Completions(args) => manuals::completions(args, Cli::command()),
         Command::Man(args) => manuals::man(args, Cli::command()),
     };
+    end(result, json, &cli.global.database_url)
+}
+
+/// The exit code of `result`, a failure printed first (with `json`, its error object too).
+fn end(result: anyhow::Result<ExitCode>, json: bool, database_url: &str) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            let failure = failure::Failure::of(&error, &cli.global.database_url);
-            failure.print(cli.global.json);
+            let failure = failure::Failure::of(&error, database_url);
+            failure.print(json);
             ExitCode::from(failure.exit)
         }
     }
 }
 
-/// What clap found wrong before anything ran: its message and usage on stderr (exit 2), plus
-/// the error object on stdout when `--json` is among the arguments. `--help` and `--version`
-/// also arrive here and print as usual.
-fn usage(mut e: clap::Error) -> ExitCode {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        e.exit();
-    }
-    if e.get(ContextKind::Usage).is_some() {
-        let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-        e.insert(ContextKind::Usage, ContextValue::StyledStr(plain_usage(Cli::command(), &args)));
-    }
-    if std::env::args_os().any(|a| a == "--json") {
-        let f = failure::Failure::usage(&e.render().to_string());
-        println!("{}", serde_json::json!({ "error": f }));
-    }
-    let _ = e.print();
-    ExitCode::from(failure::USAGE)
-}
-
-/// The usage of the (sub)command `args` name, as its `--help` shows it. clap's own usage in an
-/// error lists the options given, from the environment too: with `DATABASE_URL` set every
-/// usage line read `tillsync ... --database-url <DATABASE_URL>`, as if it were required.
-fn plain_usage(mut cli: clap::Command, args: &[String]) -> clap::builder::StyledStr {
-    cli.build();
-    let mut cmd = &mut cli;
-    let mut args = args.iter();
-    while let Some(a) = args.next() {
-        if let Some(long) = a.strip_prefix("--") {
-            let (name, value) = long.split_once('=').map_or((long, None), |(n, v)| (n, Some(v)));
-            // clap stopped at an option this command does not know: its usage is the one.
-            let Some(arg) = cmd.get_arguments().find(|x| x.get_long() == Some(name)) else { break };
-            if value.is_none() && arg.get_action().takes_values() {
-                args.next();
-            }
-            continue;
-        }
-        match cmd.find_subcommand(a).map(|c| c.get_name().to_string()) {
-            Some(name) => cmd = cmd.find_subcommand_mut(name).expect("just found"),
-            None if a.starts_with('-') => {}
-            // A positional value: no subcommand follows a command's own arguments.
-            None => break,
-        }
-    }
-    cmd.render_usage()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tillsync_ops::usage::plain_usage;
 
     #[test]
     fn usage_lines_show_the_subcommand_not_the_options_given() {
@@ -237,21 +205,9 @@ mod tests {
     /// in the man pages and completions).
     #[test]
     fn every_argument_has_help() {
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for arg in cmd.get_arguments() {
-                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none() {
-                    missing.push(format!("{path} --{}", arg.get_id()));
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
         let mut cli = Cli::command();
         cli.build();
-        walk(&cli, "tillsync", &mut missing);
+        let missing = tillsync_ops::usage::arguments_without_help(&cli, "tillsync");
         assert!(missing.is_empty(), "arguments without help:\n{}", missing.join("\n"));
     }
 

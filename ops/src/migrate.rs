@@ -28,7 +28,7 @@ pub async fn run(args: MigrateArgs, global: &Global) -> anyhow::Result<ExitCode>
     }
     let pool = crate::db::pool(&global.database_url, args.schema.as_deref(), 2).await?;
     let applied_now = crate::db::migrate(&pool).await?;
-    let latest_version = tillsync_broker::db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let latest_version = tillsync_broker::admin::db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     pool.close().await;
     let out = Migrated {
         database: crate::db::redact(&global.database_url),

@@ -294,7 +294,9 @@ fn decode(subj: &str, payload: &[u8]) -> Result<serde_json::Value, String> {
         | Family::Resend
         | Family::Config
         | Family::ConfigSnapshot
-        | Family::ConfigPublish => return Err(format!("{family:?} messages are never quarantined")),
+        | Family::ConfigPublish
+        | Family::CommandSync
+        | Family::CommandCopies => return Err(format!("{family:?} messages are never quarantined")),
     };
     value.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }

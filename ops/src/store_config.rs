@@ -10,7 +10,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tillsync_broker::store_config::{self, model, rows, PublishError};
+use tillsync_broker::admin::store_config::{self, model, rows, PublishError};
 use tillsync_schemas::config::{Change, ChangeRequest, ChangeSet, PublishReply, Refusal, Refused};
 
 use crate::failure::Missing;

@@ -186,7 +186,7 @@ async fn decommission_tenant(
     .rows_affected();
     if !already {
         let detail = format!("{} device(s), {portal_credentials_revoked} portal credential(s)", devices.len());
-        let audit = tillsync_broker::auth::records::Audit {
+        let audit = tillsync_broker::admin::auth::records::Audit {
             action: "tenant_decommissioned",
             reason: Some(why),
             tenant: Some(tenant),
@@ -194,7 +194,7 @@ async fn decommission_tenant(
             detail: &detail,
             ..Default::default()
         };
-        tillsync_broker::auth::records::audit(&mut *tx, &audit).await?;
+        tillsync_broker::admin::auth::records::audit(&mut *tx, &audit).await?;
     }
     tx.commit().await?;
     let disconnected = decommission::wait_disconnected(pool, tenant, None).await?;

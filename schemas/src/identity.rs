@@ -87,9 +87,12 @@ pub struct Allowed {
     pub subscribe: Vec<String>,
 }
 
-/// Exactly what a device may do (docs/protocol.md 2.3): publish its events, heartbeats and
-/// command acks; create, read and pull its own command consumer and ack its messages; read
-/// its own watermark; receive its watermarks, resend requests and replies.
+/// Exactly what a device may do (docs/protocol.md 2.3): publish its events, heartbeats,
+/// command acks and catch-up requests; receive its commands (live and handed again), its
+/// store's configuration deltas, its watermarks, resend requests and replies; read its own
+/// watermark and its store's latest delta and snapshot. The consumer grants (its own command
+/// and configuration consumers) serve bridges from before the consumer-less downlink and let a
+/// bridge delete the consumers its previous version left (docs/security.md "Upgrading").
 pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
     let consumer = streams::device_commands_consumer(addr);
     let commands = subject::commands(addr);
@@ -102,7 +105,9 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
             subject::heartbeats(addr),
             subject::command_acks(addr),
             crate::command_keys::subject(addr),
+            subject::command_sync(addr),
             format!("{}.{commands}", api("CREATE")),
+            api("DELETE"),
             api("INFO"),
             api("MSG.NEXT"),
             format!("$JS.ACK.{}.{consumer}.>", streams::COMMANDS),
@@ -123,7 +128,14 @@ pub fn device_allowed(addr: &DeviceAddr) -> Allowed {
                 config::snapshot_subject(&addr.tenant_id, &addr.store_id)
             ),
         ],
-        subscribe: vec![subject::watermarks(addr), subject::resend_requests(addr), format!("{}.>", device_inbox(addr))],
+        subscribe: vec![
+            subject::watermarks(addr),
+            subject::resend_requests(addr),
+            format!("{}.>", device_inbox(addr)),
+            commands,
+            subject::command_copies(addr),
+            config::delta_subject(&addr.tenant_id, &addr.store_id),
+        ],
     }
 }
 
@@ -157,6 +169,9 @@ mod tests {
         ));
         assert!(a.publish.contains(&"$JS.API.DIRECT.GET.TILLSYNC_WATERMARKS.tillsync.wm.acme.s1.till-1".to_string()));
         assert!(a.subscribe.contains(&"_INBOX_DEV.acme.s1.till-1.>".to_string()));
+        assert!(a.subscribe.contains(&"tillsync.cmd.acme.s1.till-1".to_string()));
+        assert!(a.subscribe.contains(&"tillsync.ccopy.acme.s1.till-1".to_string()));
+        assert!(a.publish.contains(&"tillsync.csync.acme.s1.till-1".to_string()));
         assert!(a
             .publish
             .contains(&"$JS.API.DIRECT.GET.TILLSYNC_CONFIG_SNAPSHOTS.tillsync.cfgsnap.acme.s1._store".to_string()));

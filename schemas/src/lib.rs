@@ -1,4 +1,5 @@
-//! The tillsync wire contract, as a pure codec: no I/O, no async, no NATS client.
+//! The tillsync wire contract, as a pure codec: no I/O, no async, no NATS client. The one
+//! exception is [`now_ms`], the wall clock in the wire's Unix milliseconds.
 //!
 //! Everything that crosses NATS is defined here: the subject hierarchy (built only by the
 //! functions in [`subject`]), the envelopes for events, heartbeats, commands, command acks,
@@ -25,6 +26,7 @@ pub mod signature;
 pub mod status;
 pub mod streams;
 pub mod subject;
+pub mod time;
 pub mod transport;
 
 pub use ack::{CommandAck, Outcome, Watermark};
@@ -37,6 +39,7 @@ pub use heartbeat::Heartbeat;
 pub use resend::ResendRequest;
 pub use status::{CommandState, CommandStatus};
 pub use subject::DeviceAddr;
+pub use time::now_ms;
 
 /// The schema version this build writes. Readers accept every version in [`SUPPORTED_SCHEMA_VERSIONS`].
 pub const SCHEMA_VERSION: u16 = 1;

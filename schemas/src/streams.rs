@@ -58,6 +58,9 @@ pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
 pub const HEADER_SCHEMA_VERSION: &str = "Tillsync-Schema-Version";
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 pub const HEADER_ATTEMPT: &str = "Tillsync-Attempt";
+/// On the empty end marker of a command catch-up (`tillsync.ccopy.…`): how many copies the
+/// broker handed before it.
+pub const HEADER_SYNC_DONE: &str = "Tillsync-Sync-Done";
 pub const CONTENT_TYPE: &str = "application/vnd.tillsync+msgpack";
 
 /// The start of every `Nats-Msg-Id` a device sets: `<tenant>.<store>.<device>.<nonce>`, the

@@ -40,6 +40,12 @@ pub enum Family {
     /// Configuration publish requests from the portal (request/reply); the last token is a
     /// store or `_store` for every store of the tenant.
     ConfigPublish,
+    /// A bridge's catch-up request, device to broker (core NATS): "I am connected; hand me my
+    /// unfinished commands again". It carries nothing the broker trusts but its subject.
+    CommandSync,
+    /// Copies of a device's unfinished commands handed again, broker to device (core NATS,
+    /// no stream stores them), and the end marker of a catch-up.
+    CommandCopies,
 }
 
 impl Family {
@@ -55,6 +61,8 @@ impl Family {
         Family::Config,
         Family::ConfigSnapshot,
         Family::ConfigPublish,
+        Family::CommandSync,
+        Family::CommandCopies,
     ];
 
     pub fn token(self) -> &'static str {
@@ -70,6 +78,8 @@ impl Family {
             Family::Config => "cfg",
             Family::ConfigSnapshot => "cfgsnap",
             Family::ConfigPublish => "cfgpub",
+            Family::CommandSync => "csync",
+            Family::CommandCopies => "ccopy",
         }
     }
 
@@ -152,6 +162,12 @@ pub fn watermarks(addr: &DeviceAddr) -> String {
 }
 pub fn resend_requests(addr: &DeviceAddr) -> String {
     addr.subject(Family::Resend)
+}
+pub fn command_sync(addr: &DeviceAddr) -> String {
+    addr.subject(Family::CommandSync)
+}
+pub fn command_copies(addr: &DeviceAddr) -> String {
+    addr.subject(Family::CommandCopies)
 }
 
 /// Intake subject for a command; `device` `None` is store-wide.
@@ -267,6 +283,8 @@ mod tests {
         assert_eq!(Family::Events.all_subjects(), "tillsync.ev.>");
         assert_eq!(resend_requests(&a), "tillsync.rs.acme.s1.till-1");
         assert_eq!(parse(&resend_requests(&a)).unwrap().family, Family::Resend);
+        assert_eq!(command_sync(&a), "tillsync.csync.acme.s1.till-1");
+        assert_eq!(parse(&command_copies(&a)).unwrap().family, Family::CommandCopies);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use tempfile::TempDir;
-use tillsync_broker::auth::setup;
+use tillsync_broker::admin::auth::setup;
 use tillsync_schemas::DeviceAddr;
 
 pub struct AuthSetup {
@@ -64,9 +64,9 @@ pub async fn code_for(pool: &sqlx::PgPool, addr: &DeviceAddr, purpose: &str, hou
         .await
         .unwrap();
     crate::register_test_approvers(pool, &addr.tenant_id).await;
-    let code = tillsync_broker::auth::new_code();
+    let code = tillsync_broker::admin::auth::new_code();
     let mut tx = pool.begin().await.unwrap();
-    tillsync_broker::auth::records::insert_code(&mut tx, &code, addr, purpose, "test", hours).await.unwrap();
+    tillsync_broker::admin::auth::records::insert_code(&mut tx, &code, addr, purpose, "test", hours).await.unwrap();
     tx.commit().await.unwrap();
     code
 }

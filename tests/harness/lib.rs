@@ -31,12 +31,29 @@ pub use postgres::TlsPostgres;
 pub use scrape::{free_addr, http_get, metric};
 pub use tls::Certs;
 
-/// Logs for a failing test: `RUST_LOG=debug cargo test ...`.
+/// Logs for a failing test: `RUST_LOG=debug cargo test ...`. Also repeats a panic's message
+/// after its backtrace: CI keeps the first and the last lines of a failing test's output, and a
+/// test's warnings and a backtrace otherwise push the message out of both.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+            eprintln!("panic (repeated after the backtrace) at {at}: {message}");
+        }));
+    });
 }
 
 /// A test's world: its own nats-server and its own database.

@@ -1,41 +1,42 @@
-use std::net::TcpListener;
+//! The tests' nats-server: [`tillsync_testkit::NatsServer`] with the harness's TLS,
+//! authorization and production topology, panicking instead of returning errors.
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use tempfile::TempDir;
+use tillsync_testkit::{Connect, NatsOptions};
 
-use crate::poll::eventually;
+use crate::tls::NatsTls;
+
+pub use tillsync_testkit::nats_bin;
 
 /// A real nats-server with JetStream, private to one test.
 pub struct NatsServer {
-    bin: PathBuf,
-    port: u16,
-    store: TempDir,
-    child: Option<Child>,
+    /// `None` for the production topology, where `cluster` stands in for it.
+    server: Option<tillsync_testkit::NatsServer>,
     /// Set by [`NatsServer::start_tls`]: the server's certificates, and the client's to reach it.
-    tls: Option<crate::tls::NatsTls>,
-    /// Set by [`NatsServer::start_with_auth`]: the server config and the operator's credentials.
-    auth: Option<(PathBuf, PathBuf)>,
+    tls: Option<NatsTls>,
     /// Set by [`NatsServer::start_production`]: the secured cluster that stands in for the
-    /// single server (URLs, clients); `child` is then `None`.
+    /// single server (URLs, clients).
     cluster: Option<crate::NatsCluster>,
 }
 
-/// `TILLSYNC_NATS_SERVER`, else the pinned one under `.tools/venv`, else `nats-server` on PATH.
-pub fn nats_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TILLSYNC_NATS_SERVER") {
-        return p.into();
-    }
-    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/nats-server");
-    if pinned.exists() {
-        return pinned;
-    }
-    "nats-server".into()
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    tillsync_testkit::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// How the harness's own connections reach a server: its client TLS and operator credentials.
+pub(crate) fn connect_as(tls: Option<NatsTls>, creds: Option<PathBuf>) -> Connect {
+    Connect::new(move || {
+        let (tls, creds) = (tls.clone(), creds.clone());
+        async move {
+            let options = NatsTls::options(tls.as_ref());
+            match creds {
+                Some(c) => tillsync_broker::admin::nats::credentials(options, &c).await.map_err(|e| e.to_string()),
+                None => Ok(options),
+            }
+        }
+    })
 }
 
 impl NatsServer {
@@ -46,48 +47,48 @@ impl NatsServer {
     /// A server with authorization on: service users from `auth`, everyone else decided by
     /// a broker's auth callout (so nothing but the service users connects until one runs).
     pub async fn start_with_auth(auth: &crate::AuthSetup) -> NatsServer {
-        let conf = auth.scratch().join("nats-server.conf");
-        std::fs::write(&conf, auth.server_conf()).unwrap();
-        NatsServer::start_with(None, Some((conf, auth.operator_creds()))).await
+        NatsServer::start_with(None, Some((auth.server_conf(), auth.operator_creds()))).await
     }
 
     /// A server that speaks only TLS with `certs`' server certificate and refuses clients
     /// without a certificate signed by `certs`' CA (`verify: true`).
     pub async fn start_tls(certs: &crate::Certs) -> NatsServer {
-        NatsServer::start_with(Some(crate::tls::NatsTls::new(certs)), None).await
+        NatsServer::start_with(Some(NatsTls::new(certs)), None).await
     }
 
     /// The production topology in place of one server: a 3-node cluster with `auth`'s
     /// authorization, client TLS with `certs` (a client certificate required) and secured
     /// routes ([`crate::NatsCluster::start_secured`]). [`NatsServer::url`] names every node,
-    /// [`NatsServer::options`] carries the TLS settings; it cannot be stopped or restarted as one.
+    /// [`NatsServer::with_tls`] carries the TLS settings; it cannot be stopped or restarted as one.
     pub async fn start_production(auth: &crate::AuthSetup, certs: &crate::Certs) -> NatsServer {
         let cluster = crate::NatsCluster::start_secured(3, auth, certs).await;
-        NatsServer {
-            bin: nats_bin(),
-            port: 0,
-            store: TempDir::new().unwrap(),
-            child: None,
-            tls: Some(crate::tls::NatsTls::new(certs)),
-            auth: Some((PathBuf::new(), auth.operator_creds())),
-            cluster: Some(cluster),
-        }
+        NatsServer { server: None, tls: Some(NatsTls::new(certs)), cluster: Some(cluster) }
     }
 
-    async fn start_with(tls: Option<crate::tls::NatsTls>, auth: Option<(PathBuf, PathBuf)>) -> NatsServer {
-        let store = TempDir::new().unwrap();
-        let mut s = NatsServer { bin: nats_bin(), port: free_port(), store, child: None, tls, auth, cluster: None };
-        s.spawn().await;
-        s
+    /// A TLS server, or one with `auth`'s (config, operator credentials).
+    async fn start_with(tls: Option<NatsTls>, auth: Option<(String, PathBuf)>) -> NatsServer {
+        let config = match (&tls, &auth) {
+            (Some(t), _) => t.config_text(),
+            (None, Some((conf, _))) => conf.clone(),
+            (None, None) => String::new(),
+        };
+        let creds = auth.map(|(_, creds)| creds);
+        let options =
+            NatsOptions { config, tls: tls.is_some(), connect: connect_as(tls.clone(), creds), ..Default::default() };
+        let server = tillsync_testkit::NatsServer::start(options).await.unwrap_or_else(|e| panic!("{e}"));
+        NatsServer { server: Some(server), tls, cluster: None }
+    }
+
+    fn server(&self) -> &tillsync_testkit::NatsServer {
+        self.server.as_ref().expect("the production topology is not stopped or restarted as one server")
     }
 
     /// Where clients connect: this server, or every node of the production topology.
     pub fn url(&self) -> String {
-        if let Some(c) = &self.cluster {
-            return c.urls();
+        match &self.cluster {
+            Some(c) => c.urls(),
+            None => self.server().url(),
         }
-        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// [`NatsServer::url`] as a list, for `ConnectOptions::connect` (which takes no commas).
@@ -103,59 +104,29 @@ impl NatsServer {
     /// `options` with this server's client TLS (trust its CA, present the client certificate)
     /// when it has any; unchanged otherwise.
     pub fn with_tls(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
-        crate::tls::NatsTls::add_to(options, self.tls.as_ref())
+        NatsTls::add_to(options, self.tls.as_ref())
     }
 
     /// The TLS files a client needs, as `NATS_CA_FILE`, `NATS_CERT_FILE` and `NATS_KEY_FILE`.
     pub fn tls_env(&self) -> Vec<(&'static str, String)> {
-        self.tls.as_ref().map(crate::tls::NatsTls::env).unwrap_or_default()
+        self.tls.as_ref().map(NatsTls::env).unwrap_or_default()
     }
 
-    pub fn store_dir(&self) -> &std::path::Path {
-        self.store.path()
-    }
-
-    async fn spawn(&mut self) {
-        assert!(self.cluster.is_none(), "the production topology is not stopped or restarted as one server");
-        let mut cmd = Command::new(&self.bin);
-        if let Some(tls) = &self.tls {
-            cmd.arg("-c").arg(tls.write_config(self.store.path()));
-        } else if let Some((conf, _)) = &self.auth {
-            cmd.arg("-c").arg(conf);
-        }
-        let child = cmd
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {}: {e} (run ./scripts/test.sh, which installs it)", self.bin.display())
-            });
-        self.child = Some(child);
-        let (url, tls, creds) = (self.url(), self.tls.clone(), self.creds());
-        eventually(Duration::from_secs(15), "nats-server accepting connections with JetStream", || {
-            let (url, tls, creds) = (url.clone(), tls.clone(), creds.clone());
-            async move {
-                let client = connect_as(&url, tls.as_ref(), creds.as_deref()).await.ok()?;
-                async_nats::jetstream::new(client).query_account().await.ok().map(|_| ())
-            }
-        })
-        .await;
+    pub fn store_dir(&self) -> PathBuf {
+        self.server().store_dir()
     }
 
     /// Kills the server (SIGKILL), as a WAN cut or crash would.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(s) = self.server.as_mut() {
+            s.kill();
         }
     }
 
     /// Starts it again on the same port with the same store: streams and consumers survive.
     pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
+        let server = self.server.as_mut().expect("the production topology is not restarted as one server");
+        server.restart().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A client with every permission (the operator's user when authorization is on).
@@ -163,33 +134,10 @@ impl NatsServer {
         if let Some(c) = &self.cluster {
             return c.client().await;
         }
-        let creds = self.creds();
-        connect_as(&self.url(), self.tls.as_ref(), creds.as_deref()).await.expect("connect to test nats-server")
-    }
-
-    fn creds(&self) -> Option<PathBuf> {
-        self.auth.as_ref().map(|(_, c)| c.clone())
+        self.server().client().await.expect("connect to test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(self.client().await)
-    }
-}
-
-async fn connect_as(
-    url: &str,
-    tls: Option<&crate::tls::NatsTls>,
-    creds: Option<&std::path::Path>,
-) -> Result<async_nats::Client, String> {
-    let mut options = crate::tls::NatsTls::options(tls);
-    if let Some(c) = creds {
-        options = tillsync_broker::nats::credentials(options, c).await.map_err(|e| e.to_string())?;
-    }
-    options.connect(url).await.map_err(|e| e.to_string())
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

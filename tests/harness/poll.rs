@@ -2,23 +2,19 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use tillsync_testkit::within;
+
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Polls `check` every 25 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    match within(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for: {what}"),
     }
 }
 

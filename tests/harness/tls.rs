@@ -46,8 +46,8 @@ impl Certs {
     }
 
     /// The broker's and the CLI's NATS TLS options: trust this CA, present the client certificate.
-    pub fn broker_files(&self) -> tillsync_broker::nats::TlsFiles {
-        tillsync_broker::nats::TlsFiles {
+    pub fn broker_files(&self) -> tillsync_broker::admin::nats::TlsFiles {
+        tillsync_broker::admin::nats::TlsFiles {
             ca: Some(self.ca.clone()),
             cert: Some(self.client_cert.clone()),
             key: Some(self.client_key.clone()),
@@ -120,16 +120,13 @@ impl NatsTls {
         }
     }
 
-    /// Writes `tls.conf` into `dir`; `verify: true` makes the server demand a client
-    /// certificate signed by `ca_file`.
-    pub(crate) fn write_config(&self, dir: &Path) -> PathBuf {
-        let conf = format!(
+    /// The server's `tls` block; `verify: true` makes the server demand a client certificate
+    /// signed by `ca_file`.
+    pub(crate) fn config_text(&self) -> String {
+        format!(
             "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 5\n}}\n",
             self.server_cert, self.server_key, self.ca
-        );
-        let path = dir.join("tls.conf");
-        std::fs::write(&path, conf).unwrap();
-        path
+        )
     }
 
     pub(crate) fn options(tls: Option<&NatsTls>) -> async_nats::ConnectOptions {

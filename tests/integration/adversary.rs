@@ -5,6 +5,17 @@
 //! Reply subjects: nats-server does not check where a request's answer goes, so a requester
 //! can name `$JS.API.STREAM.PURGE.<stream>` or another tenant's subject as its reply and have
 //! the responder (the broker, or JetStream answering a direct get) publish there.
+//!
+//! Attacks tried in the modules of the flow they target (one place to look for each):
+//! - a device's catch-up asks (`tillsync.csync.<t>.<s>.<d>`) are answered only on that device's
+//!   own copies subject, never a reply it names, and past 12 a minute they are dropped and
+//!   counted: `downlink::a_copy_lost_with_its_connection_is_handed_again_by_the_due_check_and_asks_over_budget_are_dropped`;
+//! - a cancel or approval decision published on a partition not its store's is quarantined,
+//!   not applied under another partition's fence:
+//!   `cancel_partition::a_cancel_or_decision_on_a_partition_not_its_stores_is_quarantined_not_applied`;
+//! - a device's subjects, a portal's tenant, activation codes, revocation and rotation:
+//!   `security::*`; altered, foreign, unsigned, replayed and expired commands, and a neighbour
+//!   publishing a till's ack id first: `signed::*`.
 
 use tillsync_edge::identity::default_path;
 use tillsync_edge::{Bridge, EventDraft};
@@ -313,7 +324,7 @@ async fn a_strangers_tries_with_fresh_keys_are_counted_not_stored_one_by_one(top
     for _ in 0..TRIES {
         let key = nkeys::KeyPair::new_user();
         let public = key.public_key();
-        let code = tillsync_broker::auth::new_code();
+        let code = tillsync_broker::admin::auth::new_code();
         let client = stack
             .nats
             .with_tls(async_nats::ConnectOptions::with_nkey(key.seed().unwrap()))
@@ -427,7 +438,7 @@ async fn a_stranger_over_its_addresss_budget_is_refused_and_the_stores_till_stil
     async fn stranger_tries(stack: &Stack) -> bool {
         let key = nkeys::KeyPair::new_user();
         let public = key.public_key();
-        let code = tillsync_broker::auth::new_code();
+        let code = tillsync_broker::admin::auth::new_code();
         let connected = stack
             .nats
             .with_tls(async_nats::ConnectOptions::with_nkey(key.seed().unwrap()))
@@ -514,7 +525,7 @@ async fn a_till_cannot_hold_unbounded_subscriptions_or_store_oversized_messages(
     let mut probe = Probe::device(&stack, &default_path(&config.db)).await;
 
     // Its own inbox, which it may subscribe to, as many times as it likes: the server stops it.
-    let max = tillsync_broker::auth::setup::MAX_SUBSCRIPTIONS as usize;
+    let max = tillsync_broker::admin::auth::setup::MAX_SUBSCRIPTIONS as usize;
     let mut subs = Vec::with_capacity(max + 1);
     for i in 0..=max {
         match probe.client.subscribe(format!("{}.s{i}", identity::device_inbox(&a))).await {

@@ -1,7 +1,8 @@
 //! Smoke run of `tillsync bench fleet` (issue 27): 20 simulated bridges on the bench's own
-//! 3-node cluster, today's downlink and the floor. Checks the JSON's shape and the consumer
-//! counts (each device holds two JetStream consumers today, none on the floor), not timings:
-//! the figures live in docs/performance.md.
+//! 3-node cluster with a broker, today's downlink and the floor. Checks the JSON's shape, the
+//! consumer counts (no device holds a consumer, today as on the floor) and that a command and a
+//! configuration version reached every device, also while a node restarted; not timings: the
+//! figures live in docs/performance.md.
 
 use std::time::Duration;
 
@@ -50,8 +51,26 @@ async fn bench_fleet_reports_both_phases_and_counts_the_consumers() {
         }
         assert!(number(p, "nats_rss_mib") > 0.0, "three nats-servers use some memory: {v}");
     }
-    assert_eq!(v["today"]["consumers"], 2 * DEVICES, "a command and a config consumer per device: {v}");
+    assert_eq!(v["today"]["consumers"], 0, "no consumer per device: {v}");
     assert_eq!(v["floor"]["consumers"], 0, "plain subscriptions only: {v}");
+    assert_eq!(v["today"]["server_consumers"], v["floor"]["server_consumers"], "only the broker's own: {v}");
+    let today = &v["today"];
+    let restart = &today["after_node_restart"];
+    let rounds = [
+        ("command_round_trip", &today["command_round_trip"], "all_acked_s"),
+        ("config_publish_to_applied", &today["config_publish_to_applied"], "all_applied_s"),
+        ("after_node_restart.command_round_trip", &restart["command_round_trip"], "all_acked_s"),
+        ("after_node_restart.config_publish_to_applied", &restart["config_publish_to_applied"], "all_applied_s"),
+    ];
+    for (round, r, all) in rounds {
+        for key in ["p50_ms", "p99_ms", all] {
+            assert!(number(r, key) > 0.0, "today.{round}.{key} in {v}");
+        }
+    }
+    assert!(number(restart, "all_caught_up_s") > 0.0, "{v}");
+    for round in ["command_round_trip", "config_publish_to_applied", "after_node_restart"] {
+        assert!(v["floor"][round].is_null(), "the floor acks and applies nothing: {v}");
+    }
     // A ratio is null only when the floor's CPU was below /proc's 10 ms resolution.
     for key in ["cpu_ratio_to_floor", "rss_ratio_to_floor"] {
         assert!(v[key].is_number() || v[key].is_null(), "{key} in {v}");

@@ -252,7 +252,7 @@ async fn boolean_variables_take_yes_no_one_zero_on_off() {
     let print = |value: &'static str| async move {
         let out = tokio::process::Command::new(bin_path("tillsync-broker"))
             .arg("--print-config")
-            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::signing::test_key_file())
+            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::admin::signing::test_key_file())
             .env("TILLSYNC_AUTO_TENANTS", value)
             .output()
             .await

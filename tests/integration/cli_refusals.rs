@@ -11,8 +11,9 @@
 //! or argument without one fails here.
 //!
 //! Also: global options are accepted before and after the subcommand, usage lines show what
-//! is required (not what the environment set), and `tillsync status` checks the configuration
-//! streams and distribution, with what it could not read shown as unknown.
+//! is required (not what the environment set), `tillsync status` checks the configuration
+//! streams and distribution, with what it could not read shown as unknown, and `tillsync
+//! bench`/`chaos` without tillsync-lab beside tillsync say how to build it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -140,7 +141,7 @@ fn owned(args: &[&str]) -> Vec<String> {
 
 /// A command waiting for approval, as the broker records one (no broker runs here).
 async fn pending_command(pool: &sqlx::PgPool) -> String {
-    let now = chrono_ms();
+    let now = tillsync_schemas::now_ms();
     let cmd = CommandEnvelope {
         schema_version: SCHEMA_VERSION,
         command_id: uuid::Uuid::new_v4().to_string(),
@@ -167,10 +168,6 @@ async fn pending_command(pool: &sqlx::PgPool) -> String {
     cmd.command_id
 }
 
-fn chrono_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 #[tokio::test]
 async fn every_subcommand_refuses_what_does_not_exist() {
     let stack = Stack::start().await;
@@ -183,7 +180,7 @@ async fn every_subcommand_refuses_what_does_not_exist() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let key_file = path("alice.nk");
-    tillsync_broker::keyfile::write_new(std::path::Path::new(&key_file), &nkeys::KeyPair::new_user()).unwrap();
+    tillsync_broker::admin::keyfile::write_new(std::path::Path::new(&key_file), &nkeys::KeyPair::new_user()).unwrap();
     let tenant_wide = path("tenant.json");
     std::fs::write(&tenant_wide, r#"{"changes": [{"op": "delete", "type": "tender", "id": "cash"}]}"#).unwrap();
     let settings = path("settings.json");
@@ -513,4 +510,30 @@ async fn status_reads_the_configuration_and_its_streams() {
     .await;
     assert_eq!(down.code, 3);
     assert!(down.stdout.contains("CONFIGURATION: unknown (Postgres did not answer)"), "{}", down.stdout);
+}
+
+/// `tillsync bench` and `tillsync chaos` become tillsync-lab from tillsync's own directory; a
+/// tillsync installed alone refuses them with exit 2, naming the missing binary and the build
+/// that makes it (`--json`: the error object).
+#[test]
+fn bench_and_chaos_without_tillsync_lab_say_how_to_build_it() {
+    let built = bin_path("tillsync");
+    // A hard link in the build directory's file system: a copy, still open for writing in
+    // this process while another test forks, could fail to run with ETXTBSY.
+    let dir = tempfile::tempdir_in(built.parent().unwrap()).unwrap();
+    let alone = dir.path().join("tillsync");
+    std::fs::hard_link(&built, &alone).unwrap();
+    let missing = format!("{} not found", dir.path().join("tillsync-lab").display());
+    for args in [&["bench", "fsync"][..], &["chaos", "--seconds", "5"], &["--json", "bench"], &["help", "bench"]] {
+        let run = Run::of(std::process::Command::new(&alone).args(args).output().unwrap());
+        let shown = format!("tillsync {}\n{}{}", args.join(" "), run.stdout, run.stderr);
+        assert_eq!(run.code, 2, "{shown}");
+        let error = run.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{shown}"));
+        assert!(error.contains("tillsync-lab") && error.contains(&missing), "{shown}");
+        let hint = run.stderr.lines().find(|l| l.starts_with("hint: ")).unwrap_or_else(|| panic!("{shown}"));
+        assert!(hint.contains("cargo build -p tillsync-lab"), "{shown}");
+    }
+    let run = Run::of(std::process::Command::new(&alone).args(["bench", "fsync", "--json"]).output().unwrap());
+    let e = &run.json()["error"];
+    assert_eq!((e["code"].as_str(), e["exit"].as_i64(), run.code), (Some("lab_not_installed"), Some(2), 2), "{e}");
 }

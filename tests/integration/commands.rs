@@ -530,8 +530,7 @@ async fn a_backlog_is_taken_in_batches_keeping_issue_order_duplicates_and_refusa
 #[tokio::test]
 async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
     use tillsync_actors::policy::InboxParams;
-    use tillsync_broker::commands::intake_store::{accept_many, Accepted};
-    use tillsync_broker::commands::store::CommandRow;
+    use tillsync_broker::admin::commands::{accept_many, Accepted, CommandRow};
 
     let db = tillsync_tests::TestDb::new().await;
     let pool = &db.pool;
@@ -542,7 +541,7 @@ async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
     }
     let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
     // The statements commit under a partition's fence, as the broker's do.
-    let fence = tillsync_broker::partitions::fence::acquire(pool, 0, "test").await.unwrap();
+    let fence = tillsync_broker::admin::commands::acquire_fence(pool, 0, "test").await.unwrap();
     let accept = |cmds: Vec<CommandEnvelope>| async move {
         let bytes: Vec<Vec<u8>> = cmds.iter().map(codec::encode).collect();
         let rows: Vec<CommandRow<'_>> = cmds.iter().zip(&bytes).map(|(c, b)| CommandRow::of(c, b)).collect();
@@ -586,9 +585,7 @@ async fn intake_delivers_directly_only_what_the_plan_would_deliver_now() {
 #[tokio::test]
 async fn keyed_statements_planned_on_an_empty_inbox_still_probe_keys() {
     use tillsync_actors::policy::InboxParams;
-    use tillsync_broker::commands::ack_store::record_acks;
-    use tillsync_broker::commands::intake_store::accept_many;
-    use tillsync_broker::commands::store::CommandRow;
+    use tillsync_broker::admin::commands::{accept_many, record_acks, CommandRow};
 
     let db = tillsync_tests::TestDb::new().await;
     let pool = &db.pool;
@@ -602,16 +599,16 @@ async fn keyed_statements_planned_on_an_empty_inbox_still_probe_keys() {
     provision(pool, &DeviceAddr::new("cmd-plan", "s1", "till-busy")).await;
     sqlx::query("UPDATE devices SET online = true").execute(pool).await.unwrap();
     // One connection, so the second round runs the plans the first one made.
-    let keyed = tillsync_broker::db::connect_keyed(&db.url, 1).await.unwrap();
+    let keyed = tillsync_broker::admin::db::connect_keyed(&db.url, 1).await.unwrap();
     let p = InboxParams { max_attempts: 3, first_retry_ms: 5_000 };
-    let fence = tillsync_broker::partitions::fence::acquire(pool, 0, "test").await.unwrap();
+    let fence = tillsync_broker::admin::commands::acquire_fence(pool, 0, "test").await.unwrap();
     let round = |keyed: PgPool| {
         let quiet = quiet.clone();
         async move {
             let cmd = command("cmd-plan", "s1", Some("till-1"), menu(), &["alice"], 60_000);
             let bytes = codec::encode(&cmd);
             let accepted = accept_many(&keyed, fence, &[CommandRow::of(&cmd, &bytes)], p).await.unwrap();
-            assert!(matches!(accepted[0], tillsync_broker::commands::intake_store::Accepted::New(_)));
+            assert!(matches!(accepted[0], tillsync_broker::admin::commands::Accepted::New(_)));
             let ack = edge_ack(&quiet, &cmd.command_id, Outcome::Applied, "ok");
             let recorded = record_acks(&keyed, fence, &[ack]).await.unwrap();
             assert!(recorded[0].transition.is_some(), "the ack makes its transition");
@@ -1103,8 +1100,14 @@ async fn cli_sends_waits_shows_and_lists() {
     let again = cli(&stack, &["commands", "approve", &waiting, "--approver", "bob", "--key-file", &bob]).await;
     assert_eq!(again.0, 5, "{}", again.1);
 
-    // bob rejects the next one: rejected, never delivered.
+    // bob rejects the next one: rejected, never delivered. (The send returns when the intake
+    // publish is stored; the broker records it as waiting a moment later.)
     let rejected = send_void().await;
+    eventually(T, "the second void pending approval", || async {
+        let (_, out) = cli(&stack, &pending).await;
+        out.contains(&rejected).then_some(())
+    })
+    .await;
     let (code, out) = cli(&stack, &["commands", "reject", &rejected, "--approver", "bob", "--key-file", &bob]).await;
     assert_eq!(code, 0, "{out}");
     let (code, out) = cli(&stack, &["commands", "list", "--tenant", "cmd-cli", "--state", "rejected", "--json"]).await;
@@ -1117,9 +1120,34 @@ async fn cli_sends_waits_shows_and_lists() {
     // A revoked approver's signature counts for nothing (refused before sending: exit 3).
     assert_eq!(cli(&stack, &["approvers", "revoke", "--tenant", "cmd-cli", "carol"]).await.0, 0);
     let third = send_void().await;
+    eventually(T, "the third void pending approval", || async {
+        let (_, out) = cli(&stack, &pending).await;
+        out.contains(&third).then_some(())
+    })
+    .await;
     let late = cli(&stack, &["commands", "approve", &third, "--approver", "carol", "--key-file", &carol]).await;
     assert_eq!(late.0, 3, "{}", late.1);
     assert_eq!(cli(&stack, &["approvers", "revoke", "--tenant", "cmd-cli", "nobody"]).await.0, 4);
+
+    // Cancelled while waiting for approval: listed as cancelled, not as rejected.
+    let (code, out) = cli(&stack, &["commands", "cancel", &third, "--json"]).await;
+    assert_eq!(code, 0, "{out}");
+    let listed = |state: &'static str| {
+        let stack = &stack;
+        async move {
+            let (code, out) =
+                cli(stack, &["commands", "list", "--tenant", "cmd-cli", "--state", state, "--json"]).await;
+            assert_eq!(code, 0, "{out}");
+            serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+        }
+    };
+    let cancelled = listed("cancelled").await;
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(
+        (cancelled[0]["command_id"].as_str(), &cancelled[0]["code"]),
+        (Some(third.as_str()), &"cancelled".into())
+    );
+    assert_eq!(listed("rejected").await.len(), 1, "only bob's rejection");
 
     let (code, _) = cli(&stack, &["commands", "show", &uuid::Uuid::new_v4().to_string()]).await;
     assert_eq!(code, 4, "not found");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tillsync_broker::store_config::{self, rows, PublishError};
+use tillsync_broker::admin::store_config::{self, rows, PublishError};
 use tillsync_schemas::config::{
     delta_subject, publish_subject, snapshot_subject, ChangeRequest, ChangeSet, ConfigDelta, ConfigSnapshot,
     EntityType, PublishReply, Refusal,

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType, SubjectTransform};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tillsync_edge::{config_cache, Bridge};
+use tillsync_edge::{store_config, Bridge};
 use tillsync_schemas::config::{self, Change, ConfigDelta, ConfigSnapshot, EntityType};
 use tillsync_schemas::subject::Family;
 use tillsync_schemas::{codec, streams, subject, DeviceAddr, Outcome};
@@ -17,6 +17,9 @@ use tillsync_tests::{bin_path, eventually, eventually_eq, http_get, metric, InPr
 
 use crate::common::add_tenant;
 use crate::edge::support::*;
+
+/// Where [`Distributor::publish_unheard`] publishes a delta.
+const UNHEARD: &str = "lostcfg";
 
 /// STAND-IN for the broker's distributor (branch cfg-cloud): the two config streams as
 /// docs/design18 defines them, one delta per version and the latest snapshot per store.
@@ -34,9 +37,17 @@ impl Distributor {
             (streams::CONFIG, Family::Config, config::DEFAULT_DELTAS_KEPT as i64),
             (streams::CONFIG_SNAPSHOTS, Family::ConfigSnapshot, 1),
         ] {
+            let mut subjects = vec![subjects.all_subjects()];
+            // Test only: a delta published on `lostcfg.<t>.<s>._store` is stored as the store's
+            // delta but reaches no subscriber of that subject: a live delta lost on the way.
+            let unheard = (name == streams::CONFIG).then(|| {
+                subjects.push(format!("{UNHEARD}.>"));
+                SubjectTransform { source: format!("{UNHEARD}.>"), destination: subjects[0].clone() }
+            });
             js.get_or_create_stream(StreamConfig {
                 name: name.to_string(),
-                subjects: vec![subjects.all_subjects()],
+                subjects,
+                subject_transform: unheard,
                 max_messages_per_subject: per_subject,
                 allow_direct: true,
                 storage: StorageType::File,
@@ -56,6 +67,15 @@ impl Distributor {
 
     /// Publishes the next version's delta, then the snapshot at that version.
     async fn publish(&mut self, changes: Vec<Change>) -> u64 {
+        self.publish_as(changes, true).await
+    }
+
+    /// [`Distributor::publish`], but the delta reaches the stream only, no live subscriber.
+    async fn publish_unheard(&mut self, changes: Vec<Change>) -> u64 {
+        self.publish_as(changes, false).await
+    }
+
+    async fn publish_as(&mut self, changes: Vec<Change>, heard: bool) -> u64 {
         self.version += 1;
         for c in &changes {
             let key = (c.entity_type, c.id.clone());
@@ -75,6 +95,13 @@ impl Distributor {
             changes,
         };
         let subject = config::delta_subject(&self.tenant, &self.store);
+        let subject = match heard {
+            true => subject,
+            false => {
+                let family = Family::Config.all_subjects();
+                format!("{UNHEARD}.{}", subject.strip_prefix(family.trim_end_matches('>')).unwrap())
+            }
+        };
         let msg_id = format!("cfg:{}:{}:{}", self.tenant, self.store, self.version);
         let delta_seq = self.put(subject, Some(&msg_id), codec::encode(&delta)).await;
         let snapshot = ConfigSnapshot {
@@ -327,6 +354,7 @@ async fn a_command_whose_if_match_names_a_stale_config_version_is_rejected() {
     cfg.handler_exec = Some(handler.clone());
     let bridge = Bridge::start(cfg).await.unwrap();
     eventually_eq(T, "version 2", 2, || version(&bridge)).await;
+    wait_commands_live(&bridge).await;
 
     let mut stale = settings_patch(&d, 9, tillsync_edge::now_ms(), 60_000);
     stale.if_match = Some(1);
@@ -357,9 +385,9 @@ fn edge_paused(cfg: &tillsync_edge::Config, pause_ms: Option<u64>) -> Child {
     cmd.spawn().expect("spawn tillsync-edge")
 }
 
-async fn on_file(db: &Path) -> config_cache::Current {
+async fn on_file(db: &Path) -> store_config::cache::Current {
     let pool = tillsync_edge::db::open(db, false).await.unwrap();
-    let c = config_cache::current(&pool).await.unwrap();
+    let c = store_config::cache::current(&pool).await.unwrap();
     pool.close().await;
     c
 }
@@ -407,6 +435,91 @@ async fn kill_9_mid_apply_leaves_the_old_version_and_a_restart_reaches_the_new_o
             assert!(c.entities.contains_key("tax"));
         }
     }
+}
+
+/// `tillsync-edge run` with the configuration recheck every `recheck_ms`.
+fn edge_rechecking(cfg: &tillsync_edge::Config, recheck_ms: u64) -> Child {
+    let mut cmd = Command::new(bin_path("tillsync-edge"));
+    cmd.arg("run").envs(cfg.to_env()).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.env("TILLSYNC_EDGE_CONFIG_RECHECK_MS", recheck_ms.to_string());
+    cmd.spawn().expect("spawn tillsync-edge")
+}
+
+async fn scraped(addr: std::net::SocketAddr, name: &str, labels: &str) -> Option<f64> {
+    let (_, text) = http_get(addr, "/metrics").await?;
+    metric(&text, name, labels)
+}
+
+#[tokio::test]
+async fn a_lost_live_delta_is_caught_up_by_the_periodic_recheck() {
+    let (stack, d, mut hq, dir) = world("till-r").await;
+    let mut cfg = config(&stack, &d, dir.path());
+    cfg.http_addr = tillsync_tests::free_addr();
+    let (db, api) = (cfg.db.clone(), cfg.http_addr);
+    let js = stack.nats.jetstream().await;
+    let mut edge = edge_rechecking(&cfg, 500);
+    // Served once the bridge has made and migrated its SQLite file: only then read it here.
+    let rechecks = || scraped(api, "tillsync_edge_config_catchups_total", "why=\"recheck\"");
+    eventually_eq(T, "metrics served", Some(0.0), rechecks).await;
+    eventually_eq(T, "version 1", 1, || async { on_file(&db).await.version }).await;
+
+    // Version 2 is on the stream, but its live delta never reaches the bridge.
+    hq.publish_unheard(vec![delete(EntityType::MenuItem, "fries")]).await;
+    eventually_eq(T, "version 2, caught up by a recheck", 2, || async { on_file(&db).await.version }).await;
+    eventually_eq(T, "the catch-up counted", Some(1.0), rechecks).await;
+    assert_eq!(on_file(&db).await.entities["menu_item"].len(), 1, "fries deleted");
+    assert_eq!(scraped(api, "tillsync_edge_config_applied_total", "via=\"delta\"").await, Some(1.0));
+    let consumers = || async {
+        let stream = js.get_stream(streams::CONFIG).await.unwrap();
+        stream.consumer_names().map(|n| n.unwrap()).collect::<Vec<String>>().await
+    };
+    eventually_eq(T, "its catch-up consumer deleted", Vec::<String>::new(), consumers).await;
+
+    // The next version comes live, and later rechecks find the bridge in step.
+    hq.publish(vec![upsert(EntityType::Tender, "card", json!({"name": "Card"}))]).await;
+    eventually_eq(T, "version 3", 3, || async { on_file(&db).await.version }).await;
+    assert_eq!(rechecks().await, Some(1.0));
+    edge.kill().unwrap();
+    edge.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_reconnect_reads_from_the_stream_what_the_subscription_missed() {
+    let (mut stack, d, mut hq, dir) = world("till-n").await;
+    let bridge = Bridge::start(config(&stack, &d, dir.path())).await.unwrap();
+    eventually_eq(T, "version 1", 1, || version(&bridge)).await;
+    let catchups =
+        || async { metric(&bridge.metrics_text(), "tillsync_edge_config_catchups_total", "why=\"connect\"") };
+    assert_eq!(catchups().await, Some(0.0), "first boot: the snapshot alone");
+
+    // Version 2 never reaches the subscription; the recheck (5 min) is far off. Only starting
+    // over at the reconnect finds it.
+    hq.publish_unheard(vec![delete(EntityType::MenuItem, "fries")]).await;
+    stack.nats.restart().await;
+    eventually_eq(T, "version 2 after the reconnect", 2, || version(&bridge)).await;
+    eventually_eq(T, "one catch-up by deltas", (Some(1.0), Some(1.0)), || async {
+        (catchups().await, applied(&bridge, "delta"))
+    })
+    .await;
+    hq.publish(vec![upsert(EntityType::Tender, "card", json!({"name": "Card"}))]).await;
+    eventually_eq(T, "version 3, live", 3, || version(&bridge)).await;
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gap_on_the_subscription_takes_the_snapshot() {
+    let (stack, d, mut hq, dir) = world("till-p").await;
+    let bridge = Bridge::start(config(&stack, &d, dir.path())).await.unwrap();
+    eventually_eq(T, "version 1", 1, || version(&bridge)).await;
+    hq.publish_unheard(vec![delete(EntityType::MenuItem, "fries")]).await;
+    hq.publish(vec![upsert(EntityType::Tender, "card", json!({"name": "Card"}))]).await;
+    eventually_eq(T, "version 3", 3, || version(&bridge)).await;
+    // The first boot's snapshot, then the one the gap (3 after 1) called for.
+    eventually_eq(T, "two snapshots", Some(2.0), || async { applied(&bridge, "snapshot") }).await;
+    let (_, body) = get_json(bridge.http_addr().unwrap(), "/v1/config").await;
+    assert!(body["entities"]["menu_item"].get("fries").is_none(), "{body}");
+    assert_eq!(body["entities"]["tender"]["card"]["name"], "Card");
+    bridge.shutdown().await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use async_nats::jetstream;
 use serde_json::json;
 use sqlx::PgPool;
-use tillsync_broker::store_config;
+use tillsync_broker::admin::store_config;
 use tillsync_schemas::config::{snapshot_subject, ChangeRequest, ChangeSet, ConfigSnapshot};
 use tillsync_schemas::{codec, streams, DeviceAddr};
 

@@ -189,36 +189,52 @@ async fn kill_9_of_the_bridge_mid_drain_loses_nothing_and_doubles_nothing() {
 async fn a_command_queued_while_the_bridge_was_offline_is_applied_once_after_reconnect() {
     let stack = Stack::start().await;
     add_tenant(&stack.db.pool, "acme").await;
-    let broker = InProcBroker::start(stack.broker_config()).await;
+    let mut broker_config = stack.broker_config();
+    // It keeps taking the stopped bridge for online, so it delivers to nobody.
+    broker_config.offline_after_s = 300;
+    let broker = InProcBroker::start(broker_config).await;
     let js = stack.nats.jetstream().await;
     let dir = tempfile::tempdir().unwrap();
     let d = DeviceAddr::new("acme", "s1", "till-c");
     let handler = recording_handler(dir.path());
     let mut cfg = config(&stack, &d, dir.path());
     cfg.handler_exec = Some(handler.clone());
+    provision(&stack, &d).await;
 
-    // Online once (its durable consumer exists), then offline.
+    // Online once (the broker knows it and takes it for online), then offline.
     let bridge = Bridge::start(cfg.clone()).await.unwrap();
-    wait_connected(&bridge).await;
-    let consumer = tillsync_schemas::streams::device_commands_consumer(&d);
-    eventually(T, "device command consumer created", || async {
-        let stream = js.get_stream(tillsync_schemas::streams::COMMANDS).await.ok()?;
-        stream.consumer_info(&consumer).await.ok().map(|_| ())
+    wait_commands_live(&bridge).await;
+    let db = &stack.db;
+    eventually_eq(T, "the broker saw it online", 1, || {
+        db.count("SELECT count(*) FROM devices WHERE device_id = 'till-c' AND online")
     })
     .await;
     bridge.shutdown().await;
 
-    // Queued while offline, and delivered twice, as a broker redelivery would.
-    let cmd = settings_patch(&d, 7, tillsync_edge::now_ms(), 60_000);
-    publish_command(&js, &cmd, 1).await;
-    publish_command(&js, &cmd, 2).await;
+    // Sent while it is away: the broker still takes it for online, so it publishes the command
+    // live to nobody. It holds no consumer, so only the catch-up on reconnect can bring it.
+    let cmd = send_via_portal(&js, &d, 7).await;
+    eventually_eq(T, "delivered to nobody", 1, || {
+        db.count("SELECT count(*) FROM command_inbox WHERE device_id = 'till-c' AND state = 'delivered'")
+    })
+    .await;
+    let held =
+        js.get_stream(tillsync_schemas::streams::COMMANDS).await.unwrap().info().await.unwrap().state.consumer_count;
+    assert_eq!(held, 0, "no consumer on the server for the device");
 
     let bridge = Bridge::start(cfg).await.unwrap();
     let ack = the_ack(&js, &d, &cmd.command_id).await;
     assert_eq!((ack.outcome, ack.code.as_str()), (Outcome::Applied, "ok"));
+    assert!(metric(&bridge.metrics_text(), "tillsync_edge_commands_handed_again_total", "") >= Some(1.0));
+    // The same copy again, as a broker republish would send it: the ledger answers it.
+    wait_commands_live(&bridge).await;
+    let mut again = cmd.clone();
+    again.device_id = Some(d.device_id.clone());
+    publish_command(&js, &again, 2).await;
     eventually(T, "the redelivery answered from the ledger", || async {
         let text = bridge.metrics_text();
-        (metric(&text, "tillsync_edge_command_duplicates_total", "") == Some(1.0)).then_some(())
+        // At least the copy above; a due check may hand it once more (docs/architecture.md).
+        (metric(&text, "tillsync_edge_command_duplicates_total", "") >= Some(1.0)).then_some(())
     })
     .await;
     let got = handled(&handler);
@@ -252,6 +268,7 @@ async fn an_expired_command_is_refused() {
     let mut cfg = config(&stack, &d, dir.path());
     cfg.handler_exec = Some(handler.clone());
     let bridge = Bridge::start(cfg).await.unwrap();
+    wait_commands_live(&bridge).await;
 
     let cmd = settings_patch(&d, 3, tillsync_edge::now_ms() - 10_000, 5_000);
     publish_command(&js, &cmd, 1).await;
@@ -276,6 +293,7 @@ async fn a_handler_that_times_out_gives_a_failed_ack_with_a_code() {
     cfg.handler_exec = Some(slow_handler(dir.path()));
     cfg.handler_timeout_ms = 300;
     let bridge = Bridge::start(cfg).await.unwrap();
+    wait_commands_live(&bridge).await;
 
     let cmd = settings_patch(&d, 2, tillsync_edge::now_ms(), 60_000);
     publish_command(&js, &cmd, 1).await;

@@ -29,6 +29,17 @@ pub async fn wait_connected(bridge: &Bridge) {
     .await;
 }
 
+/// Waits until the bridge's command subscriptions are in place on the server: a command
+/// published after this reaches it live (one published before reaches it only if the broker
+/// knows it, by catch-up).
+pub async fn wait_commands_live(bridge: &Bridge) {
+    eventually(T, "bridge subscribed to its commands", || async {
+        let text = bridge.metrics_text();
+        (tillsync_tests::metric(&text, "tillsync_edge_commands_subscribed", "") == Some(1.0)).then_some(())
+    })
+    .await;
+}
+
 pub async fn bridge_status(bridge: &Bridge) -> Status {
     bridge.status().await.expect("status")
 }

@@ -2,8 +2,6 @@
 //! dismissal, decommissioning a device (with NATS authorization on) and a tenant, the edge
 //! command consumer's inactivity threshold, and replay's target-schema safety.
 
-use std::time::Duration;
-
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use serde_json::{json, Value};
 use tillsync_edge::Bridge;
@@ -195,24 +193,34 @@ async fn a_decommissioned_device_loses_its_consumers_and_credentials_and_cannot_
     let js = stack.nats.jetstream().await;
     let (cmd_name, cfg_name) = (streams::device_commands_consumer(&d), config::device_consumer(&d));
 
-    // The consumer an older bridge made, without an inactivity threshold.
+    // The consumers a bridge of the previous version made: the new bridge holds none, and
+    // deletes these on start (docs/security.md, "Upgrading").
     let commands = eventually(T, "commands stream", || async { js.get_stream(streams::COMMANDS).await.ok() }).await;
-    let old = pull::Config {
+    let cfg = eventually(T, "config stream", || async { js.get_stream(streams::CONFIG).await.ok() }).await;
+    let old_cmd = || pull::Config {
         durable_name: Some(cmd_name.clone()),
         filter_subject: subject::commands(&d),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ..Default::default()
     };
-    commands.create_consumer(old).await.unwrap();
+    let old_cfg = || pull::Config {
+        durable_name: Some(cfg_name.clone()),
+        filter_subject: config::delta_subject(&d.tenant_id, &d.store_id),
+        ..Default::default()
+    };
+    commands.create_consumer(old_cmd()).await.unwrap();
+    cfg.create_consumer(old_cfg()).await.unwrap();
     let bridge = Bridge::start(config.clone()).await.unwrap();
-    eventually(T, "the bridge updated its consumer in place to the 30-day threshold", || async {
-        let c = consumer(&js, streams::COMMANDS, &cmd_name).await?;
-        (c.inactive_threshold == tillsync_edge::commands::INACTIVE_THRESHOLD).then_some(())
+    eventually(T, "the new bridge deleted both consumers of the previous version", || async {
+        let gone = consumer(&js, streams::COMMANDS, &cmd_name).await.is_none()
+            && consumer(&js, streams::CONFIG, &cfg_name).await.is_none();
+        gone.then_some(())
     })
     .await;
-    assert_eq!(tillsync_edge::commands::INACTIVE_THRESHOLD, Duration::from_secs(30 * 24 * 3600));
-    eventually(T, "its config consumer", || async { consumer(&js, streams::CONFIG, &cfg_name).await }).await;
+    // A till still on the previous version holds them again; decommissioning deletes them.
+    commands.create_consumer(old_cmd()).await.unwrap();
+    cfg.create_consumer(old_cfg()).await.unwrap();
 
     let device = ["--tenant", "acme", "--store", "s1", "--device", "till-1"];
     let (exit, _) = cli(&stack, &[&["devices", "decommission"][..], &device].concat()).await;

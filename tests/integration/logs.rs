@@ -129,7 +129,7 @@ async fn print_config_checks_masks_passwords_and_leaves_out_test_switches() {
     let run = |env: Vec<(&'static str, &'static str)>| async move {
         tokio::process::Command::new(bin_path("tillsync-broker"))
             .arg("--print-config")
-            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::signing::test_key_file())
+            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::admin::signing::test_key_file())
             .envs(env)
             .output()
             .await

@@ -1,7 +1,8 @@
-//! Commands that start their own nats-server (`tillsync chaos`, `tillsync bench`) find the one
-//! the scripts install and refuse one older than 2.10, naming its path, its version and the
-//! fix, before starting anything (a 2.9 never offers what the streams need, and used to end a
-//! chaos run 20 s later as "nats-server with JetStream not within 20 s").
+//! Commands that start their own nats-server (`tillsync chaos`, `tillsync bench`, both run by
+//! tillsync-lab) find the one the scripts install and refuse one older than 2.10, naming its
+//! path, its version and the fix, before starting anything (a 2.9 never offers what the
+//! streams need, and used to end a chaos run 20 s later as "nats-server with JetStream not
+//! within 20 s").
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -81,7 +82,8 @@ async fn chaos_and_bench_refuse_a_nats_server_older_than_2_10_named_by_the_varia
 }
 
 /// A release binary outside the repository's `target/`: it finds the pinned server above
-/// itself before a 2.9 on PATH, and without one names the PATH's and refuses it.
+/// itself before a 2.9 on PATH, and without one names the PATH's and refuses it. The binary
+/// that looks is tillsync-lab, which `tillsync bench` runs from its own directory.
 #[tokio::test]
 async fn the_pinned_server_above_the_binary_beats_an_old_one_on_path() {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,6 +92,7 @@ async fn the_pinned_server_above_the_binary_beats_an_old_one_on_path() {
     std::fs::create_dir_all(&release).unwrap();
     let tillsync = release.join("tillsync");
     std::fs::copy(bin_path("tillsync"), &tillsync).unwrap();
+    std::fs::copy(bin_path("tillsync-lab"), release.join("tillsync-lab")).unwrap();
     let old = fake_2_9(&tmp.path().join("sysbin"));
     let path = format!("{}:{}", old.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let env = [("PATH", path.as_str())];

@@ -540,11 +540,11 @@ fn compose_file_is_complete_and_matches_the_broker() {
     // services name under /auth are looked up in it, and nats-server checks its config with it.
     let etc = tempfile::tempdir().unwrap();
     let auth = etc.path().join("auth");
-    tillsync_broker::auth::setup::generate(&auth).unwrap();
+    tillsync_broker::admin::auth::setup::generate(&auth).unwrap();
     let routes = ["nats:6222", "nats-2:6222", "nats-3:6222"].map(String::from);
-    tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
+    tillsync_broker::admin::auth::routes::generate(&auth, &auth, &routes).unwrap();
     let hosts = ["nats", "nats-2", "nats-3", "localhost"].map(String::from);
-    tillsync_broker::auth::client_tls::generate(&auth, &auth, &hosts).unwrap();
+    tillsync_broker::admin::auth::client_tls::generate(&auth, &auth, &hosts).unwrap();
     let init = compose["services"]["auth-init"]["entrypoint"][2].as_str().unwrap();
     assert!(init.contains("tillsync auth routes") && routes.iter().all(|r| init.contains(r)), "{init}");
     assert!(
@@ -588,8 +588,11 @@ fn compose_file_is_complete_and_matches_the_broker() {
     all.auth_callout_creds = Some("/x".into());
     all.auth_issuer_seed = Some("/x".into());
     all.nats_system_creds = Some("/x".into());
-    all.nats_tls =
-        tillsync_broker::nats::TlsFiles { ca: Some("/x".into()), cert: Some("/x".into()), key: Some("/x".into()) };
+    all.nats_tls = tillsync_broker::admin::nats::TlsFiles {
+        ca: Some("/x".into()),
+        cert: Some("/x".into()),
+        key: Some("/x".into()),
+    };
     let known: BTreeSet<String> = all.to_env().into_iter().map(|(k, _)| k).chain(["RUST_LOG".to_string()]).collect();
     let env = env_of(&compose["services"]["broker"]);
     let keys: BTreeSet<String> = env.iter().map(|(k, _)| k.clone()).collect();

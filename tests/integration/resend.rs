@@ -24,7 +24,7 @@ async fn stopped_broker(gap_repair_after_s: u64) -> (Stack, Context, tillsync_br
     // These tests play NATS write loss by deleting acknowledged events.
     cfg.fault_streams_deletable = true;
     let js = stack.nats.jetstream().await;
-    tillsync_broker::streams::ensure(&js, &cfg).await.unwrap();
+    tillsync_broker::admin::streams::ensure(&js, &cfg).await.unwrap();
     (stack, js, cfg)
 }
 

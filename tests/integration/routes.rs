@@ -67,7 +67,7 @@ async fn form(dir: &Path) -> Result<(Vec<String>, std::path::PathBuf, Vec<Node>)
     let auth = dir.join("auth");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let conf = tillsync_broker::auth::routes::generate(&auth, &auth, &routes).unwrap();
+    let conf = tillsync_broker::admin::auth::routes::generate(&auth, &auth, &routes).unwrap();
     // nats-server resolves an include relative to the including file: the configs are in dir.
     let include = "  include \"auth/routes.conf\"";
     let nodes: Vec<Node> = (0..3).map(|i| node(dir, &format!("n{i}"), ports[i], include)).collect();
@@ -114,7 +114,7 @@ async fn a_node_without_the_route_credentials_is_refused_by_the_cluster() {
     let text = std::fs::read_to_string(&conf).unwrap();
     let password = text.split("nats-route://route:").nth(1).unwrap().split('@').next().unwrap().to_string();
     let other = dir.join("other");
-    let other_conf = tillsync_broker::auth::routes::generate(&other, &other, &routes).unwrap();
+    let other_conf = tillsync_broker::admin::auth::routes::generate(&other, &other, &routes).unwrap();
     let other_password = std::fs::read_to_string(&other_conf)
         .unwrap()
         .split("nats-route://route:")

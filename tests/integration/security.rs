@@ -48,11 +48,22 @@ async fn a_device_can_touch_only_its_own_subjects() {
         format!("$JS.API.DIRECT.GET.{}.{}", streams::WATERMARKS, subject::watermarks(&b)),
         format!("$JS.API.DIRECT.GET.{}", streams::WATERMARKS),
         "tillsync.intake.acme.s2.till-2".to_string(),
+        // B's catch-up request (its commands would go to B, not A; still not A's to ask) and
+        // the deletion of B's consumer.
+        subject::command_sync(&b),
+        format!("$JS.API.CONSUMER.DELETE.{}.{b_consumer}", streams::COMMANDS),
     ] {
         probe.publish_refused(&s).await;
     }
     // Subscribing to B's traffic is refused too.
-    for s in [subject::watermarks(&b), subject::commands(&b), format!("{}.>", identity::device_inbox(&b))] {
+    for s in [
+        subject::watermarks(&b),
+        subject::commands(&b),
+        subject::command_copies(&b),
+        "tillsync.ccopy.>".to_string(),
+        tillsync_schemas::config::delta_subject(&b.tenant_id, &b.store_id),
+        format!("{}.>", identity::device_inbox(&b)),
+    ] {
         let _sub = probe.client.subscribe(s.clone()).await.unwrap();
         probe.client.flush().await.unwrap();
         probe.expect_violation(&format!("subscription to \"{s}\"")).await;
@@ -129,7 +140,7 @@ async fn an_activation_code_works_once_and_every_refusal_is_coded_and_recorded()
     let expired = tillsync_tests::code_for(&stack.db.pool, &d, "activate", -1).await;
     let late = activate(&stack, &other.path().join("edge.db"), &expired).await;
     assert_eq!((late.exit, late.json["code"].as_str()), (3, Some("code_expired")), "{}", late.json);
-    let unknown = activate(&stack, &other.path().join("edge.db"), &tillsync_broker::auth::new_code()).await;
+    let unknown = activate(&stack, &other.path().join("edge.db"), &tillsync_broker::admin::auth::new_code()).await;
     assert_eq!((unknown.exit, unknown.json["code"].as_str()), (3, Some("code_unknown")), "{}", unknown.json);
     assert!(!default_path(&other.path().join("edge.db")).exists(), "no identity from a refused code");
 
@@ -395,7 +406,7 @@ async fn a_bridge_does_not_read_a_consumer_of_its_name_that_another_subject_feed
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     let info = commands.consumer_info(&name).await.unwrap();
-    assert_eq!(info.config.filter_subject, subject::commands(&other), "the consumer was not taken over");
+    assert_eq!(info.config.filter_subject, subject::commands(&other), "the consumer was not taken over nor deleted");
     assert_eq!(info.delivered.stream_sequence, 0, "beta's command was never delivered to acme's bridge");
     bridge.shutdown().await;
 }
@@ -441,7 +452,7 @@ fn plain_text_to_another_host_is_refused_unless_allowed() {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TILLSYNC_ALLOW_PLAINTEXT", allow.to_string())
-            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::signing::test_key_file())
+            .env("TILLSYNC_SIGNING_KEY_FILE", tillsync_broker::admin::signing::test_key_file())
             .output()
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -40,7 +40,7 @@ impl Fixture {
             cfg.command_keys = keys;
         }
         let bridge = Bridge::start(cfg).await.unwrap();
-        wait_connected(&bridge).await;
+        wait_commands_live(&bridge).await;
         Fixture { stack, broker, js, dir, a, bridge, handler }
     }
 

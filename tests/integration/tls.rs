@@ -6,7 +6,8 @@
 use std::process::Stdio;
 
 use serde_json::json;
-use tillsync_broker::nats::TlsFiles;
+use tillsync_broker::admin::nats::TlsFiles;
+use tillsync_broker::admin::Chain;
 use tillsync_schemas::DeviceAddr;
 use tillsync_tests::{
     bin_path, eventually_eq, free_addr, BrokerProc, Certs, InProcBroker, NatsServer, TestDb, TlsPostgres,
@@ -78,16 +79,16 @@ async fn nats_refuses_a_client_without_a_certificate_and_one_that_does_not_trust
     let nats = NatsServer::start_tls(&certs).await;
     let connect = |files: TlsFiles| {
         let url = nats.url();
-        async move { tillsync_broker::nats::connect(&url, None, &files, "tls-test").await.map(drop) }
+        async move { tillsync_broker::admin::nats::connect(&url, None, &files, "tls-test").await.map(drop) }
     };
     connect(certs.broker_files()).await.expect("the CA and a client certificate are accepted");
 
     let no_cert = TlsFiles { ca: Some(certs.ca.clone()), cert: None, key: None };
-    let err = connect(no_cert).await.expect_err("no client certificate").to_string();
+    let err = Chain(&connect(no_cert).await.expect_err("no client certificate")).to_string();
     assert!(err.contains("cannot connect to NATS at tls://127.0.0.1:") && err.contains("CertificateRequired"), "{err}");
 
     let other_ca = TlsFiles { ca: Some(stranger.ca.clone()), ..certs.broker_files() };
-    let err = connect(other_ca).await.expect_err("a server certificate the client does not trust").to_string();
+    let err = Chain(&connect(other_ca).await.expect_err("a server certificate the client does not trust")).to_string();
     assert!(err.contains("invalid peer certificate: UnknownIssuer"), "{err}");
 
     // `tillsync status` reports NATS unreachable with the cause and exits 3.
@@ -121,7 +122,7 @@ async fn the_broker_and_the_cli_reach_postgres_with_sslmode_verify_full() {
     let js = nats.jetstream().await;
     publish(&js, &event(&DeviceAddr::new("acme", "s1", "till-1"), 1, opened("o-pg-tls"))).await;
 
-    let pool = tillsync_broker::db::connect(&url, 2).await.expect("a verified TLS connection");
+    let pool = tillsync_broker::admin::db::connect(&url, 2).await.expect("a verified TLS connection");
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders WHERE order_id = 'o-pg-tls'")
             .fetch_one(&pool)
@@ -142,7 +143,7 @@ async fn postgres_over_tls_refuses_an_untrusted_certificate_and_plain_text() {
     let pg = TlsPostgres::start(&certs);
     let wrong_ca = pg.verify_full_url(&stranger.ca);
 
-    let err = tillsync_broker::db::connect(&wrong_ca, 1).await.expect_err("a server certificate of another CA");
+    let err = tillsync_broker::admin::db::connect(&wrong_ca, 1).await.expect_err("a server certificate of another CA");
     let err = err.to_string();
     assert!(err.contains("invalid peer certificate: UnknownIssuer"), "{err}");
     let run = tillsync(&[("DATABASE_URL", wrong_ca)], &["migrate"]).await;
@@ -154,6 +155,7 @@ async fn postgres_over_tls_refuses_an_untrusted_certificate_and_plain_text() {
     );
 
     // pg_hba.conf has only hostssl lines: without TLS there is no way in.
-    let plain = tillsync_broker::db::connect(&pg.url("sslmode=disable"), 1).await.expect_err("plain text").to_string();
+    let plain =
+        tillsync_broker::admin::db::connect(&pg.url("sslmode=disable"), 1).await.expect_err("plain text").to_string();
     assert!(plain.contains("no pg_hba.conf entry"), "{plain}");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use tillsync_broker::nats::TlsFiles;
+use tillsync_broker::admin::nats::TlsFiles;
 use tillsync_tests::{bin_path, eventually, free_port, http_get, nats_bin, DEFAULT_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -91,7 +91,7 @@ async fn nats_with_the_generated_tls_admits_the_client_certificate_only_and_neve
     };
     let connect = |url: String, files: TlsFiles| {
         let operator = operator.clone();
-        async move { tillsync_broker::nats::connect(&url, Some(operator.as_path()), &files, "tls-files-test").await }
+        async move { tillsync_broker::admin::nats::connect(&url, Some(operator.as_path()), &files, "tls-files-test").await }
     };
     let url = format!("tls://127.0.0.1:{port}");
     let client = eventually(DEFAULT_TIMEOUT, "a client with the generated certificate connected", || {
@@ -103,7 +103,8 @@ async fn nats_with_the_generated_tls_admits_the_client_certificate_only_and_neve
     connect(format!("tls://localhost:{port}"), files.clone()).await.expect("the server's certificate names localhost");
 
     let no_cert = TlsFiles { ca: files.ca.clone(), cert: None, key: None };
-    let err = connect(url.clone(), no_cert).await.expect_err("no client certificate").to_string();
+    let err = tillsync_broker::admin::Chain(&connect(url.clone(), no_cert).await.expect_err("no client certificate"))
+        .to_string();
     assert!(err.contains("CertificateRequired"), "{err}");
 
     // Plain text: the server asks for TLS in its INFO and answers a plain CONNECT and PING

@@ -11,6 +11,7 @@
 
 pub mod limit;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tillsync_schemas::identity::{self, Allowed};
 use self::limit::{AddressBudget, Attempt, RATE_LIMITED};
 use super::records::{self, Audit, Holder, Lookup, Origin};
 use crate::config::Config;
+use crate::error::Chain;
 use crate::{metrics, BrokerError, Ctx};
 
 /// The subject nats-server sends auth requests to.
@@ -37,6 +39,8 @@ const CONCURRENCY: usize = 32;
 /// callout timeout (2 s by default): past it the server has refused the client as an
 /// authorization violation, and the `unavailable` answer reaches nobody.
 const DECIDE_WITHIN: Duration = Duration::from_secs(1);
+/// How often the responder's gauge and address budgets are kept up ([`keep_up`]).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The parts of the server's authorization request tillsync reads. Defaults everywhere: the
 /// server leaves out empty fields.
@@ -98,13 +102,28 @@ pub struct Responder {
     sub: async_nats::Subscriber,
     issuer: Arc<Issuer>,
     budget: Arc<AddressBudget>,
+    /// Until the subscription ends or the broker stops.
+    serving: Arc<AtomicBool>,
+}
+
+/// What [`keep_up`] looks after: the responder's connection and budgets, and whether it serves.
+pub struct Upkeep {
+    client: async_nats::Client,
+    budget: Arc<AddressBudget>,
+    serving: Arc<AtomicBool>,
+}
+
+impl Responder {
+    pub fn upkeep(&self) -> Upkeep {
+        Upkeep { client: self.client.clone(), budget: self.budget.clone(), serving: self.serving.clone() }
+    }
 }
 
 /// Connects and subscribes when the configuration asks for a responder (`Ok(None)` when not).
 pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
     let (Some(creds), Some(seed)) = (&config.auth_callout_creds, &config.auth_issuer_seed) else { return Ok(None) };
     let issuer = Issuer {
-        key: crate::keyfile::read_seed(seed).map_err(BrokerError::Config)?,
+        key: crate::keyfile::read_seed(seed).map_err(BrokerError::IssuerSeed)?,
         account: config.auth_account.clone(),
         ttl: Duration::from_secs(config.auth_ttl_s),
     };
@@ -113,34 +132,37 @@ pub async fn start(config: &Config) -> Result<Option<Responder>, BrokerError> {
     let sub = crate::nats::responder(&client, AUTH_SUBJECT, QUEUE, "Auth callout").await?;
     tracing::info!(account = %issuer.account, "Answering NATS auth callouts.");
     let budget = Arc::new(AddressBudget::new(config.auth_max_refusals_per_address_per_min));
-    Ok(Some(Responder { client, sub, issuer: Arc::new(issuer), budget }))
+    let serving = Arc::new(AtomicBool::new(true));
+    Ok(Some(Responder { client, sub, issuer: Arc::new(issuer), budget, serving }))
 }
 
-/// Answers callouts until cancelled; `tillsync_auth_responder_up` follows the connection.
+/// Answers callouts until cancelled, then drains the callout connection.
 pub async fn run(ctx: Arc<Ctx>, responder: Responder) {
-    let Responder { client, sub, issuer, budget } = responder;
+    let Responder { client, sub, issuer, budget, serving } = responder;
     metrics::auth_responder_up(true);
     let serve = sub.for_each_concurrent(CONCURRENCY, |msg| {
         let (ctx, client, issuer, budget) = (ctx.clone(), client.clone(), issuer.clone(), budget.clone());
         async move { answer(&ctx, &client, &issuer, &budget, msg).await }
     });
-    tokio::pin!(serve);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
-            _ = &mut serve => {
-                tracing::error!("Auth callout subscription ended: this instance answers no callouts.");
-                break;
-            }
-            _ = tick.tick() => {
-                metrics::auth_responder_up(client.connection_state() == async_nats::connection::State::Connected);
-                budget.forget_refilled();
-            }
-        }
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => {}
+        _ = serve => tracing::error!("Auth callout subscription ended: this instance answers no callouts."),
     }
+    serving.store(false, Ordering::Relaxed);
     metrics::auth_responder_up(false);
     let _ = client.drain().await;
+}
+
+/// Every [`UPKEEP_EVERY`]: `tillsync_auth_responder_up` follows the callout connection while
+/// the responder serves, and the address budgets that are full again are forgotten.
+pub async fn keep_up(ctx: Arc<Ctx>, job: crate::tasks::Job, upkeep: Upkeep) {
+    job.run(&ctx, || async {
+        let connected = upkeep.client.connection_state() == async_nats::connection::State::Connected;
+        metrics::auth_responder_up(upkeep.serving.load(Ordering::Relaxed) && connected);
+        upkeep.budget.forget_refilled();
+    })
+    .await;
+    metrics::auth_responder_up(false);
 }
 
 async fn answer(
@@ -174,7 +196,7 @@ async fn answer(
     };
     let response = match respond(issuer, &request, &verdict) {
         Ok(r) => r,
-        Err(error) => return tracing::error!(%error, "Cannot sign the auth response."),
+        Err(error) => return tracing::error!(error = %Chain(&error), "Cannot sign the auth response."),
     };
     if let Err(error) = client.publish(reply, response.into()).await {
         tracing::warn!(%error, "Auth response not sent.");
@@ -294,8 +316,19 @@ pub fn proven_key(request: &AuthRequest) -> Result<String, &'static str> {
     Ok(key.clone())
 }
 
+/// A JWT of the answer that could not be signed. The JWT library's errors have no type of
+/// their own (they are `anyhow` errors), so the cause is kept boxed.
+#[derive(Debug, thiserror::Error)]
+#[error("signing the {jwt} JWT")]
+pub struct SignError {
+    /// `user` (the permissions granted) or `authorization response`.
+    jwt: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// The signed authorization response for a verdict.
-pub fn respond(issuer: &Issuer, request: &AuthRequest, verdict: &Verdict) -> anyhow::Result<Vec<u8>> {
+pub fn respond(issuer: &Issuer, request: &AuthRequest, verdict: &Verdict) -> Result<Vec<u8>, SignError> {
     let mut response = AuthResponse::generic_claim(request.user_nkey.clone());
     response.aud = Some(request.server_id.id.clone());
     match verdict {
@@ -306,11 +339,17 @@ pub fn respond(issuer: &Issuer, request: &AuthRequest, verdict: &Verdict) -> any
             let perms = &mut user.payload_mut().permissions.permissions;
             perms.publish = Permission { allow: allowed.publish.clone(), deny: vec![] };
             perms.subscribe = Permission { allow: allowed.subscribe.clone(), deny: vec![] };
-            response.payload_mut().jwt = user.encode(&issuer.key)?;
+            response.payload_mut().jwt = user.encode(&issuer.key).map_err(SignError::of("user"))?;
         }
         Verdict::Refuse { reason, .. } => response.payload_mut().error = (*reason).to_string(),
     }
-    Ok(response.encode(&issuer.key)?.into_bytes())
+    Ok(response.encode(&issuer.key).map_err(SignError::of("authorization response"))?.into_bytes())
+}
+
+impl SignError {
+    fn of<E: Into<Box<dyn std::error::Error + Send + Sync>>>(jwt: &'static str) -> impl FnOnce(E) -> SignError {
+        move |e| SignError { jwt, source: e.into() }
+    }
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ tls {{
 /// An IP address, or a DNS name: dot-separated labels of 1 to 63 letters, digits, hyphens and
 /// underscores (container names have them), none starting or ending with a hyphen. A port or a URL is refused here, by name, rather
 /// than becoming a certificate no client can match.
-pub fn check_host(host: &str) -> Result<(), String> {
+pub fn check_host(host: &str) -> Result<(), NotAHost> {
     if host.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
@@ -93,9 +93,14 @@ pub fn check_host(host: &str) -> Result<(), String> {
     if host.len() <= 253 && host.split('.').all(label_ok) {
         Ok(())
     } else {
-        Err(format!("{host:?} is not a host name or IP address (give it without port or scheme)"))
+        Err(NotAHost(host.to_string()))
     }
 }
+
+/// A name given as a certificate's host that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a host name or IP address (give it without port or scheme)")]
+pub struct NotAHost(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use crate::{metrics, Ctx};
 
-const EVERY: Duration = Duration::from_secs(1);
+pub const EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(ctx: Arc<Ctx>) {
+pub async fn run(ctx: Arc<Ctx>, job: crate::tasks::Job) {
     let system = match &ctx.config.nats_system_creds {
         Some(creds) => {
             let name = format!("{}/system", ctx.config.instance_id());
             match crate::nats::connect(&ctx.config.nats_url, Some(creds), &ctx.config.nats_tls, &name).await {
                 Ok(c) => Some(c),
                 Err(error) => {
+                    let error = crate::error::Chain(&error);
                     tracing::error!(%error, "System account connection failed; revoked devices stay connected until their JWT expires.");
                     None
                 }
@@ -25,7 +26,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         None => None,
     };
-    crate::partitions::duty::every(&ctx, EVERY, "Revocation disconnects", || step(&ctx, system.as_ref())).await;
+    job.run(&ctx, || step(&ctx, system.as_ref())).await;
     if let Some(c) = system {
         let _ = c.drain().await;
     }

@@ -23,19 +23,26 @@ pub mod setup;
 
 use std::sync::Arc;
 
+use crate::tasks::{Job, Scope, Tasks};
 use crate::{BrokerError, Ctx};
 
-/// Starts whatever identity tasks this instance's configuration asks for, subscribed before
-/// it returns.
-pub async fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), BrokerError> {
+/// Registers whatever identity tasks this instance's configuration asks for, subscribed
+/// before it returns.
+pub async fn start(ctx: &Arc<Ctx>, tasks: &mut Tasks) -> Result<(), BrokerError> {
     let activations = activate::subscribe(&ctx.nats).await?;
-    tasks.spawn(activate::run(ctx.clone(), activations));
+    let activate = Job::on("activation", Scope::Instance, tillsync_schemas::identity::ACTIVATE_SUBJECTS);
+    tasks.spawn(activate, |_| activate::run(ctx.clone(), activations));
     let keys = keys::subscribe(&ctx.nats).await?;
-    tasks.spawn(keys::run(ctx.clone(), keys));
+    let keys_job = Job::on("command_keys", Scope::Instance, tillsync_schemas::command_keys::ALL);
+    tasks.spawn(keys_job, |_| keys::run(ctx.clone(), keys));
     if let Some(responder) = callout::start(&ctx.config).await? {
-        tasks.spawn(callout::run(ctx.clone(), responder));
+        let upkeep = responder.upkeep();
+        let gauge = Job::every("auth_callout_upkeep", Scope::Instance, callout::UPKEEP_EVERY);
+        tasks.spawn(gauge, |job| callout::keep_up(ctx.clone(), job, upkeep));
+        let callout = Job::on("auth_callout", Scope::Instance, callout::AUTH_SUBJECT);
+        tasks.spawn(callout, |_| callout::run(ctx.clone(), responder));
     }
-    tasks.spawn(kick::run(ctx.clone()));
+    tasks.spawn(Job::every("revocation_kick", Scope::Lead, kick::EVERY), |job| kick::run(ctx.clone(), job));
     Ok(())
 }
 

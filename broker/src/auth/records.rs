@@ -172,7 +172,7 @@ pub async fn audit_refusal(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// A request whose reply pointed outside its requester's inbox ([`crate::replies`]): at most
+/// A request whose reply pointed outside its requester's inbox (`crate::replies`): at most
 /// one row a minute per responder (`reason`) and requester, keys aside, since a stranger can
 /// make fresh keys for free.
 pub async fn audit_reply_refused(pool: &PgPool, a: &Audit<'_>) -> Result<(), sqlx::Error> {

@@ -1,6 +1,6 @@
 //! Command acks from devices, a batch of a partition's acks at a time: each decodable ack is recorded
 //! (matched or not) with its transition, all in one statement where they can be
-//! ([`ack_store::record_acks`]); their status messages follow, then the JetStream messages
+//! ([`ack_sql::record_acks`]); their status messages follow, then the JetStream messages
 //! are acked. An ack that does not decode, or names an unknown tenant, is quarantined.
 //!
 //! Acks do not go through the device actor: every transition is a conditional update in
@@ -8,16 +8,18 @@
 //! its inbox on every tick. A delivery's status is published before the command itself, so a
 //! command's `acked` status can never overtake its `delivered`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
-use tillsync_schemas::{codec, streams as names, CommandAck, CommandState};
+use tillsync_schemas::{codec, streams as names, CommandAck, CommandState, WireError};
 
-use super::ack_store::{self, AckRecorded};
-use super::{publish, CommandError};
+use super::ack_sql::{self, AckRecorded};
+use super::publish;
+use crate::error::Chain;
 use crate::partitions::Fence;
-use crate::spine::{self, Refused, Settle, Source};
-use crate::{metrics, quarantine, Ctx};
+use crate::spine::{self, Admitted, Committed, Consumer, Failure, Source, Verdict};
+use crate::{metrics, Ctx};
 
 /// Most acks one partition records in one statement.
 const BATCH: usize = 256;
@@ -26,51 +28,50 @@ const BATCH: usize = 256;
 pub const SOURCE: Source =
     Source { stream: names::COMMAND_ACKS, base: names::BROKER_ACKS_CONSUMER, max_batch: BATCH, linger: Duration::ZERO };
 
-pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<Message>) {
-    crate::flood::watch(ctx, &batch).await;
-    let mut acks = Vec::with_capacity(batch.len());
-    let mut good = Vec::with_capacity(batch.len());
-    for msg in batch {
-        let admitted =
-            spine::admit(&ctx.gate(), &msg.subject, &msg.payload, codec::decode_command_ack, |a| a.tenant_id.as_str())
-                .await;
-        match admitted {
-            Ok(ack) => {
-                acks.push(ack);
-                good.push(msg);
-            }
-            Err(Refused::Bad(e)) => {
-                let how = match quarantine::record(&ctx.pool, fence, names::COMMAND_ACKS, &msg, &e).await {
-                    Ok(()) => Settle::Term,
-                    Err(error) => super::not_committed(ctx, fence, "command ack", &error.into()),
-                };
-                spine::settle(&msg, how).await;
-            }
-            Err(Refused::Db(error)) => {
-                spine::settle(&msg, super::not_committed(ctx, fence, "command ack", &error.into())).await
-            }
-        }
+/// Records a partition's batch of command acks.
+pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<Message>) {
+    spine::take(ctx, fence, &Acks, batch).await
+}
+
+/// The command-ack consumer: a batch's acks are recorded in one statement.
+pub struct Acks;
+
+impl Consumer for Acks {
+    type Item = CommandAck;
+    type After = ();
+    const STREAM: &'static str = names::COMMAND_ACKS;
+    const NAME: &'static str = "command ack";
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<CommandAck, WireError> {
+        codec::decode_command_ack(subject, payload)
     }
-    if acks.is_empty() {
-        return;
+
+    fn tenant<'a>(&self, ack: &'a CommandAck) -> &'a str {
+        &ack.tenant_id
     }
-    let how = match ack_store::record_acks(&ctx.keyed, fence, &acks).await {
-        Ok(recorded) => {
-            let rows = settle(&acks, recorded);
-            if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
-                tracing::warn!(%error, "Command status not published; the sweeper retries it.");
-            }
-            Settle::Ack
+
+    async fn received(&self, ctx: &Ctx, batch: &[Message]) {
+        crate::flood::watch(ctx, batch).await;
+    }
+
+    async fn commit(
+        &self,
+        ctx: &Arc<Ctx>,
+        fence: Fence,
+        batch: &[Admitted<CommandAck>],
+    ) -> Result<Committed<()>, Failure> {
+        let acks: Vec<CommandAck> = batch.iter().map(|a| a.item.clone()).collect();
+        let recorded = ack_sql::record_acks(&ctx.keyed, fence, &acks).await?;
+        let rows = tally(&acks, recorded);
+        if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
+            tracing::warn!(error = %Chain(&error), "Command status not published; the sweeper retries it.");
         }
-        Err(error) => super::not_committed(ctx, fence, "command ack", &CommandError::from(error)),
-    };
-    for msg in &good {
-        spine::settle(msg, how).await;
+        Ok(Committed { verdicts: batch.iter().map(|_| Verdict::Done).collect(), after: () })
     }
 }
 
 /// Counts what the recorded acks did; returns the transitions' log rows to publish.
-fn settle(acks: &[CommandAck], recorded: Vec<AckRecorded>) -> Vec<super::store::LogRow> {
+fn tally(acks: &[CommandAck], recorded: Vec<AckRecorded>) -> Vec<super::sql::LogRow> {
     let mut rows = Vec::new();
     for (ack, rec) in acks.iter().zip(recorded) {
         match &rec.transition {

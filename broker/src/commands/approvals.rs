@@ -1,6 +1,6 @@
 //! Approvals of commands that wait for them: an approver's [`CommandDecision`] on
-//! `tillsync.intake.<tenant>.<store>._approve`. It travels on the intake stream, so the store's
-//! lane takes it after the command it decides.
+//! `tillsync.intake.<tenant>.<store>._approve`. It travels on the intake stream, so the intake
+//! consumer of the store's partition takes it after the command it decides.
 //!
 //! A decision counts only as a signature over the recorded command by the key registered for
 //! that approver in the tenant (`approvers`), from someone other than the requester, once per
@@ -24,8 +24,9 @@ use tillsync_schemas::{
 };
 
 use super::cancel::quarantine;
-use super::store::{self, insert_log, LogRow, NewLog, BY_PORTAL};
+use super::sql::{self, insert_log, LogRow, NewLog, BY_PORTAL};
 use super::{publish, CommandError};
+use crate::error::Chain;
 use crate::partitions::Fence;
 use crate::{metrics, Ctx};
 
@@ -80,17 +81,10 @@ struct Recorded {
     approvals: Vec<Approval>,
 }
 
-/// Handles one decision; `Ok(true)`: terminate the message (quarantined), else ack it.
-pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, CommandError> {
-    let d = match decode(&msg.subject, &msg.payload) {
-        Ok(d) => d,
-        Err(e) => return quarantine(ctx, fence, msg, &e).await,
-    };
-    if !ctx.tenants.exists(&ctx.pool, &d.tenant_id).await? {
-        let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", d.tenant_id));
-        return quarantine(ctx, fence, msg, &e).await;
-    }
-    let Some(rec) = load(&ctx.pool, &d).await? else {
+/// Handles one decision `d` (admitted by intake) of `msg`; `Ok(true)`: terminate the message
+/// (quarantined), else ack it.
+pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message, d: &CommandDecision) -> Result<bool, CommandError> {
+    let Some(rec) = load(&ctx.pool, d).await? else {
         let e = WireError::new(
             Reason::UnknownCommand,
             format!("decision about command {} not known in store {}", d.command_id, d.store_id),
@@ -100,7 +94,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
     let key = keys(&ctx.pool, &d.tenant_id, &[d.approver.as_str()]).await?.remove(&d.approver);
     let approved: Vec<String> = rec.approvals.iter().map(|a| a.approver.clone()).collect();
     let verdict = if rec.pending {
-        policy::check_decision(&rec.cmd, &approved, &d, key.as_deref())
+        policy::check_decision(&rec.cmd, &approved, d, key.as_deref())
     } else {
         Err(WireError::new(
             Reason::NotPendingApproval,
@@ -113,7 +107,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
     let logs = if replay {
         vec![]
     } else {
-        let row = record(&ctx.pool, fence, &d, &rec, verdict.as_ref().err(), need).await?;
+        let row = record(&ctx.pool, fence, d, &rec, verdict.as_ref().err(), need).await?;
         metrics::approval_decision(
             d.decision.as_str(),
             verdict.as_ref().map_or_else(|e| e.reason.as_str(), |_| "counted"),
@@ -129,7 +123,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
         row.into_iter().collect()
     };
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &logs).await {
-        tracing::warn!(%error, "Approval status not published; the sweeper retries it.");
+        tracing::warn!(error = %Chain(&error), "Approval status not published; the sweeper retries it.");
     }
     let counted = rec.approvals.len() + usize::from(verdict.is_ok() && !replay);
     if rec.pending && d.decision == Decision::Approve && (verdict.is_ok() || replay) && counted >= need {
@@ -147,7 +141,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
     Ok(false)
 }
 
-fn decode(subj: &str, payload: &[u8]) -> Result<CommandDecision, WireError> {
+pub(super) fn decode(subj: &str, payload: &[u8]) -> Result<CommandDecision, WireError> {
     let d: CommandDecision = codec::decode(payload)?;
     d.validate()?;
     super::cancel::check_store_subject(subj, &d.tenant_id, &d.store_id, "decision")?;
@@ -221,7 +215,7 @@ async fn record(
         ),
         (None, Decision::Reject) => {
             let code = Reason::ApprovalRejected.as_str();
-            store::end_pending(&mut tx, &d.tenant_id, &d.command_id, code).await?;
+            sql::end_pending(&mut tx, &d.tenant_id, &d.command_id, code).await?;
             (CommandState::Rejected, Some(code), format!("rejected by {}", d.approver))
         }
         (None, Decision::Approve) => {

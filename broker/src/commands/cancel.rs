@@ -1,15 +1,16 @@
 //! Cancelling a command, on the portal's request: a [`CommandCancel`] on
 //! `tillsync.intake.<tenant>.<store>._cancel`. It travels on the intake stream, so it is
-//! durable and the intake consumer takes it in the store's lane after every command published
-//! before it: a cancel always finds the command it names.
+//! durable and the intake consumer of the store's partition takes it after every command
+//! published before it: a cancel always finds the command it names.
 //!
 //! Every copy not yet final ends `cancelled` (final), its copies are deleted from the device's
 //! stream before the portal hears of it, so a device that has not taken it never applies it.
 //! A copy already final is left alone and answered with a status repeating its state with
 //! code `cancel_refused` (for `acked`: the device applied it). A device that had already taken
 //! the command may still apply it: its `applied` ack then corrects the `cancelled` (see
-//! [`super::ack_store`]).
+//! [`super::ack_sql`]).
 
+use crate::error::Chain;
 use crate::partitions::Fence;
 use async_nats::jetstream::Message;
 use sqlx::PgPool;
@@ -17,8 +18,9 @@ use tillsync_schemas::command::{CANCELLED, CANCEL_REFUSED};
 use tillsync_schemas::subject::{self, Family};
 use tillsync_schemas::{codec, streams as names, CommandCancel, CommandState, DeviceAddr, Reason, WireError};
 
-use super::store::{insert_log, Copies, LogRow, NewLog, BY_BROKER, BY_PORTAL};
+use super::sql::{insert_log, Copies, LogRow, NewLog, BY_BROKER, BY_PORTAL};
 use super::{copies, publish, CommandError};
+use crate::spine::Verdict;
 use crate::{metrics, Ctx};
 
 /// Is this intake message a cancel?
@@ -26,23 +28,16 @@ pub fn is_cancel(subject: &str) -> bool {
     subject::parse(subject).is_ok_and(|p| p.family == Family::Intake && p.last == subject::CANCEL)
 }
 
-/// Handles one cancel; `Ok(true)`: terminate the message (quarantined), else ack it.
-pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, CommandError> {
-    let req = match decode(&msg.subject, &msg.payload) {
-        Ok(r) => r,
-        Err(e) => return quarantine(ctx, fence, msg, &e).await,
-    };
-    if !ctx.tenants.exists(&ctx.pool, &req.tenant_id).await? {
-        let e = WireError::new(Reason::UnknownTenant, format!("tenant {:?} is not provisioned", req.tenant_id));
-        return quarantine(ctx, fence, msg, &e).await;
-    }
-    let Some(done) = cancel(&ctx.pool, Some(fence), &req).await? else {
+/// Cancels what the (admitted) cancel names and tells the portal; a cancel of a command not
+/// known in its store is to be quarantined.
+pub async fn handle(ctx: &Ctx, fence: Fence, req: &CommandCancel) -> Result<Verdict, CommandError> {
+    let Some(done) = cancel(&ctx.pool, Some(fence), req).await? else {
         metrics::command_cancel_refused("unknown");
         let e = WireError::new(
             Reason::UnknownCommand,
             format!("cancel of command {} not known in store {}", req.command_id, req.store_id),
         );
-        return quarantine(ctx, fence, msg, &e).await;
+        return Ok(Verdict::Quarantine(e));
     };
     let to_delete: Vec<Copies> = done
         .iter()
@@ -56,7 +51,7 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
     // Deleted before the portal hears `cancelled`; one left (NATS unavailable) stays listed
     // and the sweeper deletes it within a second of NATS answering again.
     if let Err(error) = copies::purge(&ctx.js, &ctx.pool, &to_delete).await {
-        tracing::warn!(%error, command_id = %req.command_id, "Cancelled command's copies not deleted; the sweeper retries.");
+        tracing::warn!(error = %Chain(&error), command_id = %req.command_id, "Cancelled command's copies not deleted; the sweeper retries.");
     }
     for (row, _) in &done {
         match row.state {
@@ -67,12 +62,13 @@ pub async fn handle(ctx: &Ctx, fence: Fence, msg: &Message) -> Result<bool, Comm
     }
     let rows: Vec<LogRow> = done.into_iter().map(|(r, _)| r).collect();
     if let Err(error) = publish::statuses(&ctx.js, &ctx.marks, &rows).await {
-        tracing::warn!(%error, "Cancel status not published; the sweeper retries it.");
+        tracing::warn!(error = %Chain(&error), "Cancel status not published; the sweeper retries it.");
     }
-    Ok(false)
+    Ok(Verdict::Done)
 }
 
-fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
+/// Decodes a cancel and checks it names its subject's store.
+pub(super) fn decode(subj: &str, payload: &[u8]) -> Result<CommandCancel, WireError> {
     let req: CommandCancel = codec::decode(payload)?;
     req.validate()?;
     check_store_subject(subj, &req.tenant_id, &req.store_id, "cancel")?;
@@ -91,7 +87,7 @@ pub(super) fn check_store_subject(subj: &str, tenant: &str, store: &str, what: &
     Ok(())
 }
 
-/// Quarantines a cancel or decision message; `Ok(true)`: terminate it.
+/// Quarantines a decision message the approvals refused for good; `Ok(true)`: terminate it.
 pub(super) async fn quarantine(ctx: &Ctx, fence: Fence, msg: &Message, e: &WireError) -> Result<bool, CommandError> {
     crate::quarantine::record(&ctx.pool, fence, names::INTAKE, msg, e).await?;
     metrics::command_rejected(e.reason.as_str());
@@ -124,7 +120,7 @@ pub async fn cancel(
     .await?;
     let Some(pending) = known else { return Ok(None) };
     let by = format!("cancel requested by {}", req.requested_by);
-    if pending && super::store::end_pending(&mut tx, &req.tenant_id, &req.command_id, CANCELLED).await? {
+    if pending && super::sql::end_pending(&mut tx, &req.tenant_id, &req.command_id, CANCELLED).await? {
         // Waiting for approval: never delivered, so cancelled outright.
         let row = insert_log(&mut tx, log(req, None, CommandState::Cancelled, 0, CANCELLED, &by)).await?;
         tx.commit().await?;

@@ -9,7 +9,8 @@ use tillsync_actors::policy::{CopyState, Publish};
 use tillsync_actors::ports::{Delivery, Finish, InboxSnapshot};
 use tillsync_schemas::{CommandState, DeviceAddr};
 
-use super::{copies, publish, store, CommandError};
+use super::{copies, publish, sql, CommandError};
+use crate::error::Chain;
 use crate::metrics;
 use crate::signing::Signer;
 
@@ -24,7 +25,7 @@ pub struct CommandIo {
 
 impl CommandIo {
     pub async fn load_inbox(&self, a: &DeviceAddr) -> Result<InboxSnapshot, CommandError> {
-        let (pending, online) = store::load_inbox(&self.pool, a).await?;
+        let (pending, online) = sql::load_inbox(&self.pool, a).await?;
         Ok(InboxSnapshot { pending, online })
     }
 
@@ -33,7 +34,7 @@ impl CommandIo {
             return self.publish_again(a, d).await;
         }
         let Some((envelope, row)) =
-            store::deliver(&self.pool, a, &d.command_id, d.attempt, d.next_attempt_at_ms, d.now_ms).await?
+            sql::deliver(&self.pool, a, &d.command_id, d.attempt, d.next_attempt_at_ms, d.now_ms).await?
         else {
             return Ok(false);
         };
@@ -54,7 +55,7 @@ impl CommandIo {
 
     /// The same copy again, for a publish whose PubAck was never recorded.
     async fn publish_again(&self, a: &DeviceAddr, d: &Delivery) -> Result<bool, CommandError> {
-        let Some(envelope) = store::unconfirmed(&self.pool, a, &d.command_id, d.attempt, d.next_attempt_at_ms).await?
+        let Some(envelope) = sql::unconfirmed(&self.pool, a, &d.command_id, d.attempt, d.next_attempt_at_ms).await?
         else {
             return Ok(false);
         };
@@ -70,13 +71,12 @@ impl CommandIo {
         attempt: u32,
     ) -> Result<bool, CommandError> {
         let seq = publish::command(&self.js, &self.signer, a, envelope, attempt).await?;
-        store::record_copies(&self.pool, &[(a.clone(), command_id.to_string(), seq)]).await?;
+        sql::record_copies(&self.pool, &[(a.clone(), command_id.to_string(), seq)]).await?;
         Ok(true)
     }
 
     pub async fn finish(&self, a: &DeviceAddr, f: &Finish) -> Result<bool, CommandError> {
-        let Some((row, copies)) = store::finish(&self.pool, a, &f.command_id, f.state, &f.code, &f.detail).await?
-        else {
+        let Some((row, copies)) = sql::finish(&self.pool, a, &f.command_id, f.state, &f.code, &f.detail).await? else {
             return Ok(false);
         };
         match f.state {
@@ -90,9 +90,9 @@ impl CommandIo {
         }
         // Copies go before the portal hears the command ended; one not deleted now (NATS
         // unavailable) stays listed and the sweeper deletes it.
-        let entry = store::Copies { tenant_id: a.tenant_id.clone(), command_id: f.command_id.clone(), copies };
+        let entry = sql::Copies { tenant_id: a.tenant_id.clone(), command_id: f.command_id.clone(), copies };
         if let Err(error) = copies::purge(&self.js, &self.pool, &[entry]).await {
-            tracing::warn!(%error, command_id = %f.command_id, "Command copies not deleted; the sweeper retries.");
+            tracing::warn!(error = %Chain(&error), command_id = %f.command_id, "Command copies not deleted; the sweeper retries.");
         }
         self.statuses(&[row]).await;
         Ok(true)
@@ -108,13 +108,13 @@ impl CommandIo {
         command_id: &str,
         next_attempt_at_ms: i64,
     ) -> Result<(), CommandError> {
-        Ok(store::reschedule(&self.pool, a, command_id, next_attempt_at_ms).await?)
+        Ok(sql::reschedule(&self.pool, a, command_id, next_attempt_at_ms).await?)
     }
 
     /// Status publishing never fails a transition: it is committed, and the outbox resends.
-    async fn statuses(&self, rows: &[store::LogRow]) {
+    async fn statuses(&self, rows: &[sql::LogRow]) {
         if let Err(error) = publish::statuses(&self.js, &self.marks, rows).await {
-            tracing::warn!(%error, "Command status not published; the sweeper retries it.");
+            tracing::warn!(error = %Chain(&error), "Command status not published; the sweeper retries it.");
         }
     }
 }

@@ -2,16 +2,19 @@
 //! both through JetStream (awaiting the stream's ack) with a `Nats-Msg-Id` so a publish repeated
 //! after a crash is dropped by the stream's duplicate window.
 
+use std::sync::{Arc, Mutex};
+
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use sqlx::PgPool;
 use tillsync_schemas::{
     codec, signature, streams, subject, CommandEnvelope, CommandStatus, DeviceAddr, SCHEMA_VERSION,
 };
-use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
-use super::store::{self, LogRow};
+use super::sql::{self, LogRow};
 use super::CommandError;
+use crate::error::Chain;
 use crate::signing::Signer;
 
 /// `Nats-Msg-Id` of one delivery of a command to one device.
@@ -20,7 +23,7 @@ pub fn delivery_msg_id(command_id: &str, device_id: &str, attempt: u32) -> Strin
 }
 
 /// A message to publish: subject, headers, payload.
-type Outgoing = (String, HeaderMap, Vec<u8>);
+pub type Outgoing = (String, HeaderMap, Vec<u8>);
 
 /// Publishes messages in order, pipelined: all are sent, then their acks awaited. Returns the
 /// stream sequences of those, from the first, the stream confirmed before the first failure,
@@ -66,10 +69,21 @@ pub async fn command(
     envelope: &[u8],
     attempt: u32,
 ) -> Result<u64, CommandError> {
-    let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
-    let (seqs, result) = pipelined(js, vec![delivery(signer, addr, &cmd, attempt)]).await;
+    let (seqs, result) = pipelined(js, vec![signed_delivery(signer, addr, envelope, attempt)?]).await;
     result?;
     seqs.first().copied().ok_or_else(|| CommandError::Publish("no PubAck".into()))
+}
+
+/// Delivery `attempt` of a stored envelope to one device, signed for its commands subject:
+/// published there, or handed again on its copies subject ([`super::sync`]).
+pub fn signed_delivery(
+    signer: &Signer,
+    addr: &DeviceAddr,
+    envelope: &[u8],
+    attempt: u32,
+) -> Result<Outgoing, CommandError> {
+    let cmd: CommandEnvelope = codec::decode(envelope).map_err(CommandError::Stored)?;
+    Ok(delivery(signer, addr, &cmd, attempt))
 }
 
 /// Publishes first deliveries (attempt 1), pipelined. Returns the stream sequences of those
@@ -112,41 +126,63 @@ pub fn status_of(row: &LogRow) -> CommandStatus {
 }
 
 /// Marks status rows published, in batches, off the transitions' path: the ids that arrive
-/// while one `UPDATE` runs go together in the next. A mark lost (a failed update, a stop before
+/// while one `UPDATE` runs go together in the next. A burst of marks is short-lived work of the
+/// task registry ([`crate::tasks::Tasks::spawned`]), so the shutdown joins it after the tasks
+/// (and the actor wakes) whose statuses it marks. A mark lost (a failed update, a stop before
 /// it ran) only makes the sweeper send that status again, which the stream's duplicate window
 /// drops.
 #[derive(Clone)]
-pub struct Marks(mpsc::UnboundedSender<i64>);
+pub struct Marks(Arc<Marking>);
+
+struct Marking {
+    pool: PgPool,
+    spawned: TaskTracker,
+    waiting: Mutex<Waiting>,
+}
+
+/// Ids to mark, and whether a burst is marking them (it takes them all before it ends).
+#[derive(Default)]
+struct Waiting {
+    ids: Vec<i64>,
+    marking: bool,
+}
 
 impl Marks {
-    /// Starts the marking task; it ends when the last `Marks` is dropped.
-    pub fn start(pool: PgPool) -> Marks {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(mark(pool, rx));
-        Marks(tx)
+    /// Marks on `pool`, each burst spawned on `spawned`.
+    pub fn new(pool: PgPool, spawned: TaskTracker) -> Marks {
+        Marks(Arc::new(Marking { pool, spawned, waiting: Mutex::default() }))
     }
 
     fn add(&self, ids: &[i64]) {
-        for id in ids {
-            let _ = self.0.send(*id);
+        if ids.is_empty() {
+            return;
+        }
+        let mut waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.ids.extend_from_slice(ids);
+        if !std::mem::replace(&mut waiting.marking, true) {
+            let marking = self.0.clone();
+            self.0.spawned.spawn(async move { marking.burst().await });
         }
     }
 }
 
-async fn mark(pool: PgPool, mut rx: mpsc::UnboundedReceiver<i64>) {
-    let mut ids = Vec::new();
-    while let Some(id) = rx.recv().await {
-        ids.push(id);
-        while ids.len() < 1_000 {
-            match rx.try_recv() {
-                Ok(id) => ids.push(id),
-                Err(_) => break,
+impl Marking {
+    /// Marks what waits, at most 1,000 ids an `UPDATE`, until nothing does.
+    async fn burst(&self) {
+        loop {
+            let ids: Vec<i64> = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                if waiting.ids.is_empty() {
+                    waiting.marking = false;
+                    return;
+                }
+                let n = waiting.ids.len().min(1_000);
+                waiting.ids.drain(..n).collect()
+            };
+            if let Err(error) = sql::mark_published(&self.pool, &ids).await {
+                tracing::warn!(error = %Chain(&error), count = ids.len(), "Statuses not marked published; the sweeper resends them.");
             }
         }
-        if let Err(error) = store::mark_published(&pool, &ids).await {
-            tracing::warn!(%error, count = ids.len(), "Statuses not marked published; the sweeper resends them.");
-        }
-        ids.clear();
     }
 }
 

@@ -1,21 +1,23 @@
 //! Event ingest: from the events stream through the device actors into Postgres.
 //!
-//! Each owned partition's events consumer ([`crate::spine`]) hands over a batch (up to
-//! `batch_size`, waiting at most `linger` for more); it is decoded, routed per device to the
-//! actors (fast dedupe, gaps), committed in one transaction through the writer under the
-//! partition's fence, and only then acked. Up to `ingest_lanes` batches commit at once across
-//! the partitions. [`process`] is the part without JetStream, shared with `tillsync replay`.
+//! Each owned partition's events consumer ([`Events`], on the [`crate::spine`]) hands over a
+//! batch (up to `batch_size`, waiting at most `linger` for more); the spine admits it (refused
+//! messages are quarantined), the rest is routed per device to the actors (fast dedupe, gaps),
+//! committed in one transaction through the writer under the partition's fence, and only then
+//! acked. Up to `ingest_lanes` batches commit at once across the partitions. [`process`] is the
+//! same without JetStream, admitting included, for `tillsync replay`.
 
 pub mod plan;
 mod rows;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::partitions::{fence, Fence};
 use crate::quarantine::BadRow;
-use crate::spine::{self, Settle, Source};
+use crate::spine::{self, Admitted, Committed, Consumer, Failure, Refused, Source, Verdict};
 use crate::tenants::Tenants;
 use crate::{metrics, Ctx};
 use async_nats::jetstream;
@@ -34,9 +36,11 @@ pub struct Raw {
     pub payload: Bytes,
 }
 
-/// What became of one message.
+/// What ingest made of one event message: applied or stale (the ledger's `outcome`), a duplicate,
+/// a conflict, or quarantined. Not the wire's [`tillsync_schemas::Outcome`], a device's answer to
+/// a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum EventOutcome {
     Applied,
     Duplicate(DupLayer),
     Conflict,
@@ -47,7 +51,7 @@ pub enum Outcome {
 /// The result of one committed batch.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<EventOutcome>,
     /// The event kind of each message, where it decoded.
     pub kinds: Vec<Option<&'static str>>,
     /// Gaps in device sequences this batch detected.
@@ -58,7 +62,7 @@ pub struct Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("Postgres: {0}")]
+    #[error("Postgres")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Actor(#[from] ActorError),
@@ -94,51 +98,58 @@ pub fn content_hash(ev: &EventEnvelope) -> [u8; 32] {
     Sha256::digest(codec::encode(ev)).into()
 }
 
-enum Classified {
-    Event(Box<EventEnvelope>, [u8; 32]),
-    Bad(WireError),
-}
-
-async fn classify(engine: &Engine<'_>, raw: &Raw) -> Result<Classified, sqlx::Error> {
-    let gate = spine::Gate { pool: engine.pool, tenants: engine.tenants, partitions: engine.partitions };
-    match spine::admit(&gate, &raw.subject, &raw.payload, codec::decode_event, |e| e.tenant_id.as_str()).await {
-        Ok(ev) => {
-            let h = content_hash(&ev);
-            Ok(Classified::Event(Box::new(ev), h))
-        }
-        Err(spine::Refused::Bad(e)) => Ok(Classified::Bad(e)),
-        Err(spine::Refused::Db(e)) => Err(e),
-    }
+/// An event as admitted: its envelope and content hash.
+pub struct Event {
+    pub envelope: EventEnvelope,
+    pub hash: [u8; 32],
 }
 
 fn bad_row(raw: &Raw, e: &WireError) -> BadRow {
     crate::quarantine::bad_row(names::EVENTS, &raw.subject, raw.stream_seq, &raw.payload, e)
 }
 
-/// Decides and commits one batch. Nothing is acked here; the caller acks after this returns.
+/// Admits, decides and commits one batch read from the stream (replay: the live broker
+/// admits through the spine). Refused messages are quarantined in the batch's transaction.
 pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, IngestError> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; raws.len()];
+    let gate = spine::Gate { pool: engine.pool, tenants: engine.tenants, partitions: engine.partitions };
+    let consumer = Events::taken_now();
+    let mut outcomes: Vec<Option<EventOutcome>> = vec![None; raws.len()];
     let mut bad = Vec::new();
-    let mut events: Vec<(usize, Box<EventEnvelope>, [u8; 32])> = Vec::new();
+    let mut events = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
-        match classify(engine, raw).await? {
-            Classified::Bad(e) => {
-                outcomes[i] = Some(Outcome::Quarantined(e.reason));
+        match spine::admit(&gate, &consumer, &raw.subject, &raw.payload).await {
+            Ok(ev) => events.push((i, ev)),
+            Err(Refused::Bad(e)) => {
+                outcomes[i] = Some(EventOutcome::Quarantined(e.reason));
                 bad.push(bad_row(raw, &e));
             }
-            Classified::Event(ev, h) => events.push((i, ev, h)),
+            Err(Refused::Db(e)) => return Err(e.into()),
         }
     }
+    let seqs: Vec<u64> = raws.iter().map(|r| r.stream_seq).collect();
+    let events: Vec<(usize, &Event)> = events.iter().map(|(i, ev)| (*i, ev)).collect();
+    apply(engine, &seqs, &events, &bad, outcomes).await
+}
 
+/// Decides and commits admitted events, `(position in the batch, event)`, with the batch's
+/// stream sequences, the refused messages' quarantine rows and their outcomes. Nothing is
+/// acked here; the caller acks after this returns.
+async fn apply(
+    engine: &Engine<'_>,
+    seqs: &[u64],
+    events: &[(usize, &Event)],
+    bad: &[BadRow],
+    mut outcomes: Vec<Option<EventOutcome>>,
+) -> Result<Report, IngestError> {
     // Per device, in stream order: the actor's fast path and gap detection.
     let mut by_device: HashMap<DeviceAddr, Vec<usize>> = HashMap::new();
-    for (k, (_, ev, _)) in events.iter().enumerate() {
-        by_device.entry(ev.addr()).or_default().push(k);
+    for (k, (_, ev)) in events.iter().enumerate() {
+        by_device.entry(ev.envelope.addr()).or_default().push(k);
     }
     // The actors hold what they decide as committed; if the batch does not commit, they must
     // drop it before any retry, or the retry would take these events for duplicates.
     let Decided { verdicts, positions, devices, decisions } =
-        match decide_and_commit(engine, raws, &events, &by_device, &bad, &mut outcomes).await {
+        match decide_and_commit(engine, seqs, events, &by_device, bad, &mut outcomes).await {
             Ok(d) => d,
             Err(e) => {
                 for addr in by_device.keys() {
@@ -150,11 +161,11 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
 
     for (i, d) in positions.iter().zip(&decisions) {
         outcomes[*i] = Some(match d {
-            Decision::New => Outcome::Applied,
-            Decision::Duplicate(l) => Outcome::Duplicate(*l),
-            Decision::Conflict => Outcome::Conflict,
-            Decision::Stale => Outcome::Stale,
-            Decision::Invalid(r) => Outcome::Quarantined(*r),
+            Decision::New => EventOutcome::Applied,
+            Decision::Duplicate(l) => EventOutcome::Duplicate(*l),
+            Decision::Conflict => EventOutcome::Conflict,
+            Decision::Stale => EventOutcome::Stale,
+            Decision::Invalid(r) => EventOutcome::Quarantined(*r),
         });
     }
     // Every candidate counts as committed (conflicts too: their seq is durably accounted for,
@@ -164,13 +175,11 @@ pub async fn process(engine: &Engine<'_>, raws: &[Raw]) -> Result<Report, Ingest
         .filter(|(_, v)| v.projected_watermark > v.watermark)
         .map(|(addr, v)| (addr, v.projected_watermark))
         .collect();
-    let mut kinds = vec![None; raws.len()];
-    for (i, ev, _) in &events {
-        kinds[*i] = Some(ev.body.kind());
-    }
-    for (k, (_, ev, _)) in events.iter().enumerate() {
-        if outcomes[events[k].0] == Some(Outcome::Applied) {
-            metrics::event_lag((crate::now_ms() - ev.occurred_at_ms).max(0) as f64 / 1000.0);
+    let mut kinds = vec![None; seqs.len()];
+    for (i, ev) in events {
+        kinds[*i] = Some(ev.envelope.body.kind());
+        if outcomes[*i] == Some(EventOutcome::Applied) {
+            metrics::event_lag((crate::now_ms() - ev.envelope.occurred_at_ms).max(0) as f64 / 1000.0);
         }
     }
     let outcomes = outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect();
@@ -191,16 +200,19 @@ struct Decided {
 /// commits the batch through the writer.
 async fn decide_and_commit(
     engine: &Engine<'_>,
-    raws: &[Raw],
-    events: &[(usize, Box<EventEnvelope>, [u8; 32])],
+    seqs: &[u64],
+    events: &[(usize, &Event)],
     by_device: &HashMap<DeviceAddr, Vec<usize>>,
     bad: &[BadRow],
-    outcomes: &mut [Option<Outcome>],
+    outcomes: &mut [Option<EventOutcome>],
 ) -> Result<Decided, IngestError> {
     let asks = by_device.iter().map(|(addr, ks)| {
         let batch = ks
             .iter()
-            .map(|k| Incoming { event_id: events[*k].1.event_id.clone(), seq: events[*k].1.seq, hash: events[*k].2 })
+            .map(|k| {
+                let ev = events[*k].1;
+                Incoming { event_id: ev.envelope.event_id.clone(), seq: ev.envelope.seq, hash: ev.hash }
+            })
             .collect();
         async move { engine.actors.decide(addr, batch).await.map(|v| (addr.clone(), v)) }
     });
@@ -211,13 +223,13 @@ async fn decide_and_commit(
     for (addr, v) in &verdicts {
         let ks = &by_device[addr];
         for (k, fast) in ks.iter().zip(&v.fast) {
-            let (i, ev, h) = &events[*k];
+            let (i, ev) = events[*k];
             match fast {
-                Some(Decision::Duplicate(layer)) => outcomes[*i] = Some(Outcome::Duplicate(*layer)),
-                _ => cands.push((*i, Candidate { ev, hash: *h, stream_seq: Some(raws[*i].stream_seq) })),
+                Some(Decision::Duplicate(layer)) => outcomes[i] = Some(EventOutcome::Duplicate(*layer)),
+                _ => cands.push((i, Candidate { ev: &ev.envelope, hash: ev.hash, stream_seq: Some(seqs[i]) })),
             }
         }
-        let max_seq = ks.iter().map(|k| events[*k].1.seq).max().unwrap_or(0);
+        let max_seq = ks.iter().map(|k| events[*k].1.envelope.seq).max().unwrap_or(0);
         devices.push(DeviceUpdate {
             addr: addr.clone(),
             max_seq,
@@ -232,13 +244,13 @@ async fn decide_and_commit(
     Ok(Decided { verdicts, positions, devices, decisions })
 }
 
-fn record(outcome: Outcome, kind: Option<&'static str>) {
+fn record(outcome: EventOutcome, kind: Option<&'static str>) {
     match outcome {
-        Outcome::Applied => metrics::event_applied(kind.unwrap_or("unknown")),
-        Outcome::Duplicate(l) => metrics::event_duplicate(l.as_str()),
-        Outcome::Conflict => metrics::event_conflict("content_mismatch"),
-        Outcome::Stale => metrics::event_conflict("stale"),
-        Outcome::Quarantined(r) => metrics::event_quarantined(r.as_str()),
+        EventOutcome::Applied => metrics::event_applied(kind.unwrap_or("unknown")),
+        EventOutcome::Duplicate(l) => metrics::event_duplicate(l.as_str()),
+        EventOutcome::Conflict => metrics::event_conflict("content_mismatch"),
+        EventOutcome::Stale => metrics::event_conflict("stale"),
+        EventOutcome::Quarantined(r) => metrics::event_quarantined(r.as_str()),
     }
 }
 
@@ -253,77 +265,109 @@ pub fn source(c: &crate::config::Config) -> Source {
 }
 
 /// Commits one batch of a partition's events under its fence, then settles it.
-pub async fn handle_batch(ctx: &Ctx, fence: Fence, batch: Vec<jetstream::Message>) {
-    let started = Instant::now();
-    let raws: Vec<Raw> = batch
-        .iter()
-        .map(|m| Raw {
-            stream_seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
-            subject: m.subject.to_string(),
-            payload: m.payload.clone(),
-        })
-        .collect();
-    metrics::events_received(raws.len() as u64);
-    metrics::batch_size(raws.len());
-    crate::flood::watch(ctx, &batch).await;
-    let engine = Engine {
-        pool: &ctx.pool,
-        actors: &ctx.actors,
-        tenants: &ctx.tenants,
-        fence: Some(fence),
-        partitions: Some(ctx.config.partitions),
-    };
-    let mut attempt = 0u32;
-    let report = loop {
-        match process(&engine, &raws).await {
-            Ok(r) => break Some(r),
-            Err(e) if e.is_fenced() => {
-                // Another instance owns the partition now: leave the batch to it.
-                ctx.partitions.report_fenced(fence);
-                break None;
-            }
-            Err(e) if e.is_transient() && attempt < 4 => {
-                metrics::db_retry("ingest");
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "Transient failure committing a batch; retrying.");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            Err(e) if e.is_transient() => {
-                tracing::error!(error = %e, "Batch still failing; handing it back to JetStream for redelivery.");
-                break None;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Batch failed; applying its messages one by one to isolate the cause.");
-                isolate(ctx, &engine, &batch, &raws).await;
-                return;
-            }
-        }
-    };
-    #[cfg(debug_assertions)]
-    if ctx.config.fault_crash_after_commit && report.is_some() {
-        tracing::error!("Fault injection: aborting after commit, before ack.");
-        std::process::abort();
-    }
-    let Some(report) = report else {
-        for m in &batch {
-            spine::settle(m, Settle::RETRY).await;
-        }
-        return;
-    };
-    settle(ctx, &batch, &report, started).await;
+pub async fn handle_batch(ctx: &Arc<Ctx>, fence: Fence, batch: Vec<jetstream::Message>) {
+    spine::take(ctx, fence, &Events::taken_now(), batch).await
 }
 
-/// Acks (or terminates, for quarantined messages) a committed batch and publishes watermarks.
-async fn settle(ctx: &Ctx, batch: &[jetstream::Message], report: &Report, started: Instant) {
-    for ((m, o), kind) in batch.iter().zip(&report.outcomes).zip(&report.kinds) {
-        record(*o, *kind);
-        spine::settle(m, if matches!(o, Outcome::Quarantined(_)) { Settle::Term } else { Settle::Ack }).await;
-        metrics::apply_latency(started.elapsed().as_secs_f64());
+/// The events consumer: a batch's events are decided by their devices' actors and committed
+/// in one transaction. Transient failures are retried in place, and a batch failing for
+/// another reason is committed a message at a time, so exactly the poison message is
+/// quarantined (`apply_failed`) and the rest go through.
+pub struct Events {
+    /// When the batch was taken off the stream (`tillsync_apply_latency_seconds` starts there).
+    taken: Instant,
+}
+
+impl Events {
+    pub fn taken_now() -> Events {
+        Events { taken: Instant::now() }
     }
-    for _ in 0..report.gaps {
-        metrics::event_gap();
+}
+
+/// What a committed batch leaves to do once acked.
+pub struct Applied {
+    messages: usize,
+    gaps: usize,
+    watermarks: Vec<(DeviceAddr, u64)>,
+}
+
+impl Consumer for Events {
+    type Item = Event;
+    type After = Applied;
+    const STREAM: &'static str = names::EVENTS;
+    const NAME: &'static str = "ingest";
+    const RETRIES: u32 = 4;
+    const ISOLATE: bool = true;
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Event, WireError> {
+        let envelope = codec::decode_event(subject, payload)?;
+        Ok(Event { hash: content_hash(&envelope), envelope })
     }
-    publish_watermarks(ctx, &report.watermarks).await;
+
+    fn tenant<'a>(&self, ev: &'a Event) -> &'a str {
+        &ev.envelope.tenant_id
+    }
+
+    async fn received(&self, ctx: &Ctx, batch: &[jetstream::Message]) {
+        metrics::events_received(batch.len() as u64);
+        metrics::batch_size(batch.len());
+        crate::flood::watch(ctx, batch).await;
+    }
+
+    async fn commit(
+        &self,
+        ctx: &Arc<Ctx>,
+        fence: Fence,
+        batch: &[Admitted<Event>],
+    ) -> Result<Committed<Applied>, Failure> {
+        let engine = Engine {
+            pool: &ctx.pool,
+            actors: &ctx.actors,
+            tenants: &ctx.tenants,
+            fence: Some(fence),
+            partitions: Some(ctx.config.partitions),
+        };
+        let seqs: Vec<u64> = batch.iter().map(|a| a.msg.info().map(|i| i.stream_sequence).unwrap_or(0)).collect();
+        let events: Vec<(usize, &Event)> = batch.iter().map(|a| &a.item).enumerate().collect();
+        let report = apply(&engine, &seqs, &events, &[], vec![None; batch.len()]).await?;
+        #[cfg(debug_assertions)]
+        if ctx.config.fault_crash_after_commit {
+            tracing::error!("Fault injection: aborting after commit, before ack.");
+            std::process::abort();
+        }
+        let verdicts = report
+            .outcomes
+            .iter()
+            .zip(&report.kinds)
+            .map(|(o, kind)| {
+                record(*o, *kind);
+                match o {
+                    // Invalid by the actor's decision: quarantined in the batch's transaction.
+                    EventOutcome::Quarantined(_) => Verdict::Ended,
+                    _ => Verdict::Done,
+                }
+            })
+            .collect();
+        let after = Applied { messages: batch.len(), gaps: report.gaps, watermarks: report.watermarks };
+        Ok(Committed { verdicts, after })
+    }
+
+    /// Publishes the watermarks the batch advanced, once its messages are acked.
+    async fn after(&self, ctx: &Arc<Ctx>, a: Applied) {
+        for _ in 0..a.messages {
+            metrics::apply_latency(self.taken.elapsed().as_secs_f64());
+        }
+        for _ in 0..a.gaps {
+            metrics::event_gap();
+        }
+        publish_watermarks(ctx, &a.watermarks).await;
+    }
+}
+
+impl From<IngestError> for Failure {
+    fn from(e: IngestError) -> Failure {
+        Failure::new(crate::error::Chain(&e), e.is_fenced(), e.is_transient())
+    }
 }
 
 pub async fn publish_watermarks(ctx: &Ctx, watermarks: &[(DeviceAddr, u64)]) {
@@ -337,31 +381,6 @@ pub async fn publish_watermarks(ctx: &Ctx, watermarks: &[(DeviceAddr, u64)]) {
         };
         if let Err(error) = ctx.nats.publish(subject::watermarks(addr), codec::encode(&wm).into()).await {
             tracing::warn!(%error, "Watermark publish failed; the next batch publishes a newer one.");
-        }
-    }
-}
-
-/// A batch failed for a reason retries cannot fix: process each message alone, quarantining
-/// (reason `apply_failed`) exactly the ones that fail, so one poison message never blocks others.
-async fn isolate(ctx: &Ctx, engine: &Engine<'_>, batch: &[jetstream::Message], raws: &[Raw]) {
-    for (m, raw) in batch.iter().zip(raws) {
-        let started = Instant::now();
-        match process(engine, std::slice::from_ref(raw)).await {
-            Ok(report) => settle(ctx, std::slice::from_ref(m), &report, started).await,
-            Err(e) if e.is_transient() || e.is_fenced() => spine::settle(m, Settle::RETRY).await,
-            Err(e) => {
-                let row = bad_row(raw, &WireError::new(Reason::ApplyFailed, e.to_string()));
-                match writer::commit(engine.pool, engine.fence, &[row], &[], &[]).await {
-                    Ok(_) => {
-                        metrics::event_quarantined(Reason::ApplyFailed.as_str());
-                        spine::settle(m, Settle::Term).await;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "Cannot quarantine; leaving the message for redelivery.");
-                        spine::settle(m, Settle::Nak(Duration::from_secs(5))).await;
-                    }
-                }
-            }
         }
     }
 }

@@ -100,7 +100,7 @@ pub async fn mark_lost(pool: &PgPool, fence: Fence) -> Result<(), sqlx::Error> {
 
 /// Records the partition count on first start and refuses any other later: a store's partition
 /// is in the subjects the streams stored.
-pub async fn check_count(pool: &PgPool, partitions: u16) -> Result<(), String> {
+pub async fn check_count(pool: &PgPool, partitions: u16) -> Result<(), crate::BrokerError> {
     let (stored,): (i32,) = sqlx::query_as(
         // An upsert that always returns the stored row, also when another instance inserted it
         // while this statement ran.
@@ -111,12 +111,9 @@ pub async fn check_count(pool: &PgPool, partitions: u16) -> Result<(), String> {
     .bind(i32::from(partitions))
     .fetch_one(pool)
     .await
-    .map_err(|e| format!("reading partition_settings: {e}"))?;
+    .map_err(crate::BrokerError::PartitionSettings)?;
     if stored != i32::from(partitions) {
-        return Err(format!(
-            "this database runs with {stored} partitions but TILLSYNC_PARTITIONS is {partitions}; \
-             every broker instance must use {stored} (see docs/operations.md, \"Partitions\")"
-        ));
+        return Err(crate::BrokerError::PartitionCount { stored, configured: partitions });
     }
     Ok(())
 }

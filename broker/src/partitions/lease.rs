@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{CreateKeyValueError, GetStreamError, UpdateStreamError};
 use async_nats::jetstream::kv::{self, Operation, Store};
+use async_nats::jetstream::stream::InfoError;
 use async_nats::jetstream::Context;
 use tillsync_schemas::streams::PARTITIONS_BUCKET;
 
@@ -27,8 +29,46 @@ pub fn member_key(instance: &str) -> String {
     format!("member.{clean}")
 }
 
+/// Why the lease bucket is not usable; the partition loop retries.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("creating lease bucket {PARTITIONS_BUCKET}")]
+    Create(#[source] CreateKeyValueError),
+    #[error("lease bucket {PARTITIONS_BUCKET}: deny_purge: looking up its stream")]
+    Stream(#[source] GetStreamError),
+    #[error("lease bucket {PARTITIONS_BUCKET}: deny_purge: reading its stream's configuration")]
+    Info(#[source] InfoError),
+    #[error("lease bucket {PARTITIONS_BUCKET}: deny_purge: updating its stream")]
+    Update(#[source] UpdateStreamError),
+}
+
+/// A lease not taken or given back: someone wrote the key first, or JetStream did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("taking {key}")]
+    Create {
+        key: String,
+        #[source]
+        source: kv::CreateError,
+    },
+    #[error("taking {key}")]
+    Update {
+        key: String,
+        #[source]
+        source: kv::UpdateError,
+    },
+    #[error("giving up {key}")]
+    GiveUp {
+        key: String,
+        #[source]
+        source: kv::DeleteError,
+    },
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// The bucket, created on first use. Keys nobody renews (instances long gone) age out.
-pub async fn bucket(js: &Context, replicas: usize, ttl: Duration) -> Result<Store, String> {
+pub async fn bucket(js: &Context, replicas: usize, ttl: Duration) -> Result<Store, BucketError> {
     let kv = match js.get_key_value(PARTITIONS_BUCKET).await {
         Ok(kv) => kv,
         Err(_) => js
@@ -41,7 +81,7 @@ pub async fn bucket(js: &Context, replicas: usize, ttl: Duration) -> Result<Stor
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("lease bucket {PARTITIONS_BUCKET}: {e}"))?,
+            .map_err(BucketError::Create)?,
     };
     deny_purge(js).await?;
     Ok(kv)
@@ -52,15 +92,14 @@ pub async fn bucket(js: &Context, replicas: usize, ttl: Duration) -> Result<Stor
 /// `$JS.API.STREAM.PURGE.KV_tillsync_partitions`, would leave every partition unowned at once.
 /// JetStream only denies purges on a stream without roll-ups; leases use put, create, update
 /// and delete, never the key-value purge (a roll-up), so the bucket gives roll-ups up.
-async fn deny_purge(js: &Context) -> Result<(), String> {
+async fn deny_purge(js: &Context) -> Result<(), BucketError> {
     let name = format!("KV_{PARTITIONS_BUCKET}");
-    let failed = |e: &dyn std::fmt::Display| format!("lease bucket {PARTITIONS_BUCKET}: deny_purge: {e}");
-    let mut stream = js.get_stream(&name).await.map_err(|e| failed(&e))?;
-    let mut config = stream.info().await.map_err(|e| failed(&e))?.config.clone();
+    let mut stream = js.get_stream(&name).await.map_err(BucketError::Stream)?;
+    let mut config = stream.info().await.map_err(BucketError::Info)?.config.clone();
     if !config.deny_purge || config.allow_rollup {
         config.allow_rollup = false;
         config.deny_purge = true;
-        js.update_stream(config).await.map_err(|e| failed(&e))?;
+        js.update_stream(config).await.map_err(BucketError::Update)?;
     }
     Ok(())
 }
@@ -138,16 +177,15 @@ impl Default for Observed {
 
 /// Takes `owner.<p>` for `me`: creates it when absent or deleted, else replaces the revision
 /// this instance saw (an expired lease). Returns the new revision; fails if anyone wrote first.
-pub async fn take(kv: &Store, p: u16, me: &str, seen: Option<&Seen>) -> Result<u64, String> {
+pub async fn take(kv: &Store, p: u16, me: &str, seen: Option<&Seen>) -> Result<u64, LeaseError> {
     let key = owner_key(p);
     let value = me.to_string().into_bytes().into();
-    let r = match seen {
+    match seen {
         Some(Seen { value: Some(_), revision, .. }) => {
-            kv.update(&key, value, *revision).await.map_err(|e| e.to_string())
+            kv.update(&key, value, *revision).await.map_err(|source| LeaseError::Update { key, source })
         }
-        _ => kv.create(&key, value).await.map_err(|e| e.to_string()),
-    };
-    r.map_err(|e| format!("taking {key}: {e}"))
+        _ => kv.create(&key, value).await.map_err(|source| LeaseError::Create { key, source }),
+    }
 }
 
 /// Renews a held lease at `revision`; fails when someone else took it.
@@ -156,6 +194,7 @@ pub async fn renew(kv: &Store, p: u16, me: &str, revision: u64) -> Result<u64, k
 }
 
 /// Lets go of a held lease, unless someone else took it meanwhile.
-pub async fn give_up(kv: &Store, p: u16, revision: u64) -> Result<(), String> {
-    kv.delete_expect_revision(owner_key(p), Some(revision)).await.map_err(|e| e.to_string())
+pub async fn give_up(kv: &Store, p: u16, revision: u64) -> Result<(), LeaseError> {
+    let key = owner_key(p);
+    kv.delete_expect_revision(&key, Some(revision)).await.map_err(|source| LeaseError::GiveUp { key, source })
 }

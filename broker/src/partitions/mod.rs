@@ -3,15 +3,13 @@
 //! Stores are split into a fixed number of partitions ([`tillsync_schemas::partition`]). Each
 //! partition is owned by one broker instance at a time: the holder of its lease in the lease
 //! bucket ([`lease`]), who also bumped its epoch in Postgres ([`fence`]). Only the owner pulls
-//! the partition's consumers ([`work`]); every commit it makes checks the epoch, so an instance
+//! the partition's consumers ([`Work`], which the broker passes in: [`crate::work`]); every commit it makes checks the epoch, so an instance
 //! that lost a partition (killed, paused, cut off) never commits for it again. Instances
 //! joining or leaving rebalance the partitions by themselves ([`assign`]).
 
 pub mod assign;
-pub mod duty;
 pub mod fence;
 pub mod lease;
-mod work;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -21,11 +19,17 @@ use async_nats::jetstream::kv::{Store, UpdateErrorKind};
 use futures::StreamExt;
 use tillsync_schemas::partition;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use fence::Fence;
 
+/// What an owned partition runs until its token is cancelled (handover, loss, shutdown): its
+/// consumers. `bool`: taken over from an owner that did not hand it over. Passed in rather than
+/// named here, so ownership does not depend on the consumers, which depend on it.
+pub type Work = fn(Arc<Ctx>, Fence, bool, CancellationToken) -> futures::future::BoxFuture<'static, ()>;
+
+use crate::error::Chain;
 use crate::{metrics, Ctx};
 
 /// What the rest of the broker asks about ownership.
@@ -94,8 +98,14 @@ struct Running {
     stopping: bool,
 }
 
+/// Partitions this instance lost (taken over, or a lease not renewed in time): what is still
+/// done about each after [`lose`] returns, joined here rather than left running detached.
+type Losing = JoinSet<()>;
+
 /// Keeps this instance's share of the partitions until shutdown, then hands them all over.
-pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
+/// Its wakes: a tick every fifth of the lease TTL, the lease bucket's changes, and fence
+/// refusals.
+pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>, work: Work) {
     let me = ctx.partitions.instance.clone();
     let ttl = ctx.config.lease_ttl();
     // Every partition counts as unowned until the first plan has looked at the bucket, so a
@@ -104,7 +114,7 @@ pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
     let kv = loop {
         match lease::bucket(&ctx.js, ctx.config.stream_replicas, ttl).await {
             Ok(kv) => break kv,
-            Err(error) => tracing::warn!(%error, "Lease bucket unavailable; retrying in 1 s."),
+            Err(error) => tracing::warn!(error = %Chain(&error), "Lease bucket unavailable; retrying in 1 s."),
         }
         tokio::select! {
             _ = ctx.cancel.cancelled() => return,
@@ -113,6 +123,7 @@ pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
     };
     let mut observed = lease::Observed::new();
     let mut running: HashMap<u16, Running> = HashMap::new();
+    let mut losing = Losing::new();
     // The first plan waits one interval, so the watch has delivered what the bucket holds.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 5, ttl / 5);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,13 +135,14 @@ pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
         }
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            _ = tick.tick() => step(&ctx, &kv, &me, &mut observed, &mut running).await,
+            _ = tick.tick() => step(&ctx, &kv, &me, &mut observed, &mut running, &mut losing, work).await,
             Some(f) = fenced.recv() => {
                 if running.get(&f.partition).is_some_and(|r| r.fence == f) {
                     tracing::warn!(partition = f.partition, epoch = f.epoch, "Partition taken over (fenced); stopping its work.");
-                    lose(&ctx, &mut running, f.partition);
+                    lose(&ctx, &mut running, &mut losing, f.partition);
                 }
             }
+            Some(_) = losing.join_next(), if !losing.is_empty() => {}
             e = async { watch.as_mut().unwrap().next().await }, if watch.is_some() => match e {
                 Some(Ok(entry)) => observed.apply(&entry),
                 Some(Err(error)) => { tracing::warn!(%error, "Lease watch error; re-watching."); watch = None; }
@@ -149,6 +161,7 @@ pub async fn run(ctx: Arc<Ctx>, mut fenced: mpsc::UnboundedReceiver<Fence>) {
         hand_over(&ctx, &kv, r.fence, r.revision).await;
     }
     let _ = kv.delete(lease::member_key(&me)).await;
+    while losing.join_next().await.is_some() {}
     metrics::partitions_owned(0);
 }
 
@@ -158,11 +171,13 @@ async fn step(
     me: &str,
     observed: &mut lease::Observed,
     running: &mut HashMap<u16, Running>,
+    losing: &mut Losing,
+    work: Work,
 ) {
     let ttl = ctx.config.lease_ttl();
     let bound = kv_bound(ttl);
     let member = kv.put(lease::member_key(me), me.to_string().into_bytes().into());
-    let (member, ()) = tokio::join!(tokio::time::timeout(bound, member), renew(ctx, kv, me, observed, running));
+    let (member, ()) = tokio::join!(tokio::time::timeout(bound, member), renew(ctx, kv, me, observed, running, losing));
     match member {
         Ok(Ok(rev)) => observed.set(&lease::member_key(me), rev, Some(me.to_string())),
         // Debug only: while NATS is down this fails every round; tillsync_nats_connected and
@@ -198,10 +213,10 @@ async fn step(
         }
         let key = lease::owner_key(p);
         let take = tokio::time::timeout(bound, lease::take(kv, p, me, observed.get(&key)));
-        let revision = match take.await.unwrap_or_else(|_| Err(format!("no answer within {bound:?}"))) {
+        let revision = match take.await.unwrap_or(Err(lease::LeaseError::TimedOut(bound))) {
             Ok(rev) => rev,
             Err(error) => {
-                tracing::debug!(%error, partition = p, "Lease not taken (someone was first).");
+                tracing::debug!(error = %Chain(&error), partition = p, "Lease not taken (someone was first).");
                 continue;
             }
         };
@@ -220,7 +235,7 @@ async fn step(
         drop_actors(ctx, p);
         ctx.partitions.set(fence);
         let stop = ctx.cancel.child_token();
-        let work = tokio::spawn(work::run(ctx.clone(), fence, taken_over, stop.clone()));
+        let work = tokio::spawn(work(ctx.clone(), fence, taken_over, stop.clone()));
         running.insert(p, Running { fence, revision, renewed: Instant::now(), stop, work, stopping: false });
         metrics::partition_change("acquired");
         tracing::info!(partition = p, epoch = fence.epoch, "Partition acquired.");
@@ -238,6 +253,7 @@ async fn renew(
     me: &str,
     observed: &mut lease::Observed,
     running: &mut HashMap<u16, Running>,
+    losing: &mut Losing,
 ) {
     let ttl = ctx.config.lease_ttl();
     let bound = kv_bound(ttl);
@@ -277,7 +293,7 @@ async fn renew(
         tracing::warn!(%error, partitions = ?expired, "Leases not renewed within their TTL; stopping those partitions' work.");
     }
     for p in taken.into_iter().chain(expired) {
-        lose(ctx, running, p);
+        lose(ctx, running, losing, p);
     }
 }
 
@@ -289,8 +305,8 @@ fn kv_bound(ttl: Duration) -> Duration {
 }
 
 /// Stops a partition's work without waiting: its epoch is no longer ours, so whatever it
-/// still tries to commit is refused by the fence.
-fn lose(ctx: &Arc<Ctx>, running: &mut HashMap<u16, Running>, p: u16) {
+/// still tries to commit is refused by the fence. The rest goes on in `losing`.
+fn lose(ctx: &Arc<Ctx>, running: &mut HashMap<u16, Running>, losing: &mut Losing, p: u16) {
     let Some(r) = running.remove(&p) else { return };
     ctx.partitions.unset(p);
     r.stop.cancel();
@@ -298,13 +314,13 @@ fn lose(ctx: &Arc<Ctx>, running: &mut HashMap<u16, Running>, p: u16) {
     metrics::partitions_owned(running.values().filter(|r| !r.stopping).count());
     // Said at once, not after the work has ended: work stuck in a NATS call may take a while.
     let (pool, fence) = (ctx.pool.clone(), r.fence);
-    tokio::spawn(async move {
+    losing.spawn(async move {
         if let Err(error) = fence::mark_lost(&pool, fence).await {
             tracing::debug!(%error, partition = p, "Lost partition not marked (status shows its owner until a takeover).");
         }
     });
     let ctx = ctx.clone();
-    tokio::spawn(async move {
+    losing.spawn(async move {
         let _ = r.work.await;
         drop_actors(&ctx, p);
     });
@@ -319,7 +335,7 @@ async fn hand_over(ctx: &Arc<Ctx>, kv: &Store, fence: Fence, revision: u64) {
         tracing::warn!(%error, partition = p, "Epoch not marked released (the next owner bumps it anyway).");
     }
     if let Err(error) = lease::give_up(kv, p, revision).await {
-        tracing::warn!(%error, partition = p, "Lease not given back; it expires after its TTL.");
+        tracing::warn!(error = %Chain(&error), partition = p, "Lease not given back; it expires after its TTL.");
     }
     metrics::partition_change("released");
     tracing::info!(partition = p, epoch = fence.epoch, "Partition handed over.");

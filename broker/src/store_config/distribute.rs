@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::{GetStreamError, PublishError};
+use async_nats::jetstream::stream::DirectGetError;
 use async_nats::HeaderMap;
 use futures::FutureExt as _;
 use sqlx::postgres::PgListener;
@@ -17,6 +19,7 @@ use tillsync_schemas::{streams as names, SCHEMA_VERSION};
 
 use super::model;
 use super::rows::{self, CHANNEL};
+use crate::error::Chain;
 use crate::{metrics, Ctx};
 
 const POLL: Duration = Duration::from_secs(1);
@@ -33,6 +36,38 @@ const SNAPSHOT_LAG: i64 = 20;
 const ADOPT_EVERY: Duration = Duration::from_secs(30);
 
 pub use tillsync_schemas::config::{delta_msg_id, HEADER_VERSION as HEADER_CONFIG_VERSION};
+
+/// Why a round stopped short; what it did not distribute waits for the next round.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributeError {
+    #[error("Postgres")]
+    Db(#[from] sqlx::Error),
+    #[error("publishing the delta of {tenant}/{store} version {version}")]
+    Delta {
+        tenant: String,
+        store: String,
+        version: i64,
+        #[source]
+        source: PublishError,
+    },
+    #[error("publishing the snapshot of {tenant}/{store} version {version}")]
+    Snapshot {
+        tenant: String,
+        store: String,
+        version: i64,
+        #[source]
+        source: PublishError,
+    },
+    #[error("looking up stream {}", names::CONFIG_SNAPSHOTS)]
+    Stream(#[source] GetStreamError),
+    #[error("reading the stored snapshot of {tenant}/{store}")]
+    Stored {
+        tenant: String,
+        store: String,
+        #[source]
+        source: DirectGetError,
+    },
+}
 
 pub async fn run(ctx: Arc<Ctx>) {
     let mut listener: Option<PgListener> = None;
@@ -53,7 +88,9 @@ pub async fn run(ctx: Arc<Ctx>) {
                 // A full round: more may wait, go again without sleeping.
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "Configuration not distributed this round; retrying."),
+                Err(error) => {
+                    tracing::warn!(error = %Chain(&error), "Configuration not distributed this round; retrying.")
+                }
             }
         }
         tokio::select! {
@@ -84,7 +121,7 @@ async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> 
 
 /// One round: new stores, undistributed deltas, then stale snapshots. True when a limit was
 /// reached (more work waits).
-async fn round(ctx: &Ctx) -> anyhow::Result<bool> {
+async fn round(ctx: &Ctx) -> Result<bool, DistributeError> {
     let deltas = publish_deltas(ctx).await?;
     let snapshots = publish_snapshots(ctx).await?;
     let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM config_versions WHERE distributed_at IS NULL")
@@ -117,7 +154,7 @@ async fn adopt_new_stores(ctx: &Ctx) -> Result<(), sqlx::Error> {
 /// rather than a hundred. The acks are taken in order up to the first failure; what follows
 /// it stays undistributed and is sent again next round (its `Nats-Msg-Id` makes a copy
 /// already stored a no-op, and a device that meets a gap takes the snapshot).
-async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
+async fn publish_deltas(ctx: &Ctx) -> Result<usize, DistributeError> {
     let pending = sqlx::query(
         "SELECT tenant_id, store_id, version, publish_id, published_by, published_at FROM config_versions
          WHERE distributed_at IS NULL ORDER BY tenant_id, store_id, version LIMIT $1",
@@ -148,7 +185,10 @@ async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
         let mut headers = headers(*version as u64);
         headers.insert(names::HEADER_MSG_ID, delta_msg_id(tenant, store, *version as u64).as_str());
         let subject = delta_subject(tenant, store);
-        acks.push(ctx.js.publish_with_headers(subject, headers, tillsync_schemas::encode(&delta).into()).await?);
+        let sent = ctx.js.publish_with_headers(subject, headers, tillsync_schemas::encode(&delta).into()).await;
+        let delta_of =
+            |source| DistributeError::Delta { tenant: tenant.clone(), store: store.clone(), version: *version, source };
+        acks.push(sent.map_err(delta_of)?);
     }
     let (mut ts, mut ss, mut vs, mut seqs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut failed = None;
@@ -160,8 +200,8 @@ async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
                 vs.push(version);
                 seqs.push(ack.sequence as i64);
             }
-            Err(e) => {
-                failed = Some(e);
+            Err(source) => {
+                failed = Some(DistributeError::Delta { tenant, store, version, source });
                 break;
             }
         }
@@ -179,7 +219,7 @@ async fn publish_deltas(ctx: &Ctx) -> anyhow::Result<usize> {
     .await?;
     tracing::debug!(deltas = ts.len(), "Configuration deltas distributed.");
     match failed {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
         None => Ok(n),
     }
 }
@@ -197,7 +237,7 @@ fn headers(version: u64) -> HeaderMap {
 /// configuration) per version would cost a hundred times a delta. A device that takes a
 /// lagging snapshot catches up on the deltas after it, which the stream keeps. Version and state are read in one repeatable-read transaction, so the
 /// state is that version's even while another publish commits.
-async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
+async fn publish_snapshots(ctx: &Ctx) -> Result<usize, DistributeError> {
     let stale: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.tenant_id, c.store_id FROM config_stores c
          JOIN config_versions v ON v.tenant_id = c.tenant_id AND v.store_id = c.store_id AND v.version = c.version
@@ -249,20 +289,17 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
             published_at_ms: published_at.timestamp_millis(),
             entities: model::as_changes(&state),
         };
-        let stored = ctx
-            .js
-            .publish_with_headers(
-                snapshot_subject(&tenant, &store),
-                headers,
-                tillsync_schemas::encode(&snapshot).into(),
-            )
-            .await?
-            .await;
+        let subject = snapshot_subject(&tenant, &store);
+        let stored =
+            match ctx.js.publish_with_headers(subject, headers, tillsync_schemas::encode(&snapshot).into()).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
         match stored {
             Ok(_) => {}
             // Another snapshot landed since the look: the next round looks again.
             Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => continue,
-            Err(e) => return Err(e.into()),
+            Err(source) => return Err(DistributeError::Snapshot { tenant, store, version, source }),
         }
         mark_snapshot(ctx, &tenant, &store, version).await?;
     }
@@ -270,15 +307,15 @@ async fn publish_snapshots(ctx: &Ctx) -> anyhow::Result<usize> {
 }
 
 /// The stream sequence and version of the snapshot JetStream holds for a store, if any.
-async fn stored_snapshot(ctx: &Ctx, tenant: &str, store: &str) -> anyhow::Result<Option<(u64, u64)>> {
-    let stream = ctx.js.get_stream_no_info(names::CONFIG_SNAPSHOTS).await?;
+async fn stored_snapshot(ctx: &Ctx, tenant: &str, store: &str) -> Result<Option<(u64, u64)>, DistributeError> {
+    let stream = ctx.js.get_stream_no_info(names::CONFIG_SNAPSHOTS).await.map_err(DistributeError::Stream)?;
     match stream.direct_get_last_for_subject(snapshot_subject(tenant, store)).await {
         Ok(m) => {
             let version = m.headers.get(HEADER_CONFIG_VERSION).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
             Ok(Some((m.sequence, version)))
         }
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(source) => Err(DistributeError::Stored { tenant: tenant.into(), store: store.into(), source }),
     }
 }
 

@@ -4,14 +4,12 @@
 //! version above what it applied). Only devices that have reported a heartbeat count.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::partitions::duty::every;
+use crate::tasks::Job;
 use crate::{metrics, Ctx};
 
-pub async fn run(ctx: Arc<Ctx>) {
-    let period = Duration::from_millis(ctx.config.monitor_interval_ms);
-    every(&ctx, period, "Measuring configuration drift", || async {
+pub async fn run(ctx: Arc<Ctx>, job: Job) {
+    job.run(&ctx, || async {
         for (tenant, behind, oldest) in by_tenant(&ctx.pool).await? {
             metrics::config_drift(&tenant, behind, oldest);
         }

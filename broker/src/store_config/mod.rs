@@ -18,18 +18,23 @@ pub mod publish;
 pub mod rows;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use publish::{ensure_store, publish, record_refusal, PublishError, Published};
+pub use publish::{ensure_store, publish, record_refusal, PublishError};
 
+use crate::tasks::{Job, Scope, Tasks};
 use crate::{BrokerError, Ctx};
 
-/// Starts the portal responder (subscribed before it returns), the distributor and the drift
-/// gauges.
-pub async fn start(ctx: &Arc<Ctx>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), BrokerError> {
+/// Registers the portal responder (subscribed before it returns), the distributor, the drift
+/// gauges and the check for lost snapshots.
+pub async fn start(ctx: &Arc<Ctx>, tasks: &mut Tasks) -> Result<(), BrokerError> {
     let requests = portal::subscribe(&ctx.nats).await?;
-    tasks.spawn(portal::run(ctx.clone(), requests));
-    tasks.spawn(distribute::run(ctx.clone()));
-    tasks.spawn(drift::run(ctx.clone()));
-    tasks.spawn(lost::run(ctx.clone()));
+    let portal = Job::on("config_portal", Scope::Instance, "tillsync.cfgpub.>");
+    tasks.spawn(portal, |_| portal::run(ctx.clone(), requests));
+    let distribute = Job::on("config_distribute", Scope::Lead, "NOTIFY tillsync_config, or every second");
+    tasks.spawn(distribute, |_| distribute::run(ctx.clone()));
+    let drift = Job::every("config_drift", Scope::Lead, Duration::from_millis(ctx.config.monitor_interval_ms));
+    tasks.spawn(drift, |job| drift::run(ctx.clone(), job));
+    tasks.spawn(Job::every("config_lost", Scope::Lead, lost::CHECK_EVERY), |job| lost::run(ctx.clone(), job));
     Ok(())
 }

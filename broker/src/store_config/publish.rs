@@ -27,7 +27,7 @@ pub enum PublishError {
     #[error("refused: {0}")]
     Refused(Refused),
     /// Postgres failed; nothing was published.
-    #[error("postgres: {0}")]
+    #[error("postgres")]
     Db(#[from] sqlx::Error),
 }
 

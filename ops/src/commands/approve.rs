@@ -124,7 +124,7 @@ pub async fn run(global: &Global, a: &DecideArgs, decision: Decision) -> anyhow:
     };
     // What does not exist first (exit 4), then what cannot be read (exit 1).
     crate::known::approver(&pool, &tenant_id, &a.approver).await?;
-    let key = tillsync_broker::keyfile::read_seed(&a.key_file).map_err(anyhow::Error::msg)?;
+    let key = tillsync_broker::admin::keyfile::read_seed(&a.key_file)?;
     let cmd = codec::decode::<CommandEnvelope>(&stored)
         .map_err(|e| anyhow::anyhow!("the recorded envelope of command {} does not decode: {e}", a.command_id))?;
     let approved_by = approved_so_far(&pool, &cmd).await?;
@@ -166,7 +166,7 @@ pub async fn run(global: &Global, a: &DecideArgs, decision: Decision) -> anyhow:
         approver: a.approver.clone(),
         decision,
         signature: approval::sign(&key, &cmd, &a.approver, decision),
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: tillsync_schemas::now_ms(),
     };
     req.validate().map_err(|e| anyhow::anyhow!("invalid decision: {e}"))?;
     let verdict = match publish_and_wait(&pool, &global.nats, &req, a.wait_s).await? {

@@ -115,7 +115,7 @@ async fn request(
         tenant_id: tenant_id.to_string(),
         store_id: store_id.to_string(),
         requested_by: by.to_string(),
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: tillsync_schemas::now_ms(),
     };
     req.validate().map_err(|e| anyhow::anyhow!("invalid cancel: {e}"))?;
     let js = async_nats::jetstream::new(client);

@@ -111,7 +111,7 @@ pub async fn mark(tx: &mut sqlx::PgConnection, d: &DeviceAddr, by: &str, why: &s
     out.credentials_revoked = revoked.credentials_revoked;
     out.codes_withdrawn = revoked.codes_withdrawn;
     let detail = format!("device decommissioned by {by}: {why}");
-    out.commands_cancelled = tillsync_broker::commands::cancel::withdraw_device(tx, d, &detail).await?;
+    out.commands_cancelled = tillsync_broker::admin::commands::withdraw_device(tx, d, &detail).await?;
     Ok(out)
 }
 

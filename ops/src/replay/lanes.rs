@@ -1,6 +1,6 @@
-//! Replay lanes: the stream is read in order and split by store ([`tillsync_broker::lanes`])
-//! over lanes that commit concurrently, as the live broker's ingest does. A store stays in one
-//! lane, so each device's events are applied in order. Lanes finish out of order, so the
+//! Replay lanes: the stream is read in order and split by store ([`tillsync_broker::admin::lanes`])
+//! over lanes that commit concurrently, as the live broker splits stores over partitions. A
+//! store stays in one lane, so each device's events are applied in order. Lanes finish out of order, so the
 //! resume position is the highest stream sequence at or below which everything committed
 //! ([`Pending`]).
 
@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tillsync_actors::{ActorConfig, ActorSystem};
-use tillsync_broker::ingest::{process, Engine, IngestError, Raw, Report};
-use tillsync_broker::lanes::lane_of;
-use tillsync_broker::ports::PgPorts;
-use tillsync_broker::tenants::Tenants;
+use tillsync_broker::admin::ingest::{process, Engine, IngestError, Raw, Report};
+use tillsync_broker::admin::lanes::lane_of;
+use tillsync_broker::admin::ports::PgPorts;
+use tillsync_broker::admin::tenants::Tenants;
+use tillsync_broker::admin::Chain;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -167,12 +168,12 @@ async fn process_with_retry(engine: &Engine<'_>, batch: &[Raw]) -> anyhow::Resul
             Ok(r) => return Ok(r),
             Err(e) if attempt < 4 && transient(&e) => {
                 attempt += 1;
-                tracing::warn!(error = %e, attempt, "Transient failure replaying a batch; retrying.");
+                tracing::warn!(error = %Chain(&e), attempt, "Transient failure replaying a batch; retrying.");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             Err(e) => {
                 let (first, last) = (batch[0].stream_seq, batch[batch.len() - 1].stream_seq);
-                return Err(anyhow::anyhow!("{e}").context(format!(
+                return Err(anyhow::Error::new(e).context(format!(
                     "replaying {} message(s) between stream seqs {first} and {last}; nothing of this batch committed",
                     batch.len()
                 )));
@@ -183,7 +184,7 @@ async fn process_with_retry(engine: &Engine<'_>, batch: &[Raw]) -> anyhow::Resul
 
 fn transient(e: &IngestError) -> bool {
     match e {
-        IngestError::Db(e) => tillsync_broker::db::is_transient(e),
+        IngestError::Db(e) => tillsync_broker::admin::db::is_transient(e),
         IngestError::Actor(_) => true,
     }
 }

@@ -1,12 +1,12 @@
 //! `tillsync replay`: reads the events stream through the live broker's own decision and apply
-//! code ([`tillsync_broker::ingest::process`], with a private actor system) into a target: a
+//! code ([`tillsync_broker::admin::ingest::process`], with a private actor system) into a target: a
 //! shadow schema of the live database, another database, or the live database itself (where
 //! every event is a duplicate and nothing changes). Stores are split over concurrent lanes
 //! ([`lanes`]). Progress is saved in the target after every committed batch, so `--resume`
 //! continues and Ctrl-C loses nothing.
 
-pub(crate) mod lanes;
-pub(crate) mod source;
+pub mod lanes;
+pub mod source;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use clap::{ArgGroup, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use sqlx::PgPool;
-use tillsync_broker::ingest::Outcome;
+use tillsync_broker::admin::ingest::EventOutcome;
 use tokio_util::sync::CancellationToken;
 
 use self::source::{Filter, Source, Start};
@@ -89,14 +89,14 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, o: &Outcome) {
+    fn add(&mut self, o: &EventOutcome) {
         self.messages += 1;
         match o {
-            Outcome::Applied => self.applied += 1,
-            Outcome::Duplicate(_) => self.duplicates += 1,
-            Outcome::Conflict => self.conflicts += 1,
-            Outcome::Stale => self.stale += 1,
-            Outcome::Quarantined(r) => *self.quarantined.entry(r.as_str().to_string()).or_default() += 1,
+            EventOutcome::Applied => self.applied += 1,
+            EventOutcome::Duplicate(_) => self.duplicates += 1,
+            EventOutcome::Conflict => self.conflicts += 1,
+            EventOutcome::Stale => self.stale += 1,
+            EventOutcome::Quarantined(r) => *self.quarantined.entry(r.as_str().to_string()).or_default() += 1,
         }
     }
 
@@ -416,9 +416,9 @@ async fn save_progress(
     name: &str,
     filter_subject: &str,
     last: u64,
-    outcomes: &[Outcome],
+    outcomes: &[EventOutcome],
 ) -> anyhow::Result<()> {
-    let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count() as i64;
+    let applied = outcomes.iter().filter(|o| **o == EventOutcome::Applied).count() as i64;
     sqlx::query(
         "INSERT INTO replay_progress (name, filter_subject, last_stream_seq, applied, messages, updated_at)
          VALUES ($1, $2, $3, $4, $5, now())

@@ -8,7 +8,7 @@ use anyhow::Context;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
-use tillsync_broker::ingest::Raw;
+use tillsync_broker::admin::ingest::Raw;
 use tillsync_schemas::subject::{self, Family};
 use tillsync_schemas::{streams as names, DeviceAddr};
 
