@@ -154,9 +154,6 @@ impl Flow for Executor {
     async fn catch_up(&mut self) -> Result<ControlFlow<Ended, Asking>, String> {
         let asking = Asking::new(self.backoff.clone());
         self.ask().await?;
-        // A round trip: the server holds both subscriptions before the gauge says so.
-        self.client.flush().await.map_err(|e| format!("command subscriptions: {e}"))?;
-        self.metrics.commands_subscribed.set(1.0);
         Ok(Continue(asking))
     }
 
@@ -174,7 +171,9 @@ impl Flow for Executor {
     async fn on_connection(&mut self, asking: &mut Asking, up: bool) -> Next {
         // The subscriptions survive a reconnect; what was published while away did not reach
         // them, so ask again.
-        if up {
+        if !up {
+            self.metrics.commands_subscribed.set(0.0);
+        } else {
             *asking = Asking::new(self.backoff.clone());
             self.ask().await?;
         }
@@ -185,6 +184,11 @@ impl Flow for Executor {
         let headers = msg.headers.as_ref();
         if let Some(handed) = headers.and_then(|h| h.get(streams::HEADER_SYNC_DONE)) {
             if asking.answered() {
+                // The answer came back through the server on the copies subscription, which
+                // was made after the live one: the server holds both (a flush of the socket
+                // would not say so), and whatever was published before the broker read the
+                // unfinished commands was handed with it.
+                self.metrics.commands_subscribed.set(1.0);
                 self.metrics.command_catchup("answered").increment(1);
                 tracing::debug!(handed = %handed, "Command catch-up answered.");
             }
