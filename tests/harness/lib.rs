@@ -28,7 +28,7 @@ pub use db::TestDb;
 pub use nats::{free_port, nats_bin, NatsServer};
 pub use poll::{eventually, eventually_eq, DEFAULT_TIMEOUT};
 pub use postgres::TlsPostgres;
-pub use scrape::{free_addr, http_get, metric};
+pub use scrape::{free_addr, http_get, inproc_broker_metric, metric};
 pub use tls::Certs;
 
 /// Logs for a failing test: `RUST_LOG=debug cargo test ...`. Also repeats a panic's message

@@ -17,6 +17,13 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// A sample of the in-process brokers' metrics, 0 when absent. Every [`crate::InProcBroker`] in
+/// the test binary records into the process's one recorder, so a counter holds what other
+/// tests counted too: compare with a reading taken before your own broker could count.
+pub fn inproc_broker_metric(name: &str, labels: &str) -> f64 {
+    metric(&tillsync_broker::admin::metrics::install().render(), name, labels).unwrap_or(0.0)
+}
+
 /// A free loopback address for a child process's HTTP listener.
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
