@@ -199,7 +199,7 @@ pub enum ConfigError {
     TlsFiles(#[from] crate::tls::TlsFilesError),
     /// Plain text to NATS or Postgres without `TILLSYNC_ALLOW_PLAINTEXT`.
     #[error("{0}")]
-    Plaintext(String),
+    Plaintext(tillsync_schemas::transport::PlaintextRefused),
 }
 
 impl Config {
@@ -295,7 +295,7 @@ impl Config {
 
     /// What would cross the network in clear: an error unless `allow_plaintext`, else the
     /// warnings to log at start.
-    pub fn plaintext(&self) -> Result<Vec<String>, ConfigError> {
+    pub fn plaintext(&self) -> Result<Vec<tillsync_schemas::transport::InClear>, ConfigError> {
         let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
         tillsync_schemas::transport::check(&self.nats_url, tls_forced, Some(&self.database_url), self.allow_plaintext)
             .map_err(ConfigError::Plaintext)

@@ -19,11 +19,14 @@ pub use take::{take, Admitted, Committed, Consumer, Failure, Verdict};
 use std::future::Future;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::MessagesError;
+use async_nats::jetstream::consumer::StreamError;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{AcquireError, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{BrokerError, Chain};
 use crate::partitions::Fence;
 use crate::Ctx;
 
@@ -87,13 +90,32 @@ pub async fn run<F, Fut>(
     let name = tillsync_schemas::streams::partition_consumer(source.base, fence.partition);
     while !stop.is_cancelled() {
         if let Err(error) = pull(ctx, stop, source, &name, slots, &handle).await {
-            tracing::warn!(%error, consumer = %name, "Consumer stopped; restarting in 1 s.");
+            tracing::warn!(error = %Chain(&error), consumer = %name, "Consumer stopped; restarting in 1 s.");
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
+}
+
+/// Why a partition's pull stopped; [`run`] pulls again a second later. The log line names the
+/// consumer.
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    /// The durable consumer or its stream is not there (yet), or JetStream did not answer.
+    #[error(transparent)]
+    Consumer(BrokerError),
+    #[error("starting the pull")]
+    Pull(#[source] StreamError),
+    /// Nobody answers the pull request ([`stalled`]).
+    #[error("pull stalled")]
+    Stalled(#[source] MessagesError),
+    #[error("message stream ended")]
+    Ended,
+    /// The instance's commit slots are closed: it is stopping.
+    #[error("commit slots")]
+    Slots(#[source] AcquireError),
 }
 
 async fn pull<F, Fut>(
@@ -103,12 +125,12 @@ async fn pull<F, Fut>(
     name: &str,
     slots: &Semaphore,
     handle: &F,
-) -> Result<(), String>
+) -> Result<(), PullError>
 where
     F: Fn(Vec<Message>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let consumer = crate::streams::consumer(&ctx.js, source.stream, name).await.map_err(|e| e.to_string())?;
+    let consumer = crate::streams::consumer(&ctx.js, source.stream, name).await.map_err(PullError::Consumer)?;
     let mut messages = consumer
         .stream()
         .group(crate::streams::OWNER_GROUP)
@@ -118,7 +140,7 @@ where
         .expires(Duration::from_secs(30))
         .messages()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(PullError::Pull)?;
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -128,12 +150,12 @@ where
                 // expires (30 s, plus 5 s of grace): a pull request nobody answers (sent while a
                 // just-recreated consumer had no leader yet: "no responders", or silence) would
                 // stall the partition for 35 s. Start a new pull instead.
-                Some(Err(error)) if stalled(&error) => return Err(format!("{name}: {error}")),
+                Some(Err(error)) if stalled(&error) => return Err(PullError::Stalled(error)),
                 Some(Err(error)) => {
                     tracing::debug!(%error, consumer = name, "Stream hiccup.");
                     continue;
                 }
-                None => return Err(format!("{name}: message stream ended")),
+                None => return Err(PullError::Ended),
             },
         };
         let mut batch = vec![first];
@@ -149,7 +171,7 @@ where
                 Some(Err(_)) | None => break,
             }
         }
-        let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
+        let _slot = slots.acquire().await.map_err(PullError::Slots)?;
         handle(batch).await;
     }
 }

@@ -34,12 +34,12 @@ pub enum SettingsError {
     Handler(UrlError),
     /// A command key that is not a public nkey (the reason names it).
     #[error("command_keys: {0}")]
-    CommandKey(String),
+    CommandKey(tillsync_schemas::signature::NotAPublicKey),
     #[error("{0}")]
     TlsFiles(TlsFilesError),
     /// Plain text to another host without `allow_plaintext` (the reason says which).
     #[error("{0}")]
-    Plaintext(String),
+    Plaintext(tillsync_schemas::transport::PlaintextRefused),
     /// A number or name out of range (the message names the setting).
     #[error("{0}")]
     Range(&'static str),
@@ -249,7 +249,7 @@ impl Config {
     }
 
     /// Plain text to another host: an error unless `allow_plaintext`, else warnings to log.
-    pub fn plaintext(&self) -> Result<Vec<String>, SettingsError> {
+    pub fn plaintext(&self) -> Result<Vec<tillsync_schemas::transport::InClear>, SettingsError> {
         let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
         tillsync_schemas::transport::check(&self.nats_url, tls_forced, None, self.allow_plaintext)
             .map_err(SettingsError::Plaintext)

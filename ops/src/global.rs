@@ -47,8 +47,7 @@ pub struct NatsArgs {
 impl NatsArgs {
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         let tls_forced = self.nats_tls.ca.is_some() || self.nats_tls.cert.is_some();
-        let warnings = tillsync_schemas::transport::check(&self.nats_url, tls_forced, None, self.allow_plaintext)
-            .map_err(anyhow::Error::msg)?;
+        let warnings = tillsync_schemas::transport::check(&self.nats_url, tls_forced, None, self.allow_plaintext)?;
         for warning in warnings {
             tracing::warn!(%warning, "Plain text allowed by --allow-plaintext.");
         }

@@ -28,7 +28,7 @@ pub fn command_id(s: &str) -> Result<String, String> {
 }
 
 /// clap value parser: a public nkey (`U...`).
-pub fn public_key(s: &str) -> Result<String, String> {
+pub fn public_key(s: &str) -> Result<String, tillsync_schemas::signature::NotAPublicKey> {
     tillsync_schemas::signature::check_public_key(s).map(|()| s.to_string())
 }
 

@@ -19,6 +19,19 @@ pub fn subject(addr: &DeviceAddr) -> String {
 /// Every device's subject, for the broker's responder.
 pub const ALL: &str = "tillsync.keys.*.*.*";
 
+/// Why a bridge refuses the broker's answer and keeps the keys it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysRefused {
+    /// An empty list would leave the bridge trusting nothing, so no command would verify.
+    #[error("the answer names no key")]
+    NoKey,
+    #[error(transparent)]
+    NotAPublicKey(#[from] signature::NotAPublicKey),
+    /// The answer's own signature: an unknown signer, another device's subject, a changed list.
+    #[error(transparent)]
+    Signature(#[from] signature::SignatureError),
+}
+
 /// The broker's answer (MessagePack).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandKeys {
@@ -37,15 +50,14 @@ impl CommandKeys {
     }
 
     /// The keys to trust from now on, if a key in `trusted` signed them for `subject`.
-    pub fn accept(&self, trusted: &[String], subject: &str) -> Result<Vec<String>, String> {
+    pub fn accept(&self, trusted: &[String], subject: &str) -> Result<Vec<String>, KeysRefused> {
         if self.keys.is_empty() {
-            return Err("the answer names no key".into());
+            return Err(KeysRefused::NoKey);
         }
         for key in &self.keys {
             signature::check_public_key(key)?;
         }
-        signature::verify(trusted, Some(&self.signer), Some(&self.signature), subject, &Self::signed(&self.keys))
-            .map_err(|e| e.to_string())?;
+        signature::verify(trusted, Some(&self.signer), Some(&self.signature), subject, &Self::signed(&self.keys))?;
         Ok(self.keys.clone())
     }
 }
@@ -55,7 +67,7 @@ mod tests {
     use nkeys::KeyPair;
 
     use super::*;
-    use crate::signature::{TEST_PUBLIC_KEY, TEST_SEED};
+    use crate::signature::{SignatureError, TEST_PUBLIC_KEY, TEST_SEED};
 
     fn answer(signer: &KeyPair, keys: Vec<String>, subject: &str) -> CommandKeys {
         let signature = signature::sign(signer, subject, &CommandKeys::signed(&keys));
@@ -81,12 +93,17 @@ mod tests {
         let trusted = vec![TEST_PUBLIC_KEY.to_string()];
         let s = subject(&DeviceAddr::new("acme", "s1", "till-1"));
         let other = subject(&DeviceAddr::new("acme", "s1", "till-2"));
-        assert!(answer(&stranger, vec![stranger.public_key()], &s).accept(&trusted, &s).is_err());
-        assert!(answer(&current, vec![current.public_key()], &other).accept(&trusted, &s).is_err());
+        let unknown = SignatureError::UnknownKey(stranger.public_key());
+        assert_eq!(answer(&stranger, vec![stranger.public_key()], &s).accept(&trusted, &s), Err(unknown.into()));
+        let mismatch = Err(SignatureError::Mismatch.into());
+        assert_eq!(answer(&current, vec![current.public_key()], &other).accept(&trusted, &s), mismatch);
         let mut changed = answer(&current, vec![current.public_key()], &s);
         changed.keys.push(stranger.public_key());
-        assert!(changed.accept(&trusted, &s).is_err());
+        assert_eq!(changed.accept(&trusted, &s), mismatch);
+        let mut mangled = answer(&current, vec![current.public_key()], &s);
+        mangled.keys.push("nope".into());
+        assert!(matches!(mangled.accept(&trusted, &s), Err(KeysRefused::NotAPublicKey(_))));
         let empty = answer(&current, vec![], &s);
-        assert!(empty.accept(&trusted, &s).is_err());
+        assert_eq!(empty.accept(&trusted, &s), Err(KeysRefused::NoKey));
     }
 }

@@ -295,21 +295,44 @@ pub fn check_change(c: &ChangeRequest) -> Result<Option<Change>, Refused> {
     }
 }
 
+/// What is wrong with an upsert's body; [`check_change`] puts it in an `invalid_body` refusal's
+/// detail after the entity it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BodyError {
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("{0} must be a non-empty string")]
+    Text(&'static str),
+    #[error("{field} must be an integer in {lo}..={hi}")]
+    Integer { field: &'static str, lo: i64, hi: i64 },
+    #[error("{0} must be an id")]
+    Reference(&'static str),
+    #[error("values must be an object")]
+    Values,
+    #[error("roles must be a list")]
+    RolesNotAList,
+    #[error("roles must be one or more of {:?}", ROLES)]
+    Roles,
+}
+
+/// The roles a user entity may hold.
+const ROLES: &[&str] = &["cashier", "manager", "admin"];
+
 /// The fields an entity of `t` must have. Other fields pass through untouched.
-fn check_body(t: EntityType, body: &serde_json::Value) -> Result<(), String> {
-    let obj = body.as_object().ok_or("the body must be a JSON object")?;
-    let text = |f: &str| match obj.get(f).and_then(|v| v.as_str()) {
+fn check_body(t: EntityType, body: &serde_json::Value) -> Result<(), BodyError> {
+    let obj = body.as_object().ok_or(BodyError::NotAnObject)?;
+    let text = |f: &'static str| match obj.get(f).and_then(|v| v.as_str()) {
         Some(s) if !s.trim().is_empty() => Ok(()),
-        _ => Err(format!("{f} must be a non-empty string")),
+        _ => Err(BodyError::Text(f)),
     };
-    let int_in = |f: &str, lo: i64, hi: i64| match obj.get(f).and_then(|v| v.as_i64()) {
+    let int_in = |f: &'static str, lo: i64, hi: i64| match obj.get(f).and_then(|v| v.as_i64()) {
         Some(n) if (lo..=hi).contains(&n) => Ok(()),
-        _ => Err(format!("{f} must be an integer in {lo}..={hi}")),
+        _ => Err(BodyError::Integer { field: f, lo, hi }),
     };
-    let reference = |f: &str, required: bool| match obj.get(f) {
+    let reference = |f: &'static str, required: bool| match obj.get(f) {
         None if !required => Ok(()),
         Some(v) if v.as_str().is_some_and(|s| check_id(f, s).is_ok()) => Ok(()),
-        _ => Err(format!("{f} must be an id")),
+        _ => Err(BodyError::Reference(f)),
     };
     match t {
         EntityType::MenuCategory | EntityType::Tender => text("name"),
@@ -330,14 +353,13 @@ fn check_body(t: EntityType, body: &serde_json::Value) -> Result<(), String> {
         }
         EntityType::Setting => match obj.get("values") {
             Some(v) if v.is_object() => Ok(()),
-            _ => Err("values must be an object".into()),
+            _ => Err(BodyError::Values),
         },
         EntityType::User => {
             text("name")?;
-            let roles = obj.get("roles").and_then(|v| v.as_array()).ok_or("roles must be a list")?;
-            let known = ["cashier", "manager", "admin"];
-            if roles.is_empty() || !roles.iter().all(|r| r.as_str().is_some_and(|r| known.contains(&r))) {
-                return Err(format!("roles must be one or more of {known:?}"));
+            let roles = obj.get("roles").and_then(|v| v.as_array()).ok_or(BodyError::RolesNotAList)?;
+            if roles.is_empty() || !roles.iter().all(|r| r.as_str().is_some_and(|r| ROLES.contains(&r))) {
+                return Err(BodyError::Roles);
             }
             Ok(())
         }
@@ -460,6 +482,21 @@ mod tests {
         assert_eq!(code(scoped.clone()), Refusal::StoreOverrideNotAllowed);
         scoped.changes = vec![upsert("setting", "receipt", json!({"values": {"footer": "Thanks"}}))];
         assert!(check_change_set(&scoped).is_ok());
+    }
+
+    #[test]
+    fn a_body_refusal_names_the_entity_and_the_field() {
+        let detail = |c: ChangeRequest| check_change(&c).unwrap_err().detail;
+        let item = json!({"name": "x", "price_minor": -1, "category_id": "c"});
+        assert_eq!(
+            detail(upsert("menu_item", "i", item)),
+            format!("menu_item \"i\": price_minor must be an integer in 0..={}", i64::MAX)
+        );
+        assert_eq!(
+            detail(upsert("user", "u", json!({"name": "x", "roles": ["owner"]}))),
+            r#"user "u": roles must be one or more of ["cashier", "manager", "admin"]"#
+        );
+        assert_eq!(detail(upsert("tender", "t", json!([]))), r#"tender "t": the body must be a JSON object"#);
     }
 
     #[test]

@@ -11,14 +11,26 @@ pub enum Creds<'a> {
     Seed(&'a str),
 }
 
+/// Why a credentials file's text is neither kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredsError {
+    /// No user JWT and no line shaped like a seed.
+    #[error("neither a .creds file nor an nkey seed")]
+    Unrecognised,
+    /// A line shaped like a seed that nkeys refuses. `why` is nkeys' text: its error is neither
+    /// `Clone` nor `PartialEq`, and what it says (a bad checksum, a bad length) is the detail.
+    #[error("not an nkey seed: {why}")]
+    NotASeed { why: String },
+}
+
 /// Which kind `text` is: a seed only when it parses as one, so every caller refuses a
 /// mangled seed with the same words before it reaches a NATS server.
-pub fn kind(text: &str) -> Result<Creds<'_>, String> {
+pub fn kind(text: &str) -> Result<Creds<'_>, CredsError> {
     if text.contains("BEGIN NATS USER JWT") {
         return Ok(Creds::Jwt);
     }
-    let seed = seed_line(text).ok_or("neither a .creds file nor an nkey seed")?;
-    nkeys::KeyPair::from_seed(seed).map_err(|e| format!("not an nkey seed: {e}"))?;
+    let seed = seed_line(text).ok_or(CredsError::Unrecognised)?;
+    nkeys::KeyPair::from_seed(seed).map_err(|e| CredsError::NotASeed { why: e.to_string() })?;
     Ok(Creds::Seed(seed))
 }
 
@@ -37,7 +49,9 @@ mod tests {
         assert_eq!(kind(&format!("{seed}\n")), Ok(Creds::Seed(seed.as_str())));
         let creds = format!("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n\n{seed}\n");
         assert_eq!(kind(&creds), Ok(Creds::Jwt));
-        assert!(kind("hello").is_err());
-        assert!(kind(&format!("S{}", "A".repeat(57))).unwrap_err().contains("not an nkey seed"));
+        assert_eq!(kind("hello"), Err(CredsError::Unrecognised));
+        let mangled = kind(&format!("S{}", "A".repeat(57))).unwrap_err();
+        assert!(matches!(mangled, CredsError::NotASeed { .. }), "{mangled:?}");
+        assert!(mangled.to_string().starts_with("not an nkey seed: "), "{mangled}");
     }
 }

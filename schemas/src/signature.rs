@@ -74,9 +74,19 @@ pub fn verify(
     public.verify(&signed_bytes(subject, payload), &sig).map_err(|_| SignatureError::Mismatch)
 }
 
+/// A key given as a public nkey that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key:?} is not a public nkey: {why}")]
+pub struct NotAPublicKey {
+    pub key: String,
+    /// What nkeys says (a bad prefix, length or checksum): kept as text, as nkeys' error is
+    /// neither `Clone` nor `PartialEq`.
+    pub why: String,
+}
+
 /// Checks that `key` is a public nkey, for validating configured trusted keys.
-pub fn check_public_key(key: &str) -> Result<(), String> {
-    KeyPair::from_public_key(key).map(|_| ()).map_err(|e| format!("{key:?} is not a public nkey: {e}"))
+pub fn check_public_key(key: &str) -> Result<(), NotAPublicKey> {
+    KeyPair::from_public_key(key).map(|_| ()).map_err(|e| NotAPublicKey { key: key.to_string(), why: e.to_string() })
 }
 
 #[cfg(test)]
@@ -138,7 +148,9 @@ mod tests {
     #[test]
     fn public_keys_are_checked() {
         assert!(check_public_key(TEST_PUBLIC_KEY).is_ok());
-        assert!(check_public_key(TEST_SEED).is_err());
+        let seed = check_public_key(TEST_SEED).unwrap_err();
+        assert_eq!(seed.key, TEST_SEED);
+        assert!(seed.to_string().starts_with(&format!("{TEST_SEED:?} is not a public nkey: ")), "{seed}");
         assert!(check_public_key("nope").is_err());
     }
 }

@@ -30,6 +30,24 @@ pub fn postgres_in_clear(url: &str) -> Option<String> {
     (!matches!(sslmode.as_str(), "require" | "verify-ca" | "verify-full")).then(|| host_port(&parsed))
 }
 
+/// A connection that would cross the network in clear. `at` is its scheme, host and port,
+/// never a user, password or token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InClear {
+    #[error("NATS at {at} is plain text to another host (use tls:// or NATS_CA_FILE)")]
+    Nats { at: String },
+    #[error("Postgres at {at} is reached without sslmode=require, verify-ca or verify-full")]
+    Postgres { at: String },
+}
+
+/// The start [`check`] stops without `--allow-plaintext`, naming the first connection in clear.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0}: credentials and sales would cross the network in clear; pass --allow-plaintext \
+     (TILLSYNC_ALLOW_PLAINTEXT=true) to accept that"
+)]
+pub struct PlaintextRefused(pub InClear);
+
 /// What would travel in clear: the NATS URLs (unless `tls_forced`) and the Postgres URL. With
 /// `allow` (`--allow-plaintext`) the findings come back as warnings to log; without, the first
 /// is the error that stops the start.
@@ -38,19 +56,12 @@ pub fn check(
     tls_forced: bool,
     database_url: Option<&str>,
     allow: bool,
-) -> Result<Vec<String>, String> {
-    let mut found = Vec::new();
-    if let Some(at) = nats_in_clear(nats_urls, tls_forced) {
-        found.push(format!("NATS at {at} is plain text to another host (use tls:// or NATS_CA_FILE)"));
-    }
-    if let Some(at) = database_url.and_then(postgres_in_clear) {
-        found.push(format!("Postgres at {at} is reached without sslmode=require, verify-ca or verify-full"));
-    }
+) -> Result<Vec<InClear>, PlaintextRefused> {
+    let nats = nats_in_clear(nats_urls, tls_forced).map(|at| InClear::Nats { at });
+    let postgres = database_url.and_then(postgres_in_clear).map(|at| InClear::Postgres { at });
+    let found: Vec<InClear> = nats.into_iter().chain(postgres).collect();
     match found.first() {
-        Some(first) if !allow => Err(format!(
-            "{first}: credentials and sales would cross the network in clear; pass --allow-plaintext \
-             (TILLSYNC_ALLOW_PLAINTEXT=true) to accept that"
-        )),
+        Some(first) if !allow => Err(PlaintextRefused(first.clone())),
         _ => Ok(found),
     }
 }
@@ -93,7 +104,12 @@ mod tests {
     fn plain_text_is_refused_unless_allowed_and_then_warned() {
         assert_eq!(check("nats://127.0.0.1:4222", false, Some("postgres://u@127.0.0.1/t"), false), Ok(vec![]));
         let refused = check("nats://nats:4222", false, None, false).unwrap_err();
-        assert!(refused.contains("nats://nats:4222") && refused.contains("--allow-plaintext"), "{refused}");
+        assert_eq!(refused, PlaintextRefused(InClear::Nats { at: "nats://nats:4222".into() }));
+        let text = refused.to_string();
+        assert!(
+            text.starts_with("NATS at nats://nats:4222 is plain text") && text.contains("--allow-plaintext"),
+            "{text}"
+        );
         assert_eq!(check("nats://nats:4222", false, Some("postgres://db/t"), true).unwrap().len(), 2);
     }
 }

@@ -54,7 +54,7 @@ impl Refresher {
                 .map_err(|e| e.to_string())?;
         let answer: CommandKeys = codec::decode(&reply.payload).map_err(|e| e.to_string())?;
         let now = self.trusted.read().expect("trusted keys lock").clone();
-        let keys = answer.accept(&now, &subject)?;
+        let keys = answer.accept(&now, &subject).map_err(|e| e.to_string())?;
         if keys == now {
             return Ok(());
         }
