@@ -27,8 +27,8 @@ pub enum Ended {
     StartOver,
 }
 
-/// What an event of a round leads to: go on, end the round, or fail it.
-pub type Next = Result<ControlFlow<Ended>, String>;
+/// What an event of a round leads to: go on, end the round, or fail it with the flow's error.
+pub type Next<E> = Result<ControlFlow<Ended>, E>;
 
 /// What every flow runs by.
 pub struct Link<'a> {
@@ -41,22 +41,28 @@ pub struct Link<'a> {
 pub(crate) trait Flow: Send {
     type Live: Stream<Item = async_nats::Message> + Unpin + Send;
     type Round: Send;
+    /// Why a round failed; its Display is what [`Flow::failed`] logs, causes included.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Why a round fails when the live subscription ends.
-    const LIVE_ENDED: &'static str;
+    const LIVE_ENDED: Self::Error;
 
     fn link(&mut self) -> Link<'_>;
 
     /// Subscribes live; first, so nothing published after the catch-up read can be missed.
-    fn subscribe(&mut self) -> impl Future<Output = Result<Self::Live, String>> + Send;
+    fn subscribe(&mut self) -> impl Future<Output = Result<Self::Live, Self::Error>> + Send;
 
     /// Brings the device up to date after subscribing.
-    fn catch_up(&mut self) -> impl Future<Output = Result<ControlFlow<Ended, Self::Round>, String>> + Send;
+    fn catch_up(&mut self) -> impl Future<Output = Result<ControlFlow<Ended, Self::Round>, Self::Error>> + Send;
 
     /// When the flow's own timer fires next (asking again, a recheck); None: not now.
     fn due(&self, round: &Self::Round) -> Option<Instant>;
 
     /// The timer fired.
-    fn on_due(&mut self, round: &mut Self::Round, live: &mut Self::Live) -> impl Future<Output = Next> + Send;
+    fn on_due(
+        &mut self,
+        round: &mut Self::Round,
+        live: &mut Self::Live,
+    ) -> impl Future<Output = Next<Self::Error>> + Send;
 
     /// A live message.
     fn on_message(
@@ -64,16 +70,16 @@ pub(crate) trait Flow: Send {
         round: &mut Self::Round,
         msg: async_nats::Message,
         live: &mut Self::Live,
-    ) -> impl Future<Output = Next> + Send;
+    ) -> impl Future<Output = Next<Self::Error>> + Send;
 
     /// The connection went down (`up` false) or came back while the round ran.
-    fn on_connection(&mut self, round: &mut Self::Round, up: bool) -> impl Future<Output = Next> + Send;
+    fn on_connection(&mut self, round: &mut Self::Round, up: bool) -> impl Future<Output = Next<Self::Error>> + Send;
 
     /// The live messages stopped being taken (not called when the round is cancelled).
     fn left(&mut self) {}
 
     /// Says why a round failed; the next one starts after the backoff.
-    fn failed(&self, error: &str);
+    fn failed(&self, error: &Self::Error);
 }
 
 /// Runs `flow` round after round until cancelled.
@@ -105,7 +111,7 @@ pub async fn run<F: Flow>(mut flow: F) {
     }
 }
 
-async fn round<F: Flow>(flow: &mut F) -> Result<Ended, String> {
+async fn round<F: Flow>(flow: &mut F) -> Result<Ended, F::Error> {
     let mut live = flow.subscribe().await?;
     let mut round = match flow.catch_up().await? {
         Continue(round) => round,
@@ -122,7 +128,7 @@ enum Event {
     Due,
 }
 
-async fn follow<F: Flow>(flow: &mut F, round: &mut F::Round, live: &mut F::Live) -> Result<Ended, String> {
+async fn follow<F: Flow>(flow: &mut F, round: &mut F::Round, live: &mut F::Live) -> Result<Ended, F::Error> {
     loop {
         let due = flow.due(round);
         let connected = flow.link().connected;
@@ -134,7 +140,7 @@ async fn follow<F: Flow>(flow: &mut F, round: &mut F::Round, live: &mut F::Live)
                 Ok(()) => Event::Connection(*connected.borrow()),
                 Err(_) => return Ok(Ended::Cancelled),
             },
-            m = live.next() => Event::Message(m.ok_or_else(|| F::LIVE_ENDED.to_string())?),
+            m = live.next() => Event::Message(m.ok_or(F::LIVE_ENDED)?),
             _ = at(due) => Event::Due,
         };
         let step = match event {

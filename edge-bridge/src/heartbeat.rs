@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishError;
 use async_nats::HeaderMap;
 use tillsync_schemas::{codec, streams, subject, Heartbeat};
 use tokio::sync::watch;
@@ -12,6 +13,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::status::{StatusSource, SOFTWARE_VERSION};
+
+/// Why a heartbeat was not published; the next one is tried at the next tick. The message is
+/// the cause's own.
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    /// The status (the outbox's counts, the applied revision) was not read from SQLite.
+    #[error(transparent)]
+    Status(sqlx::Error),
+    #[error(transparent)]
+    NotSent(PublishError),
+    #[error(transparent)]
+    NotStored(PublishError),
+    #[error("no publish ack in time")]
+    TimedOut,
+}
 
 pub struct Beater {
     pub js: async_nats::jetstream::Context,
@@ -52,8 +68,8 @@ impl Beater {
         }
     }
 
-    async fn beat(&self) -> Result<(), String> {
-        let s = self.source.status().await.map_err(|e| e.to_string())?;
+    async fn beat(&self) -> Result<(), BeatError> {
+        let s = self.source.status().await.map_err(BeatError::Status)?;
         let addr = self.source.addr();
         let hb = Heartbeat {
             schema_version: tillsync_schemas::SCHEMA_VERSION,
@@ -76,11 +92,11 @@ impl Beater {
             .js
             .publish_with_headers(subject::heartbeats(addr), headers, codec::encode(&hb).into())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(BeatError::NotSent)?;
         match tokio::time::timeout(self.ack_timeout, fut).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no publish ack in time".into()),
+            Ok(Err(e)) => Err(BeatError::NotStored(e)),
+            Err(_) => Err(BeatError::TimedOut),
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::commands::error::CommandsError;
 use crate::commands::ledger::{self, Entry};
 use crate::downlink::{self, Ended, Flow, Link, Next};
 use crate::handler::{self, HandlerResult, HandlerSpec};
@@ -132,17 +133,20 @@ impl Executor {
 impl Flow for Executor {
     type Live = futures::stream::Select<Subscriber, Subscriber>;
     type Round = Asking;
-    const LIVE_ENDED: &'static str = "command subscription ended";
+    type Error = CommandsError;
+    const LIVE_ENDED: CommandsError = CommandsError::LiveEnded;
 
     fn link(&mut self) -> Link<'_> {
         Link { connected: &mut self.connected, cancel: &self.cancel, backoff: &mut self.backoff }
     }
 
-    async fn subscribe(&mut self) -> Result<Self::Live, String> {
+    async fn subscribe(&mut self) -> Result<Self::Live, CommandsError> {
         self.drop_old_consumer().await;
         let subscribe = |subject: String| {
             let client = self.client.clone();
-            async move { client.subscribe(subject.clone()).await.map_err(|e| format!("subscribing to {subject}: {e}")) }
+            async move {
+                client.subscribe(subject.clone()).await.map_err(|source| CommandsError::Subscribe { subject, source })
+            }
         };
         // Live first, then the copies, then the request: nothing published after the request
         // is read can be missed, and whatever arrives twice the ledger answers.
@@ -151,7 +155,7 @@ impl Flow for Executor {
         Ok(futures::stream::select(live, copies))
     }
 
-    async fn catch_up(&mut self) -> Result<ControlFlow<Ended, Asking>, String> {
+    async fn catch_up(&mut self) -> Result<ControlFlow<Ended, Asking>, CommandsError> {
         let asking = Asking::new(self.backoff.clone());
         self.ask().await?;
         Ok(Continue(asking))
@@ -161,14 +165,14 @@ impl Flow for Executor {
         asking.next
     }
 
-    async fn on_due(&mut self, asking: &mut Asking, _: &mut Self::Live) -> Next {
+    async fn on_due(&mut self, asking: &mut Asking, _: &mut Self::Live) -> Next<CommandsError> {
         asking.asked_again();
         self.metrics.command_catchup("asked_again").increment(1);
         self.ask().await?;
         Ok(Continue(()))
     }
 
-    async fn on_connection(&mut self, asking: &mut Asking, up: bool) -> Next {
+    async fn on_connection(&mut self, asking: &mut Asking, up: bool) -> Next<CommandsError> {
         // The subscriptions survive a reconnect; what was published while away did not reach
         // them, so ask again.
         if !up {
@@ -180,7 +184,7 @@ impl Flow for Executor {
         Ok(Continue(()))
     }
 
-    async fn on_message(&mut self, asking: &mut Asking, msg: Message, _: &mut Self::Live) -> Next {
+    async fn on_message(&mut self, asking: &mut Asking, msg: Message, _: &mut Self::Live) -> Next<CommandsError> {
         let headers = msg.headers.as_ref();
         if let Some(handed) = headers.and_then(|h| h.get(streams::HEADER_SYNC_DONE)) {
             if asking.answered() {
@@ -208,18 +212,18 @@ impl Flow for Executor {
         self.metrics.commands_subscribed.set(0.0);
     }
 
-    fn failed(&self, error: &str) {
+    fn failed(&self, error: &CommandsError) {
         tracing::warn!(%error, device_id = %self.addr.device_id, "Command downlink stopped; starting over.");
     }
 }
 
 impl Executor {
     /// Asks the broker for this device's unfinished commands.
-    async fn ask(&self) -> Result<(), String> {
+    async fn ask(&self) -> Result<(), CommandsError> {
         self.client
             .publish(subject::command_sync(&self.addr), Default::default())
             .await
-            .map_err(|e| format!("command catch-up request: {e}"))
+            .map_err(CommandsError::CatchUpRequest)
     }
 
     /// Deletes the durable consumer a bridge before the consumer-less downlink left on the
@@ -254,8 +258,7 @@ impl Executor {
 
     /// One command message, live or handed again. It is verified and decoded as if on this
     /// device's own commands subject (what the broker signs it for), whichever it came on.
-    async fn handle(&self, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<(), String> {
-        let db = |e: sqlx::Error| format!("SQLite: {e}");
+    async fn handle(&self, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<(), CommandsError> {
         let own = subject::commands(&self.addr);
         // Before anything else: nothing unverified reaches the ledger's dedupe or the handler.
         if let Err(error) = self.verify(&own, headers, payload) {
@@ -266,12 +269,12 @@ impl Executor {
             Err(e) => {
                 self.metrics.commands_undecodable.increment(1);
                 tracing::warn!(error = %e, subject, "Undecodable command refused.");
-                ledger::refuse(&self.pool, subject, e.reason.as_str(), &e.detail, payload).await.map_err(db)?;
+                ledger::refuse(&self.pool, subject, e.reason.as_str(), &e.detail, payload).await?;
                 return Ok(());
             }
         };
-        let entry = ledger::get(&self.pool, &cmd.command_id).await.map_err(db)?;
-        let revision = crate::db::config_revision(&self.pool).await.map_err(db)?;
+        let entry = ledger::get(&self.pool, &cmd.command_id).await?;
+        let revision = crate::db::config_revision(&self.pool).await?;
         let (outcome, code, detail) = match decide(entry.as_ref(), &cmd, now_ms(), revision) {
             Decision::Reack { outcome, code, detail } => {
                 self.metrics.command_duplicates.increment(1);
@@ -288,7 +291,7 @@ impl Executor {
                 (Outcome::Failed, INTERRUPTED.to_string(), detail)
             }
             Decision::Run => {
-                ledger::start(&self.pool, &cmd).await.map_err(db)?;
+                ledger::start(&self.pool, &cmd).await?;
                 let started = std::time::Instant::now();
                 let result = handler::apply(&self.handler, &cmd, self.handler_timeout).await;
                 self.metrics.handler_latency.record(started.elapsed().as_secs_f64());
@@ -301,7 +304,7 @@ impl Executor {
                 }
             }
         };
-        ledger::finish(&self.pool, &cmd, outcome, &code, &detail).await.map_err(db)?;
+        ledger::finish(&self.pool, &cmd, outcome, &code, &detail).await?;
         self.metrics.command(outcome.as_str()).increment(1);
         self.publish_ack(&cmd, outcome, &code, &detail).await
     }
@@ -315,14 +318,17 @@ impl Executor {
     /// Keeps the message in `refused_commands` and, when a command id can be read from it, acks
     /// it `rejected` / `bad_signature`. The command ledger is left alone: it is keyed by
     /// command_id, and a forged copy must not decide what the genuine command gets.
-    async fn refuse_signature(&self, subject: &str, payload: &[u8], error: &SignatureError) -> Result<(), String> {
+    async fn refuse_signature(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        error: &SignatureError,
+    ) -> Result<(), CommandsError> {
         self.metrics.commands_bad_signature.increment(1);
         let command_id = readable_command_id(payload);
         tracing::warn!(%error, subject, ?command_id, "Command refused: bad signature.");
         let detail = error.to_string();
-        ledger::refuse(&self.pool, subject, codes::BAD_SIGNATURE, &detail, payload)
-            .await
-            .map_err(|e| format!("SQLite: {e}"))?;
+        ledger::refuse(&self.pool, subject, codes::BAD_SIGNATURE, &detail, payload).await?;
         let Some(command_id) = command_id else { return Ok(()) };
         self.metrics.command(Outcome::Rejected.as_str()).increment(1);
         // Its own Nats-Msg-Id: the genuine command's ack must not be dropped as its duplicate.
@@ -336,7 +342,7 @@ impl Executor {
         outcome: Outcome,
         code: &str,
         detail: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandsError> {
         self.publish_ack_as(
             &streams::ack_msg_id(&self.msg_id_prefix, &cmd.command_id),
             &cmd.command_id,
@@ -354,7 +360,7 @@ impl Executor {
         outcome: Outcome,
         code: &str,
         detail: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommandsError> {
         let ack = CommandAck {
             schema_version: tillsync_schemas::SCHEMA_VERSION,
             command_id: command_id.to_string(),
@@ -392,16 +398,16 @@ impl Executor {
         }
     }
 
-    async fn try_ack(&self, headers: HeaderMap, payload: bytes::Bytes) -> Result<(), String> {
+    async fn try_ack(&self, headers: HeaderMap, payload: bytes::Bytes) -> Result<(), CommandsError> {
         let fut = self
             .js
             .publish_with_headers(subject::command_acks(&self.addr), headers, payload)
             .await
-            .map_err(|e| format!("publishing command ack: {e}"))?;
+            .map_err(CommandsError::AckNotSent)?;
         match tokio::time::timeout(self.ack_timeout, fut).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("command ack not stored: {e}")),
-            Err(_) => Err("command ack: no publish ack in time".into()),
+            Ok(Err(e)) => Err(CommandsError::AckNotStored(e)),
+            Err(_) => Err(CommandsError::AckTimedOut),
         }
     }
 }

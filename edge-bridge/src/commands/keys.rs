@@ -9,12 +9,40 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tillsync_schemas::command_keys::{self, CommandKeys};
-use tillsync_schemas::{codec, DeviceAddr};
+use tillsync_schemas::{codec, DeviceAddr, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::settings::SettingsError;
+
 /// The public keys whose command signatures the bridge accepts, shared with the executor.
 pub type TrustedKeys = Arc<RwLock<Vec<String>>>;
+
+/// How long the broker has to answer a refresh.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why the keys were not refreshed; the ones trusted now are kept until the next refresh.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the broker did not answer within {} s", ANSWER_WITHIN.as_secs())]
+    NoAnswer,
+    #[error(transparent)]
+    Request(async_nats::RequestError),
+    #[error(transparent)]
+    Undecodable(WireError),
+    /// The answer is not signed by a key trusted now, or names a malformed key.
+    #[error(transparent)]
+    Refused(#[from] tillsync_schemas::command_keys::KeysRefused),
+    /// The identity file to keep in step was not read.
+    #[error(transparent)]
+    Identity(SettingsError),
+    #[error("identity file {}: {source}", path.display())]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 pub struct Refresher {
     pub addr: DeviceAddr,
@@ -45,25 +73,24 @@ impl Refresher {
         }
     }
 
-    async fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), RefreshError> {
         let subject = command_keys::subject(&self.addr);
-        let reply =
-            tokio::time::timeout(Duration::from_secs(10), self.client.request(subject.clone(), Vec::new().into()))
-                .await
-                .map_err(|_| "the broker did not answer within 10 s".to_string())?
-                .map_err(|e| e.to_string())?;
-        let answer: CommandKeys = codec::decode(&reply.payload).map_err(|e| e.to_string())?;
+        let reply = tokio::time::timeout(ANSWER_WITHIN, self.client.request(subject.clone(), Vec::new().into()))
+            .await
+            .map_err(|_| RefreshError::NoAnswer)?
+            .map_err(RefreshError::Request)?;
+        let answer: CommandKeys = codec::decode(&reply.payload).map_err(RefreshError::Undecodable)?;
         let now = self.trusted.read().expect("trusted keys lock").clone();
-        let keys = answer.accept(&now, &subject).map_err(|e| e.to_string())?;
+        let keys = answer.accept(&now, &subject).map_err(RefreshError::Refused)?;
         if keys == now {
             return Ok(());
         }
         *self.trusted.write().expect("trusted keys lock") = keys.clone();
         tracing::info!(?keys, signer = %answer.signer, "Command keys updated by the broker.");
         if let Some(path) = &self.identity {
-            if let Some(mut id) = crate::identity::Identity::load(path).map_err(|e| e.to_string())? {
+            if let Some(mut id) = crate::identity::Identity::load(path).map_err(RefreshError::Identity)? {
                 id.command_keys = keys;
-                id.save(path).map_err(|e| format!("identity file {}: {e}", path.display()))?;
+                id.save(path).map_err(|source| RefreshError::Save { path: path.clone(), source })?;
             }
         }
         Ok(())

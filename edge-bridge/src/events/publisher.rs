@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::HeaderMap;
 use tillsync_schemas::{streams, subject};
 use tokio::sync::watch;
@@ -22,6 +22,23 @@ use crate::metrics::Metrics;
 /// Highest seq JetStream acked, for status.
 #[derive(Debug, Default)]
 pub struct SentMark(pub AtomicU64);
+
+/// Why a batch was not all published. The acked prefix is marked sent either way; the rest is
+/// published again after the backoff. The message is the cause's own.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A row was not sent; the rows after it were not tried.
+    #[error(transparent)]
+    NotSent(PublishError),
+    /// JetStream refused a row or did not store it.
+    #[error(transparent)]
+    NotStored(PublishError),
+    #[error("no publish ack within {0:?}")]
+    TimedOut(Duration),
+    /// The acked rows were not marked sent in SQLite.
+    #[error("marking sent: {0}")]
+    MarkSent(#[source] sqlx::Error),
+}
 
 pub struct Publisher {
     pub js: async_nats::jetstream::Context,
@@ -83,7 +100,7 @@ impl Publisher {
     }
 
     /// Sends the batch pipelined, then awaits the acks in order, marking the acked prefix sent.
-    async fn publish_batch(&self, subject: &str, batch: &[Pending]) -> Result<(), String> {
+    async fn publish_batch(&self, subject: &str, batch: &[Pending]) -> Result<(), BatchError> {
         let mut in_flight: Vec<(u64, PublishAckFuture)> = Vec::with_capacity(batch.len());
         let mut send_error = None;
         for row in batch {
@@ -97,7 +114,7 @@ impl Publisher {
             match self.js.publish_with_headers(subject.to_string(), headers, row.envelope.clone().into()).await {
                 Ok(fut) => in_flight.push((row.seq, fut)),
                 Err(e) => {
-                    send_error = Some(e.to_string());
+                    send_error = Some(BatchError::NotSent(e));
                     break;
                 }
             }
@@ -113,17 +130,17 @@ impl Publisher {
                     acked.push(seq);
                 }
                 Ok(Err(e)) => {
-                    ack_error = Some(e.to_string());
+                    ack_error = Some(BatchError::NotStored(e));
                     break;
                 }
                 Err(_) => {
-                    ack_error = Some(format!("no publish ack within {:?}", self.ack_timeout));
+                    ack_error = Some(BatchError::TimedOut(self.ack_timeout));
                     break;
                 }
             }
         }
         if let Some(&to) = acked.last() {
-            self.outbox.mark_sent(&acked).await.map_err(|e| format!("marking sent: {e}"))?;
+            self.outbox.mark_sent(&acked).await.map_err(BatchError::MarkSent)?;
             let n = acked.len() as u64;
             self.metrics.published.increment(n);
             self.published.fetch_add(n, Ordering::Relaxed);

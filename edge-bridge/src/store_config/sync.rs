@@ -32,6 +32,7 @@ use crate::backoff::Backoff;
 use crate::downlink::{self, Ended, Flow, Link, Next};
 use crate::metrics::Metrics;
 use crate::store_config::cache::{self, Applying, Position, UNDECODABLE, WRONG_STORE};
+use crate::store_config::error::ConfigSyncError;
 
 pub use tillsync_schemas::config::HEADER_VERSION;
 
@@ -135,11 +136,11 @@ impl Syncer {
     }
 
     /// The version of the last delta on the stream (None: none yet, or unreadable).
-    async fn last_version(&self, deltas: &Stream<()>) -> Result<Option<u64>, String> {
+    async fn last_version(&self, deltas: &Stream<()>) -> Result<Option<u64>, ConfigSyncError> {
         match deltas.direct_get_last_for_subject(self.delta_subject()).await {
             Ok(m) => Ok(version_of(&m.headers, &m.payload)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("last delta: {e}")),
+            Err(e) => Err(ConfigSyncError::LastDelta(e)),
         }
     }
 
@@ -170,7 +171,7 @@ impl Syncer {
         last: Option<u64>,
         count: Option<&'static str>,
         stale: &mut bool,
-    ) -> Result<ControlFlow<Ended, Position>, String> {
+    ) -> Result<ControlFlow<Ended, Position>, ConfigSyncError> {
         let Some(last) = last else { return Ok(Continue(pos)) };
         match start(pos, Some(last), self.snapshot_after) {
             Start::Live => return Ok(Continue(pos)),
@@ -194,7 +195,7 @@ impl Syncer {
             tracing::warn!(applied = pos.version, last, "Deltas not found on the stream; taking the snapshot.");
             let after = self.take_snapshot(pos).await?;
             if after.version < last {
-                return Err(format!("caught up to version {} of {last}", after.version));
+                return Err(ConfigSyncError::Behind { reached: after.version, last });
             }
             pos = after;
         }
@@ -209,7 +210,7 @@ impl Syncer {
         pos: Position,
         until: u64,
         stale: &mut bool,
-    ) -> Result<ControlFlow<Ended, Position>, String> {
+    ) -> Result<ControlFlow<Ended, Position>, ConfigSyncError> {
         let name = config::device_consumer(&self.addr);
         *stale = true;
         let consumer = deltas
@@ -225,7 +226,7 @@ impl Syncer {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("consumer {name}: {e}"))?;
+            .map_err(|source| ConfigSyncError::Consumer { name: name.clone(), source })?;
         tracing::debug!(consumer = %name, from_seq = pos.seq + 1, until, "Catching up on configuration deltas.");
         let read = self.drain(&consumer, pos, until).await;
         if !matches!(read, Ok(Break(Ended::Cancelled))) && *self.connected.borrow() {
@@ -239,15 +240,11 @@ impl Syncer {
         consumer: &async_nats::jetstream::consumer::Consumer<pull::Config>,
         mut pos: Position,
         until: u64,
-    ) -> Result<ControlFlow<Ended, Position>, String> {
+    ) -> Result<ControlFlow<Ended, Position>, ConfigSyncError> {
         let mut pending = consumer.cached_info().num_pending;
         while pending > 0 && pos.version < until {
-            let mut batch = consumer
-                .fetch()
-                .max_messages(CATCH_UP_BATCH)
-                .messages()
-                .await
-                .map_err(|e| format!("config deltas: {e}"))?;
+            let mut batch =
+                consumer.fetch().max_messages(CATCH_UP_BATCH).messages().await.map_err(ConfigSyncError::Fetch)?;
             let mut got = 0;
             while pending > 0 && pos.version < until {
                 let msg = tokio::select! {
@@ -255,12 +252,12 @@ impl Syncer {
                     changed = self.connected.changed() => return self.connection_changed(changed).map(Break),
                     m = batch.next() => match m {
                         Some(Ok(m)) => m,
-                        Some(Err(e)) => return Err(format!("config deltas: {e}")),
+                        Some(Err(e)) => return Err(ConfigSyncError::Deltas(e)),
                         None => break,
                     },
                 };
                 got += 1;
-                let info = msg.info().map_err(|e| format!("delta metadata: {e}"))?;
+                let info = msg.info().map_err(ConfigSyncError::Metadata)?;
                 let seq = info.stream_sequence;
                 pending = info.pending;
                 match self.take(&msg.subject, Some(seq), &msg.payload, &mut pos).await? {
@@ -281,7 +278,7 @@ impl Syncer {
         deltas: &Stream<()>,
         mut pos: Position,
         stale: &mut bool,
-    ) -> Result<ControlFlow<Ended, Position>, String> {
+    ) -> Result<ControlFlow<Ended, Position>, ConfigSyncError> {
         Ok(match self.take(&m.subject, None, &m.payload, &mut pos).await? {
             Took::Next => Continue(pos),
             Took::Reposition => Break(Ended::StartOver),
@@ -308,7 +305,7 @@ impl Syncer {
         deltas: &Stream<()>,
         mut pos: Position,
         stale: &mut bool,
-    ) -> Result<ControlFlow<Ended, Position>, String> {
+    ) -> Result<ControlFlow<Ended, Position>, ConfigSyncError> {
         let last = match self.last_version(deltas).await {
             Ok(last) => last,
             Err(error) => {
@@ -338,7 +335,7 @@ impl Syncer {
     }
 
     /// A change of the connection while reading ([`reconnected`]); closed: stopping.
-    fn connection_changed(&self, changed: Result<(), watch::error::RecvError>) -> Result<Ended, String> {
+    fn connection_changed(&self, changed: Result<(), watch::error::RecvError>) -> Result<Ended, ConfigSyncError> {
         match changed {
             Ok(()) => reconnected(*self.connected.borrow()),
             Err(_) => Ok(Ended::Cancelled),
@@ -347,7 +344,13 @@ impl Syncer {
 
     /// Takes one delta: `seq` is its stream seq when read from the stream, None when live
     /// (then `pos.seq` stays: a lower bound, where a catch-up starts and skips what is applied).
-    async fn take(&self, subject: &str, seq: Option<u64>, payload: &[u8], pos: &mut Position) -> Result<Took, String> {
+    async fn take(
+        &self,
+        subject: &str,
+        seq: Option<u64>,
+        payload: &[u8],
+        pos: &mut Position,
+    ) -> Result<Took, ConfigSyncError> {
         let delta = match seq {
             Some(seq) => match self.decode::<ConfigDelta>(subject, seq, payload).await? {
                 Some(d) => d,
@@ -355,7 +358,7 @@ impl Syncer {
                     // Unusable: only a snapshot past it lets the store move on.
                     let after = self.take_snapshot(*pos).await?;
                     if after.seq < seq {
-                        return Err(format!("delta at seq {seq} refused and no snapshot past it yet"));
+                        return Err(ConfigSyncError::RefusedDelta { seq });
                     }
                     return Ok(Took::Reposition);
                 }
@@ -379,7 +382,7 @@ impl Syncer {
                 // Read from the stream, the deltas in between are gone: the snapshot must cover
                 // them. Live, they may only have been lost: starting over reads them.
                 if seq.is_some() && after.version + 1 < delta.version {
-                    return Err(format!("snapshot at {} does not reach delta {}", after.version, delta.version));
+                    return Err(ConfigSyncError::SnapshotShort { snapshot: after.version, delta: delta.version });
                 }
                 return Ok(Took::Reposition);
             }
@@ -388,20 +391,17 @@ impl Syncer {
     }
 
     /// Applies the store's snapshot when it is newer than `pos`; returns the new position.
-    async fn take_snapshot(&self, pos: Position) -> Result<Position, String> {
-        let snapshots = self
-            .js
-            .get_stream_no_info(streams::CONFIG_SNAPSHOTS)
-            .await
-            .map_err(|e| format!("config snapshot stream: {e}"))?;
+    async fn take_snapshot(&self, pos: Position) -> Result<Position, ConfigSyncError> {
+        let snapshots =
+            self.js.get_stream_no_info(streams::CONFIG_SNAPSHOTS).await.map_err(ConfigSyncError::SnapshotStream)?;
         let subject = config::snapshot_subject(&self.addr.tenant_id, &self.addr.store_id);
         let m = match snapshots.direct_get_last_for_subject(subject).await {
             Ok(m) => m,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Err("no configuration snapshot yet".into()),
-            Err(e) => return Err(format!("snapshot: {e}")),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Err(ConfigSyncError::NoSnapshot),
+            Err(e) => return Err(ConfigSyncError::Snapshot(e)),
         };
         let Some(snap) = self.decode::<ConfigSnapshot>(&m.subject, m.sequence, &m.payload).await? else {
-            return Err(format!("snapshot at seq {} refused", m.sequence));
+            return Err(ConfigSyncError::RefusedSnapshot { seq: m.sequence });
         };
         if snap.version <= pos.version {
             return Ok(pos);
@@ -410,9 +410,9 @@ impl Syncer {
         Ok(Position { version: snap.version, seq: snap.delta_seq })
     }
 
-    async fn apply(&self, change: Applying<'_>, bytes: usize) -> Result<(), String> {
-        if !cache::apply(&self.pool, &self.db_path, change).await.map_err(db)? {
-            return Err(format!("version {} does not follow the applied one", change.version()));
+    async fn apply(&self, change: Applying<'_>, bytes: usize) -> Result<(), ConfigSyncError> {
+        if !cache::apply(&self.pool, &self.db_path, change).await? {
+            return Err(ConfigSyncError::NotNext { version: change.version() });
         }
         let via = if change.is_snapshot() { "snapshot" } else { "delta" };
         self.metrics.config_applied(via).increment(1);
@@ -443,13 +443,13 @@ impl Syncer {
         subject: &str,
         seq: u64,
         payload: &[u8],
-    ) -> Result<Option<T>, String> {
+    ) -> Result<Option<T>, ConfigSyncError> {
         let (code, detail) = match self.check::<T>(payload) {
             Ok(v) => return Ok(Some(v)),
             Err(why) => why,
         };
         tracing::warn!(subject, seq, code, %detail, "Configuration message refused.");
-        if cache::refuse(&self.pool, subject, seq, code, &detail, payload).await.map_err(db)? {
+        if cache::refuse(&self.pool, subject, seq, code, &detail, payload).await? {
             self.metrics.config_refused(code).increment(1);
         }
         Ok(None)
@@ -472,27 +472,32 @@ struct Round {
 impl Flow for Following {
     type Live = Subscriber;
     type Round = Round;
-    const LIVE_ENDED: &'static str = "live config deltas ended";
+    type Error = ConfigSyncError;
+    const LIVE_ENDED: ConfigSyncError = ConfigSyncError::LiveEnded;
 
     fn link(&mut self) -> Link<'_> {
         let s = &mut self.syncer;
         Link { connected: &mut s.connected, cancel: &s.cancel, backoff: &mut s.backoff }
     }
 
-    async fn subscribe(&mut self) -> Result<Subscriber, String> {
+    async fn subscribe(&mut self) -> Result<Subscriber, ConfigSyncError> {
         // First: the direct get of the last version goes out after it on the same connection,
         // so every delta stored after that read reaches this subscription.
         let subject = self.syncer.delta_subject();
-        self.syncer.client.subscribe(subject.clone()).await.map_err(|e| format!("subscribe {subject}: {e}"))
+        self.syncer
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| ConfigSyncError::Subscribe { subject, source })
     }
 
-    async fn catch_up(&mut self) -> Result<ControlFlow<Ended, Round>, String> {
+    async fn catch_up(&mut self) -> Result<ControlFlow<Ended, Round>, ConfigSyncError> {
         let s = &mut self.syncer;
-        let deltas = s.js.get_stream_no_info(streams::CONFIG).await.map_err(|e| format!("config stream: {e}"))?;
+        let deltas = s.js.get_stream_no_info(streams::CONFIG).await.map_err(ConfigSyncError::Stream)?;
         if self.stale {
             s.delete_consumer(&deltas, &mut self.stale).await;
         }
-        let pos = cache::position(&s.pool).await.map_err(db)?;
+        let pos = cache::position(&s.pool).await?;
         let last = s.last_version(&deltas).await?;
         let pos = match s.catch_up(&deltas, pos, last, Some("connect"), &mut self.stale).await? {
             Continue(pos) => pos,
@@ -506,22 +511,27 @@ impl Flow for Following {
         round.recheck
     }
 
-    async fn on_due(&mut self, round: &mut Round, live: &mut Subscriber) -> Next {
+    async fn on_due(&mut self, round: &mut Round, live: &mut Subscriber) -> Next<ConfigSyncError> {
         round.recheck = self.syncer.next_recheck();
         let flow = self.syncer.recheck(live, &round.deltas, round.pos, &mut self.stale).await?;
         Ok(moved(round, flow))
     }
 
-    async fn on_message(&mut self, round: &mut Round, msg: async_nats::Message, _: &mut Subscriber) -> Next {
+    async fn on_message(
+        &mut self,
+        round: &mut Round,
+        msg: async_nats::Message,
+        _: &mut Subscriber,
+    ) -> Next<ConfigSyncError> {
         let flow = self.syncer.on_live(msg, &round.deltas, round.pos, &mut self.stale).await?;
         Ok(moved(round, flow))
     }
 
-    async fn on_connection(&mut self, _: &mut Round, up: bool) -> Next {
+    async fn on_connection(&mut self, _: &mut Round, up: bool) -> Next<ConfigSyncError> {
         reconnected(up).map(Break)
     }
 
-    fn failed(&self, error: &str) {
+    fn failed(&self, error: &ConfigSyncError) {
         tracing::warn!(%error, "Configuration sync stopped; retrying.");
     }
 }
@@ -539,11 +549,11 @@ fn moved(round: &mut Round, flow: ControlFlow<Ended, Position>) -> ControlFlow<E
 
 /// The connection changed while reading: down, an error (retried once connected); up, it was
 /// lost and regained in between, and live deltas may be missing: start over.
-fn reconnected(up: bool) -> Result<Ended, String> {
+fn reconnected(up: bool) -> Result<Ended, ConfigSyncError> {
     if up {
         Ok(Ended::StartOver)
     } else {
-        Err("disconnected".into())
+        Err(ConfigSyncError::Disconnected)
     }
 }
 
@@ -576,10 +586,6 @@ fn version_of(headers: &async_nats::HeaderMap, payload: &[u8]) -> Option<u64> {
 fn is_absent(e: &ConsumerError) -> bool {
     matches!(e.kind(), ConsumerErrorKind::JetStream(j)
         if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND || j.error_code() == ErrorCode::STREAM_NOT_FOUND)
-}
-
-fn db(e: sqlx::Error) -> String {
-    format!("SQLite: {e}")
 }
 
 #[cfg(test)]
