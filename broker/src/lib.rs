@@ -126,7 +126,7 @@ impl Broker {
         let prometheus = metrics::install();
         let instance_id = config.instance_id();
         let cancel = CancellationToken::new();
-        let tasks = Tasks::new(cancel.clone());
+        let tasks = Tasks::new(cancel.clone(), tasks::gauge);
         let pool = db::connect_broker(&config.database_url, config.db_pool, config.lease_ttl(), &instance_id).await?;
         db::migrate(&pool).await?;
         partitions::fence::check_count(&pool, config.partitions).await?;

@@ -34,7 +34,6 @@ pub mod settings;
 pub mod simulate;
 pub mod status;
 pub mod store_config;
-pub mod tasks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -42,10 +41,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tillsync_tasks::{Job, Tasks};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{outbox, publisher, resend, watermark};
-use crate::tasks::{Job, Tasks};
 
 pub use crate::error::{BridgeError, SubmitError};
 pub use crate::events::draft::EventDraft;
@@ -168,9 +167,10 @@ impl Bridge {
 
         let beat_now = Arc::new(tokio::sync::Notify::new());
         let config_applied = Arc::new(tokio::sync::Notify::new());
-        let mut tasks = Tasks::new(cancel.clone(), metrics.clone());
-        tasks.spawn(
-            Job::on("cutoff", "NATS connection events"),
+        let servers = nats::servers(&config.nats_url)?;
+        let gauges = metrics.clone();
+        let mut tasks = Tasks::new(cancel.clone(), move |job: &Job, running| gauges.task(job.name, running));
+        tasks.spawn(Job::on("cutoff", "NATS connection events"), |_| {
             cutoff::Watcher {
                 tracker: cutoff::Tracker::new(cutoff::Rules {
                     probe_every_ms: config.cutoff_probe_every_ms as i64,
@@ -180,17 +180,16 @@ impl Bridge {
                 events: observations,
                 verdict,
                 slow_retries,
-                servers: nats::servers(&config.nats_url)?,
+                servers,
                 tls: config.nats_tls.clone(),
                 metrics: metrics.clone(),
                 cancel: cancel.clone(),
                 device: addr.device_id.clone(),
                 seed: identity::Identity::load(&config.identity_path()).ok().flatten().map(|i| i.seed),
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::on("config_sync", "the store's configuration deltas"),
+            .run()
+        });
+        tasks.spawn(Job::on("config_sync", "the store's configuration deltas"), |_| {
             store_config::sync::Syncer {
                 addr: addr.clone(),
                 client: client.clone(),
@@ -205,10 +204,9 @@ impl Bridge {
                 recheck_every: Duration::from_millis(config.config_recheck_ms),
                 applied: vec![beat_now.clone(), config_applied.clone()],
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::on("config_handoff", "applied configuration versions"),
+            .run()
+        });
+        tasks.spawn(Job::on("config_handoff", "applied configuration versions"), |_| {
             store_config::handoff::HandOff {
                 pool: pool.clone(),
                 handler: handler.clone(),
@@ -218,10 +216,9 @@ impl Bridge {
                 wake: config_applied,
                 backoff: backoff.clone(),
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::on("publisher", "new outbox rows"),
+            .run()
+        });
+        tasks.spawn(Job::on("publisher", "new outbox rows"), |_| {
             publisher::Publisher {
                 js: js.clone(),
                 outbox: outbox.clone(),
@@ -234,10 +231,9 @@ impl Bridge {
                 sent,
                 published,
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::on("watermark", "the broker's watermarks"),
+            .run()
+        });
+        tasks.spawn(Job::on("watermark", "the broker's watermarks"), |_| {
             watermark::Follower {
                 client: client.clone(),
                 js: js.clone(),
@@ -245,10 +241,9 @@ impl Bridge {
                 connected: connected.clone(),
                 cancel: cancel.clone(),
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::on("resend", "resend requests, reconnects and stalled rows"),
+            .run()
+        });
+        tasks.spawn(Job::on("resend", "resend requests, reconnects and stalled rows"), |_| {
             resend::Resender {
                 client: client.clone(),
                 outbox: outbox.clone(),
@@ -256,11 +251,10 @@ impl Bridge {
                 cancel: cancel.clone(),
                 resend_after: config.resend_after(),
             }
-            .run(),
-        );
+            .run()
+        });
         if config.command_keys_refresh_s > 0 {
-            tasks.spawn(
-                Job::every("command_keys", Duration::from_secs(config.command_keys_refresh_s)),
+            tasks.spawn(Job::every("command_keys", Duration::from_secs(config.command_keys_refresh_s)), |_| {
                 commands::keys::Refresher {
                     addr: addr.clone(),
                     client: client.clone(),
@@ -271,11 +265,10 @@ impl Bridge {
                     connected: connected.clone(),
                     cancel: cancel.clone(),
                 }
-                .run(),
-            );
+                .run()
+            });
         }
-        tasks.spawn(
-            Job::on("commands", "this device's commands"),
+        tasks.spawn(Job::on("commands", "this device's commands"), |_| {
             commands::executor::Executor {
                 addr: addr.clone(),
                 client: client.clone(),
@@ -292,10 +285,9 @@ impl Bridge {
                 cancel: cancel.clone(),
                 backoff,
             }
-            .run(),
-        );
-        tasks.spawn(
-            Job::every("heartbeat", config.heartbeat_every()),
+            .run()
+        });
+        tasks.spawn(Job::every("heartbeat", config.heartbeat_every()), |_| {
             heartbeat::Beater {
                 js,
                 source,
@@ -306,10 +298,10 @@ impl Bridge {
                 ack_timeout: config.ack_timeout(),
                 beat_now,
             }
-            .run(),
-        );
+            .run()
+        });
         let http_addr = listener.map(|(bound, listener)| {
-            tasks.spawn(Job::on("http", "HTTP requests"), api::serve(listener, shared.clone(), cancel.clone()));
+            tasks.spawn(Job::on("http", "HTTP requests"), |_| api::serve(listener, shared.clone(), cancel.clone()));
             tracing::info!(%bound, "Local API listening.");
             bound
         });

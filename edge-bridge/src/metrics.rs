@@ -249,9 +249,11 @@ impl Metrics {
         self.labelled_counter(CUTOFF_PROBES, "result", result)
     }
 
-    /// 1 while the background task `task` runs, 0 once it has ended ([`crate::tasks`]).
-    pub fn task(&self, task: &'static str) -> Gauge {
-        self.recorder.register_gauge(&Key::from_parts(TASKS, vec![Label::new("task", task)]), &META)
+    /// 1 while the background task `task` runs, 0 once it has ended: the task registry's gauge
+    /// (`tillsync_tasks::Tasks::new`).
+    pub fn task(&self, task: &'static str, running: bool) {
+        let gauge = self.recorder.register_gauge(&Key::from_parts(TASKS, vec![Label::new("task", task)]), &META);
+        gauge.set(if running { 1.0 } else { 0.0 });
     }
 
     fn labelled_counter(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
@@ -379,5 +381,14 @@ mod tests {
         }
         assert!(text.contains(r#"tillsync_edge_nats_connect_failures_total{reason="refused"} 0"#));
         assert!(text.contains(r#"tillsync_edge_cutoff_probes_total{result="admitted"} 0"#));
+    }
+
+    #[test]
+    fn a_task_reads_1_while_it_runs_and_0_once_it_ended() {
+        let metrics = Metrics::new();
+        metrics.task("publisher", true);
+        assert!(metrics.render().contains("tillsync_edge_tasks{task=\"publisher\"} 1\n"));
+        metrics.task("publisher", false);
+        assert!(metrics.render().contains("tillsync_edge_tasks{task=\"publisher\"} 0\n"));
     }
 }
