@@ -105,6 +105,8 @@ pub(crate) fn purges() -> Vec<String> {
     all_streams().into_iter().map(|s| format!("$JS.API.STREAM.PURGE.{s}")).collect()
 }
 
+/// The count of refused replies: every in-process broker of the test binary records into one
+/// recorder, so a test waits for its own to be added (at least), never for an exact total.
 async fn refused(broker: &InProcBroker, responder: &str) -> f64 {
     let (_, text) = http_get(broker.broker.http_addr, "/metrics").await.unwrap();
     metric(&text, "tillsync_replies_refused_total", &format!("responder=\"{responder}\"")).unwrap_or(-1.0)
@@ -156,7 +158,7 @@ async fn a_strangers_activation_reply_aimed_at_the_jetstream_api_purges_nothing(
     client.flush().await.unwrap();
     let n = purges().len() as f64;
     eventually(T, "every misdirected activation refused", || async {
-        (refused(&broker, "activation").await == refused_before + n).then_some(())
+        (refused(&broker, "activation").await >= refused_before + n).then_some(())
     })
     .await;
     assert_eq!(counts(&stack).await, before, "no stream lost a message");
@@ -189,7 +191,7 @@ async fn a_devices_replies_aimed_at_purges_change_nothing(topology: Topology) {
     probe.client.flush().await.unwrap();
     let n = purges().len() as f64;
     eventually(T, "every misdirected key request refused", || async {
-        (refused(&broker, "command_keys").await == refused_before + n).then_some(())
+        (refused(&broker, "command_keys").await >= refused_before + n).then_some(())
     })
     .await;
     // JetStream's own answers went out too; give them the same time to have done harm.
@@ -224,7 +226,7 @@ async fn a_portals_publish_reply_aimed_at_another_tenants_snapshot_is_refused_an
     portal.client.publish_with_reply(publish_subject("acme", None), victim.clone(), body.into()).await.unwrap();
     portal.client.flush().await.unwrap();
     eventually(T, "the misdirected publish refused", || async {
-        (refused(&broker, "config_publish").await == refused_before + 1.0).then_some(())
+        (refused(&broker, "config_publish").await >= refused_before + 1.0).then_some(())
     })
     .await;
     let js = stack.nats.jetstream().await;
