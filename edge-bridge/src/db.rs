@@ -33,6 +33,22 @@ pub async fn open_with(path: &Path, full_sync: bool, connections: u32) -> Result
     Ok(pool)
 }
 
+/// Closes the file's connections, leaving no write-ahead log to replay: its content is
+/// checkpointed into the file and the log truncated first. SQLite does that itself when its last
+/// connection closes, but the pool closes its connections together, and one that finds another
+/// still closing skips the checkpoint; so the log could outlive a clean stop.
+pub async fn close(pool: &SqlitePool) {
+    let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await;
+    match checkpoint {
+        Ok((0, _, _)) => {}
+        Ok(_) => tracing::warn!("The write-ahead log was busy at the stop; SQLite replays it at the next start."),
+        Err(error) => {
+            tracing::warn!(%error, "The write-ahead log was not checkpointed at the stop; SQLite replays it at the next start.")
+        }
+    }
+    pool.close().await;
+}
+
 /// Opens an existing file without migrating or creating it (`tillsync-edge status`).
 pub async fn open_read_only(path: &Path) -> Result<SqlitePool, BridgeError> {
     let options = SqliteConnectOptions::from_str("sqlite://")?.filename(path).read_only(true);

@@ -345,7 +345,7 @@ impl Bridge {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.drain()).await;
         drop(self.client);
-        self.shared.outbox.pool().close().await;
+        db::close(self.shared.outbox.pool()).await;
         tracing::info!(tasks_not_stopped = late.len(), "Edge bridge stopped.");
     }
 }
