@@ -23,11 +23,19 @@ pub enum BrokerError {
     #[error("invalid configuration: {0}")]
     TlsFiles(TlsFilesError),
     /// `NATS_URL` holds a server address that does not parse.
-    #[error("invalid configuration: NATS_URL: {url:?}: {why}")]
-    NatsUrl { url: String, why: String },
+    #[error("invalid configuration: NATS_URL: {url:?}")]
+    NatsUrl {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The NATS credentials file (`.creds` or a bare seed) cannot be read or used.
-    #[error("invalid configuration: credentials file {}: {why}", path.display())]
-    Credentials { path: PathBuf, why: String },
+    #[error("invalid configuration: credentials file {}", path.display())]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: CredentialsError,
+    },
     /// No `TILLSYNC_SIGNING_KEY_FILE`: a broker that cannot sign would see every command refused.
     #[error(
         "command signing key: no signing key configured: set --signing-key-file or TILLSYNC_SIGNING_KEY_FILE \
@@ -74,8 +82,13 @@ pub enum BrokerError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("JetStream stream or consumer {0}: {1}")]
-    Stream(String, String),
+    /// A JetStream API request about a stream or a consumer (`name`: `STREAM` or `STREAM/consumer`).
+    #[error("JetStream stream or consumer {name}")]
+    Stream {
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
     #[error("Postgres")]
     Db(#[from] sqlx::Error),
     #[error("migrations")]
@@ -86,6 +99,22 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BrokerError {
+    /// A failed JetStream request about `name` (`STREAM` or `STREAM/consumer`).
+    pub(crate) fn stream(name: impl Into<String>, source: impl Into<async_nats::Error>) -> BrokerError {
+        BrokerError::Stream { name: name.into(), source: source.into() }
+    }
+}
+
+/// Why a NATS credentials file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Kind(#[from] tillsync_schemas::creds::CredsError),
 }
 
 /// An error and its causes on one line (`outer: cause: root cause`), for a log field or a

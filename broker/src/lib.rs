@@ -149,7 +149,7 @@ impl Broker {
         // answers some of those requests with timeouts: retry those, not a refusal (changed partitions).
         (|| streams::ensure(&js, &config))
             .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(250)).with_max_times(8))
-            .when(|e| matches!(e, BrokerError::Stream(..)))
+            .when(|e| matches!(e, BrokerError::Stream { .. }))
             .notify(|error, after| tracing::warn!(%error, ?after, "Streams not ensured yet; retrying."))
             .await?;
         let actor_config = ActorConfig {

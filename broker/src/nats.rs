@@ -3,7 +3,7 @@
 use async_nats::{Client, ConnectOptions, Event};
 use tokio_util::task::TaskTracker;
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, CredentialsError};
 use crate::metrics;
 pub use crate::tls::TlsFiles;
 
@@ -136,10 +136,10 @@ pub async fn serve<F, Fut>(
 /// the CLI and the bridge read them ([`tillsync_schemas::creds`]).
 pub async fn credentials(opts: ConnectOptions, path: &std::path::Path) -> Result<ConnectOptions, BrokerError> {
     use tillsync_schemas::creds::{self, Creds};
-    let failed = |e: &dyn std::fmt::Display| BrokerError::Credentials { path: path.into(), why: e.to_string() };
-    let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
-    match creds::kind(&text).map_err(|e| failed(&e))? {
-        Creds::Jwt => opts.credentials_file(path).await.map_err(|e| failed(&e)),
+    let failed = |e: CredentialsError| BrokerError::Credentials { path: path.into(), source: e };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.into()))?;
+    match creds::kind(&text).map_err(|e| failed(e.into()))? {
+        Creds::Jwt => opts.credentials_file(path).await.map_err(|e| failed(e.into())),
         Creds::Seed(seed) => Ok(opts.nkey(seed.to_string())),
     }
 }
@@ -149,9 +149,7 @@ pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BrokerError> {
     url.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<async_nats::ServerAddr>().map_err(|e| BrokerError::NatsUrl { url: u.into(), why: e.to_string() })
-        })
+        .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|source| BrokerError::NatsUrl { url: u.into(), source }))
         .collect()
 }
 
@@ -162,5 +160,22 @@ mod tests {
         let s = super::servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223").unwrap();
         assert_eq!(s.len(), 2);
         assert!(super::servers("nats://127.0.0.1:x").is_err());
+    }
+
+    #[test]
+    fn a_bad_url_and_a_bad_credentials_file_name_their_cause_once() {
+        use crate::error::Chain;
+        let url = super::servers("nats://127.0.0.1:x").unwrap_err();
+        let line = Chain(&url).to_string();
+        assert!(line.starts_with("invalid configuration: NATS_URL: \"nats://127.0.0.1:x\": "), "{line}");
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "hello").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let creds = rt.block_on(super::credentials(async_nats::ConnectOptions::new(), file.path())).unwrap_err();
+        let line = Chain(&creds).to_string();
+        let want = format!("invalid configuration: credentials file {}: neither", file.path().display());
+        assert!(line.starts_with(&want), "{line}");
+        assert!(matches!(creds, super::BrokerError::Credentials { .. }));
     }
 }

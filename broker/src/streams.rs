@@ -161,7 +161,7 @@ pub async fn ensure(js: &Context, c: &Config) -> Result<(), BrokerError> {
     for sc in stream_configs(c) {
         let name = sc.name.clone();
         check_unchanged_partitions(js, &sc).await?;
-        js.create_or_update_stream(sc).await.map_err(|e| BrokerError::Stream(name, e.to_string()))?;
+        js.create_or_update_stream(sc).await.map_err(|e| BrokerError::stream(name, e))?;
     }
     for (stream, base, family) in PARTITIONED {
         retire_unpartitioned_consumer(js, stream, base).await?;
@@ -177,7 +177,7 @@ pub async fn ensure(js: &Context, c: &Config) -> Result<(), BrokerError> {
 async fn check_unchanged_partitions(js: &Context, want: &StreamConfig) -> Result<(), BrokerError> {
     let Some(want_t) = &want.subject_transform else { return Ok(()) };
     let Ok(mut s) = js.get_stream(&want.name).await else { return Ok(()) };
-    let info = s.info().await.map_err(|e| BrokerError::Stream(want.name.clone(), e.to_string()))?;
+    let info = s.info().await.map_err(|e| BrokerError::stream(want.name.clone(), e))?;
     match &info.config.subject_transform {
         Some(t) if t.destination != want_t.destination => Err(BrokerError::StreamPartitions {
             stream: want.name.clone(),
@@ -191,16 +191,16 @@ async fn check_unchanged_partitions(js: &Context, want: &StreamConfig) -> Result
 /// The single durable consumer of a broker from before partitions: removed once it has
 /// nothing left to deliver; while it has, starting is refused (drain with the old version).
 async fn retire_unpartitioned_consumer(js: &Context, stream: &str, name: &str) -> Result<(), BrokerError> {
-    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::stream(stream, e))?;
     let Ok(mut old) = s.get_consumer::<pull::Config>(name).await else { return Ok(()) };
-    let info = old.info().await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
+    let info = old.info().await.map_err(|e| BrokerError::stream(format!("{stream}/{name}"), e))?;
     if info.num_pending > 0 || info.num_ack_pending > 0 {
         return Err(BrokerError::UndrainedConsumer {
             consumer: format!("{stream}/{name}"),
             pending: info.num_pending + info.num_ack_pending as u64,
         });
     }
-    s.delete_consumer(name).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
+    s.delete_consumer(name).await.map_err(|e| BrokerError::stream(format!("{stream}/{name}"), e))?;
     tracing::info!(stream, consumer = name, "Removed the drained consumer of a broker from before partitions.");
     Ok(())
 }
@@ -209,13 +209,13 @@ async fn retire_unpartitioned_consumer(js: &Context, stream: &str, name: &str) -
 /// takeover restarts a partition's consumer at its ack floor: [`restart_at_ack_floor`]).
 pub async fn ensure_consumer(js: &Context, stream: &str, mut config: pull::Config) -> Result<(), BrokerError> {
     let name = config.durable_name.clone().unwrap_or_default();
-    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::stream(stream, e))?;
     if let Ok(mut existing) = s.get_consumer::<pull::Config>(&name).await {
         if let Ok(info) = existing.info().await {
             config.deliver_policy = info.config.deliver_policy;
         }
     }
-    s.create_consumer(config).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))?;
+    s.create_consumer(config).await.map_err(|e| BrokerError::stream(format!("{stream}/{name}"), e))?;
     Ok(())
 }
 
@@ -237,22 +237,22 @@ pub async fn restart_at_ack_floor(
     force: bool,
 ) -> Result<bool, BrokerError> {
     let name = names::partition_consumer(base, partition);
-    let err = |e: &dyn std::fmt::Display| BrokerError::Stream(format!("{stream}/{name}"), e.to_string());
-    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
-    let mut existing = s.get_consumer::<pull::Config>(&name).await.map_err(|e| err(&e))?;
-    let info = existing.info().await.map_err(|e| err(&e))?.clone();
+    let consumer = format!("{stream}/{name}");
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::stream(stream, e))?;
+    let mut existing = s.get_consumer::<pull::Config>(&name).await.map_err(|e| BrokerError::stream(&consumer, e))?;
+    let info = existing.info().await.map_err(|e| BrokerError::stream(&consumer, e))?.clone();
     if info.num_ack_pending == 0 && !force {
         // Whoever held the pin (a previous owner) loses it: the next pull, ours, takes it.
-        s.unpin_consumer(&name, OWNER_GROUP).await.map_err(|e| err(&e))?;
+        s.unpin_consumer(&name, OWNER_GROUP).await.map_err(|e| BrokerError::stream(&consumer, e))?;
         return Ok(false);
     }
     let start_sequence = info.ack_floor.stream_sequence + 1;
-    s.delete_consumer(&name).await.map_err(|e| err(&e))?;
+    s.delete_consumer(&name).await.map_err(|e| BrokerError::stream(&consumer, e))?;
     let config = pull::Config {
         deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
         ..broker_consumer(c, base, family, partition)
     };
-    s.create_consumer(config).await.map_err(|e| err(&e))?;
+    s.create_consumer(config).await.map_err(|e| BrokerError::stream(&consumer, e))?;
     tracing::info!(consumer = %name, start_sequence, unacked = info.num_ack_pending, "Restarted a taken-over consumer at its ack floor.");
     Ok(true)
 }
@@ -263,6 +263,6 @@ pub async fn consumer(
     stream: &str,
     name: &str,
 ) -> Result<jetstream::consumer::PullConsumer, BrokerError> {
-    let s = js.get_stream(stream).await.map_err(|e| BrokerError::Stream(stream.into(), e.to_string()))?;
-    s.get_consumer(name).await.map_err(|e| BrokerError::Stream(format!("{stream}/{name}"), e.to_string()))
+    let s = js.get_stream(stream).await.map_err(|e| BrokerError::stream(stream, e))?;
+    s.get_consumer(name).await.map_err(|e| BrokerError::stream(format!("{stream}/{name}"), e))
 }
