@@ -31,7 +31,7 @@ pub struct ClusterConfig {
     pub routes: Option<String>,
 }
 
-type MakeConfig = dyn Fn(&Path, &[u16]) -> Result<ClusterConfig, String> + Send + Sync;
+type MakeConfig = dyn Fn(&Path, &[u16]) -> Result<ClusterConfig, crate::BoxError> + Send + Sync;
 
 /// What a [`NatsCluster`] runs with.
 #[derive(Clone)]

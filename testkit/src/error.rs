@@ -2,6 +2,9 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What a caller's callback ([`crate::Connect`], [`crate::ClusterOptions::config`]) fails with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong starting or driving a private server, with what was tried.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,9 +34,13 @@ pub enum Error {
     #[error("no node {node} in a cluster of {nodes}")]
     NoNode { node: usize, nodes: usize },
     #[error("the cluster's config: {0}")]
-    ClusterConfig(String),
-    #[error("cannot connect to {url}: {why}")]
-    Connect { url: String, why: String },
+    ClusterConfig(#[source] BoxError),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("no Postgres server binaries: {0} (install Debian's postgresql package)")]
     NoPostgres(String),
     #[error("cannot run {command}: {source}")]

@@ -30,7 +30,7 @@ pub use bin::nats_bin;
 pub use cluster::{ClusterConfig, ClusterOptions, NatsCluster};
 pub use connect::Connect;
 pub use db::{with_database, FreshDb};
-pub use error::Error;
+pub use error::{BoxError, Error};
 pub use nats::{NatsOptions, NatsServer};
 pub use poll::within;
 pub use postgres::{PgOptions, PgServer};

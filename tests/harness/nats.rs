@@ -32,7 +32,7 @@ pub(crate) fn connect_as(tls: Option<NatsTls>, creds: Option<PathBuf>) -> Connec
         async move {
             let options = NatsTls::options(tls.as_ref());
             match creds {
-                Some(c) => tillsync_broker::admin::nats::credentials(options, &c).await.map_err(|e| e.to_string()),
+                Some(c) => Ok(tillsync_broker::admin::nats::credentials(options, &c).await?),
                 None => Ok(options),
             }
         }
