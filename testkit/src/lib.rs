@@ -32,7 +32,7 @@ pub use connect::Connect;
 pub use db::{with_database, FreshDb};
 pub use error::{BoxError, Error};
 pub use nats::{NatsOptions, NatsServer};
-pub use poll::within;
+pub use poll::{until_blocking, within};
 pub use postgres::{PgOptions, PgServer};
 pub use process::{free_port, Process};
 

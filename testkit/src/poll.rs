@@ -19,3 +19,18 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// [`within`] for code that cannot await (a `Drop`, a blocking stop): polls `done` every
+/// `every` until it is true or `timeout` has passed; returns whether it became true.
+pub fn until_blocking(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}

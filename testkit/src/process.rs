@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -83,10 +83,7 @@ impl Process {
         self.signal(Signal::SIGCONT);
         self.signal(Signal::SIGTERM);
         if let Some(c) = self.child.as_mut() {
-            let deadline = Instant::now() + grace;
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            crate::until_blocking(grace, Duration::from_millis(50), || !matches!(c.try_wait(), Ok(None)));
         }
         self.kill();
     }
@@ -153,10 +150,7 @@ mod tests {
         assert!(!p.is_running() && p.pid().is_none());
         p.spawn().unwrap();
         assert!(p.is_running() && p.pid().is_some());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !p.log_tail(5).contains("hello") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::until_blocking(Duration::from_secs(5), Duration::from_millis(20), || p.log_tail(5).contains("hello"));
         assert!(p.log_tail(5).ends_with("hello"), "{}", p.log_tail(5));
         p.terminate(Duration::from_secs(5));
         assert!(!p.is_running() && p.pid().is_none());
@@ -171,10 +165,10 @@ mod tests {
             .with_envs(vec![("TESTKIT_X".into(), "1".into())]);
         for _ in 0..2 {
             p.spawn().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while p.is_running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(
+                crate::until_blocking(Duration::from_secs(5), Duration::from_millis(20), || !p.is_running()),
+                "exits"
+            );
         }
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "x=1\nx=1\n");
     }

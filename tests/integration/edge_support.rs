@@ -245,15 +245,13 @@ impl EdgeProc {
         let Some(c) = self.child.as_mut() else { return true };
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM the bridge");
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if c.try_wait().ok().flatten().is_some() {
-                self.child = None;
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = tillsync_testkit::until_blocking(within, Duration::from_millis(50), || {
+            c.try_wait().ok().flatten().is_some()
+        });
+        if exited {
+            self.child = None;
         }
-        false
+        exited
     }
 
     /// SIGKILL: nothing flushed, nothing shut down.
