@@ -256,6 +256,36 @@ async fn a_command_queued_while_the_bridge_was_offline_is_applied_once_after_rec
     broker.stop().await;
 }
 
+/// `tillsync_edge_commands_subscribed` is what docs/metrics.md says: 0 while no broker has
+/// answered the catch-up (the subscriptions may not be on the server yet), 1 once one has, 0
+/// while NATS is away, 1 again once a broker answers after the reconnect.
+#[tokio::test]
+async fn the_commands_subscribed_gauge_is_1_only_after_a_broker_answered() {
+    let mut stack = Stack::start().await;
+    add_tenant(&stack.db.pool, "acme").await;
+    let a = DeviceAddr::new("acme", "s1", "till-g");
+    provision(&stack, &a).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(config(&stack, &a, dir.path())).await.unwrap();
+    wait_connected(&bridge).await;
+    let gauge = || metric(&bridge.metrics_text(), "tillsync_edge_commands_subscribed", "");
+    eventually(T, "the catch-up asked again, no broker answering", || async {
+        let asked = metric(&bridge.metrics_text(), "tillsync_edge_command_catchups_total", "result=\"asked_again\"")?;
+        (asked >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(gauge(), Some(0.0), "subscribed, but nothing has come back through the server");
+
+    let broker = InProcBroker::start(stack.broker_config()).await;
+    wait_commands_live(&bridge).await;
+    stack.nats.stop();
+    eventually(T, "0 while NATS is away", || async { (gauge() == Some(0.0)).then_some(()) }).await;
+    stack.nats.restart().await;
+    wait_commands_live(&bridge).await;
+    bridge.shutdown().await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_command_is_refused() {
     let stack = Stack::start().await;
